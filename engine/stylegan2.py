@@ -279,7 +279,8 @@ class SynthesisLayer(nn.Module):
                  conv_clamp: float | None = None,  # clamp of the output
                  use_noise: bool = True):  # per-pixel noise input
         super().__init__()
-        self.resolution, self.up, self.conv_clamp, self.use_noise = resolution, up, conv_clamp, use_noise
+        self.resolution, self.up = resolution, up
+        self.conv_clamp, self.use_noise = conv_clamp, use_noise
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
         self.bias = nn.Parameter(torch.zeros(out_channels))
@@ -493,7 +494,10 @@ class SynthesisNetwork(nn.Module):
                captured: dict[str, torch.Tensor], start_layer: str | None):
         res = block.res
         prefix = f"b{res}."
-        w_at = (lambda i: ws[:, self.w_index[res] + i])
+
+        def w_at(i: int) -> torch.Tensor:
+            return ws[:, self.w_index[res] + i]
+
         skip_conv0 = start_layer is not None  # start is inside this block: conv0 or conv1
         skip_conv1 = start_layer == prefix + "conv1"
         n_conv = block.num_conv
