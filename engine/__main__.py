@@ -12,6 +12,7 @@ from engine.errors import StudioError
 # `python -m engine info` does not pay for gradio, accelerate or scikit-learn.
 VERB_MODULES = {
     "train-gan": "engine.train_gan",
+    "cluster": "engine.clusters",
 }
 
 

@@ -398,3 +398,395 @@ def suggest_k(G: torch.nn.Module, layer: str, ks: Iterable[int] = range(4, 13),
             progress((i + 1) / len(ks), f"k={k}")
     best = max(scores, key=lambda k: (scores[k], -k))
     return best, scores
+
+
+# ----------------------------------------------------------------------------------------
+# Files: our JSON and Broad's cluster YAML.
+
+JSON_FORMAT = "activation-studio-clusters"
+
+
+def broad_layer_id(layer: str) -> int:
+    """Broad's integer layer id of one of our conv layers.
+
+    Broad's network-bending (a rosinality StyleGAN2) numbers the styled convs in forward
+    order: 0 is the 4x4 conv (our b4.conv1), then two per block, the upsampling conv first:
+    1 = b8.conv0, 2 = b8.conv1, 3 = b16.conv0, ... Its cluster files use ids from 1 on.
+    """
+    block, part = layer.split(".") if "." in layer else (layer, "")
+    try:
+        res = int(block[1:])
+    except ValueError:
+        res = 0
+    log2 = res.bit_length() - 1
+    if res == 4 and part == "conv1":
+        return 0
+    if res >= 8 and res == 2 ** log2 and part in ("conv0", "conv1"):
+        return 2 * (log2 - 3) + (1 if part == "conv0" else 2)
+    raise StudioError(f"layer {layer!r} has no Broad layer id; only conv layers "
+                      f"(b4.conv1, b8.conv0, b8.conv1, ...) do.")
+
+
+def layer_from_broad_id(layer_id: int) -> str:
+    """Our layer name for Broad's integer layer id (inverse of broad_layer_id)."""
+    if layer_id < 0:
+        raise StudioError(f"Broad layer ids are 0 or more, got {layer_id}.")
+    if layer_id == 0:
+        return "b4.conv1"
+    res = 2 ** (2 + (layer_id + 1) // 2)
+    return f"b{res}.conv0" if layer_id % 2 == 1 else f"b{res}.conv1"
+
+
+def result_from_labels(layer: str, labels: Iterable[int], **kw: Any) -> ClusterResult:
+    """A ClusterResult from bare labels (an imported file): ids kept as given, no inertia."""
+    labels = [int(v) for v in labels]
+    if not labels or min(labels) < 0:
+        raise StudioError(f"the cluster labels for {layer} are empty or negative.")
+    k = max(labels) + 1
+    sizes = np.bincount(labels, minlength=k)
+    order = sorted(range(len(labels)), key=lambda c: (labels[c], c))
+    kw.setdefault("method", "imported")
+    return ClusterResult(layer=layer, k=k, labels=labels, sizes=[int(s) for s in sizes],
+                         inertia=[0.0] * k, order=order, **kw)
+
+
+def _as_results(results: ClusterResult | Iterable[ClusterResult]) -> list[ClusterResult]:
+    return [results] if isinstance(results, ClusterResult) else list(results)
+
+
+def save_json(results: ClusterResult | Iterable[ClusterResult], path: str | Path) -> Path:
+    """Write one or more results (one per layer) as our JSON file, atomically."""
+    items = _as_results(results)
+    data = {"format": JSON_FORMAT, "version": CACHE_VERSION,
+            "layers": {r.layer: r.to_dict() for r in items}}
+    path = Path(path)
+    _write_json_atomic(path, data)
+    return path
+
+
+def load_json(path: str | Path) -> dict[str, ClusterResult]:
+    """Read our JSON cluster file: {layer: ClusterResult}."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != JSON_FORMAT:
+            raise ValueError("not a cluster file")
+        return {layer: ClusterResult.from_dict(d) for layer, d in data["layers"].items()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise StudioError(f"{path.name} is not a readable Activation Studio cluster file; "
+                          f"export the clusters again.") from exc
+
+
+def to_broad_yaml(results: ClusterResult | Iterable[ClusterResult]) -> str:
+    """Broad's cluster YAML text: {layer_id: [{cluster_index, feature_index}, ...]}.
+
+    Keys are Broad's integer layer ids (see broad_layer_id) so his scripts read the file as
+    is; one flow-style line per channel, as his files have.
+    """
+    lines = []
+    for r in sorted(_as_results(results), key=lambda r: broad_layer_id(r.layer)):
+        lines.append(f"{broad_layer_id(r.layer)}:")
+        lines += [f"- {{cluster_index: {lab}, feature_index: {ch}}}"
+                  for ch, lab in enumerate(r.labels)]
+    return "\n".join(lines) + "\n"
+
+
+def save_broad_yaml(results: ClusterResult | Iterable[ClusterResult], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(to_broad_yaml(results))
+    os.replace(tmp, path)
+    return path
+
+
+def from_broad_yaml(text: str) -> dict[str, ClusterResult]:
+    """Parse Broad's cluster YAML into {our layer name: ClusterResult}.
+
+    Integer keys are Broad's layer ids and are mapped to our names; string keys that already
+    are our layer names (e.g. 'b16.conv1') are kept. Every feature_index 0..C-1 must appear
+    exactly once per layer.
+    """
+    import yaml
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise StudioError("the cluster YAML could not be parsed; check the file.") from exc
+    if not isinstance(data, dict):
+        raise StudioError("the cluster YAML must map layer ids to lists of "
+                          "{cluster_index, feature_index}.")
+    out = {}
+    for key, items in data.items():
+        layer = layer_from_broad_id(int(key)) if isinstance(key, int) or str(key).isdigit() \
+            else str(key)
+        try:
+            pairs = {int(it["feature_index"]): int(it["cluster_index"]) for it in items}
+        except (TypeError, KeyError, ValueError) as exc:
+            raise StudioError(f"layer {key} in the cluster YAML needs a list of "
+                              f"{{cluster_index, feature_index}} entries.") from exc
+        if sorted(pairs) != list(range(len(items))):
+            raise StudioError(f"layer {key} in the cluster YAML must list every feature index "
+                              f"from 0 to {len(items) - 1} exactly once.")
+        out[layer] = result_from_labels(layer, [pairs[c] for c in range(len(pairs))],
+                                        method="broad-yaml")
+    return out
+
+
+def load_broad_yaml(path: str | Path) -> dict[str, ClusterResult]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise StudioError(f"cannot read {path}; check the path.") from exc
+    return from_broad_yaml(text)
+
+
+def load_cluster_file(path: str | Path) -> dict[str, ClusterResult]:
+    """Read either format, chosen by extension (.json ours, .yaml/.yml Broad's)."""
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return load_broad_yaml(path)
+    return load_json(path)
+
+
+# ----------------------------------------------------------------------------------------
+# Pictures.
+
+# A viridis-like perceptual colour map: dark blue-violet -> teal -> green -> yellow. Anchor
+# colours are interpolated linearly into a 256-entry table; lightness rises monotonically,
+# so it stays readable in grey and for common colour-vision deficiencies.
+_CMAP_ANCHORS = np.array([
+    (68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142),
+    (31, 158, 137), (53, 183, 121), (109, 205, 89), (180, 222, 44), (253, 231, 37),
+], dtype=np.float64)
+_CMAP = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_CMAP_ANCHORS)),
+                            _CMAP_ANCHORS[:, i]) for i in range(3)], axis=1).round().astype(
+                                np.uint8)
+
+LABEL_HEIGHT = 14   # pixels of the caption strip above each tile
+MIN_TILE = 128      # small images and maps are upscaled (NEAREST) to at least this size
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (any shape) -> uint8 RGB (shape + (3,)) via the viridis-like table."""
+    idx = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)) * 255, 0, 255)
+    return _CMAP[idx.round().astype(np.int64)]
+
+
+def _normalise(m: np.ndarray) -> np.ndarray:
+    lo, hi = float(m.min()), float(m.max())
+    return (m - lo) / (hi - lo) if hi - lo > 1e-12 else np.zeros_like(m)
+
+
+def _upscale(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize a uint8 HxW(x3) array to size x size: NEAREST when enlarging, so no blur."""
+    from PIL import Image
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    resample = Image.NEAREST if size >= img.shape[0] else Image.BOX
+    return np.asarray(Image.fromarray(img).resize((size, size), resample))
+
+
+def _caption(tile: np.ndarray, text: str) -> np.ndarray:
+    """The tile with a dark caption strip above it (PIL's default bitmap font)."""
+    from PIL import Image, ImageDraw
+    h, w = tile.shape[:2]
+    canvas = Image.new("RGB", (w, h + LABEL_HEIGHT), (20, 20, 20))
+    canvas.paste(Image.fromarray(tile), (0, LABEL_HEIGHT))
+    ImageDraw.Draw(canvas).text((3, 1), text, fill=(235, 235, 235))
+    return np.asarray(canvas)
+
+
+def _grid(tiles: list[np.ndarray], cols: int | None = None, gap: int = 2) -> np.ndarray:
+    cols = cols or max(1, int(np.ceil(np.sqrt(len(tiles)))))
+    rows = int(np.ceil(len(tiles) / cols))
+    th, tw = tiles[0].shape[:2]
+    sheet = np.full((rows * th + (rows - 1) * gap, cols * tw + (cols - 1) * gap, 3), 255,
+                    dtype=np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, cols)
+        sheet[r * (th + gap):r * (th + gap) + th, c * (tw + gap):c * (tw + gap) + tw] = t
+    return sheet
+
+
+def _as_ws(G: torch.nn.Module, latent: Any, psi: float) -> torch.Tensor:
+    """ws [1, num_ws, w_dim] from a seed (int, mapped with truncation psi), ws [num_ws, w_dim]
+    (optionally with a batch axis; the first is used), z [z_dim] (mapped) or one w [w_dim]
+    (broadcast to every layer). A 1-D vector is read as z when z_dim == w_dim."""
+    if isinstance(latent, (int, np.integer)):
+        with torch.no_grad():
+            return G.mapping(G.seed_to_z(int(latent)), psi=psi)[:1]
+    t = latent if torch.is_tensor(latent) else torch.as_tensor(np.asarray(latent))
+    t = t.to(G.device, torch.float32)
+    num_ws, w_dim, z_dim = G.num_ws, G.cfg.w_dim, G.cfg.z_dim
+    if t.ndim == 3 and t.shape[1:] == (num_ws, w_dim):
+        return t[:1]
+    if t.ndim == 2 and t.shape == (num_ws, w_dim):
+        return t[None]
+    flat = t.reshape(-1) if t.ndim == 1 or (t.ndim == 2 and t.shape[0] == 1) else None
+    if flat is not None and flat.numel() == z_dim:
+        with torch.no_grad():
+            return G.mapping(flat[None], psi=psi)
+    if flat is not None and flat.numel() == w_dim:
+        return flat.view(1, 1, -1).expand(1, num_ws, -1)
+    raise StudioError(f"a latent must be a seed, z [{z_dim}], w [{w_dim}] or ws "
+                      f"[{num_ws}, {w_dim}]; got shape {list(t.shape)}.")
+
+
+def to_uint8_image(img: torch.Tensor) -> np.ndarray:
+    """One NCHW image in [-1, 1] -> uint8 HxWx3."""
+    x = (img[0].detach().float().cpu().clamp(-1, 1) + 1) * 127.5
+    x = x.round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x[:, :, :3]
+
+
+def _render_with_layer(G: torch.nn.Module, ws: torch.Tensor, layer: str,
+                       taps: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    with torch.no_grad():
+        img, cap = G.synthesis(ws, noise_mode="const", capture=[layer], taps=taps or {})
+    return to_uint8_image(img), cap[layer][0].float().cpu().numpy()
+
+
+def _tile_size(G: torch.nn.Module, tile: int | None) -> int:
+    return int(tile) if tile else max(MIN_TILE, G.cfg.resolution)
+
+
+def cluster_overlays(G: torch.nn.Module, result: ClusterResult, latent: Any, psi: float = 0.7,
+                     tile: int | None = None, alpha: float = 0.6, cols: int | None = None
+                     ) -> np.ndarray:
+    """The image, then one tile per cluster: its mean activation as a heatmap over the image.
+
+    Each tile is captioned with the cluster id and size. The heatmap of a cluster is the mean
+    of its channels' maps for this latent, min-max scaled within the tile; maps and image are
+    enlarged with NEAREST so a 16x16 layer shows its true 16x16 cells.
+    Returns a uint8 HxWx3 sheet.
+    """
+    _check_layer(G, result.layer)
+    ws = _as_ws(G, latent, psi)
+    image, act = _render_with_layer(G, ws, result.layer)
+    if act.shape[0] != result.num_channels:
+        raise StudioError(f"these clusters were made for {result.num_channels} channels but "
+                          f"{result.layer} of this model has {act.shape[0]}; recompute them.")
+    size = _tile_size(G, tile)
+    base = _upscale(image, size).astype(np.float64)
+    grey = base.mean(axis=2, keepdims=True).repeat(3, axis=2)  # colour would fight the map
+    tiles = [_caption(base.astype(np.uint8), "image")]
+    labels = result.labels_array()
+    for cid in range(result.k):
+        members = labels == cid
+        heat = act[members].mean(axis=0) if members.any() else np.zeros(act.shape[1:])
+        colour = _upscale(colormap(_normalise(heat)), size).astype(np.float64)
+        blend = ((1 - alpha) * grey + alpha * colour).round().astype(np.uint8)
+        tiles.append(_caption(blend, f"#{cid}  n={int(members.sum())}"))
+    return _grid(tiles, cols)
+
+
+def cluster_channel_sheet(G: torch.nn.Module, result: ClusterResult, cluster_id: int,
+                          latent: Any, top: int = 16, psi: float = 0.7, tile: int | None = None,
+                          cols: int | None = None) -> np.ndarray:
+    """Contact sheet of a cluster's strongest channels (mean |activation|) for one latent.
+
+    Each tile is one channel's map, min-max scaled and colour-mapped, captioned with the
+    channel index. Returns a uint8 HxWx3 sheet.
+    """
+    channels = result.channels(cluster_id)
+    ws = _as_ws(G, latent, psi)
+    _, act = _render_with_layer(G, ws, result.layer)
+    strength = np.abs(act[channels]).mean(axis=(1, 2))
+    ranked = [channels[i] for i in np.argsort(-strength, kind="stable")[:max(1, top)]]
+    size = tile or max(64, min(MIN_TILE, act.shape[1] * 4))
+    tiles = [_caption(_upscale(colormap(_normalise(act[c])), size), f"ch {c}") for c in ranked]
+    return _grid(tiles, cols)
+
+
+def ablation_tap(channels: Iterable[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A per-call tap that zeroes the given channels of a layer's output."""
+    idx = sorted(set(int(c) for c in channels))
+
+    def tap(x: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones(x.shape[1], device=x.device, dtype=x.dtype)
+        mask[idx] = 0
+        return x * mask.view(1, -1, 1, 1)
+
+    return tap
+
+
+def ablation_preview(G: torch.nn.Module, result: ClusterResult, cluster_id: int, latent: Any,
+                     psi: float = 0.7, tile: int | None = None) -> np.ndarray:
+    """Before / after: the same latent rendered as is and with the cluster's channels zeroed.
+
+    The channels are zeroed through a per-call tap, so the shared model is untouched.
+    Returns a uint8 HxWx3 image of the two captioned tiles side by side.
+    """
+    channels = result.channels(cluster_id)
+    _check_layer(G, result.layer)
+    ws = _as_ws(G, latent, psi)
+    with torch.no_grad():
+        before = to_uint8_image(G.synthesis(ws, noise_mode="const"))
+        after = to_uint8_image(G.synthesis(ws, noise_mode="const",
+                                           taps={result.layer: ablation_tap(channels)}))
+    size = _tile_size(G, tile)
+    return _grid([_caption(_upscale(before, size), "before"),
+                  _caption(_upscale(after, size), f"#{cluster_id} off ({len(channels)} ch)")],
+                 cols=2)
+
+
+def save_png(img: np.ndarray, path: str | Path) -> Path:
+    """Write a uint8 HxWx3 array as PNG (atomic)."""
+    from PIL import Image
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".png", dir=path.parent)
+    os.close(fd)
+    Image.fromarray(img).save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------
+# Command line.
+
+
+def add_cli(subparsers: Any) -> None:
+    p = subparsers.add_parser("cluster", help="cluster a layer's channels; write the cluster "
+                              "file (JSON + Broad YAML) and the overlay sheet")
+    p.add_argument("--model", default="default", help="model spec for engine.zoo.load")
+    p.add_argument("--layer", required=True, help="conv layer, e.g. b16.conv1")
+    p.add_argument("--k", type=int, default=8, help="number of clusters (0 = suggest)")
+    p.add_argument("--samples", type=int, default=128, help="latents rendered")
+    p.add_argument("--seed", type=int, default=0, help="latent and KMeans seed")
+    p.add_argument("--psi", type=float, default=0.7, help="truncation of the latents")
+    p.add_argument("--preview-seed", type=int, default=0, help="latent of the overlay sheet")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: Any) -> None:
+    from tqdm import tqdm
+
+    from engine import zoo
+    G = zoo.load(args.model)
+    out = Path(args.out)
+    k = args.k
+    if k <= 0:
+        k, scores = suggest_k(G, args.layer, samples=args.samples, seed=args.seed, psi=args.psi)
+        print("silhouette: " + ", ".join(f"k={kk}: {s:.3f}" for kk, s in scores.items()))
+    bar = tqdm(total=100, unit="%")
+
+    def progress(fraction: float, message: str = "") -> None:
+        bar.n = int(round(100 * fraction))
+        bar.set_description(message)
+        bar.refresh()
+
+    result = compute_clusters(G, args.layer, k, samples=args.samples, seed=args.seed,
+                              psi=args.psi, progress=progress)
+    bar.close()
+    stem = f"clusters_{args.layer.replace('.', '_')}_k{k}"
+    paths = [save_json(result, out / f"{stem}.json"),
+             save_broad_yaml(result, out / f"{stem}.yaml"),
+             save_png(cluster_overlays(G, result, args.preview_seed, psi=args.psi),
+                      out / f"{stem}_overlays.png")]
+    print("sizes: " + " ".join(f"#{i}:{n}" for i, n in enumerate(result.sizes)))
+    for path in paths:
+        print(f"wrote {path}")
