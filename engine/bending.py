@@ -1,0 +1,708 @@
+"""Network bending: spatial operations inserted into chosen layers, on chosen channels, per call.
+
+An `Operation` is a function on the activations of the SELECTED channels of one layer,
+[N, C_sel, H, W] -> same shape, with a list of `ParamSpec`s that the studio turns into
+controls and that validation checks. A `Bend` names a layer, an operation, its parameters
+and a `ChannelSelection`; `make_taps` turns a list of bends (and `WeightEdit`s, which edit a
+conv's weight instead of its output) into the per-call `taps` / `weight_taps` dicts of
+`SynthesisNetwork.forward`. Nothing here touches the model's parameters: two users bending
+one shared model never see each other's bends.
+
+Randomised operations (shuffle, vanish, jitter, noise) take a `seed` and draw their random
+numbers on the CPU, so a bend renders the same on CPU and CUDA, and the same for every
+sample of a batch (a batch of seeds shows one bend on many faces).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import StudioError
+
+PARAM_TYPES = ("float", "int", "bool", "choice")
+SELECTION_MODES = ("all", "indices", "random", "clusters")
+DEFAULT_CLUSTER_K = 5
+DEFAULT_CLUSTER_SAMPLES = 128
+FILL_MODES = ("zero", "reflect")
+_PADDING_MODE = {"zero": "zeros", "reflect": "reflection"}
+
+
+class BendError(StudioError):
+    """A bend or weight edit that cannot be applied: unknown op or layer, bad parameter."""
+
+
+# ----------------------------------------------------------------------------------------
+# Parameter specs.
+
+
+@dataclass
+class ParamSpec:
+    """One parameter of an operation; the studio builds a slider / checkbox / dropdown."""
+    name: str
+    type: str = "float"             # 'float' | 'int' | 'bool' | 'choice'
+    default: Any = 0.0
+    min: float | None = None        # inclusive bounds of numeric types
+    max: float | None = None
+    step: float | None = None       # slider step
+    help: str = ""
+    choices: tuple[str, ...] = ()   # allowed values of a 'choice'
+
+    def check(self, value: Any) -> str | None:
+        """Why `value` is not valid for this parameter, or None when it is."""
+        if self.type == "bool":
+            return None if isinstance(value, bool) else f"{value!r} is not true or false"
+        if self.type == "choice":
+            if not isinstance(value, str) or value not in self.choices:
+                return f"{value!r} is not one of {list(self.choices)}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{value!r} is not a number"
+        if not math.isfinite(value):
+            return f"{value!r} is not a finite number"
+        if self.type == "int" and float(value) != int(value):
+            return f"{value!r} is not a whole number"
+        if self.min is not None and value < self.min:
+            return f"{value!r} is below the minimum {_fmt(self.min)}"
+        if self.max is not None and value > self.max:
+            return f"{value!r} is above the maximum {_fmt(self.max)}"
+        return None
+
+    def coerce(self, value: Any) -> Any:
+        """The value in this parameter's Python type (after `check` passed)."""
+        if self.type == "int":
+            return int(value)
+        if self.type == "float":
+            return float(value)
+        return value
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
+@dataclass
+class Operation:
+    """A registered bending (or weight-edit) operation.
+
+    fn(x, generator=..., **params) -> tensor of x's shape, where x holds only the selected
+    channels. With `whole=True` fn instead receives (x_all, selected) where `selected` is a
+    LongTensor of channel indices (None = all) and returns the whole tensor (vanish needs
+    the unselected channels).
+    """
+    name: str
+    title: str
+    params: list[ParamSpec]
+    fn: Callable[..., torch.Tensor]
+    help: str = ""
+    whole: bool = False
+
+    def spec(self, name: str) -> ParamSpec | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+
+def check_params(op: Operation, params: Mapping[str, Any], where: str = "params"
+                 ) -> list[str]:
+    """Problems of `params` for `op`, each as 'where.name: reason'."""
+    if not isinstance(params, Mapping):
+        return [f"{where}: must be a mapping of parameter names to values"]
+    problems = []
+    for name, value in params.items():
+        spec = op.spec(name)
+        if spec is None:
+            known = ", ".join(p.name for p in op.params) or "none"
+            problems.append(f"{where}.{name}: unknown parameter of {op.name} (known: {known})")
+            continue
+        why = spec.check(value)
+        if why:
+            problems.append(f"{where}.{name}: {why}")
+    return problems
+
+
+def resolve_params(op: Operation, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Defaults overridden by `params`, each coerced to its type (after validation)."""
+    out = op.defaults()
+    for name, value in params.items():
+        spec = op.spec(name)
+        if spec is not None:
+            out[name] = spec.coerce(value)
+    return out
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+# ----------------------------------------------------------------------------------------
+# Spatial helpers.
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor, fill: str, mode: str = "bilinear"
+          ) -> torch.Tensor:
+    """Resample x by the affine map theta [2, 3] (output -> input, normalised coords)."""
+    n = x.shape[0]
+    theta = theta.to(device=x.device, dtype=x.dtype).unsqueeze(0).expand(n, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode=_PADDING_MODE[fill],
+                         align_corners=False)
+
+
+def _sample_grid(x: torch.Tensor, grid: torch.Tensor, fill: str) -> torch.Tensor:
+    grid = grid.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=_PADDING_MODE[fill],
+                         align_corners=False)
+
+
+def _identity_grid(h: int, w: int) -> torch.Tensor:
+    """[1, H, W, 2] normalised (x, y) coordinates of pixel centres (align_corners=False)."""
+    ys = (torch.arange(h, dtype=torch.float32) * 2 + 1) / h - 1
+    xs = (torch.arange(w, dtype=torch.float32) * 2 + 1) / w - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], dim=-1).unsqueeze(0)
+
+
+def _pad_same(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Replicate-pad so that a k x k stride-1 window keeps the size and covers its centre."""
+    lo, hi = (k - 1) // 2, k // 2
+    return F.pad(x, (lo, hi, lo, hi), mode="replicate")
+
+
+def _box(x: torch.Tensor, k: int) -> torch.Tensor:
+    if k <= 1:
+        return x
+    return F.avg_pool2d(_pad_same(x, k), k, stride=1)
+
+
+# ----------------------------------------------------------------------------------------
+# Operations on activations. Each gets the selected channels [N, C, H, W].
+
+
+def op_identity(x: torch.Tensor, **_: Any) -> torch.Tensor:
+    return x
+
+
+def op_ablate(x: torch.Tensor, **_: Any) -> torch.Tensor:
+    return torch.zeros_like(x)
+
+
+def op_multiply(x: torch.Tensor, factor: float = 2.0, **_: Any) -> torch.Tensor:
+    return x * factor
+
+
+def op_add(x: torch.Tensor, amount: float = 1.0, **_: Any) -> torch.Tensor:
+    return x + amount
+
+
+def op_invert(x: torch.Tensor, offset: float = 0.0, **_: Any) -> torch.Tensor:
+    # offset 0 is a plain negation; Broad's 'invert' is offset 1 (1 - x).
+    return offset - x
+
+
+def op_threshold(x: torch.Tensor, threshold: float = 0.5, high: float = 1.0, **_: Any
+                 ) -> torch.Tensor:
+    return (x > threshold).to(x.dtype) * high
+
+
+def op_translate(x: torch.Tensor, x_shift: float = 0.0, y_shift: float = 0.0,
+                 fill: str = "reflect", **_: Any) -> torch.Tensor:
+    # Shifts are fractions of the map size, positive = right / down, so a bend means the
+    # same thing at every resolution. Normalised coordinates span 2 units per map size.
+    theta = torch.tensor([[1.0, 0.0, -2.0 * x_shift], [0.0, 1.0, -2.0 * y_shift]])
+    return _warp(x, theta, fill)
+
+
+def op_rotate(x: torch.Tensor, angle: float = 0.0, fill: str = "zero", **_: Any
+              ) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    quarter = angle / 90.0
+    if h == w and quarter == round(quarter):
+        # Exact (and cheaper) for right angles; rot90 with dims (H, W) turns anticlockwise.
+        return torch.rot90(x, int(round(quarter)) % 4, dims=(2, 3))
+    a = math.radians(angle)
+    c, s = math.cos(a), math.sin(a)
+    # Anticlockwise on screen (y down): sample the input at the output point turned back.
+    theta = torch.tensor([[c, -s * h / w, 0.0], [s * w / h, c, 0.0]])
+    return _warp(x, theta, fill)
+
+
+def op_zoom(x: torch.Tensor, scale: float = 1.5, fill: str = "zero", **_: Any) -> torch.Tensor:
+    theta = torch.tensor([[1.0 / scale, 0.0, 0.0], [0.0, 1.0 / scale, 0.0]])
+    return _warp(x, theta, fill)
+
+
+def op_flip_h(x: torch.Tensor, **_: Any) -> torch.Tensor:
+    return x.flip(-1)
+
+
+def op_flip_v(x: torch.Tensor, **_: Any) -> torch.Tensor:
+    return x.flip(-2)
+
+
+def op_mirror_lr(x: torch.Tensor, **_: Any) -> torch.Tensor:
+    """The left half mirrored onto the right half."""
+    w = x.shape[-1]
+    half = w // 2
+    out = x.clone()
+    out[..., w - half:] = x[..., :half].flip(-1)
+    return out
+
+
+def op_mirror_tb(x: torch.Tensor, **_: Any) -> torch.Tensor:
+    """The top half mirrored onto the bottom half."""
+    h = x.shape[-2]
+    half = h // 2
+    out = x.clone()
+    out[..., h - half:, :] = x[..., :half, :].flip(-2)
+    return out
+
+
+def op_shuffle(x: torch.Tensor, seed: int = 0, **_: Any) -> torch.Tensor:
+    perm = torch.randperm(x.shape[1], generator=_generator(seed)).to(x.device)
+    return x.index_select(1, perm)
+
+
+def op_vanish(x: torch.Tensor, selected: torch.Tensor | None, seed: int = 0, **_: Any
+              ) -> torch.Tensor:
+    """Replace the selected channels with copies of randomly chosen unselected ones."""
+    c = x.shape[1]
+    if selected is None:
+        return torch.zeros_like(x)  # nothing is left unselected to copy from
+    mask = torch.ones(c, dtype=torch.bool)
+    mask[selected.cpu()] = False
+    donors = mask.nonzero().flatten()
+    if donors.numel() == 0:
+        return x.index_fill(1, selected, 0.0)
+    pick = torch.randint(donors.numel(), (selected.numel(),), generator=_generator(seed))
+    src = donors[pick].to(x.device)
+    return x.index_copy(1, selected, x.index_select(1, src))
+
+
+def op_mean_filter(x: torch.Tensor, kernel: int = 3, **_: Any) -> torch.Tensor:
+    return _box(x, int(kernel))
+
+
+def op_sharpen(x: torch.Tensor, factor: float = 1.0, **_: Any) -> torch.Tensor:
+    # Unsharp mask: add back the detail a 3x3 blur removes.
+    return x + factor * (x - _box(x, 3))
+
+
+def op_erode(x: torch.Tensor, kernel: int = 3, **_: Any) -> torch.Tensor:
+    k = int(kernel)
+    if k <= 1:
+        return x
+    return -F.max_pool2d(_pad_same(-x, k), k, stride=1)
+
+
+def op_dilate(x: torch.Tensor, kernel: int = 3, **_: Any) -> torch.Tensor:
+    k = int(kernel)
+    if k <= 1:
+        return x
+    return F.max_pool2d(_pad_same(x, k), k, stride=1)
+
+
+_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
+
+
+def op_sobel(x: torch.Tensor, **_: Any) -> torch.Tensor:
+    """Gradient magnitude per channel (Sobel, replicate border)."""
+    n, c, h, w = x.shape
+    k = torch.stack([_SOBEL, _SOBEL.t()]).unsqueeze(1).to(device=x.device, dtype=x.dtype)
+    g = F.conv2d(_pad_same(x.reshape(n * c, 1, h, w), 3), k)   # [N*C, 2, H, W]
+    return g.square().sum(dim=1).add(1e-12).sqrt().reshape(n, c, h, w)
+
+
+def op_sinusoidal(x: torch.Tensor, freq_x: float = 2.0, freq_y: float = 0.0,
+                  phase: float = 0.0, amplitude: float = 0.5, mode: str = "multiply",
+                  **_: Any) -> torch.Tensor:
+    """A sine wave across the map: multiplies the activations, or displaces them ('warp')."""
+    h, w = x.shape[-2:]
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    wave = torch.sin(2 * math.pi * (freq_x * gx + freq_y * gy) + math.radians(phase))
+    if mode == "multiply":
+        return x * (1.0 + amplitude * wave.to(device=x.device, dtype=x.dtype))
+    # Warp: move each pixel across the wave fronts (perpendicular to the wave vector) by
+    # amplitude * sin, a fraction of the map size: columns (or rows) ripple.
+    norm = math.hypot(freq_x, freq_y)
+    dx, dy = (-freq_y / norm, freq_x / norm) if norm > 0 else (0.0, 1.0)
+    shift = 2.0 * amplitude * wave
+    grid = _identity_grid(h, w) + torch.stack([shift * dx, shift * dy], dim=-1).unsqueeze(0)
+    return _sample_grid(x, grid, "reflect")
+
+
+def op_jitter(x: torch.Tensor, amount: float = 1.0, seed: int = 0, **_: Any) -> torch.Tensor:
+    """Displace every pixel by a seeded random offset of up to `amount` pixels."""
+    h, w = x.shape[-2:]
+    offsets = (torch.rand(1, h, w, 2, generator=_generator(seed)) * 2 - 1) * amount
+    scale = torch.tensor([2.0 / w, 2.0 / h])
+    return _sample_grid(x, _identity_grid(h, w) + offsets * scale, "reflect")
+
+
+def op_gaussian_noise(x: torch.Tensor, std: float = 0.5, seed: int = 0, **_: Any
+                      ) -> torch.Tensor:
+    noise = torch.randn(1, *x.shape[1:], generator=_generator(seed))
+    return x + std * noise.to(device=x.device, dtype=x.dtype)
+
+
+def _f(name: str, default: float, lo: float, hi: float, step: float, help: str) -> ParamSpec:
+    return ParamSpec(name, "float", default, lo, hi, step, help)
+
+
+def _i(name: str, default: int, lo: int, hi: int, help: str) -> ParamSpec:
+    return ParamSpec(name, "int", default, lo, hi, 1, help)
+
+
+def _seed() -> ParamSpec:
+    return _i("seed", 0, 0, 2**31 - 1, "random seed: the same seed gives the same result")
+
+
+def _fill(default: str) -> ParamSpec:
+    return ParamSpec("fill", "choice", default, help="what fills the uncovered border",
+                     choices=FILL_MODES)
+
+
+OPERATIONS: dict[str, Operation] = {op.name: op for op in [
+    Operation("identity", "Identity", [], op_identity, "leave the activations as they are"),
+    Operation("ablate", "Ablate", [], op_ablate, "set the channels to zero"),
+    Operation("multiply", "Multiply", [_f("factor", 2.0, -10, 10, 0.05, "scale factor")],
+              op_multiply, "multiply by a constant"),
+    Operation("add", "Add (brightness)", [_f("amount", 1.0, -10, 10, 0.05, "value added")],
+              op_add, "add a constant"),
+    Operation("invert", "Invert", [_f("offset", 0.0, -10, 10, 0.05,
+                                      "result is offset - x (0: negate)")],
+              op_invert, "negate the activations"),
+    Operation("threshold", "Binary threshold",
+              [_f("threshold", 0.5, -10, 10, 0.01, "values above it become high, others 0"),
+               _f("high", 1.0, -10, 10, 0.05, "the value above the threshold")],
+              op_threshold, "binarise the activations"),
+    Operation("translate", "Translate",
+              [_f("x_shift", 0.25, -1, 1, 0.01, "horizontal shift, fraction of the width"),
+               _f("y_shift", 0.0, -1, 1, 0.01, "vertical shift, fraction of the height"),
+               _fill("reflect")], op_translate, "shift the maps"),
+    Operation("rotate", "Rotate", [_f("angle", 45.0, -360, 360, 1, "degrees, anticlockwise"),
+                                   _fill("zero")], op_rotate, "rotate about the centre"),
+    Operation("zoom", "Zoom", [_f("scale", 1.5, 0.05, 20, 0.01, "above 1 magnifies"),
+                               _fill("zero")], op_zoom, "scale about the centre"),
+    Operation("flip_h", "Flip horizontally", [], op_flip_h, "mirror left and right"),
+    Operation("flip_v", "Flip vertically", [], op_flip_v, "mirror top and bottom"),
+    Operation("mirror_lr", "Mirror left to right", [], op_mirror_lr,
+              "copy the left half mirrored onto the right"),
+    Operation("mirror_tb", "Mirror top to bottom", [], op_mirror_tb,
+              "copy the top half mirrored onto the bottom"),
+    Operation("shuffle", "Shuffle channels", [_seed()], op_shuffle,
+              "permute the selected channels"),
+    Operation("vanish", "Vanish", [_seed()], op_vanish,
+              "replace the selected channels with copies of unselected ones", whole=True),
+    Operation("mean_filter", "Mean filter", [_i("kernel", 3, 1, 31, "window size")],
+              op_mean_filter, "box blur"),
+    Operation("sharpen", "Sharpen", [_f("factor", 1.0, 0, 20, 0.1, "strength")], op_sharpen,
+              "unsharp mask"),
+    Operation("erode", "Erode", [_i("kernel", 3, 1, 31, "window size")], op_erode,
+              "minimum over a window"),
+    Operation("dilate", "Dilate", [_i("kernel", 3, 1, 31, "window size")], op_dilate,
+              "maximum over a window"),
+    Operation("sobel", "Sobel edges", [], op_sobel, "gradient magnitude"),
+    Operation("sinusoidal", "Sinusoidal disruption",
+              [_f("freq_x", 2.0, -64, 64, 0.1, "cycles across the width"),
+               _f("freq_y", 0.0, -64, 64, 0.1, "cycles down the height"),
+               _f("phase", 0.0, -360, 360, 1, "degrees"),
+               _f("amplitude", 0.5, -10, 10, 0.01,
+                  "strength (multiply) or displacement as a fraction of the map (warp)"),
+               ParamSpec("mode", "choice", "multiply", help="multiply or displace",
+                         choices=("multiply", "warp"))],
+              op_sinusoidal, "a sine wave across the maps"),
+    Operation("jitter", "Spatial jitter", [_f("amount", 1.0, 0, 64, 0.1, "pixels"), _seed()],
+              op_jitter, "random per-pixel displacement"),
+    Operation("gaussian_noise", "Gaussian noise",
+              [_f("std", 0.5, 0, 20, 0.01, "standard deviation"), _seed()],
+              op_gaussian_noise, "add seeded noise"),
+]}
+
+
+# ----------------------------------------------------------------------------------------
+# Weight edits: fn(w) on the selected output (or input) channels of a conv weight [O, I, k, k].
+
+
+def _wn(w: torch.Tensor, std: float = 0.1, seed: int = 0, **_: Any) -> torch.Tensor:
+    # Noise relative to the weight's own scale, so one std suits every layer.
+    noise = torch.randn(w.shape, generator=_generator(seed)).to(w.device, w.dtype)
+    return w + std * w.std().clamp_min(1e-8) * noise
+
+
+def _centre_only(w: torch.Tensor, **_: Any) -> torch.Tensor:
+    kh, kw = w.shape[-2:]
+    out = torch.zeros_like(w)
+    out[..., kh // 2, kw // 2] = w[..., kh // 2, kw // 2]
+    return out
+
+
+_AXIS = ParamSpec("axis", "choice", "out", help="edit output channels (out) or input channels "
+                  "(in); demodulation undoes a uniform scale of whole output channels",
+                  choices=("out", "in"))
+
+WEIGHT_OPERATIONS: dict[str, Operation] = {op.name: op for op in [
+    Operation("zero", "Zero", [_AXIS], lambda w, **_: torch.zeros_like(w)),
+    Operation("negate", "Negate", [_AXIS], lambda w, **_: -w),
+    Operation("scale", "Scale", [_f("factor", 2.0, -100, 100, 0.05, "scale factor"), _AXIS],
+              lambda w, factor=2.0, **_: w * factor),
+    Operation("transpose", "Transpose kernel", [_AXIS], lambda w, **_: w.transpose(-1, -2)),
+    Operation("rotate90", "Rotate kernel 90", [_AXIS],
+              lambda w, **_: torch.rot90(w, 1, dims=(-2, -1))),
+    Operation("rotate180", "Rotate kernel 180", [_AXIS],
+              lambda w, **_: torch.rot90(w, 2, dims=(-2, -1))),
+    Operation("centre_only", "Keep centre tap", [_AXIS], _centre_only),
+    Operation("noise", "Add noise", [_f("std", 0.1, 0, 10, 0.01, "relative to the weight's "
+                                        "standard deviation"), _seed(), _AXIS], _wn),
+]}
+
+
+# ----------------------------------------------------------------------------------------
+# Channel selection, bends, weight edits.
+
+
+@dataclass
+class ChannelSelection:
+    """Which channels of a layer an operation touches."""
+    mode: str = "all"               # 'all' | 'indices' | 'random' | 'clusters'
+    indices: list[int] = field(default_factory=list)  # mode 'indices'
+    fraction: float = 0.5           # mode 'random': share of channels picked
+    seed: int = 0                   # mode 'random': which channels
+    layer: str | None = None        # mode 'clusters': clustered layer (None = the bend's)
+    k: int = DEFAULT_CLUSTER_K      # mode 'clusters': number of clusters
+    ids: list[int] = field(default_factory=list)      # mode 'clusters': chosen cluster ids
+    samples: int = DEFAULT_CLUSTER_SAMPLES  # mode 'clusters': latents the clustering used
+    cluster_seed: int = 0           # mode 'clusters': seed of the clustering
+
+
+@dataclass
+class Bend:
+    """One operation on one layer's output."""
+    layer: str
+    op: str = "identity"
+    params: dict[str, Any] = field(default_factory=dict)
+    channels: ChannelSelection = field(default_factory=ChannelSelection)
+    enabled: bool = True
+
+
+@dataclass
+class WeightEdit:
+    """One edit of a conv layer's weight (before modulation)."""
+    layer: str
+    op: str = "zero"
+    params: dict[str, Any] = field(default_factory=dict)
+    channels: ChannelSelection = field(default_factory=ChannelSelection)
+    enabled: bool = True
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_selection(sel: ChannelSelection, channels: int | None, G: Any = None,
+                       where: str = "channels") -> list[str]:
+    """Problems of a channel selection; `channels` = the layer's channel count if known."""
+    if not isinstance(sel, ChannelSelection):
+        return [f"{where}: must be a channel selection"]
+    problems = []
+    if sel.mode not in SELECTION_MODES:
+        return [f"{where}.mode: {sel.mode!r} is not one of {list(SELECTION_MODES)}"]
+    if sel.mode == "indices":
+        if not isinstance(sel.indices, list) or not sel.indices:
+            problems.append(f"{where}.indices: give at least one channel index")
+        else:
+            for i, c in enumerate(sel.indices):
+                if not _is_int(c):
+                    problems.append(f"{where}.indices[{i}]: {c!r} is not a whole number")
+                elif c < 0 or (channels is not None and c >= channels):
+                    top = f"0..{channels - 1}" if channels is not None else "0 or more"
+                    problems.append(f"{where}.indices[{i}]: channel {c} is out of range "
+                                    f"({top})")
+    elif sel.mode == "random":
+        f = sel.fraction
+        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f <= 1:
+            problems.append(f"{where}.fraction: {f!r} must be a number in (0, 1]")
+        if not _is_int(sel.seed) or sel.seed < 0:
+            problems.append(f"{where}.seed: {sel.seed!r} must be a whole number >= 0")
+    elif sel.mode == "clusters":
+        k_ok = _is_int(sel.k) and 2 <= sel.k <= 64
+        if not k_ok:
+            problems.append(f"{where}.k: {sel.k!r} must be a whole number from 2 to 64")
+        if not isinstance(sel.ids, list) or not sel.ids:
+            problems.append(f"{where}.ids: give at least one cluster id")
+        else:
+            for i, c in enumerate(sel.ids):
+                if not _is_int(c):
+                    problems.append(f"{where}.ids[{i}]: {c!r} is not a whole number")
+                elif k_ok and not 0 <= c < sel.k:
+                    problems.append(f"{where}.ids[{i}]: cluster {c} is out of range "
+                                    f"(0..{sel.k - 1} for k={sel.k})")
+        if not _is_int(sel.samples) or sel.samples < 1:
+            problems.append(f"{where}.samples: {sel.samples!r} must be a whole number >= 1")
+        if not _is_int(sel.cluster_seed) or sel.cluster_seed < 0:
+            problems.append(f"{where}.cluster_seed: {sel.cluster_seed!r} must be a whole "
+                            f"number >= 0")
+        if sel.layer is not None:
+            if not isinstance(sel.layer, str):
+                problems.append(f"{where}.layer: {sel.layer!r} is not a layer name")
+            elif G is not None and sel.layer not in G.synthesis.layers:
+                problems.append(f"{where}.layer: unknown layer {sel.layer!r}")
+            elif G is not None and channels is not None and \
+                    G.layer_shapes()[sel.layer][0] != channels:
+                problems.append(f"{where}.layer: {sel.layer} has "
+                                f"{G.layer_shapes()[sel.layer][0]} channels, the bent layer "
+                                f"{channels}")
+    return problems
+
+
+def _validate_edit(item: Bend | WeightEdit, registry: Mapping[str, Operation], G: Any,
+                   kind: str) -> list[str]:
+    problems = []
+    layers = list(G.synthesis.layers) if G is not None else None
+    if not isinstance(item.layer, str):
+        problems.append(f"layer: {item.layer!r} is not a layer name")
+    elif layers is not None and item.layer not in layers:
+        problems.append(f"layer: unknown layer {item.layer!r} (layers: {', '.join(layers)})")
+    if not isinstance(item.enabled, bool):
+        problems.append(f"enabled: {item.enabled!r} is not true or false")
+    op = registry.get(item.op) if isinstance(item.op, str) else None
+    if op is None:
+        problems.append(f"op: unknown {kind} {item.op!r} (known: {', '.join(registry)})")
+    else:
+        problems += check_params(op, item.params)
+    channels = None
+    if G is not None and isinstance(item.layer, str) and item.layer in layers:
+        channels = G.layer_shapes()[item.layer][0]
+        if isinstance(item, WeightEdit) and isinstance(item.params, Mapping) and \
+                item.params.get("axis") == "in":
+            channels = _weight_of(G, item.layer).shape[1]
+    problems += validate_selection(item.channels, channels, G)
+    return problems
+
+
+def validate_bend(bend: Bend, G: Any = None) -> list[str]:
+    """Every problem of one bend as 'field: reason'; G (optional) checks layers and channels."""
+    return _validate_edit(bend, OPERATIONS, G, "operation")
+
+
+def validate_weight_edit(edit: WeightEdit, G: Any = None) -> list[str]:
+    """Every problem of one weight edit as 'field: reason'."""
+    return _validate_edit(edit, WEIGHT_OPERATIONS, G, "weight edit")
+
+
+def _weight_of(G: Any, layer: str) -> torch.Tensor:
+    block, part = layer.split(".")
+    return getattr(getattr(G.synthesis, block), part).weight
+
+
+def resolve_channels(sel: ChannelSelection, G: Any, layer: str, channels: int,
+                     model_key: str | None = None) -> torch.Tensor | None:
+    """Channel indices (sorted LongTensor) a selection picks; None means every channel."""
+    if sel.mode == "all":
+        return None
+    if sel.mode == "indices":
+        idx = sorted(set(int(i) for i in sel.indices))
+    elif sel.mode == "random":
+        count = max(1, int(round(sel.fraction * channels)))
+        idx = sorted(np.random.RandomState(sel.seed).permutation(channels)[:count].tolist())
+    elif sel.mode == "clusters":
+        from engine import clusters  # lazy: clustering pulls in scikit-learn
+
+        key = model_key if model_key is not None else clusters.model_key_of(G)
+        labels = np.asarray(clusters.cluster_labels(G, key, sel.layer or layer, sel.k,
+                                                    sel.samples, sel.cluster_seed))
+        idx = np.nonzero(np.isin(labels, list(sel.ids)))[0].tolist()
+    else:
+        raise BendError(f"unknown channel selection mode {sel.mode!r}")
+    if len(idx) == channels:
+        return None
+    return torch.tensor(idx, dtype=torch.long)
+
+
+def apply_operation(op: Operation, x: torch.Tensor, params: Mapping[str, Any],
+                    selected: torch.Tensor | None = None) -> torch.Tensor:
+    """Run `op` (resolved params) on the `selected` channels of x [N, C, H, W]."""
+    if op.whole:
+        return op.fn(x, selected.to(x.device) if selected is not None else None, **params)
+    if selected is None:
+        return op.fn(x, **params)
+    if selected.numel() == 0:
+        return x
+    idx = selected.to(x.device)
+    return x.index_copy(1, idx, op.fn(x.index_select(1, idx), **params))
+
+
+def _compose(steps: Sequence[tuple[Operation, dict[str, Any], torch.Tensor | None]]
+             ) -> Callable[[torch.Tensor], torch.Tensor]:
+    def tap(x: torch.Tensor) -> torch.Tensor:
+        for op, params, selected in steps:
+            x = apply_operation(op, x, params, selected)
+        return x
+    return tap
+
+
+def _weight_step(op: Operation, params: dict[str, Any], selected: torch.Tensor | None
+                 ) -> tuple[Operation, dict[str, Any], torch.Tensor | None, int]:
+    params = dict(params)
+    axis = 1 if params.pop("axis", "out") == "in" else 0
+    return op, params, selected, axis
+
+
+def _compose_weight(steps: Sequence[tuple[Operation, dict[str, Any], torch.Tensor | None, int]]
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    def tap(w: torch.Tensor) -> torch.Tensor:
+        for op, params, selected, axis in steps:
+            if selected is None:
+                w = op.fn(w, **params)
+            elif selected.numel():
+                idx = selected.to(w.device)
+                w = w.index_copy(axis, idx, op.fn(w.index_select(axis, idx), **params))
+        return w
+    return tap
+
+
+def make_taps(G: Any, bends: Iterable[Bend] = (), weight_edits: Iterable[WeightEdit] = (),
+              model_key: str | None = None
+              ) -> tuple[dict[str, Callable], dict[str, Callable]]:
+    """Per-call (taps, weight_taps) for G.synthesis; bends on one layer compose in order.
+
+    Raises BendError listing every problem when a bend or edit is invalid. Channel
+    selections (including clusters) are resolved here, once, not at every forward pass.
+    """
+    bends, weight_edits = list(bends), list(weight_edits)
+    problems = [f"bends[{i}].{p}" for i, b in enumerate(bends) for p in validate_bend(b, G)]
+    problems += [f"weight_edits[{i}].{p}" for i, e in enumerate(weight_edits)
+                 for p in validate_weight_edit(e, G)]
+    if problems:
+        raise BendError("invalid bends: " + "; ".join(problems))
+    shapes = G.layer_shapes()
+    steps: dict[str, list] = {}
+    for b in bends:
+        if not b.enabled:
+            continue
+        op = OPERATIONS[b.op]
+        sel = resolve_channels(b.channels, G, b.layer, shapes[b.layer][0], model_key)
+        if op.name == "identity":
+            continue  # nothing to run: keep the layer's fast path
+        steps.setdefault(b.layer, []).append((op, resolve_params(op, b.params), sel))
+    wsteps: dict[str, list] = {}
+    for e in weight_edits:
+        if not e.enabled:
+            continue
+        op = WEIGHT_OPERATIONS[e.op]
+        params = resolve_params(op, e.params)
+        count = _weight_of(G, e.layer).shape[1 if params.get("axis") == "in" else 0]
+        sel = resolve_channels(e.channels, G, e.layer, count, model_key)
+        wsteps.setdefault(e.layer, []).append(_weight_step(op, params, sel))
+    taps = {layer: _compose(s) for layer, s in steps.items()}
+    weight_taps = {layer: _compose_weight(s) for layer, s in wsteps.items()}
+    return taps, weight_taps
