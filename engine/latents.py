@@ -1,12 +1,33 @@
 """Latent side of a StyleGAN2: seeds, truncation, style mixing, per-layer W+ edits, directions.
 
-SKELETON: the dataclasses below are the contract that recipe.py and the studio build on.
-The functions are being filled in (issue 7).
+The dataclasses are the contract that recipe.py and the studio build on; `compute_ws` turns a
+`LatentSpec` into the ws one render reads. Directions (SeFa, GANSpace, InterFaceGAN boundary
+files) live here too, with a small per-model cache. Interpolation, loops, grids and W/W+
+files are further down.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.errors import StudioError
+
+MAX_SEED = 2 ** 32 - 1            # numpy RandomState accepts seeds in [0, 2**32 - 1]
+NOISE_MODES = ("const", "random", "none")
+DIRECTION_METHODS = ("sefa", "ganspace", "file")
+LAYER_EDIT_OPS = ("swap", "random", "negate")
+W_STATS_SAMPLES = 2000            # mapped samples used to estimate the spread of W
+DIRECTION_CACHE_SIZE = 16         # direction sets kept in memory (all models together)
 
 
 @dataclass
@@ -44,3 +65,466 @@ class LatentSpec:
     w: list[list[float]] | None = None  # a saved W+ [num_ws][w_dim]; overrides seed when set
     directions: list[DirectionEdit] = field(default_factory=list)
     layer_edits: list[LayerEdit] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------
+# Small helpers.
+
+
+def model_device(G: torch.nn.Module) -> torch.device:
+    """The device of a model's parameters (CPU or CUDA, whichever it was moved to)."""
+    return next(G.parameters()).device
+
+
+def slerp(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, t: float
+          ) -> torch.Tensor | np.ndarray:
+    """Spherical interpolation along the last axis; exact endpoints at t=0 and t=1.
+
+    Norms are interpolated linearly so that Z samples keep a typical length; nearly
+    parallel vectors fall back to lerp (the arc is a line there).
+    """
+    if t == 0:
+        return a.clone() if isinstance(a, torch.Tensor) else np.array(a, copy=True)
+    if t == 1:
+        return b.clone() if isinstance(b, torch.Tensor) else np.array(b, copy=True)
+    is_np = not isinstance(a, torch.Tensor)
+    ta = torch.as_tensor(a, dtype=torch.float64)
+    tb = torch.as_tensor(b, dtype=torch.float64).to(ta.device)
+    na, nb = ta.norm(dim=-1, keepdim=True), tb.norm(dim=-1, keepdim=True)
+    ua, ub = ta / na.clamp_min(1e-12), tb / nb.clamp_min(1e-12)
+    dot = (ua * ub).sum(dim=-1, keepdim=True).clamp(-1.0, 1.0)
+    omega = torch.arccos(dot)
+    so = torch.sin(omega)
+    near = so.abs() < 1e-6
+    wa = torch.where(near, 1 - t, torch.sin((1 - t) * omega) / so.where(~near, 1.0))
+    wb = torch.where(near, torch.full_like(so, t), torch.sin(t * omega) / so.where(~near, 1.0))
+    direction = wa * ua + wb * ub
+    direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    out = direction * ((1 - t) * na + t * nb)
+    if is_np:
+        return out.numpy().astype(np.asarray(a).dtype)
+    return out.to(a.dtype)
+
+
+def lerp(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, t: float
+         ) -> torch.Tensor | np.ndarray:
+    """Linear interpolation with exact endpoints (returns copies at t=0 and t=1)."""
+    if t == 0:
+        return a.clone() if isinstance(a, torch.Tensor) else np.array(a, copy=True)
+    if t == 1:
+        return b.clone() if isinstance(b, torch.Tensor) else np.array(b, copy=True)
+    return a + (b - a) * t
+
+
+def _int_seed_z(seed: int, z_dim: int) -> np.ndarray:
+    return np.random.RandomState(seed).randn(1, z_dim)
+
+
+def seed_to_z(seed: float, z_dim: int) -> torch.Tensor:
+    """z [1, z_dim] float32 (CPU) for a seed; fractional seeds slerp between neighbours.
+
+    Integer seeds follow NVlabs generate.py: `RandomState(seed).randn(1, z_dim)`, so seed
+    numbers mean the same faces as in other tools. Seed 3.25 is a quarter of the way along
+    the great circle from seed 3's z to seed 4's z: dragging a seed slider is smooth.
+    """
+    seed = float(seed)
+    if not math.isfinite(seed) or seed < 0 or seed > MAX_SEED:
+        raise StudioError(f"Seed {seed:g} is out of range: use a number from 0 to {MAX_SEED}.")
+    lo = math.floor(seed)
+    frac = seed - lo
+    z = _int_seed_z(lo, z_dim)
+    if frac > 0 and lo + 1 <= MAX_SEED:
+        z = slerp(z, _int_seed_z(lo + 1, z_dim), frac)
+    return torch.from_numpy(np.asarray(z)).to(torch.float32)
+
+
+def class_label(G: torch.nn.Module, class_index: int | None) -> torch.Tensor | None:
+    """One-hot label [1, c_dim] for a conditional model, None for an unconditional one."""
+    c_dim = G.cfg.c_dim
+    if c_dim == 0:
+        return None
+    if class_index is None:
+        raise StudioError(f"This model is conditional: choose a class from 0 to {c_dim - 1}.")
+    if not 0 <= int(class_index) < c_dim:
+        raise StudioError(f"Class {class_index} is out of range: this model has classes "
+                          f"0 to {c_dim - 1}.")
+    c = torch.zeros(1, c_dim, device=model_device(G))
+    c[0, int(class_index)] = 1
+    return c
+
+
+@torch.no_grad()
+def seed_to_ws(G: torch.nn.Module, seed: float, psi: float = 1.0, cutoff: int | None = None,
+               class_index: int | None = None) -> torch.Tensor:
+    """ws [1, num_ws, w_dim] of one (possibly fractional) seed, truncated by psi/cutoff."""
+    z = seed_to_z(seed, G.cfg.z_dim).to(model_device(G))
+    return G.mapping(z, class_label(G, class_index), psi=psi, cutoff=cutoff)
+
+
+# ----------------------------------------------------------------------------------------
+# Per-model caches. Keyed by id(G) and checked through a weak reference, so a collected
+# model's id reused by a new one never returns stale results.
+
+_cache_lock = threading.Lock()
+_cache: OrderedDict[Hashable, tuple[weakref.ref, Any]] = OrderedDict()
+
+
+def _cached(G: torch.nn.Module, key: Hashable, make: Callable[[], Any]) -> Any:
+    full_key = (id(G), key)
+    with _cache_lock:
+        hit = _cache.get(full_key)
+        if hit is not None and hit[0]() is G:
+            _cache.move_to_end(full_key)
+            return hit[1]
+    value = make()  # computed outside the lock: GANSpace can take a second or two
+    with _cache_lock:
+        _cache[full_key] = (weakref.ref(G), value)
+        _cache.move_to_end(full_key)
+        while len(_cache) > DIRECTION_CACHE_SIZE:
+            _cache.popitem(last=False)
+    return value
+
+
+def clear_caches() -> None:
+    """Forget every cached direction set and W statistic."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def w_stats(G: torch.nn.Module, samples: int = W_STATS_SAMPLES, seed: int = 0
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, per-dimension std) of mapped w over random z; cached per model."""
+    def make() -> tuple[np.ndarray, np.ndarray]:
+        w = sample_w(G, samples, seed)
+        return w.mean(axis=0), w.std(axis=0)
+    return _cached(G, ("w_stats", samples, seed), make)
+
+
+@torch.no_grad()
+def sample_w(G: torch.nn.Module, samples: int, seed: int = 0, batch: int = 1000
+             ) -> np.ndarray:
+    """[samples, w_dim] untruncated w from z ~ N(0, I) (conditional: random classes)."""
+    gen = torch.Generator().manual_seed(seed)
+    device = model_device(G)
+    out = []
+    for start in range(0, samples, batch):
+        n = min(batch, samples - start)
+        z = torch.randn(n, G.cfg.z_dim, generator=gen).to(device)
+        c = None
+        if G.cfg.c_dim > 0:
+            idx = torch.randint(0, G.cfg.c_dim, (n,), generator=gen)
+            c = torch.nn.functional.one_hot(idx, G.cfg.c_dim).float().to(device)
+        out.append(G.mapping(z, c)[:, 0].cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# Directions.
+
+
+def affine_layer_names(G: torch.nn.Module) -> list[str]:
+    """Synthesis layers that have an affine (style) layer, in forward order."""
+    return list(G.synthesis.layers)
+
+
+def _affine(G: torch.nn.Module, layer: str) -> torch.nn.Module:
+    block, part = layer.split(".")
+    try:
+        return getattr(getattr(G.synthesis, block), part).affine
+    except AttributeError as exc:
+        raise StudioError(f"Layer {layer!r} does not exist; layers are "
+                          f"{', '.join(affine_layer_names(G))}.") from exc
+
+
+def sefa_directions(G: torch.nn.Module, layers: Sequence[str] | None = None, top: int = 10
+                    ) -> np.ndarray:
+    """SeFa: unit directions [top, w_dim] that change the chosen layers' styles the most.
+
+    The styles are s = A w + b; the directions n maximising |A n| are the top eigenvectors
+    of A^T A. A is the stack of the layers' affine weights, each weight column-normalised
+    (every input dimension of w scaled to unit norm) as in the SeFa paper. Orthonormal.
+    """
+    names = tuple(layers) if layers else tuple(affine_layer_names(G))
+
+    def make() -> np.ndarray:
+        with torch.no_grad():
+            mats = []
+            for name in names:
+                weight = _affine(G, name).weight.detach().to("cpu", torch.float64)
+                mats.append(weight / weight.norm(dim=0, keepdim=True).clamp_min(1e-12))
+            a = torch.cat(mats, dim=0)                         # [sum(channels), w_dim]
+            evals, evecs = torch.linalg.eigh(a.t() @ a)        # ascending eigenvalues
+            order = torch.argsort(evals, descending=True)
+            return evecs[:, order].t().numpy().astype(np.float32)  # rows: directions
+    all_dirs = _cached(G, ("sefa", names), make)
+    return all_dirs[:_check_top(top, all_dirs.shape[0])].copy()
+
+
+def _check_top(top: int, limit: int) -> int:
+    if top < 1:
+        raise StudioError(f"Ask for at least one direction (got top={top}).")
+    return min(int(top), limit)
+
+
+def ganspace_directions(G: torch.nn.Module, samples: int = 10000, top: int = 10,
+                        seed: int = 0) -> np.ndarray:
+    """GANSpace: principal axes [top, w_dim] of sampled w (scikit-learn PCA); cached."""
+    def make() -> np.ndarray:
+        from sklearn.decomposition import PCA  # lazy: scikit-learn is slow to import
+        w = sample_w(G, samples, seed)
+        n = min(w.shape[1], samples)
+        pca = PCA(n_components=n, svd_solver="full", random_state=seed).fit(w)
+        comps = pca.components_.astype(np.float32)
+        return comps / np.linalg.norm(comps, axis=1, keepdims=True)
+    all_dirs = _cached(G, ("ganspace", samples, seed), make)
+    return all_dirs[:_check_top(top, all_dirs.shape[0])].copy()
+
+
+def load_boundary(path: str | os.PathLike, G: torch.nn.Module | None = None) -> np.ndarray:
+    """An InterFaceGAN boundary .npy: [1, w_dim] or [num_ws, w_dim] float32, rows unit length.
+
+    With G given, the shape is checked against the model (w_dim, num_ws).
+    """
+    path = os.fspath(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise StudioError(f"Boundary file {path!r} was not found.") from exc
+    except (ValueError, OSError) as exc:
+        raise StudioError(f"Boundary file {path!r} is not a readable .npy array.") from exc
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2:
+        raise StudioError(f"Boundary file {path!r} has shape {list(arr.shape)}; expected "
+                          f"[1, w_dim] or [num_ws, w_dim].")
+    if G is not None:
+        w_dim, num_ws = G.cfg.w_dim, G.num_ws
+        if arr.shape[1] != w_dim or arr.shape[0] not in (1, num_ws):
+            raise StudioError(f"Boundary file {os.path.basename(path)!r} has shape "
+                              f"{list(arr.shape)} but this model needs [1, {w_dim}] or "
+                              f"[{num_ws}, {w_dim}].")
+    if not np.isfinite(arr).all():
+        raise StudioError(f"Boundary file {path!r} contains NaN or infinite values.")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if (norms < 1e-12).any():
+        raise StudioError(f"Boundary file {path!r} has an all-zero row; it has no direction.")
+    return arr / norms
+
+
+def direction_vector(G: torch.nn.Module, edit: DirectionEdit) -> np.ndarray:
+    """The unit direction of an edit: [1, w_dim], or [num_ws, w_dim] for a W+ boundary."""
+    if edit.method == "file":
+        if not edit.path:
+            raise StudioError("A direction from a file needs a boundary .npy path.")
+        path = os.fspath(edit.path)
+        mtime = os.path.getmtime(path) if os.path.exists(path) else None
+        return _cached(G, ("file", path, mtime), lambda: load_boundary(path, G))
+    top = edit.index + 1
+    if edit.method == "sefa":
+        dirs = sefa_directions(G, edit.layers, top=top)
+    elif edit.method == "ganspace":
+        dirs = ganspace_directions(G, top=top)
+    else:
+        raise StudioError(f"Unknown direction method {edit.method!r}; use one of "
+                          f"{', '.join(DIRECTION_METHODS)}.")
+    if edit.index < 0 or edit.index >= dirs.shape[0]:
+        raise StudioError(f"Direction {edit.index} does not exist; this model has "
+                          f"{dirs.shape[0]} {edit.method} directions.")
+    return dirs[edit.index][None]
+
+
+def apply_direction(ws: torch.Tensor, direction: np.ndarray | torch.Tensor, amount: float,
+                    layer_start: int = 0, layer_end: int | None = None) -> torch.Tensor:
+    """ws + amount * unit direction on ws[:, layer_start:layer_end] (a new tensor)."""
+    d = torch.as_tensor(np.asarray(direction), dtype=ws.dtype, device=ws.device)
+    if d.ndim == 1:
+        d = d[None]
+    d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    end = ws.shape[1] if layer_end is None else layer_end
+    out = ws.clone()
+    if d.shape[0] == 1:
+        out[:, layer_start:end] += amount * d
+    else:  # a W+ boundary: each w moves along its own row
+        out[:, layer_start:end] += amount * d[layer_start:end]
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# LatentSpec -> ws.
+
+
+def _saved_ws(G: torch.nn.Module, w: Any) -> torch.Tensor:
+    arr = np.asarray(w, dtype=np.float32)
+    num_ws, w_dim = G.num_ws, G.cfg.w_dim
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != w_dim or arr.shape[0] not in (1, num_ws):
+        raise StudioError(f"The saved w has shape {list(np.asarray(w).shape)} but this model "
+                          f"needs [{num_ws}, {w_dim}] (W+) or [1, {w_dim}] (W).")
+    if arr.shape[0] == 1:
+        arr = np.repeat(arr, num_ws, axis=0)
+    return torch.from_numpy(np.ascontiguousarray(arr))[None].to(model_device(G))
+
+
+def _random_w(G: torch.nn.Module, seed: int) -> torch.Tensor:
+    """A w drawn straight in W (not through the mapping): w_avg + std * N(0, I).
+
+    This is the notebooks' 'random w' on one layer: a style the mapping network would not
+    produce, which is what makes the edit interesting.
+    """
+    _, std = w_stats(G)
+    noise = np.random.RandomState(int(seed)).randn(G.cfg.w_dim).astype(np.float32)
+    w_avg = G.mapping.w_avg.detach()
+    return w_avg + torch.from_numpy(noise * std).to(w_avg.device)
+
+
+@torch.no_grad()
+def compute_ws(G: torch.nn.Module, spec: LatentSpec) -> torch.Tensor:
+    """ws [1, num_ws, w_dim] of a spec: seed or saved w, truncation, mixing, edits, directions.
+
+    Order: base ws (seed through the mapping with psi/cutoff, or the saved w truncated the
+    same way) -> style mixing -> per-layer edits -> direction offsets.
+    """
+    problems = validate_latent(spec, G)
+    if problems:
+        raise StudioError(problems[0])
+    c = class_label(G, spec.class_index)
+    device = model_device(G)
+    if spec.w is not None:
+        from engine.stylegan2 import truncate
+        ws = truncate(_saved_ws(G, spec.w), G.mapping.w_avg, spec.psi, spec.cutoff)
+    else:
+        z = seed_to_z(spec.seed, G.cfg.z_dim).to(device)
+        ws = G.mapping(z, c, psi=spec.psi, cutoff=spec.cutoff)
+    ws = ws.clone()
+
+    def other(seed: float) -> torch.Tensor:
+        return G.mapping(seed_to_z(seed, G.cfg.z_dim).to(device), c, psi=spec.psi,
+                         cutoff=spec.cutoff)
+
+    if spec.mix_seed is not None:
+        end = G.num_ws if spec.mix_end is None else spec.mix_end
+        ws[:, spec.mix_start:end] = other(spec.mix_seed)[:, spec.mix_start:end]
+    for edit in spec.layer_edits:
+        i = edit.w_index
+        if edit.op == "swap":
+            ws[:, i] = other(edit.seed)[:, i]
+        elif edit.op == "random":
+            ws[:, i] = _random_w(G, edit.seed).to(device)
+        elif edit.op == "negate":
+            ws[:, i] = -ws[:, i]
+    for d in spec.directions:
+        if d.amount == 0:
+            continue
+        ws = apply_direction(ws, direction_vector(G, d), d.amount, d.layer_start, d.layer_end)
+    return ws
+
+
+def noise_generator(spec: LatentSpec, device: torch.device | str | None = None
+                    ) -> torch.Generator | None:
+    """A torch.Generator seeded by spec.noise_seed for noise_mode 'random', else None."""
+    if spec.noise_mode != "random":
+        return None
+    gen = torch.Generator(device=device if device is not None else "cpu")
+    gen.manual_seed(int(spec.noise_seed))
+    return gen
+
+
+def validate_latent(spec: LatentSpec, G: torch.nn.Module | None = None) -> list[str]:
+    """Problems with a spec, each 'latent.<field>: why'; empty when it renders.
+
+    Without G only the model-independent checks run.
+    """
+    p: list[str] = []
+    num_ws = G.num_ws if G is not None else None
+
+    def check_w_index(name: str, value: int | None, allow_end: bool = False) -> None:
+        if value is None or num_ws is None:
+            return
+        hi = num_ws if allow_end else num_ws - 1
+        if not 0 <= value <= hi:
+            p.append(f"{name}: {value} is out of range 0..{hi} for this model "
+                     f"({num_ws} ws).")
+
+    try:
+        seed = float(spec.seed)
+        if not math.isfinite(seed) or not 0 <= seed <= MAX_SEED:
+            p.append(f"latent.seed: {spec.seed} must be between 0 and {MAX_SEED}.")
+    except (TypeError, ValueError):
+        p.append(f"latent.seed: {spec.seed!r} is not a number.")
+    if not isinstance(spec.psi, (int, float)) or not math.isfinite(spec.psi):
+        p.append(f"latent.psi: {spec.psi!r} is not a finite number.")
+    elif not -5 <= spec.psi <= 5:
+        p.append(f"latent.psi: {spec.psi} is outside -5..5; useful values are 0..1.5.")
+    if spec.cutoff is not None:
+        if spec.cutoff < 0:
+            p.append(f"latent.cutoff: {spec.cutoff} must be 0 or more.")
+        check_w_index("latent.cutoff", spec.cutoff, allow_end=True)
+    if spec.noise_mode not in NOISE_MODES:
+        p.append(f"latent.noise_mode: {spec.noise_mode!r} is not one of "
+                 f"{', '.join(NOISE_MODES)}.")
+    if not 0 <= int(spec.noise_seed) <= MAX_SEED:
+        p.append(f"latent.noise_seed: {spec.noise_seed} must be between 0 and {MAX_SEED}.")
+    if spec.mix_seed is not None:
+        if not 0 <= spec.mix_seed <= MAX_SEED:
+            p.append(f"latent.mix_seed: {spec.mix_seed} must be between 0 and {MAX_SEED}.")
+        check_w_index("latent.mix_start", spec.mix_start)
+        check_w_index("latent.mix_end", spec.mix_end, allow_end=True)
+        if spec.mix_end is not None and spec.mix_end <= spec.mix_start:
+            p.append(f"latent.mix_end: {spec.mix_end} must be greater than mix_start "
+                     f"({spec.mix_start}).")
+    if G is not None:
+        c_dim = G.cfg.c_dim
+        if c_dim > 0 and spec.class_index is None:
+            p.append(f"latent.class_index: this model is conditional; choose a class "
+                     f"0..{c_dim - 1}.")
+        elif c_dim > 0 and not 0 <= spec.class_index < c_dim:
+            p.append(f"latent.class_index: {spec.class_index} is out of range 0..{c_dim - 1}.")
+        if spec.w is not None:
+            try:
+                _saved_ws(G, spec.w)
+            except StudioError as exc:
+                p.append(f"latent.w: {exc}")
+            except (TypeError, ValueError):
+                p.append("latent.w: is not a numeric [num_ws][w_dim] array.")
+    for i, e in enumerate(spec.layer_edits):
+        name = f"latent.layer_edits[{i}]"
+        if e.op not in LAYER_EDIT_OPS:
+            p.append(f"{name}.op: {e.op!r} is not one of {', '.join(LAYER_EDIT_OPS)}.")
+        check_w_index(f"{name}.w_index", e.w_index)
+        if not 0 <= e.seed <= MAX_SEED:
+            p.append(f"{name}.seed: {e.seed} must be between 0 and {MAX_SEED}.")
+    for i, d in enumerate(spec.directions):
+        name = f"latent.directions[{i}]"
+        if d.method not in DIRECTION_METHODS:
+            p.append(f"{name}.method: {d.method!r} is not one of "
+                     f"{', '.join(DIRECTION_METHODS)}.")
+        if not isinstance(d.amount, (int, float)) or not math.isfinite(d.amount):
+            p.append(f"{name}.amount: {d.amount!r} is not a finite number.")
+        if d.method in ("sefa", "ganspace"):
+            limit = G.cfg.w_dim if G is not None else None
+            if d.index < 0 or (limit is not None and d.index >= limit):
+                p.append(f"{name}.index: {d.index} is out of range 0..{(limit or 1) - 1}.")
+        if d.method == "file":
+            if not d.path:
+                p.append(f"{name}.path: a boundary .npy path is needed for method 'file'.")
+            elif not os.path.exists(d.path):
+                p.append(f"{name}.path: {d.path!r} does not exist.")
+            elif G is not None:
+                try:
+                    load_boundary(d.path, G)
+                except StudioError as exc:
+                    p.append(f"{name}.path: {exc}")
+        check_w_index(f"{name}.layer_start", d.layer_start)
+        check_w_index(f"{name}.layer_end", d.layer_end, allow_end=True)
+        if d.layer_end is not None and d.layer_end <= d.layer_start:
+            p.append(f"{name}.layer_end: {d.layer_end} must be greater than layer_start "
+                     f"({d.layer_start}).")
+        if d.layers and G is not None:
+            unknown = [x for x in d.layers if x not in affine_layer_names(G)]
+            if unknown:
+                p.append(f"{name}.layers: unknown layer(s) {unknown}.")
+    return p
