@@ -13,8 +13,9 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -528,3 +529,298 @@ def validate_latent(spec: LatentSpec, G: torch.nn.Module | None = None) -> list[
             if unknown:
                 p.append(f"{name}.layers: unknown layer(s) {unknown}.")
     return p
+
+
+# ----------------------------------------------------------------------------------------
+# Images.
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """NCHW float in [-1, 1] -> [N, H, W, C] uint8 (NVlabs rounding: x*127.5+128, clamp)."""
+    x = (img.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def render_ws(G: torch.nn.Module, ws: torch.Tensor, noise_mode: str = "const",
+              noise_seed: int = 0, **synthesis_kwargs: Any) -> np.ndarray:
+    """ws [N, num_ws, w_dim] -> uint8 [N, H, W, 3]; random noise is seeded by noise_seed."""
+    gen = None
+    if noise_mode == "random":
+        gen = torch.Generator(device=ws.device).manual_seed(int(noise_seed))
+    img = G.synthesis(ws.to(model_device(G)), noise_mode=noise_mode, noise_generator=gen,
+                      **synthesis_kwargs)
+    return to_uint8(img)
+
+
+def render_spec(G: torch.nn.Module, spec: LatentSpec, **synthesis_kwargs: Any) -> np.ndarray:
+    """One image (uint8 HxWx3) for a spec."""
+    ws = compute_ws(G, spec)
+    return render_ws(G, ws, spec.noise_mode, spec.noise_seed, **synthesis_kwargs)[0]
+
+
+def image_grid(images: Sequence[np.ndarray], cols: int, pad: int = 2,
+               background: int = 255) -> np.ndarray:
+    """Tile equal-sized uint8 HxWx3 images row by row into one uint8 image."""
+    if not images:
+        raise StudioError("There are no images to put in a grid.")
+    h, w = images[0].shape[:2]
+    rows = math.ceil(len(images) / cols)
+    out = np.full((rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad, 3), background,
+                  np.uint8)
+    for k, im in enumerate(images):
+        r, c = divmod(k, cols)
+        out[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = im[..., :3]
+    return out
+
+
+def psi_grid(G: torch.nn.Module, seeds: Sequence[float], psis: Sequence[float],
+             cutoff: int | None = None, noise_mode: str = "const",
+             class_index: int | None = None) -> np.ndarray:
+    """Rows: seeds; columns: truncation psi. One uint8 image."""
+    images = []
+    for seed in seeds:
+        ws = torch.cat([seed_to_ws(G, seed, psi, cutoff, class_index) for psi in psis])
+        images.extend(render_ws(G, ws, noise_mode))
+    return image_grid(images, cols=len(psis))
+
+
+def default_mix_ranges(num_ws: int) -> list[tuple[int, int]]:
+    """Coarse / middle / fine w ranges (the StyleGAN paper's 4-8 / 16-32 / 64+ split)."""
+    coarse = min(4, num_ws)
+    middle = min(8, num_ws)
+    ranges = [(0, coarse), (coarse, middle), (middle, num_ws)]
+    return [r for r in ranges if r[1] > r[0]]
+
+
+def mix_grid(G: torch.nn.Module, seeds: Sequence[float], mix_seed: float,
+             ranges: Sequence[tuple[int, int]] | None = None, psi: float = 1.0,
+             noise_mode: str = "const", class_index: int | None = None) -> np.ndarray:
+    """Rows: seeds; columns: the seed, then ws[a:b] taken from mix_seed for each range,
+    then mix_seed itself. One uint8 image."""
+    ranges = list(ranges) if ranges else default_mix_ranges(G.num_ws)
+    other = seed_to_ws(G, mix_seed, psi, None, class_index)
+    images = []
+    for seed in seeds:
+        base = seed_to_ws(G, seed, psi, None, class_index)
+        row = [base]
+        for a, b in ranges:
+            mixed = base.clone()
+            mixed[:, a:b] = other[:, a:b]
+            row.append(mixed)
+        row.append(other)
+        images.extend(render_ws(G, torch.cat(row), noise_mode))
+    return image_grid(images, cols=len(ranges) + 2)
+
+
+# ----------------------------------------------------------------------------------------
+# Interpolation and loops.
+
+
+def _keyframe_ws(G: torch.nn.Module, key: Any, psi: float, cutoff: int | None,
+                 class_index: int | None) -> torch.Tensor:
+    if isinstance(key, LatentSpec):
+        return compute_ws(G, key)
+    if isinstance(key, (int, float, np.integer, np.floating)):
+        return seed_to_ws(G, float(key), psi, cutoff, class_index)
+    return _saved_ws(G, key.detach().cpu().numpy() if isinstance(key, torch.Tensor) else key)
+
+
+def keyframe_times(frames: int, segments: int, loop: bool) -> list[tuple[int, float]]:
+    """(segment, t in [0, 1]) for each frame.
+
+    Open paths hit the first and the last keyframe exactly; loops stop one step before
+    returning to the first keyframe, so playing the clip on repeat has no stutter.
+    """
+    if frames < 1:
+        raise StudioError(f"A video needs at least one frame (got {frames}).")
+    out = []
+    for i in range(frames):
+        if loop:
+            pos = segments * i / frames
+        else:
+            pos = segments * i / (frames - 1) if frames > 1 else 0.0
+        seg = min(int(pos), segments - 1)
+        out.append((seg, pos - seg))
+    return out
+
+
+@torch.no_grad()
+def interpolate_ws(G: torch.nn.Module, keyframes: Sequence[Any], frames: int,
+                   space: str = "w", loop: bool = False, psi: float = 1.0,
+                   cutoff: int | None = None, class_index: int | None = None
+                   ) -> Iterator[torch.Tensor]:
+    """ws [1, num_ws, w_dim] per frame through keyframes (seeds, LatentSpecs or W/W+ arrays).
+
+    space 'w': lerp between the keyframes' ws. space 'z': slerp between the seeds' z, then
+    map (keyframes must be seeds). With loop, the path returns to the first keyframe.
+    """
+    if len(keyframes) < 1:
+        raise StudioError("Give at least one keyframe to interpolate.")
+    if space not in ("w", "z"):
+        raise StudioError(f"Interpolation space must be 'w' or 'z', not {space!r}.")
+    keys = list(keyframes) + ([keyframes[0]] if loop and len(keyframes) > 1 else [])
+    segments = max(len(keys) - 1, 1)
+    if len(keys) == 1:
+        keys = keys * 2
+    if space == "z":
+        if not all(isinstance(k, (int, float, np.integer, np.floating)) for k in keys):
+            raise StudioError("Interpolation in Z needs seeds as keyframes; use W for saved "
+                              "latents.")
+        device = model_device(G)
+        zs = [seed_to_z(float(k), G.cfg.z_dim).to(device) for k in keys]
+        c = class_label(G, class_index)
+        for seg, t in keyframe_times(frames, segments, loop):
+            z = slerp(zs[seg], zs[seg + 1], t)
+            yield G.mapping(z, c, psi=psi, cutoff=cutoff)
+        return
+    ws = [_keyframe_ws(G, k, psi, cutoff, class_index) for k in keys]
+    for seg, t in keyframe_times(frames, segments, loop):
+        yield lerp(ws[seg], ws[seg + 1], t)
+
+
+def _orthonormal_pair(z: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors orthogonal to z and to each other (Gram-Schmidt on random draws)."""
+    rnd = np.random.RandomState(seed).randn(2, z.shape[-1])
+    basis = [z / np.linalg.norm(z)]
+    for v in rnd:
+        for b in basis:
+            v = v - (v @ b) * b
+        basis.append(v / np.linalg.norm(v))
+    return basis[1], basis[2]
+
+
+@torch.no_grad()
+def circle_walk_ws(G: torch.nn.Module, seed: float, frames: int, radius: float = 0.5,
+                   psi: float = 1.0, cutoff: int | None = None,
+                   class_index: int | None = None, walk_seed: int | None = None,
+                   closed: bool = False) -> Iterator[torch.Tensor]:
+    """A perfect loop: ws per frame along a circle in Z around a seed's z.
+
+    The circle lies on the sphere of the seed's |z| at angle `radius` (radians) from it, in
+    a random plane (walk_seed), so every frame is a typical z. Frame k sits at angle
+    2 pi k / frames: frame `frames` would equal frame 0, so the clip repeats seamlessly.
+    closed=True also yields that closing frame (frames + 1 in all).
+    """
+    if frames < 1:
+        raise StudioError(f"A loop needs at least one frame (got {frames}).")
+    z0 = seed_to_z(seed, G.cfg.z_dim).numpy()[0].astype(np.float64)
+    norm = np.linalg.norm(z0)
+    u, v = _orthonormal_pair(z0, int(math.floor(seed)) + 1 if walk_seed is None else walk_seed)
+    centre = z0 / norm * math.cos(radius)
+    c = class_label(G, class_index)
+    device = model_device(G)
+    for k in range(frames + 1 if closed else frames):
+        angle = 2 * math.pi * (k % frames) / frames  # k == frames lands exactly on frame 0
+        z = norm * (centre + math.sin(radius) * (math.cos(angle) * u + math.sin(angle) * v))
+        zt = torch.from_numpy(z[None].astype(np.float32)).to(device)
+        yield G.mapping(zt, c, psi=psi, cutoff=cutoff)
+
+
+def render_frames(G: torch.nn.Module, ws_frames: Iterable[torch.Tensor],
+                  noise_mode: str = "const", noise_seed: int = 0, batch: int = 8,
+                  progress: Callable[[int], Any] | None = None, cancel: Any = None,
+                  **synthesis_kwargs: Any) -> Iterator[np.ndarray]:
+    """Render ws frames to uint8 HxWx3 images lazily, a few at a time.
+
+    Random noise is re-seeded identically for every frame so that it does not flicker.
+    progress(i) is called after frame i; `cancel` (callable / Event / bool) stops early.
+    """
+    if noise_mode == "random":
+        batch = 1  # one generator per frame keeps the noise identical frame to frame
+    pending: list[torch.Tensor] = []
+    done = 0
+
+    def flush() -> Iterator[np.ndarray]:
+        nonlocal done
+        imgs = render_ws(G, torch.cat(pending), noise_mode, noise_seed, **synthesis_kwargs)
+        pending.clear()
+        for im in imgs:
+            yield im
+            if progress is not None:
+                progress(done)
+            done += 1
+
+    for ws in ws_frames:
+        if _cancelled(cancel):
+            from engine.video import VideoCancelled
+            raise VideoCancelled("Rendering was cancelled.")
+        pending.append(ws)
+        if len(pending) >= batch:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+def _cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    if callable(cancel):
+        return bool(cancel())
+    is_set = getattr(cancel, "is_set", None)
+    return bool(is_set()) if is_set is not None else bool(cancel)
+
+
+def write_walk(G: torch.nn.Module, seeds: Sequence[float], frames: int, out: str | os.PathLike,
+               fps: float = 30, loop: bool = False, space: str = "z", psi: float = 1.0,
+               radius: float = 0.5, noise_mode: str = "const", noise_seed: int = 0,
+               progress: Callable[[int], Any] | None = None, cancel: Any = None) -> Path:
+    """Interpolation video through seeds (mp4/gif); one seed with loop = a circle walk."""
+    from engine.video import write_video
+    if len(seeds) == 1 and loop:
+        ws_iter = circle_walk_ws(G, seeds[0], frames, radius=radius, psi=psi)
+    else:
+        ws_iter = interpolate_ws(G, seeds, frames, space=space, loop=loop, psi=psi)
+    images = render_frames(G, ws_iter, noise_mode, noise_seed, cancel=cancel)
+    return write_video(images, out, fps=fps, progress=progress, cancel=cancel, total=frames)
+
+
+# ----------------------------------------------------------------------------------------
+# W / W+ files.
+
+
+def save_w(path: str | os.PathLike, ws: torch.Tensor | np.ndarray) -> Path:
+    """Save W [1, w_dim] or W+ [1, num_ws, w_dim] float32 .npy atomically."""
+    arr = ws.detach().cpu().numpy() if isinstance(ws, torch.Tensor) else np.asarray(ws)
+    arr = arr.astype(np.float32)
+    if arr.ndim == 2 and arr.shape[0] != 1:
+        arr = arr[None]  # [num_ws, w_dim] -> [1, num_ws, w_dim]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+    return path
+
+
+def load_w(path: str | os.PathLike, G: torch.nn.Module | None = None) -> np.ndarray:
+    """Load a W or W+ .npy as float32 [1, num_ws, w_dim] (W is repeated when G is given).
+
+    Accepts [w_dim], [1, w_dim], [num_ws, w_dim] and [1, num_ws, w_dim] arrays.
+    """
+    try:
+        arr = np.load(os.fspath(path), allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise StudioError(f"Latent file {os.fspath(path)!r} was not found.") from exc
+    except (ValueError, OSError) as exc:
+        raise StudioError(f"Latent file {os.fspath(path)!r} is not a readable .npy "
+                          f"array.") from exc
+    arr = np.asarray(arr, dtype=np.float32)
+    if G is None:
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3 or arr.shape[0] != 1:
+            raise StudioError(f"Latent file has shape {list(arr.shape)}; expected W "
+                              f"[1, w_dim] or W+ [1, num_ws, w_dim].")
+        return arr
+    return _saved_ws(G, arr).cpu().numpy()
+
+
+def ws_to_list(ws: torch.Tensor | np.ndarray) -> list[list[float]]:
+    """W+ as nested lists [num_ws][w_dim] for LatentSpec.w (recipes are JSON)."""
+    arr = ws.detach().cpu().numpy() if isinstance(ws, torch.Tensor) else np.asarray(ws)
+    arr = arr.reshape(-1, arr.shape[-1]).astype(np.float32)
+    return [[float(x) for x in row] for row in arr]
