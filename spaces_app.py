@@ -1,0 +1,21 @@
+"""Entry point for a Hugging Face Space (`app_file`) and for local use.
+
+    python spaces_app.py            # http://127.0.0.1:7860, the embedded default model
+
+Host and port follow Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; STUDIO_MODEL picks
+the model a session opens on (catalogue id, hf://... or a local checkpoint path).
+"""
+
+from __future__ import annotations
+
+import os
+
+from studio.app import CSS, build_app
+
+demo = build_app(os.environ.get("STUDIO_MODEL") or None)
+
+if __name__ == "__main__":
+    demo.queue(default_concurrency_limit=4).launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        css=CSS, footer_links=["api"])
