@@ -13,6 +13,8 @@ from engine.errors import StudioError
 VERB_MODULES = {
     "train-gan": "engine.train_gan",
     "cluster": "engine.clusters",
+    "render": "engine.recipe",
+    "sweep": "engine.recipe",
 }
 
 

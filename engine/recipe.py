@@ -1,0 +1,1008 @@
+"""Recipe: the JSON-able description of one output; validation, rendering, sweeps, imports.
+
+A `Recipe` names a model, a latent (`engine.latents.LatentSpec`), bends and weight edits
+(`engine.bending`), optionally a translator (encoder + input image) and an output size.
+`render(recipe)` gives the image; `Recipe.save/load` round-trip JSON; `validate` reports
+every bad field with its path (`bends[1].params.angle: 400 is above the maximum 360`).
+Imports turn the seed notebooks' bending template and Broad's network-bending YAML into
+bends, with a warning for anything that cannot map.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.bending import (
+    DEFAULT_CLUSTER_K,
+    OPERATIONS,
+    WEIGHT_OPERATIONS,
+    Bend,
+    ChannelSelection,
+    Operation,
+    WeightEdit,
+    make_taps,
+    validate_bend,
+    validate_weight_edit,
+)
+from engine.errors import StudioError
+from engine.latents import LatentSpec
+
+RECIPE_VERSION = 1
+MIN_OUTPUT_SIZE, MAX_OUTPUT_SIZE = 8, 4096
+
+
+class RecipeError(StudioError):
+    """A recipe that cannot render; `problems` lists every bad field as 'path: reason'."""
+
+    def __init__(self, problems: Sequence[str], what: str = "The recipe"):
+        self.problems = list(problems)
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"{what} has {count} {noun}: " + "; ".join(self.problems))
+
+
+@dataclass
+class TranslatorSpec:
+    """Image-to-image translation: an encoder writes a layer's activations from a picture."""
+    encoder: str = ""               # encoder file path or id
+    image: str | None = None        # input picture path (None: the caller supplies one)
+    input_size: int | None = None   # resize the picture to this before encoding (None: auto)
+
+
+@dataclass
+class Recipe:
+    """Everything that fixes one output image."""
+    version: int = RECIPE_VERSION
+    model: str = "default"          # engine.zoo spec: 'default', a Hub id, a file path
+    latent: LatentSpec = field(default_factory=LatentSpec)
+    bends: list[Bend] = field(default_factory=list)
+    weight_edits: list[WeightEdit] = field(default_factory=list)
+    translator: TranslatorSpec | None = None
+    output_size: int | None = None  # resize the output to this many pixels a side
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        try:
+            return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise RecipeError([f"recipe: cannot be written as JSON ({exc})"]) from exc
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Recipe:
+        """Build from parsed JSON; raises RecipeError for unknown keys and wrong types."""
+        problems: list[str] = []
+        recipe = _build(cls, data, "", problems)
+        if problems:
+            raise RecipeError(problems)
+        return recipe
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecipeError([f"recipe: not valid JSON ({exc.msg} at line {exc.lineno})"]
+                              ) from exc
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write JSON atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Recipe:
+        path = Path(path)
+        if not path.is_file():
+            raise StudioError(f"recipe file not found: {path}")
+        return cls.from_json(path.read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------------------
+# Typed (de)serialisation of nested dataclasses.
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return "a list"
+    if origin is dict:
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "an object"
+    return {int: "a whole number", float: "a number", str: "text", bool: "true or false"
+            }.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _build(tp: Any, data: Any, path: str, problems: list[str]) -> Any:
+    """Convert JSON data to `tp`, appending 'path: reason' for everything that does not fit."""
+    where = path or "recipe"
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return data
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if data is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _build(inner[0], data, path, problems)
+        for a in inner:  # first member that takes the value without complaint
+            trial: list[str] = []
+            value = _build(a, data, path, trial)
+            if not trial:
+                return value
+        problems.append(f"{where}: {data!r} is not {_type_name(tp)}")
+        return data
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(data, Mapping):
+            problems.append(f"{where}: {_short(data)} is not an object")
+            return tp() if _constructible(tp) else data
+        hints = _hints(tp)
+        names = [f.name for f in dataclasses.fields(tp)]
+        kwargs = {}
+        for key, value in data.items():
+            if key not in hints:
+                problems.append(f"{_join(path, str(key))}: unknown field "
+                                f"(known: {', '.join(names)})")
+                continue
+            kwargs[key] = _build(hints[key], value, _join(path, key), problems)
+        missing = [f.name for f in dataclasses.fields(tp) if f.name not in kwargs
+                   and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        for name in missing:
+            problems.append(f"{_join(path, name)}: required field is missing")
+            kwargs[name] = None
+        return tp(**kwargs)
+    if origin is list:
+        if not isinstance(data, list):
+            problems.append(f"{where}: {_short(data)} is not a list")
+            return []
+        (item,) = typing.get_args(tp) or (Any,)
+        return [_build(item, v, f"{path}[{i}]", problems) for i, v in enumerate(data)]
+    if origin is dict:
+        if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
+            problems.append(f"{where}: {_short(data)} is not a mapping of names to values")
+            return {}
+        return dict(data)
+    why = _scalar_problem(tp, data)
+    if why:
+        problems.append(f"{where}: {why}")
+        return data
+    if tp is int and isinstance(data, float):
+        return int(data)  # 5.0 from a JSON writer that does not keep integers
+    return data
+
+
+def _constructible(tp: type) -> bool:
+    return all(f.default is not dataclasses.MISSING or f.default_factory is not
+               dataclasses.MISSING for f in dataclasses.fields(tp))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _scalar_problem(tp: Any, value: Any) -> str | None:
+    if tp is bool:
+        return None if isinstance(value, bool) else f"{_short(value)} is not true or false"
+    if tp is str:
+        return None if isinstance(value, str) else f"{_short(value)} is not text"
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{_short(value)} is not a number"
+        if not math.isfinite(value):
+            return f"{value!r} is not a finite number"
+        if tp is int and float(value) != int(value):
+            return f"{value!r} is not a whole number"
+    return None
+
+
+def _type_problems(tp: Any, value: Any, path: str) -> list[str]:
+    """Type problems of an already built object (a recipe made in Python, or edited)."""
+    origin = typing.get_origin(tp)
+    where = path or "recipe"
+    if tp is Any:
+        return []
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return []
+        inner = [a for a in args if a is not type(None)]
+        results = [_type_problems(a, value, path) for a in inner]
+        if any(not r for r in results):
+            return []
+        return results[0] if len(inner) == 1 else [f"{where}: {_short(value)} is not "
+                                                   f"{_type_name(tp)}"]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, tp):
+            return [f"{where}: {_short(value)} is not {_type_name(tp)}"]
+        out = []
+        for name, hint in _hints(tp).items():
+            out += _type_problems(hint, getattr(value, name), _join(path, name))
+        return out
+    if origin is list:
+        if not isinstance(value, list):
+            return [f"{where}: {_short(value)} is not a list"]
+        (item,) = typing.get_args(tp) or (Any,)
+        return [p for i, v in enumerate(value) for p in _type_problems(item, v, f"{path}[{i}]")]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return [f"{where}: {_short(value)} is not a mapping of names to values"]
+        return []
+    why = _scalar_problem(tp, value)
+    if why:
+        return [f"{where}: {why}"]
+    if tp is int and not isinstance(value, int):
+        return [f"{where}: {value!r} is not a whole number"]
+    return []
+
+
+# ----------------------------------------------------------------------------------------
+# Validation.
+
+
+def _generator_of(model: Any) -> Any:
+    if model is None:
+        return None
+    if isinstance(model, torch.nn.Module):
+        return model
+    return model.G
+
+
+def recipe_problems(recipe: Any, G: Any = None) -> list[str]:
+    """Every problem of a recipe as 'path: reason' (empty when it renders)."""
+    if not isinstance(recipe, Recipe):
+        return [f"recipe: {_short(recipe)} is not a Recipe"]
+    problems = _type_problems(Recipe, recipe, "")
+
+    def clean(prefix: str) -> bool:  # semantic checks only where the types are right
+        return not any(p.startswith(prefix) for p in problems)
+
+    out = list(problems)
+    if clean("version") and recipe.version != RECIPE_VERSION:
+        out.append(f"version: {recipe.version} is not supported (this engine reads "
+                   f"version {RECIPE_VERSION})")
+    if clean("model") and not recipe.model.strip():
+        out.append("model: name a model (for example 'default')")
+    if clean("output_size") and recipe.output_size is not None and \
+            not MIN_OUTPUT_SIZE <= recipe.output_size <= MAX_OUTPUT_SIZE:
+        out.append(f"output_size: {recipe.output_size} must be from {MIN_OUTPUT_SIZE} to "
+                   f"{MAX_OUTPUT_SIZE}")
+    if clean("latent"):
+        out += _latent_problems(recipe.latent, G)
+    if isinstance(recipe.bends, list):
+        for i, b in enumerate(recipe.bends):
+            if clean(f"bends[{i}]"):
+                out += [f"bends[{i}].{p}" for p in validate_bend(b, G)]
+    if isinstance(recipe.weight_edits, list):
+        for i, e in enumerate(recipe.weight_edits):
+            if clean(f"weight_edits[{i}]"):
+                out += [f"weight_edits[{i}].{p}" for p in validate_weight_edit(e, G)]
+    t = recipe.translator
+    if t is not None and clean("translator"):
+        if not t.encoder.strip():
+            out.append("translator.encoder: name an encoder file or id")
+        if t.image is not None and not Path(t.image).is_file():
+            out.append(f"translator.image: file not found: {t.image}")
+        if t.input_size is not None and not 16 <= t.input_size <= 2048:
+            out.append(f"translator.input_size: {t.input_size} must be from 16 to 2048")
+    return out
+
+
+def _latent_problems(spec: LatentSpec, G: Any) -> list[str]:
+    from engine.latents import validate_latent
+
+    try:
+        found = validate_latent(spec, G)
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        return [f"latent: cannot be checked ({exc})"]
+    # latents.py ends its messages with a full stop; recipe messages are joined by '; '.
+    return [p.rstrip(".") for p in found]
+
+
+def validate(recipe: Recipe, G: Any = None) -> None:
+    """Raise RecipeError listing every problem; G (or a LoadedModel) adds model checks."""
+    problems = recipe_problems(recipe, _generator_of(G))
+    if problems:
+        raise RecipeError(problems)
+
+
+# ----------------------------------------------------------------------------------------
+# Rendering.
+
+
+def _load_model(recipe: Recipe, model: Any) -> tuple[Any, str | None]:
+    """(G, model_key) from a LoadedModel, a bare Generator, or engine.zoo.load."""
+    if model is None:
+        from engine import zoo  # lazy: zoo pulls in huggingface_hub
+
+        model = zoo.load(recipe.model)
+    if isinstance(model, torch.nn.Module):
+        return model, None
+    key = getattr(model, "sha256", None) or getattr(model, "id", None)
+    return model.G, key
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """[N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
+    x = (img.detach().float().clamp(-1, 1) + 1) * 127.5
+    return x.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def render_tensor(recipe: Recipe, model: Any = None, seeds: Sequence[float] | None = None,
+                  ws: torch.Tensor | None = None, validated: bool = False) -> torch.Tensor:
+    """Render a batch: [N, 3, H, W] in [-1, 1] (before output_size resizing).
+
+    The ws come from the recipe's latent, or one per entry of `seeds` (the recipe's latent
+    with each seed), or are given directly as `ws` [N, num_ws, w_dim]. Bends apply to all.
+    """
+    G, key = _load_model(recipe, model)
+    if not validated:
+        validate(recipe, G)
+    from engine.latents import compute_ws, noise_generator
+
+    device = next(G.parameters()).device
+    if ws is None:
+        specs = [recipe.latent] if seeds is None else [
+            dataclasses.replace(recipe.latent, seed=float(s)) for s in seeds]
+        ws = torch.cat([compute_ws(G, s) for s in specs])
+    ws = ws.to(device)
+    taps, weight_taps = make_taps(G, recipe.bends, recipe.weight_edits, key)
+    gen = noise_generator(recipe.latent, device=device)
+    if recipe.translator is not None:
+        return _render_translated(recipe, G, ws, taps, weight_taps, gen)
+    return G.synthesis(ws, noise_mode=recipe.latent.noise_mode, taps=taps,
+                       weight_taps=weight_taps, noise_generator=gen)
+
+
+def _render_translated(recipe: Recipe, G: Any, ws: torch.Tensor, taps: dict,
+                       weight_taps: dict, gen: torch.Generator | None) -> torch.Tensor:
+    t = recipe.translator
+    if t.image is None:
+        raise StudioError("this recipe translates a picture: set translator.image to one")
+    try:
+        from engine import translator as translator_mod
+    except ImportError as exc:
+        raise StudioError("image translation is not available in this installation") from exc
+    from PIL import Image
+
+    tr = translator_mod.Translator.load(t.encoder, G) if hasattr(
+        translator_mod.Translator, "load") else translator_mod.Translator(t.encoder, G)
+    image = Image.open(t.image).convert("RGB")
+    kwargs = dict(ws=ws, noise_mode=recipe.latent.noise_mode, taps=taps,
+                  weight_taps=weight_taps, noise_generator=gen)
+    if t.input_size is not None:
+        kwargs["input_size"] = t.input_size
+    out = tr.translate_tensor(image, **kwargs)
+    return out
+
+
+def _resize(img: Any, size: int | None) -> Any:
+    from PIL import Image
+
+    if size is None or img.size == (size, size):
+        return img
+    return img.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def render(recipe: Recipe, model: Any = None) -> Any:
+    """The recipe's image as a PIL.Image (RGB)."""
+    from PIL import Image
+
+    img = render_tensor(recipe, model)
+    return _resize(Image.fromarray(to_uint8(img)[0]), recipe.output_size)
+
+
+# ----------------------------------------------------------------------------------------
+# Field paths and sweeps: 'bends.0.params.angle', 'bends[0].params.angle', 'latent.seed'.
+
+
+_PATH_PART = re.compile(r"[^.\[\]]+")
+
+
+def parse_path(path: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for token in _PATH_PART.findall(path):
+        parts.append(int(token) if token.isdigit() else token)
+    if not parts:
+        raise RecipeError([f"{path!r}: not a field path (example: bends.0.params.angle)"],
+                          "The sweep")
+    return parts
+
+
+def _field_hint(obj: Any, name: str) -> Any:
+    return _hints(type(obj)).get(name) if dataclasses.is_dataclass(obj) else None
+
+
+def _numeric_kind(hint: Any, current: Any, op_spec: Any = None) -> str | None:
+    """'int' / 'float' when a field takes numbers, else None."""
+    if op_spec is not None:
+        return op_spec.type if op_spec.type in ("int", "float") else None
+    args = {hint} | set(typing.get_args(hint)) if hint is not None else set()
+    if float in args:
+        return "float"
+    if int in args:
+        return "int"
+    if hint is None and isinstance(current, int | float) and not isinstance(current, bool):
+        return "int" if isinstance(current, int) else "float"
+    return None
+
+
+def set_field(recipe: Recipe, path: str, value: float) -> Recipe:
+    """A copy of `recipe` with the numeric field at `path` set to `value` (ints rounded)."""
+    out = copy.deepcopy(recipe)
+    parts = parse_path(path)
+    chain: list[Any] = [out]
+    for i, part in enumerate(parts[:-1]):
+        chain.append(_step(chain[-1], part, parts[:i + 1], path))
+    obj, last = chain[-1], parts[-1]
+    owner = chain[-2] if len(chain) >= 2 else None
+    if isinstance(obj, dict) and parts[-2] == "params" and isinstance(owner, Bend | WeightEdit):
+        registry = WEIGHT_OPERATIONS if isinstance(owner, WeightEdit) else OPERATIONS
+        op = registry.get(owner.op)
+        spec = op.spec(str(last)) if op is not None else None
+        if spec is None:
+            raise RecipeError([f"{path}: operation {owner.op!r} has no parameter {last!r}"],
+                              "The sweep")
+        current = obj.get(last, spec.default)
+        kind = _numeric_kind(None, current, spec)
+    elif isinstance(last, str) and dataclasses.is_dataclass(obj) and hasattr(obj, last):
+        current = getattr(obj, last)
+        kind = _numeric_kind(_field_hint(obj, last), current)
+    elif isinstance(last, int) and isinstance(obj, list) and 0 <= last < len(obj):
+        current = obj[last]
+        kind = _numeric_kind(None, current)
+    else:
+        raise RecipeError([f"{path}: no such field"], "The sweep")
+    if kind is None:
+        raise RecipeError([f"{path}: {_short(current)} is not a numeric field"], "The sweep")
+    new = int(round(value)) if kind == "int" else float(value)
+    if isinstance(obj, dict | list):
+        obj[last] = new
+    else:
+        setattr(obj, last, new)
+    return out
+
+
+def _step(obj: Any, part: str | int, so_far: list, path: str) -> Any:
+    try:
+        if isinstance(part, int) or isinstance(obj, dict):
+            return obj[part]
+        if not dataclasses.is_dataclass(obj):
+            raise TypeError(part)
+        return getattr(obj, part)
+    except (IndexError, KeyError, AttributeError, TypeError):
+        where = ".".join(str(p) for p in so_far)
+        raise RecipeError([f"{path}: no such field {where!r}"], "The sweep") from None
+
+
+def sweep_values(start: float, stop: float, frames: int) -> np.ndarray:
+    if frames < 1:
+        raise RecipeError([f"frames: {frames} must be 1 or more"], "The sweep")
+    return np.linspace(start, stop, frames) if frames > 1 else np.array([start])
+
+
+def sweep_frames(recipe: Recipe, path: str, start: float, stop: float, frames: int,
+                 model: Any = None) -> Iterator[np.ndarray]:
+    """Render one uint8 HxWx3 frame per value of the field at `path`, start..stop."""
+    from PIL import Image
+
+    if model is None:
+        from engine import zoo
+
+        model = zoo.load(recipe.model)
+    G = _generator_of(model)
+    values = sweep_values(start, stop, frames)
+    # Check both ends before rendering anything: a bad range fails at once, not mid-video.
+    for v in (values[0], values[-1]):
+        validate(set_field(recipe, path, float(v)), G)
+    for v in values:
+        r = set_field(recipe, path, float(v))
+        img = render_tensor(r, model, validated=True)
+        frame = to_uint8(img)[0]
+        if r.output_size is not None:
+            frame = np.asarray(_resize(Image.fromarray(frame), r.output_size))
+        yield frame
+
+
+def sweep(recipe: Recipe, path: str, start: float, stop: float, frames: int,
+          out: str | os.PathLike, fps: float = 30, model: Any = None,
+          progress: Callable[[int], Any] | None = None, cancel: Any = None) -> Path:
+    """Animate a numeric field into a .mp4 or .gif; returns the written path."""
+    from engine.video import write_video
+
+    if model is None:
+        from engine import zoo
+
+        model = zoo.load(recipe.model)
+    return write_video(sweep_frames(recipe, path, start, stop, frames, model), out, fps=fps,
+                       progress=progress, cancel=cancel)
+
+
+# ----------------------------------------------------------------------------------------
+# Imports: the seed notebooks' template and Broad's network-bending YAML.
+
+
+def _norm(name: Any) -> str:
+    return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+
+
+# Operation names of the seed notebooks, Broad's network bending and common spellings.
+OP_ALIASES: dict[str, str] = {
+    **{name: name for name in OPERATIONS},
+    "none": "identity", "noop": "identity",
+    "zero": "ablate", "ablation": "ablate", "zeros": "ablate",
+    "scalar_multiply": "multiply", "multiply_scalar": "multiply", "mul": "multiply",
+    "scalar": "multiply", "amplify": "multiply",
+    "brightness": "add", "scalar_add": "add", "add_scalar": "add",
+    "negate": "invert", "inverse": "invert",
+    "binary_thresh": "threshold", "binary_threshold": "threshold", "thresh": "threshold",
+    "binary": "threshold",
+    "translation": "translate", "shift": "translate", "move": "translate",
+    "rotation": "rotate", "rot": "rotate",
+    "scale": "zoom", "resize": "zoom", "zoom_in": "zoom",
+    "flip_horizontal": "flip_h", "fliph": "flip_h", "flip_x": "flip_h",
+    "horizontal_flip": "flip_h", "hflip": "flip_h",
+    "flip_vertical": "flip_v", "flipv": "flip_v", "flip_y": "flip_v",
+    "vertical_flip": "flip_v", "vflip": "flip_v",
+    "mirror": "mirror_lr", "mirror_x": "mirror_lr", "mirror_h": "mirror_lr",
+    "mirror_horizontal": "mirror_lr", "mirror_left_right": "mirror_lr",
+    "mirror_y": "mirror_tb", "mirror_v": "mirror_tb", "mirror_vertical": "mirror_tb",
+    "mirror_top_bottom": "mirror_tb",
+    "shuffle_channels": "shuffle", "channel_shuffle": "shuffle", "permute": "shuffle",
+    "vanishing": "vanish",
+    "mean": "mean_filter", "blur": "mean_filter", "box_blur": "mean_filter",
+    "average": "mean_filter", "mean_blur": "mean_filter",
+    "sharpen_filter": "sharpen", "unsharp": "sharpen",
+    "erosion": "erode", "dilation": "dilate",
+    "sobel_filter": "sobel", "edges": "sobel", "edge": "sobel", "edge_detect": "sobel",
+    "sin_disrupt": "sinusoidal", "sin": "sinusoidal", "sine": "sinusoidal",
+    "sinusoidal_disruption": "sinusoidal", "sinusoid": "sinusoidal", "wave": "sinusoidal",
+    "spatial_jitter": "jitter", "random_jitter": "jitter",
+    "noise": "gaussian_noise", "gaussian": "gaussian_noise", "add_noise": "gaussian_noise",
+    "random_noise": "gaussian_noise",
+}
+
+# Parameter names (normalised) of other tools -> ours, per operation.
+PARAM_ALIASES: dict[str, dict[str, str]] = {
+    "multiply": {"factor": "factor", "scalar": "factor", "value": "factor", "scale": "factor",
+                 "multiplier": "factor", "amount": "factor", "k": "factor"},
+    "add": {"amount": "amount", "value": "amount", "brightness": "amount",
+            "scalar": "amount", "offset": "amount"},
+    "invert": {"offset": "offset"},
+    "threshold": {"threshold": "threshold", "thresh": "threshold", "t": "threshold",
+                  "value": "threshold", "high": "high"},
+    "translate": {"x": "x_shift", "dx": "x_shift", "tx": "x_shift", "x_shift": "x_shift",
+                  "shift_x": "x_shift", "translate_x": "x_shift", "y": "y_shift",
+                  "dy": "y_shift", "ty": "y_shift", "y_shift": "y_shift",
+                  "shift_y": "y_shift", "translate_y": "y_shift", "fill": "fill",
+                  "padding": "fill", "mode": "fill"},
+    "rotate": {"angle": "angle", "degrees": "angle", "deg": "angle", "theta": "angle",
+               "rotation": "angle", "degree": "angle", "fill": "fill"},
+    "zoom": {"scale": "scale", "factor": "scale", "zoom": "scale", "amount": "scale",
+             "fill": "fill"},
+    "shuffle": {"seed": "seed"},
+    "vanish": {"seed": "seed"},
+    "mean_filter": {"kernel": "kernel", "kernel_size": "kernel", "size": "kernel",
+                    "k": "kernel"},
+    "sharpen": {"factor": "factor", "amount": "factor", "strength": "factor",
+                "alpha": "factor"},
+    "erode": {"kernel": "kernel", "kernel_size": "kernel", "size": "kernel", "k": "kernel"},
+    "dilate": {"kernel": "kernel", "kernel_size": "kernel", "size": "kernel", "k": "kernel"},
+    "sinusoidal": {"freq_x": "freq_x", "fx": "freq_x", "frequency_x": "freq_x",
+                   "x_freq": "freq_x", "freq_y": "freq_y", "fy": "freq_y",
+                   "frequency_y": "freq_y", "y_freq": "freq_y", "phase": "phase",
+                   "amplitude": "amplitude", "amp": "amplitude", "strength": "amplitude",
+                   "mode": "mode"},
+    "jitter": {"amount": "amount", "strength": "amount", "pixels": "amount",
+               "magnitude": "amount", "max_shift": "amount", "seed": "seed"},
+    "gaussian_noise": {"std": "std", "sigma": "std", "strength": "std", "amount": "std",
+                       "scale": "std", "seed": "seed"},
+}
+_RADIUS_OPS = ("erode", "dilate", "mean_filter")  # 'radius' r means a (2r+1) window
+
+# Keys of a template entry that are not operation parameters.
+_TEMPLATE_META = {"operation", "op", "transform", "clusters", "cluster", "cluster_ids",
+                  "channels", "k", "n_clusters", "num_clusters", "params", "enabled",
+                  "features", "feature_param", "name", "comment", "layer"}
+
+
+def _map_params(op: Operation, raw: Any, where: str, warnings: list[str]
+                ) -> dict[str, Any]:
+    """Translate foreign parameters (a mapping or a positional list) to `op`'s names."""
+    params: dict[str, Any] = {}
+    if raw is None:
+        return params
+    if isinstance(raw, list | tuple):
+        positional = [p for p in op.params if p.name != "fill"]
+        if op.name in _RADIUS_OPS and raw:
+            raw = [2 * _as_int(raw[0]) + 1 if _is_number(raw[0]) else raw[0], *raw[1:]]
+        for spec, value in zip(positional, raw):
+            params[spec.name] = value
+        if len(raw) > len(positional):
+            warnings.append(f"{where}: ignored {len(raw) - len(positional)} extra "
+                            f"parameter(s) {list(raw[len(positional):])} of {op.name}")
+        return params
+    if not isinstance(raw, Mapping):
+        warnings.append(f"{where}: parameters {_short(raw)} are neither a list nor a mapping")
+        return params
+    aliases = PARAM_ALIASES.get(op.name, {})
+    for key, value in raw.items():
+        name = _norm(key)
+        if name == "radius" and op.name in _RADIUS_OPS and _is_number(value):
+            params["kernel"] = 2 * _as_int(value) + 1
+        elif name in aliases:
+            params[aliases[name]] = value
+        elif op.spec(name) is not None:
+            params[name] = value
+        else:
+            warnings.append(f"{where}: parameter {key!r} has no counterpart in {op.name}; "
+                            f"ignored")
+    return params
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _as_int(v: Any) -> int:
+    return int(round(float(v)))
+
+
+def _coerce_numbers(op: Operation, params: dict[str, Any]) -> dict[str, Any]:
+    """Foreign files write 2 for 2.0 and 3.0 for 3; fit numbers to our types."""
+    out = {}
+    for name, value in params.items():
+        spec = op.spec(name)
+        if spec is not None and _is_number(value):
+            if spec.type == "float":
+                value = float(value)
+            elif spec.type == "int" and float(value).is_integer():
+                value = int(value)
+        out[name] = value
+    return out
+
+
+def _checked_bend(bend: Bend, G: Any, where: str, warnings: list[str]) -> Bend | None:
+    """The bend if it validates; else None with a warning per problem."""
+    problems = validate_bend(bend, G)
+    if problems:
+        for p in problems:
+            warnings.append(f"{where}: skipped ({p})")
+        return None
+    return bend
+
+
+def _selection_from_clusters(clusters: Any, k: Any, where: str, warnings: list[str]
+                             ) -> ChannelSelection | None:
+    if clusters is None or clusters == "all" or clusters == []:
+        return ChannelSelection()
+    ids = clusters if isinstance(clusters, list) else [clusters]
+    if not all(_is_number(c) and float(c).is_integer() for c in ids):
+        warnings.append(f"{where}: cluster ids {_short(clusters)} are not whole numbers")
+        return None
+    kk = _as_int(k) if _is_number(k) else max(DEFAULT_CLUSTER_K, max(int(c) for c in ids) + 1)
+    return ChannelSelection(mode="clusters", ids=[int(c) for c in ids], k=kk)
+
+
+def _parse_structured(obj: Any, what: str) -> Any:
+    if isinstance(obj, str | bytes):
+        import yaml  # JSON is YAML too: one parser for both
+
+        try:
+            return yaml.safe_load(obj)
+        except yaml.YAMLError as exc:
+            raise StudioError(f"cannot read the {what}: {exc}") from exc
+    return obj
+
+
+def import_notebook_template(obj: Any, G: Any = None) -> tuple[list[Bend], list[str]]:
+    """Bends from the seed notebooks' operation template (list, dict, JSON or YAML text).
+
+    Template: a list of {resolution, install_after: 'Conv0_up'|'Conv1', layers:
+    [{operation, clusters, <params>...}]}. `resolution` + `install_after` name our layer
+    (b{res}.conv0 / b{res}.conv1); cluster ids select channels through engine.clusters
+    (k from the entry's 'k'/'n_clusters', else the default). Returns (bends, warnings).
+    """
+    data = _parse_structured(obj, "bending template")
+    warnings: list[str] = []
+    if isinstance(data, Mapping):
+        for key in ("template", "operations", "bends", "layers", "transforms"):
+            if isinstance(data.get(key), list):
+                data = data[key]
+                break
+        else:
+            data = [data]
+    if not isinstance(data, list):
+        raise StudioError("the bending template must be a list of {resolution, "
+                          "install_after, layers} entries")
+    bends: list[Bend] = []
+    for i, entry in enumerate(data):
+        where = f"template[{i}]"
+        if not isinstance(entry, Mapping):
+            warnings.append(f"{where}: {_short(entry)} is not an entry; skipped")
+            continue
+        layer = _template_layer(entry, where, warnings)
+        if layer is None:
+            continue
+        items = entry.get("layers")
+        if items is None and any(k in entry for k in ("operation", "op")):
+            items = [entry]  # a flat entry carrying its own operation
+        if not isinstance(items, list):
+            warnings.append(f"{where}.layers: no list of operations; skipped")
+            continue
+        for j, item in enumerate(items):
+            w = f"{where}.layers[{j}]"
+            if not isinstance(item, Mapping):
+                warnings.append(f"{w}: {_short(item)} is not an operation; skipped")
+                continue
+            name = item.get("operation", item.get("op"))
+            op_name = OP_ALIASES.get(_norm(name)) if name is not None else None
+            if op_name is None:
+                warnings.append(f"{w}.operation: {name!r} has no counterpart here; skipped")
+                continue
+            op = OPERATIONS[op_name]
+            raw = item.get("params")
+            extra = {k: v for k, v in item.items() if _norm(k) not in _TEMPLATE_META}
+            params = _map_params(op, raw, w, warnings) if raw is not None else {}
+            params.update(_map_params(op, extra, w, warnings))
+            k = next((item.get(x) for x in ("k", "n_clusters", "num_clusters")
+                      if item.get(x) is not None), entry.get("k", entry.get("n_clusters")))
+            clusters = next((item.get(x) for x in ("clusters", "cluster", "cluster_ids")
+                             if x in item), None)
+            sel = _selection_from_clusters(clusters, k, w, warnings)
+            if sel is None:
+                continue
+            enabled = item.get("enabled", True)
+            bend = Bend(layer=layer, op=op_name, params=_coerce_numbers(op, params),
+                        channels=sel, enabled=enabled if isinstance(enabled, bool) else True)
+            bend = _checked_bend(bend, G, w, warnings)
+            if bend is not None:
+                bends.append(bend)
+    return bends, warnings
+
+
+def _template_layer(entry: Mapping, where: str, warnings: list[str]) -> str | None:
+    res = entry.get("resolution", entry.get("res"))
+    after = _norm(entry.get("install_after", entry.get("layer", "conv1")))
+    if not _is_number(res) or res < 4 or not math.log2(res).is_integer():
+        warnings.append(f"{where}.resolution: {res!r} is not a power of two >= 4; skipped")
+        return None
+    res = int(res)
+    if after in ("conv0_up", "conv0", "conv_up", "up"):
+        if res == 4:
+            warnings.append(f"{where}: the 4x4 block has no Conv0_up; using its Conv")
+            return "b4.conv1"
+        return f"b{res}.conv0"
+    if after in ("conv1", "conv"):
+        return f"b{res}.conv1"
+    if after in ("torgb", "to_rgb"):
+        return f"b{res}.torgb"
+    warnings.append(f"{where}.install_after: {entry.get('install_after')!r} is not "
+                    f"Conv0_up or Conv1; skipped")
+    return None
+
+
+def broad_layer_name(layer_id: int) -> str:
+    """Broad's integer layer ids (rosinality generator order) -> our layer names.
+
+    0 is the 4x4 conv; then each block 8, 16, ... contributes its upsampling conv (odd id)
+    and its second conv (even id): 1 = b8.conv0, 2 = b8.conv1, 3 = b16.conv0, ...
+    """
+    if layer_id < 0:
+        raise ValueError(f"layer id {layer_id} is negative")
+    if layer_id == 0:
+        return "b4.conv1"
+    res = 2 ** ((layer_id + 1) // 2 + 2)
+    return f"b{res}.conv0" if layer_id % 2 else f"b{res}.conv1"
+
+
+# Broad's transform names -> (our op, positional parameter names, conversion)
+def _broad_params(transform: str, params: list) -> tuple[str, dict[str, Any]] | None:
+    p = list(params)
+    table: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
+        "ablate": lambda: ("ablate", {}),
+        "invert": lambda: ("invert", {"offset": 1.0}),  # Broad's invert is 1 - x
+        "flip_h": lambda: ("flip_h", {}), "flip_horizontal": lambda: ("flip_h", {}),
+        "flip_v": lambda: ("flip_v", {}), "flip_vertical": lambda: ("flip_v", {}),
+        "binary_thresh": lambda: ("threshold", {"threshold": float(p[0])}),
+        "scalar_multiply": lambda: ("multiply", {"factor": float(p[0])}),
+        # OpenCV warpAffine leaves the uncovered border at zero.
+        "translate": lambda: ("translate", {"x_shift": float(p[0]), "y_shift": float(p[1]),
+                                            "fill": "zero"}),
+        "scale": lambda: ("zoom", {"scale": float(p[0]), "fill": "zero"}),
+        "rotate": lambda: ("rotate", {"angle": float(p[0]), "fill": "zero"}),
+        # Broad's erode / dilate take a radius r: a (2r + 1) wide structuring element.
+        "erode": lambda: ("erode", {"kernel": 2 * _as_int(p[0]) + 1}),
+        "dilate": lambda: ("dilate", {"kernel": 2 * _as_int(p[0]) + 1}),
+    }
+    make = table.get(_norm(transform))
+    return make() if make is not None else None
+
+
+def import_broad_yaml(text: Any, G: Any = None, cluster_dict: Any = None
+                      ) -> tuple[list[Bend], list[str]]:
+    """Bends from Broad's network-bending YAML ({transforms: [{layer, transform, params,
+    features, feature-param}]}). Returns (bends, warnings); never raises on an entry.
+
+    features 'all' selects every channel, 'random' a seeded fraction (Broad drew a fresh
+    one each run), 'cluster' his cluster id: through `cluster_dict` (his {layer: [{feature_
+    index, cluster_index}]} file) when given, else our own clustering of that layer.
+    """
+    data = _parse_structured(text, "network-bending YAML")
+    clusters = _parse_structured(cluster_dict, "cluster file") if cluster_dict else None
+    warnings: list[str] = []
+    if isinstance(data, Mapping):
+        if "transforms" not in data:
+            raise StudioError("this YAML has no 'transforms' list: is it a network-bending "
+                              "config?")
+        ignored = [k for k in data if k != "transforms"]
+        if ignored:
+            warnings.append(f"ignored top-level key(s) {ignored}: only 'transforms' is read")
+        data = data["transforms"] or []
+    if not isinstance(data, list):
+        raise StudioError("the network-bending YAML must hold a list of transforms")
+    bends: list[Bend] = []
+    for i, t in enumerate(data):
+        where = f"transforms[{i}]"
+        if not isinstance(t, Mapping):
+            warnings.append(f"{where}: {_short(t)} is not a transform; skipped")
+            continue
+        layer_id = t.get("layer")
+        if not _is_number(layer_id) or not float(layer_id).is_integer() or layer_id < 0:
+            warnings.append(f"{where}.layer: {layer_id!r} is not a layer id; skipped")
+            continue
+        layer = broad_layer_name(int(layer_id))
+        if G is not None and layer not in G.synthesis.layers:
+            warnings.append(f"{where}.layer: id {layer_id} is {layer}, which this model "
+                            f"does not have; skipped")
+            continue
+        name = t.get("transform")
+        raw = t.get("params") or []
+        if not isinstance(raw, list):
+            raw = [raw]
+        try:
+            mapped = _broad_params(str(name), raw)
+        except (IndexError, TypeError, ValueError):
+            warnings.append(f"{where}.params: {raw!r} do not fit transform {name!r}; skipped")
+            continue
+        if mapped is None:
+            warnings.append(f"{where}.transform: {name!r} has no counterpart here; skipped")
+            continue
+        op_name, params = mapped
+        sel = _broad_selection(t, int(layer_id), clusters, where, warnings)
+        if sel is None:
+            continue
+        bend = _checked_bend(Bend(layer=layer, op=op_name, params=params, channels=sel), G,
+                             where, warnings)
+        if bend is not None:
+            bends.append(bend)
+    return bends, warnings
+
+
+def _broad_selection(t: Mapping, layer_id: int, clusters: Any, where: str,
+                     warnings: list[str]) -> ChannelSelection | None:
+    features = _norm(t.get("features", "all"))
+    param = t.get("feature-param", t.get("feature_param"))
+    if features == "all":
+        return ChannelSelection()
+    if features == "random":
+        if not _is_number(param) or not 0 < param <= 1:
+            warnings.append(f"{where}.feature-param: {param!r} is not a fraction in (0, 1]; "
+                            f"skipped")
+            return None
+        return ChannelSelection(mode="random", fraction=float(param), seed=0)
+    if features == "cluster":
+        if not _is_number(param) or not float(param).is_integer():
+            warnings.append(f"{where}.feature-param: {param!r} is not a cluster id; skipped")
+            return None
+        cid = int(param)
+        if isinstance(clusters, Mapping):
+            entries = clusters.get(layer_id, clusters.get(str(layer_id)))
+            if not isinstance(entries, list):
+                warnings.append(f"{where}: the cluster file has no layer {layer_id}; skipped")
+                return None
+            idx = sorted(int(e["feature_index"]) for e in entries
+                         if isinstance(e, Mapping) and _is_number(e.get("cluster_index"))
+                         and int(e["cluster_index"]) == cid and "feature_index" in e)
+            if not idx:
+                warnings.append(f"{where}: cluster {cid} of layer {layer_id} is empty in the "
+                                f"cluster file; skipped")
+                return None
+            return ChannelSelection(mode="indices", indices=idx)
+        k = max(DEFAULT_CLUSTER_K, cid + 1)
+        warnings.append(f"{where}: cluster {cid} refers to Broad's own clustering; using "
+                        f"this studio's clustering of the layer (k={k}) instead")
+        return ChannelSelection(mode="clusters", ids=[cid], k=k)
+    warnings.append(f"{where}.features: {t.get('features')!r} is not all, random or cluster; "
+                    f"skipped")
+    return None
+
+
+# ----------------------------------------------------------------------------------------
+# Command line.
+
+
+def _cmd_render(args: argparse.Namespace) -> None:
+    recipe = Recipe.load(args.recipe)
+    if args.model:
+        recipe.model = args.model
+    if args.size:
+        recipe.output_size = args.size
+    img = render(recipe)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    print(f"wrote {out} ({img.size[0]}x{img.size[1]})")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    recipe = Recipe.load(args.recipe)
+    if args.model:
+        recipe.model = args.model
+    if args.size:
+        recipe.output_size = args.size
+    with tqdm(total=args.frames, unit="frame", desc="sweep") as bar:
+        out = sweep(recipe, args.param, args.start, args.stop, args.frames, args.out,
+                    fps=args.fps, progress=lambda i: bar.update(1))
+    print(f"wrote {out} ({args.frames} frames, {args.param} {args.start} -> {args.stop})")
+
+
+def add_cli(sub: Any) -> None:
+    p = sub.add_parser("render", help="render a recipe JSON to an image")
+    p.add_argument("recipe", help="recipe .json")
+    p.add_argument("--out", required=True, help="output image (.png, .jpg, ...)")
+    p.add_argument("--model", help="override the recipe's model spec")
+    p.add_argument("--size", type=int, help="override the output size in pixels")
+    p.set_defaults(func=_cmd_render)
+
+    s = sub.add_parser("sweep", help="animate a numeric recipe field into a video")
+    s.add_argument("recipe", help="recipe .json")
+    s.add_argument("--param", required=True,
+                   help="field path, e.g. bends.0.params.angle or latent.seed")
+    s.add_argument("--from", dest="start", type=float, required=True, help="first value")
+    s.add_argument("--to", dest="stop", type=float, required=True, help="last value")
+    s.add_argument("--frames", type=int, default=60, help="number of frames")
+    s.add_argument("--fps", type=float, default=30, help="frames per second")
+    s.add_argument("--out", required=True, help="output video (.mp4 or .gif)")
+    s.add_argument("--model", help="override the recipe's model spec")
+    s.add_argument("--size", type=int, help="override the output size in pixels")
+    s.set_defaults(func=_cmd_sweep)
