@@ -1,0 +1,655 @@
+"""The model zoo: a catalogue of Hub checkpoints, download + convert + cache, and an LRU.
+
+A model is named by a *spec*, the same everywhere (`load`, every CLI `--model`, the studio):
+
+- a catalogue id from engine/catalogue.json, e.g. `default` (the embedded 64 px model);
+- `hf://owner/repo/path/in/repo[@revision]` (or a huggingface.co resolve/blob URL);
+- a local file in any checkpoint format engine.checkpoints reads.
+
+Hub files come through `huggingface_hub.hf_hub_download`, so its cache, `HF_HOME`,
+`HF_HUB_CACHE`, `HF_HUB_OFFLINE`, `HF_TOKEN` and `HF_ENDPOINT` behave as users expect; we read
+those variables at call time (huggingface_hub reads some only at import). Each source file is
+converted once into our safetensors + JSON sidecar, stored under
+`$HF_HOME/activation-studio/converted/<sha256 of the source>.safetensors`; later loads read
+that. Loaded generators stay in an LRU bounded by count (`ACTIVATION_STUDIO_MAX_MODELS`,
+default 3) and bytes (`ACTIVATION_STUDIO_MAX_MODEL_MB`, default 4096); two callers asking
+for the same model at once share one load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import CheckpointError, StudioError, UnsafePickleError
+from engine.stylegan2 import Generator, GeneratorConfig
+
+Progress = Callable[[float, str], None]
+
+ENGINE_DIR = Path(__file__).resolve().parent
+CATALOGUE_PATH = ENGINE_DIR / "catalogue.json"
+DEFAULT_ID = "default"
+DEFAULT_MODEL_PATH = ENGINE_DIR / "default_model" / "faces64.safetensors"
+FORMATS = ("nvlabs-pkl", "tf-pkl", "rosinality-pt", "safetensors")
+HF_PREFIX = "hf://"
+HUB_URL = re.compile(r"^https?://(?:www\.)?(?:huggingface\.co|hf\.co)/"
+                     r"(?P<repo>[^/]+/[^/]+)/(?:resolve|blob)/(?P<rev>[^/]+)/(?P<path>.+)$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+ENV_MAX_MODELS = "ACTIVATION_STUDIO_MAX_MODELS"
+ENV_MAX_MODEL_MB = "ACTIVATION_STUDIO_MAX_MODEL_MB"
+DEFAULT_MAX_MODELS = 3
+DEFAULT_MAX_MODEL_MB = 4096
+ETAG_TIMEOUT_S = 10.0  # seconds to wait for the Hub's metadata answer (HF_HUB_ETAG_TIMEOUT wins)
+
+# Shares of the progress bar: download, then conversion, then moving to the device.
+DOWNLOAD_SHARE, CONVERT_SHARE = 0.80, 0.15
+
+
+# ----------------------------------------------------------------------------------------
+# Catalogue.
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """One row of engine/catalogue.json."""
+    id: str                    # short name users type, e.g. 'ffhq-512'
+    title: str                 # human-readable name for menus
+    repo_id: str | None        # Hub repository, None for files shipped with the studio
+    filename: str              # path inside the repo (or inside engine/ for local entries)
+    format: str                # one of FORMATS (what the file is expected to hold)
+    resolution: int            # output size in pixels
+    conditional: bool          # needs a class label
+    licence: str               # licence of the weights
+    description: str           # one line
+    verified: bool             # file name confirmed on the Hub (see the catalogue's 'about')
+    revision: str | None = None  # pinned revision, None = main
+    sha256: str | None = None    # expected sha256 of the downloaded file, when known
+
+    @property
+    def spec(self) -> str:
+        """Where the entry points: an hf:// location, or the local file."""
+        if self.repo_id is None:
+            return str(ENGINE_DIR / self.filename)
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{HF_PREFIX}{self.repo_id}/{self.filename}{rev}"
+
+
+REQUIRED_FIELDS = ("id", "title", "repo_id", "filename", "format", "resolution", "conditional",
+                   "licence", "description", "verified")
+
+_catalogue_cache: tuple[float, list[CatalogueEntry]] | None = None
+
+
+def catalogue(path: str | os.PathLike | None = None) -> list[CatalogueEntry]:
+    """The catalogue entries in file order ('default' first); re-read when the file changes."""
+    global _catalogue_cache
+    p = Path(path) if path is not None else CATALOGUE_PATH
+    mtime = p.stat().st_mtime
+    if path is None and _catalogue_cache is not None and _catalogue_cache[0] == mtime:
+        return list(_catalogue_cache[1])
+    entries = parse_catalogue(json.loads(p.read_text(encoding="utf-8")))
+    if path is None:
+        _catalogue_cache = (mtime, entries)
+    return list(entries)
+
+
+def parse_catalogue(data: Any) -> list[CatalogueEntry]:
+    """Validate catalogue JSON ({'models': [...]}) and build the entries."""
+    rows = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise StudioError("The model catalogue has no 'models' list.")
+    entries, seen = [], set()
+    for i, row in enumerate(rows):
+        missing = [k for k in REQUIRED_FIELDS if k not in row]
+        if missing:
+            raise StudioError(f"Catalogue entry {i} lacks the field(s) {', '.join(missing)}.")
+        if row["id"] in seen:
+            raise StudioError(f"The catalogue lists the id {row['id']!r} twice.")
+        if row["format"] not in FORMATS:
+            raise StudioError(f"Catalogue entry {row['id']!r} has the unknown format "
+                              f"{row['format']!r} (known: {', '.join(FORMATS)}).")
+        seen.add(row["id"])
+        known = set(CatalogueEntry.__dataclass_fields__)
+        entries.append(CatalogueEntry(**{k: v for k, v in row.items() if k in known}))
+    if entries[0].id != DEFAULT_ID:
+        raise StudioError(f"The first catalogue entry must be {DEFAULT_ID!r}.")
+    return entries
+
+
+def _entry(model_id: str) -> CatalogueEntry | None:
+    return next((e for e in catalogue() if e.id == model_id), None)
+
+
+# ----------------------------------------------------------------------------------------
+# Specs.
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a spec points. kind: 'local' (a file here) or 'hub' (a Hub file)."""
+    id: str                          # the normalised spec (cache key)
+    kind: str
+    title: str
+    path: Path | None = None         # local file
+    repo_id: str | None = None       # Hub repository
+    filename: str | None = None      # path inside the repo
+    revision: str | None = None      # None = main
+    entry: CatalogueEntry | None = None
+
+
+def resolve(spec: str) -> Resolved:
+    """Turn a spec (catalogue id, hf://..., Hub URL, local path) into a `Resolved`."""
+    spec = str(spec).strip()
+    if not spec:
+        raise StudioError("No model given: use a catalogue id such as 'default', an "
+                          "hf://owner/repo/file location or a checkpoint path.")
+    entry = _entry(spec)
+    if entry is not None:
+        if entry.repo_id is None:
+            return Resolved(entry.id, "local", entry.title, path=ENGINE_DIR / entry.filename,
+                            entry=entry)
+        return Resolved(entry.id, "hub", entry.title, repo_id=entry.repo_id,
+                        filename=entry.filename, revision=entry.revision, entry=entry)
+    m = HUB_URL.match(spec)
+    if m:
+        spec = f"{HF_PREFIX}{m['repo']}/{m['path']}" + (
+            "" if m["rev"] == "main" else f"@{m['rev']}")
+    if spec.startswith(HF_PREFIX):
+        return _resolve_hf(spec)
+    path = Path(spec).expanduser()
+    if path.exists():
+        path = path.resolve()
+        return Resolved(str(path), "local", path.name, path=path)
+    ids = ", ".join(e.id for e in catalogue())
+    raise StudioError(f"{spec!r} is neither a catalogue id ({ids}), an "
+                      f"hf://owner/repo/file location nor an existing file.")
+
+
+def _resolve_hf(spec: str) -> Resolved:
+    body, revision = spec[len(HF_PREFIX):], None
+    at = body.rfind("@")
+    if at > body.rfind("/"):  # '@rev' after the file name only
+        body, revision = body[:at], body[at + 1:] or None
+    parts = [p for p in body.split("/") if p]
+    if len(parts) < 3:
+        raise StudioError(f"{spec!r} is not a Hub file location: write "
+                          f"hf://owner/repo/path/to/file.pkl[@revision].")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    if revision == "main":
+        revision = None
+    norm = f"{HF_PREFIX}{repo_id}/{filename}" + (f"@{revision}" if revision else "")
+    entry = next((e for e in catalogue() if e.repo_id == repo_id and e.filename == filename
+                  and e.revision == revision), None)
+    return Resolved(norm, "hub", entry.title if entry else f"{repo_id}/{filename}",
+                    repo_id=repo_id, filename=filename, revision=revision, entry=entry)
+
+
+# ----------------------------------------------------------------------------------------
+# Cache locations (read from the environment at call time).
+
+
+def hf_home() -> Path:
+    """`$HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else ~/.cache/huggingface."""
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(xdg).expanduser() / "huggingface"
+
+
+def hub_cache_dir() -> Path:
+    """The Hub download cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    return hf_home() / "hub"
+
+
+def converted_dir() -> Path:
+    """Our converted safetensors files, beside the Hub cache."""
+    return hf_home() / "activation-studio" / "converted"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+# ----------------------------------------------------------------------------------------
+# Loaded models and the LRU.
+
+
+@dataclass
+class LoadedModel:
+    """A generator ready to render, with where it came from."""
+    G: Generator                 # eval mode, requires_grad False, on `device`
+    sha256: str                  # of our safetensors file
+    id: str                      # the normalised spec
+    title: str
+    config: GeneratorConfig
+    source: Any                  # provenance recorded in the sidecar
+    resolution: int
+    path: Path | None = None     # our safetensors file
+    device: str = "cpu"
+    nbytes: int = 0              # parameters + buffers
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    future: Future = field(default_factory=Future)
+    listeners: list[Progress] = field(default_factory=list)
+    last: tuple[float, str] = (0.0, "starting")
+
+
+_lock = threading.Lock()
+_models: OrderedDict[str, LoadedModel] = OrderedDict()
+_pending: dict[str, _Pending] = {}
+
+
+def _device(device: str | torch.device | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(torch.device(device))
+
+
+def load(spec: str, progress: Progress | None = None,
+         device: str | torch.device | None = None) -> LoadedModel:
+    """Load a model by spec (see module doc); cached, thread-safe, one load per model.
+
+    progress(fraction in [0, 1], message) hears download bytes and conversion steps; a caller
+    that joins a load already running hears the rest of that load.
+    """
+    r = resolve(spec)
+    dev = _device(device)
+    key = f"{r.id}|{dev}"
+    with _lock:
+        hit = _models.get(key)
+        if hit is not None:
+            _models.move_to_end(key)
+        else:
+            pending = _pending.get(key)
+            owner = pending is None
+            if owner:
+                pending = _pending[key] = _Pending()
+            if progress is not None:
+                pending.listeners.append(progress)
+                if not owner:
+                    progress(*pending.last)
+    if hit is not None:
+        if progress is not None:
+            progress(1.0, f"{hit.title} is loaded")
+        return hit
+    if not owner:
+        return pending.future.result()
+
+    def report(fraction: float, message: str) -> None:
+        with _lock:
+            pending.last = (fraction, message)
+            listeners = list(pending.listeners)
+        for fn in listeners:
+            fn(fraction, message)
+
+    try:
+        model = _load_uncached(r, report, dev)
+    except BaseException as exc:
+        with _lock:
+            _pending.pop(key, None)
+        pending.future.set_exception(exc)
+        raise
+    with _lock:
+        _pending.pop(key, None)
+        _models[key] = model
+        _evict_locked()
+    pending.future.set_result(model)
+    report(1.0, f"{model.title} is loaded")
+    return model
+
+
+def _limits() -> tuple[int, int]:
+    def env_int(name: str, default: int) -> int:
+        try:
+            return max(1, int(os.environ.get(name, default)))
+        except ValueError:
+            return default
+    return (env_int(ENV_MAX_MODELS, DEFAULT_MAX_MODELS),
+            env_int(ENV_MAX_MODEL_MB, DEFAULT_MAX_MODEL_MB) * 2 ** 20)
+
+
+def _evict_locked() -> None:
+    """Drop least recently used models over the count or byte limit (keep the newest)."""
+    max_models, max_bytes = _limits()
+    while len(_models) > 1 and (len(_models) > max_models
+                                or sum(m.nbytes for m in _models.values()) > max_bytes):
+        _models.popitem(last=False)
+
+
+def loaded_models() -> list[LoadedModel]:
+    """Models in the LRU, least recently used first."""
+    with _lock:
+        return list(_models.values())
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (files on disk stay)."""
+    with _lock:
+        _models.clear()
+
+
+# ----------------------------------------------------------------------------------------
+# Loading one model.
+
+
+def _load_uncached(r: Resolved, progress: Progress, device: str) -> LoadedModel:
+    from engine.checkpoints import sha256_file
+
+    if r.kind == "hub":
+        source_path, source_sha = _download(r, progress)
+    else:
+        source_path = _local_path(r)
+        source_sha = None
+    if _is_studio_file(source_path):
+        ours, source = source_path, {"path": str(source_path)}
+    else:
+        if source_sha is None:
+            progress(DOWNLOAD_SHARE * 0.5, f"hashing {source_path.name}")
+            source_sha = sha256_file(source_path)
+        ours = converted_dir() / f"{source_sha}.safetensors"
+        source = _source_record(r, source_path, source_sha)
+        if not _usable(ours):
+            _convert(r, source_path, source_sha, ours, source, progress)
+    progress(DOWNLOAD_SHARE + CONVERT_SHARE, "reading the converted model")
+    try:
+        loaded, sidecar = _read_ours(ours)
+    except CheckpointError:
+        if ours == source_path:
+            raise
+        # A damaged conversion is ours to redo: drop it and convert again once.
+        _remove(ours)
+        _convert(r, source_path, source_sha, ours, source, progress)
+        loaded, sidecar = _read_ours(ours)
+    from engine.checkpoints import build_generator
+
+    G = build_generator(loaded).to(device).eval().requires_grad_(False)
+    nbytes = sum(t.numel() * t.element_size()
+                 for t in list(G.parameters()) + list(G.buffers()))
+    return LoadedModel(G=G, sha256=sidecar["sha256"], id=r.id, title=r.title,
+                       config=loaded.config, source=sidecar.get("source", source),
+                       resolution=loaded.config.resolution, path=ours, device=device,
+                       nbytes=nbytes, notes=list(loaded.notes))
+
+
+def _local_path(r: Resolved) -> Path:
+    assert r.path is not None
+    if r.path.exists():
+        return r.path
+    if r.entry is not None and r.entry.id == DEFAULT_ID:
+        raise StudioError(f"The default model is missing ({r.path.relative_to(ENGINE_DIR.parent)}"
+                          f" is not there yet); train it with `python -m engine train-gan` or "
+                          f"pick another model.")
+    raise StudioError(f"There is no file at {r.path}.")
+
+
+def _is_studio_file(path: Path) -> bool:
+    """Our own format: safetensors with a sidecar; read directly, never converted."""
+    from engine.checkpoints import sidecar_path
+
+    return path.suffix == ".safetensors" and sidecar_path(path).exists()
+
+
+def _usable(path: Path) -> bool:
+    from engine.checkpoints import sidecar_path
+
+    return path.exists() and sidecar_path(path).exists()
+
+
+def _read_ours(path: Path) -> tuple[Any, dict[str, Any]]:
+    from engine.checkpoints import read_checkpoint, sha256_file, sidecar_path
+
+    loaded = read_checkpoint(path)  # verifies the sidecar's sha256 against the file
+    side = sidecar_path(path)
+    sidecar = json.loads(side.read_text(encoding="utf-8")) if side.exists() else {}
+    if not sidecar.get("sha256"):
+        sidecar["sha256"] = sha256_file(path)
+    return loaded, sidecar
+
+
+def _source_record(r: Resolved, path: Path, sha: str) -> dict[str, Any]:
+    rec: dict[str, Any] = {"spec": r.id, "source_sha256": sha, "file": path.name}
+    if r.kind == "hub":
+        rec.update(repo_id=r.repo_id, filename=r.filename, revision=r.revision or "main")
+        commit = _commit_of(path)
+        if commit:
+            rec["commit"] = commit
+    else:
+        rec["path"] = str(path)
+    return rec
+
+
+def _commit_of(pointer: Path) -> str | None:
+    # Hub cache layout: .../snapshots/<commit>/<path in repo>.
+    parts = pointer.parts
+    if "snapshots" in parts:
+        i = parts.index("snapshots")
+        if i + 1 < len(parts):
+            return parts[i + 1]
+    return None
+
+
+def _convert(r: Resolved, source_path: Path, source_sha: str, ours: Path,
+             source: dict[str, Any], progress: Progress) -> None:
+    """Read any checkpoint format and write our safetensors + sidecar (atomically)."""
+    from engine.checkpoints import build_generator, read_checkpoint, save_generator
+
+    base = DOWNLOAD_SHARE
+    progress(base, f"reading {source_path.name}")
+    try:
+        loaded = read_checkpoint(source_path)
+        progress(base + CONVERT_SHARE * 0.5, "building the generator")
+        G = build_generator(loaded)
+    except UnsafePickleError:
+        raise
+    except CheckpointError as exc:
+        if r.kind != "hub":
+            raise  # its sentence already names the local file
+        message = str(exc).rstrip(".")
+        if _looks_corrupt(message):
+            _discard_download(source_path)
+            raise StudioError(f"The download of {r.id} is corrupt or incomplete ({message}); "
+                              f"it was removed from the cache, so load it again.") from exc
+        raise StudioError(f"{r.id} is not a StyleGAN2 checkpoint the studio can read "
+                          f"({message}).") from exc
+    progress(base + CONVERT_SHARE * 0.8, "saving the converted model")
+    source = {**source, "format": loaded.source_format}
+    save_generator(G, ours, source=source)
+
+
+def _looks_corrupt(message: str) -> bool:
+    m = message.lower()
+    return any(w in m for w in ("truncated", "corrupt", "empty", "garbled", "ends early"))
+
+
+def _remove(path: Path) -> None:
+    from engine.checkpoints import sidecar_path
+
+    for p in (path, sidecar_path(path)):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+# ----------------------------------------------------------------------------------------
+# Hub downloads.
+
+
+def _download(r: Resolved, progress: Progress) -> tuple[Path, str | None]:
+    """hf_hub_download with progress; returns (snapshot path, sha256 of the file if known).
+
+    The sha256 is known without hashing when the cache stored the file under its LFS sha256
+    and we already converted it (a cached load must not re-hash hundreds of megabytes).
+    """
+    from engine.checkpoints import sha256_file
+
+    progress(0.0, f"looking up {r.repo_id}/{r.filename}")
+    try:
+        local = Path(_hf_download(r, progress))
+    except StudioError:
+        raise
+    except Exception as exc:  # huggingface_hub's typed errors -> one sentence
+        raise _hub_error(exc, r) from exc
+    blob_name = Path(os.path.realpath(local)).name
+    expected = r.entry.sha256 if r.entry is not None else None
+    if SHA256_HEX.match(blob_name) and _usable(converted_dir() / f"{blob_name}.safetensors"):
+        return local, blob_name
+    # First time we see this file: hash it to check it and to name its conversion.
+    progress(DOWNLOAD_SHARE * 0.99, f"checking {local.name}")
+    actual = sha256_file(local)
+    claimed = blob_name if SHA256_HEX.match(blob_name) else None
+    if (claimed and claimed != actual) or (expected and expected != actual):
+        _discard_download(local)
+        raise StudioError(f"The download of {r.id} is corrupt or incomplete (its checksum does "
+                          f"not match); it was removed from the cache, so load it again.")
+    return local, actual
+
+
+def _hf_download(r: Resolved, progress: Progress) -> str:
+    from huggingface_hub import hf_hub_download
+    from tqdm.auto import tqdm
+
+    class _ProgressBar(tqdm):
+        """huggingface_hub's byte counter, forwarded to our callback (never drawn)."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.pop("name", None)
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            self._bytes = int(kwargs.get("initial") or 0)
+            self._total = kwargs.get("total")
+            self._last = 0.0
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self._bytes += int(n or 0)
+            now = time.monotonic()
+            if now - self._last > 0.1 or (self._total and self._bytes >= self._total):
+                self._last = now
+                total = self._total or 0
+                frac = min(self._bytes / total, 1.0) if total else 0.0
+                size = f" of {total / 2**20:.1f} MB" if total else ""
+                progress(DOWNLOAD_SHARE * frac,
+                         f"downloading {r.filename}: {self._bytes / 2**20:.1f} MB{size}")
+            return super().update(n)
+
+    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or ETAG_TIMEOUT_S)
+    return hf_hub_download(
+        r.repo_id, r.filename, revision=r.revision, cache_dir=str(hub_cache_dir()),
+        endpoint=os.environ.get("HF_ENDPOINT") or None, local_files_only=_offline(),
+        token=os.environ.get("HF_TOKEN") or None, etag_timeout=timeout,
+        tqdm_class=_ProgressBar)
+
+
+def _hub_error(exc: Exception, r: Resolved) -> StudioError:
+    """One actionable sentence for each way a Hub download fails."""
+    from huggingface_hub import errors as hf
+
+    where = f"{r.repo_id}/{r.filename}" + (f"@{r.revision}" if r.revision else "")
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    chain, cause = [], exc
+    while cause is not None and len(chain) < 8:
+        chain.append(type(cause).__name__)
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, hf.GatedRepoError):
+        return StudioError(f"{r.repo_id} is gated: accept its conditions on "
+                           f"https://huggingface.co/{r.repo_id} and set HF_TOKEN (or run "
+                           f"`hf auth login`) to a token with read access.")
+    if isinstance(exc, hf.RepositoryNotFoundError):
+        if status == 401 and os.environ.get("HF_TOKEN"):
+            return StudioError(f"The Hub refused your HF_TOKEN for {r.repo_id}; check that the "
+                               f"token is valid and can read this repository.")
+        return StudioError(f"The Hub has no repository {r.repo_id} (or it is private: set "
+                           f"HF_TOKEN to a token that can read it).")
+    if isinstance(exc, hf.RevisionNotFoundError):
+        return StudioError(f"{r.repo_id} has no revision {r.revision!r}; use a branch, tag or "
+                           f"commit that exists.")
+    if isinstance(exc, hf.RemoteEntryNotFoundError):
+        return StudioError(f"{r.repo_id} has no file {r.filename!r}; check the path inside "
+                           f"the repository.")
+    if isinstance(exc, hf.HfHubHTTPError) and status in (401, 403):
+        return StudioError(f"The Hub refused access to {where} ({status}); set HF_TOKEN to a "
+                           f"token that can read it.")
+    if isinstance(exc, hf.LocalEntryNotFoundError) or isinstance(exc, hf.OfflineModeIsEnabled):
+        if _offline():
+            return StudioError(f"You are offline (HF_HUB_OFFLINE is set) and {where} is not in "
+                               f"the cache; go online once and run `python -m engine zoo "
+                               f"fetch {r.id}`.")
+        if any("Timeout" in name for name in chain):
+            return StudioError(f"The Hub did not answer in time for {where} and it is not in "
+                               f"the cache; try again, or raise HF_HUB_ETAG_TIMEOUT.")
+        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        return StudioError(f"Could not reach the Hub ({endpoint}) and {where} is not in the "
+                           f"cache; check your connection.")
+    if any("Timeout" in name for name in chain) or isinstance(exc, TimeoutError):
+        return StudioError(f"The download of {where} timed out; try again (or raise "
+                           f"HF_HUB_DOWNLOAD_TIMEOUT).")
+    if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
+        return StudioError(f"The download of {where} stopped early (size mismatch); load it "
+                           f"again to retry.")
+    if isinstance(exc, hf.HfHubHTTPError):
+        return StudioError(f"The Hub answered {status} for {where}; try again later.")
+    return StudioError(f"Downloading {where} failed ({type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else 'no details'}).")
+
+
+def _discard_download(pointer: Path) -> None:
+    """Delete a bad download from the Hub cache (snapshot link and blob) so it is refetched."""
+    blob = Path(os.path.realpath(pointer))
+    for p in {pointer, blob}:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+# ----------------------------------------------------------------------------------------
+# Ahead-of-time fetching and cache inspection (the `zoo` CLI).
+
+
+def fetch(spec: str, progress: Progress | None = None) -> Path:
+    """Download and convert a model without keeping it loaded; returns our safetensors path."""
+    r = resolve(spec)
+    cb = progress or (lambda f, m: None)
+    with _lock:
+        hit = next((m for k, m in _models.items() if k.startswith(f"{r.id}|")), None)
+    if hit is not None and hit.path is not None:
+        cb(1.0, f"{hit.title} is loaded")
+        return hit.path
+    model = _load_uncached(r, cb, "cpu")
+    cb(1.0, f"{model.title} is ready")
+    assert model.path is not None
+    return model.path
+
+
+def is_cached(entry: CatalogueEntry) -> bool:
+    """Whether an entry loads without network: local and present, or converted before."""
+    if entry.repo_id is None:
+        return (ENGINE_DIR / entry.filename).exists()
+    if entry.sha256 and _usable(converted_dir() / f"{entry.sha256}.safetensors"):
+        return True
+    folder = hub_cache_dir() / f"models--{entry.repo_id.replace('/', '--')}" / "snapshots"
+    if not folder.is_dir():
+        return False
+    for snap in folder.iterdir():
+        f = snap / entry.filename
+        if f.exists():
+            blob = Path(os.path.realpath(f)).name
+            if _usable(converted_dir() / f"{blob}.safetensors"):
+                return True
+    return False
