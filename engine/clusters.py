@@ -762,11 +762,15 @@ def add_cli(subparsers: Any) -> None:
     p.set_defaults(func=_cli)
 
 
+def _load_model(spec: str) -> torch.nn.Module:
+    from engine import zoo  # imported here: zoo pulls in the Hub client
+    return zoo.load(spec)
+
+
 def _cli(args: Any) -> None:
     from tqdm import tqdm
 
-    from engine import zoo
-    G = zoo.load(args.model)
+    G = _load_model(args.model)
     out = Path(args.out)
     k = args.k
     if k <= 0:
