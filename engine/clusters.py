@@ -98,6 +98,16 @@ def default_cache_dir() -> Path:
     return base / "clusters"
 
 
+def _unwrap(model: Any) -> tuple[torch.nn.Module, str | None]:
+    """(Generator, sha256 or None) from a Generator or a zoo.LoadedModel-like object."""
+    if isinstance(model, torch.nn.Module):
+        return model, None
+    G = getattr(model, "G", None)
+    if isinstance(G, torch.nn.Module):
+        return G, getattr(model, "sha256", None)
+    raise TypeError(f"expected a Generator or a loaded model, got {type(model).__name__}")
+
+
 def model_key_of(G: torch.nn.Module) -> str:
     """The model's sha256 when its loader recorded one, else a hash of its weights."""
     for attr in ("sha256", "model_key"):
@@ -328,6 +338,7 @@ def compute_clusters(G: torch.nn.Module, layer: str, k: int, samples: int = 128,
     cache_dir: where result JSON files live (default: default_cache_dir()).
     progress:  called as progress(fraction, message); cancel: Event or callable -> bool.
     """
+    G, known_key = _unwrap(G)
     C, _, _ = _check_layer(G, layer)
     if feature_extractor is None and method not in METHODS:
         raise StudioError(f"unknown clustering method {method!r}; use one of "
@@ -339,7 +350,7 @@ def compute_clusters(G: torch.nn.Module, layer: str, k: int, samples: int = 128,
         raise StudioError(f"k must be between 2 and {C} (the channels of {layer}), got {k}.")
     if samples < 1:
         raise StudioError(f"samples must be at least 1, got {samples}.")
-    model_key = model_key or model_key_of(G)
+    model_key = model_key or known_key or model_key_of(G)
     key = _cache_key(model_key, layer, k, samples, seed, method, psi)
     cached = _recall(key)
     if cached is not None:
@@ -382,6 +393,7 @@ def suggest_k(G: torch.nn.Module, layer: str, ks: Iterable[int] = range(4, 13),
               ) -> tuple[int, dict[int, float]]:
     """The k with the best silhouette score over `ks`, and every k's score."""
     from sklearn.metrics import silhouette_score
+    G, _ = _unwrap(G)
     C, _, _ = _check_layer(G, layer)
     ks = [k for k in ks if 2 <= k < C]
     if not ks:
@@ -662,6 +674,7 @@ def cluster_overlays(G: torch.nn.Module, result: ClusterResult, latent: Any, psi
     enlarged with NEAREST so a 16x16 layer shows its true 16x16 cells.
     Returns a uint8 HxWx3 sheet.
     """
+    G, _ = _unwrap(G)
     _check_layer(G, result.layer)
     ws = _as_ws(G, latent, psi)
     image, act = _render_with_layer(G, ws, result.layer)
@@ -690,6 +703,7 @@ def cluster_channel_sheet(G: torch.nn.Module, result: ClusterResult, cluster_id:
     Each tile is one channel's map, min-max scaled and colour-mapped, captioned with the
     channel index. Returns a uint8 HxWx3 sheet.
     """
+    G, _ = _unwrap(G)
     channels = result.channels(cluster_id)
     ws = _as_ws(G, latent, psi)
     _, act = _render_with_layer(G, ws, result.layer)
@@ -719,6 +733,7 @@ def ablation_preview(G: torch.nn.Module, result: ClusterResult, cluster_id: int,
     The channels are zeroed through a per-call tap, so the shared model is untouched.
     Returns a uint8 HxWx3 image of the two captioned tiles side by side.
     """
+    G, _ = _unwrap(G)
     channels = result.channels(cluster_id)
     _check_layer(G, result.layer)
     ws = _as_ws(G, latent, psi)
@@ -762,19 +777,19 @@ def add_cli(subparsers: Any) -> None:
     p.set_defaults(func=_cli)
 
 
-def _load_model(spec: str) -> torch.nn.Module:
+def _load_model(spec: str) -> Any:
     from engine import zoo  # imported here: zoo pulls in the Hub client
-    return zoo.load(spec)
+    return zoo.load(spec)  # a LoadedModel: its sha256 keys the cache
 
 
 def _cli(args: Any) -> None:
     from tqdm import tqdm
 
-    G = _load_model(args.model)
+    model = _load_model(args.model)
     out = Path(args.out)
     k = args.k
     if k <= 0:
-        k, scores = suggest_k(G, args.layer, samples=args.samples, seed=args.seed, psi=args.psi)
+        k, scores = suggest_k(model, args.layer, samples=args.samples, seed=args.seed, psi=args.psi)
         print("silhouette: " + ", ".join(f"k={kk}: {s:.3f}" for kk, s in scores.items()))
     bar = tqdm(total=100, unit="%")
 
@@ -783,13 +798,13 @@ def _cli(args: Any) -> None:
         bar.set_description(message)
         bar.refresh()
 
-    result = compute_clusters(G, args.layer, k, samples=args.samples, seed=args.seed,
+    result = compute_clusters(model, args.layer, k, samples=args.samples, seed=args.seed,
                               psi=args.psi, progress=progress)
     bar.close()
     stem = f"clusters_{args.layer.replace('.', '_')}_k{k}"
     paths = [save_json(result, out / f"{stem}.json"),
              save_broad_yaml(result, out / f"{stem}.yaml"),
-             save_png(cluster_overlays(G, result, args.preview_seed, psi=args.psi),
+             save_png(cluster_overlays(model, result, args.preview_seed, psi=args.psi),
                       out / f"{stem}_overlays.png")]
     print("sizes: " + " ".join(f"#{i}:{n}" for i, n in enumerate(result.sizes)))
     for path in paths:

@@ -57,6 +57,14 @@ def test_cluster_labels_shape_and_key(G):
     assert set(labels.tolist()) == {0, 1, 2}
 
 
+def test_a_loaded_model_keys_the_cache_by_its_sha256(G, tmp_path):
+    from types import SimpleNamespace
+    r = cl.compute_clusters(SimpleNamespace(G=G, sha256="abc123"), "b8.conv0", 3, samples=4,
+                            cache_dir=tmp_path)
+    assert r.model_key == "abc123"
+    assert cl.model_key_of(G).startswith("weights-")  # a bare Generator: hashed weights
+
+
 def test_every_channel_is_assigned_exactly_once(result):
     C = 32
     assert len(result.labels) == C and sum(result.sizes) == C
@@ -238,8 +246,7 @@ def test_cli_writes_cluster_files_and_sheet(G, tmp_path, monkeypatch):
                            "faces64.safetensors) is still training and not shipped yet")
 def test_default_model_clusters_are_not_degenerate():
     from engine import zoo
-    G = zoo.load("default")
-    r = cl.compute_clusters(G, "b16.conv1", 8, samples=128, seed=0)
+    r = cl.compute_clusters(zoo.load("default"), "b16.conv1", 8, samples=128, seed=0)
     C = len(r.labels)
     # A degenerate clustering puts nearly every channel in one cluster and leaves the rest as
     # singletons (outlier or dead channels), which is useless for picking "the eyes". On the
