@@ -1,0 +1,107 @@
+"""Per-user session state: what one browser tab is working on.
+
+A Session lives in a gr.State, so every user has their own; nothing here is global. It holds
+the parts of a recipe being edited (latent, bends, weight edits, translator input) plus UI
+bookkeeping (clusters on screen, selected cluster ids, the bend being edited). Editing
+helpers are plain data manipulation: no model maths.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.bending import OPERATIONS, Bend, ChannelSelection
+from engine.clusters import ClusterResult
+from engine.latents import LatentSpec
+from engine.recipe import Recipe
+
+
+class Jobs:
+    """Cancel flag of this session's long job (clustering, video, training, projection).
+
+    Gradio keeps a State's object by reference between events, so the Cancel button and
+    the running job see the same Event.
+    """
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+
+    def start(self) -> threading.Event:
+        self.cancel.clear()
+        return self.cancel
+
+    def __deepcopy__(self, memo: dict) -> Jobs:
+        return Jobs()  # an Event cannot be copied; a copy starts with no job running
+
+
+@dataclass
+class Session:
+    """Everything one user is editing: a Recipe plus what is on screen."""
+    recipe: Recipe                                  # model, latent, bends, weight edits, ...
+    clusters: ClusterResult | None = None          # the clustering on screen
+    selected: list[int] = field(default_factory=list)  # chosen cluster ids of `clusters`
+    current: int | None = None                      # index of the bend being edited
+    projected: list[list[float]] | None = None      # last projection's W+ (not yet sent)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    jobs: Jobs = field(default_factory=Jobs)
+
+    @property
+    def model(self) -> str:
+        return self.recipe.model
+
+
+def new_session(model: str) -> Session:
+    """A fresh session on `model`: seed 0, psi 0.7, no bends."""
+    return Session(recipe=Recipe(model=model, latent=LatentSpec(seed=0.0, psi=0.7)))
+
+
+def selection_for(sess: Session, layer: str, mode: str, fraction: float = 0.5,
+                  seed: int = 0) -> ChannelSelection:
+    """The channel selection a new bend on `layer` gets from the UI choice `mode`."""
+    if mode == "selected clusters":
+        c = sess.clusters
+        if c is None or not sess.selected:
+            from engine.errors import StudioError
+            raise StudioError("no clusters are selected; compute clusters on the Clusters tab "
+                              "and click the tiles you want, or choose 'all channels'.")
+        return ChannelSelection(mode="clusters", layer=c.layer, k=c.k, ids=sorted(sess.selected),
+                                samples=c.samples, cluster_seed=c.seed)
+    if mode == "random fraction":
+        return ChannelSelection(mode="random", fraction=float(fraction), seed=int(seed))
+    return ChannelSelection(mode="all")
+
+
+def default_params(op: str) -> dict[str, Any]:
+    return {p.name: p.default for p in OPERATIONS[op].params}
+
+
+def bend_label(i: int, b: Bend) -> str:
+    """One line naming a bend in the stack list."""
+    op = OPERATIONS.get(b.op)
+    title = op.title if op else b.op
+    sel = b.channels
+    if sel.mode == "clusters":
+        where = f"clusters {','.join(map(str, sel.ids))} (k={sel.k})"
+    elif sel.mode == "random":
+        where = f"{sel.fraction:.0%} random channels"
+    elif sel.mode == "indices":
+        where = f"{len(sel.indices)} channels"
+    else:
+        where = "all channels"
+    vals = ", ".join(f"{k}={_short(v)}" for k, v in b.params.items())
+    state = "on" if b.enabled else "off"
+    return f"{i + 1}. [{state}] {title} @ {b.layer} · {where}" + (f" · {vals}" if vals else "")
+
+
+def _short(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def move(items: list, i: int, delta: int) -> int:
+    """Move items[i] by delta places (clamped); returns its new index."""
+    j = max(0, min(len(items) - 1, i + delta))
+    items.insert(j, items.pop(i))
+    return j
