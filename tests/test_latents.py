@@ -1,0 +1,239 @@
+"""Latents: seeds, truncation, mixing, edits, directions, interpolation, loops, W files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.errors import StudioError
+from engine.latents import (
+    DirectionEdit,
+    LatentSpec,
+    LayerEdit,
+    apply_direction,
+    circle_walk_ws,
+    compute_ws,
+    ganspace_directions,
+    interpolate_ws,
+    lerp,
+    load_boundary,
+    load_w,
+    mix_grid,
+    noise_generator,
+    psi_grid,
+    render_frames,
+    render_ws,
+    save_w,
+    seed_to_ws,
+    seed_to_z,
+    sefa_directions,
+    slerp,
+    validate_latent,
+    write_walk,
+)
+
+
+@pytest.fixture(scope="module")
+def G():
+    from tests.conftest import make_tiny_generator
+    return make_tiny_generator(0)
+
+
+def test_seed_to_z_nvlabs_convention_and_fractional_seeds(G):
+    z = seed_to_z(7, 32)
+    assert z.shape == (1, 32) and z.dtype == torch.float32
+    assert torch.equal(z, torch.from_numpy(np.random.RandomState(7).randn(1, 32)).float())
+    assert torch.equal(z, G.seed_to_z(7))
+    assert torch.equal(seed_to_z(7.0, 32), z)
+    # A fractional seed lies on the arc between its neighbours, near both for small steps.
+    a, b = seed_to_z(7, 32), seed_to_z(8, 32)
+    mid = seed_to_z(7.5, 32)
+    assert torch.allclose(mid.norm(), (a.norm() + b.norm()) / 2, atol=1e-4)
+    assert (seed_to_z(7.001, 32) - a).norm() < 0.05
+    assert (seed_to_z(7.999, 32) - b).norm() < 0.05
+    with pytest.raises(StudioError):
+        seed_to_z(-1, 32)
+
+
+@pytest.mark.parametrize("fn", [slerp, lerp])
+def test_interpolation_endpoints_exact(fn):
+    a, b = torch.randn(3, 16), torch.randn(3, 16)
+    assert torch.equal(fn(a, b, 0.0), a) and torch.equal(fn(a, b, 1.0), b)
+    an, bn = a.numpy(), b.numpy()
+    assert np.array_equal(fn(an, bn, 0.0), an) and np.array_equal(fn(an, bn, 1.0), bn)
+    mid = fn(a, b, 0.5)
+    assert not torch.equal(mid, a) and not torch.equal(mid, b)
+
+
+def test_slerp_keeps_norm_on_the_sphere():
+    a, b = torch.randn(1, 64), torch.randn(1, 64)
+    b = b / b.norm() * a.norm()
+    for t in (0.1, 0.5, 0.9):
+        assert torch.allclose(slerp(a, b, t).norm(), a.norm(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("space", ["w", "z"])
+def test_interpolation_hits_keyframes_exactly(G, space):
+    frames = list(interpolate_ws(G, [1, 5, 9], 9, space=space))
+    assert len(frames) == 9
+    assert torch.equal(frames[0], seed_to_ws(G, 1))
+    assert torch.equal(frames[4], seed_to_ws(G, 5))
+    assert torch.equal(frames[-1], seed_to_ws(G, 9))
+
+
+def test_keyframe_loop_returns_to_start(G):
+    frames = list(interpolate_ws(G, [1, 5], 8, space="w", loop=True))
+    assert torch.equal(frames[0], seed_to_ws(G, 1))
+    assert torch.equal(frames[4], seed_to_ws(G, 5))
+    # The last frame is one step before the first: same step size as everywhere else.
+    step = (frames[1] - frames[0]).norm()
+    assert torch.allclose((frames[0] - frames[-1]).norm(), step, rtol=1e-4)
+
+
+def test_circle_walk_is_a_perfect_loop(G):
+    ws = list(circle_walk_ws(G, 3, 12, radius=0.4, closed=True))
+    assert len(ws) == 13
+    assert torch.equal(ws[0], ws[-1])
+    images = list(render_frames(G, iter(ws), batch=5))
+    assert len(images) == 13 and images[0].dtype == np.uint8
+    assert np.array_equal(images[0], images[-1])    # the frame after the last is the first
+    assert not np.array_equal(images[0], images[6])
+
+
+def test_compute_ws_truncation_mixing_and_edits(G):
+    base = compute_ws(G, LatentSpec(seed=3))
+    assert base.shape == (1, G.num_ws, 32)
+    w_avg = G.mapping.w_avg
+    flat = compute_ws(G, LatentSpec(seed=3, psi=0.0))
+    assert torch.allclose(flat, w_avg.expand_as(flat))
+    cut = compute_ws(G, LatentSpec(seed=3, psi=0.0, cutoff=2))
+    assert torch.allclose(cut[:, :2], w_avg.expand(1, 2, -1))
+    assert torch.equal(cut[:, 2:], base[:, 2:])
+    other = compute_ws(G, LatentSpec(seed=11))
+    mixed = compute_ws(G, LatentSpec(seed=3, mix_seed=11, mix_start=2, mix_end=5))
+    assert torch.equal(mixed[:, 2:5], other[:, 2:5])
+    assert torch.equal(mixed[:, :2], base[:, :2]) and torch.equal(mixed[:, 5:], base[:, 5:])
+    edited = compute_ws(G, LatentSpec(seed=3, layer_edits=[
+        LayerEdit("swap", 1, 11), LayerEdit("negate", 2), LayerEdit("random", 3, 4)]))
+    assert torch.equal(edited[:, 1], other[:, 1])
+    assert torch.equal(edited[:, 2], -base[:, 2])
+    assert not torch.allclose(edited[:, 3], base[:, 3])
+    again = compute_ws(G, LatentSpec(seed=3, layer_edits=[LayerEdit("random", 3, 4)]))
+    assert torch.equal(again[:, 3], edited[:, 3])      # 'random' is seeded
+    # Saved W+ overrides the seed and is used as is.
+    saved = compute_ws(G, LatentSpec(seed=99, w=other[0].tolist()))
+    assert torch.allclose(saved, other)
+
+
+def test_conditional_model_needs_a_class(tiny_generator):
+    Gc = tiny_generator(0, c_dim=4)
+    with pytest.raises(StudioError, match="conditional"):
+        compute_ws(Gc, LatentSpec(seed=1))
+    a = compute_ws(Gc, LatentSpec(seed=1, class_index=0))
+    b = compute_ws(Gc, LatentSpec(seed=1, class_index=3))
+    assert a.shape == (1, Gc.num_ws, 32) and not torch.allclose(a, b)
+    assert any("latent.class_index" in p for p in validate_latent(LatentSpec(seed=1), Gc))
+
+
+def test_sefa_directions_orthonormal(G):
+    d = sefa_directions(G, top=10)
+    assert d.shape == (10, 32)
+    assert np.allclose(d @ d.T, np.eye(10), atol=1e-5)
+    sub = sefa_directions(G, layers=["b4.conv1", "b8.conv0"], top=5)
+    assert np.allclose(sub @ sub.T, np.eye(5), atol=1e-5)
+    assert not np.allclose(np.abs(sub[0] @ d[0]), 1.0)  # other layers, other directions
+    # The first direction moves the chosen styles more than any later one.
+    a = torch.cat([G.synthesis.b4.conv1.affine.weight, G.synthesis.b8.conv0.affine.weight])
+    a = a / a.norm(dim=0, keepdim=True)
+    gains = (a.detach().double() @ torch.from_numpy(sub.T).double()).norm(dim=0)
+    assert torch.all(gains[:-1] >= gains[1:] - 1e-6)
+
+
+def test_ganspace_directions_and_cache(G):
+    d = ganspace_directions(G, samples=500, top=4)
+    assert d.shape == (4, 32)
+    assert np.allclose(d @ d.T, np.eye(4), atol=1e-4)
+    assert np.array_equal(ganspace_directions(G, samples=500, top=4), d)
+
+
+def test_direction_edit_moves_only_its_layers(G):
+    base = compute_ws(G, LatentSpec(seed=2))
+    spec = LatentSpec(seed=2, directions=[DirectionEdit("sefa", 1, 3.0, 2, 6)])
+    moved = compute_ws(G, spec)
+    unit = torch.from_numpy(sefa_directions(G, top=2)[1])
+    assert torch.allclose(moved[:, 2:6] - base[:, 2:6], 3.0 * unit.expand(1, 4, -1), atol=1e-5)
+    assert torch.equal(moved[:, :2], base[:, :2]) and torch.equal(moved[:, 6:], base[:, 6:])
+    two = compute_ws(G, LatentSpec(seed=2, directions=[
+        DirectionEdit("sefa", 1, 3.0, 2, 6), DirectionEdit("ganspace", 0, -1.0)]))
+    assert not torch.allclose(two, moved)
+
+
+def test_boundary_files(G, tmp_path):
+    one = tmp_path / "smile.npy"
+    np.save(one, np.full((1, 32), 2.0, np.float32))
+    b = load_boundary(one, G)
+    assert b.shape == (1, 32) and np.allclose(np.linalg.norm(b), 1.0)
+    plus = tmp_path / "plus.npy"
+    np.save(plus, np.random.RandomState(0).randn(G.num_ws, 32))
+    assert load_boundary(plus, G).shape == (G.num_ws, 32)
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((1, 512), np.float32))
+    with pytest.raises(StudioError, match=r"\[1, 32\]"):
+        load_boundary(bad, G)
+    base = compute_ws(G, LatentSpec(seed=2))
+    moved = compute_ws(G, LatentSpec(seed=2, directions=[
+        DirectionEdit("file", amount=1.5, path=str(plus))]))
+    expected = apply_direction(base, load_boundary(plus, G), 1.5)
+    assert torch.allclose(moved, expected)
+    problems = validate_latent(LatentSpec(directions=[DirectionEdit("file", path=str(bad))]), G)
+    assert problems and problems[0].startswith("latent.directions[0].path")
+
+
+def test_validate_latent_names_fields(G):
+    spec = LatentSpec(seed=-3, psi=float("nan"), cutoff=99, noise_mode="loud", mix_seed=1,
+                      mix_start=4, mix_end=2, layer_edits=[LayerEdit("melt", 40)],
+                      directions=[DirectionEdit("magic")])
+    problems = validate_latent(spec, G)
+    for name in ("latent.seed", "latent.psi", "latent.cutoff", "latent.noise_mode",
+                 "latent.mix_end", "latent.layer_edits[0].op", "latent.layer_edits[0].w_index",
+                 "latent.directions[0].method"):
+        assert any(p.startswith(name + ":") for p in problems), name
+    assert validate_latent(LatentSpec(seed=4.5, psi=0.7), G) == []
+    with pytest.raises(StudioError, match="latent.seed"):
+        compute_ws(G, LatentSpec(seed=-3))
+
+
+def test_noise_generator_is_seeded(G):
+    assert noise_generator(LatentSpec(noise_mode="const")) is None
+    g1 = noise_generator(LatentSpec(noise_mode="random", noise_seed=5))
+    g2 = noise_generator(LatentSpec(noise_mode="random", noise_seed=5))
+    assert torch.equal(torch.randn(4, generator=g1), torch.randn(4, generator=g2))
+    ws = seed_to_ws(G, 1)
+    a = render_ws(G, ws, "random", noise_seed=5)
+    assert np.array_equal(a, render_ws(G, ws, "random", noise_seed=5))
+    assert not np.array_equal(a, render_ws(G, ws, "random", noise_seed=6))
+
+
+def test_grids(G):
+    assert psi_grid(G, [1, 2], [0.5, 0.7, 1.0]).shape == (2 * 32 + 2, 3 * 32 + 4, 3)
+    grid = mix_grid(G, [1, 2], 9)
+    assert grid.dtype == np.uint8 and grid.shape[0] == 2 * 32 + 2
+
+
+def test_w_files_round_trip(G, tmp_path):
+    ws = seed_to_ws(G, 4)
+    save_w(tmp_path / "wplus.npy", ws)
+    assert np.array_equal(load_w(tmp_path / "wplus.npy", G), ws.numpy())
+    save_w(tmp_path / "w.npy", ws[:, 0])                     # W: [1, w_dim]
+    assert load_w(tmp_path / "w.npy").shape == (1, 1, 32)
+    assert np.array_equal(load_w(tmp_path / "w.npy", G), ws.numpy())
+    np.save(tmp_path / "wrong.npy", np.zeros((3, 7)))
+    with pytest.raises(StudioError):
+        load_w(tmp_path / "wrong.npy", G)
+
+
+def test_walk_video(G, tmp_path):
+    from engine.video import read_video_frames
+    path = write_walk(G, [1, 5], 6, tmp_path / "walk.mp4", fps=10, loop=True)
+    assert len(list(read_video_frames(path))) == 6
