@@ -15,6 +15,10 @@ VERB_MODULES = {
     "cluster": "engine.clusters",
     "render": "engine.recipe",
     "sweep": "engine.recipe",
+    "project": "engine.projector",
+    "train-latent-encoder": "engine.projector",
+    "interpolate": "engine.latents",
+    "directions": "engine.latents",
 }
 
 

@@ -824,3 +824,110 @@ def ws_to_list(ws: torch.Tensor | np.ndarray) -> list[list[float]]:
     arr = ws.detach().cpu().numpy() if isinstance(ws, torch.Tensor) else np.asarray(ws)
     arr = arr.reshape(-1, arr.shape[-1]).astype(np.float32)
     return [[float(x) for x in row] for row in arr]
+
+
+def direction_sheet(G: torch.nn.Module, direction: np.ndarray, seeds: Sequence[float],
+                    amounts: Sequence[float], layer_start: int = 0,
+                    layer_end: int | None = None, psi: float = 1.0,
+                    noise_mode: str = "const") -> np.ndarray:
+    """Rows: seeds; columns: amounts along one direction (0 in the middle shows the seed)."""
+    images = []
+    for seed in seeds:
+        base = seed_to_ws(G, seed, psi)
+        ws = torch.cat([apply_direction(base, direction, a, layer_start, layer_end)
+                        for a in amounts])
+        images.extend(render_ws(G, ws, noise_mode))
+    return image_grid(images, cols=len(amounts))
+
+
+# ----------------------------------------------------------------------------------------
+# Command line: `interpolate` and `directions`.
+
+
+def _parse_seeds(text: str) -> list[float]:
+    try:
+        return [float(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise StudioError(f"Seeds must be comma-separated numbers, got {text!r}.") from exc
+
+
+def _tqdm_progress(total: int, desc: str) -> tuple[Any, Callable[..., None]]:
+    from tqdm import tqdm
+    bar = tqdm(total=total, desc=desc, unit="frame")
+
+    def progress(*_: Any) -> None:
+        bar.update(1)
+    return bar, progress
+
+
+def add_cli(subparsers: Any) -> None:
+    p = subparsers.add_parser("interpolate", help="render a latent walk through seeds to "
+                              "mp4/gif (one seed + --loop: a circle walk around it)")
+    p.add_argument("--model", default="default", help="model spec for engine.zoo.load")
+    p.add_argument("--seeds", required=True, help="keyframe seeds, e.g. 1,5,9")
+    p.add_argument("--frames", type=int, default=90, help="number of frames")
+    p.add_argument("--fps", type=float, default=30, help="frames per second")
+    p.add_argument("--loop", action="store_true", help="return to the first seed seamlessly")
+    p.add_argument("--space", choices=("z", "w"), default="z",
+                   help="slerp in Z or lerp in W between keyframes")
+    p.add_argument("--psi", type=float, default=1.0, help="truncation")
+    p.add_argument("--radius", type=float, default=0.5,
+                   help="circle walk: angle (radians) from the seed's z")
+    p.add_argument("--noise-mode", choices=NOISE_MODES, default="const")
+    p.add_argument("--out", required=True, help="output .mp4 or .gif")
+    p.set_defaults(func=_cli_interpolate)
+
+    p = subparsers.add_parser("directions", help="find latent directions (SeFa / GANSpace) "
+                              "and write a sheet per direction")
+    p.add_argument("--model", default="default", help="model spec for engine.zoo.load")
+    p.add_argument("--method", choices=("sefa", "ganspace"), default="sefa")
+    p.add_argument("--top", type=int, default=10, help="number of directions")
+    p.add_argument("--layers", default=None,
+                   help="sefa: comma list of layers (default all), e.g. b4.conv1,b8.conv0")
+    p.add_argument("--samples", type=int, default=10000, help="ganspace: sampled w")
+    p.add_argument("--seeds", default="0,1,2,3", help="seeds shown in each sheet (rows)")
+    p.add_argument("--amount", type=float, default=3.0, help="largest step shown")
+    p.add_argument("--steps", type=int, default=7, help="columns from -amount to +amount")
+    p.add_argument("--layer-start", type=int, default=0)
+    p.add_argument("--layer-end", type=int, default=None)
+    p.add_argument("--psi", type=float, default=0.7, help="truncation of the sheet's seeds")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cli_directions)
+
+
+def _cli_model(spec: str) -> torch.nn.Module:
+    from engine import zoo  # imported here: zoo pulls in the Hub client
+    return zoo.load(spec).G
+
+
+def _cli_interpolate(args: Any) -> None:
+    G = _cli_model(args.model)
+    seeds = _parse_seeds(args.seeds)
+    bar, progress = _tqdm_progress(args.frames, "rendering")
+    with bar:
+        path = write_walk(G, seeds, args.frames, args.out, fps=args.fps, loop=args.loop,
+                          space=args.space, psi=args.psi, radius=args.radius,
+                          noise_mode=args.noise_mode, progress=progress)
+    print(f"wrote {path} ({args.frames} frames, {args.fps:g} fps)")
+
+
+def _cli_directions(args: Any) -> None:
+    from PIL import Image
+    G = _cli_model(args.model)
+    if args.method == "sefa":
+        layers = [x.strip() for x in args.layers.split(",")] if args.layers else None
+        dirs = sefa_directions(G, layers, top=args.top)
+    else:
+        dirs = ganspace_directions(G, samples=args.samples, top=args.top)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "directions.npy", dirs)
+    seeds = _parse_seeds(args.seeds)
+    amounts = np.linspace(-args.amount, args.amount, args.steps).tolist()
+    for k, d in enumerate(dirs):
+        sheet = direction_sheet(G, d, seeds, amounts, args.layer_start, args.layer_end,
+                                args.psi)
+        Image.fromarray(sheet).save(out / f"direction_{k:02d}.png")
+    print(f"wrote {len(dirs)} {args.method} directions to {out / 'directions.npy'} and a "
+          f"sheet per direction (rows: seeds {args.seeds}; columns: amounts "
+          f"{-args.amount:g}..{args.amount:g})")

@@ -735,3 +735,87 @@ def train_latent_encoder(G: nn.Module, steps: int = 2000, batch: int = 16,
     if acc.is_main_process:
         save_latent_encoder(acc.unwrap_model(enc).eval(), path)
     return path
+
+
+# ----------------------------------------------------------------------------------------
+# Command line: `project` and `train-latent-encoder`.
+
+
+def add_cli(subparsers: Any) -> None:
+    p = subparsers.add_parser("project", help="fit W+ (and noise) to a photo; writes w.npy, "
+                              "reconstruction.png, projection.mp4 and prints PSNR")
+    p.add_argument("image", help="input image (any size; centre-cropped)")
+    p.add_argument("--model", default="default", help="model spec for engine.zoo.load")
+    p.add_argument("--steps", type=int, default=500, help="optimisation steps")
+    p.add_argument("--w-only", action="store_true", help="fit one w (W) instead of W+")
+    p.add_argument("--no-noise", action="store_true", help="keep the model's constant noise")
+    p.add_argument("--loss", default="builtin",
+                   help="'builtin', 'pixel' or a TorchScript VGG16 file (NVlabs vgg16.pt)")
+    p.add_argument("--init", choices=("w_avg", "encoder"), default="w_avg")
+    p.add_argument("--encoder", default=None, help="latent encoder .safetensors (init encoder)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise added to w")
+    p.add_argument("--fps", type=float, default=20, help="fps of the optimisation video")
+    p.add_argument("--no-resume", action="store_true",
+                   help="ignore a checkpoint left in --out by an interrupted run")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cli_project)
+
+    p = subparsers.add_parser("train-latent-encoder", help="train an image -> W+ encoder on "
+                              "images the model generates (resumable)")
+    p.add_argument("--model", default="default", help="model spec for engine.zoo.load")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--image-weight", type=float, default=1.0,
+                   help="weight of the pixel loss of the re-rendered prediction")
+    p.add_argument("--out", required=True, help="output folder (state + safetensors)")
+    p.set_defaults(func=_cli_train_encoder)
+
+
+def _cli_project(args: Any) -> None:
+    from tqdm import tqdm
+
+    from engine import zoo
+    model = zoo.load(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "projection_state.pt"
+    if args.no_resume and ckpt.exists():
+        ckpt.unlink()
+    bar = tqdm(total=args.steps, desc="projecting", unit="step")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = round(fraction * args.steps)
+        bar.set_postfix_str(message.split(", ")[-1])
+        bar.refresh()
+
+    with bar:
+        result = project(model.G, args.image, steps=args.steps, w_plus=not args.w_only,
+                         optimize_noise=not args.no_noise, loss=args.loss, init=args.init,
+                         encoder=args.encoder, progress=progress, checkpoint_path=ckpt,
+                         seed=args.seed)
+    paths = save_projection(result, out, fps=args.fps)
+    print(f"PSNR {result.psnr:.2f} dB (with the model's constant noise "
+          f"{result.psnr_const:.2f} dB); loss: {result.loss_name}")
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+
+
+def _cli_train_encoder(args: Any) -> None:
+    from tqdm import tqdm
+
+    from engine import zoo
+    model = zoo.load(args.model)
+    bar = tqdm(total=args.steps, desc="training latent encoder", unit="step")
+
+    def progress(fraction: float, message: str) -> None:
+        bar.n = round(fraction * args.steps)
+        bar.set_postfix_str(message.split(", ")[-1])
+        bar.refresh()
+
+    with bar:
+        path = train_latent_encoder(model.G, steps=args.steps, batch=args.batch,
+                                    out_dir=args.out, progress=progress, lr=args.lr,
+                                    image_weight=args.image_weight,
+                                    model_sha256=model.sha256)
+    print(f"wrote {path}")
