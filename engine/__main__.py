@@ -12,6 +12,9 @@ from engine.errors import StudioError
 # `python -m engine info` does not pay for gradio, accelerate or scikit-learn.
 VERB_MODULES = {
     "train-gan": "engine.train_gan",
+    "zoo": "engine.cli_models",
+    "info": "engine.cli_models",
+    "generate": "engine.cli_models",
     "cluster": "engine.clusters",
     "render": "engine.recipe",
     "sweep": "engine.recipe",

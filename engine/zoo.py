@@ -275,6 +275,7 @@ def load(spec: str, progress: Progress | None = None,
         hit = _models.get(key)
         if hit is not None:
             _models.move_to_end(key)
+            _evict_locked()  # the limits are read each time: honour a lowered one now
         else:
             pending = _pending.get(key)
             owner = pending is None
@@ -511,7 +512,7 @@ def _download(r: Resolved, progress: Progress) -> tuple[Path, str | None]:
     if SHA256_HEX.match(blob_name) and _usable(converted_dir() / f"{blob_name}.safetensors"):
         return local, blob_name
     # First time we see this file: hash it to check it and to name its conversion.
-    progress(DOWNLOAD_SHARE * 0.99, f"checking {local.name}")
+    progress(DOWNLOAD_SHARE, f"checking {local.name}")
     actual = sha256_file(local)
     claimed = blob_name if SHA256_HEX.match(blob_name) else None
     if (claimed and claimed != actual) or (expected and expected != actual):
@@ -596,6 +597,10 @@ def _hub_error(exc: Exception, r: Resolved) -> StudioError:
         endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
         return StudioError(f"Could not reach the Hub ({endpoint}) and {where} is not in the "
                            f"cache; check your connection.")
+    if any(name in ("RemoteProtocolError", "ReadError", "ConnectError", "WriteError")
+           for name in chain):
+        return StudioError(f"The connection to the Hub broke while fetching {where}; check "
+                           f"your connection and try again.")
     if any("Timeout" in name for name in chain) or isinstance(exc, TimeoutError):
         return StudioError(f"The download of {where} timed out; try again (or raise "
                            f"HF_HUB_DOWNLOAD_TIMEOUT).")

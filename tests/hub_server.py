@@ -208,6 +208,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers(headers)
 
     def _headers(self, headers: dict[str, str]) -> None:
+        # One request per connection: a stopped hub must not keep answering on a pooled
+        # keep-alive connection (stop() then looks like the network going away).
+        self.close_connection = True
+        headers = {**headers, "Connection": "close"}
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
