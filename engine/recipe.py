@@ -402,15 +402,15 @@ def _render_translated(recipe: Recipe, G: Any, ws: torch.Tensor, taps: dict,
         raise StudioError("image translation is not available in this installation") from exc
     from PIL import Image
 
-    tr = translator_mod.Translator.load(t.encoder, G) if hasattr(
-        translator_mod.Translator, "load") else translator_mod.Translator(t.encoder, G)
-    image = Image.open(t.image).convert("RGB")
-    kwargs = dict(ws=ws, noise_mode=recipe.latent.noise_mode, taps=taps,
-                  weight_taps=weight_taps, noise_generator=gen)
-    if t.input_size is not None:
-        kwargs["input_size"] = t.input_size
-    out = tr.translate_tensor(image, **kwargs)
-    return out
+    tr = translator_mod.Translator.load(t.encoder, G)
+    try:
+        image = Image.open(t.image).convert("RGB")
+    except OSError as exc:
+        raise StudioError(f"cannot read the translator's input picture {t.image}: {exc}"
+                          ) from exc
+    return tr.translate_tensor(image, ws=ws, noise_mode=recipe.latent.noise_mode, taps=taps,
+                               weight_taps=weight_taps, noise_generator=gen,
+                               input_size=t.input_size)
 
 
 def _resize(img: Any, size: int | None) -> Any:

@@ -604,3 +604,22 @@ def test_render_loads_the_recipe_model_through_the_zoo(saved_model):
 def test_default_model_recipe_renders():
     img = render(Recipe(bends=[Bend("b16.conv0", "rotate", {"angle": 90.0})]))
     assert img.size == (64, 64)
+
+
+def test_translator_recipe_renders(tmp_path):
+    from PIL import Image
+
+    from engine.translator import make_encoder, save_encoder, weights_sha256
+
+    enc = make_encoder(G, "b16.conv0", input_size=32)
+    path = save_encoder(enc, tmp_path / "enc.safetensors",
+                        meta={"base_model_weights_sha256": weights_sha256(G)})
+    pic = tmp_path / "in.png"
+    Image.fromarray((np.random.RandomState(0).rand(40, 50, 3) * 255).astype(np.uint8)).save(pic)
+    r = Recipe(translator=TranslatorSpec(str(path), str(pic)),
+               bends=[Bend("b32.conv0", "flip_h")])
+    r = Recipe.from_json(r.to_json())
+    img = render(r, G)
+    assert img.size == (32, 32)
+    r.bends = []
+    assert not np.array_equal(np.asarray(render(r, G)), np.asarray(img))
