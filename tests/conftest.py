@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny random generators that run in milliseconds on CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from engine.stylegan2 import Generator, GeneratorConfig
+
+TINY_CONFIG = dict(z_dim=32, w_dim=32, resolution=32, channel_base=1024, channel_max=32,
+                   mapping_layers=2)
+
+
+def make_tiny_generator(seed: int = 0, **overrides) -> Generator:
+    """A 32 px random Generator in eval mode; `overrides` change GeneratorConfig fields.
+
+    Every weight is random, including the ones NVlabs initialises to constants (noise
+    strengths, biases, w_avg), so a test notices when any tensor is lost or misplaced.
+    """
+    torch.manual_seed(seed)
+    G = Generator(GeneratorConfig(**{**TINY_CONFIG, **overrides})).eval()
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.uniform_(0.1, 0.5)
+            elif name.endswith(".bias"):
+                p.normal_(1.0 if ".affine." in name else 0.0, 0.2)
+        G.mapping.w_avg.normal_()
+    return G
+
+
+@pytest.fixture
+def tiny_generator() -> Callable[..., Generator]:
+    """Factory: `tiny_generator(seed=0, architecture='resnet', conv_clamp=256, ...)`."""
+    return make_tiny_generator

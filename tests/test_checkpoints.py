@@ -1,0 +1,688 @@
+"""Checkpoint reading and writing: all four formats, the restricted unpickler, bad files.
+
+Each foreign format is built here from a random generator the way its authors' code lays it
+out (NVlabs persistence records carrying `module_src`, TF network stubs with `variables`,
+rosinality's names and run-time scales), read back, and must render the same images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import pickle
+import subprocess
+import sys
+import types
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.checkpoints import (
+    STYLEGAN3_MESSAGE,
+    build_discriminator,
+    build_generator,
+    detect_format,
+    load_generator,
+    read_checkpoint,
+    restricted_load,
+    save_generator,
+    sha256_file,
+    sidecar_path,
+)
+from engine.errors import CheckpointError, StudioError, UnsafePickleError
+from engine.stylegan2 import Discriminator, Generator, GeneratorConfig, make_resample_filter
+
+SEEDS = (0, 1, 2)
+
+
+@torch.no_grad()
+def images(G: Generator, c: torch.Tensor | None = None) -> torch.Tensor:
+    z = torch.cat([G.seed_to_z(s) for s in SEEDS])
+    return G(z, c, psi=0.7, noise_mode="const")
+
+
+def random_d(seed: int = 0, **overrides) -> Discriminator:
+    torch.manual_seed(seed)
+    cfg = GeneratorConfig(z_dim=32, w_dim=32, resolution=32, channel_base=1024, channel_max=32,
+                          **overrides)
+    D = Discriminator(cfg).eval()
+    with torch.no_grad():
+        for name, p in D.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0, 0.2)
+    return D
+
+
+@torch.no_grad()
+def logits(D: Discriminator) -> torch.Tensor:
+    img = torch.randn(4, 3, D.cfg.resolution, D.cfg.resolution,
+                      generator=torch.Generator().manual_seed(5))
+    return D(img)
+
+
+def assert_one_sentence(err: Exception) -> None:
+    msg = str(err)
+    assert msg and "\n" not in msg and "Traceback" not in msg, msg
+    assert msg.endswith("."), msg
+
+
+# ----------------------------------------------------------------------------------------
+# Fake NVlabs modules, so pickles reference the same globals real NVlabs pickles do.
+
+
+class Evil:
+    """Pickles as a call to `fn(*args)`: what a malicious checkpoint does."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.fixture
+def nvlabs_modules(monkeypatch, tmp_path):
+    """Install fake `torch_utils.persistence`, `dnnlib.util` and `dnnlib.tflib.network`.
+
+    The fake `_reconstruct_persistent_obj` behaves like NVlabs' (it executes `module_src`),
+    so a control test can show the payload is live under an unrestricted unpickler.
+    """
+    persistence = types.ModuleType("torch_utils.persistence")
+
+    def _reconstruct_persistent_obj(meta):
+        exec(meta["module_src"], {})  # what NVlabs does; only the control test gets here
+        return meta["state"]
+
+    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    torch_utils = types.ModuleType("torch_utils")
+    torch_utils.persistence = persistence
+
+    util = types.ModuleType("dnnlib.util")
+    easy = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
+    util.EasyDict = easy
+
+    network = types.ModuleType("dnnlib.tflib.network")
+
+    class Network:
+        def __init__(self, **state):
+            self.state = state
+
+        def __getstate__(self):
+            return self.state
+
+    Network.__module__, Network.__qualname__ = "dnnlib.tflib.network", "Network"
+    network.Network = Network
+    tflib = types.ModuleType("dnnlib.tflib")
+    tflib.network = network
+    dnnlib = types.ModuleType("dnnlib")
+    dnnlib.util, dnnlib.tflib = util, tflib
+    for name, mod in [("torch_utils", torch_utils), ("torch_utils.persistence", persistence),
+                      ("dnnlib", dnnlib), ("dnnlib.util", util), ("dnnlib.tflib", tflib),
+                      ("dnnlib.tflib.network", network)]:
+        monkeypatch.setitem(sys.modules, name, mod)
+    marker = tmp_path / "module_src_ran"
+    return types.SimpleNamespace(persistence=persistence, EasyDict=easy, Network=Network,
+                                 marker=marker, module_src=payload_src(marker))
+
+
+def payload_src(marker: Path) -> str:
+    return (f"import pathlib\npathlib.Path({str(marker)!r}).write_text('pwned')\n"
+            f"class Generator:\n    pass\n")
+
+
+class Persistent:
+    """Pickles exactly like an NVlabs `@persistent_class` object."""
+
+    def __init__(self, class_name: str, state: dict, module_src: str):
+        self.class_name, self.state, self.module_src = class_name, state, module_src
+
+    def __reduce__(self):
+        meta = dict(type="class", version=6, module_src=self.module_src,
+                    class_name=self.class_name, state=self.state)
+        return sys.modules["torch_utils.persistence"]._reconstruct_persistent_obj, (meta,)
+
+
+NVLABS_CLASS = {"Generator": "Generator", "MappingNetwork": "MappingNetwork",
+                "SynthesisNetwork": "SynthesisNetwork", "SynthesisBlock": "SynthesisBlock",
+                "SynthesisLayer": "SynthesisLayer", "ToRGBLayer": "ToRGBLayer",
+                "FullyConnectedLayer": "FullyConnectedLayer", "Conv2dLayer": "Conv2dLayer",
+                "Discriminator": "Discriminator", "DiscriminatorBlock": "DiscriminatorBlock",
+                "DiscriminatorEpilogue": "DiscriminatorEpilogue",
+                "MinibatchStdLayer": "MinibatchStdLayer"}
+
+
+def nvlabs_tree(m: torch.nn.Module, mods, extra_filters: bool = True) -> Persistent:
+    """Our module as NVlabs would pickle it: its __dict__ as state, attributes like theirs.
+
+    NVlabs registers the resample filter in every synthesis layer, block and Conv2dLayer,
+    more places than we do; the extras are added so the reader must cope with them.
+    """
+    kind = type(m).__name__
+    buffers = OrderedDict(m._buffers)
+    if extra_filters and kind in ("SynthesisLayer", "SynthesisBlock", "Conv2dLayer",
+                                  "DiscriminatorBlock") and "resample_filter" not in buffers:
+        buffers["resample_filter"] = make_resample_filter()
+    state = {"training": False, "_parameters": OrderedDict(m._parameters), "_buffers": buffers,
+             "_non_persistent_buffers_set": set(), "_backward_hooks": OrderedDict(),
+             "_forward_hooks": OrderedDict(), "_init_args": (), "_init_kwargs": mods.EasyDict(),
+             "_modules": OrderedDict((k, nvlabs_tree(v, mods, extra_filters))
+                                     for k, v in m._modules.items())}
+    for k, v in vars(m).items():  # plain attributes; NVlabs keeps gains as numpy float64
+        if not k.startswith("_") and isinstance(v, bool | int | float | str | type(None)):
+            state[k] = np.float64(v) if isinstance(v, float) and k.endswith("gain") else v
+    if kind in ("SynthesisLayer", "FullyConnectedLayer", "Conv2dLayer"):
+        state["activation"] = "lrelu" if getattr(m, "lrelu", True) else "linear"
+    if kind == "FullyConnectedLayer":
+        state["bias_gain"] = float(m.bias_gain)
+    if kind == "SynthesisLayer":
+        state["up"] = 2 if m.up else 1
+    if kind == "Generator":
+        cfg = m.cfg
+        state["_init_kwargs"] = mods.EasyDict(
+            z_dim=cfg.z_dim, c_dim=cfg.c_dim, w_dim=cfg.w_dim, img_resolution=cfg.resolution,
+            img_channels=cfg.img_channels,
+            mapping_kwargs=mods.EasyDict(num_layers=cfg.mapping_layers),
+            synthesis_kwargs=mods.EasyDict(channel_base=cfg.channel_base,
+                                           channel_max=cfg.channel_max, num_fp16_res=0,
+                                           conv_clamp=cfg.conv_clamp,
+                                           architecture=cfg.architecture))
+    return Persistent(f"training.networks.{NVLABS_CLASS.get(kind, kind)}", state,
+                      mods.module_src)
+
+
+def write_nvlabs_pickle(path: Path, G: Generator, mods, D: Discriminator | None = None,
+                        protocol: int = 3) -> bytes:
+    """`{'G', 'D', 'G_ema', 'augment_pipe', 'training_set_kwargs'}` as NVlabs saves it
+    (Python 3.7's default protocol 3)."""
+    data = {"G": nvlabs_tree(G, mods), "D": nvlabs_tree(D, mods) if D is not None else None,
+            "G_ema": nvlabs_tree(G, mods), "augment_pipe": None,
+            "training_set_kwargs": mods.EasyDict(path="data.zip", resolution=32)}
+    raw = pickle.dumps(data, protocol=protocol)
+    path.write_bytes(raw)
+    return raw
+
+
+# ----------------------------------------------------------------------------------------
+# Format 1: NVlabs pickles.
+
+
+@pytest.mark.parametrize("arch,clamp", [("skip", None), ("skip", 256.0), ("orig", None),
+                                        ("resnet", 0.5)])
+def test_nvlabs_pickle_round_trip(tiny_generator, tmp_path, nvlabs_modules, arch, clamp):
+    G = tiny_generator(seed=1, architecture=arch, conv_clamp=clamp)
+    path = tmp_path / "network-snapshot.pkl"
+    raw = write_nvlabs_pickle(path, G, nvlabs_modules)
+    assert nvlabs_modules.module_src.encode() in raw  # the payload travels in the file
+    loaded = read_checkpoint(path)
+    assert loaded.source_format == "nvlabs-pickle"
+    assert loaded.config == G.cfg
+    G2 = build_generator(loaded)
+    assert torch.equal(images(G2), images(G))
+    assert not nvlabs_modules.marker.exists()
+
+
+def test_nvlabs_module_src_is_live_but_never_run(tiny_generator, tmp_path, nvlabs_modules):
+    """Control: NVlabs' own loader runs module_src (marker appears); ours never does."""
+    G = tiny_generator()
+    raw = write_nvlabs_pickle(tmp_path / "g.pkl", G, nvlabs_modules)
+    read_checkpoint(tmp_path / "g.pkl")
+    assert not nvlabs_modules.marker.exists()
+    pickle.loads(raw)  # trusted-style unpickling with the NVlabs-like hook
+    assert nvlabs_modules.marker.exists()
+
+
+def test_nvlabs_pickle_variants_and_discriminator(tiny_generator, tmp_path, nvlabs_modules):
+    G, D = tiny_generator(seed=2, conv_clamp=256.0), random_d(seed=3, conv_clamp=256.0)
+    raw = write_nvlabs_pickle(tmp_path / "a.pkl", G, nvlabs_modules, D)
+    # Pickles written under numpy 1.x name numpy.core.multiarray; protocol 3 is plain text.
+    (tmp_path / "b.pkl").write_bytes(raw.replace(b"numpy._core.multiarray",
+                                                 b"numpy.core.multiarray"))
+    write_nvlabs_pickle(tmp_path / "c.pkl", G, nvlabs_modules, D, protocol=4)
+    for name in ("a.pkl", "b.pkl", "c.pkl"):
+        loaded = read_checkpoint(tmp_path / name, want_d=True)
+        assert torch.equal(images(build_generator(loaded)), images(G))
+        D2 = build_discriminator(loaded)
+        assert loaded.d_config.conv_clamp == 256.0
+        assert torch.equal(logits(D2), logits(D))
+
+
+def test_nvlabs_conditional_model(tiny_generator, tmp_path, nvlabs_modules):
+    G = tiny_generator(seed=4, c_dim=4)
+    write_nvlabs_pickle(tmp_path / "cond.pkl", G, nvlabs_modules)
+    loaded = read_checkpoint(tmp_path / "cond.pkl")
+    assert loaded.config.c_dim == 4
+    assert any("conditional" in n for n in loaded.notes)
+    c = torch.eye(4)[[0, 1, 3]]
+    assert torch.equal(images(build_generator(loaded), c), images(G, c))
+    with pytest.raises(ValueError, match="class label"):
+        images(build_generator(loaded))
+
+
+def test_stylegan3_pickle_is_refused_with_one_sentence(tiny_generator, tmp_path, nvlabs_modules):
+    G = tiny_generator()
+    tree = nvlabs_tree(G, nvlabs_modules)
+    synth = tree.state["_modules"]["synthesis"]
+    synth.state["_modules"] = OrderedDict(
+        input=Persistent("training.networks_stylegan3.SynthesisInput",
+                         {"_parameters": OrderedDict(freqs=torch.zeros(4, 2)),
+                          "_buffers": OrderedDict(), "_modules": OrderedDict()}, "x = 1"),
+        L0_36_512=synth.state["_modules"]["b4"])
+    for class_name in ("training.networks_stylegan3.Generator", "training.networks.Generator"):
+        tree.class_name = class_name
+        (tmp_path / "sg3.pkl").write_bytes(pickle.dumps({"G_ema": tree}, protocol=3))
+        with pytest.raises(CheckpointError) as err:
+            read_checkpoint(tmp_path / "sg3.pkl")
+        assert str(err.value) == STYLEGAN3_MESSAGE
+        assert_one_sentence(err.value)
+
+
+# ----------------------------------------------------------------------------------------
+# Format 2: TensorFlow StyleGAN2 pickles, built by inverting the documented mapping.
+
+
+def tf_conv(w: torch.Tensor, flip: bool) -> np.ndarray:
+    """NVlabs [out, in, kh, kw] -> TF [kh, kw, in, out] (flipped for up/down convs)."""
+    a = w.numpy().transpose(2, 3, 1, 0)
+    return np.ascontiguousarray(a[::-1, ::-1] if flip else a)
+
+
+def to_tf(G: Generator, D: Discriminator, mods, lod_names: bool = False):
+    sd = {k: v.detach() for k, v in G.state_dict().items()}
+    cfg = G.cfg
+    mapping = []
+    for i in range(cfg.mapping_layers):
+        mapping += [(f"Dense{i}/weight", sd[f"mapping.fc{i}.weight"].numpy().T.copy()),
+                    (f"Dense{i}/bias", sd[f"mapping.fc{i}.bias"].numpy())]
+    synth = [("4x4/Const/const", sd["synthesis.b4.const"].numpy()[None])]
+
+    def modconv(src: str, dst: str, flip: bool, noise: int | None):
+        out = [(f"{dst}/weight", tf_conv(sd[f"{src}.weight"], flip)),
+               (f"{dst}/bias", sd[f"{src}.bias"].numpy()),
+               (f"{dst}/mod_weight", sd[f"{src}.affine.weight"].numpy().T.copy()),
+               (f"{dst}/mod_bias", sd[f"{src}.affine.bias"].numpy() - 1)]
+        if noise is not None:
+            out += [(f"{dst}/noise_strength", sd[f"{src}.noise_strength"].numpy()),
+                    (f"noise{noise}", sd[f"{src}.noise_const"].numpy()[None, None])]
+        return out
+
+    synth += modconv("synthesis.b4.conv1", "4x4/Conv", False, 0)
+    for log2 in range(2, int(math.log2(cfg.resolution)) + 1):
+        r = 2 ** log2
+        if r > 4:
+            synth += modconv(f"synthesis.b{r}.conv0", f"{r}x{r}/Conv0_up", True, 2 * log2 - 5)
+            synth += modconv(f"synthesis.b{r}.conv1", f"{r}x{r}/Conv1", False, 2 * log2 - 4)
+            if f"synthesis.b{r}.skip.weight" in sd:
+                synth.append((f"{r}x{r}/Skip/weight", tf_conv(sd[f"synthesis.b{r}.skip.weight"],
+                                                              True)))
+        if f"synthesis.b{r}.torgb.weight" in sd:
+            name = f"ToRGB_lod{int(math.log2(cfg.resolution)) - log2}" if lod_names \
+                else f"{r}x{r}/ToRGB"
+            synth += modconv(f"synthesis.b{r}.torgb", name, False, None)
+    kwargs = dict(latent_size=cfg.z_dim, dlatent_size=cfg.w_dim, resolution=cfg.resolution,
+                  fmap_base=cfg.channel_base // 2, fmap_max=cfg.channel_max,
+                  mapping_layers=cfg.mapping_layers, mapping_lrmul=0.01,
+                  architecture="orig" if lod_names else cfg.architecture,
+                  truncation_psi=0.5)
+    if cfg.conv_clamp is not None:
+        kwargs["conv_clamp"] = cfg.conv_clamp
+    payload = payload_src(mods.marker)
+    Network = mods.Network
+
+    def net(name, variables, components=None, static=None):
+        return Network(version=4, name=name, static_kwargs=static or {},
+                       components=components or {}, build_module_src=payload,
+                       build_func_name=f"{name}_main", variables=variables)
+
+    def generator(w_avg: np.ndarray):
+        return net("G", [("dlatent_avg", w_avg)], {"mapping": net("G_mapping", mapping),
+                                                   "synthesis": net("G_synthesis", synth)},
+                   kwargs)
+
+    Gs = generator(sd["mapping.w_avg"].numpy())
+    G_train = generator(np.zeros_like(sd["mapping.w_avg"].numpy()))  # the reader must use Gs
+    dsd = {k: v.detach() for k, v in D.state_dict().items()}
+    dvars = []
+    for k, v in dsd.items():
+        parts = k.split(".")
+        if k.endswith("resample_filter"):
+            continue
+        if parts[0] == "b4":
+            src = {"conv": "4x4/Conv", "fc": "4x4/Dense0", "out": "Output"}[parts[1]]
+        else:
+            r = parts[0][1:]
+            layer = {"fromrgb": "FromRGB", "conv0": "Conv0", "conv1": "Conv1_down",
+                     "skip": "Skip"}[parts[1]]
+            src = f"{r}x{r}/{layer}"
+        value = tf_conv(v, False) if v.ndim == 4 else v.numpy().T.copy() if v.ndim == 2 \
+            else v.numpy()
+        dvars.append((f"{src}/{parts[-1]}", value))
+    d_net = net("D", dvars, static=dict(resolution=cfg.resolution, mbstd_group_size=4,
+                                        fmap_base=cfg.channel_base // 2,
+                                        fmap_max=cfg.channel_max))
+    return (G_train, d_net, Gs)
+
+
+@pytest.mark.parametrize("arch,lod_names", [("skip", False), ("resnet", False),
+                                            ("orig", True)])
+def test_tf_pickle_round_trip(tiny_generator, tmp_path, nvlabs_modules, arch, lod_names):
+    G = tiny_generator(seed=5, architecture=arch, conv_clamp=None)
+    D = random_d(seed=6)
+    raw = pickle.dumps(to_tf(G, D, nvlabs_modules, lod_names), protocol=3)
+    # TF-era pickles were written under numpy 1.x
+    raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    path = tmp_path / "stylegan2-tiny-config-f.pkl"
+    path.write_bytes(raw)
+    loaded = read_checkpoint(path, want_d=True)
+    assert loaded.source_format == "tf-pickle"
+    assert loaded.config == G.cfg
+    # mod_bias - 1 + 1 is not bit-exact in float32, so compare closely, not exactly
+    torch.testing.assert_close(images(build_generator(loaded)), images(G), atol=1e-5, rtol=0)
+    assert torch.equal(logits(build_discriminator(loaded)), logits(D))
+    assert not nvlabs_modules.marker.exists()
+
+
+# ----------------------------------------------------------------------------------------
+# Format 3: rosinality checkpoints.
+
+
+def to_rosinality(G: Generator) -> dict[str, torch.Tensor]:
+    """rosinality names; its modulated convs multiply by 1/sqrt(fan_in) at run time."""
+    sd = {k: v.detach().clone() for k, v in G.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    for i in range(G.cfg.mapping_layers):
+        out[f"style.{i + 1}.weight"] = sd[f"mapping.fc{i}.weight"]
+        out[f"style.{i + 1}.bias"] = sd[f"mapping.fc{i}.bias"]
+    out["input.input"] = sd["synthesis.b4.const"][None]
+    kernel = make_resample_filter() * 4
+
+    def styled(src: str, dst: str, noise: int, up: bool):
+        w = sd[f"{src}.weight"]
+        out[f"{dst}.conv.weight"] = (w * math.sqrt(w[0].numel()))[None]
+        out[f"{dst}.conv.modulation.weight"] = sd[f"{src}.affine.weight"]
+        out[f"{dst}.conv.modulation.bias"] = sd[f"{src}.affine.bias"]
+        out[f"{dst}.noise.weight"] = sd[f"{src}.noise_strength"].reshape(1)
+        out[f"{dst}.activate.bias"] = sd[f"{src}.bias"]
+        out[f"noises.noise_{noise}"] = sd[f"{src}.noise_const"][None, None]
+        if up:
+            out[f"{dst}.conv.blur.kernel"] = kernel
+
+    def to_rgb(src: str, dst: str, up: bool):
+        out[f"{dst}.conv.weight"] = sd[f"{src}.weight"][None]
+        out[f"{dst}.conv.modulation.weight"] = sd[f"{src}.affine.weight"]
+        out[f"{dst}.conv.modulation.bias"] = sd[f"{src}.affine.bias"]
+        out[f"{dst}.bias"] = sd[f"{src}.bias"].reshape(1, -1, 1, 1)
+        if up:
+            out[f"{dst}.upsample.kernel"] = kernel
+
+    styled("synthesis.b4.conv1", "conv1", 0, False)
+    to_rgb("synthesis.b4.torgb", "to_rgb1", False)
+    for k, r in enumerate(G.cfg.block_resolutions[1:]):
+        styled(f"synthesis.b{r}.conv0", f"convs.{2 * k}", 2 * k + 1, True)
+        styled(f"synthesis.b{r}.conv1", f"convs.{2 * k + 1}", 2 * k + 2, False)
+        to_rgb(f"synthesis.b{r}.torgb", f"to_rgbs.{k}", True)
+    return out
+
+
+def d_to_rosinality(D: Discriminator) -> dict[str, torch.Tensor]:
+    sd = {k: v.detach().clone() for k, v in D.state_dict().items()}
+    res = D.cfg.resolution
+    out = {"convs.0.0.weight": sd[f"b{res}.fromrgb.weight"],
+           "convs.0.1.bias": sd[f"b{res}.fromrgb.bias"]}
+    for i, r in enumerate(D.res_list, start=1):
+        out[f"convs.{i}.conv1.0.weight"] = sd[f"b{r}.conv0.weight"]
+        out[f"convs.{i}.conv1.1.bias"] = sd[f"b{r}.conv0.bias"]
+        out[f"convs.{i}.conv2.0.kernel"] = make_resample_filter()
+        out[f"convs.{i}.conv2.1.weight"] = sd[f"b{r}.conv1.weight"]
+        out[f"convs.{i}.conv2.2.bias"] = sd[f"b{r}.conv1.bias"]
+        out[f"convs.{i}.skip.0.kernel"] = make_resample_filter()
+        out[f"convs.{i}.skip.1.weight"] = sd[f"b{r}.skip.weight"]
+    for s, d in [("final_conv.0.weight", "b4.conv.weight"), ("final_conv.1.bias", "b4.conv.bias"),
+                 ("final_linear.0.weight", "b4.fc.weight"), ("final_linear.0.bias", "b4.fc.bias"),
+                 ("final_linear.1.weight", "b4.out.weight"),
+                 ("final_linear.1.bias", "b4.out.bias")]:
+        out[s] = sd[d]
+    return out
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_rosinality_converted_checkpoint(tiny_generator, tmp_path, zip_format):
+    G = tiny_generator(seed=7)
+    path = tmp_path / "550000.pkl"  # a misleading name: detection reads content
+    torch.save({"g_ema": to_rosinality(G), "latent_avg": G.mapping.w_avg.clone()}, path,
+               _use_new_zipfile_serialization=zip_format)  # torch < 1.6 wrote the legacy one
+    assert detect_format(path) == ("torch-zip" if zip_format else "torch-legacy")
+    loaded = read_checkpoint(path)
+    assert loaded.source_format == "rosinality"
+    assert loaded.config.resolution == 32 and loaded.config.z_dim == 32
+    torch.testing.assert_close(images(build_generator(loaded)), images(G), atol=1e-5, rtol=0)
+
+
+def test_rosinality_training_checkpoint_with_args(tiny_generator, tmp_path):
+    G, D = tiny_generator(seed=8), random_d(seed=9)
+    ros = to_rosinality(G)
+    path = tmp_path / "000100.pt"
+    torch.save({"g": ros, "d": d_to_rosinality(D), "g_ema": ros, "g_optim": {}, "d_optim": {},
+                "args": argparse.Namespace(size=32, batch=4, lr=0.002), "ada_aug_p": 0.0}, path)
+    loaded = read_checkpoint(path, want_d=True)
+    assert any("latent_avg" in n for n in loaded.notes)  # estimated, not stored
+    G2 = build_generator(loaded)
+    with torch.no_grad():
+        ws = torch.randn(3, G.num_ws, 32)
+        torch.testing.assert_close(G2.synthesis(ws), G.synthesis(ws), atol=1e-5, rtol=0)
+    assert torch.equal(logits(build_discriminator(loaded)), logits(D))
+
+
+# ----------------------------------------------------------------------------------------
+# Format 4: ours (safetensors + sidecar).
+
+
+def test_safetensors_round_trip_is_bit_exact(tiny_generator, tmp_path):
+    G = tiny_generator(seed=10, architecture="resnet", conv_clamp=256.0)
+    path = tmp_path / "models" / "tiny.safetensors"
+    sidecar = save_generator(G, path, source={"hub": "user/tiny", "file": "tiny.pkl"})
+    assert sorted(os.listdir(path.parent)) == ["tiny.safetensors", "tiny.safetensors.json"]
+    on_disk = json.loads(sidecar_path(path).read_text())
+    assert on_disk == sidecar
+    assert on_disk["sha256"] == sha256_file(path) and on_disk["format_version"] == 1
+    assert on_disk["config"] == G.cfg.to_dict() and on_disk["source"]["hub"] == "user/tiny"
+    loaded = read_checkpoint(path)
+    assert loaded.source_format == "studio" and loaded.config == G.cfg
+    G2 = load_generator(path)
+    for (k, a), (k2, b) in zip(G.state_dict().items(), G2.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    assert torch.equal(images(G2), images(G))
+
+
+@pytest.mark.parametrize("fmt", ["nvlabs", "tf", "rosinality"])
+def test_every_format_converts_to_safetensors(tiny_generator, tmp_path, nvlabs_modules, fmt):
+    G = tiny_generator(seed=11)
+    path = tmp_path / "in.bin"
+    if fmt == "nvlabs":
+        write_nvlabs_pickle(path, G, nvlabs_modules)
+    elif fmt == "tf":
+        path.write_bytes(pickle.dumps(to_tf(G, random_d(), nvlabs_modules)))
+    else:
+        torch.save({"g_ema": to_rosinality(G), "latent_avg": G.mapping.w_avg}, path)
+    first = load_generator(path)
+    save_generator(first, tmp_path / "out.safetensors", source={"sha256": sha256_file(path)})
+    again = load_generator(tmp_path / "out.safetensors")
+    assert torch.equal(images(again), images(first))
+
+
+def test_safetensors_checksum_and_shape_checks(tiny_generator, tmp_path):
+    G = tiny_generator()
+    path = tmp_path / "m.safetensors"
+    save_generator(G, path, source="test")
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="checksum") as err:
+        read_checkpoint(path)
+    assert_one_sentence(err.value)
+
+    save_generator(G, path, source="test")
+    tensors = load_file(str(path))
+    tensors["synthesis.b16.conv0.weight"] = torch.zeros(32, 32, 3, 1)
+    save_file(tensors, str(path))
+    side = json.loads(sidecar_path(path).read_text())
+    side["sha256"] = sha256_file(path)
+    sidecar_path(path).write_text(json.dumps(side))
+    with pytest.raises(CheckpointError, match=r"synthesis\.b16\.conv0\.weight") as err:
+        read_checkpoint(path)
+    assert_one_sentence(err.value)
+
+
+def test_bare_safetensors_without_sidecar_infers_config(tiny_generator, tmp_path):
+    G = tiny_generator(seed=12, architecture="orig")
+    save_file({k: v.contiguous() for k, v in G.state_dict().items()}, str(tmp_path / "x.bin"))
+    loaded = read_checkpoint(tmp_path / "x.bin")
+    assert loaded.source_format == "safetensors" and loaded.config == G.cfg
+    assert torch.equal(images(build_generator(loaded)), images(G))
+
+
+def test_build_generator_wrong_shape_is_one_sentence(tiny_generator, tmp_path):
+    G = tiny_generator()
+    save_generator(G, tmp_path / "m.safetensors", source=None)
+    loaded = read_checkpoint(tmp_path / "m.safetensors")
+    loaded.state_dict["mapping.fc1.bias"] = torch.zeros(7)
+    with pytest.raises(CheckpointError, match=r"mapping\.fc1\.bias.*\[7\]") as err:
+        build_generator(loaded)
+    assert_one_sentence(err.value)
+    del loaded.state_dict["mapping.fc1.bias"]
+    with pytest.raises(CheckpointError, match="missing") as err:
+        build_generator(loaded)
+    assert_one_sentence(err.value)
+
+
+# ----------------------------------------------------------------------------------------
+# Malicious pickles: refused, one sentence, no side effect.
+
+
+def evil_payloads(marker: Path) -> dict[str, tuple[object, str]]:
+    torch_bytes = io.BytesIO()
+    torch.save(Evil(os.system, f"touch {marker}"), torch_bytes,
+               _use_new_zipfile_serialization=False)
+    return {
+        "os.system": (Evil(os.system, f"touch {marker}"), os.system.__module__ + ".system"),
+        "subprocess": (Evil(subprocess.call, ["touch", str(marker)]), "subprocess.call"),
+        "eval": (Evil(eval, f"open({str(marker)!r}, 'w').close()"), "builtins.eval"),
+        "exec": (Evil(exec, f"open({str(marker)!r}, 'w').close()"), "builtins.exec"),
+        "getattr": (Evil(getattr, "abc", "upper"), "builtins.getattr"),
+        "nested storage": (Evil(torch.storage._load_from_bytes, torch_bytes.getvalue()),
+                           os.system.__module__ + ".system"),
+        "object array": (np.array([1, "x", None], dtype=object), "numpy.object_"),
+    }
+
+
+@pytest.mark.parametrize("name", ["os.system", "subprocess", "eval", "exec", "getattr",
+                                  "nested storage", "object array"])
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_malicious_pickles_are_refused(tmp_path, name, protocol):
+    marker = tmp_path / "pwned"
+    obj, refused = evil_payloads(marker)[name]
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": obj, "weights": torch.zeros(3)}, protocol=protocol))
+    with pytest.raises(UnsafePickleError) as err:
+        read_checkpoint(path)
+    assert err.value.global_name == refused
+    assert_one_sentence(err.value)
+    assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
+def test_out_of_bounds_tensor_view_is_refused(tmp_path):
+    storage = torch.arange(4.0).storage()
+    view = Evil(torch._utils._rebuild_tensor_v2, storage, 0, (1 << 20,), (1,), False,
+                OrderedDict())
+    path = tmp_path / "oob.pkl"
+    path.write_bytes(pickle.dumps({"G_ema": view}))
+    with pytest.raises(UnsafePickleError, match="past the end") as err:
+        read_checkpoint(path)
+    assert_one_sentence(err.value)
+
+
+def test_restricted_unpickler_rebuilds_tensors_parameters_and_numpy():
+    p = torch.nn.Parameter(torch.randn(3, 2))
+    p.extra = "kept out"  # makes torch use _rebuild_parameter_with_state
+    data = {"p": p, "t": torch.arange(6.0)[1::2], "f64": np.float64(0.25),
+            "arr": np.arange(6, dtype=np.float32).reshape(2, 3), "s": {1, 2}}
+    for protocol in (2, 3, 4, 5):
+        out = restricted_load(io.BytesIO(pickle.dumps(data, protocol=protocol)))
+        assert torch.equal(out["p"], p.detach()) and not hasattr(out["p"], "extra")
+        assert torch.equal(out["t"], torch.tensor([1.0, 3.0, 5.0]))
+        assert out["f64"] == 0.25 and out["s"] == {1, 2}
+        assert np.array_equal(np.asarray(out["arr"]), data["arr"])
+
+
+def test_malicious_object_inside_an_nvlabs_network(tiny_generator, tmp_path, nvlabs_modules):
+    marker = tmp_path / "pwned"
+    G = tiny_generator()
+    tree = nvlabs_tree(G, nvlabs_modules)
+    tree.state["_modules"]["mapping"].state["num_layers"] = Evil(os.system, f"touch {marker}")
+    (tmp_path / "g.pkl").write_bytes(pickle.dumps({"G_ema": tree}, protocol=3))
+    with pytest.raises(UnsafePickleError):
+        read_checkpoint(tmp_path / "g.pkl")
+    assert not marker.exists() and not nvlabs_modules.marker.exists()
+
+
+def test_malicious_torch_files_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    for i, obj in enumerate([
+        {"g_ema": Evil(os.system, f"touch {marker}")},
+        {"g_ema": {}, "args": argparse.Namespace(hook=Evil(os.system, f"touch {marker}"))},
+    ]):
+        path = tmp_path / f"evil{i}.pt"
+        torch.save(obj, path)
+        with pytest.raises(UnsafePickleError) as err:
+            read_checkpoint(path)
+        assert err.value.global_name == os.system.__module__ + ".system"
+        assert_one_sentence(err.value)
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------
+# Broken files.
+
+
+def test_broken_files_give_one_sentence(tiny_generator, tmp_path, nvlabs_modules):
+    G = tiny_generator()
+    good = {"pkl": tmp_path / "g.pkl", "pt": tmp_path / "g.pt", "st": tmp_path / "g.safetensors"}
+    write_nvlabs_pickle(good["pkl"], G, nvlabs_modules)
+    torch.save({"g_ema": to_rosinality(G), "latent_avg": G.mapping.w_avg}, good["pt"])
+    save_generator(G, good["st"], source=None)
+    cases = {"empty": b"", "random": np.random.RandomState(0).bytes(4096),
+             "text": b"<html>404 Not Found</html>"}
+    for key, path in good.items():
+        raw = path.read_bytes()
+        cases[f"truncated {key}"] = raw[: len(raw) // 2]
+        cases[f"head of {key}"] = raw[:20]
+    for name, raw in cases.items():
+        path = tmp_path / "broken.safetensors"
+        path.write_bytes(raw)
+        sidecar_path(path).unlink(missing_ok=True)
+        with pytest.raises(CheckpointError) as err:
+            read_checkpoint(path)
+        assert_one_sentence(err.value)
+        assert not isinstance(err.value, UnsafePickleError), name
+    for path in (tmp_path / "missing.pkl", tmp_path):
+        with pytest.raises(CheckpointError) as err:
+            read_checkpoint(path)
+        assert_one_sentence(err.value)
+    assert issubclass(CheckpointError, StudioError)
+
+
+def test_not_a_generator_pickle(tmp_path):
+    path = tmp_path / "x.pkl"
+    path.write_bytes(pickle.dumps({"hello": [1, 2, 3]}))
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    assert_one_sentence(err.value)
