@@ -22,6 +22,9 @@ VERB_MODULES = {
     "train-latent-encoder": "engine.projector",
     "interpolate": "engine.latents",
     "directions": "engine.latents",
+    "train-encoder": "engine.translator",
+    "translate": "engine.translator",
+    "push-encoder": "engine.translator",
 }
 
 

@@ -1,0 +1,1214 @@
+"""Rewriting activation maps: an encoder that writes one generator layer from a picture.
+
+The generator renders an image and, in the same call, the activation of a chosen layer
+(`b{res}.conv0` / `b{res}.conv1`). `ActivationEncoder` learns image -> activation. Deployed
+in place of every layer up to and including that one (`G.synthesis(ws, start=(layer, act))`),
+it turns any picture into the model's domain, while the later layers still read ws: seeds,
+truncation, mixing and directions keep steering the output, and bends apply through taps.
+
+Training makes its data on the fly from the frozen generator. Loss:
+
+    act_weight   * MSE(encoder(img), act)            (in per-channel standardised units)
+  + image_weight * L1-pyramid(G.synthesis(ws, start=(layer, encoder(img))), img)
+
+The second term renders through the frozen rest of G; without the skip image of the
+earlier blocks (there is none for a stranger's photo) the encoder must carry the colour
+itself. Training runs under `accelerate` (CPU, one GPU, several processes), writes atomic
+checkpoints and resumes to exactly the result of an uninterrupted run: every step's
+randomness is drawn from (seed, step, process).
+
+Files: a trained encoder is a folder with `encoder.safetensors` (weights), `encoder.json`
+(base model sha256, layer, input size, architecture, training settings, metrics), a model
+card `README.md` and `preview.png`; it pushes to and pulls from the Hugging Face Hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.errors import StudioError
+
+DEFAULT_LAYER = "b16.conv1"      # the seed's choice: the 16x16 block's second conv
+ENCODER_FILE = "encoder.safetensors"
+SIDECAR_FILE = "encoder.json"
+CARD_FILE = "README.md"
+PREVIEW_FILE = "preview.png"
+CHECKPOINT_FILE = "checkpoint.pt"
+ENCODER_FORMAT = "activation-studio-encoder"
+FORMAT_VERSION = 1
+LRELU_SLOPE = 0.2
+STAT_SAMPLES = 256               # generator samples for the per-channel activation stats
+PREVIEW_COUNT = 4                # images in a preview grid
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".avi", ".mkv", ".webm")
+
+Progress = Callable[[float, str], Any]
+
+
+class TrainingCancelled(StudioError):
+    """The user stopped encoder training; a checkpoint was kept, so running again resumes."""
+
+
+# ----------------------------------------------------------------------------------------
+# Layers and shapes.
+
+
+def parse_layer(layer: str) -> tuple[int, str]:
+    """'b16.conv1' -> (16, 'conv1'); raises StudioError for anything that is not a conv."""
+    try:
+        block, part = layer.split(".")
+        res = int(block[1:])
+        assert block[0] == "b" and part in ("conv0", "conv1")
+    except (ValueError, AssertionError) as exc:
+        raise StudioError(f"{layer!r} is not a conv layer: name one like 'b16.conv1' or "
+                          f"'b32.conv0'") from exc
+    return res, part
+
+
+def conv_layers(G: nn.Module) -> list[str]:
+    """Every layer an encoder can write, in synthesis order."""
+    return [n for n in G.synthesis.layers if not n.endswith("torgb")]
+
+
+def _layer_shape(G: nn.Module, layer: str) -> tuple[int, int, int]:
+    parse_layer(layer)
+    shapes = G.layer_shapes() if callable(G.layer_shapes) else G.layer_shapes
+    if layer not in shapes or layer.endswith("torgb"):
+        raise StudioError(f"this model has no layer {layer!r}; choose one of "
+                          f"{', '.join(conv_layers(G))}")
+    return tuple(shapes[layer])
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+# ----------------------------------------------------------------------------------------
+# The encoder.
+
+
+@dataclass
+class EncoderConfig:
+    """Architecture of an ActivationEncoder (saved in the sidecar; enough to rebuild it)."""
+    layer: str = DEFAULT_LAYER      # the generator layer it writes
+    input_size: int = 64            # square input picture, pixels
+    out_channels: int = 128         # channels of that layer
+    out_size: int = 16              # spatial size of that layer
+    width: int = 32                 # channels at the input resolution
+    max_width: int = 128            # cap on channels (they double per halving)
+    blocks: int = 1                 # residual blocks at the output resolution
+    stage_blocks: int = 0           # residual blocks after each down/up-sampling stage
+    groups: int = 8                 # GroupNorm groups (reduced to divide the channels)
+    mean_filter: int = 0            # odd box filter on the output (0 or 1 = off)
+
+    def __post_init__(self) -> None:
+        ratio = self.input_size / self.out_size
+        if self.input_size < 4 or ratio <= 0 or 2 ** round(math.log2(ratio)) != ratio:
+            raise StudioError(f"input size {self.input_size} must be the layer's size "
+                              f"{self.out_size} times a power of two (e.g. {self.out_size * 4})")
+        if self.mean_filter > 1 and self.mean_filter % 2 == 0:
+            raise StudioError(f"mean filter must be an odd kernel size, got {self.mean_filter}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _norm(ch: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(groups, ch), ch)
+
+
+class ConvNormAct(nn.Sequential):
+    """3x3 conv (optionally strided) -> GroupNorm -> leaky ReLU."""
+
+    def __init__(self, cin: int, cout: int, groups: int, stride: int = 1):
+        super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), _norm(cout, groups),
+                         nn.LeakyReLU(LRELU_SLOPE))
+
+
+class ResBlock(nn.Module):
+    """x + norm(conv(act(norm(conv(x))))), then an activation: the residual unit."""
+
+    def __init__(self, ch: int, groups: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(ch, ch, 3, 1, 1, bias=False), _norm(ch, groups), nn.LeakyReLU(LRELU_SLOPE),
+            nn.Conv2d(ch, ch, 3, 1, 1, bias=False), _norm(ch, groups))
+        self.act = nn.LeakyReLU(LRELU_SLOPE)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
+class ActivationEncoder(nn.Module):
+    """image [N, 3, S, S] in [-1, 1] -> activation [N, C, H, W] of one generator layer.
+
+    Strided convs halve the resolution (nearest upsampling + conv doubles it, for an input
+    smaller than the layer), each followed by GroupNorm and optional residual blocks; a
+    plain 1x1 conv head predicts standardised activations, which `act_mean`/`act_std`
+    (per-channel statistics of the layer, measured on the generator) turn back into the
+    layer's units. A plain linear head can represent the lrelu*sqrt(2) range (mostly
+    >= -0.2*sqrt(2)*|x|) without a clamp.
+    """
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = c = config
+        self.meta: dict[str, Any] = {}  # sidecar contents once saved or loaded
+
+        def width(res: int) -> int:
+            return min(c.width * max(c.input_size // res, 1), c.max_width)
+
+        layers: list[nn.Module] = [ConvNormAct(3, width(c.input_size), c.groups)]
+        res = c.input_size
+        while res > c.out_size:      # downsample
+            cin, res = width(res), res // 2
+            layers.append(ConvNormAct(cin, width(res), c.groups, stride=2))
+            layers += [ResBlock(width(res), c.groups) for _ in range(c.stage_blocks)]
+        while res < c.out_size:      # upsample (input smaller than the layer)
+            cin, res = width(res), res * 2
+            layers += [nn.Upsample(scale_factor=2.0, mode="nearest"),
+                       ConvNormAct(cin, width(res), c.groups)]
+            layers += [ResBlock(width(res), c.groups) for _ in range(c.stage_blocks)]
+        layers += [ResBlock(width(res), c.groups) for _ in range(c.blocks)]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(width(res), c.out_channels, 1)
+        self.register_buffer("act_mean", torch.zeros(c.out_channels))
+        self.register_buffer("act_std", torch.ones(c.out_channels))
+
+    @property
+    def layer(self) -> str:
+        return self.config.layer
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        assert img.ndim == 4 and img.shape[1] == 3, f"expected [N, 3, S, S], got {img.shape}"
+        y = self.head(self.body(img))
+        y = y * self.act_std.view(1, -1, 1, 1) + self.act_mean.view(1, -1, 1, 1)
+        if c.mean_filter > 1:
+            y = F.avg_pool2d(y, c.mean_filter, 1, c.mean_filter // 2, count_include_pad=False)
+        return y
+
+    def standardise(self, act: torch.Tensor) -> torch.Tensor:
+        """An activation in the per-channel standard units the activation loss uses."""
+        return (act - self.act_mean.view(1, -1, 1, 1)) / self.act_std.view(1, -1, 1, 1)
+
+
+def make_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | None = None,
+                 **arch: Any) -> ActivationEncoder:
+    """An untrained encoder for `layer` of G, on G's device; `arch` sets EncoderConfig fields."""
+    ch, h, w = _layer_shape(G, layer)
+    config = EncoderConfig(layer=layer, input_size=int(input_size or G.cfg.resolution),
+                           out_channels=ch, out_size=h, **arch)
+    return ActivationEncoder(config).to(_device_of(G))
+
+
+# ----------------------------------------------------------------------------------------
+# Model identity: an encoder only fits the generator it was trained on.
+
+_weights_sha: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def weights_sha256(G: nn.Module) -> str:
+    """sha256 over G's parameters and buffers (names, shapes, float32 bytes); cached per G."""
+    hit = _weights_sha.get(G)
+    if hit is not None:
+        return hit
+    h = hashlib.sha256()
+    for name, t in sorted(G.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    _weights_sha[G] = digest = h.hexdigest()
+    return digest
+
+
+def _model_matches(meta: dict[str, Any], sha: str) -> bool:
+    return sha in (meta.get("base_model_sha256"), meta.get("base_model_weights_sha256"))
+
+
+def _short(sha: str | None) -> str:
+    return (sha or "unknown")[:12]
+
+
+# ----------------------------------------------------------------------------------------
+# Saving, loading, the Hub.
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _encoder_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights, sidecar) for a folder or a .safetensors path."""
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        return p, p.with_suffix(".json")
+    return p / ENCODER_FILE, p / SIDECAR_FILE
+
+
+def save_encoder(encoder: ActivationEncoder, path: str | os.PathLike,
+                 meta: dict[str, Any] | None = None) -> Path:
+    """Write the encoder (folder or .safetensors path) + JSON sidecar + model card; returns
+    the weights path. `meta` adds to the sidecar (base model, training settings, metrics)."""
+    from safetensors.torch import save_file
+
+    weights, sidecar = _encoder_paths(path)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
+    _atomic(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": ENCODER_FORMAT}))
+    with open(weights, "rb") as f:
+        file_sha = hashlib.file_digest(f, "sha256").hexdigest()
+    record = {"format": ENCODER_FORMAT, "format_version": FORMAT_VERSION,
+              **(meta or {}), "architecture": asdict(encoder.config),
+              "layer": encoder.config.layer, "input_size": encoder.config.input_size,
+              "sha256": file_sha,
+              "saved_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    _atomic(sidecar, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    encoder.meta = record
+    if weights.name == ENCODER_FILE:
+        _atomic(weights.parent / CARD_FILE,
+                lambda tmp: tmp.write_text(model_card(record)))
+    return weights
+
+
+def load_encoder(path: str | os.PathLike, expected_model_sha256: str | None = None,
+                 device: str | torch.device | None = None) -> ActivationEncoder:
+    """Load an encoder (folder, .safetensors path, or hf://owner/repo[/file]) in eval mode.
+
+    With `expected_model_sha256` (the base model's file or weights sha256) an encoder made
+    for another model is refused with a StudioError.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if str(path).startswith("hf://"):
+        path = pull_encoder(str(path))
+    weights, sidecar = _encoder_paths(path)
+    if not weights.is_file():
+        raise StudioError(f"no encoder at {path}: expected {weights.name} there (train one "
+                          f"with `python -m engine train-encoder`)")
+    if not sidecar.is_file():
+        raise StudioError(f"the encoder {weights} has no {sidecar.name} beside it, so the "
+                          f"model it belongs to is unknown")
+    try:
+        meta = json.loads(sidecar.read_text())
+        config = EncoderConfig.from_dict(meta["architecture"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise StudioError(f"{sidecar} is not an encoder sidecar: it does not describe the "
+                          f"encoder's architecture") from exc
+    if expected_model_sha256 is not None and not _model_matches(meta, expected_model_sha256):
+        raise StudioError(
+            f"this encoder was trained for another model (sha256 "
+            f"{_short(meta.get('base_model_sha256'))}…, "
+            f"{meta.get('base_model_id') or 'unnamed'}), not the loaded one "
+            f"({_short(expected_model_sha256)}…): load its model or train an encoder for "
+            f"this one")
+    encoder = ActivationEncoder(config)
+    try:
+        encoder.load_state_dict(load_file(str(weights)))
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise StudioError(f"{weights} is damaged or does not match its sidecar's "
+                          f"architecture, so the encoder cannot be loaded") from exc
+    encoder.meta = meta
+    return encoder.to(device or "cpu").eval().requires_grad_(False)
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    """A Hub model card (README.md) for an encoder from its sidecar."""
+    arch = meta.get("architecture", {})
+    train = meta.get("training", {})
+    metrics = meta.get("metrics", {})
+    rows = "\n".join(f"| {k} | {v} |" for k, v in {**train, **metrics}.items())
+    return f"""---
+library_name: activation-studio
+tags:
+- stylegan2
+- image-to-image
+- activation-studio
+---
+
+# Activation encoder for `{meta.get("layer")}`
+
+An image encoder that writes the `{meta.get("layer")}` activation maps
+({arch.get("out_channels")} x {arch.get("out_size")} x {arch.get("out_size")}) of a StyleGAN2
+generator from a {meta.get("input_size")} px picture ("rewriting activation maps"). Deployed in
+place of the layers before it, it translates any picture into the model's domain while the
+latent still steers the later layers.
+
+- Base model: `{meta.get("base_model_id") or "unnamed"}`, sha256 `{meta.get("base_model_sha256")}`
+- Weights sha256 of the base model: `{meta.get("base_model_weights_sha256")}`
+- Made with Activation Studio (`python -m engine train-encoder`).
+
+## Use
+
+```python
+from engine import zoo
+from engine.translator import Translator
+G = zoo.load("{meta.get("base_model_id") or "default"}").G
+tr = Translator.load("hf://OWNER/REPO", G)
+out = tr.translate(picture, seed=1)   # uint8 HxWx3
+```
+
+## Training
+
+| setting | value |
+|---|---|
+{rows}
+"""
+
+
+def push_encoder(path: str | os.PathLike, repo_id: str, token: str | None = None,
+                 private: bool = False, api: Any = None, commit_message: str | None = None
+                 ) -> str:
+    """Upload an encoder folder (weights, sidecar, model card, preview) to a Hub model repo;
+    returns the repo's URL. `api` is a huggingface_hub.HfApi (or a stand-in in tests)."""
+    folder = Path(path)
+    if folder.suffix == ".safetensors":
+        folder = folder.parent
+    weights, sidecar = _encoder_paths(folder)
+    if not weights.is_file() or not sidecar.is_file():
+        raise StudioError(f"{folder} is not an encoder folder: it needs {ENCODER_FILE} and "
+                          f"{SIDECAR_FILE}")
+    meta = json.loads(sidecar.read_text())
+    if not (folder / CARD_FILE).is_file():
+        (folder / CARD_FILE).write_text(model_card(meta))
+    if api is None:
+        from huggingface_hub import HfApi
+        api = HfApi(token=token)
+    try:
+        repo = api.create_repo(repo_id, token=token, private=private, repo_type="model",
+                               exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          token=token,
+                          allow_patterns=[ENCODER_FILE, SIDECAR_FILE, CARD_FILE, PREVIEW_FILE],
+                          commit_message=commit_message or
+                          f"Upload activation encoder for {meta.get('layer')}")
+    except StudioError:
+        raise
+    except Exception as exc:  # HTTP, auth and validation errors from the Hub client
+        raise StudioError(f"could not push the encoder to {repo_id}: {_first_line(exc)} "
+                          f"(check the repo id and that your token can write)") from exc
+    return str(getattr(repo, "url", repo) or f"https://huggingface.co/{repo_id}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def pull_encoder(spec: str, token: str | None = None) -> Path:
+    """Download `hf://owner/repo[/path/to/encoder.safetensors]` (+ its sidecar); returns
+    the local weights path (in the Hugging Face cache)."""
+    from huggingface_hub import hf_hub_download
+
+    rest = spec.removeprefix("hf://").strip("/")
+    parts = rest.split("/")
+    if len(parts) < 2 or not all(parts[:2]):
+        raise StudioError(f"{spec!r} is not a Hub encoder: write hf://owner/repo or "
+                          f"hf://owner/repo/encoder.safetensors")
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:]) or ENCODER_FILE
+    if not filename.endswith(".safetensors"):
+        filename = f"{filename}/{ENCODER_FILE}"
+    sidecar = (filename[: -len(ENCODER_FILE)] + SIDECAR_FILE if filename.endswith(ENCODER_FILE)
+               else filename.removesuffix(".safetensors") + ".json")
+    try:
+        local = hf_hub_download(repo_id, filename, token=token)
+        hf_hub_download(repo_id, sidecar, token=token)
+    except Exception as exc:  # not found, gated, offline: say which and what to do
+        raise StudioError(f"could not download {filename} from {repo_id}: "
+                          f"{_first_line(exc)}") from exc
+    return Path(local)
+
+
+# ----------------------------------------------------------------------------------------
+# Training.
+
+
+@dataclass
+class TrainSettings:
+    """Everything that fixes a training run (saved in checkpoints and the sidecar)."""
+    layer: str = DEFAULT_LAYER
+    input_size: int | None = None   # None: the model's resolution
+    steps: int = 1000
+    batch: int = 8                  # per process
+    lr: float = 2e-3
+    warmup: int = 50                # linear lr warmup steps, then cosine decay to lr/20
+    psi: float = 1.0                # truncation of the training latents
+    cutoff: int | None = None
+    act_weight: float = 1.0         # MSE on standardised activations (the seed's loss)
+    image_weight: float = 1.0       # L1 pyramid through the frozen rest of G (0 = off)
+    jitter: int = 0                 # train-time random circular shift, in layer pixels
+    seed: int = 0
+    noise_mode: str = "const"
+    arch: dict[str, Any] = field(default_factory=dict)  # EncoderConfig overrides
+
+
+@dataclass
+class TrainResult:
+    path: Path | None               # the saved encoder's weights (None without out_dir)
+    encoder: ActivationEncoder
+    steps: int
+    seconds: float
+    images_per_s: float
+    metrics: dict[str, float]
+
+
+def _is_cancelled(cancel: Any) -> bool:
+    if cancel is None:
+        return False
+    if callable(cancel):
+        return bool(cancel())
+    is_set = getattr(cancel, "is_set", None)
+    return bool(is_set()) if is_set is not None else bool(cancel)
+
+
+def _rng(*key: int | str) -> torch.Generator:
+    """A CPU generator seeded from a key: the same key gives the same draws, anywhere."""
+    digest = hashlib.sha256(repr(key).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def _sample_ws(G: nn.Module, n: int, gen: torch.Generator, psi: float,
+               cutoff: int | None) -> torch.Tensor:
+    z = torch.randn(n, G.cfg.z_dim, generator=gen).to(_device_of(G))
+    c = None
+    if G.cfg.c_dim:
+        labels = torch.randint(G.cfg.c_dim, (n,), generator=gen)
+        c = F.one_hot(labels, G.cfg.c_dim).float().to(z.device)
+    return G.mapping(z, c, psi=psi, cutoff=cutoff)
+
+
+@torch.no_grad()
+def _activation_stats(G: nn.Module, layer: str, s: TrainSettings, samples: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the layer over `samples` generator draws."""
+    acts = []
+    for i in range(0, samples, 32):
+        ws = _sample_ws(G, min(32, samples - i), _rng(s.seed, "stats", i), s.psi, s.cutoff)
+        _, cap = G.synthesis(ws, noise_mode=s.noise_mode, capture=[layer])
+        acts.append(cap[layer].transpose(0, 1).flatten(1))
+    a = torch.cat(acts, 1)
+    return a.mean(1), a.std(1).clamp_min(1e-4)
+
+
+def image_loss(pred: torch.Tensor, target: torch.Tensor, scales: int = 3) -> torch.Tensor:
+    """L1 at full size plus L1 of 2x and 4x box-downsampled copies (colour and layout)."""
+    loss = (pred - target).abs().mean()
+    for _ in range(scales - 1):
+        if pred.shape[-1] < 8:
+            break
+        pred, target = F.avg_pool2d(pred, 2), F.avg_pool2d(target, 2)
+        loss = loss + (pred - target).abs().mean()
+    return loss
+
+
+def resize_images(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize NCHW images to size x size (antialiased when shrinking)."""
+    if img.shape[-1] == size and img.shape[-2] == size:
+        return img
+    shrink = img.shape[-1] > size
+    return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=shrink)
+
+
+def _jitter(gen: torch.Generator, n: int, amount: int) -> list[tuple[int, int]]:
+    if amount <= 0:
+        return [(0, 0)] * n
+    d = torch.randint(-amount, amount + 1, (n, 2), generator=gen)
+    return [(int(a), int(b)) for a, b in d]
+
+
+def _roll(x: torch.Tensor, shifts: list[tuple[int, int]], scale: int) -> torch.Tensor:
+    if all(s == (0, 0) for s in shifts):
+        return x
+    return torch.stack([torch.roll(xi, (dy * scale, dx * scale), (-2, -1))
+                        for xi, (dy, dx) in zip(x, shifts)])
+
+
+def _lr_at(s: TrainSettings, step: int) -> float:
+    if step < s.warmup:
+        return s.lr * (step + 1) / s.warmup
+    t = (step - s.warmup) / max(s.steps - s.warmup, 1)
+    return s.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def _training_batch(G: nn.Module, enc_cfg: EncoderConfig, s: TrainSettings, step: int,
+                    rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ws, target image, encoder input, target activation) for one step on one process."""
+    gen = _rng(s.seed, "step", step, rank)
+    ws = _sample_ws(G, s.batch, gen, s.psi, s.cutoff)
+    with torch.no_grad():
+        img, cap = G.synthesis(ws, noise_mode=s.noise_mode, capture=[enc_cfg.layer])
+    act = cap[enc_cfg.layer]
+    shifts = _jitter(gen, s.batch, s.jitter)
+    img = _roll(img, shifts, G.cfg.resolution // enc_cfg.out_size)
+    act = _roll(act, shifts, 1)
+    x = resize_images(img, enc_cfg.input_size)
+    return ws, img, x, act
+
+
+@torch.no_grad()
+def _preview(G: nn.Module, encoder: ActivationEncoder, s: TrainSettings, path: Path) -> None:
+    """A grid: generated input | its translation, PREVIEW_COUNT rows."""
+    from PIL import Image
+
+    from engine.latents import image_grid, to_uint8
+
+    was_training = encoder.training
+    encoder.eval()
+    ws = _sample_ws(G, PREVIEW_COUNT, _rng(s.seed, "preview"), s.psi, s.cutoff)
+    img = G.synthesis(ws, noise_mode=s.noise_mode)
+    pred = encoder(resize_images(img, encoder.config.input_size))
+    out = G.synthesis(ws, noise_mode=s.noise_mode, start=(encoder.config.layer, pred))
+    encoder.train(was_training)
+    tiles = [t for pair in zip(to_uint8(img), to_uint8(out)) for t in pair]
+    grid = image_grid(tiles, cols=2)
+    _atomic(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (dB) of images in [-1, 1] (peak 1 on the [0, 1] scale)."""
+    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+@torch.no_grad()
+def fidelity_psnr(G: nn.Module, encoder: ActivationEncoder, seeds: Sequence[int] = range(64),
+                  psi: float = 1.0, noise_mode: str = "const", batch: int = 16) -> float:
+    """Mean PSNR (dB) of translating the generator's own images (held-out seeds, NVlabs
+    seed convention) back through the encoder, vs those images."""
+    from engine.latents import seed_to_z
+
+    encoder = encoder.eval()
+    device = _device_of(G)
+    values = []
+    seeds = list(seeds)
+    for i in range(0, len(seeds), batch):
+        z = torch.cat([seed_to_z(int(sd), G.cfg.z_dim) for sd in seeds[i:i + batch]])
+        ws = G.mapping(z.to(device), None, psi=psi)
+        img = G.synthesis(ws, noise_mode=noise_mode)
+        pred = encoder(resize_images(img, encoder.config.input_size))
+        out = G.synthesis(ws, noise_mode=noise_mode, start=(encoder.config.layer, pred))
+        values.append(psnr(out, img))
+    return float(torch.cat(values).mean())
+
+
+def _save_checkpoint(path: Path, encoder: nn.Module, opt: torch.optim.Optimizer, step: int,
+                     s: TrainSettings, history: list[float], elapsed: float) -> None:
+    state = {"encoder": encoder.state_dict(), "optimizer": opt.state_dict(), "step": step,
+             "settings": asdict(s), "config": asdict(encoder.config),
+             "history": history, "elapsed": elapsed}
+    _atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def _resume_keys(s: dict[str, Any]) -> dict[str, Any]:
+    # Settings a resumed run must share with the checkpoint (steps may grow).
+    return {k: v for k, v in s.items() if k != "steps"}
+
+
+def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | None = None,
+                  steps: int = 1000, batch: int = 8, lr: float = 2e-3, psi: float = 1.0,
+                  cutoff: int | None = None, act_weight: float = 1.0, image_weight: float = 1.0,
+                  jitter: int = 0, seed: int = 0, out_dir: str | os.PathLike | None = None,
+                  progress: Progress | None = None, cancel: Any = None,
+                  preview_every: int = 100, checkpoint_every: int = 100, resume: bool = True,
+                  keep_checkpoint: bool = False, model_sha256: str | None = None,
+                  model_id: str | None = None, accelerator: Any = None, show_bar: bool = False,
+                  stat_samples: int = STAT_SAMPLES, eval_seeds: Sequence[int] = range(16),
+                  warmup: int = 50, noise_mode: str = "const", **arch: Any) -> TrainResult:
+    """Train an ActivationEncoder for `layer` of the frozen generator G; see module doc.
+
+    With out_dir: checkpoints (every `checkpoint_every` steps, at cancel) go to
+    out_dir/checkpoint.pt and a run resumes from it; the preview grid (input | translation)
+    is out_dir/preview.png; the final encoder is saved there (weights, sidecar, model card).
+    progress(fraction, message) hears each step; `cancel` (callable / Event / bool) stops the
+    run between steps with TrainingCancelled after writing a checkpoint. `arch` sets
+    EncoderConfig fields (width, max_width, blocks, stage_blocks, groups, mean_filter).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if act_weight < 0 or image_weight < 0 or act_weight + image_weight <= 0:
+        raise StudioError("loss weights must be >= 0 and not both 0")
+    if steps < 1 or batch < 1:
+        raise StudioError(f"steps and batch must be at least 1 (got {steps}, {batch})")
+    s = TrainSettings(layer=layer, input_size=input_size, steps=int(steps), batch=int(batch),
+                      lr=float(lr), warmup=int(min(warmup, max(steps // 4, 1))), psi=float(psi),
+                      cutoff=cutoff, act_weight=float(act_weight),
+                      image_weight=float(image_weight), jitter=int(jitter), seed=int(seed),
+                      noise_mode=noise_mode, arch=dict(arch))
+    # cpu=True without CUDA lets a multi-process CPU launch (torchrun, run_processes) form a
+    # gloo group; with one process it changes nothing.
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(s.seed)
+    G = G.to(acc.device).eval().requires_grad_(False)
+    encoder = make_encoder(G, layer, input_size, **arch).to(acc.device)
+    opt = torch.optim.Adam(encoder.parameters(), lr=s.lr, betas=(0.9, 0.99))
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out / CHECKPOINT_FILE if out is not None else None
+    start, history, elapsed = 0, [], 0.0
+    if ckpt_path is not None and resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=acc.device, weights_only=True)
+        if _resume_keys(state["settings"]) != _resume_keys(asdict(s)):
+            raise StudioError(f"{ckpt_path} was written with other settings; use the same "
+                              f"settings to resume, or another --out (or --no-resume)")
+        encoder.load_state_dict(state["encoder"])
+        opt.load_state_dict(state["optimizer"])
+        start, history, elapsed = state["step"], list(state["history"]), state["elapsed"]
+    else:
+        mean, std = _activation_stats(G, layer, s, stat_samples)
+        encoder.act_mean.copy_(mean)
+        encoder.act_std.copy_(std)
+    enc_cfg = encoder.config
+    model, opt = acc.prepare(encoder, opt)
+    model.train()
+    rank, world = acc.process_index, acc.num_processes
+    bar = None
+    if show_bar and acc.is_main_process:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=s.steps, initial=start, desc=f"encoder {layer}", unit="step")
+    t0 = time.perf_counter() - elapsed
+    t_run, images = time.perf_counter(), 0
+    step = start
+    try:
+        for step in range(start, s.steps):
+            if _is_cancelled(cancel):
+                raise TrainingCancelled(f"encoder training stopped at step {step} of "
+                                        f"{s.steps}; run it again to resume")
+            ws, img, x, act = _training_batch(G, enc_cfg, s, step, rank)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(s, step)
+            pred = model(x)
+            loss = torch.zeros((), device=acc.device)
+            parts = {}
+            if s.act_weight > 0:
+                parts["act"] = F.mse_loss(encoder.standardise(pred), encoder.standardise(act))
+                loss = loss + s.act_weight * parts["act"]
+            if s.image_weight > 0:
+                rendered = G.synthesis(ws, noise_mode=s.noise_mode, start=(layer, pred))
+                parts["img"] = image_loss(rendered, img)
+                loss = loss + s.image_weight * parts["img"]
+            opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            opt.step()
+            images += s.batch * world
+            history.append(float(loss.detach()))
+            rate = images / max(time.perf_counter() - t_run, 1e-9)
+            msg = " ".join(f"{k}={float(v.detach()):.4f}" for k, v in parts.items())
+            if bar is not None:
+                bar.set_postfix_str(f"loss={history[-1]:.4f} {msg} img/s={rate:.1f}")
+                bar.update(1)
+            if progress is not None and acc.is_main_process:
+                progress((step + 1) / s.steps, f"step {step + 1}/{s.steps} loss "
+                         f"{history[-1]:.4f} ({rate:.1f} img/s)")
+            done = step + 1
+            if out is not None and acc.is_main_process:
+                if preview_every and (done % preview_every == 0 or done == s.steps):
+                    _preview(G, encoder, s, out / PREVIEW_FILE)
+                if checkpoint_every and done % checkpoint_every == 0 and done < s.steps:
+                    _save_checkpoint(ckpt_path, encoder, opt, done, s, history,
+                                     time.perf_counter() - t0)
+        step = s.steps
+    except TrainingCancelled:
+        if out is not None and acc.is_main_process:
+            _save_checkpoint(ckpt_path, encoder, opt, step, s, history,
+                             time.perf_counter() - t0)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    acc.wait_for_everyone()
+    seconds = time.perf_counter() - t0
+    run_s = time.perf_counter() - t_run
+    encoder.eval()
+    tail = history[-50:] or [float("nan")]
+    metrics = {"final_loss": round(sum(tail) / len(tail), 6), "processes": world,
+               "train_seconds": round(seconds, 1),
+               "images_per_s": round(images / max(run_s, 1e-9), 2)}
+    if eval_seeds:
+        metrics["psnr_db_own_images"] = round(fidelity_psnr(
+            G, encoder, [1_000_000 + int(x) for x in eval_seeds], s.psi, s.noise_mode), 3)
+    path = None
+    if out is not None and acc.is_main_process:
+        meta = {"base_model_id": model_id, "base_model_sha256": model_sha256,
+                "base_model_weights_sha256": weights_sha256(G),
+                "base_model_config": G.cfg.to_dict(), "training": asdict(s),
+                "metrics": metrics}
+        path = save_encoder(encoder, out, meta)
+        if not keep_checkpoint and ckpt_path.exists():
+            ckpt_path.unlink()
+    acc.wait_for_everyone()
+    return TrainResult(path, encoder, s.steps, seconds, metrics["images_per_s"], metrics)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _process_main(rank: int, fn: Callable[..., Any], args: tuple, world: int, port: int
+                  ) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), ACCELERATE_USE_CPU="true")
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # forked: forget the parent's
+    try:
+        fn(*args)
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def run_processes(fn: Callable[..., Any], num_processes: int, args: tuple = ()) -> None:
+    """Run fn(*args) in `num_processes` forked CPU processes that accelerate joins into one
+    gloo group (what `torchrun --nproc_per_node N` does, without a launcher process)."""
+    import torch.multiprocessing as mp
+
+    if num_processes < 2:
+        fn(*args)
+        return
+    mp.start_processes(_process_main, args=(fn, args, num_processes, _free_port()),
+                       nprocs=num_processes, start_method="fork", join=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Translation.
+
+
+def _to_tensor(images: Any) -> tuple[torch.Tensor, bool]:
+    """Pictures -> float NCHW in [-1, 1] (CPU) and whether a single picture was given.
+
+    Accepts a PIL image, a uint8 HxWx3 (or HxW / HxWx4) array, a list of those, a uint8
+    [N, H, W, 3] array, or a float NCHW tensor already in [-1, 1].
+    """
+    from PIL import Image
+
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 3:
+            return images.unsqueeze(0).float(), True
+        if images.ndim != 4 or images.shape[1] not in (1, 3, 4):
+            raise StudioError(f"an image tensor must be [N, 3, H, W], got {list(images.shape)}")
+        t = images.float()
+        return (t.repeat(1, 3, 1, 1) if t.shape[1] == 1 else t[:, :3]), False
+    single = isinstance(images, Image.Image) or (
+        isinstance(images, np.ndarray) and images.ndim in (2, 3))
+    items = [images] if single else list(images)
+    if not items:
+        raise StudioError("no pictures to translate")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, Image.Image):
+            item = np.asarray(item.convert("RGB"))
+        arr = np.asarray(item)
+        if arr.ndim == 2:
+            arr = np.stack([arr] * 3, -1)
+        if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+            raise StudioError(f"picture {i} has shape {list(arr.shape)}; pictures must be "
+                              f"H x W x 3 images")
+        if arr.shape[2] == 1:
+            arr = np.repeat(arr, 3, 2)
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr, 0, 255).astype(np.uint8)
+        t = torch.from_numpy(np.array(arr[:, :, :3])).permute(2, 0, 1)
+        out.append(t.float() / 127.5 - 1)
+    if len({t.shape for t in out}) > 1:
+        out = [centre_crop_resize(t[None], max(min(t.shape[-2:]) for t in out))[0]
+               for t in out]
+    return torch.stack(out), single
+
+
+def centre_crop_resize(img: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre-crop NCHW images to a square, then resize to size x size."""
+    h, w = img.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return resize_images(img[..., top:top + side, left:left + side], size)
+
+
+class Translator:
+    """A generator plus an encoder for one of its layers: pictures in, translated out.
+
+    translate(): the encoder writes the layer from each picture; the later layers read ws
+    (a seed, a LatentSpec or ws), so the latent still steers the output; taps on layers
+    after the start layer bend it (taps on earlier layers have nothing to act on).
+    """
+
+    def __init__(self, G: nn.Module, encoder: ActivationEncoder, layer: str | None = None,
+                 check_model: bool = True):
+        self.G = G
+        self.layer = layer or encoder.config.layer
+        if self.layer != encoder.config.layer:
+            raise StudioError(f"this encoder writes {encoder.config.layer}, not {self.layer}")
+        shape = _layer_shape(G, self.layer)
+        cfg = encoder.config
+        if (cfg.out_channels, cfg.out_size, cfg.out_size) != shape:
+            raise StudioError(f"this encoder writes {self.layer} as "
+                              f"{cfg.out_channels}x{cfg.out_size}x{cfg.out_size}, but this "
+                              f"model's {self.layer} is {'x'.join(map(str, shape))}: it was "
+                              f"trained for another model")
+        if check_model and encoder.meta and not _model_matches(encoder.meta, weights_sha256(G)):
+            if encoder.meta.get("base_model_weights_sha256"):
+                raise StudioError(
+                    f"this encoder was trained for another model "
+                    f"({encoder.meta.get('base_model_id') or 'unnamed'}, sha256 "
+                    f"{_short(encoder.meta.get('base_model_sha256'))}…): load that model or "
+                    f"train an encoder for this one")
+        self.encoder = encoder.to(_device_of(G)).eval().requires_grad_(False)
+        self.device = _device_of(G)
+        self._ws: torch.Tensor | None = None
+        self._frame_kwargs: dict[str, Any] = {}
+
+    @classmethod
+    def load(cls, encoder: str | os.PathLike | ActivationEncoder, G: nn.Module,
+             model_sha256: str | None = None) -> Translator:
+        """A Translator from an encoder path / hf:// spec / object; refuses another model's."""
+        if not isinstance(encoder, ActivationEncoder):
+            encoder = load_encoder(encoder, model_sha256 or weights_sha256(G),
+                                   device=_device_of(G))
+        return cls(G, encoder)
+
+    @property
+    def input_size(self) -> int:
+        return self.encoder.config.input_size
+
+    # --- latents ---------------------------------------------------------------------
+
+    def ws_for(self, latent: Any = None, n: int = 1) -> torch.Tensor:
+        """ws [n, num_ws, w_dim] from ws, a LatentSpec, a seed, or None (seed 0)."""
+        from engine.latents import LatentSpec, compute_ws
+
+        if latent is None:
+            latent = 0
+        if isinstance(latent, int | float | np.integer | np.floating):
+            latent = LatentSpec(seed=float(latent))
+        if isinstance(latent, LatentSpec):
+            ws = compute_ws(self.G, latent)
+        else:
+            ws = torch.as_tensor(np.asarray(latent) if not isinstance(latent, torch.Tensor)
+                                 else latent).float()
+            if ws.ndim == 2:
+                ws = ws.unsqueeze(0)
+        if ws.ndim != 3 or ws.shape[1:] != (self.G.num_ws, self.G.cfg.w_dim):
+            raise StudioError(f"ws must be [N, {self.G.num_ws}, {self.G.cfg.w_dim}], got "
+                              f"{list(ws.shape)}")
+        ws = ws.to(self.device)
+        if ws.shape[0] == 1 and n > 1:
+            ws = ws.expand(n, -1, -1)
+        elif ws.shape[0] != n:
+            raise StudioError(f"{ws.shape[0]} latents for {n} pictures: give one or one each")
+        return ws
+
+    # --- translation -----------------------------------------------------------------
+
+    def encode(self, images: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
+        """Float NCHW pictures in [-1, 1] (any size) -> the layer's activation."""
+        size = int(input_size or self.input_size)
+        x = centre_crop_resize(images.to(self.device, torch.float32), size)
+        act = self.encoder(x)
+        out = self.encoder.config.out_size
+        if act.shape[-1] != out:  # another input size: fit the map to the layer
+            act = F.interpolate(act, size=(out, out), mode="bilinear", align_corners=False,
+                                antialias=act.shape[-1] > out)
+        return act
+
+    @torch.inference_mode()
+    def translate_tensor(self, images: Any, ws: Any = None, noise_mode: str = "const",
+                         taps: dict | None = None, weight_taps: dict | None = None,
+                         noise_generator: torch.Generator | None = None,
+                         input_size: int | None = None) -> torch.Tensor:
+        """Pictures -> translated images, float NCHW in [-1, 1] at the model's resolution."""
+        x, _ = _to_tensor(images)
+        act = self.encode(x, input_size)
+        ws = self.ws_for(ws, act.shape[0])
+        return self.G.synthesis(ws, noise_mode=noise_mode, taps=taps, weight_taps=weight_taps,
+                                start=(self.layer, act), noise_generator=noise_generator)
+
+    def translate(self, images: Any, latent: Any = None, taps: dict | None = None,
+                  weight_taps: dict | None = None, noise_mode: str | None = None,
+                  noise_seed: int = 0, input_size: int | None = None) -> np.ndarray:
+        """Pictures (PIL / uint8 HxWx3 / list / NCHW tensor) -> uint8 images.
+
+        latent: ws, a LatentSpec, or a seed. One picture in gives HxWx3 out; a batch gives
+        [N, H, W, 3].
+        """
+        from engine.latents import LatentSpec, to_uint8
+
+        if noise_mode is None:
+            noise_mode = latent.noise_mode if isinstance(latent, LatentSpec) else "const"
+            if isinstance(latent, LatentSpec):
+                noise_seed = latent.noise_seed
+        gen = None
+        if noise_mode == "random":
+            gen = torch.Generator(device=self.device).manual_seed(int(noise_seed))
+        x, single = _to_tensor(images)
+        out = to_uint8(self.translate_tensor(x, latent, noise_mode, taps, weight_taps, gen,
+                                             input_size))
+        return out[0] if single else out
+
+    # --- real time -------------------------------------------------------------------
+
+    def set_latent(self, latent: Any, taps: dict | None = None,
+                   weight_taps: dict | None = None, noise_mode: str = "const") -> None:
+        """Fix the ws (and bends) that translate_frame uses until the next call."""
+        with torch.inference_mode():
+            self._ws = self.ws_for(latent, 1).clone()
+        self._frame_kwargs = dict(taps=taps, weight_taps=weight_taps, noise_mode=noise_mode)
+
+    @torch.inference_mode()
+    def translate_frame(self, frame: np.ndarray) -> np.ndarray:
+        """One uint8 HxWx3 frame (a webcam image) -> one translated uint8 frame, fast.
+
+        Uses the ws cached by set_latent (seed 0 if never set); no per-frame mapping pass.
+        """
+        if self._ws is None:
+            self.set_latent(0)
+        arr = np.asarray(frame)
+        if arr.ndim != 3 or arr.shape[2] < 3:
+            raise StudioError(f"a frame must be H x W x 3, got shape {list(arr.shape)}")
+        h, w = arr.shape[:2]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        crop = np.ascontiguousarray(arr[top:top + side, left:left + side, :3])
+        x = torch.from_numpy(crop).to(self.device).permute(2, 0, 1)[None].float()
+        x = resize_images(x / 127.5 - 1, self.input_size)
+        act = self.encoder(x)
+        img = self.G.synthesis(self._ws, start=(self.layer, act), **self._frame_kwargs)
+        out = (img[0] * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+        return out.permute(1, 2, 0).cpu().numpy()
+
+    # --- folders and videos ----------------------------------------------------------
+
+    def translate_folder(self, src: str | os.PathLike, dst: str | os.PathLike,
+                         latent: Any = None, taps: dict | None = None,
+                         weight_taps: dict | None = None, progress: Progress | None = None,
+                         cancel: Any = None) -> list[Path]:
+        """Translate every picture in a folder to PNGs of the same names in `dst`."""
+        from PIL import Image, UnidentifiedImageError
+
+        files = sorted(p for p in Path(src).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise StudioError(f"no pictures ({', '.join(IMAGE_SUFFIXES)}) in {src}")
+        ws = self.ws_for(latent, 1)
+        written = []
+        for i, f in enumerate(files):
+            if _is_cancelled(cancel):
+                raise StudioError(f"translation stopped after {i} of {len(files)} pictures")
+            try:
+                with Image.open(f) as im:
+                    pic = im.convert("RGB")
+            except (UnidentifiedImageError, OSError) as exc:
+                raise StudioError(f"cannot read {f.name} as a picture") from exc
+            out = self.translate(pic, ws, taps, weight_taps)
+            target = Path(dst) / f"{f.stem}.png"
+            _atomic(target, lambda tmp, out=out: Image.fromarray(out).save(tmp, format="PNG"))
+            written.append(target)
+            if progress is not None:
+                progress((i + 1) / len(files), f"translated {f.name}")
+        return written
+
+    def translate_video(self, src: str | os.PathLike, dst: str | os.PathLike,
+                        latent: Any = None, walk: Sequence[float] | None = None,
+                        psi: float = 1.0, fps: float | None = None,
+                        max_frames: int | None = None, taps: dict | None = None,
+                        weight_taps: dict | None = None, progress: Progress | None = None,
+                        cancel: Any = None) -> Path:
+        """Translate a video frame by frame: one latent throughout, or a looping walk through
+        the seeds in `walk` (W-space lerp). Writes .mp4 or .gif; returns the path."""
+        from engine.latents import interpolate_ws
+        from engine.video import read_video_frames, write_video
+
+        # Shrink frames as they are read: only encoder-sized frames are held in memory.
+        with torch.inference_mode():
+            small = [centre_crop_resize(_to_tensor(f)[0], self.input_size)
+                     for f in read_video_frames(src, max_frames)]
+        if not small:
+            raise StudioError(f"{Path(src).name} has no frames")
+        if walk:
+            ws_frames: Iterable[torch.Tensor] = interpolate_ws(
+                self.G, list(walk), len(small), loop=True, psi=psi)
+        else:
+            ws_frames = [self.ws_for(latent, 1)] * len(small)
+
+        def frames() -> Iterator[np.ndarray]:
+            for x, ws in zip(small, ws_frames):
+                yield self.translate(x, ws, taps, weight_taps)[0]
+
+        total = len(small)
+        report = None
+        if progress is not None:
+            def report(i: int) -> None:
+                progress((i + 1) / total, f"frame {i + 1}/{total}")
+        return write_video(frames(), dst, fps or _video_fps(src), report, cancel, total)
+
+
+def _video_fps(path: str | os.PathLike, default: float = 30.0) -> float:
+    p = Path(path)
+    try:
+        if p.suffix.lower() == ".gif":
+            from PIL import Image
+            with Image.open(p) as im:
+                ms = im.info.get("duration") or 0
+            return 1000.0 / ms if ms else default
+        import imageio_ffmpeg
+        reader = imageio_ffmpeg.read_frames(str(p))
+        meta = next(reader)
+        reader.close()
+        return float(meta.get("fps") or default)
+    except Exception:  # an unreadable header: the frame reader reports it properly
+        return default
+
+
+# ----------------------------------------------------------------------------------------
+# Command line.
+
+
+def _load_model(spec: str, device: Any = None) -> tuple[nn.Module, str, str]:
+    """(G, file sha256, id) of a zoo spec or a model file."""
+    from engine import zoo
+
+    m = zoo.load(spec, device=device)
+    return m.G, m.sha256, m.id
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    if args.processes > 1:
+        run_processes(_train_from_args, args.processes, (args,))
+    else:
+        _train_from_args(args)
+
+
+def _train_from_args(args: argparse.Namespace) -> None:
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=args.cpu or not torch.cuda.is_available())
+    G, sha, model_id = _load_model(args.model, acc.device)
+    arch = {k: getattr(args, k) for k in ("width", "max_width", "blocks", "mean_filter")
+            if getattr(args, k) is not None}
+    result = train_encoder(
+        G, layer=args.layer, input_size=args.input_size, steps=args.steps, batch=args.batch,
+        lr=args.lr, psi=args.psi, act_weight=args.act_weight, image_weight=args.image_weight,
+        jitter=args.jitter, seed=args.seed, out_dir=args.out, preview_every=args.preview_every,
+        checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
+        keep_checkpoint=args.keep_checkpoint, model_sha256=sha, model_id=model_id,
+        accelerator=acc, show_bar=True, **arch)
+    if acc.is_main_process:
+        print(json.dumps({"encoder": str(result.path), "steps": result.steps,
+                          **result.metrics}))
+
+
+def _cmd_translate(args: argparse.Namespace) -> None:
+    from engine.latents import LatentSpec
+
+    G, sha, _ = _load_model(args.model)
+    tr = Translator.load(args.encoder, G, model_sha256=sha)
+    latent = LatentSpec(seed=args.seed, psi=args.psi)
+    src, out = Path(args.input), Path(args.out)
+    if src.is_dir():
+        paths = tr.translate_folder(src, out, latent)
+        print(f"translated {len(paths)} pictures into {out}")
+    elif src.suffix.lower() in VIDEO_SUFFIXES:
+        tr.translate_video(src, out, latent, walk=args.walk, psi=args.psi, fps=args.fps,
+                           max_frames=args.max_frames)
+        print(f"wrote {out}")
+    elif src.is_file():
+        from PIL import Image
+        with Image.open(src) as im:
+            pic = im.convert("RGB")
+        img = tr.translate(pic, latent)
+        if out.suffix.lower() not in IMAGE_SUFFIXES:
+            out = out / f"{src.stem}.png"
+        _atomic(out, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
+        print(f"wrote {out}")
+    else:
+        raise StudioError(f"no such picture, folder or video: {src}")
+
+
+def _cmd_push(args: argparse.Namespace) -> None:
+    url = push_encoder(args.path, args.repo, token=args.token or os.environ.get("HF_TOKEN"),
+                       private=args.private)
+    print(f"pushed to {url}")
+
+
+def add_cli(sub: Any) -> None:
+    """Register train-encoder, translate and push-encoder."""
+    p = sub.add_parser("train-encoder", help="train an activation encoder for a layer",
+                       description="Train an encoder that writes a layer's activations from "
+                       "a picture. Several GPUs: `accelerate launch --multi_gpu -m engine "
+                       "train-encoder ...`; several CPU processes: --processes N or `torchrun "
+                       "--nproc_per_node N -m engine train-encoder ...`.")
+    p.add_argument("--model", default="default", help="zoo id, Hub id or model file")
+    p.add_argument("--layer", default=DEFAULT_LAYER, help="b{res}.conv0 or b{res}.conv1")
+    p.add_argument("--input-size", type=int, default=None, help="input pixels (model's)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=8, help="images per step per process")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--psi", type=float, default=1.0, help="truncation of training latents")
+    p.add_argument("--act-weight", type=float, default=1.0, help="activation MSE weight")
+    p.add_argument("--image-weight", type=float, default=1.0,
+                   help="image loss weight through the rest of G (0: activation MSE only)")
+    p.add_argument("--jitter", type=int, default=0, help="train-time shift, layer pixels")
+    p.add_argument("--mean-filter", type=int, default=None, help="odd output box filter")
+    p.add_argument("--width", type=int, default=None, help="channels at input resolution")
+    p.add_argument("--max-width", type=int, default=None)
+    p.add_argument("--blocks", type=int, default=None, help="residual blocks at the output")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (checkpoint, preview, encoder)")
+    p.add_argument("--preview-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--keep-checkpoint", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
+    p.add_argument("--processes", type=int, default=1,
+                   help="CPU processes to fork (gloo); for GPUs use accelerate launch")
+    p.set_defaults(func=_cmd_train)
+
+    t = sub.add_parser("translate", help="translate a picture, folder or video",
+                       description="Translate pictures into the model's domain with an "
+                       "encoder: a picture, a folder of pictures, or a video frame by frame.")
+    t.add_argument("input", help="picture, folder or video (.mp4/.gif/...)")
+    t.add_argument("--encoder", required=True, help="encoder folder, .safetensors or hf://")
+    t.add_argument("--model", default="default")
+    t.add_argument("--seed", type=float, default=0)
+    t.add_argument("--psi", type=float, default=1.0)
+    t.add_argument("--walk", type=float, nargs="+", default=None,
+                   help="video: walk through these seeds (looping) instead of one latent")
+    t.add_argument("--fps", type=float, default=None, help="video: output fps (input's)")
+    t.add_argument("--max-frames", type=int, default=None)
+    t.add_argument("--out", required=True, help="output picture, folder or video")
+    t.set_defaults(func=_cmd_translate)
+
+    h = sub.add_parser("push-encoder", help="upload an encoder folder to the Hugging Face Hub")
+    h.add_argument("path", help="encoder folder")
+    h.add_argument("--repo", required=True, help="owner/name of the model repo")
+    h.add_argument("--token", default=None, help="write token (default: $HF_TOKEN / login)")
+    h.add_argument("--private", action="store_true")
+    h.set_defaults(func=_cmd_push)
