@@ -37,6 +37,23 @@ LIVE = dict(trigger_mode="always_last", show_progress="hidden")
 WHERE_CHOICES = ["selected clusters", "all channels", "random fraction"]
 
 
+class CheckedImage(gr.Image):
+    """gr.Image whose uploads go through studio.uploads first: a damaged, empty, fake or
+    oversized picture gets one clear sentence instead of a decoder error."""
+
+    def get_block_name(self) -> str:
+        return "image"  # the stock image widget in the browser
+
+    def preprocess(self, payload: Any) -> Any:
+        path = getattr(payload, "path", None)
+        if path:
+            try:
+                uploads.open_image(path)
+            except StudioError as exc:
+                raise gr.Error(str(exc), print_exception=False) from exc
+        return super().preprocess(payload)
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn engine's one-sentence StudioError into a gr.Error toast, never a traceback."""
     @functools.wraps(fn)
@@ -268,9 +285,67 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                         api_btn = gr.Button(visible=False)
 
                     with gr.Tab("Translate", id="translate", elem_id="tab-translate"):
-                        tr_note = gr.Markdown("")
+                        gr.Markdown("An encoder writes one layer's activation maps from "
+                                    "your picture; the layers after it still follow the "
+                                    "latent (Explore) and the bends (Bend).")
+                        with gr.Row():
+                            tr_encoder = gr.Dropdown([], label="Encoder", scale=3,
+                                                     allow_custom_value=True,
+                                                     elem_id="tr-encoder",
+                                                     info="shipped, trained here, a path "
+                                                          "or hf://")
+                            tr_refresh = gr.Button("Refresh list", size="sm", scale=1)
+                        with gr.Accordion("Train an encoder", open=False):
+                            with gr.Row():
+                                tr_layer = gr.Dropdown([], label="Layer it writes")
+                                tr_steps = gr.Slider(20, 3000, 300, step=10, label="Steps")
+                                tr_batch = gr.Slider(1, 32, 8, step=1, label="Batch")
+                            with gr.Row():
+                                tr_train = gr.Button("Train / resume", variant="primary")
+                                tr_cancel = gr.Button("Cancel", variant="stop")
+                            tr_status = gr.Markdown("")
+                            with gr.Row():
+                                tr_loss = gr.LinePlot(x="step", y="loss", height=220,
+                                                      label="Training loss")
+                                tr_preview = gr.Image(label="Preview: input | translation",
+                                                      type="filepath", interactive=False,
+                                                      height=220, elem_classes="pixelated")
+                        with gr.Row():
+                            tr_input = CheckedImage(label="Picture to translate",
+                                                    type="filepath", image_mode=None,
+                                                sources=["upload", "clipboard"], height=240,
+                                                elem_id="tr-input")
+                            with gr.Column():
+                                tr_on = gr.Button("Translate this picture", variant="primary",
+                                                  elem_id="tr-go")
+                                tr_off = gr.Button("Stop translating (back to the latent)")
+                        with gr.Accordion("Webcam (live)", open=False):
+                            with gr.Row():
+                                cam_in = gr.Image(sources=["webcam"], streaming=True,
+                                                  type="numpy", label="Webcam", height=240)
+                                cam_out = gr.Image(label="Translated", type="numpy",
+                                                   streaming=True, height=240,
+                                                   elem_classes="pixelated")
                     with gr.Tab("Project", id="project", elem_id="tab-project"):
-                        pr_note = gr.Markdown("")
+                        gr.Markdown("Fit a latent so the model redraws your photo, then "
+                                    "take it to Explore, bend it or walk from it.")
+                        with gr.Row():
+                            pr_input = CheckedImage(label="Photo", type="filepath",
+                                                    image_mode=None,
+                                                sources=["upload", "clipboard"], height=240,
+                                                elem_id="pr-input")
+                            with gr.Column():
+                                pr_steps = gr.Slider(10, 1000, 200, step=10, label="Steps")
+                                pr_wplus = gr.Checkbox(True, label="Fit W+ (one w per layer)")
+                                with gr.Row():
+                                    pr_go = gr.Button("Fit", variant="primary",
+                                                      elem_id="pr-go")
+                                    pr_cancel = gr.Button("Cancel", variant="stop")
+                        pr_status = gr.Markdown("")
+                        with gr.Row():
+                            pr_send = gr.Button("Send latent to Explore", elem_id="pr-send")
+                            pr_file = gr.File(label="Fitted latent (.npy)", interactive=False,
+                                              height=80)
 
             # ---------------------------------------------------------- canvas
             with gr.Column(scale=2):
@@ -311,11 +386,14 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     gr.update(maximum=n, value=0), gr.update(maximum=n, value=0),
                     gr.update(maximum=n, value=min(4, n)), gr.update(maximum=n, value=0),
                     gr.update(maximum=n, value=n), [], gr.update(choices=[], value=[]),
-                    gr.update(choices=[], value=None), *_latent_controls(sess)]
+                    gr.update(choices=[], value=None), *_latent_controls(sess),
+                    gr.update(choices=layers, value=layer),
+                    gr.update(choices=backend.encoder_choices(),
+                              value=next(iter(backend.encoder_choices()), None))]
 
         model_outs = [session, model_card, output, before, cl_layer, add_layer, w_layer,
                       cutoff, mix_start, mix_end, dir_start, dir_end, cl_gallery,
-                      cl_selected, stack, *latent_inputs]
+                      cl_selected, stack, *latent_inputs, tr_layer, tr_encoder]
 
         def _latent_controls(sess: Session) -> list[Any]:
             """Control values that show a session's latent (after a load or a recipe)."""
@@ -779,8 +857,164 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
         rec_load.upload(load_recipe, [session, rec_load],
                         [*model_outs, *editor_outs, rec_code, model_box],
                         api_name="load_recipe")
-        _ = (tabs, tr_note, pr_note)
+        # ------------------------------------------------------------- translate
+        @user_errors
+        def refresh_encoders(current: str | None) -> Any:
+            found = backend.encoder_choices()
+            value = current if current else (found[0] if found else None)
+            return gr.update(choices=found, value=value)
+
+        tr_refresh.click(refresh_encoders, [tr_encoder], [tr_encoder], api_name=False)
+
+        def train(sess: Session, layer: str, steps: float, batch: float):
+            """Train (or resume) an encoder, yielding status, loss curve and preview."""
+            import threading
+
+            import pandas as pd
+
+            try:
+                sess = _need(sess)
+                if not layer:
+                    raise StudioError("choose the layer the encoder should write.")
+            except StudioError as exc:
+                raise gr.Error(str(exc), print_exception=False) from exc
+            cancel = sess.jobs.start()
+            points: list[tuple[int, float]] = []
+            box: dict[str, Any] = {}
+
+            def report(fraction: float, message: str) -> None:
+                box["msg"] = message
+                loss = _loss_of(message)
+                if loss is not None:
+                    points.append((len(points) + 1, loss))
+
+            def work() -> None:
+                try:
+                    box["result"] = backend.train_encoder(sess, layer, int(steps), int(batch),
+                                                          report, cancel)
+                except StudioError as exc:
+                    box["error"] = str(exc)
+                except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
+                    box["error"] = f"training stopped: {exc}"
+
+            thread = threading.Thread(target=work, daemon=True)
+            thread.start()
+            preview = backend.preview_path(sess, layer, int(steps))
+            while True:
+                thread.join(timeout=1.0)
+                plot = pd.DataFrame(points[-2000:], columns=["step", "loss"])
+                shown = str(preview) if preview.exists() else None
+                if not thread.is_alive():
+                    break
+                yield (gr.update(), box.get("msg", "starting…"), plot, shown)
+            if "error" in box:
+                msg = box["error"]
+                if cancel.is_set():
+                    msg += " Press Train again to resume from the last checkpoint."
+                yield (gr.update(), msg, plot, shown)
+                return
+            res = box["result"]
+            path = str(res.path) if res.path else None
+            m = res.metrics
+            done = (f"Trained {res.steps} steps in {res.seconds:.0f} s "
+                    f"({res.images_per_s:.1f} img/s); final loss {m.get('final_loss')}"
+                    + (f", PSNR on its own images {m['psnr_db_own_images']} dB"
+                       if "psnr_db_own_images" in m else "") + ".")
+            yield (gr.update(choices=backend.encoder_choices(), value=path), done, plot,
+                   str(preview) if preview.exists() else None)
+
+        tr_evt = tr_train.click(train, [session, tr_layer, tr_steps, tr_batch],
+                                [tr_encoder, tr_status, tr_loss, tr_preview],
+                                api_name="train_encoder")
+        tr_cancel.click(cancel_job, [session], None, api_name=False, cancels=[tr_evt])
+
+        @user_errors
+        def translate(sess: Session, encoder: str | None, picture: Any) -> list[Any]:
+            """Translate an uploaded picture through the encoder; latent and bends apply."""
+            sess = _need(sess)
+            if not encoder:
+                raise StudioError("choose or train an encoder first.")
+            path, pic = backend.save_input_image(picture)
+            old = sess.recipe.translator
+            backend.set_translator(sess, encoder, path)
+            try:
+                out = backend.render(sess)
+            except StudioError:
+                sess.recipe.translator = old
+                raise
+            return [sess, out, pic]
+
+        @user_errors
+        def translate_off(sess: Session) -> list[Any]:
+            sess = _need(sess)
+            backend.set_translator(sess, None, None)
+            return [sess, backend.render(sess), _before(sess)]
+
+        tr_on.click(translate, [session, tr_encoder, tr_input], [session, output, before],
+                    api_name="translate")
+        tr_off.click(translate_off, [session], [session, output, before],
+                     api_name="translate_off")
+
+        def cam_frame(sess: Session | None, encoder: str | None, frame: Any) -> Any:
+            if sess is None or frame is None or not encoder:
+                return None
+            try:
+                return backend.translate_frame(sess, encoder, frame)
+            except StudioError as exc:
+                gr.Warning(str(exc))
+                return None
+
+        cam_in.stream(cam_frame, [session, tr_encoder, cam_in], [cam_out],
+                      api_name="translate_frame", stream_every=0.1, time_limit=120,
+                      concurrency_limit=2, show_progress="hidden")
+
+        # ------------------------------------------------------------- project
+        @user_errors
+        def fit(sess: Session, photo: Any, steps: float, w_plus: bool,
+                progress: gr.Progress = gr.Progress()) -> list[Any]:
+            """Project a photo into the model's latent space (W or W+)."""
+            sess = _need(sess)
+            res = backend.project(sess, photo, int(steps), bool(w_plus),
+                                  _progress_fn(progress), sess.jobs.start())
+            from engine.latents import ws_to_list
+            sess.projected = ws_to_list(res.w)
+            msg = (f"PSNR **{res.psnr:.2f} dB** after {res.steps} steps "
+                   f"(loss: {res.loss_name}; from {res.init}). Send it to Explore to edit.")
+            vid = backend.frames_video(res.frames, "projection")
+            return [sess, backend._pil(res.image), backend._pil(res.target), msg,
+                    backend.save_latent(res.w), vid]
+
+        pr_evt = pr_go.click(fit, [session, pr_input, pr_steps, pr_wplus],
+                             [session, output, before, pr_status, pr_file, video],
+                             api_name="project")
+        pr_cancel.click(cancel_job, [session], None, api_name=False, cancels=[pr_evt])
+
+        @user_errors
+        def send_to_explore(sess: Session) -> list[Any]:
+            """Use the fitted latent as the session's latent (psi 1, no truncation)."""
+            sess = _need(sess)
+            if sess.projected is None:
+                raise StudioError("fit a photo first.")
+            lat = sess.recipe.latent
+            lat.w, lat.psi, lat.cutoff, lat.mix_seed = sess.projected, 1.0, None, None
+            lat.directions, lat.layer_edits = [], []
+            return [sess, backend.render(sess), _before(sess), *_latent_controls(sess),
+                    gr.Tabs(selected="explore")]
+
+        pr_send.click(send_to_explore, [session],
+                      [session, output, before, *latent_inputs, tabs],
+                      api_name="send_to_explore")
     return demo
+
+
+def _loss_of(message: str) -> float | None:
+    """The loss figure in a training progress line ('step 3/100 loss 0.1234 (...)')."""
+    import re
+    m = re.search(r"loss[ =]([0-9.eE+-]+)", message or "")
+    try:
+        return float(m.group(1)) if m else None
+    except ValueError:
+        return None
 
 
 def _parse_value(text: str) -> Any:

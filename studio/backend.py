@@ -203,3 +203,112 @@ def sweep_video(sess: Session, path: str, start: float, stop: float, frames: int
     recipe.sweep(sess.recipe, path, start, stop, frames, out, fps=fps, model=load(sess.model),
                  progress=progress, cancel=cancel)
     return str(out)
+
+
+# ----------------------------------------------------------------------------------------
+# Translation.
+
+ENCODER_GLOBS = ("engine/default_model/**/encoder.safetensors",
+                 "engine/default_model/*encoder*.safetensors")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def encoder_choices() -> list[str]:
+    """Encoders on disk: the shipped ones, then those trained in this studio."""
+    found: list[str] = []
+    for pattern in ENCODER_GLOBS:
+        found += sorted(str(p) for p in REPO.glob(pattern))
+    if (OUT_DIR / "encoders").is_dir():
+        found += sorted(str(p) for p in (OUT_DIR / "encoders").glob("*/encoder.safetensors"))
+    return list(dict.fromkeys(found))
+
+
+def train_encoder(sess: Session, layer: str, steps: int, batch: int,
+                  progress: Callable[[float, str], None] | None, cancel: Any) -> Any:
+    """Train (or resume) an encoder for `layer`; saved under this session's folder."""
+    from engine import translator
+
+    m = load(sess.model)
+    out = OUT_DIR / "encoders" / f"{sess.token}-{layer}-{steps}"
+    return translator.train_encoder(m.G, layer=layer, steps=int(steps), batch=int(batch),
+                                    out_dir=out, progress=progress, cancel=cancel,
+                                    preview_every=max(10, int(steps) // 10),
+                                    checkpoint_every=max(10, int(steps) // 10),
+                                    model_sha256=m.sha256, model_id=m.id,
+                                    eval_seeds=range(4))
+
+
+def preview_path(sess: Session, layer: str, steps: int) -> Path:
+    from engine import translator
+    return OUT_DIR / "encoders" / f"{sess.token}-{layer}-{steps}" / translator.PREVIEW_FILE
+
+
+def save_input_image(image: Any) -> tuple[str, Image.Image]:
+    """Check an uploaded picture and keep a clean RGB PNG copy that recipes can name."""
+    from studio import uploads
+    pic = uploads.open_image(image)
+    pic.thumbnail((1024, 1024))  # the encoder sees at most the model's size anyway
+    path = new_output_path("input", ".png")
+    pic.save(path, format="PNG")
+    return str(path), pic
+
+
+def set_translator(sess: Session, encoder: str | None, image: str | None) -> None:
+    """Point the session's recipe at an encoder and a picture (None turns translation off)."""
+    if not encoder or not image:
+        sess.recipe.translator = None
+        return
+    sess.recipe.translator = recipe.TranslatorSpec(encoder=encoder, image=image)
+
+
+def live_translator(sess: Session, encoder: str) -> Any:
+    """The session's Translator for webcam frames (kept in the session, not globally)."""
+    from engine import translator
+    cache = getattr(sess, "live", None)
+    if cache is not None and cache[0] == (sess.model, encoder):
+        return cache[1]
+    m = load(sess.model)
+    tr = translator.Translator.load(encoder, m.G, model_sha256=m.sha256)
+    sess.live = ((sess.model, encoder), tr)
+    return tr
+
+
+def translate_frame(sess: Session, encoder: str, frame: np.ndarray) -> np.ndarray:
+    """One webcam frame through the encoder, with the session's latent and bends."""
+    tr = live_translator(sess, encoder)
+    m = load(sess.model)
+    r = sess.recipe
+    taps, wtaps = bending.make_taps(m.G, r.bends, r.weight_edits, model_key=m.sha256)
+    tr.set_latent(r.latent, taps=taps, weight_taps=wtaps, noise_mode=r.latent.noise_mode)
+    return tr.translate_frame(frame)
+
+
+# ----------------------------------------------------------------------------------------
+# Projection.
+
+def project(sess: Session, image: Any, steps: int, w_plus: bool,
+            progress: Callable[[float, str], None] | None, cancel: Any) -> Any:
+    """Fit a latent to a photo (engine.projector.project) and return its result."""
+    from engine import projector
+    from studio import uploads
+
+    pic = uploads.open_image(image)
+    m = load(sess.model)
+    return projector.project(m.G, pic, steps=int(steps), w_plus=bool(w_plus),
+                             progress=progress, cancel=cancel,
+                             frame_every=max(1, int(steps) // 60))
+
+
+def save_latent(ws: Any) -> str:
+    path = new_output_path("latent", ".npy")
+    latents.save_w(path, ws)
+    return str(path)
+
+
+def frames_video(frames: list[np.ndarray], stem: str, fps: float = 20) -> str | None:
+    if not frames:
+        return None
+    from engine.video import write_video
+    out = new_output_path(stem, ".mp4")
+    write_video(frames, out, fps=fps)
+    return str(out)

@@ -47,6 +47,15 @@ class Session:
     projected: list[list[float]] | None = None      # last projection's W+ (not yet sent)
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     jobs: Jobs = field(default_factory=Jobs)
+    live: Any = None                                # (key, Translator) for webcam frames
+
+    def __deepcopy__(self, memo: dict) -> Session:
+        # Gradio copies only a State's initial value; a copy drops the cached translator.
+        import copy
+        return Session(recipe=copy.deepcopy(self.recipe, memo),
+                       clusters=copy.deepcopy(self.clusters, memo),
+                       selected=list(self.selected), current=self.current,
+                       projected=copy.deepcopy(self.projected, memo))
 
     @property
     def model(self) -> str:
