@@ -89,6 +89,7 @@ class ClusterResult:
 
 _memory: OrderedDict[str, ClusterResult] = OrderedDict()
 _memory_lock = threading.Lock()
+_key_locks: dict[str, threading.Lock] = {}  # one computation per key at a time
 
 
 def default_cache_dir() -> Path:
@@ -367,6 +368,22 @@ def compute_clusters(G: torch.nn.Module, layer: str, k: int, samples: int = 128,
         return cached
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"{key}.json"
+    with _memory_lock:
+        key_lock = _key_locks.setdefault(f"{key}|{path}", threading.Lock())
+    # A second caller asking for the same clustering (a double click in the studio) waits for
+    # the first and then reads its result instead of computing it again.
+    with key_lock:
+        return _compute_or_load(G, layer, k, samples, seed, psi, method, model_key, key, path,
+                                C, progress, cancel, feature_extractor)
+
+
+def _compute_or_load(G: torch.nn.Module, layer: str, k: int, samples: int, seed: int,
+                     psi: float, method: str, model_key: str, key: str, path: Path, C: int,
+                     progress: Progress | None, cancel: Any,
+                     feature_extractor: FeatureExtractor | None) -> ClusterResult:
+    cached = _recall(key)
+    if cached is not None:
+        return cached
     cached = _read_cached(path)
     if cached is not None and cached.layer == layer and len(cached.labels) == C:
         _remember(key, cached)

@@ -100,6 +100,26 @@ def test_repeat_is_a_cache_hit(G, tmp_path, monkeypatch):
         cl.compute_clusters(G, LAYER, 4, samples=SAMPLES, psi=0.5, cache_dir=tmp_path)
 
 
+def test_concurrent_requests_compute_once(G, tmp_path, monkeypatch):
+    calls = []
+    real = cl._descriptors
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        time.sleep(0.2)  # keep the second caller waiting on the first
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cl, "_descriptors", counted)
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(cl.compute_clusters(
+        G, "b8.conv1", 3, samples=4, cache_dir=tmp_path))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and out[0].labels == out[1].labels
+
+
 def test_corrupt_cache_file_is_recomputed(G, tmp_path):
     first = cl.compute_clusters(G, LAYER, 4, samples=8, cache_dir=tmp_path)
     (path,) = tmp_path.glob("*.json")
