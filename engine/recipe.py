@@ -268,7 +268,7 @@ def _type_problems(tp: Any, value: Any, path: str) -> list[str]:
     if why:
         return [f"{where}: {why}"]
     if tp is int and not isinstance(value, int):
-        return [f"{where}: {value!r} is not a whole number"]
+        return [f"{where}: {value!r} must be written as a whole number ({int(value)})"]
     return []
 
 
