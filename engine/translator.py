@@ -617,6 +617,13 @@ def fidelity_psnr(G: nn.Module, encoder: ActivationEncoder, seeds: Sequence[int]
     return float(torch.cat(values).mean())
 
 
+def _time_is_up(acc: Any, t_run: float, max_seconds: float) -> bool:
+    over = torch.tensor(float(time.perf_counter() - t_run > max_seconds), device=acc.device)
+    if acc.num_processes > 1:  # every process must stop at the same step
+        over = acc.reduce(over, "max")
+    return bool(over.item())
+
+
 def _save_checkpoint(path: Path, encoder: nn.Module, opt: torch.optim.Optimizer, step: int,
                      s: TrainSettings, history: list[float], elapsed: float) -> None:
     state = {"encoder": encoder.state_dict(), "optimizer": opt.state_dict(), "step": step,
@@ -639,7 +646,8 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
                   keep_checkpoint: bool = False, model_sha256: str | None = None,
                   model_id: str | None = None, accelerator: Any = None, show_bar: bool = False,
                   stat_samples: int = STAT_SAMPLES, eval_seeds: Sequence[int] = range(16),
-                  warmup: int = 50, noise_mode: str = "const", **arch: Any) -> TrainResult:
+                  warmup: int = 50, noise_mode: str = "const", max_seconds: float | None = None,
+                  **arch: Any) -> TrainResult:
     """Train an ActivationEncoder for `layer` of the frozen generator G; see module doc.
 
     With out_dir: checkpoints (every `checkpoint_every` steps, at cancel) go to
@@ -648,6 +656,8 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
     progress(fraction, message) hears each step; `cancel` (callable / Event / bool) stops the
     run between steps with TrainingCancelled after writing a checkpoint. `arch` sets
     EncoderConfig fields (width, max_width, blocks, stage_blocks, groups, mean_filter).
+    max_seconds ends training early (this session's time, all processes agreeing) and saves
+    the encoder as it is; the lr schedule is the one for `steps`, so pick steps to fit.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -694,8 +704,12 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
     t0 = time.perf_counter() - elapsed
     t_run, images = time.perf_counter(), 0
     step = start
+    stopped_early = None
     try:
         for step in range(start, s.steps):
+            if max_seconds is not None and _time_is_up(acc, t_run, max_seconds):
+                stopped_early = step
+                break
             if _is_cancelled(cancel):
                 raise TrainingCancelled(f"encoder training stopped at step {step} of "
                                         f"{s.steps}; run it again to resume")
@@ -732,7 +746,8 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
                 if checkpoint_every and done % checkpoint_every == 0 and done < s.steps:
                     _save_checkpoint(ckpt_path, encoder, opt, done, s, history,
                                      time.perf_counter() - t0)
-        step = s.steps
+        else:
+            step = s.steps
     except TrainingCancelled:
         if out is not None and acc.is_main_process:
             _save_checkpoint(ckpt_path, encoder, opt, step, s, history,
@@ -741,12 +756,15 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
     finally:
         if bar is not None:
             bar.close()
+    if stopped_early is not None and out is not None and preview_every and acc.is_main_process:
+        _preview(G, encoder, s, out / PREVIEW_FILE)
     acc.wait_for_everyone()
     seconds = time.perf_counter() - t0
     run_s = time.perf_counter() - t_run
     encoder.eval()
     tail = history[-50:] or [float("nan")]
     metrics = {"final_loss": round(sum(tail) / len(tail), 6), "processes": world,
+               "steps_done": step,
                "train_seconds": round(seconds, 1),
                "images_per_s": round(images / max(run_s, 1e-9), 2)}
     if eval_seeds:
@@ -762,7 +780,9 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
         if not keep_checkpoint and ckpt_path.exists():
             ckpt_path.unlink()
     acc.wait_for_everyone()
-    return TrainResult(path, encoder, s.steps, seconds, metrics["images_per_s"], metrics)
+    if stopped_early is not None:
+        metrics["stopped_early_at_step"] = stopped_early
+    return TrainResult(path, encoder, step, seconds, metrics["images_per_s"], metrics)
 
 
 def _free_port() -> int:
@@ -1119,6 +1139,7 @@ def _train_from_args(args: argparse.Namespace) -> None:
         jitter=args.jitter, seed=args.seed, out_dir=args.out, preview_every=args.preview_every,
         checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
         keep_checkpoint=args.keep_checkpoint, model_sha256=sha, model_id=model_id,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None,
         accelerator=acc, show_bar=True, **arch)
     if acc.is_main_process:
         print(json.dumps({"encoder": str(result.path), "steps": result.steps,
@@ -1186,6 +1207,8 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--keep-checkpoint", action="store_true")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop early after this long and save the encoder as it is")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
     p.add_argument("--processes", type=int, default=1,
                    help="CPU processes to fork (gloo); for GPUs use accelerate launch")

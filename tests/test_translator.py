@@ -125,6 +125,10 @@ def test_saved_encoder_files_and_sidecar(G, tmp_path):
     enc = T.load_encoder(tmp_path / "e", "ab" * 32)
     assert torch.equal(enc.head.weight, r.encoder.head.weight.cpu())
     assert "b16.conv1" in (tmp_path / "e" / T.CARD_FILE).read_text()
+    # A time limit ends the run early and still saves the encoder.
+    early = T.train_encoder(G, steps=50, out_dir=tmp_path / "f", max_seconds=0, **TRAIN)
+    assert early.steps == 0 and early.metrics["stopped_early_at_step"] == 0
+    assert (tmp_path / "f" / T.ENCODER_FILE).is_file()
 
 
 def test_encoder_for_another_model_is_refused(G, tmp_path):
