@@ -321,6 +321,11 @@ def test_random_valid_recipes_render(recipe):
     assert Recipe.from_json(recipe.to_json()) == recipe
 
 
+def _latent(d: dict) -> dict:
+    """The latent mapping to corrupt (a scratch one when another corruption replaced it)."""
+    return d["latent"] if isinstance(d.get("latent"), dict) else {}
+
+
 CORRUPTIONS = [
     ("bends", lambda d: d["bends"].append({"layer": "b8.conv0", "op": "explode"})),
     ("bends", lambda d: d["bends"].append({"layer": "b3.conv0", "op": "ablate"})),
@@ -341,11 +346,11 @@ CORRUPTIONS = [
                                                         "fraction": 2}})),
     ("bends", lambda d: d["bends"].append({"layer": 8, "op": None})),
     ("bends", lambda d: d["bends"].append("rotate please")),
-    ("latent", lambda d: d["latent"].update(seed=-1)),
-    ("latent", lambda d: d["latent"].update(psi="high")),
-    ("latent", lambda d: d["latent"].update(noise_mode=3)),
-    ("latent", lambda d: d["latent"].update(cutoff=99)),
-    ("latent", lambda d: d["latent"].update(layer_edits=[{"op": "swap", "w_index": 40}])),
+    ("latent", lambda d: _latent(d).update(seed=-1)),
+    ("latent", lambda d: _latent(d).update(psi="high")),
+    ("latent", lambda d: _latent(d).update(noise_mode=3)),
+    ("latent", lambda d: _latent(d).update(cutoff=99)),
+    ("latent", lambda d: _latent(d).update(layer_edits=[{"op": "swap", "w_index": 40}])),
     ("latent", lambda d: d.update(latent=[])),
     ("version", lambda d: d.update(version="one")),
     ("output_size", lambda d: d.update(output_size=-5)),
