@@ -151,17 +151,25 @@ def clear_memory_cache() -> None:
         _memory.clear()
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temp file in the same folder and rename, so readers never see half a file."""
+def _write_atomic(path: Path, write: Callable[[str], None]) -> Path:
+    """Call write(temp path) in the target's folder, then rename: readers never see half a
+    file. The file gets ordinary 0644 permissions (mkstemp would leave it private)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
+        write(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    _write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data)))
 
 
 def _read_cached(path: Path) -> ClusterResult | None:
@@ -365,6 +373,8 @@ def compute_clusters(G: torch.nn.Module, layer: str, k: int, samples: int = 128,
     key = _cache_key(model_key, layer, k, samples, seed, method, psi)
     cached = _recall(key)
     if cached is not None:
+        if progress is not None:
+            progress(1.0, "done (cached)")
         return cached
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"{key}.json"
@@ -382,11 +392,15 @@ def _compute_or_load(G: torch.nn.Module, layer: str, k: int, samples: int, seed:
                      progress: Progress | None, cancel: Any,
                      feature_extractor: FeatureExtractor | None) -> ClusterResult:
     cached = _recall(key)
-    if cached is not None:
+    if cached is not None:  # computed by the caller we waited for
+        if progress is not None:
+            progress(1.0, "done (cached)")
         return cached
     cached = _read_cached(path)
     if cached is not None and cached.layer == layer and len(cached.labels) == C:
         _remember(key, cached)
+        if progress is not None:
+            progress(1.0, "done (cached)")
         return cached
 
     x = _descriptors(G, layer, samples, seed, psi, method, feature_extractor, progress, cancel)
@@ -531,13 +545,9 @@ def to_broad_yaml(results: ClusterResult | Iterable[ClusterResult]) -> str:
 
 
 def save_broad_yaml(results: ClusterResult | Iterable[ClusterResult], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(to_broad_yaml(results))
-    os.replace(tmp, path)
-    return path
+    """Write Broad's cluster YAML (see to_broad_yaml), atomically."""
+    text = to_broad_yaml(results)
+    return _write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def from_broad_yaml(text: str) -> dict[str, ClusterResult]:
@@ -777,13 +787,7 @@ def ablation_preview(G: torch.nn.Module, result: ClusterResult, cluster_id: int,
 def save_png(img: np.ndarray, path: str | Path) -> Path:
     """Write a uint8 HxWx3 array as PNG (atomic)."""
     from PIL import Image
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".png", dir=path.parent)
-    os.close(fd)
-    Image.fromarray(img).save(tmp)
-    os.replace(tmp, path)
-    return path
+    return _write_atomic(Path(path), lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
 
 
 # ----------------------------------------------------------------------------------------
