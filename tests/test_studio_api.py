@@ -1,0 +1,156 @@
+"""The studio scripted through gradio_client against a real server, plus its upload readers.
+
+The server runs `spaces_app.py` on a tiny random model (fast); the browser tests cover the
+default model. The bend scripted here must give exactly the image that engine.recipe
+renders for the recipe the studio saves: the page adds no maths of its own.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.errors import StudioError
+from studio import uploads
+from tests.browser_util import studio_server, tiny_model_file
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+# ----------------------------------------------------------------------------------------
+# Upload readers (no server).
+
+
+def test_open_image_reads_png_jpeg_and_flattens_alpha(tmp_path):
+    rgba = Image.new("RGBA", (8, 6), (255, 0, 0, 0))
+    rgba.save(tmp_path / "a.png")
+    Image.new("RGB", (8, 6), (0, 0, 255)).save(tmp_path / "b.jpg")
+    a = uploads.open_image(str(tmp_path / "a.png"))
+    assert a.mode == "RGB" and a.size == (8, 6)
+    assert a.getpixel((0, 0)) == (255, 255, 255)  # transparent -> white, not black
+    assert uploads.open_image({"path": str(tmp_path / "b.jpg")}).mode == "RGB"
+
+
+def test_open_image_applies_exif_rotation(tmp_path):
+    im = Image.new("RGB", (10, 4))
+    exif = im.getexif()
+    exif[274] = 6  # rotate 90 degrees clockwise to display
+    im.save(tmp_path / "r.jpg", exif=exif)
+    assert uploads.open_image(str(tmp_path / "r.jpg")).size == (4, 10)
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("empty", "empty"), ("text", "not an image"), ("truncated", "damaged or truncated"),
+    ("huge", "pixel"),
+])
+def test_bad_images_raise_one_sentence(tmp_path, kind, words):
+    path = tmp_path / f"{kind}.png"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("hello, I am not a picture")
+    elif kind == "truncated":
+        Image.fromarray(np.random.RandomState(0).randint(0, 255, (64, 64, 3), np.uint8)
+                        ).save(path)
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 3])
+    else:
+        Image.new("L", (5000, 5000)).save(path)
+    with pytest.raises(StudioError, match=words):
+        uploads.open_image(str(path), max_pixels=1_000_000 if kind == "huge" else
+                           uploads.MAX_IMAGE_PIXELS)
+
+
+def test_read_json_refuses_non_json(tmp_path):
+    (tmp_path / "r.json").write_text("{not json")
+    with pytest.raises(StudioError, match="not a JSON recipe"):
+        uploads.read_json(str(tmp_path / "r.json"))
+    (tmp_path / "l.json").write_text("[1, 2]")
+    with pytest.raises(StudioError, match="not a recipe"):
+        uploads.read_json(str(tmp_path / "l.json"))
+
+
+# ----------------------------------------------------------------------------------------
+# The API, through a real server.
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("studio-api")
+    model = tiny_model_file(folder)
+    with studio_server(model, env={"STUDIO_OUTPUT_DIR": str(folder / "out"),
+                                   "ACTIVATION_STUDIO_CACHE": str(folder / "cache")}) as url:
+        yield url, model
+
+
+def _pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_script_a_bend_through_the_api(server):
+    from gradio_client import Client
+
+    from engine import recipe, zoo
+
+    url, model = server
+    client = Client(url, verbose=False)
+    plain = client.predict(model, api_name="/load_model")[1]  # (card, image, before, ...)
+    status = client.predict("b16.conv1", 4, 16, api_name="/compute_clusters")[0]
+    assert "4 clusters" in status
+    client.predict([0, 2], api_name="/select_clusters")
+    added = client.predict("rotate", "b16.conv1", "selected clusters", 0.5,
+                           api_name="/add_bend")
+    rotated45 = _pixels(added[0])
+    assert not np.array_equal(rotated45, _pixels(plain))
+
+    turned = client.predict(0, "angle", "90", api_name="/set_bend_param")
+    rotated90 = _pixels(turned)
+    assert not np.array_equal(rotated90, rotated45)
+
+    path, text = client.predict(api_name="/save_recipe")
+    saved = json.loads(open(path, encoding="utf-8").read())
+    assert saved["bends"][0]["op"] == "rotate"
+    assert saved["bends"][0]["params"]["angle"] == 90.0
+    assert saved["bends"][0]["channels"] == {**saved["bends"][0]["channels"],
+                                             "mode": "clusters", "ids": [0, 2], "k": 4}
+    # The page's picture is exactly the engine's render of the page's recipe.
+    r = recipe.Recipe.from_json(text)
+    again = np.asarray(recipe.render(r, zoo.load(model)))
+    assert np.array_equal(again, rotated90)
+
+
+def test_api_errors_are_sentences_and_the_server_survives(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, model = server
+    client = Client(url, verbose=False)
+    client.predict(model, api_name="/load_model")
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a picture")
+    with pytest.raises(Exception, match="not an image this studio can read"):
+        client.predict(handle_file(str(bad)), 10, True, api_name="/project")
+    with pytest.raises(Exception, match="no bend 3"):
+        client.predict(3, "angle", "10", api_name="/set_bend_param")
+    client.predict("rotate", "b16.conv1", "all channels", 0.5, api_name="/add_bend")
+    with pytest.raises(Exception, match="angle"):
+        client.predict(0, "angle", "9999", api_name="/set_bend_param")
+    # Still serving after the failures.
+    assert client.predict(0, "angle", "30", api_name="/set_bend_param")
+
+
+def test_sessions_do_not_share_bends(server):
+    from gradio_client import Client
+
+    url, model = server
+    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    plain = _pixels(a.predict(model, api_name="/load_model")[1])
+    b.predict(model, api_name="/load_model")
+    b.predict("invert", "b8.conv1", "all channels", 0.5, api_name="/add_bend")
+    _, text = a.predict(api_name="/save_recipe")
+    assert json.loads(text)["bends"] == []
+    seed_img = a.predict(0, 0, 0.7, 0, "const", 0, False, 1, 0, 8, "sefa", None,
+                         0, 0, 0, 0, 0, 0, 8, api_name="/set_latent")[0]
+    assert np.array_equal(_pixels(seed_img), plain)
