@@ -37,7 +37,7 @@ PCA_DIMS = 64            # descriptors are PCA-reduced to at most this many dime
 KMEANS_N_INIT = 4        # KMeans restarts; more buys little on a few hundred channels
 RENDER_BATCH = 16        # latents rendered per forward pass
 MEMORY_CACHE_SIZE = 64   # results kept in memory (LRU)
-CACHE_VERSION = 1        # bump when the descriptor changes so old cache files are ignored
+CACHE_VERSION = 2        # bump when the descriptor changes so old cache files are ignored
 METHODS = ("spatial", "spatial-raw")  # built-in descriptors: with / without PCA
 
 
@@ -457,6 +457,7 @@ def suggest_k(G: torch.nn.Module, layer: str, ks: Iterable[int] = range(4, 13),
 # Files: our JSON and Broad's cluster YAML.
 
 JSON_FORMAT = "activation-studio-clusters"
+JSON_VERSION = 1
 
 
 def broad_layer_id(layer: str) -> int:
@@ -510,7 +511,7 @@ def _as_results(results: ClusterResult | Iterable[ClusterResult]) -> list[Cluste
 def save_json(results: ClusterResult | Iterable[ClusterResult], path: str | Path) -> Path:
     """Write one or more results (one per layer) as our JSON file, atomically."""
     items = _as_results(results)
-    data = {"format": JSON_FORMAT, "version": CACHE_VERSION,
+    data = {"format": JSON_FORMAT, "version": JSON_VERSION,
             "layers": {r.layer: r.to_dict() for r in items}}
     path = Path(path)
     _write_json_atomic(path, data)
