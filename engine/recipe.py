@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -123,7 +124,9 @@ class Recipe:
 # Typed (de)serialisation of nested dataclasses.
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
+    # Cached: resolving string annotations costs more than a small render's bends.
     return typing.get_type_hints(cls)
 
 
