@@ -91,10 +91,11 @@ def _fmt(v: float) -> str:
 class Operation:
     """A registered bending (or weight-edit) operation.
 
-    fn(x, generator=..., **params) -> tensor of x's shape, where x holds only the selected
-    channels. With `whole=True` fn instead receives (x_all, selected) where `selected` is a
-    LongTensor of channel indices (None = all) and returns the whole tensor (vanish needs
-    the unselected channels).
+    fn(x, **params) -> tensor of x's shape, where x holds only the selected channels and
+    params are resolved (defaults filled, types coerced); randomised operations take a
+    `seed` parameter and draw on the CPU (same result on every device). With `whole=True`
+    fn instead receives (x_all, selected), `selected` a LongTensor of channel indices
+    (None = all), and returns the whole tensor (vanish needs the unselected channels).
     """
     name: str
     title: str
