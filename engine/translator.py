@@ -248,6 +248,15 @@ def _short(sha: str | None) -> str:
     return (sha or "unknown")[:12]
 
 
+def _other_model(meta: dict[str, Any], loaded_sha: str) -> StudioError:
+    return StudioError(
+        f"this encoder was trained for another model "
+        f"({meta.get('base_model_id') or 'unnamed'}, sha256 "
+        f"{_short(meta.get('base_model_sha256') or meta.get('base_model_weights_sha256'))}…), "
+        f"not the loaded one ({_short(loaded_sha)}…): load its model or train an encoder "
+        f"for this one")
+
+
 # ----------------------------------------------------------------------------------------
 # Saving, loading, the Hub.
 
@@ -321,12 +330,7 @@ def load_encoder(path: str | os.PathLike, expected_model_sha256: str | None = No
         raise StudioError(f"{sidecar} is not an encoder sidecar: it does not describe the "
                           f"encoder's architecture") from exc
     if expected_model_sha256 is not None and not _model_matches(meta, expected_model_sha256):
-        raise StudioError(
-            f"this encoder was trained for another model (sha256 "
-            f"{_short(meta.get('base_model_sha256'))}…, "
-            f"{meta.get('base_model_id') or 'unnamed'}), not the loaded one "
-            f"({_short(expected_model_sha256)}…): load its model or train an encoder for "
-            f"this one")
+        raise _other_model(meta, expected_model_sha256)
     encoder = ActivationEncoder(config)
     try:
         encoder.load_state_dict(load_file(str(weights)))
@@ -895,13 +899,9 @@ class Translator:
                               f"{cfg.out_channels}x{cfg.out_size}x{cfg.out_size}, but this "
                               f"model's {self.layer} is {'x'.join(map(str, shape))}: it was "
                               f"trained for another model")
-        if check_model and encoder.meta and not _model_matches(encoder.meta, weights_sha256(G)):
-            if encoder.meta.get("base_model_weights_sha256"):
-                raise StudioError(
-                    f"this encoder was trained for another model "
-                    f"({encoder.meta.get('base_model_id') or 'unnamed'}, sha256 "
-                    f"{_short(encoder.meta.get('base_model_sha256'))}…): load that model or "
-                    f"train an encoder for this one")
+        if (check_model and encoder.meta.get("base_model_weights_sha256")
+                and not _model_matches(encoder.meta, weights_sha256(G))):
+            raise _other_model(encoder.meta, weights_sha256(G))
         self.encoder = encoder.to(_device_of(G)).eval().requires_grad_(False)
         self.device = _device_of(G)
         self._ws: torch.Tensor | None = None
@@ -910,10 +910,15 @@ class Translator:
     @classmethod
     def load(cls, encoder: str | os.PathLike | ActivationEncoder, G: nn.Module,
              model_sha256: str | None = None) -> Translator:
-        """A Translator from an encoder path / hf:// spec / object; refuses another model's."""
+        """A Translator from an encoder path / hf:// spec / object; refuses an encoder made
+        for another model (G's file sha256 `model_sha256`, or its weights, must match)."""
         if not isinstance(encoder, ActivationEncoder):
-            encoder = load_encoder(encoder, model_sha256 or weights_sha256(G),
-                                   device=_device_of(G))
+            encoder = load_encoder(encoder, device=_device_of(G))
+        meta = encoder.meta
+        known = meta.get("base_model_sha256") or meta.get("base_model_weights_sha256")
+        if known and not (model_sha256 and _model_matches(meta, model_sha256)) and not (
+                _model_matches(meta, weights_sha256(G))):
+            raise _other_model(meta, model_sha256 or weights_sha256(G))
         return cls(G, encoder)
 
     @property

@@ -147,6 +147,7 @@ def test_encoder_for_another_model_is_refused(G, tmp_path):
     # Its own model (by file sha or by weights) is accepted.
     assert T.load_encoder(path, "f" * 64).config.layer == "b16.conv1"
     assert T.Translator.load(path, G).layer == "b16.conv1"
+    assert T.Translator.load(path, G, model_sha256="1" * 64).layer == "b16.conv1"  # weights
     with pytest.raises(StudioError, match="no encoder"):
         T.load_encoder(tmp_path / "missing")
 
