@@ -281,6 +281,18 @@ def make_loss(loss: Any, D: nn.Module | None, device: torch.device) -> tuple[Cal
                       f"TorchScript VGG16 file or a callable.")
 
 
+def saturate_like(synth: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Where the target is clipped white (black) and the synthesis is brighter (darker),
+    use the target value: those pixels already render identically in uint8.
+
+    Generators overshoot [-1, 1] freely (untrained ones on a third of their pixels), and
+    without this the loss spends its effort pulling such pixels back for no visible gain.
+    """
+    over = (target >= 1.0) & (synth > target)
+    under = (target <= -1.0) & (synth < target)
+    return torch.where(over | under, target.expand_as(synth), synth)
+
+
 # ----------------------------------------------------------------------------------------
 # Noise maps through taps.
 
@@ -505,7 +517,7 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         w_noise = torch.randn(w_opt.shape, generator=gen).to(device)
         synth = render(w_opt + w_noise * w_noise_strength(t, w_std))
-        dist = loss_fn(synth, target)
+        dist = loss_fn(saturate_like(synth, target), target)
         total = dist
         if optimize_noise:
             total = total + NOISE_REG_WEIGHT * noise_regularisation(noise)
