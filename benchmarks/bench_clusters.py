@@ -1,11 +1,12 @@
 """Seconds to cluster a layer's channels (N=128 latents, k=8), cold cache.
 
-    python benchmarks/bench_clusters.py [--samples 128] [--k 8] [--skip-default]
+    python benchmarks/bench_clusters.py [--samples 128] [--k 8] [--model SPEC] [--skip-default]
 
 Prints, per layer: total seconds and its split into rendering up to the layer (the pass
 stops right after it) and descriptor + PCA + KMeans; then the cache-hit time of a repeat.
 Layers: b16.conv1 of a random 256 px model with 512 channels at 16x16 (channel_base 16384,
-channel_max 512), then every conv layer of the embedded default model when it exists.
+channel_max 512), then every conv layer of --model (a zoo spec; default: the embedded
+default model, skipped while it does not exist yet).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--k", type=int, default=8)
-    ap.add_argument("--skip-default", action="store_true")
+    ap.add_argument("--model", default="default", help="zoo spec of the second model")
+    ap.add_argument("--skip-default", action="store_true", help="only the 512-channel layer")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
@@ -90,18 +92,18 @@ def main() -> None:
 
         if args.skip_default:
             return
-        if not DEFAULT_MODEL.exists():
+        if args.model == "default" and not DEFAULT_MODEL.exists():
             print(f"default model: {DEFAULT_MODEL} does not exist yet, skipped")
             return
         from engine import zoo
-        model = zoo.load("default")
+        model = zoo.load(args.model)
         rows = []
         for layer, (C, _, _) in model.G.layer_shapes().items():
             if layer.endswith("torgb"):
                 continue
             rows.append(bench_layer(model.G, layer, args.samples, min(args.k, C), cache))
-            report("default faces64", rows[-1])
-        print(f"default model, all {len(rows)} conv layers: "
+            report(model.title[:28], rows[-1])
+        print(f"{model.title}, all {len(rows)} conv layers: "
               f"{sum(r['total'] for r in rows):.2f} s; median layer "
               f"{np.median([r['total'] for r in rows]):.2f} s")
 

@@ -350,9 +350,10 @@ def compute_clusters(G: torch.nn.Module, layer: str, k: int, samples: int = 128,
                      ) -> ClusterResult:
     """Cluster the channels of `layer` into k groups by their spatial activation patterns.
 
-    method: 'spatial' (pooled patterns + PCA) or 'spatial-raw' (no PCA); with a
-            `feature_extractor` (acts [N, C, H, W] -> [C, D]) `method` names it for the cache
-            and must not be a built-in name.
+    method: 'spatial' (pooled patterns + PCA) or 'spatial-raw' (no PCA). With a
+            `feature_extractor` (acts [N, C, H, W] -> [C, D], e.g. a pretrained network's
+            embedding of each channel's maps) `method` names it in the cache; a built-in
+            name is replaced by 'custom:<extractor's qualname>' so results never mix.
     model_key: the model's sha256 (hashed from the weights when left out).
     cache_dir: where result JSON files live (default: default_cache_dir()).
     progress:  called as progress(fraction, message); cancel: Event or callable -> bool.
