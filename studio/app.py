@@ -25,7 +25,7 @@ from studio.state import Session, bend_label, default_params, move, new_session,
 
 CSS = """
 #canvas img, #before img, .pixelated img { image-rendering: pixelated; }
-#canvas img { width: 100%; height: 100%; object-fit: contain; }
+#canvas img, #before img { width: 100%; height: 100%; object-fit: contain; }
 #model-card { font-size: 0.92em; }
 """
 
@@ -37,21 +37,26 @@ LIVE = dict(trigger_mode="always_last", show_progress="hidden")
 WHERE_CHOICES = ["selected clusters", "all channels", "random fraction"]
 
 
-class CheckedImage(gr.Image):
-    """gr.Image whose uploads go through studio.uploads first: a damaged, empty, fake or
-    oversized picture gets one clear sentence instead of a decoder error."""
+def checked_image(**kwargs: Any) -> gr.Image:
+    """A gr.Image whose uploads go through studio.uploads first: a damaged, empty, fake or
+    oversized picture gets one clear sentence instead of a decoder error.
 
-    def get_block_name(self) -> str:
-        return "image"  # the stock image widget in the browser
+    (Wrapping the instance's preprocess, not subclassing: Gradio writes a .pyi stub beside
+    every component subclass.)"""
+    comp = gr.Image(**kwargs)
+    stock = comp.preprocess
 
-    def preprocess(self, payload: Any) -> Any:
+    def preprocess(payload: Any) -> Any:
         path = getattr(payload, "path", None)
         if path:
             try:
                 uploads.open_image(path)
             except StudioError as exc:
                 raise gr.Error(str(exc), print_exception=False) from exc
-        return super().preprocess(payload)
+        return stock(payload)
+
+    comp.preprocess = preprocess
+    return comp
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -111,6 +116,10 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
         choices = []
     if default_model not in [c[1] for c in choices]:
         choices = [(default_model, default_model)] + choices
+    try:  # size the w-index sliders for the model a session opens on
+        n_ws = backend.model_info(default_model).num_ws
+    except StudioError:
+        n_ws = 18
 
     with gr.Blocks(title="Activation Studio") as demo:
         session = gr.State(None)
@@ -143,7 +152,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                         with gr.Row():
                             psi = gr.Slider(-1, 2, 0.7, step=0.01, label="Truncation ψ",
                                             elem_id="psi")
-                            cutoff = gr.Slider(0, 18, 0, step=1, elem_id="cutoff",
+                            cutoff = gr.Slider(0, n_ws, 0, step=1, elem_id="cutoff",
                                                label="Truncation cutoff (0 = every w)")
                         with gr.Row():
                             noise_mode = gr.Radio(["const", "random", "none"], value="const",
@@ -156,8 +165,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                 mix_seed = gr.Number(1, precision=0, minimum=0,
                                                      label="Second seed")
                             with gr.Row():
-                                mix_start = gr.Slider(0, 18, 0, step=1, label="From w")
-                                mix_end = gr.Slider(0, 18, 4, step=1,
+                                mix_start = gr.Slider(0, n_ws, 0, step=1, label="From w")
+                                mix_end = gr.Slider(0, n_ws, min(4, n_ws), step=1,
                                                     label="To w (exclusive)")
                         with gr.Accordion("Directions", open=True):
                             with gr.Row():
@@ -172,9 +181,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                                      label=f"Direction {i}")
                                            for i in range(N_DIRECTIONS)]
                             with gr.Row():
-                                dir_start = gr.Slider(0, 18, 0, step=1,
+                                dir_start = gr.Slider(0, n_ws, 0, step=1,
                                                       label="Apply from w")
-                                dir_end = gr.Slider(0, 18, 18, step=1,
+                                dir_end = gr.Slider(0, n_ws, n_ws, step=1,
                                                     label="to w (exclusive)")
                             dir_reset = gr.Button("Reset directions", size="sm")
                         with gr.Accordion("Grids and walks", open=False):
@@ -215,6 +224,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                                       "to select them for bending",
                                                 columns=4, height="auto",
                                                 allow_preview=False, elem_id="cl-gallery",
+                                                format="png",
                                                 object_fit="contain", interactive=False)
                         cl_selected = gr.CheckboxGroup([], label="Selected clusters",
                                                        elem_id="cl-selected")
@@ -298,7 +308,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                         with gr.Accordion("Train an encoder", open=False):
                             with gr.Row():
                                 tr_layer = gr.Dropdown([], label="Layer it writes")
-                                tr_steps = gr.Slider(20, 3000, 300, step=10, label="Steps")
+                                tr_steps = gr.Slider(20, 3000, 300, step=10, label="Steps",
+                                                     elem_id="tr-steps")
                                 tr_batch = gr.Slider(1, 32, 8, step=1, label="Batch")
                             with gr.Row():
                                 tr_train = gr.Button("Train / resume", variant="primary")
@@ -311,10 +322,10 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                                       type="filepath", interactive=False,
                                                       height=220, elem_classes="pixelated")
                         with gr.Row():
-                            tr_input = CheckedImage(label="Picture to translate",
-                                                    type="filepath", image_mode=None,
-                                                sources=["upload", "clipboard"], height=240,
-                                                elem_id="tr-input")
+                            tr_input = checked_image(label="Picture to translate",
+                                                     type="filepath", image_mode=None,
+                                                     sources=["upload", "clipboard"],
+                                                     height=240, elem_id="tr-input")
                             with gr.Column():
                                 tr_on = gr.Button("Translate this picture", variant="primary",
                                                   elem_id="tr-go")
@@ -330,10 +341,10 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                         gr.Markdown("Fit a latent so the model redraws your photo, then "
                                     "take it to Explore, bend it or walk from it.")
                         with gr.Row():
-                            pr_input = CheckedImage(label="Photo", type="filepath",
-                                                    image_mode=None,
-                                                sources=["upload", "clipboard"], height=240,
-                                                elem_id="pr-input")
+                            pr_input = checked_image(label="Photo", type="filepath",
+                                                     image_mode=None,
+                                                     sources=["upload", "clipboard"],
+                                                     height=240, elem_id="pr-input")
                             with gr.Column():
                                 pr_steps = gr.Slider(10, 1000, 200, step=10, label="Steps")
                                 pr_wplus = gr.Checkbox(True, label="Fit W+ (one w per layer)")
@@ -353,8 +364,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                   interactive=False, elem_id="canvas",
                                   buttons=["download", "fullscreen"])
                 with gr.Row():
-                    before = gr.Image(label="Before (no bends)", type="pil", format="png",
-                                      interactive=False, height=200, elem_id="before",
+                    before = gr.Image(label="Before (no bends, or the input)", type="pil",
+                                      format="png", interactive=False, height=200, elem_id="before",
                                       buttons=["download"])
                     video = gr.Video(label="Video", height=200, interactive=False,
                                      elem_id="video")
@@ -478,8 +489,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                 comp.input(set_latent, [session, *latent_inputs], latent_outs,
                            api_name=False, **LIVE)
             elif isinstance(comp, gr.File):
-                comp.change(set_latent, [session, *latent_inputs], latent_outs,
-                            api_name=False, **LIVE)
+                for evt in (comp.upload, comp.clear):
+                    evt(set_latent, [session, *latent_inputs], latent_outs, api_name=False,
+                        **LIVE)
             else:
                 comp.input(set_latent, [session, *latent_inputs], latent_outs,
                            api_name=False, **LIVE)
