@@ -168,6 +168,19 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                 mix_start = gr.Slider(0, n_ws, 0, step=1, label="From w")
                                 mix_end = gr.Slider(0, n_ws, min(4, n_ws), step=1,
                                                     label="To w (exclusive)")
+                        with gr.Accordion("Per-layer W+ edits", open=False):
+                            with gr.Row():
+                                le_op = gr.Radio([("Swap in another seed's w", "swap"),
+                                                  ("Random w", "random"),
+                                                  ("Negate", "negate")], value="swap",
+                                                 label="Edit")
+                                le_index = gr.Slider(0, n_ws - 1, 0, step=1, label="w index")
+                                le_seed = gr.Number(1, precision=0, minimum=0,
+                                                    label="Seed (swap / random)")
+                            with gr.Row():
+                                le_add = gr.Button("Add layer edit", size="sm")
+                                le_clear = gr.Button("Remove all layer edits", size="sm")
+                            le_list = gr.Markdown("")
                         with gr.Accordion("Directions", open=True):
                             with gr.Row():
                                 dir_method = gr.Radio(
@@ -400,11 +413,13 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     gr.update(choices=[], value=None), *_latent_controls(sess),
                     gr.update(choices=layers, value=layer),
                     gr.update(choices=backend.encoder_choices(),
-                              value=next(iter(backend.encoder_choices()), None))]
+                              value=next(iter(backend.encoder_choices()), None)),
+                    gr.update(maximum=n - 1, value=0), _le_list(sess)]
 
         model_outs = [session, model_card, output, before, cl_layer, add_layer, w_layer,
                       cutoff, mix_start, mix_end, dir_start, dir_end, cl_gallery,
-                      cl_selected, stack, *latent_inputs, tr_layer, tr_encoder]
+                      cl_selected, stack, *latent_inputs, tr_layer, tr_encoder, le_index,
+                      le_list]
 
         def _latent_controls(sess: Session) -> list[Any]:
             """Control values that show a session's latent (after a load or a recipe)."""
@@ -506,6 +521,37 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                         api_name=False).then(set_latent, [session, *latent_inputs],
                                              latent_outs, api_name=False, **LIVE)
 
+        def _le_list(sess: Session) -> str:
+            edits = sess.recipe.latent.layer_edits
+            return "\n".join(f"{i + 1}. {e.op} w[{e.w_index}]"
+                             + (f" (seed {e.seed})" if e.op != "negate" else "")
+                             for i, e in enumerate(edits)) or "_No layer edits._"
+
+        @user_errors
+        def add_layer_edit(sess: Session, op: str, index: float, seed_v: float) -> list[Any]:
+            """Edit one w of W+: swap it with another seed's, randomise or negate it."""
+            from engine.latents import LayerEdit
+            sess = _need(sess)
+            sess.recipe.latent.layer_edits.append(
+                LayerEdit(op=op, w_index=int(index), seed=int(seed_v or 0)))
+            try:
+                out = backend.render(sess)
+            except StudioError:
+                sess.recipe.latent.layer_edits.pop()
+                raise
+            return [sess, out, _before(sess), _le_list(sess)]
+
+        @user_errors
+        def clear_layer_edits(sess: Session) -> list[Any]:
+            sess = _need(sess)
+            sess.recipe.latent.layer_edits.clear()
+            return [sess, backend.render(sess), _before(sess), _le_list(sess)]
+
+        le_add.click(add_layer_edit, [session, le_op, le_index, le_seed],
+                     [session, output, before, le_list], api_name="add_layer_edit")
+        le_clear.click(clear_layer_edits, [session], [session, output, before, le_list],
+                       api_name="clear_layer_edits")
+
         @user_errors
         def render_grid(sess: Session, seeds_t: str, psis_t: str, kind: str) -> Any:
             """A seeds × ψ grid, or seeds × style-mix ranges with the second seed."""
@@ -528,8 +574,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             total = int(frames)
             return backend.walk_video(sess, _floats(seeds_t, "keyframe seeds"), total,
                                       bool(loop), space, float(fps),
-                                      lambda i: progress((i + 1) / total, desc="frames"),
-                                      cancel)
+                                      progress=lambda i: progress((i + 1) / total,
+                                                                  desc="frames"),
+                                      cancel=cancel)
 
         walk_evt = walk_btn.click(render_walk, [session, walk_seeds, walk_frames, walk_fps,
                                                 walk_loop, walk_space], [video],
@@ -555,7 +602,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             sess = _need(sess)
             cancel = sess.jobs.start()
             result = backend.compute_clusters(sess, layer, int(k), int(samples),
-                                              _progress_fn(progress), cancel)
+                                              progress=_progress_fn(progress), cancel=cancel)
             sess.clusters, sess.selected = result, []
             msg = (f"{result.k} clusters of {result.num_channels} channels on "
                    f"**{result.layer}** from {result.samples} latents; click tiles to "
@@ -567,8 +614,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     progress: gr.Progress = gr.Progress()) -> list[Any]:
             """Pick k by silhouette score and put it on the k slider."""
             sess = _need(sess)
-            best = backend.suggest_k(sess, layer, int(samples), _progress_fn(progress),
-                                     sess.jobs.start())
+            best = backend.suggest_k(sess, layer, int(samples),
+                                     progress=_progress_fn(progress), cancel=sess.jobs.start())
             return [best, f"Suggested k = **{best}** (best silhouette score)."]
 
         cl_evt = cl_compute.click(compute_clusters, [session, cl_layer, cl_k, cl_samples],
@@ -829,8 +876,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             total = int(frames)
             return backend.sweep_video(sess, f"bends.{sess.current}.params.{param}",
                                        float(start), float(stop), total, float(fps),
-                                       lambda i: progress((i + 1) / total, desc="frames"),
-                                       sess.jobs.start())
+                                       progress=lambda i: progress((i + 1) / total,
+                                                                   desc="frames"),
+                                       cancel=sess.jobs.start())
 
         sw_evt = sw_btn.click(render_sweep, [session, sw_param, sw_from, sw_to, sw_frames,
                                              sw_fps], [video], api_name="render_sweep")
@@ -903,7 +951,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             def work() -> None:
                 try:
                     box["result"] = backend.train_encoder(sess, layer, int(steps), int(batch),
-                                                          report, cancel)
+                                                          progress=report, cancel=cancel)
                 except StudioError as exc:
                     box["error"] = str(exc)
                 except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
@@ -987,7 +1035,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             """Project a photo into the model's latent space (W or W+)."""
             sess = _need(sess)
             res = backend.project(sess, photo, int(steps), bool(w_plus),
-                                  _progress_fn(progress), sess.jobs.start())
+                                  progress=_progress_fn(progress), cancel=sess.jobs.start())
             from engine.latents import ws_to_list
             sess.projected = ws_to_list(res.w)
             msg = (f"PSNR **{res.psnr:.2f} dB** after {res.steps} steps "

@@ -7,6 +7,7 @@ images, file paths, markdown). No model maths lives here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -22,6 +23,36 @@ from engine.errors import StudioError
 from studio.state import Session
 
 DEFAULT_MODEL = os.environ.get("STUDIO_MODEL", "default")
+
+try:  # Hugging Face ZeroGPU: GPU work runs in functions wrapped by spaces.GPU
+    import spaces
+except ImportError:
+    spaces = None
+ON_ZEROGPU = spaces is not None and os.environ.get("SPACES_ZERO_GPU", "").lower() in (
+    "1", "true")
+
+
+def gpu(duration: int = 60) -> Callable[[Callable], Callable]:
+    """`spaces.GPU(duration=...)` where the spaces package is installed (a no-op off
+    ZeroGPU, as the package itself promises); the function unchanged elsewhere."""
+    def deco(fn: Callable) -> Callable:
+        return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
+    return deco
+
+
+def gpu_job(duration: int) -> Callable[[Callable], Callable]:
+    """gpu() for long jobs. On ZeroGPU the job runs in another process, where the page's
+    progress callback and cancel flag cannot follow, so they are left out there."""
+    def deco(fn: Callable) -> Callable:
+        inner = gpu(duration)(fn)
+
+        @functools.wraps(fn)
+        def call(*args: Any, progress: Any = None, cancel: Any = None, **kwargs: Any) -> Any:
+            if ON_ZEROGPU:
+                progress = cancel = None
+            return inner(*args, progress=progress, cancel=cancel, **kwargs)
+        return call
+    return deco
 OUT_DIR = Path(os.environ.get("STUDIO_OUTPUT_DIR") or tempfile.gettempdir()) / "activation-studio"
 
 
@@ -93,23 +124,32 @@ def render(sess: Session, with_bends: bool = True) -> Image.Image:
     r = sess.recipe
     if not with_bends:
         r = dataclasses.replace(r, bends=[], weight_edits=[], translator=None)
+    return render_recipe(r)
+
+
+@gpu(20)
+def render_recipe(r: recipe.Recipe) -> Image.Image:
     return recipe.render(r, load(r.model))
 
 
+@gpu(30)
 def psi_grid(sess: Session, seeds: list[float], psis: list[float]) -> Image.Image:
     G = generator(sess.model)
     lat = sess.recipe.latent
     return _pil(latents.psi_grid(G, seeds, psis, lat.cutoff, lat.noise_mode))
 
 
+@gpu(30)
 def mix_grid(sess: Session, seeds: list[float], mix_seed: float) -> Image.Image:
     G = generator(sess.model)
     return _pil(latents.mix_grid(G, seeds, mix_seed, psi=sess.recipe.latent.psi,
                                  noise_mode=sess.recipe.latent.noise_mode))
 
 
+@gpu_job(120)
 def walk_video(sess: Session, seeds: list[float], frames: int, loop: bool, space: str,
-               fps: float, progress: Callable[[int], Any] | None, cancel: Any) -> str:
+               fps: float, progress: Callable[[int], Any] | None = None,
+               cancel: Any = None) -> str:
     G = generator(sess.model)
     out = new_output_path("walk", ".mp4")
     latents.write_walk(G, seeds, frames, out, fps=fps, loop=loop, space=space,
@@ -121,8 +161,9 @@ def walk_video(sess: Session, seeds: list[float], frames: int, loop: bool, space
 # ----------------------------------------------------------------------------------------
 # Clusters.
 
+@gpu_job(120)
 def compute_clusters(sess: Session, layer: str, k: int, samples: int,
-                     progress: Callable[[float, str], None] | None, cancel: Any
+                     progress: Callable[[float, str], None] | None = None, cancel: Any = None
                      ) -> clusters.ClusterResult:
     G = generator(sess.model)
     return clusters.compute_clusters(G, layer, int(k), samples=int(samples), seed=0,
@@ -130,14 +171,16 @@ def compute_clusters(sess: Session, layer: str, k: int, samples: int,
                                      cancel=cancel)
 
 
+@gpu_job(120)
 def suggest_k(sess: Session, layer: str, samples: int,
-              progress: Callable[[float, str], None] | None, cancel: Any) -> int:
+              progress: Callable[[float, str], None] | None = None, cancel: Any = None) -> int:
     G = generator(sess.model)
     best, _ = clusters.suggest_k(G, layer, samples=int(samples), progress=progress,
                                  cancel=cancel)
     return best
 
 
+@gpu(30)
 def overlay_tiles(sess: Session) -> list[tuple[Image.Image, str]]:
     """(tile, caption) per cluster of the session's clustering, for the current latent."""
     c = sess.clusters
@@ -159,6 +202,7 @@ def overlay_tiles(sess: Session) -> list[tuple[Image.Image, str]]:
     return tiles
 
 
+@gpu(20)
 def ablation(sess: Session, cluster_id: int) -> Image.Image:
     G = generator(sess.model)
     ws = latents.compute_ws(G, sess.recipe.latent)
@@ -196,8 +240,9 @@ def validate(r: recipe.Recipe) -> None:
     recipe.validate(r, load(r.model))
 
 
+@gpu_job(120)
 def sweep_video(sess: Session, path: str, start: float, stop: float, frames: int, fps: float,
-                progress: Callable[[int], Any] | None, cancel: Any) -> str:
+                progress: Callable[[int], Any] | None = None, cancel: Any = None) -> str:
     """Animate a numeric recipe field into an mp4 (engine.recipe.sweep)."""
     out = new_output_path("sweep", ".mp4")
     recipe.sweep(sess.recipe, path, start, stop, frames, out, fps=fps, model=load(sess.model),
@@ -223,8 +268,10 @@ def encoder_choices() -> list[str]:
     return list(dict.fromkeys(found))
 
 
+@gpu_job(600)
 def train_encoder(sess: Session, layer: str, steps: int, batch: int,
-                  progress: Callable[[float, str], None] | None, cancel: Any) -> Any:
+                  progress: Callable[[float, str], None] | None = None, cancel: Any = None
+                  ) -> Any:
     """Train (or resume) an encoder for `layer`; saved under this session's folder."""
     from engine import translator
 
@@ -273,6 +320,7 @@ def live_translator(sess: Session, encoder: str) -> Any:
     return tr
 
 
+@gpu(10)
 def translate_frame(sess: Session, encoder: str, frame: np.ndarray) -> np.ndarray:
     """One webcam frame through the encoder, with the session's latent and bends."""
     tr = live_translator(sess, encoder)
@@ -286,8 +334,9 @@ def translate_frame(sess: Session, encoder: str, frame: np.ndarray) -> np.ndarra
 # ----------------------------------------------------------------------------------------
 # Projection.
 
+@gpu_job(300)
 def project(sess: Session, image: Any, steps: int, w_plus: bool,
-            progress: Callable[[float, str], None] | None, cancel: Any) -> Any:
+            progress: Callable[[float, str], None] | None = None, cancel: Any = None) -> Any:
     """Fit a latent to a photo (engine.projector.project) and return its result."""
     from engine import projector
     from studio import uploads

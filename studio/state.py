@@ -36,6 +36,9 @@ class Jobs:
     def __deepcopy__(self, memo: dict) -> Jobs:
         return Jobs()  # an Event cannot be copied; a copy starts with no job running
 
+    def __reduce__(self) -> tuple:
+        return (Jobs, ())  # pickled (ZeroGPU worker): a fresh flag
+
 
 @dataclass
 class Session:
@@ -56,6 +59,11 @@ class Session:
                        clusters=copy.deepcopy(self.clusters, memo),
                        selected=list(self.selected), current=self.current,
                        projected=copy.deepcopy(self.projected, memo))
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["live"] = None  # a loaded Translator does not travel between processes
+        return state
 
     @property
     def model(self) -> str:
