@@ -235,7 +235,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                         cl_status = gr.Markdown("")
                         cl_gallery = gr.Gallery(label="Clusters on this image: click tiles "
                                                       "to select them for bending",
-                                                columns=4, height="auto",
+                                                columns=6, height="auto",
                                                 allow_preview=False, elem_id="cl-gallery",
                                                 format="png",
                                                 object_fit="contain", interactive=False)
