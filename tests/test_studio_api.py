@@ -137,6 +137,11 @@ def test_api_errors_are_sentences_and_the_server_survives(server, tmp_path):
     client.predict("rotate", "b16.conv1", "all channels", 0.5, api_name="/add_bend")
     with pytest.raises(Exception, match="angle"):
         client.predict(0, "angle", "9999", api_name="/set_bend_param")
+    recipe_file = tmp_path / "bad-recipe.json"
+    recipe_file.write_text(json.dumps({"version": 1, "model": model, "bends": [
+        {"layer": "b16.conv1", "op": "explode"}]}))
+    with pytest.raises(Exception, match="explode"):
+        client.predict(handle_file(str(recipe_file)), api_name="/load_recipe")
     # Still serving after the failures.
     assert client.predict(0, "angle", "30", api_name="/set_bend_param")
 
