@@ -485,8 +485,15 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             return sess, backend.render(sess), _before(sess)
 
         def _before(sess: Session) -> Any:
+            """What an edit is judged against: the input picture when translating, else the
+            latent without bends; nothing when there is no edit."""
             r = sess.recipe
-            if r.bends or r.weight_edits or r.translator is not None:
+            if r.translator is not None and r.translator.image:
+                try:
+                    return uploads.open_image(r.translator.image)
+                except StudioError:
+                    return None
+            if r.bends or r.weight_edits:
                 return backend.render(sess, with_bends=False)
             return None
 
@@ -902,6 +909,12 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             """Replace the session's recipe with an uploaded one (validated first)."""
             data = uploads.read_json(file, "recipe")
             rec = Recipe.from_dict(data)
+            if rec.translator is not None and rec.translator.image and \
+                    not backend.is_studio_file(rec.translator.image):
+                # A recipe must not make the server show a picture it was never given.
+                raise StudioError("this recipe translates a picture that was not uploaded to "
+                                  "this studio; upload the picture on the Translate tab and "
+                                  "translate it there.")
             backend.validate(rec)
             new = new_session(rec.model)
             new.recipe = rec

@@ -212,6 +212,15 @@ def ablation(sess: Session, cluster_id: int) -> Image.Image:
 # ----------------------------------------------------------------------------------------
 # Files.
 
+def is_studio_file(path: str) -> bool:
+    """True for files this studio wrote itself (uploads it checked, renders, encoders)."""
+    try:
+        Path(path).resolve().relative_to(OUT_DIR.resolve())
+    except (ValueError, OSError):
+        return False
+    return Path(path).is_file()
+
+
 def new_output_path(stem: str, suffix: str) -> Path:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=stem + "-", suffix=suffix, dir=OUT_DIR)
