@@ -25,7 +25,7 @@ from studio.state import Session, bend_label, default_params, move, new_session,
 
 CSS = """
 #canvas img, #before img, .pixelated img { image-rendering: pixelated; }
-#canvas img, #before img { width: 100%; height: 100%; object-fit: contain; }
+#canvas img, #before img, #cam-out img { width: 100%; height: 100%; object-fit: contain; }
 #model-card { font-size: 0.92em; }
 """
 
@@ -349,7 +349,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                                   type="numpy", label="Webcam", height=240)
                                 cam_out = gr.Image(label="Translated", type="numpy",
                                                    streaming=True, height=240,
-                                                   elem_classes="pixelated")
+                                                   elem_classes="pixelated",
+                                                   elem_id="cam-out")
                     with gr.Tab("Project", id="project", elem_id="tab-project"):
                         gr.Markdown("Fit a latent so the model redraws your photo, then "
                                     "take it to Explore, bend it or walk from it.")
@@ -403,6 +404,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             layers = [n for n in info.layers if not n.endswith("torgb")]
             layer = _default_layer(layers)
             n = info.num_ws
+            encoders = backend.encoder_choices(sess.model)
             return [sess, backend.card(info), backend.render(sess), None,
                     gr.update(choices=layers, value=layer),
                     gr.update(choices=layers, value=layer),
@@ -412,8 +414,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     gr.update(maximum=n, value=n), [], gr.update(choices=[], value=[]),
                     gr.update(choices=[], value=None), *_latent_controls(sess),
                     gr.update(choices=layers, value=layer),
-                    gr.update(choices=backend.encoder_choices(),
-                              value=next(iter(backend.encoder_choices()), None)),
+                    gr.update(choices=encoders, value=encoders[0] if encoders else None),
                     gr.update(maximum=n - 1, value=0), _le_list(sess)]
 
         model_outs = [session, model_card, output, before, cl_layer, add_layer, w_layer,
@@ -932,12 +933,13 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                         api_name="load_recipe")
         # ------------------------------------------------------------- translate
         @user_errors
-        def refresh_encoders(current: str | None) -> Any:
-            found = backend.encoder_choices()
+        def refresh_encoders(sess: Session | None, current: str | None) -> Any:
+            found = backend.encoder_choices(sess.model if sess else None)
             value = current if current else (found[0] if found else None)
             return gr.update(choices=found, value=value)
 
-        tr_refresh.click(refresh_encoders, [tr_encoder], [tr_encoder], api_name=False)
+        tr_refresh.click(refresh_encoders, [session, tr_encoder], [tr_encoder],
+                         api_name=False)
 
         def train(sess: Session, layer: str, steps: float, batch: float):
             """Train (or resume) an encoder, yielding status, loss curve and preview."""
@@ -993,7 +995,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     f"({res.images_per_s:.1f} img/s); final loss {m.get('final_loss')}"
                     + (f", PSNR on its own images {m['psnr_db_own_images']} dB"
                        if "psnr_db_own_images" in m else "") + ".")
-            yield (gr.update(choices=backend.encoder_choices(), value=path), done, plot,
+            yield (gr.update(choices=backend.encoder_choices(sess.model), value=path), done, plot,
                    str(preview) if preview.exists() else None)
 
         tr_evt = tr_train.click(train, [session, tr_layer, tr_steps, tr_batch],

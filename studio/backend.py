@@ -267,14 +267,32 @@ ENCODER_GLOBS = ("engine/default_model/**/encoder.safetensors",
 REPO = Path(__file__).resolve().parents[1]
 
 
-def encoder_choices() -> list[str]:
-    """Encoders on disk: the shipped ones, then those trained in this studio."""
+def encoder_choices(spec: str | None = None) -> list[str]:
+    """Encoders on disk (shipped ones, then those trained here); with `spec`, only those
+    trained for that model (by the sha256 recorded beside each encoder)."""
+    import json
+
+    from engine import translator
+
     found: list[str] = []
     for pattern in ENCODER_GLOBS:
         found += sorted(str(p) for p in REPO.glob(pattern))
     if (OUT_DIR / "encoders").is_dir():
         found += sorted(str(p) for p in (OUT_DIR / "encoders").glob("*/encoder.safetensors"))
-    return list(dict.fromkeys(found))
+    found = list(dict.fromkeys(found))
+    if spec is None:
+        return found
+    m = load(spec)
+    shas = {m.sha256, translator.weights_sha256(m.G)}
+    keep = []
+    for path in found:
+        try:
+            meta = json.loads((Path(path).parent / translator.SIDECAR_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if {meta.get("base_model_sha256"), meta.get("base_model_weights_sha256")} & shas:
+            keep.append(path)
+    return keep
 
 
 @gpu_job(600)

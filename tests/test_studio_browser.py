@@ -53,9 +53,12 @@ def page_url(tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(page_url):
     with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        # A fake camera (a moving test pattern) stands in for the webcam.
+        browser = p.chromium.launch(executable_path=chromium_path(), args=[
+            *CHROMIUM_ARGS, "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream"])
         context = browser.new_context(viewport={"width": 1440, "height": 1100},
-                                      accept_downloads=True)
+                                      accept_downloads=True, permissions=["camera"])
         pg = context.new_page()
         pg.set_default_timeout(WAIT_MS)
         pg.goto(page_url)
@@ -181,6 +184,15 @@ def test_translate_an_uploaded_photo(page, tmp_path):
     assert src(page, "#before")  # the photo sits beside the translation
     assert not np.array_equal(pixels(page, before), pixels(page, after))
     shot(page, "translate")
+
+
+def test_webcam_stream_is_translated(page):
+    page.get_by_text("Webcam (live)").click()
+    page.get_by_text("Click to Access Webcam").click()
+    page.locator("#tab-translate button[aria-label='capture photo']").click()
+    first = wait_new_src(page, "#cam-out", None)
+    wait_new_src(page, "#cam-out", first)  # frames keep coming
+    page.locator("#tab-translate").get_by_text("Stop", exact=True).click()
 
 
 def test_recipe_download_and_reload_gives_the_same_image(page, tmp_path):
