@@ -25,8 +25,10 @@ from studio.state import Session, bend_label, default_params, move, new_session,
 
 CSS = """
 #canvas img, #before img, .pixelated img { image-rendering: pixelated; }
-#canvas img, #before img, #cam-out img { width: 100%; height: 100%; object-fit: contain; }
+#canvas img, #before img, #cam-out img, #tr-preview img {
+  width: 100%; height: 100%; object-fit: contain; }
 #model-card { font-size: 0.92em; }
+#busy { min-height: 30px; }
 """
 
 N_DIRECTIONS = 5        # direction sliders shown (top components of SeFa / GANSpace)
@@ -137,6 +139,10 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                                           ".safetensors"])
             model_card = gr.Markdown("Loading the model…", elem_id="model-card")
 
+        # Progress bars and error marks of button-started jobs land on this one line, so the
+        # canvas never disappears under a spinner or an error badge.
+        busy = gr.Markdown("", elem_id="busy", container=False)
+        JOB = dict(show_progress_on=[busy])
         with gr.Row():
             # ---------------------------------------------------------- controls
             with gr.Column(scale=3):
@@ -330,9 +336,11 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                             tr_status = gr.Markdown("")
                             with gr.Row():
                                 tr_loss = gr.LinePlot(x="step", y="loss", height=220,
-                                                      label="Training loss")
+                                                      label="Training loss", x_title="step",
+                                                      y_title="loss")
                                 tr_preview = gr.Image(label="Preview: input | translation",
                                                       type="filepath", interactive=False,
+                                                      elem_id="tr-preview",
                                                       height=220, elem_classes="pixelated")
                         with gr.Row():
                             tr_input = checked_image(label="Picture to translate",
@@ -502,10 +510,10 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
         def random_seed(sess: Session) -> int:
             return random.randrange(0, 100000)
 
-        load_btn.click(load_model, [model_box], model_outs, api_name="load_model")
+        load_btn.click(load_model, [model_box], model_outs, api_name="load_model", **JOB)
         ckpt_upload.upload(upload_checkpoint, [ckpt_upload], [model_box, *model_outs],
-                           api_name="upload_checkpoint")
-        demo.load(load_model, [model_box], model_outs, api_name=False)
+                           api_name="upload_checkpoint", **JOB)
+        demo.load(load_model, [model_box], model_outs, api_name=False, **JOB)
         latent_outs = [session, output, before]
         for comp in latent_inputs:
             if isinstance(comp, gr.Slider):
@@ -556,9 +564,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             return [sess, backend.render(sess), _before(sess), _le_list(sess)]
 
         le_add.click(add_layer_edit, [session, le_op, le_index, le_seed],
-                     [session, output, before, le_list], api_name="add_layer_edit")
+                     [session, output, before, le_list], api_name="add_layer_edit", **JOB)
         le_clear.click(clear_layer_edits, [session], [session, output, before, le_list],
-                       api_name="clear_layer_edits")
+                       api_name="clear_layer_edits", **JOB)
 
         @user_errors
         def render_grid(sess: Session, seeds_t: str, psis_t: str, kind: str) -> Any:
@@ -571,7 +579,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             return backend.mix_grid(sess, seeds_l, float(mix if mix is not None else 1))
 
         grid_btn.click(render_grid, [session, grid_seeds, grid_psis, grid_kind], [grid_out],
-                       api_name="render_grid")
+                       api_name="render_grid", **JOB)
 
         @user_errors
         def render_walk(sess: Session, seeds_t: str, frames: float, fps: float, loop: bool,
@@ -588,7 +596,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
 
         walk_evt = walk_btn.click(render_walk, [session, walk_seeds, walk_frames, walk_fps,
                                                 walk_loop, walk_space], [video],
-                                  api_name="render_walk")
+                                  api_name="render_walk", **JOB)
 
         def cancel_job(sess: Session | None) -> None:
             if sess is not None:
@@ -628,9 +636,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
 
         cl_evt = cl_compute.click(compute_clusters, [session, cl_layer, cl_k, cl_samples],
                                   [session, cl_status, cl_gallery, cl_selected, add_layer],
-                                  api_name="compute_clusters")
+                                  api_name="compute_clusters", **JOB)
         sg_evt = cl_suggest.click(suggest, [session, cl_layer, cl_samples], [cl_k, cl_status],
-                                  api_name="suggest_k")
+                                  api_name="suggest_k", **JOB)
         cl_cancel.click(cancel_job, [session], None, api_name=False, cancels=[cl_evt, sg_evt])
 
         @user_errors
@@ -657,7 +665,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             return [sess, *_cluster_view(sess), abl]
 
         cl_gallery.select(click_tile, [session], [session, cl_gallery, cl_selected,
-                                                  cl_ablation], api_name=False)
+                                                  cl_ablation], api_name=False, **JOB)
         cl_selected.input(select_clusters, [session, cl_selected],
                           [session, cl_gallery, cl_selected, cl_ablation],
                           api_name="select_clusters", show_progress="hidden")
@@ -766,12 +774,12 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
 
         bend_outs = [session, output, before, *editor_outs]
         add_btn.click(add_bend, [session, add_op, add_layer, add_where, add_fraction],
-                      bend_outs, api_name="add_bend")
+                      bend_outs, api_name="add_bend", **JOB)
         stack.input(pick_bend, [session, stack], [session, *editor_outs],
                     api_name="pick_bend", show_progress="hidden")
-        up_btn.click(_restack(_up), [session], bend_outs, api_name="bend_up")
-        down_btn.click(_restack(_down), [session], bend_outs, api_name="bend_down")
-        remove_btn.click(_restack(_remove), [session], bend_outs, api_name="remove_bend")
+        up_btn.click(_restack(_up), [session], bend_outs, api_name="bend_up", **JOB)
+        down_btn.click(_restack(_down), [session], bend_outs, api_name="bend_down", **JOB)
+        remove_btn.click(_restack(_remove), [session], bend_outs, api_name="remove_bend", **JOB)
         bend_enabled.input(toggle_bend, [session, bend_enabled],
                            [session, output, before, stack], api_name="toggle_bend",
                            show_progress="hidden")
@@ -869,9 +877,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             return [sess, backend.render(sess), _before(sess), _w_list(sess)]
 
         w_add.click(add_weight_edit, [session, w_op, w_layer, w_axis, w_amount, w_where],
-                    [session, output, before, w_list], api_name="add_weight_edit")
+                    [session, output, before, w_list], api_name="add_weight_edit", **JOB)
         w_clear.click(clear_weight_edits, [session], [session, output, before, w_list],
-                      api_name="clear_weight_edits")
+                      api_name="clear_weight_edits", **JOB)
 
         # ------------------------------------------------------------- sweep
         @user_errors
@@ -889,7 +897,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                        cancel=sess.jobs.start())
 
         sw_evt = sw_btn.click(render_sweep, [session, sw_param, sw_from, sw_to, sw_frames,
-                                             sw_fps], [video], api_name="render_sweep")
+                                             sw_fps], [video], api_name="render_sweep", **JOB)
         sw_cancel.click(cancel_job, [session], None, api_name=False, cancels=[sw_evt])
 
         # ------------------------------------------------------------- recipe
@@ -927,10 +935,10 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
 
         rec_acc.expand(show_recipe, [session], [rec_code], api_name=False,
                        show_progress="hidden")
-        rec_save.click(save_recipe, [session], [rec_file, rec_code], api_name="save_recipe")
+        rec_save.click(save_recipe, [session], [rec_file, rec_code], api_name="save_recipe", **JOB)
         rec_load.upload(load_recipe, [session, rec_load],
                         [*model_outs, *editor_outs, rec_code, model_box],
-                        api_name="load_recipe")
+                        api_name="load_recipe", **JOB)
         # ------------------------------------------------------------- translate
         @user_errors
         def refresh_encoders(sess: Session | None, current: str | None) -> Any:
@@ -977,7 +985,10 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             preview = backend.preview_path(sess, layer, int(steps))
             while True:
                 thread.join(timeout=1.0)
-                plot = pd.DataFrame(points[-2000:], columns=["step", "loss"])
+                recent = points[-2000:]
+                plot = pd.DataFrame({  # typed even when empty, so the axes are numeric
+                    "step": pd.Series([p[0] for p in recent], dtype="int64"),
+                    "loss": pd.Series([p[1] for p in recent], dtype="float64")})
                 shown = str(preview) if preview.exists() else None
                 if not thread.is_alive():
                     break
@@ -1026,9 +1037,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             return [sess, backend.render(sess), _before(sess)]
 
         tr_on.click(translate, [session, tr_encoder, tr_input], [session, output, before],
-                    api_name="translate")
+                    api_name="translate", **JOB)
         tr_off.click(translate_off, [session], [session, output, before],
-                     api_name="translate_off")
+                     api_name="translate_off", **JOB)
 
         def cam_frame(sess: Session | None, encoder: str | None, frame: Any) -> Any:
             if sess is None or frame is None or not encoder:
@@ -1061,7 +1072,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
 
         pr_evt = pr_go.click(fit, [session, pr_input, pr_steps, pr_wplus],
                              [session, output, before, pr_status, pr_file, video],
-                             api_name="project")
+                             api_name="project", **JOB)
         pr_cancel.click(cancel_job, [session], None, api_name=False, cancels=[pr_evt])
 
         @user_errors
@@ -1078,7 +1089,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
 
         pr_send.click(send_to_explore, [session],
                       [session, output, before, *latent_inputs, tabs],
-                      api_name="send_to_explore")
+                      api_name="send_to_explore", **JOB)
     return demo
 
 
