@@ -602,7 +602,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             if sess is not None:
                 sess.jobs.cancel.set()
 
-        walk_cancel.click(cancel_job, [session], None, api_name=False, cancels=[walk_evt])
+        walk_cancel.click(cancel_job, [session], None, api_name="cancel_walk", cancels=[walk_evt])
 
         # ------------------------------------------------------------- clusters
         def _cluster_view(sess: Session) -> list[Any]:
@@ -639,7 +639,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                   api_name="compute_clusters", **JOB)
         sg_evt = cl_suggest.click(suggest, [session, cl_layer, cl_samples], [cl_k, cl_status],
                                   api_name="suggest_k", **JOB)
-        cl_cancel.click(cancel_job, [session], None, api_name=False, cancels=[cl_evt, sg_evt])
+        cl_cancel.click(cancel_job, [session], None, api_name="cancel_clusters",
+                        cancels=[cl_evt, sg_evt])
 
         @user_errors
         def click_tile(sess: Session, evt: gr.SelectData) -> list[Any]:
@@ -898,7 +899,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
 
         sw_evt = sw_btn.click(render_sweep, [session, sw_param, sw_from, sw_to, sw_frames,
                                              sw_fps], [video], api_name="render_sweep", **JOB)
-        sw_cancel.click(cancel_job, [session], None, api_name=False, cancels=[sw_evt])
+        sw_cancel.click(cancel_job, [session], None, api_name="cancel_sweep", cancels=[sw_evt])
 
         # ------------------------------------------------------------- recipe
         @user_errors
@@ -933,7 +934,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             out[3] = _before(new)
             return [*out, *_editor(new), rec.to_json(), gr.update(value=rec.model)]
 
-        rec_acc.expand(show_recipe, [session], [rec_code], api_name=False,
+        rec_acc.expand(show_recipe, [session], [rec_code], api_name="show_recipe",
                        show_progress="hidden")
         rec_save.click(save_recipe, [session], [rec_file, rec_code], api_name="save_recipe", **JOB)
         rec_load.upload(load_recipe, [session, rec_load],
@@ -947,7 +948,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             return gr.update(choices=found, value=value)
 
         tr_refresh.click(refresh_encoders, [session, tr_encoder], [tr_encoder],
-                         api_name=False)
+                         api_name="list_encoders")
 
         def train(sess: Session, layer: str, steps: float, batch: float):
             """Train (or resume) an encoder, yielding status, loss curve and preview."""
@@ -1012,7 +1013,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
         tr_evt = tr_train.click(train, [session, tr_layer, tr_steps, tr_batch],
                                 [tr_encoder, tr_status, tr_loss, tr_preview],
                                 api_name="train_encoder")
-        tr_cancel.click(cancel_job, [session], None, api_name=False, cancels=[tr_evt])
+        tr_cancel.click(cancel_job, [session], None, api_name="cancel_training", cancels=[tr_evt])
 
         @user_errors
         def translate(sess: Session, encoder: str | None, picture: Any) -> list[Any]:
@@ -1073,7 +1074,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
         pr_evt = pr_go.click(fit, [session, pr_input, pr_steps, pr_wplus],
                              [session, output, before, pr_status, pr_file, video],
                              api_name="project", **JOB)
-        pr_cancel.click(cancel_job, [session], None, api_name=False, cancels=[pr_evt])
+        pr_cancel.click(cancel_job, [session], None, api_name="cancel_projection", cancels=[pr_evt])
 
         @user_errors
         def send_to_explore(sess: Session) -> list[Any]:
