@@ -8,6 +8,7 @@ renders for the recipe the studio saves: the page adds no maths of its own.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -159,3 +160,21 @@ def test_sessions_do_not_share_bends(server):
     seed_img = a.predict(0, 0, 0.7, 0, "const", 0, False, 1, 0, 8, "sefa", None,
                          0, 0, 0, 0, 0, 0, 8, api_name="/set_latent")[0]
     assert np.array_equal(_pixels(seed_img), plain)
+
+
+def test_cancel_stops_a_long_job(server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    url, model = server
+    client = Client(url, verbose=False)
+    client.predict(model, api_name="/load_model")
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.RandomState(1).randint(0, 255, (80, 60, 3), np.uint8)).save(photo)
+    t0 = time.monotonic()
+    job = client.submit(handle_file(str(photo)), 1000, True, api_name="/project")
+    time.sleep(2)
+    client.predict(api_name="/cancel_projection")
+    with pytest.raises(Exception, match="cancelled"):
+        job.result(timeout=120)
+    assert time.monotonic() - t0 < 60  # 1000 steps would take far longer
+    assert client.predict(api_name="/save_recipe")[0]
