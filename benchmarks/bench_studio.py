@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--layer", default="b16.conv1")
     ap.add_argument("--where", default="selected clusters",
                     choices=["selected clusters", "all channels"])
+    ap.add_argument("--browser", action="store_true",
+                    help="also time the same change in Chromium: typed angle -> new image")
     args = ap.parse_args()
 
     from gradio_client import Client
@@ -82,6 +84,7 @@ def main() -> None:
             if i >= args.warmup:
                 times.append(dt * 1000)
         raw = raw_http_times(url, client.session_hash, args)
+        page = browser_times(url, args) if args.browser else None
         render_ms = server_side_render_ms(model, args)
     print(f"model: {model}")
     print(f"bend: rotate on {args.layer} ({args.where}); {args.changes} changes of the angle "
@@ -90,7 +93,44 @@ def main() -> None:
           f"mean {statistics.mean(times):.1f}  min {min(times):.1f}")
     print(f"same changes over plain HTTP (/gradio_api/call, same session; no client polling) "
           f"ms: p50 {percentile(raw, 50):.1f}  p95 {percentile(raw, 95):.1f}")
+    if page:
+        print(f"in Chromium (angle typed into the slider box -> new image on the canvas) ms: "
+              f"p50 {percentile(page, 50):.1f}  p95 {percentile(page, 95):.1f}")
     print(f"render alone (engine.recipe.render in-process) ms: p50 {render_ms:.1f}")
+
+
+def browser_times(url: str, args: argparse.Namespace) -> list[float]:
+    """What a user sees: the page's own websocket-free SSE path, no client polling."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_util import CHROMIUM_ARGS, chromium_path
+
+    times = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        page.wait_for_selector("#canvas img")
+        page.get_by_role("tab", name="Bend").click()
+        page.locator("#add-where").get_by_text("all channels").click()
+        page.click("#add-bend")
+        box = page.locator("#p-slider-0 input[type=number]").first
+        box.wait_for()
+        src = page.locator("#canvas img").get_attribute("src")
+        for i in range(args.warmup + args.changes):
+            angle = (13 * i) % 360 - 180 + 0.5  # never a repeat, so the image always changes
+            t0 = time.perf_counter()
+            box.fill(str(angle))
+            page.wait_for_function(
+                "old => { const i = document.querySelector('#canvas img');"
+                " return i && i.getAttribute('src') !== old; }", arg=src)
+            dt = (time.perf_counter() - t0) * 1000
+            src = page.locator("#canvas img").get_attribute("src")
+            if i >= args.warmup:
+                times.append(dt)
+        browser.close()
+    return times
 
 
 def raw_http_times(url: str, session_hash: str, args: argparse.Namespace) -> list[float]:
