@@ -531,8 +531,18 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                        api_name="set_latent")
         rand_btn.click(random_seed, [session], [seed], api_name="random_seed").then(
             set_latent, [session, *latent_inputs], latent_outs, api_name=False, **LIVE)
-        dir_method.input(lambda m: gr.update(visible=m == "file"), [dir_method], [boundary],
-                         api_name=False, show_progress="hidden")
+        @user_errors
+        def pick_method(sess: Session, method: str,
+                        progress: gr.Progress = gr.Progress()) -> Any:
+            """Show the boundary upload for 'file'; compute GANSpace's PCA once, up front."""
+            if sess is not None and method == "ganspace":
+                progress(0.1, desc="GANSpace: principal axes of 10,000 sampled w")
+                backend.warm_directions(sess, method)
+            return gr.update(visible=method == "file")
+
+        dir_method.input(pick_method, [session, dir_method], [boundary],
+                         api_name="pick_direction_method", **JOB).then(
+            set_latent, [session, *latent_inputs], latent_outs, api_name=False, **LIVE)
         dir_reset.click(lambda: [0.0] * N_DIRECTIONS, None, dir_sliders,
                         api_name=False).then(set_latent, [session, *latent_inputs],
                                              latent_outs, api_name=False, **LIVE)

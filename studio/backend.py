@@ -132,6 +132,16 @@ def render_recipe(r: recipe.Recipe) -> Image.Image:
     return recipe.render(r, load(r.model))
 
 
+@gpu(120)
+def warm_directions(sess: Session, method: str) -> None:
+    """Compute (and cache in engine.latents) a model's directions before the first drag."""
+    G = generator(sess.model)
+    if method == "ganspace":
+        latents.ganspace_directions(G)
+    elif method == "sefa":
+        latents.sefa_directions(G)
+
+
 @gpu(30)
 def psi_grid(sess: Session, seeds: list[float], psis: list[float]) -> Image.Image:
     G = generator(sess.model)
