@@ -269,9 +269,11 @@ def test_default_model_clusters_are_not_degenerate():
     r = cl.compute_clusters(zoo.load("default"), "b16.conv1", 8, samples=128, seed=0)
     C = len(r.labels)
     # A degenerate clustering puts nearly every channel in one cluster and leaves the rest as
-    # singletons (outlier or dead channels), which is useless for picking "the eyes". On the
-    # trained 64 px face model the 128 channels of b16.conv1 split into groups of comparable
-    # size, so we require: no cluster holds half of the channels, and at least 6 of the 8
-    # clusters are real groups (>= 2 channels) rather than lone outliers.
+    # singletons (outlier or dead channels), which is useless for picking "the eyes". We
+    # require: no cluster holds half of the channels, and at least 6 of the 8 clusters are
+    # real groups (>= 2 channels) rather than lone outliers. Calibration on training snapshots
+    # (2, 11 and 40 kimg; seeds 0-3 at 40 kimg): the largest cluster held 15-27 % of the 128
+    # channels and all 8 clusters had >= 5 channels, so the bounds leave a wide margin and
+    # still fail on the failure mode that matters (one cluster swallowing the layer).
     assert max(r.sizes) < 0.5 * C, r.sizes
     assert sum(s >= 2 for s in r.sizes) >= 6, r.sizes
