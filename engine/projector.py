@@ -612,6 +612,7 @@ class LatentEncoder(nn.Module):
         nn.init.zeros_(self.head[-1].bias)
 
     def forward(self, img: torch.Tensor, w_avg: torch.Tensor) -> torch.Tensor:
+        img = img.clamp(-1, 1)  # what a saved picture holds; generators overshoot
         if img.shape[-1] != self.cfg.resolution:
             img = F.interpolate(img, size=(self.cfg.resolution,) * 2, mode="area"
                                 if img.shape[-1] > self.cfg.resolution else "bilinear")
