@@ -70,6 +70,7 @@ class ProjectionResult:
     steps: int = 0                 # steps run (including resumed ones)
     init: str = "w_avg"            # where the optimisation started
     image_const: np.ndarray | None = None  # reconstruction with constant noise
+    resumed_from: int = 0          # step a checkpoint resumed at (0 = started afresh)
 
 
 # ----------------------------------------------------------------------------------------
@@ -545,7 +546,7 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
         psnr=psnr(image_out, target_np), psnr_const=psnr(image_const, target_np),
         loss_history=history, frames=frames, loss_name=loss_name,
         noise={k: v.detach().cpu().numpy()[0, 0] for k, v in noise.items()} or None,
-        steps=steps, init=init, image_const=image_const)
+        steps=steps, init=init, image_const=image_const, resumed_from=step0)
 
 
 def save_projection(result: ProjectionResult, out_dir: str | os.PathLike, fps: float = 20,
@@ -808,6 +809,8 @@ def _cli_project(args: Any) -> None:
                          encoder=args.encoder, progress=progress, checkpoint_path=ckpt,
                          seed=args.seed)
     paths = save_projection(result, out, fps=args.fps)
+    if result.resumed_from:
+        print(f"resumed from the checkpoint at step {result.resumed_from}")
     print(f"PSNR {result.psnr:.2f} dB (with the model's constant noise "
           f"{result.psnr_const:.2f} dB); loss: {result.loss_name}")
     for name, path in paths.items():

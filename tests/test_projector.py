@@ -131,6 +131,7 @@ def test_projection_resumes_from_its_checkpoint(G, tmp_path):
     resumed = project(G, target, steps=8, frame_every=2, checkpoint_path=ckpt)
     assert np.allclose(resumed.w, full.w, atol=1e-5)
     assert len(resumed.loss_history) == 8 and len(resumed.frames) == 4
+    assert resumed.resumed_from == 5 and full.resumed_from == 0
     assert resumed.psnr == pytest.approx(full.psnr, abs=1e-3)
 
 
