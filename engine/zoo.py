@@ -220,7 +220,13 @@ def converted_dir() -> Path:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    """HF_HUB_OFFLINE as set now; huggingface_hub's import-time reading when it is unset."""
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if value is None:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 # ----------------------------------------------------------------------------------------

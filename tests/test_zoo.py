@@ -48,6 +48,11 @@ def env(tmp_path, monkeypatch):
     for name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_TOKEN", "HF_ENDPOINT",
                  "HF_HUB_ETAG_TIMEOUT", zoo.ENV_MAX_MODELS, zoo.ENV_MAX_MODEL_MB):
         monkeypatch.delenv(name, raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE at import: a CI run with HF_HUB_OFFLINE=1 would
+    # otherwise block every request to the loopback Hub.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     zoo.clear_cache()
     yield tmp_path
     zoo.clear_cache()
