@@ -374,7 +374,7 @@ from engine import zoo
 from engine.translator import Translator
 G = zoo.load("{meta.get("base_model_id") or "default"}").G
 tr = Translator.load("hf://OWNER/REPO", G)
-out = tr.translate(picture, seed=1)   # uint8 HxWx3
+out = tr.translate(picture, 1)   # latent: a seed, a LatentSpec or ws; uint8 HxWx3 out
 ```
 
 ## Training
