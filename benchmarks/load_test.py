@@ -1,0 +1,174 @@
+"""Isolation under load: N concurrent gradio_client users, each with its own recipe.
+
+Starts `spaces_app.py` on a loopback port (tests/browser_util.py's helper) and opens
+`--clients` sessions at once. Each session sets its own seed, truncation and bend (a
+different operation and layer per client), then sends `--requests` parameter changes through
+/set_bend_param. Every image that comes back must equal the engine's solo render of that
+client's recipe at that parameter value (`engine.recipe.render`, computed in this process
+before the load starts), so any leak of one user's state into another's shows up as a
+mismatch. Prints failures, mismatches, throughput and latency percentiles.
+
+    python benchmarks/load_test.py                       # tiny random model, 8 x 25
+    python benchmarks/load_test.py --model default       # the embedded default model
+    python benchmarks/load_test.py --clients 4 --requests 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# (operation, parameter the requests sweep, start, stop); one per client, cycled.
+PLANS = [("rotate", "angle", 0.0, 180.0), ("multiply", "factor", 0.0, 3.0),
+         ("translate", "x_shift", -0.5, 0.5), ("add", "amount", -2.0, 2.0),
+         ("zoom", "scale", 0.5, 2.0), ("threshold", "threshold", -1.0, 1.0),
+         ("sharpen", "factor", 0.0, 3.0), ("sinusoidal", "freq_x", 0.5, 4.0)]
+N_DIRECTIONS = 5  # the Explore tab's direction sliders (studio.app.N_DIRECTIONS)
+
+
+@dataclass
+class ClientResult:
+    """What one simulated user saw."""
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    mismatches: int = 0
+
+
+def percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q / 100 * (len(xs) - 1))))]
+
+
+def _pixels(path: str) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def setup_client(url: str, model: str, i: int, layers: list[str]) -> tuple:
+    """Open a session with client i's seed, psi and bend; returns (client, recipe, plan)."""
+    from gradio_client import Client
+
+    from engine.recipe import Recipe
+
+    client = Client(url, verbose=False)
+    client.predict(model, api_name="/load_model")
+    psi = 0.5 + 0.05 * i
+    client.predict(100 + i, 0, psi, 0, "const", 0, False, 1, 0, 8, "sefa", None,
+                   *([0] * N_DIRECTIONS), 0, 8, api_name="/set_latent")
+    op, param, _, _ = PLANS[i % len(PLANS)]
+    layer = layers[i % len(layers)]
+    client.predict(op, layer, "all channels", 0.5, api_name="/add_bend")
+    _, text = client.predict(api_name="/save_recipe")
+    r = Recipe.from_json(text)
+    assert r.latent.seed == 100 + i and r.bends[0].op == op, "the session lost its recipe"
+    return client, r, PLANS[i % len(PLANS)]
+
+
+def expected_images(r, plan: tuple, values: list[float], G) -> list[np.ndarray]:
+    """The engine's solo renders of a recipe at each value of the swept parameter."""
+    import copy
+
+    from engine.recipe import render
+
+    _, param, _, _ = plan
+    out = []
+    for v in values:
+        rv = copy.deepcopy(r)
+        rv.bends[0].params[param] = float(v)
+        out.append(np.asarray(render(rv, G)))
+    return out
+
+
+def run_client(client, plan: tuple, values: list[float], expected: list[np.ndarray],
+               start: threading.Barrier, result: ClientResult) -> None:
+    _, param, _, _ = plan
+    start.wait()
+    for v, want in zip(values, expected):
+        t0 = time.perf_counter()
+        try:
+            path = client.predict(0, param, repr(float(v)), api_name="/set_bend_param")
+            got = _pixels(path)
+        except Exception as exc:  # a failed request is a finding, not a crash of the bench
+            result.failures.append(f"{param}={v}: {str(exc).splitlines()[0][:200]}")
+            continue
+        result.latencies.append(time.perf_counter() - t0)
+        if got.shape != want.shape or not np.array_equal(got, want):
+            result.mismatches += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny",
+                    help="'tiny' (a random 32 px model, default), 'default', or any model spec")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=25, help="requests per client")
+    ap.add_argument("--json", help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+
+    from engine import stylegan2, zoo
+    from tests.browser_util import studio_server, tiny_model_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        model = tiny_model_file(folder) if args.model == "tiny" else args.model
+        G = zoo.load(model)
+        layers = [n for n in stylegan2.layer_names(G.config) if ".conv" in n]
+        env = {"STUDIO_OUTPUT_DIR": str(folder / "out"),
+               "ACTIVATION_STUDIO_CACHE": str(folder / "cache")}
+        with studio_server(model, env=env) as url:
+            print(f"server {url}, model {args.model}, {args.clients} clients x "
+                  f"{args.requests} requests")
+            setups = [setup_client(url, model, i, layers) for i in range(args.clients)]
+            plans_values = []
+            for client, r, plan in setups:
+                _, _, lo, hi = plan
+                values = list(np.linspace(lo, hi, args.requests))
+                plans_values.append((client, plan, values, expected_images(r, plan, values, G)))
+            results = [ClientResult() for _ in setups]
+            barrier = threading.Barrier(len(setups))
+            threads = [threading.Thread(target=run_client, args=(*pv, barrier, res))
+                       for pv, res in zip(plans_values, results)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            wall = time.perf_counter() - t0
+
+    lat = [x for r in results for x in r.latencies]
+    failures = [f for r in results for f in r.failures]
+    mismatches = sum(r.mismatches for r in results)
+    total = args.clients * args.requests
+    figures = {
+        "model": args.model, "clients": args.clients, "requests_per_client": args.requests,
+        "requests": total, "failed": len(failures), "mismatched": mismatches,
+        "wall_s": round(wall, 2), "throughput_rps": round(len(lat) / wall, 2) if wall else 0.0,
+        "p50_ms": round(1000 * percentile(lat, 50), 1) if lat else None,
+        "p95_ms": round(1000 * percentile(lat, 95), 1) if lat else None,
+        "mean_ms": round(1000 * statistics.fmean(lat), 1) if lat else None,
+    }
+    for f in failures[:10]:
+        print("FAILED", f)
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    ok = not failures and mismatches == 0
+    print("OK: every output equals its recipe's solo render" if ok else
+          "NOT OK: failed or mismatched requests")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
