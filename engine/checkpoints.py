@@ -30,6 +30,8 @@ import pickle
 import re
 import struct
 import uuid
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -789,8 +791,31 @@ def _tf_discriminator(p: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
 # rosinality checkpoints.
 
 
+def _check_zip_crcs(path: Path) -> None:
+    """Verify the CRC-32 torch.save writes for every record of a zip checkpoint.
+
+    torch.load does not check them, so a flipped bit in tensor data would otherwise load as
+    silently wrong weights. A record whose CRC is 0 was written without checksums (torch's
+    compute_crc32=False) and is skipped.
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.CRC == 0:
+                    continue
+                with zf.open(info) as f:  # zipfile raises BadZipFile on a CRC mismatch
+                    while f.read(1 << 20):
+                        pass
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
+            NotImplementedError) as exc:
+        raise CheckpointError(f"{path.name} is corrupt (a checksum inside the torch file does "
+                              f"not match its data); download it again.") from exc
+
+
 def _torch_load(path: Path) -> Any:
     """torch.load with weights_only; argparse.Namespace (rosinality's `args`) is allowed too."""
+    if zipfile.is_zipfile(path):
+        _check_zip_crcs(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -959,12 +984,33 @@ def save_generator(G: Generator, path: str | os.PathLike, source: Any = None) ->
     config = G.cfg.to_dict()
     meta = {"format": STUDIO_FORMAT, "format_version": str(FORMAT_VERSION),
             "config": json.dumps(config)}
-    _atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
-    sidecar = {"format": STUDIO_FORMAT, "format_version": FORMAT_VERSION, "config": config,
-               "source": source, "sha256": sha256_file(path),
-               "created": datetime.now(UTC).isoformat(timespec="seconds")}
-    text = json.dumps(sidecar, indent=2, sort_keys=True) + "\n"
-    _atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    # The pair must change together: a new safetensors beside the old sidecar fails its
+    # checksum, so a failure half-way (disk full) would lose the previous model. Both files
+    # are written in full before either replaces anything, and the old sidecar is put back
+    # if the last rename fails.
+    side = sidecar_path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        save_file(state, str(tmp), metadata=meta)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        sidecar = {"format": STUDIO_FORMAT, "format_version": FORMAT_VERSION,
+                   "config": config, "source": source, "sha256": sha256_file(tmp),
+                   "created": datetime.now(UTC).isoformat(timespec="seconds")}
+        text = json.dumps(sidecar, indent=2, sort_keys=True) + "\n"
+        old_side = side.read_bytes() if side.exists() else None
+        _atomic_write(side, lambda t: t.write_text(text, encoding="utf-8"))
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old_side is not None:
+                side.write_bytes(old_side)
+            else:
+                side.unlink(missing_ok=True)
+            raise
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     return sidecar
 
 
@@ -1005,6 +1051,17 @@ def _read_safetensors(path: Path) -> LoadedCheckpoint:
             cfg = GeneratorConfig.from_dict(sidecar["config"])
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"The config in {side.name} is invalid ({exc}).") from exc
+        # The checksum covers the safetensors file only; its embedded config guards the
+        # sidecar's, so an edited or bit-flipped sidecar config cannot build a wrong model.
+        if "config" in meta:
+            try:
+                inner = GeneratorConfig.from_dict(json.loads(meta["config"]))
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"The config inside {path.name} is invalid.") from exc
+            if inner != cfg:
+                raise CheckpointError(f"The config in {side.name} differs from the one inside "
+                                      f"{path.name}; one was changed or is corrupt, so convert "
+                                      f"the model again.")
         return _finish(cfg, sd, "studio", notes, source=sidecar.get("source"))
     if "config" in meta and meta.get("format") == STUDIO_FORMAT:
         notes.append(f"{side.name} is missing, so the checksum was not verified.")
