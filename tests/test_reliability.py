@@ -310,36 +310,61 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def test_200_sessions_leave_memory_flat(capsys):
+def test_200_sessions_leave_memory_flat(tmp_path, monkeypatch, capsys):
+    """Sessions as the studio makes them (state.new_session), rendered through the backend
+    and the zoo's LRU, then dropped: RSS after 200 must stay near RSS after a warm-up."""
+    from engine import zoo
     from engine.bending import Bend, ChannelSelection
-    from engine.latents import LatentSpec
-    from engine.recipe import Recipe, render
-    from studio.state import Session
+    from studio import backend
+    from studio.state import new_session
 
-    G = make_tiny_generator(0)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    model = tmp_path / "tiny.safetensors"
+    save_generator(make_tiny_generator(0), model)
     ops = [("rotate", {"angle": 30.0}), ("multiply", {"factor": 1.5}),
            ("invert", {}), ("translate", {"x_shift": 0.2})]
     layers = ["b8.conv1", "b16.conv0", "b32.conv1"]
 
     def one_session(i: int) -> None:
         op, params = ops[i % len(ops)]
-        r = Recipe(model="tiny", latent=LatentSpec(seed=float(i), psi=0.7),
-                   bends=[Bend(layer=layers[i % len(layers)], op=op, params=dict(params),
-                               channels=ChannelSelection(mode="random", fraction=0.5,
-                                                           seed=i))])
-        sess = Session(recipe=r)
-        img = render(sess.recipe, G)
-        assert np.asarray(img).shape[:2] == (32, 32)
+        sess = new_session(str(model))
+        sess.recipe.latent.seed = float(i)
+        sess.recipe.bends.append(Bend(layer=layers[i % len(layers)], op=op,
+                                      params=dict(params),
+                                      channels=ChannelSelection(mode="random", fraction=0.5,
+                                                                seed=i)))
+        assert backend.render(sess).size == (32, 32)
+        assert backend.render(sess, with_bends=False).size == (32, 32)
 
-    for i in range(30):  # warm up allocator and caches
-        one_session(i)
-    gc.collect()
-    before = _rss_mb()
-    for i in range(200):
-        one_session(1000 + i)
-    gc.collect()
-    after = _rss_mb()
+    try:
+        for i in range(30):  # warm up allocator, model LRU and caches
+            one_session(i)
+        gc.collect()
+        before = _rss_mb()
+        for i in range(200):
+            one_session(1000 + i)
+        gc.collect()
+        after = _rss_mb()
+        assert len(zoo.loaded_models()) <= 3
+    finally:
+        zoo.clear_cache()
     with capsys.disabled():
         print(f"\n200 sessions: RSS {before:.1f} MiB before, {after:.1f} MiB after "
               f"({after - before:+.1f} MiB)")
     assert after - before < 40, f"RSS grew by {after - before:.1f} MiB over 200 sessions"
+
+
+def test_model_lru_stays_bounded(tmp_path, monkeypatch):
+    from engine import zoo
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("ACTIVATION_STUDIO_MAX_MODELS", "2")
+    zoo.clear_cache()
+    try:
+        for i in range(5):
+            path = tmp_path / f"m{i}.safetensors"
+            save_generator(make_tiny_generator(i), path)
+            zoo.load(str(path))
+            assert len(zoo.loaded_models()) <= 2
+    finally:
+        zoo.clear_cache()
