@@ -14,6 +14,7 @@ import gc
 import os
 import random
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -368,3 +369,23 @@ def test_model_lru_stays_bounded(tmp_path, monkeypatch):
             assert len(zoo.loaded_models()) <= 2
     finally:
         zoo.clear_cache()
+
+
+# ----------------------------------------------------------------------------------------
+# Isolation under (light) load: the benchmark's check at a small scale.
+
+
+def test_concurrent_clients_get_their_own_renders(monkeypatch):
+    """3 gradio_client users at once, each with its own seed and bend, through a real
+    server: every image equals that user's solo render (benchmarks/load_test.py, scaled
+    down; the full 8 x 25 run is the benchmark)."""
+    import importlib.util
+
+    pytest.importorskip("gradio_client")
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("load_test",
+                                                  repo / "benchmarks" / "load_test.py")
+    load_test = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "load_test", load_test)  # dataclasses look it up
+    spec.loader.exec_module(load_test)
+    assert load_test.main(["--clients", "3", "--requests", "4"]) == 0
