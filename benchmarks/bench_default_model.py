@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from engine import zoo
-from engine.datasets import render_faces
-from engine.metrics import swd
-from engine.stylegan2 import Generator
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine import zoo  # noqa: E402
+from engine.datasets import render_faces  # noqa: E402
+from engine.metrics import swd  # noqa: E402
+from engine.stylegan2 import Generator  # noqa: E402
 
 
 def generate(G: Generator, count: int, first_seed: int, psi: float = 1.0) -> np.ndarray:
