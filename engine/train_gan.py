@@ -257,8 +257,9 @@ def train(cfg: TrainConfig, progress: Any = None) -> Path:
             for b_ema, b in zip(G_ema.buffers(), G.buffers()):
                 b_ema.copy_(b)
 
-        stats.update(loss_g=float(loss_g), loss_d=float(loss_d),
-                     d_real=float(logits_real.mean()), d_fake=float(logits_fake.mean()))
+        stats.update(loss_g=float(loss_g.detach()), loss_d=float(loss_d.detach()),
+                     d_real=float(logits_real.detach().mean()),
+                     d_fake=float(logits_fake.detach().mean()))
         if acc.is_main_process:
             now = time.time()
             if now - t_last > 10:
