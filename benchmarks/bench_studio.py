@@ -2,8 +2,9 @@
 
 Starts `spaces_app.py` on a loopback port, scripts it with gradio_client exactly as the
 page's slider does (/bend_slider_0 after /add_bend), and times N changes of a rotate bend's
-angle from request to the downloaded image. Prints p50 / p95 / mean in milliseconds, plus
-the server-side render time alone for comparison.
+angle from request to the downloaded image. Prints p50 / p95 / mean in milliseconds
+for tests/browser_util.studio_client (one shared SSL context) and for a default Client(),
+plus plain HTTP and the server-side render time alone for comparison.
 
     python benchmarks/bench_studio.py                 # the embedded default model
     python benchmarks/bench_studio.py --model PATH    # any model spec
@@ -63,40 +64,54 @@ def main() -> None:
 
     from gradio_client import Client
 
-    from tests.browser_util import studio_server
+    from tests.browser_util import studio_client, studio_server
 
     folder = Path(tempfile.mkdtemp(prefix="bench-studio-"))
     model = snapshot_model(args.snapshot, folder) if args.snapshot else args.model
     env = {"STUDIO_OUTPUT_DIR": str(folder / "out")}
     with studio_server(model, env=env, timeout=300) as url:
-        client = Client(url, verbose=False)
+        client = studio_client(url)
         client.predict(model, api_name="/load_model")
         if args.where == "selected clusters":
             client.predict(args.layer, 8, 64, api_name="/compute_clusters")
             client.predict([0, 2], api_name="/select_clusters")
         client.predict("rotate", args.layer, args.where, 0.5, api_name="/add_bend")
-        times = []
-        for i in range(args.warmup + args.changes):
-            angle = float((7 * i) % 360 - 180)  # a new value each time, like a drag
-            t0 = time.perf_counter()
-            client.predict(angle, api_name="/bend_slider_0")
-            dt = time.perf_counter() - t0
-            if i >= args.warmup:
-                times.append(dt * 1000)
+        times = slider_times(client, args)
+        # The same session through a Client with default settings: each request then
+        # loads the certificate store twice (post + image download).
+        default_client = Client(url, verbose=False)
+        default_client.session_hash = client.session_hash
+        default_times = slider_times(default_client, args)
         raw = raw_http_times(url, client.session_hash, args)
         page = browser_times(url, args) if args.browser else None
         render_ms = server_side_render_ms(model, args)
     print(f"model: {model}")
     print(f"bend: rotate on {args.layer} ({args.where}); {args.changes} changes of the angle "
           f"through /bend_slider_0 (gradio_client, loopback, image downloaded)")
-    print(f"round trip ms: p50 {percentile(times, 50):.1f}  p95 {percentile(times, 95):.1f}  "
+    print(f"round trip ms (studio_client: one shared SSL context): p50 "
+          f"{percentile(times, 50):.1f}  p95 {percentile(times, 95):.1f}  "
           f"mean {statistics.mean(times):.1f}  min {min(times):.1f}")
+    print(f"round trip ms (Client() with default settings): p50 "
+          f"{percentile(default_times, 50):.1f}  p95 {percentile(default_times, 95):.1f}")
     print(f"same changes over plain HTTP (/gradio_api/call, same session; no client polling) "
           f"ms: p50 {percentile(raw, 50):.1f}  p95 {percentile(raw, 95):.1f}")
     if page:
         print(f"in Chromium (angle typed into the slider box -> new image on the canvas) ms: "
               f"p50 {percentile(page, 50):.1f}  p95 {percentile(page, 95):.1f}")
     print(f"render alone (engine.recipe.render in-process) ms: p50 {render_ms:.1f}")
+
+
+def slider_times(client, args: argparse.Namespace) -> list[float]:
+    """Time warmup + N changes of bend 0's first slider; returns the timed ones in ms."""
+    times = []
+    for i in range(args.warmup + args.changes):
+        angle = float((7 * i) % 360 - 180)  # a new value each time, like a drag
+        t0 = time.perf_counter()
+        client.predict(angle, api_name="/bend_slider_0")
+        dt = time.perf_counter() - t0
+        if i >= args.warmup:
+            times.append(dt * 1000)
+    return times
 
 
 def browser_times(url: str, args: argparse.Namespace) -> list[float]:

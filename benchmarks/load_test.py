@@ -58,11 +58,10 @@ def _pixels(path: str) -> np.ndarray:
 
 def setup_client(url: str, model: str, i: int, layers: list[str]) -> tuple:
     """Open a session with client i's seed, psi and bend; returns (client, recipe, plan)."""
-    from gradio_client import Client
-
     from engine.recipe import Recipe
+    from tests.browser_util import studio_client
 
-    client = Client(url, verbose=False)
+    client = studio_client(url)
     client.predict(model, api_name="/load_model")
     psi = 0.5 + 0.05 * i
     client.predict(100 + i, 0, psi, 0, "const", 0, False, 1, 0, 8, "sefa", None,

@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_FILE = REPO / "engine" / "default_model" / "faces64.safetensors"
@@ -28,6 +29,21 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def studio_client(url: str) -> Any:
+    """A gradio_client.Client for `url` that reuses one SSL context for all its requests.
+
+    gradio_client opens a new httpx client for every request and every file download, and
+    each one loads the certificate store again (about 40 ms here). Handing it one ready
+    context keeps certificate checks on (they matter for https Spaces) and removes that
+    cost from each call.
+    """
+    import ssl
+
+    from gradio_client import Client
+
+    return Client(url, verbose=False, ssl_verify=ssl.create_default_context())
 
 
 def chromium_path() -> str | None:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from engine.errors import StudioError
 from studio import uploads
-from tests.browser_util import studio_server, tiny_model_file
+from tests.browser_util import studio_client, studio_server, tiny_model_file
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -92,12 +92,10 @@ def _pixels(path: str) -> np.ndarray:
 
 
 def test_script_a_bend_through_the_api(server):
-    from gradio_client import Client
-
     from engine import recipe, zoo
 
     url, model = server
-    client = Client(url, verbose=False)
+    client = studio_client(url)
     plain = client.predict(model, api_name="/load_model")[1]  # (card, image, before, ...)
     status = client.predict("b16.conv1", 4, 16, api_name="/compute_clusters")[0]
     assert "4 clusters" in status
@@ -124,10 +122,10 @@ def test_script_a_bend_through_the_api(server):
 
 
 def test_api_errors_are_sentences_and_the_server_survives(server, tmp_path):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     url, model = server
-    client = Client(url, verbose=False)
+    client = studio_client(url)
     client.predict(model, api_name="/load_model")
     bad = tmp_path / "bad.png"
     bad.write_text("not a picture")
@@ -148,10 +146,8 @@ def test_api_errors_are_sentences_and_the_server_survives(server, tmp_path):
 
 
 def test_sessions_do_not_share_bends(server):
-    from gradio_client import Client
-
     url, model = server
-    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    a, b = studio_client(url), studio_client(url)
     plain = _pixels(a.predict(model, api_name="/load_model")[1])
     b.predict(model, api_name="/load_model")
     b.predict("invert", "b8.conv1", "all channels", 0.5, api_name="/add_bend")
@@ -163,10 +159,10 @@ def test_sessions_do_not_share_bends(server):
 
 
 def test_cancel_stops_a_long_job(server, tmp_path):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     url, model = server
-    client = Client(url, verbose=False)
+    client = studio_client(url)
     client.predict(model, api_name="/load_model")
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.RandomState(1).randint(0, 255, (80, 60, 3), np.uint8)).save(photo)
