@@ -50,6 +50,8 @@ SIDECAR_SUFFIX = ".json"
 ZIP_MAGIC = b"PK\x03\x04"
 # A legacy (pre-zip) torch.save stream begins with a protocol-2 pickle of this magic number.
 TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19."
+# A forged config could describe a network too large to build; StyleGAN2 at 1024 px has 30 M.
+MAX_GENERATOR_PARAMETERS = 400_000_000
 W_AVG_SAMPLES = 4096  # z samples to estimate w_avg when a checkpoint lacks it
 
 
@@ -472,9 +474,18 @@ def _infer_d_config(d_sd: Mapping[str, torch.Tensor], g_cfg: GeneratorConfig,
                               "conv_clamp": conv_clamp, "embed_features": None})
 
 
-def _expected_shapes(module_fn: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:
-    """State-dict shapes of a module, built on the meta device (no memory, no init cost)."""
-    with torch.device("meta"):
+def _expected_shapes(cfg: GeneratorConfig,
+                     module_fn: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:
+    """State-dict shapes of a module built from `cfg` on the CPU.
+
+    Not on the meta device: its first use imports torch's Python reference kernels (about
+    3 s, every process). The size check first keeps a forged config from allocating.
+    """
+    if cfg.approx_parameters() > MAX_GENERATOR_PARAMETERS:
+        raise CheckpointError(f"This checkpoint's config describes a generator of about "
+                              f"{cfg.approx_parameters() / 1e6:.0f} M parameters, more than "
+                              f"the studio's limit of {MAX_GENERATOR_PARAMETERS / 1e6:.0f} M.")
+    with torch.no_grad():
         module = module_fn()
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
@@ -518,14 +529,14 @@ def _finish(cfg: GeneratorConfig, sd: Mapping[str, torch.Tensor], fmt: str, note
             d_sd: Mapping[str, torch.Tensor] | None = None, d_clamp: float | None = None,
             mbstd: int = 4, source: Any = None) -> LoadedCheckpoint:
     """Check shapes against the config and package the result."""
-    g = _conform(sd, _expected_shapes(lambda: Generator(cfg)), "generator")
+    g = _conform(sd, _expected_shapes(cfg, lambda: Generator(cfg)), "generator")
     if cfg.c_dim > 0:
         notes.append(f"This model is conditional with {cfg.c_dim} classes: pass a class label "
                      f"(one-hot c) when generating.")
     d_cfg = d_state = None
     if d_sd is not None:
         d_cfg = _infer_d_config(d_sd, cfg, d_clamp)
-        d_state = _conform(d_sd, _expected_shapes(lambda: Discriminator(d_cfg, mbstd)),
+        d_state = _conform(d_sd, _expected_shapes(cfg, lambda: Discriminator(d_cfg, mbstd)),
                            "discriminator")
     return LoadedCheckpoint(config=cfg, state_dict=g, source_format=fmt, d_state=d_state,
                             d_config=d_cfg, mbstd_group_size=mbstd, notes=notes, source=source)

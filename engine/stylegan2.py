@@ -68,6 +68,19 @@ class GeneratorConfig:
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)
 
+    def approx_parameters(self) -> int:
+        """The generator's parameter count from the config alone, rounded up (by at most
+        about 10 %): lets a reader refuse an absurd config before allocating it."""
+        embed = (self.embed_features or self.w_dim) if self.c_dim else 0
+        hidden = self.layer_features or self.w_dim
+        widths = [self.z_dim + embed] + [hidden] * (self.mapping_layers - 1) + [self.w_dim]
+        n = sum(a * b for a, b in zip(widths[:-1], widths[1:])) + self.c_dim * embed
+        for res in self.block_resolutions:
+            c_in, c_out = (self.channels(res // 2) if res > 4 else 0), self.channels(res)
+            n += c_out * res * res if res == 4 else (9 * c_in + self.w_dim) * c_in
+            n += (9 * c_out + self.w_dim) * c_out + (self.img_channels + self.w_dim) * c_out
+        return n
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

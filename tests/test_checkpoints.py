@@ -541,6 +541,34 @@ def test_safetensors_checksum_and_shape_checks(tiny_generator, tmp_path):
     assert_one_sentence(err.value)
 
 
+def test_forged_huge_config_is_refused_before_allocating(tiny_generator, tmp_path):
+    """A small file whose sidecar and embedded config claim a giant network."""
+    G = tiny_generator()
+    path = tmp_path / "m.safetensors"
+    save_generator(G, path, source="test")
+    side = json.loads(sidecar_path(path).read_text())
+    side["config"].update(resolution=65536, channel_base=2 ** 30, channel_max=65536)
+    tensors = load_file(str(path))
+    save_file(tensors, str(path), metadata={"format": "activation-studio",
+                                            "config": json.dumps(side["config"])})
+    side["sha256"] = sha256_file(path)
+    sidecar_path(path).write_text(json.dumps(side))
+    with pytest.raises(CheckpointError, match="M parameters") as err:
+        read_checkpoint(path)
+    assert_one_sentence(err.value)
+
+
+def test_approx_parameters_is_a_close_upper_bound():
+    for kw in [dict(resolution=32, channel_base=256, channel_max=16, z_dim=16, w_dim=16),
+               dict(resolution=64, z_dim=128, w_dim=128, channel_base=2048, channel_max=128),
+               dict(resolution=32, channel_base=256, channel_max=16, z_dim=16, w_dim=16,
+                    architecture="orig", c_dim=10),
+               dict(resolution=256, channel_base=16384)]:
+        cfg = GeneratorConfig(**kw)
+        real = sum(p.numel() for p in Generator(cfg).parameters())
+        assert real <= cfg.approx_parameters() <= 1.15 * real, kw
+
+
 def test_bare_safetensors_without_sidecar_infers_config(tiny_generator, tmp_path):
     G = tiny_generator(seed=12, architecture="orig")
     save_file({k: v.contiguous() for k, v in G.state_dict().items()}, str(tmp_path / "x.bin"))
