@@ -29,7 +29,6 @@ import os
 import pickle
 import re
 import struct
-import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
@@ -42,6 +41,7 @@ import numpy as np
 import torch
 
 from engine.errors import CheckpointError, StudioError, UnsafePickleError
+from engine.files import atomic_write_text, fsync_file, temp_path_beside
 from engine.stylegan2 import Discriminator, Generator, GeneratorConfig, make_resample_filter
 
 FORMAT_VERSION = 1
@@ -968,19 +968,6 @@ def _read_rosinality(obj: Mapping[str, Any], want_d: bool) -> LoadedCheckpoint:
 # Our format: safetensors + JSON sidecar.
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temp file beside `path`, fsync, then rename over it: never a half file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_generator(G: Generator, path: str | os.PathLike, source: Any = None) -> dict[str, Any]:
     """Write G as `path` (safetensors) + `path.json` (config, source, sha256); both atomic.
 
@@ -1000,17 +987,16 @@ def save_generator(G: Generator, path: str | os.PathLike, source: Any = None) ->
     # are written in full before either replaces anything, and the old sidecar is put back
     # if the last rename fails.
     side = sidecar_path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_path_beside(path)
     try:
         save_file(state, str(tmp), metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp)
         sidecar = {"format": STUDIO_FORMAT, "format_version": FORMAT_VERSION,
                    "config": config, "source": source, "sha256": sha256_file(tmp),
                    "created": datetime.now(UTC).isoformat(timespec="seconds")}
         text = json.dumps(sidecar, indent=2, sort_keys=True) + "\n"
         old_side = side.read_bytes() if side.exists() else None
-        _atomic_write(side, lambda t: t.write_text(text, encoding="utf-8"))
+        atomic_write_text(side, text)
         try:
             os.replace(tmp, path)
         except BaseException:
@@ -1020,8 +1006,7 @@ def save_generator(G: Generator, path: str | os.PathLike, source: Any = None) ->
                 side.unlink(missing_ok=True)
             raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return sidecar
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import StudioError
+from engine.files import atomic_write, atomic_write_text
 
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]  # acts [N, C, H, W] -> [C, D]
 Progress = Callable[..., Any]                              # progress(fraction, message)
@@ -151,25 +151,8 @@ def clear_memory_cache() -> None:
         _memory.clear()
 
 
-def _write_atomic(path: Path, write: Callable[[str], None]) -> Path:
-    """Call write(temp path) in the target's folder, then rename: readers never see half a
-    file. The file gets ordinary 0644 permissions (mkstemp would leave it private)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _write_json_atomic(path: Path, data: Any) -> None:
-    _write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data)))
+    atomic_write_text(path, json.dumps(data))
 
 
 def _read_cached(path: Path) -> ClusterResult | None:
@@ -549,7 +532,7 @@ def to_broad_yaml(results: ClusterResult | Iterable[ClusterResult]) -> str:
 def save_broad_yaml(results: ClusterResult | Iterable[ClusterResult], path: str | Path) -> Path:
     """Write Broad's cluster YAML (see to_broad_yaml), atomically."""
     text = to_broad_yaml(results)
-    return _write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+    return atomic_write_text(path, text)
 
 
 def from_broad_yaml(text: str) -> dict[str, ClusterResult]:
@@ -789,7 +772,7 @@ def ablation_preview(G: torch.nn.Module, result: ClusterResult, cluster_id: int,
 def save_png(img: np.ndarray, path: str | Path) -> Path:
     """Write a uint8 HxWx3 array as PNG (atomic)."""
     from PIL import Image
-    return _write_atomic(Path(path), lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
 
 
 # ----------------------------------------------------------------------------------------

@@ -12,8 +12,6 @@ and downsampled with Lanczos, which antialiases the edges for free.
 from __future__ import annotations
 
 import colorsys
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from functools import lru_cache
@@ -22,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
+
+from engine.files import atomic_save_npy
 
 __all__ = [
     "VERSION",
@@ -741,23 +741,12 @@ def face_pool(
         if progress is not None and ((i + 1) % step == 0 or i + 1 == count):
             progress(i + 1, count)
     try:
-        _save_atomically(path, out)
+        atomic_save_npy(path, out)
     except OSError as exc:  # an unwritable cache costs time later, not this run
         warnings.warn(f"could not cache the face pool at {path}: {exc}", stacklevel=2)
     return out
 
 
-def _save_atomically(path: Path, array: np.ndarray) -> None:
-    """Write beside the target and rename, so a crash never leaves a half-written pool."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- datasets

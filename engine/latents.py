@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from engine.errors import StudioError
+from engine.files import atomic_save_npy
 
 MAX_SEED = 2 ** 32 - 1            # numpy RandomState accepts seeds in [0, 2**32 - 1]
 NOISE_MODES = ("const", "random", "none")
@@ -785,13 +786,7 @@ def save_w(path: str | os.PathLike, ws: torch.Tensor | np.ndarray) -> Path:
     arr = arr.astype(np.float32)
     if arr.ndim == 2 and arr.shape[0] != 1:
         arr = arr[None]  # [num_ws, w_dim] -> [1, num_ws, w_dim]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
-    return path
+    return atomic_save_npy(path, arr)
 
 
 def load_w(path: str | os.PathLike, G: torch.nn.Module | None = None) -> np.ndarray:

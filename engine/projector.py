@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import StudioError
+from engine.files import atomic_torch_save, atomic_write, atomic_write_text
 from engine.latents import _cancelled, model_device, save_w, to_uint8, w_stats
 
 # Schedule constants (the StyleGAN2 projector's published values).
@@ -396,13 +397,6 @@ def w_noise_strength(t: float, w_std: float) -> float:
 # Projection.
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _run_key(target: np.ndarray, G: nn.Module, steps: int, w_plus: bool,
              optimize_noise: bool, loss_name: str, init: str, seed: int) -> str:
     h = hashlib.sha256(target.tobytes())
@@ -489,7 +483,7 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
     def save_checkpoint(step: int) -> None:
         if ckpt is None:
             return
-        _atomic_torch_save({
+        atomic_torch_save({
             "version": CHECKPOINT_VERSION, "key": key, "step": step,
             "w": w_opt.detach().cpu(), "noise": {k: v.detach().cpu() for k, v in noise.items()},
             "opt": opt.state_dict(), "history": torch.tensor(history, dtype=torch.float64),
@@ -626,16 +620,10 @@ def save_latent_encoder(enc: LatentEncoder, path: str | os.PathLike) -> Path:
     from dataclasses import asdict
 
     from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file({k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()},
-              str(tmp))
-    os.replace(tmp, path)
-    side = path.with_suffix(".json")
-    tmp = side.with_name(f".{side.name}.partial")
-    tmp.write_text(json.dumps({"kind": "latent_encoder", "config": asdict(enc.cfg)}, indent=2))
-    os.replace(tmp, side)
+    state = {k: v.detach().cpu().contiguous() for k, v in enc.state_dict().items()}
+    path = atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+    atomic_write_text(path.with_suffix(".json"),
+                      json.dumps({"kind": "latent_encoder", "config": asdict(enc.cfg)}, indent=2))
     return path
 
 
@@ -720,7 +708,7 @@ def train_latent_encoder(G: nn.Module, steps: int = 2000, batch: int = 16,
 
     def checkpoint() -> None:
         if acc.is_main_process:
-            _atomic_torch_save({"encoder": acc.unwrap_model(enc).state_dict(),
+            atomic_torch_save({"encoder": acc.unwrap_model(enc).state_dict(),
                                 "opt": opt.state_dict(), "step": step,
                                 "num_ws": cfg.num_ws, "w_dim": cfg.w_dim}, state_path)
 
@@ -771,6 +759,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--fps", type=float, default=20, help="fps of the optimisation video")
     p.add_argument("--no-resume", action="store_true",
                    help="ignore a checkpoint left in --out by an interrupted run")
+    p.add_argument("--checkpoint-every", type=int, default=25,
+                   help="save the state every this many steps (a killed run resumes there)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cli_project)
 
@@ -807,7 +797,7 @@ def _cli_project(args: Any) -> None:
         result = project(model.G, args.image, steps=args.steps, w_plus=not args.w_only,
                          optimize_noise=not args.no_noise, loss=args.loss, init=args.init,
                          encoder=args.encoder, progress=progress, checkpoint_path=ckpt,
-                         seed=args.seed)
+                         checkpoint_every=args.checkpoint_every, seed=args.seed)
     paths = save_projection(result, out, fps=args.fps)
     if result.resumed_from:
         print(f"resumed from the checkpoint at step {result.resumed_from}")

@@ -41,6 +41,7 @@ from engine.bending import (
     validate_weight_edit,
 )
 from engine.errors import StudioError
+from engine.files import atomic_write_text
 from engine.latents import LatentSpec
 
 RECIPE_VERSION = 1
@@ -105,12 +106,7 @@ class Recipe:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Recipe:

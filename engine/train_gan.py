@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from engine.files import atomic_torch_save
 from engine.stylegan2 import Discriminator, Generator, GeneratorConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -76,13 +76,6 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------------------
 # Helpers.
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write next to the target and rename, so a kill never leaves a half-written file."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:

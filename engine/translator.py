@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.errors import StudioError
+from engine.files import atomic_torch_save, atomic_write, atomic_write_text
 
 DEFAULT_LAYER = "b16.conv1"      # the seed's choice: the 16x16 block's second conv
 ENCODER_FILE = "encoder.safetensors"
@@ -261,15 +262,6 @@ def _other_model(meta: dict[str, Any], loaded_sha: str) -> StudioError:
 # Saving, loading, the Hub.
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _encoder_paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -288,7 +280,8 @@ def save_encoder(encoder: ActivationEncoder, path: str | os.PathLike,
 
     weights, sidecar = _encoder_paths(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
-    _atomic(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": ENCODER_FORMAT}))
+    atomic_write(weights,
+                 lambda tmp: save_file(state, str(tmp), metadata={"format": ENCODER_FORMAT}))
     with open(weights, "rb") as f:
         file_sha = hashlib.file_digest(f, "sha256").hexdigest()
     record = {"format": ENCODER_FORMAT, "format_version": FORMAT_VERSION,
@@ -296,11 +289,10 @@ def save_encoder(encoder: ActivationEncoder, path: str | os.PathLike,
               "layer": encoder.config.layer, "input_size": encoder.config.input_size,
               "sha256": file_sha,
               "saved_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    _atomic(sidecar, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    atomic_write_text(sidecar, json.dumps(record, indent=2) + "\n")
     encoder.meta = record
     if weights.name == ENCODER_FILE:
-        _atomic(weights.parent / CARD_FILE,
-                lambda tmp: tmp.write_text(model_card(record)))
+        atomic_write_text(weights.parent / CARD_FILE, model_card(record))
     return weights
 
 
@@ -591,7 +583,7 @@ def _preview(G: nn.Module, encoder: ActivationEncoder, s: TrainSettings, path: P
     encoder.train(was_training)
     tiles = [t for pair in zip(to_uint8(img), to_uint8(out)) for t in pair]
     grid = image_grid(tiles, cols=2)
-    _atomic(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -633,7 +625,7 @@ def _save_checkpoint(path: Path, encoder: nn.Module, opt: torch.optim.Optimizer,
     state = {"encoder": encoder.state_dict(), "optimizer": opt.state_dict(), "step": step,
              "settings": asdict(s), "config": asdict(encoder.config),
              "history": history, "elapsed": elapsed}
-    _atomic(path, lambda tmp: torch.save(state, tmp))
+    atomic_torch_save(state, path)
 
 
 def _resume_keys(s: dict[str, Any]) -> dict[str, Any]:
@@ -1054,7 +1046,8 @@ class Translator:
                 raise StudioError(f"cannot read {f.name} as a picture") from exc
             out = self.translate(pic, ws, taps, weight_taps)
             target = Path(dst) / f"{f.stem}.png"
-            _atomic(target, lambda tmp, out=out: Image.fromarray(out).save(tmp, format="PNG"))
+            atomic_write(target,
+                         lambda tmp, out=out: Image.fromarray(out).save(tmp, format="PNG"))
             written.append(target)
             if progress is not None:
                 progress((i + 1) / len(files), f"translated {f.name}")
@@ -1172,7 +1165,7 @@ def _cmd_translate(args: argparse.Namespace) -> None:
         img = tr.translate(pic, latent)
         if out.suffix.lower() not in IMAGE_SUFFIXES:
             out = out / f"{src.stem}.png"
-        _atomic(out, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
+        atomic_write(out, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
         print(f"wrote {out}")
     else:
         raise StudioError(f"no such picture, folder or video: {src}")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import StudioError
+from engine.files import atomic_write
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 MP4_QUALITY = 8  # imageio-ffmpeg quality 0..10 (10 best); 8 is visually lossless for GANs
@@ -68,20 +69,13 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: floa
         raise StudioError(f"cannot write {path.name}: video files must end in .mp4 or .gif")
     if not fps > 0:
         raise StudioError(f"fps must be positive, got {fps}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{suffix}")
-    try:
-        if suffix == ".mp4":
-            count = _write_mp4(frames, tmp, fps, progress, cancel)
-        else:
-            count = _write_gif(frames, tmp, fps, progress, cancel)
-        if count == 0:
+
+    def write(tmp: Path) -> None:
+        writer = _write_mp4 if suffix == ".mp4" else _write_gif
+        if writer(frames, tmp, fps, progress, cancel) == 0:
             raise StudioError("no frames to write: the video would be empty")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, write)
 
 
 def _frames_checked(frames: Iterable[np.ndarray], cancel: Any) -> Iterator[np.ndarray]:
