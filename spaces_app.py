@@ -3,7 +3,8 @@
     python spaces_app.py            # http://127.0.0.1:7860, the embedded default model
 
 Host and port follow Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; STUDIO_MODEL picks
-the model a session opens on (catalogue id, hf://... or a local checkpoint path).
+the model a session opens on (catalogue id, hf://... or a local checkpoint path). The
+STUDIO_MAX_* limits are in studio/limits.py and README.md.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import os
 
 from studio.app import CSS, build_app
+from studio.limits import LIMITS
 
 demo = build_app(os.environ.get("STUDIO_MODEL") or None)
 
 if __name__ == "__main__":
-    demo.queue(default_concurrency_limit=4).launch(
+    demo.queue(default_concurrency_limit=LIMITS.concurrency, max_size=LIMITS.queue_size).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        # Gradio refuses larger uploads while they stream in, before they reach the disk.
+        max_file_size=max(LIMITS.checkpoint_bytes, LIMITS.upload_bytes),
         css=CSS, footer_links=["api"])

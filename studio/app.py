@@ -21,6 +21,7 @@ from engine.errors import StudioError
 from engine.latents import DirectionEdit
 from engine.recipe import Recipe
 from studio import backend, uploads
+from studio.limits import LIMITS
 from studio.state import Session, bend_label, default_params, move, new_session, selection_for
 
 CSS = """
@@ -80,7 +81,13 @@ def _need(sess: Session | None) -> Session:
     return sess
 
 
-def _floats(text: str, what: str, limit: int = 16) -> list[float]:
+def capped_slider(low: int, limit: int, value: int, step: int = 1, **kwargs: Any) -> gr.Slider:
+    """An integer slider that stops at a studio limit (studio/limits.py)."""
+    high = max(low, limit)
+    return gr.Slider(low, high, min(value, high), step=step, **kwargs)
+
+
+def _floats(text: str, what: str, limit: int = LIMITS.grid_values) -> list[float]:
     try:
         vals = [float(t) for t in str(text).replace(";", ",").split(",") if t.strip()]
     except ValueError as exc:
@@ -217,8 +224,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                                 height=300)
                             with gr.Row():
                                 walk_seeds = gr.Textbox("0, 1, 2", label="Keyframe seeds")
-                                walk_frames = gr.Slider(8, 240, 60, step=1, label="Frames")
-                                walk_fps = gr.Slider(5, 60, 24, step=1, label="fps")
+                                walk_frames = capped_slider(2, LIMITS.video_frames, 60,
+                                                           label="Frames")
+                                walk_fps = capped_slider(1, LIMITS.video_fps, 24, label="fps")
                             with gr.Row():
                                 walk_loop = gr.Checkbox(True, label="Loop")
                                 walk_space = gr.Radio(["z", "w"], value="z",
@@ -231,8 +239,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                             cl_layer = gr.Dropdown([], label="Layer", elem_id="cl-layer")
                             cl_k = gr.Slider(2, 16, 6, step=1, label="Clusters k",
                                              elem_id="cl-k")
-                            cl_samples = gr.Slider(16, 256, 64, step=16,
-                                                   label="Samples (latents)")
+                            cl_samples = capped_slider(16, LIMITS.cluster_samples, 64, step=16,
+                                                       label="Samples (latents)")
                         with gr.Row():
                             cl_suggest = gr.Button("Suggest k")
                             cl_compute = gr.Button("Compute clusters", variant="primary",
@@ -303,8 +311,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                 sw_from = gr.Number(0, label="From")
                                 sw_to = gr.Number(360, label="To")
                             with gr.Row():
-                                sw_frames = gr.Slider(4, 240, 48, step=1, label="Frames")
-                                sw_fps = gr.Slider(5, 60, 24, step=1, label="fps")
+                                sw_frames = capped_slider(2, LIMITS.video_frames, 48,
+                                                          label="Frames")
+                                sw_fps = capped_slider(1, LIMITS.video_fps, 24, label="fps")
                                 sw_btn = gr.Button("Render sweep")
                                 sw_cancel = gr.Button("Cancel", variant="stop")
                         # API-only: set one parameter of one bend by name (gradio_client).
@@ -327,9 +336,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                         with gr.Accordion("Train an encoder", open=False):
                             with gr.Row():
                                 tr_layer = gr.Dropdown([], label="Layer it writes")
-                                tr_steps = gr.Slider(20, 3000, 300, step=10, label="Steps",
-                                                     elem_id="tr-steps")
-                                tr_batch = gr.Slider(1, 32, 8, step=1, label="Batch")
+                                tr_steps = capped_slider(10, LIMITS.train_steps, 300, step=10,
+                                                        label="Steps", elem_id="tr-steps")
+                                tr_batch = capped_slider(1, LIMITS.train_batch, 8, label="Batch")
                             with gr.Row():
                                 tr_train = gr.Button("Train / resume", variant="primary")
                                 tr_cancel = gr.Button("Cancel", variant="stop")
@@ -368,7 +377,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                                      sources=["upload", "clipboard"],
                                                      height=240, elem_id="pr-input")
                             with gr.Column():
-                                pr_steps = gr.Slider(10, 1000, 200, step=10, label="Steps")
+                                pr_steps = capped_slider(10, LIMITS.projection_steps, 200, step=10,
+                                                        label="Steps")
                                 pr_wplus = gr.Checkbox(True, label="Fit W+ (one w per layer)")
                                 with gr.Row():
                                     pr_go = gr.Button("Fit", variant="primary",
@@ -458,7 +468,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
 
         @user_errors
         def upload_checkpoint(file: Any, progress: gr.Progress = gr.Progress()) -> list[Any]:
-            path = str(uploads.upload_path(file, "checkpoint", limit=4 * 1024 ** 3))
+            path = str(uploads.upload_path(file, "checkpoint", limit=LIMITS.checkpoint_bytes))
             out = load_model(path, progress)
             return [gr.update(value=path), *out]
 

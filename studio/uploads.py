@@ -2,14 +2,13 @@
 
 Uploads come from strangers, so each reader checks size before decoding, refuses files that
 are empty, truncated or not what their name claims, and caps the pixel count so a
-decompression bomb is refused before it is expanded. Limits are read from the environment
-so a Space can tune them without a code change.
+decompression bomb is refused before it is expanded. The limits come from studio/limits.py
+(environment variables), so a Space can tune them without a code change.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,12 @@ from typing import Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import StudioError
+from studio.limits import LIMITS
 
 # Largest image (in pixels) an upload may decode to; 40 MP holds any phone photo.
-MAX_IMAGE_PIXELS = int(os.environ.get("STUDIO_MAX_IMAGE_PIXELS", 40_000_000))
+MAX_IMAGE_PIXELS = LIMITS.image_pixels
 # Largest file (bytes) accepted for an image, a recipe or a boundary.
-MAX_UPLOAD_BYTES = int(os.environ.get("STUDIO_MAX_UPLOAD_BYTES", 50 * 1024 * 1024))
+MAX_UPLOAD_BYTES = LIMITS.upload_bytes
 MAX_RECIPE_BYTES = 2 * 1024 * 1024
 
 

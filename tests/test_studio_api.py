@@ -174,3 +174,39 @@ def test_cancel_stops_a_long_job(server, tmp_path):
         job.result(timeout=120)
     assert time.monotonic() - t0 < 60  # 1000 steps would take far longer
     assert client.predict(api_name="/save_recipe")[0]
+
+
+def test_limits_from_the_environment_hold_for_api_calls(tmp_path):
+    """STUDIO_MAX_* set on the server cap what any request can ask, API included."""
+    from gradio_client import handle_file
+
+    from studio.limits import Limits
+
+    model = tiny_model_file(tmp_path)
+    env = {"STUDIO_OUTPUT_DIR": str(tmp_path / "out"), "STUDIO_MAX_VIDEO_FRAMES": "6",
+           "STUDIO_MAX_IMAGE_PIXELS": "4000", "STUDIO_MAX_GRID_VALUES": "3"}
+    with studio_server(model, env=env) as url:
+        client = studio_client(url)
+        client.predict(model, api_name="/load_model")
+        with pytest.raises(Exception, match="maximum"):
+            client.predict("0, 1", 7, 10, False, "w", api_name="/render_walk")
+        video = client.predict("0, 1", 6, 10, False, "w", api_name="/render_walk")
+        assert _video_frames(video) == 6
+        with pytest.raises(Exception, match="at most 3"):
+            client.predict("0, 1, 2, 3", "0.5", "seeds × ψ", api_name="/render_grid")
+        photo = tmp_path / "photo.png"
+        Image.new("RGB", (100, 100), (9, 9, 9)).save(photo)  # 10 000 px > 4 000
+        with pytest.raises(Exception, match="pixel"):
+            client.predict(handle_file(str(photo)), 10, True, api_name="/project")
+        assert client.predict("0", "0.5", "seeds × ψ", api_name="/render_grid")  # still serving
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STUDIO_MAX_VIDEO_FRAMES", "lots")
+        with pytest.raises(ValueError, match="STUDIO_MAX_VIDEO_FRAMES must be a number"):
+            Limits.from_env()
+
+
+def _video_frames(data) -> int:
+    from engine.video import read_video_frames
+
+    path = data["video"] if isinstance(data, dict) else data
+    return sum(1 for _ in read_video_frames(path))
