@@ -2,10 +2,12 @@
 
 Starts `spaces_app.py` on a loopback port (tests/browser_util.py's helper) and opens
 `--clients` sessions at once. Each session sets its own seed, truncation and bend (a
-different operation and layer per client), then sends `--requests` parameter changes through
+different operation and layer per client; half of them on their own clusters, a third with a
+weight edit), then sends `--requests` parameter changes through
 /set_bend_param. Every image that comes back must equal the engine's solo render of that
 client's recipe at that parameter value (`engine.recipe.render`, computed in this process
-before the load starts), so any leak of one user's state into another's shows up as a
+before the load starts; the recipe names its clusters by layer, k and ids, so the solo
+render recomputes them), so any leak of one user's state into another's shows up as a
 mismatch. Prints failures, mismatches, throughput and latency percentiles.
 
     python benchmarks/load_test.py                       # tiny random model, 8 x 25
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -44,6 +47,7 @@ class ClientResult:
     latencies: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     mismatches: int = 0
+    worst_diff: int = 0  # largest pixel difference (0-255) of a mismatch
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -57,7 +61,13 @@ def _pixels(path: str) -> np.ndarray:
 
 
 def setup_client(url: str, model: str, i: int, layers: list[str]) -> tuple:
-    """Open a session with client i's seed, psi and bend; returns (client, recipe, plan)."""
+    """Open a session with client i's own recipe; returns (client, recipe, plan).
+
+    Every client gets its own seed, truncation and bend (operation and layer). Even clients
+    bend only two of their own clusters (k and the chosen ids differ per client); every
+    third client also scales some conv weights, so cluster caches, channel selections and
+    weight edits are all under load at once.
+    """
     from engine.recipe import Recipe
     from tests.browser_util import studio_client
 
@@ -68,10 +78,21 @@ def setup_client(url: str, model: str, i: int, layers: list[str]) -> tuple:
                    *([0] * N_DIRECTIONS), 0, 8, api_name="/set_latent")
     op, param, _, _ = PLANS[i % len(PLANS)]
     layer = layers[i % len(layers)]
-    client.predict(op, layer, "all channels", 0.5, api_name="/add_bend")
+    where = "all channels"
+    if i % 2 == 0:
+        k = 3 + i % 4
+        client.predict(layer, k, 16, api_name="/compute_clusters")
+        client.predict([i % k, (i + 1) % k], api_name="/select_clusters")
+        where = "selected clusters"
+    if i % 3 == 0:
+        client.predict("scale", layers[(i + 1) % len(layers)], "in", 0.5 + 0.1 * i,
+                       "all channels", api_name="/add_weight_edit")
+    client.predict(op, layer, where, 0.5, api_name="/add_bend")
     _, text = client.predict(api_name="/save_recipe")
     r = Recipe.from_json(text)
     assert r.latent.seed == 100 + i and r.bends[0].op == op, "the session lost its recipe"
+    assert (r.bends[0].channels.mode == "clusters") == (i % 2 == 0)
+    assert len(r.weight_edits) == (1 if i % 3 == 0 else 0)
     return client, r, PLANS[i % len(PLANS)]
 
 
@@ -79,14 +100,24 @@ def expected_images(r, plan: tuple, values: list[float], G) -> list[np.ndarray]:
     """The engine's solo renders of a recipe at each value of the swept parameter."""
     import copy
 
+    import torch
+
     from engine.recipe import render
 
     _, param, _, _ = plan
     out = []
-    for v in values:
-        rv = copy.deepcopy(r)
-        rv.bends[0].params[param] = float(v)
-        out.append(np.asarray(render(rv, G)))
+    # The same intra-op thread count as the server (studio_server passes OMP_NUM_THREADS,
+    # default 1): another count splits the matrix products differently, and float rounding
+    # then moves a few pixels by 1/255, which would hide a real leak among noise.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    try:
+        for v in values:
+            rv = copy.deepcopy(r)
+            rv.bends[0].params[param] = float(v)
+            out.append(np.asarray(render(rv, G)))
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -105,6 +136,9 @@ def run_client(client, plan: tuple, values: list[float], expected: list[np.ndarr
         result.latencies.append(time.perf_counter() - t0)
         if got.shape != want.shape or not np.array_equal(got, want):
             result.mismatches += 1
+            diff = 255 if got.shape != want.shape else int(
+                np.abs(got.astype(int) - want.astype(int)).max())
+            result.worst_diff = max(result.worst_diff, diff)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     for f in failures[:10]:
         print("FAILED", f)
+    for i, r in enumerate(results):
+        if r.mismatches:
+            print(f"client {i} ({PLANS[i % len(PLANS)][0]}): {r.mismatches} mismatched, "
+                  f"largest pixel difference {r.worst_diff}")
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
