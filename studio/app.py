@@ -432,7 +432,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     gr.update(maximum=n, value=n), [], gr.update(choices=[], value=[]),
                     gr.update(choices=[], value=None), *_latent_controls(sess),
                     gr.update(choices=layers, value=layer),
-                    gr.update(choices=encoders, value=encoders[0] if encoders else None),
+                    gr.update(choices=backend.encoder_options(encoders),
+                              value=encoders[0] if encoders else None),
                     gr.update(maximum=n - 1, value=0), _le_list(sess)]
 
         model_outs = [session, model_card, output, before, cl_layer, add_layer, w_layer,
@@ -965,7 +966,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
         def refresh_encoders(sess: Session | None, current: str | None) -> Any:
             found = backend.encoder_choices(sess.model if sess else None)
             value = current if current else (found[0] if found else None)
-            return gr.update(choices=found, value=value)
+            return gr.update(choices=backend.encoder_options(found), value=value)
 
         tr_refresh.click(refresh_encoders, [session, tr_encoder], [tr_encoder],
                          api_name="list_encoders")
@@ -1027,7 +1028,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     f"({res.images_per_s:.1f} img/s); final loss {m.get('final_loss')}"
                     + (f", PSNR on its own images {m['psnr_db_own_images']} dB"
                        if "psnr_db_own_images" in m else "") + ".")
-            yield (gr.update(choices=backend.encoder_choices(sess.model), value=path), done, plot,
+            found = backend.encoder_choices(sess.model)
+            yield (gr.update(choices=backend.encoder_options(found), value=path), done, plot,
                    str(preview) if preview.exists() else None)
 
         tr_evt = tr_train.click(train, [session, tr_layer, tr_steps, tr_batch],

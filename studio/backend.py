@@ -277,6 +277,29 @@ ENCODER_GLOBS = ("engine/default_model/**/encoder.safetensors",
 REPO = Path(__file__).resolve().parents[1]
 
 
+def encoder_options(paths: list[str]) -> list[tuple[str, str]]:
+    """(label, path) pairs for the encoder dropdown: where it came from, its layer, steps."""
+    import json
+
+    from engine import translator
+
+    options = []
+    for path in paths:
+        p = Path(path)
+        origin = f"trained here ({p.parent.name})" if p.is_relative_to(OUT_DIR) else "shipped"
+        try:
+            meta = json.loads((p.parent / translator.SIDECAR_FILE).read_text())
+            steps = (meta.get("metrics") or {}).get("steps_done") or \
+                (meta.get("training") or {}).get("steps")
+            detail = f"{meta.get('layer', '?')}, {steps} steps"
+            if meta.get("saved_at"):
+                detail += f", {meta['saved_at'][:16].replace('T', ' ')}"
+        except (OSError, ValueError, AttributeError):
+            detail = p.name
+        options.append((f"{origin}: {detail}", path))
+    return options
+
+
 def encoder_choices(spec: str | None = None) -> list[str]:
     """Encoders on disk (shipped ones, then those trained here); with `spec`, only those
     trained for that model (by the sha256 recorded beside each encoder)."""

@@ -17,6 +17,8 @@ origin to the client, so the redirect path is the one real LFS downloads take.
 from __future__ import annotations
 
 import hashlib
+import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ class HubFile:
     data: bytes                  # the file's bytes
     lfs: bool = True             # served through a 302 to the storage host, like LFS files
     corrupt: bool = False        # announce the true size and sha256, send other bytes
+    cut_downloads: int = 0       # this many next downloads stop half-way and drop the line
 
     @property
     def sha256(self) -> str:
@@ -60,6 +63,7 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, HubRepo] = {}
         self.requests: list[tuple[str, str, bool]] = []
+        self.resumed_downloads = 0  # downloads answered from a byte offset (Range: bytes=N-)
         self.head_delay_s = 0.0
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -194,9 +198,27 @@ class _Handler(BaseHTTPRequestHandler):
         data = f.data
         if f.corrupt:  # same length, different bytes: only a content check can tell
             data = bytes(b ^ 0x5A for b in data)
-        self.send_response(200)
-        self._headers({"Content-Length": str(len(data)),
-                       "Content-Type": "application/octet-stream"})
+        start = 0
+        ranged = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+        if ranged and int(ranged.group(1)) < len(data):  # a resumed download, as S3 serves
+            start = int(ranged.group(1))
+            self.fake_hub.resumed_downloads += 1
+            self.send_response(206)
+            self._headers({"Content-Length": str(len(data) - start),
+                           "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}",
+                           "Content-Type": "application/octet-stream"})
+            data = data[start:]
+        else:
+            self.send_response(200)
+            self._headers({"Content-Length": str(len(data)),
+                           "Content-Type": "application/octet-stream"})
+        if send_body and f.cut_downloads > 0:  # the connection drops mid-file
+            f.cut_downloads -= 1
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if send_body:
             self.wfile.write(data)
 

@@ -411,3 +411,25 @@ def test_cli_errors_are_one_sentence(env, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1
     assert main(["generate", "--model", "no-such-model", "--seeds", "3-1", "--out", "x"]) == 2
+
+
+def test_interrupted_download_is_not_cached_and_a_retry_succeeds(hub, env, tiny, no_hub_retry):
+    hub.add_file("acme/flaky", "g.pt", tiny[1])
+    hub.repos["acme/flaky"].files["g.pt"].cut_downloads = 100  # every try drops half-way
+    with pytest.raises(StudioError, match="connection to the Hub broke.*try again"):
+        zoo.load("hf://acme/flaky/g.pt")
+    assert _blobs(env) == []
+    hub.repos["acme/flaky"].files["g.pt"].cut_downloads = 0  # the network is back
+    assert _same_images(tiny[0], zoo.load("hf://acme/flaky/g.pt").G)
+
+
+def test_download_cut_once_resumes_to_the_right_bytes(hub, env, tiny, monkeypatch):
+    from huggingface_hub import constants
+
+    # huggingface_hub resumes from the bytes it has written, in chunks of 10 MB; smaller
+    # chunks let a 350 kB file be part-written when the line drops.
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16 * 1024)
+    hub.add_file("acme/blip", "g.pt", tiny[1])
+    hub.repos["acme/blip"].files["g.pt"].cut_downloads = 1
+    assert _same_images(tiny[0], zoo.load("hf://acme/blip/g.pt").G)
+    assert hub.resumed_downloads == 1
