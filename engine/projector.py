@@ -7,9 +7,10 @@ scale decays to zero over the first 75%, and the per-layer noise maps optimised 
 at zero mean / unit variance every step and pushed towards white noise by a penalty on
 their autocorrelation at several scales.
 
-The shared model is never mutated: optimised noise enters each forward through per-call
-taps (see `NoiseTaps`), gradients are taken only with respect to the latent and the noise
-(`torch.autograd.grad`), so the model's parameters never collect `.grad`.
+The shared model is never mutated: optimised noise maps enter each forward as that call's
+`noise=` argument (the model's `noise_const` buffers stay as they are), and gradients are
+taken only with respect to the latent and the noise (`torch.autograd.grad`), so the model's
+parameters never collect `.grad`.
 
 The loss is pluggable: 'builtin' (multi-scale L1 + L2 + SSIM, plus discriminator features
 when a D is given), a TorchScript VGG16 feature network file (NVlabs' vgg16.pt API) or any
@@ -312,45 +313,6 @@ def noise_layers(G: nn.Module) -> list[str]:
     return names
 
 
-class NoiseTaps:
-    """Per-call replacement of a layer's noise map, done with an output tap.
-
-    A tap sees the layer's output y = lrelu(x + b) * g (rendered with noise_mode 'none').
-    Leaky ReLU is invertible, so the tap recovers x + b, adds noise * noise_strength, and
-    applies the activation again: the same result as the layer adding that noise itself,
-    without touching the shared model's `noise_const` buffers. With conv_clamp set the
-    clamped pixels cannot be inverted; there the result is approximate.
-    """
-
-    def __init__(self, G: nn.Module, noise: dict[str, torch.Tensor]):
-        self.G, self.noise = G, noise
-
-    def _layer(self, name: str) -> nn.Module:
-        block, part = name.split(".")
-        return getattr(getattr(self.G.synthesis, block), part)
-
-    def taps(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        from engine.stylegan2 import LRELU_GAIN, LRELU_SLOPE
-        out = {}
-        for name, buf in self.noise.items():
-            layer = self._layer(name)
-            block = getattr(self.G.synthesis, name.split(".")[0])
-            resnet_conv1 = (block.architecture == "resnet" and block.in_channels != 0
-                            and name.endswith("conv1"))
-            gain = LRELU_GAIN * (math.sqrt(0.5) if resnet_conv1 else 1.0)
-            clamp = layer.conv_clamp * gain / LRELU_GAIN if layer.conv_clamp else None
-
-            def tap(y: torch.Tensor, buf: torch.Tensor = buf, layer: nn.Module = layer,
-                    gain: float = gain, clamp: float | None = clamp) -> torch.Tensor:
-                u = y / gain
-                pre = torch.where(u >= 0, u, u / LRELU_SLOPE)
-                pre = pre + buf * layer.noise_strength
-                y2 = F.leaky_relu(pre, LRELU_SLOPE) * gain
-                return y2.clamp(-clamp, clamp) if clamp is not None else y2
-            out[name] = tap
-        return out
-
-
 def noise_regularisation(noise: dict[str, torch.Tensor]) -> torch.Tensor:
     """Squared autocorrelation of each noise map at one-pixel shifts, over a pyramid.
 
@@ -492,12 +454,10 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
     def ws_of(w: torch.Tensor) -> torch.Tensor:
         return w if w.shape[1] == num_ws else w.expand(-1, num_ws, -1)
 
-    tapper = NoiseTaps(G, noise)
-    taps = tapper.taps() if optimize_noise else None
-    noise_mode = "none" if optimize_noise else "const"
+    fitted_noise = noise if optimize_noise else None
 
     def render(w: torch.Tensor) -> torch.Tensor:
-        return G.synthesis(ws_of(w), noise_mode=noise_mode, taps=taps)
+        return G.synthesis(ws_of(w), noise_mode="const", noise=fitted_noise)
 
     for step in range(step0, steps):
         if _cancelled(cancel):

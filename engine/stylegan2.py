@@ -305,14 +305,17 @@ class SynthesisLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const",
                 weight_tap: Tap | None = None, fused: bool = False, gain: float = 1.0,
-                noise_generator: torch.Generator | None = None) -> torch.Tensor:
+                noise_generator: torch.Generator | None = None,
+                noise_map: torch.Tensor | None = None) -> torch.Tensor:
         styles = self.affine(w)
         weight = self.weight if weight_tap is None else weight_tap(self.weight)
         f = self.resample_filter if self.up else None
         x, dcoefs = modulated_conv(x, weight, styles, True, self.up, f, fused)
         if dcoefs is not None:
             x = x * dcoefs.reshape(x.shape[0], -1, 1, 1)
-        if self.use_noise and noise_mode != "none":
+        if self.use_noise and noise_map is not None:  # this call's own map, e.g. a fitted one
+            x = x + noise_map * self.noise_strength
+        elif self.use_noise and noise_mode != "none":
             if noise_mode == "random":
                 noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution,
                                     generator=noise_generator, device=x.device)
@@ -415,6 +418,7 @@ class SynthesisCall:
     capture: set[str] = field(default_factory=set)
     fused: bool = False
     noise_generator: torch.Generator | None = None
+    noise: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 class SynthesisNetwork(nn.Module):
@@ -449,7 +453,8 @@ class SynthesisNetwork(nn.Module):
                 weight_taps: Mapping[str, Tap] | None = None,
                 capture: Iterable[str] | None = None,
                 start: tuple | None = None, fused: bool = False,
-                noise_generator: torch.Generator | None = None
+                noise_generator: torch.Generator | None = None,
+                noise: Mapping[str, torch.Tensor] | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Render ws; returns the image, or (image, captured) when `capture` is given.
 
@@ -459,13 +464,16 @@ class SynthesisNetwork(nn.Module):
         start:       (layer, activation[, skip_image]) skips every layer up to and including
                      `layer` and continues from `activation`; skip_image is the running RGB
                      image after the previous block (`b{res/2}.img`), zeros if left out.
+        noise:       {layer: map [N or 1, 1, res, res]} noise inputs for this call only (the
+                     projector fits them); they replace noise_mode at those layers.
         """
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         call = SynthesisCall(noise_mode, taps or {}, weight_taps or {},
                              set(capture) if capture is not None else set(), fused,
-                             noise_generator)
-        unknown = (set(call.taps) | set(call.weight_taps) | call.capture) - set(self.layers) - {
+                             noise_generator, noise or {})
+        unknown = (set(call.taps) | set(call.weight_taps) | call.capture
+                   | set(call.noise)) - set(self.layers) - {
             f"b{r}.img" for r in self.block_resolutions}
         if unknown:
             raise KeyError(f"unknown layer(s) {sorted(unknown)}; layers are {self.layers}")
@@ -520,7 +528,8 @@ class SynthesisNetwork(nn.Module):
                 x0 = block.const.unsqueeze(0).expand(n, -1, -1, -1)
                 x = self._layer(prefix + "conv1", lambda: block.conv1(
                     x0, w_at(0), call.noise_mode, call.weight_taps.get(prefix + "conv1"),
-                    call.fused, noise_generator=call.noise_generator), call, captured)
+                    call.fused, noise_generator=call.noise_generator,
+                    noise_map=call.noise.get(prefix + "conv1")), call, captured)
         else:
             y = None
             if block.architecture == "resnet":
@@ -532,13 +541,14 @@ class SynthesisNetwork(nn.Module):
                 x_in = x
                 x = self._layer(prefix + "conv0", lambda: block.conv0(
                     x_in, w_at(0), call.noise_mode, call.weight_taps.get(prefix + "conv0"),
-                    call.fused, noise_generator=call.noise_generator), call, captured)
+                    call.fused, noise_generator=call.noise_generator,
+                    noise_map=call.noise.get(prefix + "conv0")), call, captured)
             if not skip_conv1:
                 x_in = x
                 x = self._layer(prefix + "conv1", lambda: block.conv1(
                     x_in, w_at(1), call.noise_mode, call.weight_taps.get(prefix + "conv1"),
-                    call.fused, gain=gain, noise_generator=call.noise_generator),
-                    call, captured)
+                    call.fused, gain=gain, noise_generator=call.noise_generator,
+                    noise_map=call.noise.get(prefix + "conv1")), call, captured)
             if y is not None:
                 x = y + x
         if img is not None and block.architecture == "skip" and block.in_channels != 0:

@@ -12,7 +12,6 @@ from engine.latents import render_ws, seed_to_ws, w_stats
 from engine.projector import (
     LatentEncoder,
     LatentEncoderConfig,
-    NoiseTaps,
     ProjectionCancelled,
     image_to_tensor,
     learning_rate,
@@ -69,15 +68,19 @@ def test_ssim_and_psnr():
     assert abs(psnr(a, a + 1) - 48.13) < 0.01
 
 
-def test_noise_taps_match_the_layer_and_leave_the_model_alone(G):
+def test_per_call_noise_maps_match_the_layer_and_leave_the_model_alone(G):
     before = {k: v.clone() for k, v in G.state_dict().items()}
     ws = seed_to_ws(G, 3)
     noise = {}
     for name in noise_layers(G):
         block, part = name.split(".")
         noise[name] = getattr(getattr(G.synthesis, block), part).noise_const[None, None].clone()
-    tapped = G.synthesis(ws, noise_mode="none", taps=NoiseTaps(G, noise).taps())
-    assert torch.allclose(tapped, G.synthesis(ws, noise_mode="const"), atol=1e-5)
+    given = G.synthesis(ws, noise_mode="none", noise=noise)  # the maps win over the mode
+    assert torch.equal(given, G.synthesis(ws, noise_mode="const"))
+    other = {k: torch.randn_like(v) for k, v in noise.items()}
+    assert not torch.allclose(G.synthesis(ws, noise=other), given)
+    with pytest.raises(KeyError, match="unknown layer"):
+        G.synthesis(ws, noise={"b999.conv0": other[next(iter(other))]})
     target = render_ws(G, seed_to_ws(G, 4))[0]
     project(G, target, steps=3, frame_every=100)
     assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
