@@ -11,6 +11,7 @@ bends, with a warning for anything that cannot map.
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import dataclasses
 import functools
@@ -18,6 +19,7 @@ import json
 import math
 import os
 import re
+import threading
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -390,18 +392,41 @@ def render_tensor(recipe: Recipe, model: Any = None, seeds: Sequence[float] | No
                        weight_taps=weight_taps, noise_generator=gen)
 
 
+_TRANSLATORS: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+_TRANSLATORS_LOCK = threading.Lock()
+TRANSLATOR_CACHE_SIZE = 4
+
+
+def _translator(encoder: str, G: Any) -> Any:
+    """Translator.load, remembered for the last few (encoder file, model) pairs: reading the
+    encoder again for every re-render of a slider drag would cost as much as the render.
+    A changed file (mtime or size) is read again."""
+    from engine.translator import Translator
+
+    path = Path(encoder)
+    stamp = (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else None
+    key = (str(encoder), stamp, id(G))
+    with _TRANSLATORS_LOCK:
+        tr = _TRANSLATORS.get(key)
+        if tr is not None and tr.G is G:  # (an id can be reused once a model is freed)
+            _TRANSLATORS.move_to_end(key)
+            return tr
+    tr = Translator.load(encoder, G)
+    with _TRANSLATORS_LOCK:
+        _TRANSLATORS[key] = tr
+        while len(_TRANSLATORS) > TRANSLATOR_CACHE_SIZE:
+            _TRANSLATORS.popitem(last=False)
+    return tr
+
+
 def _render_translated(recipe: Recipe, G: Any, ws: torch.Tensor, taps: dict,
                        weight_taps: dict, gen: torch.Generator | None) -> torch.Tensor:
     t = recipe.translator
     if t.image is None:
         raise StudioError("this recipe translates a picture: set translator.image to one")
-    try:
-        from engine import translator as translator_mod
-    except ImportError as exc:
-        raise StudioError("image translation is not available in this installation") from exc
     from PIL import Image
 
-    tr = translator_mod.Translator.load(t.encoder, G)
+    tr = _translator(t.encoder, G)
     try:
         image = Image.open(t.image).convert("RGB")
     except OSError as exc:

@@ -321,3 +321,29 @@ def test_default_model_translates_a_photo(photo):
     m = zoo.load("default")
     tr = T.Translator.load(enc, m.G, model_sha256=m.sha256)
     assert tr.translate(photo, 1).shape == (64, 64, 3)
+
+
+def test_recipe_render_reuses_a_loaded_encoder_until_its_file_changes(G, tmp_path, photo,
+                                                                     monkeypatch):
+    import os
+
+    from PIL import Image
+
+    from engine import recipe as R
+    from engine.recipe import Recipe, TranslatorSpec
+
+    path = _saved(G, tmp_path / "enc")
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    loads = []
+    real_load = T.Translator.load.__func__
+    monkeypatch.setattr(T.Translator, "load", classmethod(
+        lambda cls, *a, **k: loads.append(a) or real_load(cls, *a, **k)))
+    r = Recipe(model="tiny", translator=TranslatorSpec(encoder=str(path),
+                                                       image=str(tmp_path / "photo.png")))
+    first = R.render(r, G)
+    again = R.render(r, G)
+    assert len(loads) == 1 and np.array_equal(np.asarray(first), np.asarray(again))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    R.render(r, G)
+    assert len(loads) == 2  # a newer file is read again
