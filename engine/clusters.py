@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.errors import StudioError
+from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_write, atomic_write_text
 
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]  # acts [N, C, H, W] -> [C, D]
@@ -179,14 +179,6 @@ def _check_layer(G: torch.nn.Module, layer: str) -> tuple[int, int, int]:
     return shapes[layer]
 
 
-def _is_cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
-
-
 def sample_ws(G: torch.nn.Module, samples: int, seed: int, psi: float) -> torch.Tensor:
     """The N seeded latents clustering renders: ws [N, num_ws, w_dim] on G's device."""
     z = np.random.RandomState(seed).randn(samples, G.cfg.z_dim)
@@ -216,7 +208,7 @@ def capture_layer(G: torch.nn.Module, ws: torch.Tensor, layer: str,
 
     with torch.no_grad():
         for i in range(0, n, batch):
-            if _is_cancelled(cancel):
+            if cancel_requested(cancel):
                 raise ClusteringCancelled("clustering was cancelled.")
             try:
                 G.synthesis(ws[i:i + batch], noise_mode="const", taps={layer: grab})
@@ -390,7 +382,7 @@ def _compute_or_load(G: torch.nn.Module, layer: str, k: int, samples: int, seed:
     x = _descriptors(G, layer, samples, seed, psi, method, feature_extractor, progress, cancel)
     if progress is not None:
         progress(0.85, "clustering")
-    if _is_cancelled(cancel):
+    if cancel_requested(cancel):
         raise ClusteringCancelled("clustering was cancelled.")
     labels, centres = _kmeans(x, k, seed)
     result = _build_result(x, labels, centres, layer, k, method=method, samples=samples,
@@ -426,7 +418,7 @@ def suggest_k(G: torch.nn.Module, layer: str, ks: Iterable[int] = range(4, 13),
     x = _descriptors(G, layer, samples, seed, psi, "spatial", None, None, cancel)
     scores = {}
     for i, k in enumerate(ks):
-        if _is_cancelled(cancel):
+        if cancel_requested(cancel):
             raise ClusteringCancelled("clustering was cancelled.")
         labels, _ = _kmeans(x, k, seed)
         scores[k] = (float(silhouette_score(x, labels)) if len(set(labels.tolist())) > 1

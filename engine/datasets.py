@@ -820,7 +820,7 @@ def load_image_folder(path: str | Path, resolution: int) -> np.ndarray:
     for file in files:
         try:
             with Image.open(file) as im:
-                out.append(_prepare(im, resolution))
+                out.append(square_rgb(im, resolution))
         except (OSError, ValueError) as exc:  # Pillow raises these for unreadable files
             warnings.warn(f"skipping unreadable image {file}: {exc}", stacklevel=2)
     if not out:
@@ -828,7 +828,9 @@ def load_image_folder(path: str | Path, resolution: int) -> np.ndarray:
     return np.stack(out)
 
 
-def _prepare(im: Image.Image, resolution: int) -> np.ndarray:
+def square_rgb(im: Image.Image, resolution: int) -> np.ndarray:
+    """uint8 [res, res, 3]: EXIF upright, transparency on white, RGB, centre-cropped to a
+    square, resized with Lanczos. Training folders and projected photos both go through it."""
     im = ImageOps.exif_transpose(im)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         # Put transparent pixels on white rather than on whatever colour they hide.
@@ -840,8 +842,9 @@ def _prepare(im: Image.Image, resolution: int) -> np.ndarray:
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
     im = im.crop((left, top, left + side, top + side))
-    im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
-    return np.asarray(im, dtype=np.uint8)
+    if side != resolution:
+        im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    return np.asarray(im, dtype=np.uint8).copy()
 
 
 def make_dataset(

@@ -6,6 +6,19 @@ is a bug and may show a traceback. Raise with `from exc` to keep the cause for d
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def cancel_requested(cancel: Any) -> bool:
+    """Whether a long job should stop: `cancel` is None, a threading.Event, a callable
+    returning a bool, or a bool. Jobs check it between steps and raise their *Cancelled."""
+    if cancel is None:
+        return False
+    is_set = getattr(cancel, "is_set", None)  # threading.Event
+    if is_set is not None:
+        return bool(is_set())
+    return bool(cancel()) if callable(cancel) else bool(cancel)
+
 
 class StudioError(Exception):
     """A failure the user can act on; `str(err)` is one sentence, no traceback needed."""

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.errors import StudioError
+from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_save_npy
 
 MAX_SEED = 2 ** 32 - 1            # numpy RandomState accepts seeds in [0, 2**32 - 1]
@@ -743,7 +743,7 @@ def render_frames(G: torch.nn.Module, ws_frames: Iterable[torch.Tensor],
             done += 1
 
     for ws in ws_frames:
-        if _cancelled(cancel):
+        if cancel_requested(cancel):
             from engine.video import VideoCancelled
             raise VideoCancelled("Rendering was cancelled.")
         pending.append(ws)
@@ -751,15 +751,6 @@ def render_frames(G: torch.nn.Module, ws_frames: Iterable[torch.Tensor],
             yield from flush()
     if pending:
         yield from flush()
-
-
-def _cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if callable(cancel):
-        return bool(cancel())
-    is_set = getattr(cancel, "is_set", None)
-    return bool(is_set()) if is_set is not None else bool(cancel)
 
 
 def write_walk(G: torch.nn.Module, seeds: Sequence[float], frames: int, out: str | os.PathLike,

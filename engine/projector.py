@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.errors import StudioError
+from engine.datasets import square_rgb
+from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_torch_save, atomic_write, atomic_write_text
-from engine.latents import _cancelled, model_device, save_w, to_uint8, w_stats
+from engine.latents import model_device, save_w, to_uint8, w_stats
 
 # Schedule constants (the StyleGAN2 projector's published values).
 INITIAL_LR = 0.1                  # Adam learning rate at the plateau
@@ -82,7 +83,7 @@ class ProjectionResult:
 def prepare_image(image: Any, resolution: int) -> np.ndarray:
     """Any PIL image / uint8 array / path -> uint8 [res, res, 3]: EXIF upright, RGB,
     centre-cropped to a square, resized with Lanczos."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):
         try:
@@ -105,21 +106,7 @@ def prepare_image(image: Any, resolution: int) -> np.ndarray:
         image = Image.fromarray(arr)
     if not isinstance(image, Image.Image):
         raise StudioError("Give the image as a PIL image, a uint8 array or a file path.")
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and
-                                              "transparency" in image.info):
-        # Composite transparent pixels on white rather than on whatever colour they hide.
-        rgba = image.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(bg, rgba)
-    image = image.convert("RGB")
-    w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    if side != resolution:
-        image = image.resize((resolution, resolution), Image.LANCZOS)
-    return np.asarray(image, dtype=np.uint8).copy()
+    return square_rgb(image, resolution)
 
 
 def image_to_tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -460,7 +447,7 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
         return G.synthesis(ws_of(w), noise_mode="const", noise=fitted_noise)
 
     for step in range(step0, steps):
-        if _cancelled(cancel):
+        if cancel_requested(cancel):
             save_checkpoint(step)
             raise ProjectionCancelled("The projection was cancelled"
                                       + (" (it resumes from its checkpoint)." if ckpt
@@ -674,7 +661,7 @@ def train_latent_encoder(G: nn.Module, steps: int = 2000, batch: int = 16,
 
     enc.train()
     while step < steps:
-        if _cancelled(cancel):
+        if cancel_requested(cancel):
             checkpoint()
             raise StudioError("Latent encoder training was cancelled; run it again to "
                               "resume.")

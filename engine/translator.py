@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.errors import StudioError
+from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_torch_save, atomic_write, atomic_write_text
 
 DEFAULT_LAYER = "b16.conv1"      # the seed's choice: the 16x16 block's second conv
@@ -473,15 +473,6 @@ class TrainResult:
     metrics: dict[str, float]
 
 
-def _is_cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if callable(cancel):
-        return bool(cancel())
-    is_set = getattr(cancel, "is_set", None)
-    return bool(is_set()) if is_set is not None else bool(cancel)
-
-
 def _rng(*key: int | str) -> torch.Generator:
     """A CPU generator seeded from a key: the same key gives the same draws, anywhere."""
     digest = hashlib.sha256(repr(key).encode()).digest()
@@ -706,7 +697,7 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
             if max_seconds is not None and _time_is_up(acc, t_run, max_seconds):
                 stopped_early = step
                 break
-            if _is_cancelled(cancel):
+            if cancel_requested(cancel):
                 raise TrainingCancelled(f"encoder training stopped at step {step} of "
                                         f"{s.steps}; run it again to resume")
             ws, img, x, act = _training_batch(G, enc_cfg, s, step, rank)
@@ -1037,7 +1028,7 @@ class Translator:
         ws = self.ws_for(latent, 1)
         written = []
         for i, f in enumerate(files):
-            if _is_cancelled(cancel):
+            if cancel_requested(cancel):
                 raise StudioError(f"translation stopped after {i} of {len(files)} pictures")
             try:
                 with Image.open(f) as im:

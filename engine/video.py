@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import StudioError
+from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_write
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -23,15 +23,6 @@ MP4_QUALITY = 8  # imageio-ffmpeg quality 0..10 (10 best); 8 is visually lossles
 
 class VideoCancelled(StudioError):
     """The user stopped a video render; no file was written."""
-
-
-def _is_cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if callable(cancel):
-        return bool(cancel())
-    is_set = getattr(cancel, "is_set", None)  # threading.Event
-    return bool(is_set()) if is_set is not None else bool(cancel)
 
 
 def _as_frame(frame: Any, index: int) -> np.ndarray:
@@ -81,7 +72,7 @@ def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: floa
 def _frames_checked(frames: Iterable[np.ndarray], cancel: Any) -> Iterator[np.ndarray]:
     size = None
     for i, frame in enumerate(frames):
-        if _is_cancelled(cancel):
+        if cancel_requested(cancel):
             raise VideoCancelled("video rendering was cancelled")
         arr = _as_frame(frame, i)
         if size is None:
