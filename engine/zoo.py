@@ -396,6 +396,9 @@ def _load_uncached(r: Resolved, progress: Progress, device: str) -> LoadedModel:
 
 def _local_path(r: Resolved) -> Path:
     assert r.path is not None
+    if r.path.is_dir():
+        raise StudioError(f"{r.path.name or r.path} is a folder, not a checkpoint file; name "
+                          f"the .pkl, .pt or .safetensors file inside it.")
     if r.path.exists():
         return r.path
     if r.entry is not None and r.entry.id == DEFAULT_ID:

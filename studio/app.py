@@ -946,6 +946,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                 raise StudioError("this recipe translates a picture that was not uploaded to "
                                   "this studio; upload the picture on the Translate tab and "
                                   "translate it there.")
+            backend.check_recipe_files(rec)
             backend.validate(rec)
             new = new_session(rec.model)
             new.recipe = rec

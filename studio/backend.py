@@ -20,6 +20,7 @@ from PIL import Image
 
 from engine import bending, clusters, latents, recipe, zoo
 from engine.errors import StudioError
+from studio.limits import SERVER_FILES
 from studio.state import Session
 
 DEFAULT_MODEL = os.environ.get("STUDIO_MODEL", "default")
@@ -54,6 +55,7 @@ def gpu_job(duration: int) -> Callable[[Callable], Callable]:
         return call
     return deco
 OUT_DIR = Path(os.environ.get("STUDIO_OUTPUT_DIR") or tempfile.gettempdir()) / "activation-studio"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -80,6 +82,8 @@ def load(spec: str, progress: Callable[[float, str], None] | None = None) -> Any
     if not spec:
         raise StudioError("choose a model from the list, paste an hf:// address or upload a "
                           "checkpoint.")
+    if _is_local_spec(spec):
+        check_server_file(spec, "model file")
     return zoo.load(spec, progress=progress)
 
 
@@ -222,6 +226,48 @@ def ablation(sess: Session, cluster_id: int) -> Image.Image:
 # ----------------------------------------------------------------------------------------
 # Files.
 
+def studio_file_roots() -> list[Path]:
+    """Folders of files the studio itself holds: what it wrote, what Gradio stored for
+    uploads, and the models and encoders that ship with it."""
+    gradio_tmp = os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio"
+    return [OUT_DIR, Path(gradio_tmp), REPO / "engine" / "default_model"]
+
+
+def check_server_file(path: str, what: str) -> None:
+    """With STUDIO_SERVER_FILES=studio, refuse a path outside studio_file_roots()."""
+    if SERVER_FILES == "any":
+        return
+    try:
+        real = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):
+        real = None
+    if real is not None and any(real.is_relative_to(root.resolve())
+                                for root in studio_file_roots()):
+        return
+    raise StudioError(f"this studio only opens files uploaded to it, so the {what} "
+                      f"{Path(path).name!r} cannot be used; upload it instead.")
+
+
+def check_recipe_files(r: recipe.Recipe) -> None:
+    """Every server path a recipe names must pass check_server_file."""
+    if _is_local_spec(r.model):
+        check_server_file(r.model, "model file")
+    if r.translator is not None and r.translator.encoder and \
+            not r.translator.encoder.startswith(zoo.HF_PREFIX):
+        check_server_file(r.translator.encoder, "encoder")
+    for d in r.latent.directions:
+        if getattr(d, "path", None):
+            check_server_file(d.path, "boundary file")
+
+
+def _is_local_spec(spec: str) -> bool:
+    try:
+        resolved = zoo.resolve(spec)
+    except StudioError:
+        return False  # not a path either; loading it will say what is wrong
+    return resolved.kind == "local" and resolved.entry is None
+
+
 def is_studio_file(path: str) -> bool:
     """True for files this studio wrote itself (uploads it checked, renders, encoders)."""
     try:
@@ -274,7 +320,6 @@ def sweep_video(sess: Session, path: str, start: float, stop: float, frames: int
 
 ENCODER_GLOBS = ("engine/default_model/**/encoder.safetensors",
                  "engine/default_model/*encoder*.safetensors")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def encoder_options(paths: list[str]) -> list[tuple[str, str]]:
@@ -365,6 +410,8 @@ def set_translator(sess: Session, encoder: str | None, image: str | None) -> Non
     if not encoder or not image:
         sess.recipe.translator = None
         return
+    if not encoder.startswith(zoo.HF_PREFIX):
+        check_server_file(encoder, "encoder")
     sess.recipe.translator = recipe.TranslatorSpec(encoder=encoder, image=image)
 
 

@@ -56,3 +56,12 @@ ENV_NAMES = {
 }
 
 LIMITS = Limits.from_env()
+
+# Which files on the server a request may name (a model path, an encoder, a boundary, a
+# picture in a recipe): "any" suits a studio on your own machine; "studio" allows only what
+# was uploaded to this studio or written by it, so a stranger on a public Space cannot make
+# it read (or reveal the existence of) other files. A Space (SPACE_ID set) defaults to it.
+SERVER_FILES = os.environ.get("STUDIO_SERVER_FILES") or (
+    "studio" if os.environ.get("SPACE_ID") else "any")
+if SERVER_FILES not in ("any", "studio"):
+    raise ValueError(f"STUDIO_SERVER_FILES must be 'any' or 'studio', got {SERVER_FILES!r}")

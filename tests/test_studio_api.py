@@ -177,17 +177,30 @@ def test_cancel_stops_a_long_job(server, tmp_path):
 
 
 def test_limits_from_the_environment_hold_for_api_calls(tmp_path):
-    """STUDIO_MAX_* set on the server cap what any request can ask, API included."""
+    """STUDIO_MAX_* set on the server cap what any request can ask, API included; with
+    STUDIO_SERVER_FILES=studio no request can name a file the studio was not given."""
     from gradio_client import handle_file
 
     from studio.limits import Limits
 
-    model = tiny_model_file(tmp_path)
+    studio_files = tmp_path / "out" / "activation-studio"  # the server's OUT_DIR
+    studio_files.mkdir(parents=True)
+    model = tiny_model_file(studio_files)
     env = {"STUDIO_OUTPUT_DIR": str(tmp_path / "out"), "STUDIO_MAX_VIDEO_FRAMES": "6",
-           "STUDIO_MAX_IMAGE_PIXELS": "4000", "STUDIO_MAX_GRID_VALUES": "3"}
+           "STUDIO_MAX_IMAGE_PIXELS": "4000", "STUDIO_MAX_GRID_VALUES": "3",
+           "STUDIO_SERVER_FILES": "studio"}
     with studio_server(model, env=env) as url:
         client = studio_client(url)
         client.predict(model, api_name="/load_model")
+        outside = tiny_model_file(tmp_path)  # a real checkpoint, but not the studio's
+        for spec in (outside, "/etc/passwd", "/etc"):
+            with pytest.raises(Exception, match="only opens files uploaded to it"):
+                client.predict(spec, api_name="/load_model")
+        bad = json.loads(client.predict(api_name="/save_recipe")[1])
+        bad["model"] = "/etc/passwd"
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(Exception, match="only opens files uploaded to it"):
+            client.predict(handle_file(str(tmp_path / "bad.json")), api_name="/load_recipe")
         with pytest.raises(Exception, match="maximum"):
             client.predict("0, 1", 7, 10, False, "w", api_name="/render_walk")
         video = client.predict("0, 1", 6, 10, False, "w", api_name="/render_walk")

@@ -433,3 +433,9 @@ def test_download_cut_once_resumes_to_the_right_bytes(hub, env, tiny, monkeypatc
     hub.repos["acme/blip"].files["g.pt"].cut_downloads = 1
     assert _same_images(tiny[0], zoo.load("hf://acme/blip/g.pt").G)
     assert hub.resumed_downloads == 1
+
+
+def test_a_folder_is_not_a_checkpoint(env, tmp_path):
+    with pytest.raises(StudioError, match="is a folder, not a checkpoint file") as err:
+        zoo.load(str(tmp_path))
+    assert str(err.value).count(". ") == 0  # one sentence
