@@ -86,7 +86,7 @@ def setup_client(url: str, model: str, i: int, layers: list[str]) -> tuple:
         where = "selected clusters"
     if i % 3 == 0:
         client.predict("scale", layers[(i + 1) % len(layers)], "in", 0.5 + 0.1 * i,
-                       "all channels", api_name="/add_weight_edit")
+                       "random fraction", api_name="/add_weight_edit")
     client.predict(op, layer, where, 0.5, api_name="/add_bend")
     _, text = client.predict(api_name="/save_recipe")
     r = Recipe.from_json(text)

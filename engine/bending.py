@@ -600,6 +600,18 @@ def validate_weight_edit(edit: WeightEdit, G: Any = None) -> list[str]:
     return _validate_edit(edit, WEIGHT_OPERATIONS, G, "weight edit")
 
 
+def undone_by_demodulation(edit: WeightEdit) -> bool:
+    """True for a scale that changes nothing: a positive scale of whole output channels, or
+    of every input channel, of a demodulated conv (every conv but torgb) leaves its
+    normalised weights as they were. Valid, but worth telling a user before they add it."""
+    if edit.op != "scale" or not isinstance(edit.layer, str) or edit.layer.endswith("torgb") \
+            or not isinstance(edit.params, Mapping):
+        return False
+    factor = edit.params.get("factor", 2.0)
+    whole_weight = edit.params.get("axis", "out") == "out" or edit.channels.mode == "all"
+    return isinstance(factor, int | float) and factor > 0 and whole_weight
+
+
 def _weight_of(G: Any, layer: str) -> torch.Tensor:
     block, part = layer.split(".")
     return getattr(getattr(G.synthesis, block), part).weight

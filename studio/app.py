@@ -16,7 +16,13 @@ from typing import Any
 
 import gradio as gr
 
-from engine.bending import OPERATIONS, WEIGHT_OPERATIONS, Bend, WeightEdit
+from engine.bending import (
+    OPERATIONS,
+    WEIGHT_OPERATIONS,
+    Bend,
+    WeightEdit,
+    undone_by_demodulation,
+)
 from engine.errors import StudioError
 from engine.latents import DirectionEdit
 from engine.recipe import Recipe
@@ -294,12 +300,12 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                                     WEIGHT_OPERATIONS.values()],
                                                    value="scale", label="Weight edit")
                                 w_layer = gr.Dropdown([], label="Layer")
-                                w_axis = gr.Radio(["out", "in"], value="out",
+                                w_axis = gr.Radio(["out", "in"], value="in",
                                                   label="Channels axis")
                             with gr.Row():
                                 w_amount = gr.Slider(-10, 10, 2, step=0.05,
                                                      label="Factor / noise std")
-                                w_where = gr.Radio(WHERE_CHOICES[:2], value="all channels",
+                                w_where = gr.Radio(WHERE_CHOICES, value="random fraction",
                                                    label="Channels")
                             with gr.Row():
                                 w_add = gr.Button("Add weight edit")
@@ -866,7 +872,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                 return "_No weight edits._"
             return "\n".join(f"{i + 1}. {WEIGHT_OPERATIONS[e.op].title} @ {e.layer} "
                              f"({e.params.get('axis', 'out')}, {e.channels.mode})"
-                             f"{' ' + str(e.params) if e.params else ''}"
+                             + "".join(f", {k}={v:g}" if isinstance(v, float) else ""
+                                       for k, v in (e.params or {}).items())
                              for i, e in enumerate(edits))
 
         @user_errors
@@ -881,9 +888,12 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     params["axis"] = axis
                 elif p.type == "float" and not any(k != "axis" for k in params):
                     params[p.name] = float(amount)
-            sel = selection_for(sess, layer, where) if axis == "out" else \
-                selection_for(sess, layer, "all channels")
+            sel = selection_for(sess, layer, where)
             edit = WeightEdit(layer=layer, op=op, params=params, channels=sel)
+            if undone_by_demodulation(edit):
+                raise StudioError("weight demodulation divides this scale back out, so it would "
+                                  "change nothing; scale some input channels (axis 'in' with a "
+                                  "random fraction or clusters) or use the Multiply bend.")
             sess.recipe.weight_edits.append(edit)
             try:
                 backend.check_weight_edit(sess, edit)

@@ -21,6 +21,7 @@ from engine.bending import (
     make_taps,
     resolve_channels,
     resolve_params,
+    undone_by_demodulation,
     validate_bend,
     validate_weight_edit,
 )
@@ -269,7 +270,8 @@ def test_validate_bend_reports_every_field():
     assert validate_bend(Bend("b8.conv0", "ablate", channels=ChannelSelection("some"))
                          )[0].startswith("channels.mode")
     assert validate_bend(Bend("b8.conv0", "rotate", {"angle": 45.0}), G) == []
-    assert validate_weight_edit(WeightEdit("b8.conv0", "scale", {"factor": 0.5}), G) == []
+    assert validate_weight_edit(WeightEdit("b8.conv0", "scale", {"factor": 0.5, "axis": "in"},
+                                           ChannelSelection("indices", indices=[0])), G) == []
     assert validate_weight_edit(WeightEdit("b8.conv0", "melt"), G)[0].startswith("op:")
 
 
@@ -372,6 +374,26 @@ def test_weight_edits(G):
     after = G.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(G.synthesis(ws), base)
+
+
+def test_scale_that_demodulation_undoes_is_refused(G):
+    """Scaling whole output channels (or every input channel) of a demodulated conv gives
+    the same image; undone_by_demodulation says so (the studio refuses to add it)."""
+    ws = _ws(G)
+    base = G.synthesis(ws)
+    half = ChannelSelection("random", fraction=0.5, seed=1)
+    for axis, sel in (("out", ChannelSelection("all")), ("out", half),
+                      ("in", ChannelSelection("all"))):
+        edit = WeightEdit("b8.conv0", "scale", {"factor": 3.0, "axis": axis}, sel)
+        _, wt = make_taps(G, weight_edits=[edit])
+        assert torch.allclose(G.synthesis(ws, weight_taps=wt), base, atol=1e-5)
+        assert undone_by_demodulation(edit)
+    for edit in (WeightEdit("b8.conv0", "scale", {"factor": 3.0, "axis": "in"}, half),
+                 WeightEdit("b8.torgb", "scale", {"factor": 3.0, "axis": "out"}),
+                 WeightEdit("b8.conv0", "scale", {"factor": -1.0, "axis": "out"}, half)):
+        assert not undone_by_demodulation(edit)
+        _, wt = make_taps(G, weight_edits=[edit])
+        assert not torch.allclose(G.synthesis(ws, weight_taps=wt), base, atol=1e-3)
 
 
 def test_make_taps_refuses_invalid_bends(G):
