@@ -288,29 +288,30 @@ def load_boundary(path: str | os.PathLike, G: torch.nn.Module | None = None) -> 
     With G given, the shape is checked against the model (w_dim, num_ws).
     """
     path = os.fspath(path)
+    name = os.path.basename(path)  # messages name the file, not where a server keeps it
     try:
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError as exc:
-        raise StudioError(f"Boundary file {path!r} was not found.") from exc
+        raise StudioError(f"Boundary file {name!r} was not found.") from exc
     except (ValueError, OSError) as exc:
-        raise StudioError(f"Boundary file {path!r} is not a readable .npy array.") from exc
+        raise StudioError(f"Boundary file {name!r} is not a readable .npy array.") from exc
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2:
-        raise StudioError(f"Boundary file {path!r} has shape {list(arr.shape)}; expected "
+        raise StudioError(f"Boundary file {name!r} has shape {list(arr.shape)}; expected "
                           f"[1, w_dim] or [num_ws, w_dim].")
     if G is not None:
         w_dim, num_ws = G.cfg.w_dim, G.num_ws
         if arr.shape[1] != w_dim or arr.shape[0] not in (1, num_ws):
-            raise StudioError(f"Boundary file {os.path.basename(path)!r} has shape "
+            raise StudioError(f"Boundary file {name!r} has shape "
                               f"{list(arr.shape)} but this model needs [1, {w_dim}] or "
                               f"[{num_ws}, {w_dim}].")
     if not np.isfinite(arr).all():
-        raise StudioError(f"Boundary file {path!r} contains NaN or infinite values.")
+        raise StudioError(f"Boundary file {name!r} contains NaN or infinite values.")
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     if (norms < 1e-12).any():
-        raise StudioError(f"Boundary file {path!r} has an all-zero row; it has no direction.")
+        raise StudioError(f"Boundary file {name!r} has an all-zero row; it has no direction.")
     return arr / norms
 
 
@@ -514,7 +515,7 @@ def validate_latent(spec: LatentSpec, G: torch.nn.Module | None = None) -> list[
             if not d.path:
                 p.append(f"{name}.path: a boundary .npy path is needed for method 'file'.")
             elif not os.path.exists(d.path):
-                p.append(f"{name}.path: {d.path!r} does not exist.")
+                p.append(f"{name}.path: {os.path.basename(d.path)!r} does not exist.")
             elif G is not None:
                 try:
                     load_boundary(d.path, G)

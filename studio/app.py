@@ -35,7 +35,9 @@ CSS = """
 #canvas img, #before img, #cam-out img, #tr-preview img {
   width: 100%; height: 100%; object-fit: contain; }
 #model-card { font-size: 0.92em; }
-#busy { min-height: 30px; }
+#busy { min-height: 30px; position: sticky; top: 0; z-index: 50;
+  background: var(--background-fill-primary); }
+#intro { font-size: 0.95em; }
 """
 
 N_DIRECTIONS = 5        # direction sliders shown (top components of SeFa / GANSpace)
@@ -138,6 +140,12 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
 
     with gr.Blocks(title="Activation Studio") as demo:
         session = gr.State(None)
+        gr.Markdown(
+            "**Activation Studio** takes a StyleGAN2 apart. *Explore* its latents, group a "
+            "layer's channels into *Clusters*, *Bend* them (the image on the right follows "
+            "every change), *Translate* your own pictures, or *Project* a photo into the "
+            "model. The *Recipe* under the image replays any result from a script.",
+            elem_id="intro")
 
         # ---------------------------------------------------------------- model bar
         with gr.Row(elem_id="model-bar", equal_height=True):
@@ -253,9 +261,10 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                                    elem_id="cl-compute")
                             cl_cancel = gr.Button("Cancel", variant="stop")
                         cl_status = gr.Markdown("")
-                        cl_gallery = gr.Gallery(label="Clusters on this image: click tiles "
-                                                      "to select them for bending",
-                                                columns=6, height="auto",
+                        gr.Markdown("Each tile shows where a cluster's channels fire on the "
+                                    "current image. Click tiles to select clusters for "
+                                    "bending (orange frame); click again to drop one.")
+                        cl_gallery = gr.Gallery(show_label=False, columns=6, height="auto",
                                                 allow_preview=False, elem_id="cl-gallery",
                                                 format="png",
                                                 object_fit="contain", interactive=False)
@@ -271,10 +280,10 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                                   OPERATIONS.values()], value="rotate",
                                                  label="Operation", elem_id="add-op")
                             add_layer = gr.Dropdown([], label="Layer", elem_id="add-layer")
-                            add_where = gr.Radio(WHERE_CHOICES, value="selected clusters",
+                            add_where = gr.Radio(WHERE_CHOICES, value="all channels",
                                                  label="Channels", elem_id="add-where")
                         with gr.Row():
-                            add_fraction = gr.Slider(0.05, 1, 0.5, step=0.05,
+                            add_fraction = gr.Slider(0.05, 1, 0.5, step=0.05, visible=False,
                                                      label="Random fraction")
                             add_btn = gr.Button("Add bend", variant="primary",
                                                 elem_id="add-bend")
@@ -503,6 +512,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     amounts = [0.0] * len(amounts)
                 else:
                     path = str(uploads.upload_path(boundary_file, "boundary"))
+                    backend.check_boundary(sess, path)
             lat.directions = [DirectionEdit(method=method, index=0 if method == "file" else i,
                                             amount=float(a), layer_start=dstart,
                                             layer_end=dend, path=path)
@@ -636,7 +646,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             tiles = backend.overlay_tiles(sess)
             c = sess.clusters
             choices = [(f"#{i} ({c.sizes[i]} ch)", i) for i in range(c.k)] if c else []
-            return [tiles, gr.update(choices=choices, value=sorted(sess.selected))]
+            return [gr.update(value=tiles, selected_index=None),
+                    gr.update(choices=choices, value=sorted(sess.selected))]
 
         @user_errors
         def compute_clusters(sess: Session, layer: str, k: float, samples: float,
@@ -679,7 +690,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                 sess.selected.remove(cid)
             else:
                 sess.selected.append(cid)
-            return [sess, *_cluster_view(sess), backend.ablation(sess, cid)]
+            return [sess, *_cluster_view(sess), backend.ablation(sess, cid),
+                    _where_after_selection(sess)]
 
         @user_errors
         def select_clusters(sess: Session, ids: list[int]) -> list[Any]:
@@ -690,23 +702,33 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             new = [i for i in ids if i not in sess.selected]
             sess.selected = sorted(int(i) for i in ids)
             abl = backend.ablation(sess, new[-1]) if new else gr.update()
-            return [sess, *_cluster_view(sess), abl]
+            return [sess, *_cluster_view(sess), abl, _where_after_selection(sess)]
+
+        def _where_after_selection(sess: Session) -> Any:
+            # Selecting clusters is a choice of channels: new bends use them from then on.
+            return gr.update(value="selected clusters") if sess.selected else gr.update()
 
         cl_gallery.select(click_tile, [session], [session, cl_gallery, cl_selected,
-                                                  cl_ablation], api_name=False, **JOB)
+                                                  cl_ablation, add_where],
+                          api_name=False, **JOB)
         cl_selected.input(select_clusters, [session, cl_selected],
-                          [session, cl_gallery, cl_selected, cl_ablation],
+                          [session, cl_gallery, cl_selected, cl_ablation, add_where],
                           api_name="select_clusters", show_progress="hidden")
 
         # ------------------------------------------------------------- bends
-        def _editor(sess: Session) -> list[Any]:
-            """Stack list + the pool of generic controls relabelled for the current bend."""
+        def _stack_labels(sess: Session) -> Any:
             bends = sess.recipe.bends
             labels = [(bend_label(i, b), i) for i, b in enumerate(bends)]
             cur = sess.current if sess.current is not None and sess.current < len(bends) \
                 else None
             sess.current = cur
-            ups: list[Any] = [gr.update(choices=labels, value=cur)]
+            return gr.update(choices=labels, value=cur)
+
+        def _editor(sess: Session) -> list[Any]:
+            """Stack list + the pool of generic controls relabelled for the current bend."""
+            bends = sess.recipe.bends
+            ups: list[Any] = [_stack_labels(sess)]
+            cur = sess.current
             sliders, choices_, checks = [], [], []
             help_text = ""
             numeric = []
@@ -801,6 +823,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             return [sess, backend.render(sess), _before(sess), *_editor(sess)[:1]]
 
         bend_outs = [session, output, before, *editor_outs]
+        add_where.change(lambda where: gr.update(visible=where == "random fraction"),
+                         add_where, add_fraction, api_name=False, show_progress="hidden")
         add_btn.click(add_bend, [session, add_op, add_layer, add_where, add_fraction],
                       bend_outs, api_name="add_bend", **JOB)
         stack.input(pick_bend, [session, stack], [session, *editor_outs],
@@ -828,26 +852,26 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                 raise
 
         def _slot_handler(kind: str, slot: int) -> Callable:
+            # The stack's labels come back with each image, so the list never shows an
+            # older value than the picture does.
             @user_errors
             def handler(sess: Session, value: Any) -> tuple:
                 sess = _need(sess)
                 names = _slot_names(sess)[kind]
                 if slot >= len(names):
-                    return sess, gr.update()
+                    return sess, gr.update(), gr.update()
                 _set_param(sess, names[slot], value)
-                return sess, backend.render(sess)
+                return sess, backend.render(sess), _stack_labels(sess)
             return handler
 
         for i, s in enumerate(p_sliders):
-            s.input(_slot_handler("float", i), [session, s], [session, output],
+            s.input(_slot_handler("float", i), [session, s], [session, output, stack],
                     api_name=f"bend_slider_{i}", **LIVE)
-            s.release(lambda sess: [sess, *_editor(sess)[:1]], [session], [session, stack],
-                      api_name=False, show_progress="hidden")
         for i, d in enumerate(p_choices):
-            d.input(_slot_handler("choice", i), [session, d], [session, output],
+            d.input(_slot_handler("choice", i), [session, d], [session, output, stack],
                     api_name=f"bend_choice_{i}", **LIVE)
         for i, c in enumerate(p_checks):
-            c.input(_slot_handler("bool", i), [session, c], [session, output],
+            c.input(_slot_handler("bool", i), [session, c], [session, output, stack],
                     api_name=f"bend_check_{i}", **LIVE)
 
         @user_errors

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from engine import bending, clusters, latents, recipe, zoo
 from engine.errors import StudioError
@@ -194,6 +194,9 @@ def suggest_k(sess: Session, layer: str, samples: int,
     return best
 
 
+SELECTED_FRAME = (255, 124, 0)  # the page's accent orange
+
+
 @gpu(30)
 def overlay_tiles(sess: Session) -> list[tuple[Image.Image, str]]:
     """(tile, caption) per cluster of the session's clustering, for the current latent."""
@@ -211,8 +214,12 @@ def overlay_tiles(sess: Session) -> list[tuple[Image.Image, str]]:
     for i in range(1, c.k + 1):
         part = sheet[i * step:i * step + step - 2]
         cid = i - 1
-        mark = " ✓" if cid in sess.selected else ""
-        tiles.append((_pil(part), f"#{cid} · {c.sizes[cid]} ch{mark}"))
+        chosen = cid in sess.selected
+        # The selection is drawn into the tile (an orange frame), not left to the gallery's
+        # own highlight, which marks the last tile clicked even when that click deselected.
+        framed = ImageOps.expand(_pil(part), border=4,
+                                 fill=SELECTED_FRAME if chosen else (255, 255, 255))
+        tiles.append((framed, f"#{cid} · {c.sizes[cid]} ch" + (" · selected" if chosen else "")))
     return tiles
 
 
@@ -286,6 +293,11 @@ def new_output_path(stem: str, suffix: str) -> Path:
 
 # ----------------------------------------------------------------------------------------
 # Checks (engine's validators, with the model's layers and channel counts).
+
+def check_boundary(sess: Session, path: str) -> None:
+    """An uploaded boundary .npy fits the model, or one sentence about the file itself."""
+    latents.load_boundary(path, generator(sess.model))
+
 
 def check_bend(sess: Session, bend: Any) -> None:
     """Raise StudioError naming every problem of one bend on the session's model."""
