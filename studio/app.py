@@ -67,6 +67,8 @@ def checked_image(**kwargs: Any) -> gr.Image:
         return stock(payload)
 
     comp.preprocess = preprocess
+    # Check at upload time too, so a bad file is named at once, not at the next button.
+    comp.upload(lambda _: None, comp, None, api_name=False, show_progress="hidden")
     return comp
 
 
@@ -141,10 +143,10 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
     with gr.Blocks(title="Activation Studio") as demo:
         session = gr.State(None)
         gr.Markdown(
-            "**Activation Studio** takes a StyleGAN2 apart. *Explore* its latents, group a "
-            "layer's channels into *Clusters*, *Bend* them (the image on the right follows "
-            "every change), *Translate* your own pictures, or *Project* a photo into the "
-            "model. The *Recipe* under the image replays any result from a script.",
+            "**Activation Studio** takes a StyleGAN2 apart: explore its latents, group a "
+            "layer's channels into clusters, bend them (the image on the right follows every "
+            "change), translate your own pictures or project a photo into the model. The "
+            "recipe under the image replays any result from a script.",
             elem_id="intro")
 
         # ---------------------------------------------------------------- model bar

@@ -222,7 +222,7 @@ def test_bad_upload_shows_an_error_and_the_page_keeps_working(page, tmp_path):
     bad = tmp_path / "holiday.png"
     bad.write_text("this is a text file wearing a .png name")
     page.locator("#pr-input input[type=file]").set_input_files(str(bad))
-    page.wait_for_timeout(500)
+    error_toast(page, "not an image this studio can read")  # named at upload time
     page.click("#pr-go")
     error_toast(page, "not an image this studio can read")
     shot(page, "project")
