@@ -1144,6 +1144,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             lat = sess.recipe.latent
             lat.w, lat.psi, lat.cutoff, lat.mix_seed = sess.projected, 1.0, None, None
             lat.directions, lat.layer_edits = [], []
+            gr.Info("Explore now shows the fitted latent (W+), not a seed; the fitted noise "
+                    "maps stay behind, so fine detail can differ a little. Typing a seed goes "
+                    "back to seeds.")
             return [sess, backend.render(sess), _before(sess), *_latent_controls(sess),
                     gr.Tabs(selected="explore")]
 
