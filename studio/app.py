@@ -994,6 +994,10 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
 
         rec_acc.expand(show_recipe, [session], [rec_code], api_name="show_recipe",
                        show_progress="hidden")
+        # Every new output image comes from the session's recipe: keep its JSON in step.
+        output.change(lambda sess: show_recipe(sess) if sess is not None else gr.update(),
+                      [session], [rec_code], api_name=False, show_progress="hidden",
+                      trigger_mode="always_last")
         rec_save.click(save_recipe, [session], [rec_file, rec_code], api_name="save_recipe", **JOB)
         rec_load.upload(load_recipe, [session, rec_load],
                         [*model_outs, *editor_outs, rec_code, model_box],
