@@ -46,6 +46,7 @@ N_CHOICES = 2           # generic dropdowns (choice parameters)
 N_CHECKS = 1            # generic checkboxes (bool parameters)
 LIVE = dict(trigger_mode="always_last", show_progress="hidden")
 WHERE_CHOICES = ["selected clusters", "all channels", "random fraction"]
+GALLERY_COLUMNS = 6     # cluster tiles per row
 
 
 def checked_image(**kwargs: Any) -> gr.Image:
@@ -266,7 +267,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                         gr.Markdown("Each tile shows where a cluster's channels fire on the "
                                     "current image. Click tiles to select clusters for "
                                     "bending (orange frame); click again to drop one.")
-                        cl_gallery = gr.Gallery(show_label=False, columns=6, height="auto",
+                        cl_gallery = gr.Gallery(show_label=False, columns=GALLERY_COLUMNS,
+                                                height=136,
                                                 allow_preview=False, elem_id="cl-gallery",
                                                 format="png",
                                                 object_fit="contain", interactive=False)
@@ -648,7 +650,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             tiles = backend.overlay_tiles(sess)
             c = sess.clusters
             choices = [(f"#{i} ({c.sizes[i]} ch)", i) for i in range(c.k)] if c else []
-            return [gr.update(value=tiles, selected_index=None),
+            rows = -(-len(tiles) // GALLERY_COLUMNS) if tiles else 1
+            return [gr.update(value=tiles, selected_index=None, height=24 + 112 * rows),
                     gr.update(choices=choices, value=sorted(sess.selected))]
 
         @user_errors

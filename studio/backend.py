@@ -219,7 +219,7 @@ def overlay_tiles(sess: Session) -> list[tuple[Image.Image, str]]:
         # own highlight, which marks the last tile clicked even when that click deselected.
         framed = ImageOps.expand(_pil(part), border=4,
                                  fill=SELECTED_FRAME if chosen else (255, 255, 255))
-        tiles.append((framed, f"#{cid} · {c.sizes[cid]} ch" + (" · selected" if chosen else "")))
+        tiles.append((framed, f"#{cid} · {c.sizes[cid]} ch" + (" ✓" if chosen else "")))
     return tiles
 
 
