@@ -901,8 +901,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                 return "_No weight edits._"
             return "\n".join(f"{i + 1}. {WEIGHT_OPERATIONS[e.op].title} @ {e.layer} "
                              f"({e.params.get('axis', 'out')}, {e.channels.mode})"
-                             + "".join(f", {k}={v:g}" if isinstance(v, float) else ""
-                                       for k, v in (e.params or {}).items())
+                             + "".join(f", {k}={v:g}" if isinstance(v, float) else f", {k}={v}"
+                                       for k, v in (e.params or {}).items() if k != "axis")
                              for i, e in enumerate(edits))
 
         @user_errors
