@@ -82,7 +82,7 @@ def load(spec: str, progress: Callable[[float, str], None] | None = None) -> Any
     if not spec:
         raise StudioError("choose a model from the list, paste an hf:// address or upload a "
                           "checkpoint.")
-    if _is_local_spec(spec):
+    if SERVER_FILES != "any" and _is_local_spec(spec):  # (load runs on every render)
         check_server_file(spec, "model file")
     return zoo.load(spec, progress=progress)
 
