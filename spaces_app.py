@@ -4,7 +4,7 @@
 
 Host and port follow Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; STUDIO_MODEL picks
 the model a session opens on (catalogue id, hf://... or a local checkpoint path). The
-STUDIO_MAX_* limits are in studio/limits.py and README.md.
+STUDIO_MAX_* limits are in engine/limits.py and README.md.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def _need(sess: Session | None) -> Session:
 
 
 def capped_slider(low: int, limit: int, value: int, step: int = 1, **kwargs: Any) -> gr.Slider:
-    """An integer slider that stops at a studio limit (studio/limits.py)."""
+    """An integer slider that stops at a studio limit (engine/limits.py)."""
     high = max(low, limit)
     return gr.Slider(low, high, min(value, high), step=step, **kwargs)
 

@@ -2,7 +2,7 @@
 
 Uploads come from strangers, so each reader checks size before decoding, refuses files that
 are empty, truncated or not what their name claims, and caps the pixel count so a
-decompression bomb is refused before it is expanded. The limits come from studio/limits.py
+decompression bomb is refused before it is expanded. The limits come from engine/limits.py
 (environment variables), so a Space can tune them without a code change.
 """
 

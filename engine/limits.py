@@ -1,0 +1,68 @@
+"""How much one request may ask of the server, each limit set by an environment variable.
+
+A public Space serves strangers: every size a request can choose (pixels, frames, steps,
+batch, queue length) has a ceiling here, so no single request can take the machine. The
+page's sliders stop at these values and the server refuses anything beyond them, API calls
+included (Gradio checks slider bounds on the server). The engine's recipe validation applies
+the same values, so a recipe cannot ask for more than a slider can. README.md lists them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(float(raw))
+    except ValueError as exc:
+        raise ValueError(f"the environment variable {name} must be a number, got {raw!r}") \
+            from exc
+    if value <= 0:
+        raise ValueError(f"the environment variable {name} must be positive, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    image_pixels: int = 40_000_000             # STUDIO_MAX_IMAGE_PIXELS: decoded upload size
+    upload_bytes: int = 50 * 2**20             # STUDIO_MAX_UPLOAD_BYTES: image/recipe/boundary
+    checkpoint_bytes: int = 4 * 2**30          # STUDIO_MAX_CHECKPOINT_BYTES: uploaded model
+    video_frames: int = 240                    # STUDIO_MAX_VIDEO_FRAMES: walk and sweep videos
+    video_fps: int = 60                        # STUDIO_MAX_VIDEO_FPS
+    grid_values: int = 16                      # STUDIO_MAX_GRID_VALUES: seeds / ψ per list
+    cluster_samples: int = 256                 # STUDIO_MAX_CLUSTER_SAMPLES: latents per k-means
+    train_steps: int = 3000                    # STUDIO_MAX_TRAIN_STEPS: encoder training
+    train_batch: int = 32                      # STUDIO_MAX_TRAIN_BATCH
+    projection_steps: int = 1000               # STUDIO_MAX_PROJECTION_STEPS
+    queue_size: int = 64                       # STUDIO_QUEUE_SIZE: waiting requests, then "busy"
+    concurrency: int = 4                       # STUDIO_CONCURRENCY: requests run at once
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        return cls(**{f.name: _env_int(ENV_NAMES[f.name], f.default) for f in fields(cls)})
+
+
+ENV_NAMES = {
+    "image_pixels": "STUDIO_MAX_IMAGE_PIXELS", "upload_bytes": "STUDIO_MAX_UPLOAD_BYTES",
+    "checkpoint_bytes": "STUDIO_MAX_CHECKPOINT_BYTES", "video_frames": "STUDIO_MAX_VIDEO_FRAMES",
+    "video_fps": "STUDIO_MAX_VIDEO_FPS", "grid_values": "STUDIO_MAX_GRID_VALUES",
+    "cluster_samples": "STUDIO_MAX_CLUSTER_SAMPLES", "train_steps": "STUDIO_MAX_TRAIN_STEPS",
+    "train_batch": "STUDIO_MAX_TRAIN_BATCH", "projection_steps": "STUDIO_MAX_PROJECTION_STEPS",
+    "queue_size": "STUDIO_QUEUE_SIZE", "concurrency": "STUDIO_CONCURRENCY",
+}
+
+LIMITS = Limits.from_env()
+
+# Which files on the server a request may name (a model path, an encoder, a boundary, a
+# picture in a recipe): "any" suits a studio on your own machine; "studio" allows only what
+# was uploaded to this studio or written by it, so a stranger on a public Space cannot make
+# it read (or reveal the existence of) other files. A Space (SPACE_ID set) defaults to it.
+SERVER_FILES = os.environ.get("STUDIO_SERVER_FILES") or (
+    "studio" if os.environ.get("SPACE_ID") else "any")
+if SERVER_FILES not in ("any", "studio"):
+    raise ValueError(f"STUDIO_SERVER_FILES must be 'any' or 'studio', got {SERVER_FILES!r}")
