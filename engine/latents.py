@@ -238,23 +238,39 @@ def _affine(G: torch.nn.Module, layer: str) -> torch.nn.Module:
                           f"{', '.join(affine_layer_names(G))}.") from exc
 
 
+def sefa_layer_names(G: torch.nn.Module) -> list[str]:
+    """The layers SeFa factorises by default: every conv layer and the last ToRGB.
+
+    These are genforce/sefa's `layer_idx='all'` for StyleGAN2: style layers 0..num_ws-2 are
+    the convs (w index i feeds conv i) and the last index is the final block's ToRGB; the
+    ToRGBs of lower resolutions, which skip architectures add, are left out as there.
+    """
+    names = affine_layer_names(G)
+    torgbs = [n for n in names if n.endswith("torgb")]
+    return [n for n in names if not n.endswith("torgb")] + torgbs[-1:]
+
+
 def sefa_directions(G: torch.nn.Module, layers: Sequence[str] | None = None, top: int = 10
                     ) -> np.ndarray:
-    """SeFa: unit directions [top, w_dim] that change the chosen layers' styles the most.
+    """SeFa (Shen & Zhou 2021): unit directions [top, w_dim] that move the styles the most.
 
-    The styles are s = A w + b; the directions n maximising |A n| are the top eigenvectors
-    of A^T A. A is the stack of the layers' affine weights, each weight column-normalised
-    (every input dimension of w scaled to unit norm) as in the SeFa paper. Orthonormal.
+    The styles are s = A w + b. A stacks the chosen layers' affine weights [channels, w_dim]
+    and, as in the official implementation (genforce/sefa `factorize_weight`), each row (one
+    style channel's weights over w) is scaled to unit length, so every style channel counts
+    alike whatever its layer's gain. The directions are the eigenvectors of A^T A in order of
+    decreasing eigenvalue: orthonormal. Layers default to `sefa_layer_names` (the official
+    'all': every conv and the last ToRGB). rosinality's closed_form_factorization.py skips
+    the row scaling and all ToRGBs; pass `layers` to choose another set.
     """
-    names = tuple(layers) if layers else tuple(affine_layer_names(G))
+    names = tuple(layers) if layers else tuple(sefa_layer_names(G))
 
     def make() -> np.ndarray:
         with torch.no_grad():
-            mats = []
+            rows = []
             for name in names:
                 weight = _affine(G, name).weight.detach().to("cpu", torch.float64)
-                mats.append(weight / weight.norm(dim=0, keepdim=True).clamp_min(1e-12))
-            a = torch.cat(mats, dim=0)                         # [sum(channels), w_dim]
+                rows.append(weight / weight.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            a = torch.cat(rows, dim=0)                         # [sum(channels), w_dim]
             evals, evecs = torch.linalg.eigh(a.t() @ a)        # ascending eigenvalues
             order = torch.argsort(evals, descending=True)
             return evecs[:, order].t().numpy().astype(np.float32)  # rows: directions
@@ -870,7 +886,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--method", choices=("sefa", "ganspace"), default="sefa")
     p.add_argument("--top", type=int, default=10, help="number of directions")
     p.add_argument("--layers", default=None,
-                   help="sefa: comma list of layers (default all), e.g. b4.conv1,b8.conv0")
+                   help="sefa: comma list of layers (default: every conv and the last "
+                   "ToRGB, as the official SeFa), e.g. b4.conv1,b8.conv0")
     p.add_argument("--samples", type=int, default=10000, help="ganspace: sampled w")
     p.add_argument("--seeds", default="0,1,2,3", help="seeds shown in each sheet (rows)")
     p.add_argument("--amount", type=float, default=3.0, help="largest step shown")

@@ -143,11 +143,50 @@ def test_sefa_directions_orthonormal(G):
     sub = sefa_directions(G, layers=["b4.conv1", "b8.conv0"], top=5)
     assert np.allclose(sub @ sub.T, np.eye(5), atol=1e-5)
     assert not np.allclose(np.abs(sub[0] @ d[0]), 1.0)  # other layers, other directions
-    # The first direction moves the chosen styles more than any later one.
-    a = torch.cat([G.synthesis.b4.conv1.affine.weight, G.synthesis.b8.conv0.affine.weight])
-    a = a / a.norm(dim=0, keepdim=True)
-    gains = (a.detach().double() @ torch.from_numpy(sub.T).double()).norm(dim=0)
-    assert torch.all(gains[:-1] >= gains[1:] - 1e-6)
+
+
+def _official_sefa(weights: list[np.ndarray]) -> np.ndarray:
+    """SeFa as the paper's authors compute it, re-derived here in numpy.
+
+    Stack the affine weights' transposes side by side into [w_dim, channels], scale every
+    column (one style channel) to unit length, and take the eigenvectors of W W^T by
+    decreasing eigenvalue; rows of the result are the directions.
+    """
+    stacked = np.concatenate([w.T for w in weights], axis=1)
+    stacked = stacked / np.linalg.norm(stacked, axis=0, keepdims=True)
+    values, vectors = np.linalg.eig(stacked @ stacked.T)
+    return vectors.real[:, np.argsort(-values.real)].T
+
+
+def _affine_weight(G, layer: str) -> np.ndarray:
+    block, part = layer.split(".")
+    return getattr(getattr(G.synthesis, block), part).affine.weight.detach().double().numpy()
+
+
+@pytest.mark.parametrize("layers", [None, ["b8.conv1", "b16.conv0", "b32.torgb"]])
+def test_sefa_equals_official_formula(G, layers):
+    # The official 'all' for StyleGAN2: every conv and the final ToRGB (not the other ToRGBs).
+    names = layers or ["b4.conv1", "b8.conv0", "b8.conv1", "b16.conv0", "b16.conv1",
+                       "b32.conv0", "b32.conv1", "b32.torgb"]
+    official = _official_sefa([_affine_weight(G, n) for n in names])
+    ours = sefa_directions(G, layers, top=5).astype(np.float64)
+    for k in (1, 3, 5):  # eigenvector signs are arbitrary: compare the spanned subspaces
+        p_ours, p_official = ours[:k].T @ ours[:k], official[:k].T @ official[:k]
+        assert np.abs(p_ours - p_official).max() < 1e-5, k
+    # A layer with a larger gain must not outweigh the others: scaling one layer's affine
+    # weights leaves the directions unchanged, because each style channel is normalised.
+    scaled = make_scaled_copy(G, names[-1], 10.0)
+    assert np.allclose(np.abs(sefa_directions(scaled, layers, top=5) * ours).sum(1), 1.0,
+                       atol=1e-5)
+
+
+def make_scaled_copy(G, layer: str, factor: float):
+    import copy
+    H = copy.deepcopy(G)
+    block, part = layer.split(".")
+    with torch.no_grad():
+        getattr(getattr(H.synthesis, block), part).affine.weight.mul_(factor)
+    return H
 
 
 def test_ganspace_directions_and_cache(G):
