@@ -22,6 +22,7 @@ VERB_MODULES = {
     "train-latent-encoder": "engine.projector",
     "interpolate": "engine.latents",
     "directions": "engine.latents",
+    "boundary": "engine.boundaries",
     "train-encoder": "engine.translator",
     "translate": "engine.translator",
     "push-encoder": "engine.translator",
