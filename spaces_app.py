@@ -4,15 +4,21 @@
 
 Host and port follow Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; STUDIO_MODEL picks
 the model a session opens on (catalogue id, hf://... or a local checkpoint path). The
-STUDIO_MAX_* limits are in engine/limits.py and README.md.
+STUDIO_MAX_* limits are in engine/limits.py and README.md. With persistent storage (/data on
+a Space, or STUDIO_DATA_DIR) the caches and outputs live there: studio/storage.py.
 """
 
 from __future__ import annotations
 
 import os
 
-from studio.app import CSS, build_app
-from studio.limits import LIMITS
+from studio import storage
+
+# Before anything reads HF_HOME, STUDIO_OUTPUT_DIR or ACTIVATION_STUDIO_CACHE.
+storage.configure()
+
+from studio.app import CSS, build_app  # noqa: E402
+from studio.limits import LIMITS  # noqa: E402
 
 demo = build_app(os.environ.get("STUDIO_MODEL") or None)
 

@@ -11,9 +11,11 @@ Hub files come through `huggingface_hub.hf_hub_download`, so its cache, `HF_HOME
 those variables at call time (huggingface_hub reads some only at import). Each source file is
 converted once into our safetensors + JSON sidecar, stored under
 `$HF_HOME/activation-studio/converted/<sha256 of the source>.safetensors`; later loads read
-that. Loaded generators stay in an LRU bounded by count (`ACTIVATION_STUDIO_MAX_MODELS`,
-default 3) and bytes (`ACTIVATION_STUDIO_MAX_MODEL_MB`, default 4096); two callers asking
-for the same model at once share one load.
+that. `ACTIVATION_STUDIO_PRELOAD_CACHE` names a read-only Hub cache looked in first (a Space's
+build-time downloads, when HF_HOME moved to persistent storage). Loaded generators stay in an
+LRU bounded by count (`ACTIVATION_STUDIO_MAX_MODELS`, default 3) and bytes
+(`ACTIVATION_STUDIO_MAX_MODEL_MB`, default 4096); two callers asking for the same model at once
+share one load.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ ENV_MAX_MODELS = "ACTIVATION_STUDIO_MAX_MODELS"
 ENV_MAX_MODEL_MB = "ACTIVATION_STUDIO_MAX_MODEL_MB"
 DEFAULT_MAX_MODELS = 3
 DEFAULT_MAX_MODEL_MB = 4096
+ENV_PRELOAD_CACHE = "ACTIVATION_STUDIO_PRELOAD_CACHE"  # a read-only Hub cache to look in first
 ETAG_TIMEOUT_S = 10.0  # seconds to wait for the Hub's metadata answer (HF_HUB_ETAG_TIMEOUT wins)
 
 # Shares of the progress bar: download, then conversion, then moving to the device.
@@ -75,6 +78,7 @@ class CatalogueEntry:
     verified: bool             # file name confirmed on the Hub (see the catalogue's 'about')
     revision: str | None = None  # pinned revision, None = main
     sha256: str | None = None    # expected sha256 of the downloaded file, when known
+    preload: bool = False        # a Space fetches it at build time (README preload_from_hub)
 
     @property
     def spec(self) -> str:
@@ -212,6 +216,29 @@ def hub_cache_dir() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     return hf_home() / "hub"
+
+
+def preload_cache_dir() -> Path | None:
+    """A second, read-only Hub cache to look in before downloading: the image's own cache,
+    where a Space's `preload_from_hub` put files at build time, when HF_HOME was moved to
+    persistent storage (studio/storage.py sets it). None when unset or the same folder."""
+    value = os.environ.get(ENV_PRELOAD_CACHE)
+    if not value:
+        return None
+    folder = Path(value).expanduser()
+    return None if folder.resolve() == hub_cache_dir().resolve() else folder
+
+
+def _preloaded(r: Resolved) -> str | None:
+    """The file in the preload cache, or None (not there, or no such cache)."""
+    folder = preload_cache_dir()
+    if folder is None or r.repo_id is None or not folder.is_dir():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(r.repo_id, r.filename, cache_dir=str(folder),
+                                 revision=r.revision)
+    return hit if isinstance(hit, str) else None
 
 
 def converted_dir() -> Path:
@@ -511,7 +538,7 @@ def _download(r: Resolved, progress: Progress) -> tuple[Path, str | None]:
 
     progress(0.0, f"looking up {r.repo_id}/{r.filename}")
     try:
-        local = Path(_hf_download(r, progress))
+        local = Path(_preloaded(r) or _hf_download(r, progress))
     except StudioError:
         raise
     except Exception as exc:  # huggingface_hub's typed errors -> one sentence
@@ -628,7 +655,7 @@ def _discard_download(pointer: Path) -> None:
     for p in {pointer, blob}:
         try:
             p.unlink()
-        except FileNotFoundError:
+        except OSError:  # gone already, or in a read-only (preload) cache that is not ours
             pass
 
 
@@ -656,6 +683,9 @@ def is_cached(entry: CatalogueEntry) -> bool:
     if entry.repo_id is None:
         return (ENGINE_DIR / entry.filename).exists()
     if entry.sha256 and _usable(converted_dir() / f"{entry.sha256}.safetensors"):
+        return True
+    r = resolve(entry.id)
+    if _preloaded(r) is not None:
         return True
     folder = hub_cache_dir() / f"models--{entry.repo_id.replace('/', '--')}" / "snapshots"
     if not folder.is_dir():

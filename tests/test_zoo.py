@@ -439,3 +439,26 @@ def test_a_folder_is_not_a_checkpoint(env, tmp_path):
     with pytest.raises(StudioError, match="is a folder, not a checkpoint file") as err:
         zoo.load(str(tmp_path))
     assert str(err.value).count(". ") == 0  # one sentence
+
+
+def test_space_preloads_are_read_from_the_image_cache(hub, env, tiny, monkeypatch):
+    """preload_from_hub fills the image's Hub cache at build time; with HF_HOME moved to
+    persistent storage the studio reads those files from there instead of downloading."""
+    build = env / "build-home"
+    monkeypatch.setenv("HF_HOME", str(build))
+    zoo.fetch(SPEC)  # what the Space build does: a plain Hub download into the image
+    assert hub.count("GET", "/lfs/") == 1
+    hub.stop()
+    zoo.clear_cache()
+    image = sorted(str(p) for p in build.rglob("*"))
+    data = env / "data" / "huggingface"
+    monkeypatch.setenv("HF_HOME", str(data))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(StudioError, match="not in the cache"):
+        zoo.load(SPEC)  # without the preload cache named, the file is nowhere
+    monkeypatch.setenv(zoo.ENV_PRELOAD_CACHE, str(build / "hub"))
+    m = zoo.load(SPEC)
+    assert _same_images(tiny[0], m.G)
+    # The conversion goes to persistent storage; the image's cache is only read.
+    assert m.path is not None and m.path.is_relative_to(data)
+    assert sorted(str(p) for p in build.rglob("*")) == image
