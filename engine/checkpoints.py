@@ -21,6 +21,8 @@ from __future__ import annotations
 import _compat_pickle
 import argparse
 import collections
+import contextlib
+import contextvars
 import hashlib
 import io
 import json
@@ -31,7 +33,7 @@ import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +68,83 @@ class LoadedCheckpoint:
     mbstd_group_size: int = 4                         # the discriminator's minibatch-std group
     notes: list[str] = field(default_factory=list)    # facts worth telling the user
     source: Any = None                                # provenance (our sidecar's `source`)
+
+
+# ----------------------------------------------------------------------------------------
+# What one read may cost: a checkpoint's data is in the file, so nothing it builds may
+# outgrow the file. Every declaration (an array's shape, a storage's size, a tensor's view) is
+# checked against that before memory is taken, so a 100-byte file cannot ask for gigabytes.
+
+# Slack for tiny files: the few small objects a pickle builds beside its data.
+BUDGET_SLACK_BYTES = 1 << 20
+
+
+class _ReadBudget:
+    """Byte counters for one checkpoint read; `file_bytes` is the size of what is read."""
+
+    def __init__(self, file_bytes: int, name: str):
+        self.file_bytes, self.name = int(file_bytes), name
+        # Unpickling may hold the file's data twice (protocol-2 text, then its bytes) and
+        # nothing more; tensors handed to the converters must fit in the file once.
+        self.unpickle_limit = 2 * self.file_bytes + BUDGET_SLACK_BYTES
+        self.unpickled = 0
+        self.declared = 0
+
+    def charge(self, nbytes: int) -> None:
+        """Count `nbytes` the unpickler is about to allocate; refuse past the limit."""
+        self.unpickled += int(nbytes)
+        if self.unpickled > self.unpickle_limit:
+            raise CheckpointError(
+                f"{self.name} asks for more than {_mib(self.unpickle_limit)} of data while "
+                f"being read but holds only {_mib(self.file_bytes)}, so it is forged or "
+                f"corrupt and was not loaded.")
+
+    def declare(self, tensors: Iterable[Any]) -> None:
+        """Count the bytes tensors or arrays declare before any is converted or copied."""
+        self.declared += sum(_declared_bytes(t) for t in tensors)
+        if self.declared > self.file_bytes + BUDGET_SLACK_BYTES:
+            raise CheckpointError(
+                f"The tensors in {self.name} declare {_mib(self.declared)} of data but the "
+                f"file holds only {_mib(self.file_bytes)}, so it is forged or corrupt and was "
+                f"not loaded.")
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
+
+
+def _declared_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, np.ndarray):
+        return int(value.size) * int(value.itemsize)
+    return 0
+
+
+_BUDGET: contextvars.ContextVar[_ReadBudget | None] = contextvars.ContextVar(
+    "checkpoint_read_budget", default=None)
+
+
+@contextlib.contextmanager
+def _budget(file_bytes: int, name: str) -> Iterator[_ReadBudget]:
+    budget = _ReadBudget(file_bytes, name)
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
+
+
+def _charge(nbytes: int) -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.charge(nbytes)
+
+
+def _declare(tensors: Iterable[Any]) -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.declare(tensors)
 
 
 # ----------------------------------------------------------------------------------------
@@ -135,18 +214,41 @@ class _CheckedArray(np.ndarray):
         if not isinstance(state, tuple) or len(state) not in (4, 5):
             raise CheckpointError("A numpy array in this pickle is malformed, so the file "
                                   "cannot be read.")
-        _refuse_object_dtype(state[-3])
-        if not isinstance(state[-1], bytes | bytearray):
+        dtype, raw = _refuse_object_dtype(state[-3]), state[-1]
+        if not isinstance(raw, bytes | bytearray):
             raise UnsafePickleError("A numpy array in this pickle carries objects instead of "
                                     "raw data, so it was not loaded.")
+        # The declared shape must be exactly the data that came with it (numpy checks too,
+        # but only after the array exists).
+        if _shape_elements(state[-4]) * dtype.itemsize != len(raw):
+            raise CheckpointError("A numpy array in this pickle declares a size its data does "
+                                  "not have, so the file cannot be read.")
+        _charge(len(raw))
         super().__setstate__(state)
 
 
+def _shape_elements(shape: Any) -> int:
+    """The element count of a declared shape; malformed shapes are refused."""
+    if not isinstance(shape, tuple | list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise CheckpointError("A numpy array in this pickle has an invalid shape, so the file "
+                              "cannot be read.")
+    return math.prod(shape)
+
+
 def _np_reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
+    """numpy pickles every array as `_reconstruct(ndarray, (0,), b'b')` and then sets its
+    real shape and data from the state; any other call would allocate whatever shape it
+    names before a byte of data is seen, so only that exact form is accepted."""
     if subtype is not _NDARRAY:
         raise UnsafePickleError("This pickle rebuilds a numpy array subclass, which is not "
                                 "allowed in a checkpoint, so it was not loaded.")
-    return _numpy_core("_reconstruct")(_CheckedArray, shape, typecode)
+    declared = tuple(shape) if isinstance(shape, tuple | list) else None
+    if declared != (0,) or typecode not in (b"b", "b"):
+        raise UnsafePickleError("This pickle builds a numpy array in a way numpy's own pickles "
+                                "never do (a size declared before its data), so it was not "
+                                "loaded.", "numpy.core.multiarray._reconstruct")
+    return _numpy_core("_reconstruct")(_CheckedArray, (0,), b"b")
 
 
 def _np_scalar(dtype: Any, data: Any = None) -> Any:
@@ -154,6 +256,7 @@ def _np_scalar(dtype: Any, data: Any = None) -> Any:
     if not isinstance(data, bytes):
         raise UnsafePickleError("A numpy scalar in this pickle carries an object instead of "
                                 "raw bytes, so it was not loaded.")
+    _charge(len(data))
     return _numpy_core("scalar")(dtype, data)
 
 
@@ -169,10 +272,14 @@ def _np_dtype(obj: Any, align: bool = False, copy: bool = False) -> np.dtype:
 
 def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
     """Protocol-5 numpy arrays: raw bytes reinterpreted, never objects."""
-    _refuse_object_dtype(dtype)
+    dtype = _refuse_object_dtype(dtype)
     if not isinstance(buf, bytes | bytearray):
         raise UnsafePickleError("A numpy array in this pickle uses an out-of-band buffer, "
                                 "which is not allowed, so it was not loaded.")
+    if _shape_elements(shape) * dtype.itemsize != len(buf):
+        raise CheckpointError("A numpy array in this pickle declares a size its data does "
+                              "not have, so the file cannot be read.")
+    _charge(len(buf))  # the copy below; the same buffer may be named many times
     return np.frombuffer(buf, dtype).reshape(shape, order=order).copy()
 
 
@@ -194,6 +301,11 @@ def _load_storage_from_bytes(data: Any) -> Any:
     if not isinstance(storage, torch.TypedStorage | torch.UntypedStorage):
         raise UnsafePickleError("A tensor storage in this pickle holds something other than "
                                 "tensor data, so the file was not loaded.")
+    # torch reserves a declared storage lazily and the load above fails unless its bytes
+    # were all there, so only data really present is counted (once per copy made).
+    # (the private field: the public accessors warn that TypedStorage is old)
+    _charge(storage._untyped_storage.nbytes() if isinstance(storage, torch.TypedStorage)
+            else storage.nbytes())
     return storage
 
 
@@ -229,6 +341,7 @@ def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise UnsafePickleError("This pickle calls a text codec other than the latin1 one "
                                 "pickle uses for bytes, so it was not loaded.", "_codecs.encode")
+    _charge(len(text))  # a new bytes object each call, even for one stored string
     return text.encode("latin1")
 
 
@@ -284,8 +397,17 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def restricted_load(f: Any) -> Any:
-    """Unpickle a file object with the allow-list; numpy arrays come back as plain ndarrays."""
-    return RestrictedUnpickler(f).load()
+    """Unpickle a file object with the allow-list; numpy arrays come back as plain ndarrays.
+
+    What the pickle builds is bounded by the bytes left in `f` (or by the budget of the
+    checkpoint read this is part of)."""
+    if _BUDGET.get() is not None:
+        return RestrictedUnpickler(f).load()
+    start = f.tell()
+    size = f.seek(0, io.SEEK_END) - start
+    f.seek(start)
+    with _budget(size, "This pickle"):
+        return RestrictedUnpickler(f).load()
 
 
 # ----------------------------------------------------------------------------------------
@@ -341,6 +463,22 @@ def _tensor(x: Any, name: str) -> torch.Tensor:
         raise CheckpointError(f"The checkpoint entry {name} is a {type(x).__name__}, not a "
                               f"tensor.")
     return x.detach().to("cpu", torch.float32).contiguous()
+
+
+def _raw_tensors(entries: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+    """Name -> tensor or ndarray as stored (no copy, no conversion), once their declared
+    bytes are known to fit in the file: many names may view one stored block of data, and
+    converting each would copy it again."""
+    out: dict[str, Any] = {}
+    for key, value in entries.items():
+        name = prefix + str(key)
+        if not isinstance(value, torch.Tensor | np.ndarray):
+            raise CheckpointError(f"The checkpoint entry {name} is a {type(value).__name__}, "
+                                  f"not a tensor.")
+        out[name] = value
+    _declare(out.values())
+    return out
+
 
 
 def _block_resolutions(sd: Mapping[str, Any], prefix: str = "synthesis.b") -> list[int]:
@@ -474,23 +612,31 @@ def _infer_d_config(d_sd: Mapping[str, torch.Tensor], g_cfg: GeneratorConfig,
                               "conv_clamp": conv_clamp, "embed_features": None})
 
 
-def _expected_shapes(cfg: GeneratorConfig,
-                     module_fn: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(cfg: GeneratorConfig, module_fn: Callable[[], torch.nn.Module],
+                     available: int | None = None) -> dict[str, tuple[int, ...]]:
     """State-dict shapes of a module built from `cfg` on the CPU.
 
     Not on the meta device: its first use imports torch's Python reference kernels (about
-    3 s, every process). The size check first keeps a forged config from allocating.
+    3 s, every process). The size checks first keep a forged config from allocating: the
+    studio's ceiling, and `available`, the numbers the checkpoint really holds (a config
+    far larger than its tensors cannot load, so it is refused before it is built).
     """
-    if cfg.approx_parameters() > MAX_GENERATOR_PARAMETERS:
+    approx = cfg.approx_parameters()
+    if approx > MAX_GENERATOR_PARAMETERS:
         raise CheckpointError(f"This checkpoint's config describes a generator of about "
-                              f"{cfg.approx_parameters() / 1e6:.0f} M parameters, more than "
+                              f"{approx / 1e6:.0f} M parameters, more than "
                               f"the studio's limit of {MAX_GENERATOR_PARAMETERS / 1e6:.0f} M.")
+    # approx_parameters overestimates by at most ~15 %; buffers add to the tensors' side.
+    if available is not None and approx > 1.25 * available + 65536:
+        raise CheckpointError(f"This checkpoint's config describes a generator of about "
+                              f"{approx / 1e6:.1f} M parameters but its tensors hold only "
+                              f"{available / 1e6:.1f} M numbers, so the config is wrong.")
     with torch.no_grad():
         module = module_fn()
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
-def _conform(sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]],
+def _conform(sd: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
              what: str) -> dict[str, torch.Tensor]:
     """Match a state dict to a model's keys and shapes, one clear sentence when it does not.
 
@@ -501,7 +647,8 @@ def _conform(sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, .
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         if key.endswith("resample_filter"):
-            if value.shape != standard.shape or not torch.allclose(value, standard, atol=1e-6):
+            if tuple(value.shape) != tuple(standard.shape) or not torch.allclose(
+                    _tensor(value, key), standard, atol=1e-6):
                 raise CheckpointError(f"This {what} uses a resampling filter other than "
                                       f"[1,3,3,1], which the studio does not support.")
             if key not in expected:
@@ -522,14 +669,18 @@ def _conform(sd: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, .
         if tuple(out[key].shape) != shape:
             raise CheckpointError(f"The tensor {key} has shape {list(out[key].shape)} but the "
                                   f"{what}'s config needs {list(shape)}.")
-    return {k: out[k] for k in expected}
+    # Converted only now: every name and shape is the architecture's, so the float32 copies
+    # are as large as the network and no larger, whatever else the file declared.
+    return {k: _tensor(out[k], k) for k in expected}
 
 
-def _finish(cfg: GeneratorConfig, sd: Mapping[str, torch.Tensor], fmt: str, notes: list[str],
-            d_sd: Mapping[str, torch.Tensor] | None = None, d_clamp: float | None = None,
+def _finish(cfg: GeneratorConfig, sd: Mapping[str, Any], fmt: str, notes: list[str],
+            d_sd: Mapping[str, Any] | None = None, d_clamp: float | None = None,
             mbstd: int = 4, source: Any = None) -> LoadedCheckpoint:
-    """Check shapes against the config and package the result."""
-    g = _conform(sd, _expected_shapes(cfg, lambda: Generator(cfg)), "generator")
+    """Check names and shapes against the config, convert to float32, package the result.
+    Tensors may arrive as stored (any float dtype, ndarrays)."""
+    available = sum(math.prod(v.shape) for v in sd.values())
+    g = _conform(sd, _expected_shapes(cfg, lambda: Generator(cfg), available), "generator")
     if cfg.c_dim > 0:
         notes.append(f"This model is conditional with {cfg.c_dim} classes: pass a class label "
                      f"(one-hot c) when generating.")
@@ -546,18 +697,28 @@ def _finish(cfg: GeneratorConfig, sd: Mapping[str, torch.Tensor], fmt: str, note
 # NVlabs PyTorch pickles.
 
 
-def _stub_tensors(stub: PersistentStub, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Walk `_parameters` / `_buffers` / `_modules` into dotted NVlabs state-dict names."""
+def _stub_tensors(stub: PersistentStub) -> dict[str, Any]:
+    """Walk `_parameters` / `_buffers` / `_modules` into dotted NVlabs state-dict names; the
+    tensors come as stored, their declared bytes checked against the file."""
+    out = _stub_entries(stub)
+    _declare(out.values())
+    return out
+
+
+def _stub_entries(stub: PersistentStub, prefix: str = "") -> dict[str, Any]:
     state = stub.state
     skip = state.get("_non_persistent_buffers_set") or set()
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, Any] = {}
     for attr in ("_parameters", "_buffers"):
         entries = state.get(attr) or {}
         if not isinstance(entries, Mapping):
             raise CheckpointError(f"The network {stub.class_name} in this pickle is malformed.")
         for name, value in entries.items():
             if value is not None and not (attr == "_buffers" and name in skip):
-                out[prefix + name] = _tensor(value, prefix + name)
+                if not isinstance(value, torch.Tensor | np.ndarray):
+                    raise CheckpointError(f"The checkpoint entry {prefix}{name} is a "
+                                          f"{type(value).__name__}, not a tensor.")
+                out[prefix + name] = value
     children = state.get("_modules") or {}
     if not isinstance(children, Mapping):
         raise CheckpointError(f"The network {stub.class_name} in this pickle is malformed.")
@@ -567,7 +728,7 @@ def _stub_tensors(stub: PersistentStub, prefix: str = "") -> dict[str, torch.Ten
         if not isinstance(child, PersistentStub):
             raise CheckpointError(f"The layer {prefix}{name} in this pickle is not an NVlabs "
                                   f"network object, so the studio cannot read it.")
-        out.update(_stub_tensors(child, f"{prefix}{name}."))
+        out.update(_stub_entries(child, f"{prefix}{name}."))
     return out
 
 
@@ -671,11 +832,15 @@ def _tf_params(net: TFNetworkStub) -> dict[str, np.ndarray]:
         if not isinstance(node, TFNetworkStub):
             raise CheckpointError("A component of this TensorFlow pickle is not a network.")
         for name, value in getattr(node, "variables", []) or []:
+            if not isinstance(value, np.ndarray | np.generic):
+                raise CheckpointError(f"The TensorFlow variable {prefix}{name} is a "
+                                      f"{type(value).__name__}, not an array.")
             out[prefix + str(name)] = np.asarray(value)
         for name, comp in (getattr(node, "components", {}) or {}).items():
             walk(f"{prefix}{name}/", comp)
 
     walk("", net)
+    _declare(out.values())
     return out
 
 
@@ -754,7 +919,7 @@ def _read_tf(data: tuple, want_d: bool) -> LoadedCheckpoint:
         if f"{tf}/Skip/weight" in params:
             sd[f"{dst}.skip.weight"] = _tf_conv(get(f"{tf}/Skip/weight"), True)
             arch = "resnet"
-    g_sd = {k: _tensor(np.array(v, dtype=np.float32), k) for k, v in sd.items()}
+    g_sd = dict(sd)  # converted to float32 by _finish, once names and shapes are checked
     hints = {"conv_clamp": kw.get("conv_clamp"), "mapping_lr_mul": kw.get("mapping_lrmul", 0.01),
              "channel_base": 2 * int(kw.get("fmap_base", 16384)),
              "channel_max": kw.get("fmap_max", 512)}
@@ -772,7 +937,7 @@ def _read_tf(data: tuple, want_d: bool) -> LoadedCheckpoint:
                    int(d_kw.get("mbstd_group_size") or 4))
 
 
-def _tf_discriminator(p: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+def _tf_discriminator(p: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """TF D variables -> NVlabs D names (no flips: TF blurs before its strided convs)."""
     sd: dict[str, np.ndarray] = {}
     for name, value in p.items():
@@ -795,7 +960,7 @@ def _tf_discriminator(p: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
                 else v
     if "LabelEmbed/weight" in p:
         sd["mapping.embed.weight"] = p["LabelEmbed/weight"].T
-    return {k: _tensor(np.array(v, dtype=np.float32), k) for k, v in sd.items()}
+    return sd
 
 
 # ----------------------------------------------------------------------------------------
@@ -803,22 +968,40 @@ def _tf_discriminator(p: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def _check_zip_crcs(path: Path) -> None:
-    """Verify the CRC-32 torch.save writes for every record of a zip checkpoint.
+    """Check every record of a zip checkpoint before torch reads it: stored, inside the file,
+    and matching the CRC-32 torch.save writes.
 
-    torch.load does not check them, so a flipped bit in tensor data would otherwise load as
-    silently wrong weights. A record whose CRC is 0 was written without checksums (torch's
+    torch.save never compresses, while torch.load inflates whatever it finds, so a deflated
+    record (a gigabyte of zeros in a megabyte) is refused by its header alone. torch.load
+    does not check CRCs, so a flipped bit in tensor data would otherwise load as silently
+    wrong weights. A record whose CRC is 0 was written without checksums (torch's
     compute_crc32=False) and is skipped.
     """
+    size = path.stat().st_size
     try:
         with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
+            infos = zf.infolist()
+            for info in infos:
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise CheckpointError(f"{path.name} holds a compressed record "
+                                          f"({info.filename}), which torch.save never writes, "
+                                          f"so it was not loaded.")
+                if info.file_size != info.compress_size or \
+                        info.header_offset + info.file_size > size:
+                    raise CheckpointError(f"{path.name} declares a record larger than the "
+                                          f"file ({info.filename}), so it is forged or "
+                                          f"corrupt and was not loaded.")
+            if sum(info.file_size for info in infos) > size:
+                raise CheckpointError(f"{path.name} declares more data than the file holds, "
+                                      f"so it is forged or corrupt and was not loaded.")
+            for info in infos:
                 if info.CRC == 0:
                     continue
                 with zf.open(info) as f:  # zipfile raises BadZipFile on a CRC mismatch
                     while f.read(1 << 20):
                         pass
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
-            NotImplementedError) as exc:
+            NotImplementedError) as exc:  # (a CheckpointError above passes through)
         raise CheckpointError(f"{path.name} is corrupt (a checksum inside the torch file does "
                               f"not match its data); download it again.") from exc
 
@@ -852,7 +1035,7 @@ def _ros_modconv(src: Mapping[str, torch.Tensor], s: str, d: str, sd: dict, scal
     the scale matter only through the 1e-8 epsilon), so the scale is folded into the weight.
     ToRGB scales its styles by the same factor in NVlabs, so its weight is copied as is."""
     w = src[f"{s}.conv.weight"][0]
-    sd[f"{d}.weight"] = w * (1 / math.sqrt(w[0].numel())) if scale else w
+    sd[f"{d}.weight"] = _tensor(w, d) * (1 / math.sqrt(w[0].numel())) if scale else w
     sd[f"{d}.affine.weight"] = src[f"{s}.conv.modulation.weight"]
     sd[f"{d}.affine.bias"] = src[f"{s}.conv.modulation.bias"]
 
@@ -938,10 +1121,12 @@ def _read_rosinality(obj: Mapping[str, Any], want_d: bool) -> LoadedCheckpoint:
              "applies to every layer (use no cutoff to match it)."]
     if "g_ema" not in obj:
         notes.append("The checkpoint has no g_ema; the training generator g is used instead.")
-    src = {str(k): _tensor(v, str(k)) for k, v in g.items()}
+    # As stored: names and shapes are checked (by the mapping and _finish) before anything
+    # is converted, so junk entries cost nothing.
+    src = _raw_tensors(g)
     w_avg = obj.get("latent_avg")
-    sd, res = _rosinality_to_nvlabs(src, _tensor(w_avg, "latent_avg") if w_avg is not None
-                                    else None)
+    sd, res = _rosinality_to_nvlabs(src, _raw_tensors({"latent_avg": w_avg})["latent_avg"]
+                                    if w_avg is not None else None)
     if "mapping.w_avg" not in sd:
         sd["mapping.w_avg"] = torch.zeros(int(sd["mapping.fc0.weight"].shape[0]))
     cfg = infer_config(sd, {"channel_base": None, "mapping_lr_mul": 0.01})
@@ -955,7 +1140,7 @@ def _read_rosinality(obj: Mapping[str, Any], want_d: bool) -> LoadedCheckpoint:
         if not isinstance(d, Mapping):
             raise CheckpointError("This rosinality checkpoint has no discriminator d; load it "
                                   "without one.")
-        d_src = {str(k): _tensor(v, str(k)) for k, v in d.items()}
+        d_src = _raw_tensors(d)
         try:
             d_sd = _rosinality_d_to_nvlabs(d_src, res)
         except KeyError as exc:
@@ -1038,10 +1223,9 @@ def _read_safetensors(path: Path) -> LoadedCheckpoint:
         raise CheckpointError(f"{path.name} is a truncated or corrupt safetensors file; "
                               f"download or convert it again.") from exc
     bad = [k for k, v in sd.items() if v.dtype != torch.float32]
-    if bad:
+    if bad:  # _finish converts them
         notes.append(f"{len(bad)} tensor(s) were stored as {sd[bad[0]].dtype}; converted to "
                      f"float32.")
-        sd = {k: v.to(torch.float32) for k, v in sd.items()}
     if sidecar is not None:
         try:
             cfg = GeneratorConfig.from_dict(sidecar["config"])
@@ -1085,7 +1269,7 @@ def _from_torch_object(obj: Any, want_d: bool) -> LoadedCheckpoint:
             if want_d:
                 raise CheckpointError("This file holds a generator state dict only; load it "
                                       "without a discriminator.")
-            sd = {str(k): _tensor(v, str(k)) for k, v in obj.items()}
+            sd = _raw_tensors(obj)
             return _finish(infer_config(sd), sd, "state-dict",
                            ["A plain state dict: conv_clamp unknown, assumed none."])
     raise CheckpointError("This torch file is neither a rosinality checkpoint (g_ema) nor a "
@@ -1116,14 +1300,8 @@ def read_checkpoint(path: str | os.PathLike, want_d: bool = False) -> LoadedChec
     path = Path(path)
     kind = detect_format(path)
     try:
-        if kind == "safetensors":
-            if want_d:
-                raise CheckpointError("Studio safetensors files hold a generator only; load it "
-                                      "without a discriminator.")
-            return _read_safetensors(path)
-        if kind == "pickle":
-            return _read_pickle(path, want_d)
-        return _from_torch_object(_torch_load(path), want_d)
+        with _budget(path.stat().st_size, path.name):
+            return _read_kind(path, kind, want_d)
     except StudioError:
         raise
     except (EOFError, pickle.UnpicklingError, struct.error) as exc:
@@ -1139,6 +1317,17 @@ def read_checkpoint(path: str | os.PathLike, want_d: bool = False) -> LoadedChec
     except Exception as exc:
         raise CheckpointError(f"{path.name} could not be read as a StyleGAN2 checkpoint "
                               f"({_first_line(exc)}).") from exc
+
+
+def _read_kind(path: Path, kind: str, want_d: bool) -> LoadedCheckpoint:
+    if kind == "safetensors":
+        if want_d:
+            raise CheckpointError("Studio safetensors files hold a generator only; load it "
+                                  "without a discriminator.")
+        return _read_safetensors(path)
+    if kind == "pickle":
+        return _read_pickle(path, want_d)
+    return _from_torch_object(_torch_load(path), want_d)
 
 
 def _first_line(exc: BaseException) -> str:

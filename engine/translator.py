@@ -56,6 +56,11 @@ FORMAT_VERSION = 1
 LRELU_SLOPE = 0.2
 STAT_SAMPLES = 256               # generator samples for the per-channel activation stats
 PREVIEW_COUNT = 4                # images in a preview grid
+# A sidecar from a stranger names the architecture: anything bigger is refused before it is
+# built (the studio's encoders have under 2 M; a 1024 px one with wide stages about 20 M).
+MAX_ENCODER_PARAMETERS = 64_000_000
+MAX_ENCODER_INPUT_SIZE = 4096
+MAX_SIDECAR_BYTES = 1 << 20       # a sidecar is a page of JSON
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".avi", ".mkv", ".webm")
 
@@ -119,6 +124,19 @@ class EncoderConfig:
     mean_filter: int = 0            # odd box filter on the output (0 or 1 = off)
 
     def __post_init__(self) -> None:
+        for name in ("input_size", "out_channels", "out_size", "width", "max_width", "groups"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise StudioError(f"the encoder's {name} must be a positive whole number, got "
+                                  f"{value!r}")
+        for name in ("blocks", "stage_blocks", "mean_filter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise StudioError(f"the encoder's {name} must be a whole number from 0, got "
+                                  f"{value!r}")
+        if self.input_size > MAX_ENCODER_INPUT_SIZE:
+            raise StudioError(f"the encoder's input size {self.input_size} is above the "
+                              f"limit of {MAX_ENCODER_INPUT_SIZE} pixels")
         ratio = self.input_size / self.out_size
         if self.input_size < 4 or ratio <= 0 or 2 ** round(math.log2(ratio)) != ratio:
             raise StudioError(f"input size {self.input_size} must be the layer's size "
@@ -130,6 +148,45 @@ class EncoderConfig:
     def from_dict(cls, d: dict[str, Any]) -> EncoderConfig:
         names = cls.__dataclass_fields__.keys()
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    def width_at(self, res: int) -> int:
+        """Channels at resolution `res`: doubling per halving from `width`, capped."""
+        return min(self.width * max(self.input_size // res, 1), self.max_width)
+
+    def parameter_count(self) -> int:
+        """The ActivationEncoder's parameters and buffers, counted from the config alone
+        (the same walk as its constructor), so a forged sidecar is refused unbuilt."""
+        def conv_norm(cin: int, cout: int) -> int:
+            return 9 * cin * cout + 2 * cout
+
+        def res_blocks(ch: int, count: int) -> int:
+            return count * 2 * conv_norm(ch, ch)
+
+        res = self.input_size
+        n = conv_norm(3, self.width_at(res))
+        while res > self.out_size:
+            cin, res = self.width_at(res), res // 2
+            n += conv_norm(cin, self.width_at(res)) + res_blocks(self.width_at(res),
+                                                                 self.stage_blocks)
+        while res < self.out_size:
+            cin, res = self.width_at(res), res * 2
+            n += conv_norm(cin, self.width_at(res)) + res_blocks(self.width_at(res),
+                                                                 self.stage_blocks)
+        n += res_blocks(self.width_at(res), self.blocks)
+        return n + (self.width_at(res) + 1) * self.out_channels + 2 * self.out_channels
+
+    def check_size(self, weights_bytes: int | None = None) -> None:
+        """Refuse an architecture over the parameter budget or larger than the weights file
+        that should hold it (stored as float16 at the least)."""
+        count = self.parameter_count()
+        if count > MAX_ENCODER_PARAMETERS:
+            raise StudioError(f"this encoder's sidecar describes {count / 1e6:.0f} M "
+                              f"parameters, more than the limit of "
+                              f"{MAX_ENCODER_PARAMETERS / 1e6:.0f} M, so it was not built")
+        if weights_bytes is not None and 2 * count > weights_bytes + 65536:
+            raise StudioError(f"this encoder's sidecar describes {count / 1e6:.1f} M "
+                              f"parameters but its weights file holds fewer, so the sidecar "
+                              f"is wrong and the encoder was not built")
 
 
 def _norm(ch: int, groups: int) -> nn.GroupNorm:
@@ -174,8 +231,8 @@ class ActivationEncoder(nn.Module):
         self.config = c = config
         self.meta: dict[str, Any] = {}  # sidecar contents once saved or loaded
 
-        def width(res: int) -> int:
-            return min(c.width * max(c.input_size // res, 1), c.max_width)
+        c.check_size()
+        width = c.width_at
 
         layers: list[nn.Module] = [ConvNormAct(3, width(c.input_size), c.groups)]
         res = c.input_size
@@ -315,12 +372,15 @@ def load_encoder(path: str | os.PathLike, expected_model_sha256: str | None = No
     if not sidecar.is_file():
         raise StudioError(f"the encoder {weights} has no {sidecar.name} beside it, so the "
                           f"model it belongs to is unknown")
+    if sidecar.stat().st_size > MAX_SIDECAR_BYTES:
+        raise StudioError(f"{sidecar} is too large to be an encoder sidecar")
     try:
         meta = json.loads(sidecar.read_text())
         config = EncoderConfig.from_dict(meta["architecture"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeError) as exc:
         raise StudioError(f"{sidecar} is not an encoder sidecar: it does not describe the "
                           f"encoder's architecture") from exc
+    config.check_size(weights.stat().st_size)
     if expected_model_sha256 is not None and not _model_matches(meta, expected_model_sha256):
         raise _other_model(meta, expected_model_sha256)
     encoder = ActivationEncoder(config)

@@ -1,0 +1,269 @@
+"""Hostile checkpoint files, each a few bytes to a few MB that would cost gigabytes to read,
+and `peak_rss_of_load`, which reads one in a fresh process and reports the memory it took.
+
+Every file is built by hand (opcodes, zip records, sidecars) the way an attacker would, so
+nothing large is ever allocated here: the only large thing is what a careless reader would
+build from the file's declarations.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+MIB = 1 << 20
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------
+# Pickle opcodes, written out so a file can declare what it does not contain.
+
+
+def _global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _int(value: int) -> bytes:
+    if value < 2**31:
+        return b"J" + struct.pack("<i", value)
+    raw = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    return b"\x8a" + bytes([len(raw)]) + raw  # LONG1
+
+
+def _bytes(data: bytes) -> bytes:
+    return (b"C" + bytes([len(data)]) if len(data) < 256
+            else b"B" + struct.pack("<I", len(data))) + data
+
+
+def _text(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+PROTO4 = b"\x80\x04"
+MARK, TUPLE, TUPLE1, TUPLE3, REDUCE, BUILD, STOP = b"(", b"t", b"\x85", b"\x87", b"R", b"b", b"."
+EMPTY_LIST, APPENDS, EMPTY_DICT, SETITEM = b"]", b"e", b"}", b"s"
+
+
+def _memo_put(index: int) -> bytes:
+    return b"r" + struct.pack("<I", index)  # LONG_BINPUT
+
+
+def _memo_get(index: int) -> bytes:
+    return b"j" + struct.pack("<I", index)  # LONG_BINGET
+
+
+def _reconstruct(shape: tuple[int, ...], typecode: bytes = b"b") -> bytes:
+    return (_global("numpy._core.multiarray", "_reconstruct") + _global("numpy", "ndarray")
+            + MARK + b"".join(_int(n) for n in shape) + TUPLE + _bytes(typecode) + TUPLE3
+            + REDUCE)
+
+
+def _state_dict_of(value: bytes) -> bytes:
+    """A pickled `{'mapping.fc0.weight': value}`: what a plain StyleGAN2 state dict opens
+    with, so a reader goes on to convert the value to a tensor."""
+    return PROTO4 + EMPTY_DICT + _text("mapping.fc0.weight") + value + SETITEM + STOP
+
+
+def numpy_reconstruct_bomb(path: Path, declared: int = 1 << 30) -> Path:
+    """~100 bytes: numpy `_reconstruct` asked for a float32 array of `declared` bytes."""
+    path.write_bytes(_state_dict_of(_reconstruct((declared // 4,), b"f4")))
+    return path
+
+
+def numpy_setstate_bomb(path: Path, declared: int = 2 << 30) -> Path:
+    """numpy's own form, `_reconstruct(ndarray, (0,), b'b')`, then a BUILD state declaring
+    `declared` bytes with no data behind them."""
+    dtype = _global("numpy", "dtype") + _text("u1") + b"\x89\x88" + TUPLE3 + REDUCE
+    state = MARK + _int(1) + MARK + _int(declared) + TUPLE + dtype + b"\x89" + _bytes(b"") + TUPLE
+    path.write_bytes(_state_dict_of(_reconstruct((0,)) + state + BUILD))
+    return path
+
+
+def memo_copies_bomb(path: Path, chunk: int = 16 * MIB, copies: int = 96) -> Path:
+    """One `chunk`-byte string stored once and turned into bytes `copies` times by
+    `_codecs.encode` (how protocol-2 pickles spell bytes): chunk * copies bytes of output."""
+    body = PROTO4 + _text("\x00" * chunk) + _memo_put(0) + EMPTY_LIST + MARK
+    call = _global("_codecs", "encode") + _memo_get(0) + _text("latin1") + b"\x86" + REDUCE
+    body += call * copies + APPENDS
+    path.write_bytes(body + STOP)
+    return path
+
+
+def frombuffer_copies_bomb(path: Path, chunk: int = 16 * MIB, copies: int = 96) -> Path:
+    """Protocol-5 style numpy arrays: one buffer, `copies` arrays built from it."""
+    body = PROTO4 + _bytes(b"\x00" * chunk) + _memo_put(0) + EMPTY_LIST + MARK
+    dtype = _global("numpy", "dtype") + _text("u1") + b"\x89\x88" + TUPLE3 + REDUCE
+    call = (_global("numpy._core.numeric", "_frombuffer") + MARK + _memo_get(0) + dtype
+            + MARK + _int(chunk) + TUPLE + _text("C") + TUPLE + REDUCE)
+    body += call * copies + APPENDS
+    path.write_bytes(body + STOP)
+    return path
+
+
+def legacy_storage_bomb(path: Path, declared_floats: int = 1 << 29) -> Path:
+    """An NVlabs-style pickle whose tensor storage is a nested legacy torch.save stream that
+    declares `declared_floats` floats (2 GiB) and carries 4 bytes of data."""
+    inner = io.BytesIO()
+    for header in (0x1950A86A20F9469CFC6C, 1001,
+                   {"protocol_version": 1001, "little_endian": True,
+                    "type_sizes": {"short": 2, "int": 4, "long": 8}}):
+        pickle.dump(header, inner, protocol=2)
+
+    class _Storage:
+        pass
+
+    marker = _Storage()
+
+    class _Pickler(pickle.Pickler):
+        def persistent_id(self, obj: object) -> object:
+            if obj is marker:
+                return ("storage", torch.FloatStorage, "0", "cpu", declared_floats, None)
+            return None
+
+    _Pickler(inner, protocol=2).dump(marker)
+    pickle.dump(["0"], inner, protocol=2)
+    inner.write(struct.pack("<q", declared_floats) + b"\x00" * 4)
+    view = (_global("torch._utils", "_rebuild_tensor_v2") + MARK
+            + _global("torch.storage", "_load_from_bytes") + _bytes(inner.getvalue()) + TUPLE1
+            + REDUCE + _int(0) + MARK + _int(declared_floats) + TUPLE + MARK + _int(1) + TUPLE
+            + b"\x89" + _global("collections", "OrderedDict") + b")" + REDUCE + TUPLE + REDUCE)
+    path.write_bytes(PROTO4 + EMPTY_DICT + _text("G_ema") + view + SETITEM + STOP)
+    return path
+
+
+def _torch_zip(path: Path, obj: object, records: dict[str, tuple[int, bytes | int]]) -> Path:
+    """A torch.save zip whose data.pkl is `obj` pickled with persistent ids for `records`
+    (key -> (compression, data or a length of zeros)); the other records come from a real
+    torch.save so the layout matches torch's own."""
+    template = io.BytesIO()
+    torch.save({}, template)
+    with zipfile.ZipFile(template) as src, zipfile.ZipFile(path, "w") as dst:
+        prefix = src.namelist()[0].split("/")[0]
+        for info in src.infolist():
+            if not info.filename.endswith("data.pkl"):
+                dst.writestr(info, src.read(info))
+        data_pkl = io.BytesIO()
+
+        class _Pickler(pickle.Pickler):
+            def persistent_id(self, o: object) -> object:
+                return o.pid if isinstance(o, StorageRef) else None
+
+        _Pickler(data_pkl, protocol=2).dump(obj)
+        dst.writestr(f"{prefix}/data.pkl", data_pkl.getvalue())
+        for key, (compression, data) in records.items():
+            info = zipfile.ZipInfo(f"{prefix}/data/{key}")
+            info.compress_type = compression
+            with dst.open(info, "w", force_zip64=True) as f:
+                if isinstance(data, int):  # that many zero bytes, written in chunks
+                    zeros = b"\x00" * (4 * MIB)
+                    for start in range(0, data, len(zeros)):
+                        f.write(zeros[: min(len(zeros), data - start)])
+                else:
+                    f.write(data)
+    return path
+
+
+class StorageRef:
+    """Pickles as a torch.save storage reference (persistent id) to a zip record."""
+
+    def __init__(self, key: str, storage_type: type, numel: int):
+        self.pid = ("storage", storage_type, key, "cpu", numel)
+
+
+class TensorView:
+    """Pickles as `_rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())`."""
+
+    def __init__(self, storage: StorageRef, size: tuple[int, ...]):
+        self.storage, self.size = storage, size
+
+    def __reduce__(self) -> tuple:
+        stride = tuple(int(torch.tensor(self.size[i + 1:]).prod()) for i in range(len(self.size)))
+        return (torch._utils._rebuild_tensor_v2,
+                (self.storage, 0, self.size, stride, False, OrderedDict()))
+
+
+def deflated_zip_bomb(path: Path, declared: int = 512 * MIB) -> Path:
+    """A rosinality-looking torch zip whose one tensor record is `declared` zero bytes,
+    deflated to about declared/1000."""
+    storage = StorageRef("0", torch.ByteStorage, declared)
+    obj = {"g_ema": {"style.1.weight": TensorView(storage, (declared,))}}
+    return _torch_zip(path, obj, {"0": (zipfile.ZIP_DEFLATED, declared)})
+
+
+def shared_storage_bomb(path: Path, chunk: int = 8 * MIB, views: int = 64) -> Path:
+    """A rosinality-looking torch zip: one stored `chunk`-byte float16 storage viewed by
+    `views` differently named tensors, each of which a float32 conversion copies."""
+    storage = StorageRef("0", torch.HalfStorage, chunk // 2)
+    g = {f"junk.{i}.weight": TensorView(storage, (chunk // 2,)) for i in range(views)}
+    return _torch_zip(path, {"g_ema": g}, {"0": (zipfile.ZIP_STORED, chunk)})
+
+
+def wide_encoder(folder: Path, width: int = 2048) -> Path:
+    """An encoder folder whose sidecar describes a `width`-channel network (gigabytes of
+    parameters) beside a tiny weights file."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"head.weight": torch.zeros(1)}, str(folder / "encoder.safetensors"))
+    arch = {"layer": "b16.conv1", "input_size": 256, "out_channels": 512, "out_size": 16,
+            "width": width, "max_width": width, "blocks": 4, "stage_blocks": 2}
+    (folder / "encoder.json").write_text(json.dumps({
+        "format": "activation-studio-encoder", "format_version": 1, "architecture": arch,
+        "layer": arch["layer"], "input_size": arch["input_size"]}))
+    return folder
+
+
+# ----------------------------------------------------------------------------------------
+# Reading one in a fresh process.
+
+_PROBE = r"""
+import json, resource, sys
+import engine.checkpoints, engine.translator
+from engine.errors import StudioError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for kind, path in zip(sys.argv[1::2], sys.argv[2::2]):
+    try:
+        if kind == "encoder":
+            engine.translator.load_encoder(path)
+        elif kind == "control":  # what a real allocation of that many MiB measures as
+            block = bytearray(int(path) << 20)
+        else:
+            engine.checkpoints.read_checkpoint(path)
+        message = None
+    except StudioError as exc:
+        message = str(exc)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"message": message, "peak_mb": (after - before) / 1024}), flush=True)
+"""
+
+
+def peak_rss_of_loads(loads: list[tuple[str, Path | int]], timeout: float = 300
+                      ) -> list[tuple[str | None, float]]:
+    """Read each (kind, path) in turn in one fresh Python process: kind 'checkpoint',
+    'encoder', or 'control' (allocate that many MiB). Returns, per load, the refusal
+    sentence (None if it loaded) and the process's peak RSS so far above its state after
+    its imports, in MiB: a high-water mark, so a costly load shows in its own entry."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    args = [str(x) for load in loads for x in load]
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise AssertionError(f"the probe process failed: {proc.stderr[-2000:]}")
+    results = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    return [(r["message"], r["peak_mb"]) for r in results]
+
+
+def peak_rss_of_load(path: Path, kind: str = "checkpoint") -> tuple[str | None, float]:
+    """peak_rss_of_loads for one file."""
+    return peak_rss_of_loads([(kind, path)])[0]
