@@ -228,23 +228,31 @@ def wide_encoder(folder: Path, width: int = 2048) -> Path:
 # Reading one in a fresh process.
 
 _PROBE = r"""
-import json, resource, sys
+import json, sys
 import engine.checkpoints, engine.translator
 from engine.errors import StudioError
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
 for kind, path in zip(sys.argv[1::2], sys.argv[2::2]):
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak (VmHWM) to the present RSS
+    before = status_kib("VmRSS")
     try:
         if kind == "encoder":
             engine.translator.load_encoder(path)
         elif kind == "control":  # what a real allocation of that many MiB measures as
             block = bytearray(int(path) << 20)
+            del block
         else:
             engine.checkpoints.read_checkpoint(path)
         message = None
     except StudioError as exc:
         message = str(exc)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"message": message, "peak_mb": (after - before) / 1024}), flush=True)
+    print(json.dumps({"message": message, "peak_mb": (status_kib("VmHWM") - before) / 1024}),
+          flush=True)
 """
 
 
@@ -252,8 +260,8 @@ def peak_rss_of_loads(loads: list[tuple[str, Path | int]], timeout: float = 300
                       ) -> list[tuple[str | None, float]]:
     """Read each (kind, path) in turn in one fresh Python process: kind 'checkpoint',
     'encoder', or 'control' (allocate that many MiB). Returns, per load, the refusal
-    sentence (None if it loaded) and the process's peak RSS so far above its state after
-    its imports, in MiB: a high-water mark, so a costly load shows in its own entry."""
+    sentence (None if it loaded) and the peak RSS during that load above the RSS before it,
+    in MiB (Linux: the peak is reset through /proc/self/clear_refs before each load)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     args = [str(x) for load in loads for x in load]
     proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True,
