@@ -23,6 +23,7 @@ VERB_MODULES = {
     "interpolate": "engine.latents",
     "directions": "engine.latents",
     "boundary": "engine.boundaries",
+    "blend": "engine.blend",
     "train-encoder": "engine.translator",
     "translate": "engine.translator",
     "push-encoder": "engine.translator",

@@ -292,9 +292,9 @@ def add_cli(subparsers: Any) -> None:
 
 
 def _cli_boundary(args: Any) -> None:
-    from engine import zoo  # imported here: zoo pulls in the Hub client
+    from engine.cli_models import load_model  # imported here: zoo pulls in the Hub client
     seeds, labels = read_labels_csv(args.labels)
-    G = zoo.load(args.model).G
+    G = load_model(args.model).G
     conditions = [load_boundary(c, G) for c in args.condition]
     fit = boundary_from_seeds(G, seeds, labels, psi=args.psi, class_index=args.class_index,
                               conditions=conditions, method=args.method, folds=args.folds,

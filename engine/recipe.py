@@ -42,6 +42,7 @@ from engine.bending import (
     validate_bend,
     validate_weight_edit,
 )
+from engine.blend import BlendSpec, blend_problems
 from engine.errors import StudioError
 from engine.files import atomic_write_text
 from engine.latents import LatentSpec
@@ -78,6 +79,7 @@ class Recipe:
     weight_edits: list[WeightEdit] = field(default_factory=list)
     translator: TranslatorSpec | None = None
     output_size: int | None = None  # resize the output to this many pixels a side
+    blend: BlendSpec | None = None  # mix the model with another of the same architecture
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -314,6 +316,8 @@ def recipe_problems(recipe: Any, G: Any = None) -> list[str]:
         for i, e in enumerate(recipe.weight_edits):
             if clean(f"weight_edits[{i}]"):
                 out += [f"weight_edits[{i}].{p}" for p in validate_weight_edit(e, G)]
+    if recipe.blend is not None and clean("blend"):
+        out += [f"blend.{p}" for p in blend_problems(recipe.blend, G)]
     t = recipe.translator
     if t is not None and clean("translator"):
         if not t.encoder.strip():
@@ -359,6 +363,18 @@ def _load_model(recipe: Recipe, model: Any) -> tuple[Any, str | None]:
     return model.G, key
 
 
+def _blended(spec: BlendSpec, G: Any, key: str | None) -> tuple[Any, str | None]:
+    """(the blended generator, its cache key) for a recipe's blend of G with spec.model."""
+    from engine import zoo  # lazy: zoo pulls in huggingface_hub
+    from engine.blend import blended_generator, describe
+
+    loaded_b = zoo.load(spec.model)
+    blended = blended_generator(G, loaded_b.G, spec)
+    key_b = getattr(loaded_b, "sha256", None) or getattr(loaded_b, "id", None)
+    # Clusters and other per-model caches must not mix the blend up with model A.
+    return blended, None if key is None else f"{key}+{key_b}|{describe(spec, G)}"
+
+
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """[N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
     x = (img.detach().float().clamp(-1, 1) + 1) * 127.5
@@ -376,6 +392,8 @@ def render_tensor(recipe: Recipe, model: Any = None, seeds: Sequence[float] | No
     G, key = _load_model(recipe, model)
     if not validated:
         validate(recipe, G)
+    if recipe.blend is not None:
+        G, key = _blended(recipe.blend, G, key)
     from engine.latents import compute_ws, noise_generator
 
     device = next(G.parameters()).device
