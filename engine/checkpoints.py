@@ -43,7 +43,13 @@ import numpy as np
 import torch
 
 from engine.errors import CheckpointError, StudioError, UnsafePickleError
-from engine.files import atomic_write_text, fsync_file, temp_path_beside
+from engine.files import (
+    atomic_write_text,
+    fsync_file,
+    open_regular,
+    regular_file_size,
+    temp_path_beside,
+)
 from engine.stylegan2 import Discriminator, Generator, GeneratorConfig, make_resample_filter
 
 FORMAT_VERSION = 1
@@ -417,7 +423,7 @@ def restricted_load(f: Any) -> Any:
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, "checkpoint file") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -432,14 +438,13 @@ def sidecar_path(path: str | os.PathLike) -> Path:
 def detect_format(path: str | os.PathLike) -> str:
     """'safetensors', 'torch-zip', 'torch-legacy' or 'pickle', from the first bytes."""
     p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"There is no file at {p}.")
-    if not p.is_file():
-        raise CheckpointError(f"{p} is a folder, not a checkpoint file.")
-    size = p.stat().st_size
+    try:
+        size = regular_file_size(p, "checkpoint file")
+    except StudioError as exc:
+        raise CheckpointError(str(exc)) from None
     if size == 0:
         raise CheckpointError(f"{p.name} is empty (0 bytes); download or copy it again.")
-    with open(p, "rb") as f:
+    with open_regular(p) as f:
         head = f.read(16)
     if head.startswith(ZIP_MAGIC):
         return "torch-zip"
@@ -1277,7 +1282,7 @@ def _from_torch_object(obj: Any, want_d: bool) -> LoadedCheckpoint:
 
 
 def _read_pickle(path: Path, want_d: bool) -> LoadedCheckpoint:
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         data = restricted_load(f)
     if isinstance(data, tuple | list) and len(data) == 3 and all(
             isinstance(x, TFNetworkStub) for x in data):

@@ -58,3 +58,50 @@ def atomic_save_npy(path: str | os.PathLike, array: Any) -> Path:
             np.save(f, array)
 
     return atomic_write(path, write)
+
+
+def regular_file_size(path: str | os.PathLike, what: str = "file",
+                      max_bytes: int | None = None) -> int:
+    """The size of `path` if it is a regular file of at most `max_bytes`; otherwise a
+    StudioError in one sentence. Devices (/dev/zero), FIFOs and folders are refused by their
+    type, without being opened: reading one would never end, and opening a FIFO blocks."""
+    import stat
+
+    from engine.errors import StudioError
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise StudioError(f"There is no {what} at {p}.") from None
+    except OSError as exc:
+        raise StudioError(f"The {what} {p} cannot be read ({exc.strerror or exc}).") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise StudioError(f"{p} is a folder, not a {what}.")
+    if not stat.S_ISREG(st.st_mode):
+        raise StudioError(f"{p} is not a regular file (a device, pipe or socket), so it cannot "
+                          f"be a {what}.")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise StudioError(f"The {what} {p.name} is {st.st_size / 2**20:.1f} MiB, more than the "
+                          f"limit of {max_bytes / 2**20:.0f} MiB.")
+    return st.st_size
+
+
+def open_regular(path: str | os.PathLike, what: str = "file") -> Any:
+    """Open a regular file for reading in binary mode; anything else is refused unopened
+    (see regular_file_size) and, against a swap after the check, again by its descriptor."""
+    import stat
+
+    from engine.errors import StudioError
+
+    regular_file_size(path, what)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StudioError(f"{path} is not a regular file, so it cannot be a {what}.")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

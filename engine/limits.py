@@ -58,6 +58,12 @@ ENV_NAMES = {
 
 LIMITS = Limits.from_env()
 
+
+def current_limits() -> Limits:
+    """The limits as the environment sets them now (the engine reads them per call, so a
+    test or a long-lived process sees a changed variable; LIMITS is the value at import)."""
+    return Limits.from_env()
+
 # Which files on the server a request may name (a model path, an encoder, a boundary, a
 # picture in a recipe): "any" suits a studio on your own machine; "studio" allows only what
 # was uploaded to this studio or written by it, so a stranger on a public Space cannot make

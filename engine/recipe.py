@@ -114,10 +114,17 @@ class Recipe:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Recipe:
+        from engine.files import regular_file_size
+        from engine.limits import current_limits
+
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise StudioError(f"recipe file not found: {path}")
-        return cls.from_json(path.read_text(encoding="utf-8"))
+        regular_file_size(path, "recipe file", current_limits().upload_bytes)
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise RecipeError([f"recipe: {path.name} is not UTF-8 text"]) from exc
 
 
 # ----------------------------------------------------------------------------------------

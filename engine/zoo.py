@@ -422,11 +422,17 @@ def _load_uncached(r: Resolved, progress: Progress, device: str) -> LoadedModel:
 
 
 def _local_path(r: Resolved) -> Path:
+    """The file a local spec names, once it is known to be a regular file under the
+    checkpoint size limit: it is hashed next, and hashing /dev/zero would never end."""
+    from engine.files import regular_file_size
+    from engine.limits import current_limits
+
     assert r.path is not None
     if r.path.is_dir():
         raise StudioError(f"{r.path.name or r.path} is a folder, not a checkpoint file; name "
                           f"the .pkl, .pt or .safetensors file inside it.")
     if r.path.exists():
+        regular_file_size(r.path, "checkpoint file", current_limits().checkpoint_bytes)
         return r.path
     if r.entry is not None and r.entry.id == DEFAULT_ID:
         raise StudioError(f"The default model is missing ({r.path.relative_to(ENGINE_DIR.parent)}"

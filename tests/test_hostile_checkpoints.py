@@ -58,3 +58,59 @@ def test_encoder_sidecar_architecture_is_checked_before_building(measured):
     message, peak = measured["wide encoder"]
     assert message is not None and "M parameters" in message and "\n" not in message, message
     assert peak <= MAX_PEAK_MIB, peak
+
+
+# ----------------------------------------------------------------------------------------
+# Files that are not regular files, or too large, cost nothing.
+
+
+def _within(seconds: float, fn):
+    """fn() in a thread; its exception or result, failing the test if it is still running."""
+    import threading
+
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    return box.get("error", box.get("result"))
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "folder"])
+def test_special_files_are_refused_unread(tmp_path, kind):
+    import os
+
+    from engine import zoo
+    from engine.checkpoints import read_checkpoint, sha256_file
+    from engine.errors import StudioError
+    from engine.recipe import Recipe
+
+    path = {"device": "/dev/zero", "fifo": tmp_path / "pipe", "folder": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)  # opening it for reading would block until a writer came
+    for load in (zoo.load, read_checkpoint, sha256_file, Recipe.load):
+        err = _within(10, lambda load=load: load(str(path)))
+        assert isinstance(err, StudioError), (load, err)
+        message = str(err)
+        assert "\n" not in message and message.endswith("."), message
+        assert ("folder" if kind == "folder" else "not a regular file") in message, message
+
+
+def test_size_is_checked_before_hashing(tmp_path, monkeypatch):
+    from engine import checkpoints, zoo
+    from engine.errors import StudioError
+
+    big = tmp_path / "big.pkl"
+    big.write_bytes(b"\x80\x04" + b"\x00" * 4096)
+    monkeypatch.setenv("STUDIO_MAX_CHECKPOINT_BYTES", "1024")
+    monkeypatch.setattr(checkpoints, "sha256_file", lambda p: pytest.fail("hashed"))
+    with pytest.raises(StudioError, match="more than the limit of") as err:
+        zoo.load(str(big))
+    assert "\n" not in str(err.value)
