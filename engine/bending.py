@@ -11,6 +11,14 @@ one shared model never see each other's bends.
 Randomised operations (shuffle, vanish, jitter, noise) take a `seed` and draw their random
 numbers on the CPU, so a bend renders the same on CPU and CUDA, and the same for every
 sample of a batch (a batch of seeds shows one bend on many faces).
+
+Sources. Each operation's help names whose semantics it has: "ours", "seed" (Jasper Zheng's
+`NetworkOperations.py`, TensorFlow / tensorflow-addons 0.13 on each channel map) or "Broad"
+(Terence Broad's `transform_layers.py`, OpenCV on each channel map). Where the two sources
+differ from ours, a parameter selects their behaviour (interpolation, fill, border, pivot,
+shape, donors, source) or a separate operation carries their formula (resize_pad, sharpness,
+half_turn, sin_disrupt, instance_norm); `engine.recipe` imports both formats through these,
+and tests/test_bend_sources.py re-derives every one from the sources' code in numpy.
 """
 
 from __future__ import annotations
@@ -157,6 +165,73 @@ def _warp(x: torch.Tensor, theta: torch.Tensor, fill: str, mode: str = "bilinear
                          align_corners=False)
 
 
+def _reflect_coords(c: torch.Tensor, n: int) -> torch.Tensor:
+    """TensorFlow's 'reflect' fill ([abcd] -> [dcba|abcd|dcba], the edge pixel repeated) on
+    pixel coordinates (centres at integers), then clamped to [0, n - 1] as TF does."""
+    if n <= 1:
+        return torch.zeros_like(c)
+    sz2 = 2 * n
+    neg = c < 0
+    cn = sz2 * torch.trunc(-c / sz2) + c
+    cn = torch.where(cn < -n, cn + sz2, -cn - 1)
+    cp = c - sz2 * torch.trunc(c / sz2)
+    cp = torch.where(cp >= n, sz2 - cp - 1, cp)
+    out = torch.where(neg, cn, torch.where(c > n - 1, cp, c))
+    return out.clamp(0, n - 1)
+
+
+def _warp_nearest(x: torch.Tensor, theta: torch.Tensor, fill: str) -> torch.Tensor:
+    """Nearest-neighbour resampling by theta (normalised, output -> input) with TensorFlow's
+    conventions: source pixel coordinates rounded half up, 'reflect' as `_reflect_coords`,
+    'zero' for anything outside. tfa.image.rotate / translate do this (the seed's ops)."""
+    h, w = x.shape[-2:]
+    t = theta.to(torch.float64)
+    grid = _identity_grid(h, w).to(torch.float64)[0]                       # [H, W, 2]
+    src = grid @ t[:, :2].T + t[:, 2]
+    px = ((src[..., 0] + 1) * w - 1) / 2                                   # pixel coords
+    py = ((src[..., 1] + 1) * h - 1) / 2
+    if fill == "reflect":
+        px, py = _reflect_coords(px, w), _reflect_coords(py, h)
+    ix, iy = torch.floor(px + 0.5).long(), torch.floor(py + 0.5).long()
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    flat = (iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)).reshape(-1).to(x.device)
+    out = x.reshape(*x.shape[:-2], h * w).index_select(-1, flat).reshape(x.shape)
+    if not bool(inside.all()):
+        out = out * inside.to(device=x.device, dtype=x.dtype)
+    return out
+
+
+def _resample(x: torch.Tensor, theta: torch.Tensor, fill: str, interpolation: str
+              ) -> torch.Tensor:
+    if interpolation == "nearest":
+        return _warp_nearest(x, theta, fill)
+    return _warp(x, theta, fill)
+
+
+def _about_pivot(m: torch.Tensor, pivot: str, h: int, w: int) -> torch.Tensor:
+    """theta [2, 3] applying the linear part m [2, 2] about the map centre, or about OpenCV's
+    centre (W/2, H/2) in pixel-centre coordinates, half a pixel right of and below the true
+    centre ('half_pixel': cv2.getRotationMatrix2D as Broad calls it)."""
+    p = torch.tensor([1.0 / w, 1.0 / h]) if pivot == "half_pixel" else torch.zeros(2)
+    return torch.cat([m, (p - m @ p).unsqueeze(1)], dim=1)
+
+
+def _reflect_index(i: torch.Tensor, n: int) -> torch.Tensor:
+    """numpy / tf.pad 'reflect' ([abcd] -> c b | a b c d | c b: the edge not repeated) for
+    any distance, periodic beyond one reflection."""
+    if n == 1:
+        return torch.zeros_like(i)
+    m = torch.remainder(i, 2 * n - 2)
+    return torch.where(m >= n, 2 * n - 2 - m, m)
+
+
+def _pad_reflect(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    rows = _reflect_index(torch.arange(-lo, h + hi), h).to(x.device)
+    cols = _reflect_index(torch.arange(-lo, w + hi), w).to(x.device)
+    return x.index_select(-2, rows).index_select(-1, cols)
+
+
 def _sample_grid(x: torch.Tensor, grid: torch.Tensor, fill: str) -> torch.Tensor:
     grid = grid.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1, -1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=_PADDING_MODE[fill],
@@ -177,10 +252,49 @@ def _pad_same(x: torch.Tensor, k: int) -> torch.Tensor:
     return F.pad(x, (lo, hi, lo, hi), mode="replicate")
 
 
-def _box(x: torch.Tensor, k: int) -> torch.Tensor:
+def _box(x: torch.Tensor, k: int, border: str = "replicate") -> torch.Tensor:
     if k <= 1:
         return x
-    return F.avg_pool2d(_pad_same(x, k), k, stride=1)
+    padded = _pad_reflect(x, (k - 1) // 2, k // 2) if border == "reflect" else _pad_same(x, k)
+    return F.avg_pool2d(padded, k, stride=1)
+
+
+def _ellipse(k: int) -> np.ndarray:
+    """OpenCV's MORPH_ELLIPSE structuring element of size k x k (getStructuringElement):
+    row dy spans c +- round(c * sqrt(1 - dy^2 / r^2)); for k = 3 it is a cross."""
+    r = c = k // 2
+    elem = np.zeros((k, k), dtype=bool)
+    for i in range(k):
+        dy = i - r
+        if abs(dy) <= r:
+            dx = int(np.rint(c * np.sqrt((r * r - dy * dy) / (r * r)))) if r else 0
+            elem[i, max(c - dx, 0):min(c + dx + 1, k)] = True
+    return elem
+
+
+def _morph(x: torch.Tensor, k: int, shape: str, largest: bool) -> torch.Tensor:
+    """Max (dilate) or min (erode) over a k x k square or ellipse around each pixel. The
+    border is replicated, which equals ignoring outside pixels (OpenCV's and TF's default)
+    for both shapes: a replicated value is always inside the footprint too."""
+    if k <= 1:
+        return x
+    v = x if largest else -x
+    if shape == "square":
+        out = F.max_pool2d(_pad_same(v, k), k, stride=1)
+    else:
+        # The ellipse row by row: a 1 x width max along each row, shifted by its offset.
+        padded = _pad_same(v, k)
+        h, w = x.shape[-2:]
+        out = None
+        for i, row in enumerate(_ellipse(k)):
+            cols = np.nonzero(row)[0]
+            if cols.size == 0:
+                continue
+            a, b = int(cols[0]), int(cols[-1]) + 1
+            strip = padded[..., i:i + h, a:a + w + (b - a) - 1]
+            m = F.max_pool2d(strip, (1, b - a), stride=1)
+            out = m if out is None else torch.maximum(out, m)
+    return out if largest else -out
 
 
 # ----------------------------------------------------------------------------------------
@@ -214,30 +328,79 @@ def op_threshold(x: torch.Tensor, threshold: float = 0.5, high: float = 1.0, **_
 
 
 def op_translate(x: torch.Tensor, x_shift: float = 0.0, y_shift: float = 0.0,
-                 fill: str = "reflect", **_: Any) -> torch.Tensor:
+                 fill: str = "reflect", interpolation: str = "bilinear", **_: Any
+                 ) -> torch.Tensor:
     # Shifts are fractions of the map size, positive = right / down, so a bend means the
     # same thing at every resolution. Normalised coordinates span 2 units per map size.
     theta = torch.tensor([[1.0, 0.0, -2.0 * x_shift], [0.0, 1.0, -2.0 * y_shift]])
-    return _warp(x, theta, fill)
+    return _resample(x, theta, fill, interpolation)
 
 
-def op_rotate(x: torch.Tensor, angle: float = 0.0, fill: str = "zero", **_: Any
+def op_rotate(x: torch.Tensor, angle: float = 0.0, fill: str = "zero",
+              interpolation: str = "bilinear", pivot: str = "centre", **_: Any
               ) -> torch.Tensor:
     h, w = x.shape[-2:]
     quarter = angle / 90.0
-    if h == w and quarter == round(quarter):
+    if h == w and quarter == round(quarter) and pivot == "centre":
         # Exact (and cheaper) for right angles; rot90 with dims (H, W) turns anticlockwise.
         return torch.rot90(x, int(round(quarter)) % 4, dims=(2, 3))
     a = math.radians(angle)
     c, s = math.cos(a), math.sin(a)
     # Anticlockwise on screen (y down): sample the input at the output point turned back.
-    theta = torch.tensor([[c, -s * h / w, 0.0], [s * w / h, c, 0.0]])
-    return _warp(x, theta, fill)
+    m = torch.tensor([[c, -s * h / w], [s * w / h, c]])
+    return _resample(x, _about_pivot(m, pivot, h, w), fill, interpolation)
 
 
-def op_zoom(x: torch.Tensor, scale: float = 1.5, fill: str = "zero", **_: Any) -> torch.Tensor:
-    theta = torch.tensor([[1.0 / scale, 0.0, 0.0], [0.0, 1.0 / scale, 0.0]])
-    return _warp(x, theta, fill)
+def op_zoom(x: torch.Tensor, scale: float = 1.5, fill: str = "zero", pivot: str = "centre",
+            **_: Any) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    m = torch.eye(2) / scale
+    return _warp(x, _about_pivot(m, pivot, h, w), fill)
+
+
+def _gaussian_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of tf.image.resize(method='gaussian', antialias=False) along one
+    axis (TensorFlow's ScaleAndTranslate: Gaussian kernel, radius 1.5, sigma 0.5, taps
+    clamped to the image and the weights renormalised to sum 1)."""
+    radius, sigma = 1.5, 0.5
+    mat = np.zeros((n_out, n_in))
+    for x in range(n_out):
+        sample = (x + 0.5) * n_in / n_out
+        if sample < 0 or sample > n_in:
+            continue
+        start = min(max(math.ceil(sample - radius - 0.5), 0), n_in - 1)
+        end = min(max(math.floor(sample + radius - 0.5), 0), n_in - 1) + 1
+        src = np.arange(start, end)
+        d = np.abs(src + 0.5 - sample)
+        wts = np.where(d < radius, np.exp(-d * d / (2 * sigma * sigma)), 0.0)
+        if wts.sum() > 0:
+            mat[x, start:end] = wts / wts.sum()
+    return mat
+
+
+def _crop_or_pad(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """tf.image.resize_with_crop_or_pad: centre crop, or zero pad (the odd pixel after)."""
+    def axis(t: torch.Tensor, dim: int, target: int) -> torch.Tensor:
+        size = t.shape[dim]
+        if size > target:
+            return t.narrow(dim, (size - target) // 2, target)
+        if size < target:
+            before = (target - size) // 2
+            pad = [0, 0] * (-dim - 1) + [before, target - size - before]
+            return F.pad(t, pad)
+        return t
+    return axis(axis(x, -2, h), -1, w)
+
+
+def op_resize_pad(x: torch.Tensor, pixels: int = -2, **_: Any) -> torch.Tensor:
+    """The seed's 'scale': resize the map to (size + pixels) with TensorFlow's Gaussian
+    kernel, then centre-crop or zero-pad it back to its size."""
+    h, w = x.shape[-2:]
+    nh, nw = max(1, h + int(pixels)), max(1, w + int(pixels))
+    ry = torch.from_numpy(_gaussian_resize_matrix(h, nh)).to(x.device, x.dtype)
+    rx = torch.from_numpy(_gaussian_resize_matrix(w, nw)).to(x.device, x.dtype)
+    resized = torch.einsum("ih,nchw,jw->ncij", ry, x, rx)
+    return _crop_or_pad(resized, h, w)
 
 
 def op_flip_h(x: torch.Tensor, **_: Any) -> torch.Tensor:
@@ -266,29 +429,73 @@ def op_mirror_tb(x: torch.Tensor, **_: Any) -> torch.Tensor:
     return out
 
 
-def op_shuffle(x: torch.Tensor, seed: int = 0, **_: Any) -> torch.Tensor:
-    perm = torch.randperm(x.shape[1], generator=_generator(seed)).to(x.device)
-    return x.index_select(1, perm)
+def op_shuffle(x: torch.Tensor, selected: torch.Tensor | None, seed: int = 0,
+               source: str = "selected", **_: Any) -> torch.Tensor:
+    """'selected' (ours): the selected channels permuted among themselves. 'all' (seed:
+    tf.random.shuffle of every channel, then the selected ones kept): each selected channel
+    takes the channel a permutation of the whole layer puts there."""
+    c = x.shape[1]
+    if source == "all":
+        perm = torch.randperm(c, generator=_generator(seed))
+        idx = selected.cpu() if selected is not None else torch.arange(c)
+        return x.index_copy(1, idx.to(x.device), x.index_select(1, perm[idx].to(x.device)))
+    if selected is None:
+        return x.index_select(1, torch.randperm(c, generator=_generator(seed)).to(x.device))
+    if selected.numel() == 0:
+        return x
+    perm = torch.randperm(selected.numel(), generator=_generator(seed)).to(x.device)
+    return x.index_copy(1, selected, x.index_select(1, selected[perm]))
 
 
-def op_vanish(x: torch.Tensor, selected: torch.Tensor | None, seed: int = 0, **_: Any
-              ) -> torch.Tensor:
-    """Replace the selected channels with copies of randomly chosen unselected ones."""
+def op_vanish(x: torch.Tensor, selected: torch.Tensor | None, seed: int = 0,
+              donors: str = "random", **_: Any) -> torch.Tensor:
+    """Replace the selected channels with copies of unselected ones: randomly chosen (ours),
+    or 'repeat' (seed): with the L unselected channels u0 < u1 < ..., the layer's C
+    channels are written as u0 repeated C // L times, u1 as often, ..., then u0, u1, ...
+    for the C % L left over (tf.repeat + concat), and the selected channels take theirs."""
     c = x.shape[1]
     if selected is None:
         return torch.zeros_like(x)  # nothing is left unselected to copy from
     mask = torch.ones(c, dtype=torch.bool)
     mask[selected.cpu()] = False
-    donors = mask.nonzero().flatten()
-    if donors.numel() == 0:
+    pool = mask.nonzero().flatten()
+    if pool.numel() == 0:
         return x.index_fill(1, selected, 0.0)
-    pick = torch.randint(donors.numel(), (selected.numel(),), generator=_generator(seed))
-    src = donors[pick].to(x.device)
+    if donors == "repeat":
+        full = torch.cat([pool.repeat_interleave(c // pool.numel()), pool[:c % pool.numel()]])
+        src = full[selected.cpu()].to(x.device)
+    else:
+        pick = torch.randint(pool.numel(), (selected.numel(),), generator=_generator(seed))
+        src = pool[pick].to(x.device)
     return x.index_copy(1, selected, x.index_select(1, src))
 
 
-def op_mean_filter(x: torch.Tensor, kernel: int = 3, **_: Any) -> torch.Tensor:
-    return _box(x, int(kernel))
+def op_half_turn(x: torch.Tensor, selected: torch.Tensor | None, keep: str = "top",
+                 **_: Any) -> torch.Tensor:
+    """The seed's mirrorY / mirrorX: the map turned 180 degrees (tfa.image.rotate by pi)
+    replaces one part of it. 'top' (mirrorY): the top half kept, the bottom half taken from
+    the turned map, a point reflection of the top. 'left': the same across columns.
+    'low_channels' (mirrorX as its code runs: it concatenates along the channel axis):
+    channels below H / 2 kept, every selected channel from index H / 2 on turned whole."""
+    h, w = x.shape[-2:]
+    idx = selected if selected is not None else torch.arange(x.shape[1], device=x.device)
+    if keep == "low_channels":
+        idx = idx[idx >= h // 2]
+    if idx.numel() == 0:
+        return x
+    part = x.index_select(1, idx)
+    turned = part.flip(-2, -1)
+    if keep == "top":
+        turned = torch.cat([part[..., :h // 2, :], turned[..., h // 2:, :]], dim=-2)
+    elif keep == "left":
+        turned = torch.cat([part[..., :w // 2], turned[..., w // 2:]], dim=-1)
+    return x.index_copy(1, idx, turned)
+
+
+def op_mean_filter(x: torch.Tensor, kernel: int = 3, border: str = "replicate", **_: Any
+                   ) -> torch.Tensor:
+    # 'reflect' is tfa.image.mean_filter2d's default padding (the seed's mean_filter).
+    return _box(x, int(kernel), border)
 
 
 def op_sharpen(x: torch.Tensor, factor: float = 1.0, **_: Any) -> torch.Tensor:
@@ -296,18 +503,42 @@ def op_sharpen(x: torch.Tensor, factor: float = 1.0, **_: Any) -> torch.Tensor:
     return x + factor * (x - _box(x, 3))
 
 
-def op_erode(x: torch.Tensor, kernel: int = 3, **_: Any) -> torch.Tensor:
-    k = int(kernel)
-    if k <= 1:
-        return x
-    return -F.max_pool2d(_pad_same(-x, k), k, stride=1)
+_PIL_SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
 
 
-def op_dilate(x: torch.Tensor, kernel: int = 3, **_: Any) -> torch.Tensor:
-    k = int(kernel)
-    if k <= 1:
+def op_sharpness(x: torch.Tensor, factor: float = 2.0, uint8_clip: bool = False, **_: Any
+                 ) -> torch.Tensor:
+    """tfa.image.sharpness (PIL's ImageEnhance.Sharpness): blend the map away from its PIL
+    'smooth' blur (interior pixels only; the border keeps the original): blurred +
+    factor * (x - blurred). With uint8_clip, as tfa 0.13 does for the seed: a factor in
+    (0, 1) rounds the result, any other factor except 0 and 1 rounds and clips it to
+    [0, 255] (tfa's blend was written for 8-bit pictures)."""
+    n, c, h, w = x.shape
+    blurred = x.clone()
+    if h >= 3 and w >= 3:
+        k = _PIL_SMOOTH.to(device=x.device, dtype=x.dtype).view(1, 1, 3, 3)
+        inner = F.conv2d(x.reshape(n * c, 1, h, w), k).reshape(n, c, h - 2, w - 2)
+        blurred[..., 1:-1, 1:-1] = inner
+    if factor == 0.0:
+        return blurred
+    if factor == 1.0:
         return x
-    return F.max_pool2d(_pad_same(x, k), k, stride=1)
+    out = blurred + factor * (x - blurred)
+    if not uint8_clip:
+        return out
+    if 0.0 < factor < 1.0:
+        return torch.round(out)
+    return torch.round(out.clamp(0.0, 255.0))
+
+
+def op_erode(x: torch.Tensor, kernel: int = 3, shape: str = "square", **_: Any
+             ) -> torch.Tensor:
+    return _morph(x, int(kernel), shape, largest=False)
+
+
+def op_dilate(x: torch.Tensor, kernel: int = 3, shape: str = "square", **_: Any
+              ) -> torch.Tensor:
+    return _morph(x, int(kernel), shape, largest=True)
 
 
 _SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
@@ -341,6 +572,29 @@ def op_sinusoidal(x: torch.Tensor, freq_x: float = 2.0, freq_y: float = 0.0,
     return _sample_grid(x, grid, "reflect")
 
 
+def op_sin_disrupt(x: torch.Tensor, row_freq: float = 1.0, col_freq: float = 1.0,
+                   row_shift: float = 4.0, col_shift: float = 2.0, amplitude: float = 4.0,
+                   **_: Any) -> torch.Tensor:
+    """The seed's sin_disrupt: the maps are REPLACED by a fixed pattern, whatever they held:
+    amplitude * (sin((row - row_shift) / H * row_freq) + sin((col - col_shift) / H *
+    col_freq)), H the map height for both terms as in the seed. The seed's call is
+    row_freq = sinX, col_freq = sinY, row_shift = 4 + translateY, col_shift = 2 +
+    translateX, amplitude 4."""
+    h, w = x.shape[-2:]
+    rows = torch.arange(h, dtype=torch.float64).unsqueeze(1)
+    cols = torch.arange(w, dtype=torch.float64).unsqueeze(0)
+    wave = amplitude * (torch.sin((rows - row_shift) / h * row_freq)
+                        + torch.sin((cols - col_shift) / h * col_freq))
+    return wave.to(device=x.device, dtype=x.dtype).expand_as(x).clone()
+
+
+def op_instance_norm(x: torch.Tensor, **_: Any) -> torch.Tensor:
+    """StyleGAN1's InstanceNorm (the seed's with_norm): each map minus its mean, divided by
+    sqrt(mean square + 1e-8)."""
+    x = x - x.mean(dim=(2, 3), keepdim=True)
+    return x * torch.rsqrt(x.square().mean(dim=(2, 3), keepdim=True) + 1e-8)
+
+
 def op_jitter(x: torch.Tensor, amount: float = 1.0, seed: int = 0, **_: Any) -> torch.Tensor:
     """Displace every pixel by a seeded random offset of up to `amount` pixels."""
     h, w = x.shape[-2:]
@@ -372,47 +626,113 @@ def _fill(default: str) -> ParamSpec:
                      choices=FILL_MODES)
 
 
+def _choice(name: str, default: str, choices: tuple[str, ...], help: str) -> ParamSpec:
+    return ParamSpec(name, "choice", default, help=help, choices=choices)
+
+
+def _interp() -> ParamSpec:
+    return _choice("interpolation", "bilinear", ("bilinear", "nearest"),
+                   "bilinear, or nearest (tfa's default, the seed's)")
+
+
+def _pivot() -> ParamSpec:
+    return _choice("pivot", "centre", ("centre", "half_pixel"),
+                   "about the map centre, or half a pixel right and down of it "
+                   "(OpenCV's getRotationMatrix2D centre, Broad's)")
+
+
+def _shape() -> ParamSpec:
+    return _choice("shape", "square", ("square", "ellipse"),
+                   "window shape: square (ours, the seed's 3 x 3) or ellipse (OpenCV "
+                   "MORPH_ELLIPSE, Broad's)")
+
+
+# Help texts name whose semantics each operation has: ours, the seed's (Zheng,
+# NetworkOperations.py) or Broad's (transform_layers.py); engine.recipe's importers map their
+# files onto exactly these parameters.
 OPERATIONS: dict[str, Operation] = {op.name: op for op in [
-    Operation("identity", "Identity", [], op_identity, "leave the activations as they are"),
-    Operation("ablate", "Ablate", [], op_ablate, "set the channels to zero"),
+    Operation("identity", "Identity", [], op_identity,
+              "leave the activations as they are (seed 'none')"),
+    Operation("ablate", "Ablate", [], op_ablate,
+              "set the channels to zero (Broad 'ablate', seed 'block')"),
     Operation("multiply", "Multiply", [_f("factor", 2.0, -10, 10, 0.05, "scale factor")],
-              op_multiply, "multiply by a constant"),
+              op_multiply, "multiply by a constant (Broad 'scalar-multiply')"),
     Operation("add", "Add (brightness)", [_f("amount", 1.0, -10, 10, 0.05, "value added")],
-              op_add, "add a constant"),
+              op_add, "add a constant (seed 'brightness': tf.image.adjust_brightness adds "
+              "its delta, unclipped on floats)"),
     Operation("invert", "Invert", [_f("offset", 0.0, -10, 10, 0.05,
                                       "result is offset - x (0: negate)")],
-              op_invert, "negate the activations"),
+              op_invert, "offset - x: seed 'invert' is offset 0 (-x), Broad 'invert' is "
+              "offset 1 (1 - x)"),
     Operation("threshold", "Binary threshold",
               [_f("threshold", 0.5, -10, 10, 0.01, "values above it become high, others 0"),
                _f("high", 1.0, -10, 10, 0.05, "the value above the threshold")],
-              op_threshold, "binarise the activations"),
+              op_threshold, "binarise the activations (Broad 'binary-thresh': high 1)"),
     Operation("translate", "Translate",
               [_f("x_shift", 0.25, -1, 1, 0.01, "horizontal shift, fraction of the width"),
                _f("y_shift", 0.0, -1, 1, 0.01, "vertical shift, fraction of the height"),
-               _fill("reflect")], op_translate, "shift the maps"),
-    Operation("rotate", "Rotate", [_f("angle", 45.0, -360, 360, 1, "degrees, anticlockwise"),
-                                   _fill("zero")], op_rotate, "rotate about the centre"),
+               _fill("reflect"), _interp()], op_translate,
+              "shift the maps; seed 'translate' (pixels / size, reflect fill, nearest), "
+              "Broad 'translate' (fractions, zero fill, bilinear)"),
+    Operation("rotate", "Rotate",
+              [_f("angle", 45.0, -360, 360, 1, "degrees, anticlockwise"), _fill("zero"),
+               _interp(), _pivot()], op_rotate,
+              "rotate; seed 'rotate' (radians -> degrees, reflect fill, nearest), Broad "
+              "'rotate' (degrees, zero fill, bilinear, half-pixel pivot)"),
     Operation("zoom", "Zoom", [_f("scale", 1.5, 0.05, 20, 0.01, "above 1 magnifies"),
-                               _fill("zero")], op_zoom, "scale about the centre"),
-    Operation("flip_h", "Flip horizontally", [], op_flip_h, "mirror left and right"),
-    Operation("flip_v", "Flip vertically", [], op_flip_v, "mirror top and bottom"),
+                               _fill("zero"), _pivot()], op_zoom,
+              "scale about the centre (Broad 'scale': zero fill, bilinear, half-pixel "
+              "pivot)"),
+    Operation("resize_pad", "Resize by pixels",
+              [_i("pixels", -2, -256, 256, "pixels added to the map size (negative shrinks)")],
+              op_resize_pad, "seed 'scale': resize to size + pixels with TensorFlow's "
+              "Gaussian kernel, then centre-crop or zero-pad back (0 still blurs a little)"),
+    Operation("flip_h", "Flip horizontally", [], op_flip_h,
+              "mirror left and right (Broad 'flip-h')"),
+    Operation("flip_v", "Flip vertically", [], op_flip_v,
+              "mirror top and bottom (Broad 'flip-v')"),
     Operation("mirror_lr", "Mirror left to right", [], op_mirror_lr,
-              "copy the left half mirrored onto the right"),
+              "copy the left half mirrored onto the right (ours)"),
     Operation("mirror_tb", "Mirror top to bottom", [], op_mirror_tb,
-              "copy the top half mirrored onto the bottom"),
-    Operation("shuffle", "Shuffle channels", [_seed()], op_shuffle,
-              "permute the selected channels"),
-    Operation("vanish", "Vanish", [_seed()], op_vanish,
-              "replace the selected channels with copies of unselected ones", whole=True),
-    Operation("mean_filter", "Mean filter", [_i("kernel", 3, 1, 31, "window size")],
-              op_mean_filter, "box blur"),
+              "copy the top half mirrored onto the bottom (ours)"),
+    Operation("half_turn", "Half turn",
+              [_choice("keep", "top", ("top", "left", "low_channels"),
+                       "top: seed mirrorY; left: the same across columns; low_channels: "
+                       "seed mirrorX as its code runs")],
+              op_half_turn, "part of the map replaced by the map turned 180 degrees (seed "
+              "'mirrorY' / 'mirrorX')", whole=True),
+    Operation("shuffle", "Shuffle channels",
+              [_seed(), _choice("source", "selected", ("selected", "all"),
+                                "permute among the selected channels (ours), or draw from "
+                                "every channel of the layer (seed)")],
+              op_shuffle, "permute channels (seed 'shuffle': source all)", whole=True),
+    Operation("vanish", "Vanish",
+              [_seed(), _choice("donors", "random", ("random", "repeat"),
+                                "random unselected channels (ours), or the seed's repeat "
+                                "pattern")],
+              op_vanish, "replace the selected channels with copies of unselected ones "
+              "(seed 'vanish': donors repeat)", whole=True),
+    Operation("mean_filter", "Mean filter",
+              [_i("kernel", 3, 1, 31, "window size"),
+               _choice("border", "replicate", ("replicate", "reflect"),
+                       "edge padding: replicate (ours) or reflect (tfa, the seed's)")],
+              op_mean_filter, "box blur (seed 'mean_filter': border reflect)"),
     Operation("sharpen", "Sharpen", [_f("factor", 1.0, 0, 20, 0.1, "strength")], op_sharpen,
-              "unsharp mask"),
-    Operation("erode", "Erode", [_i("kernel", 3, 1, 31, "window size")], op_erode,
-              "minimum over a window"),
-    Operation("dilate", "Dilate", [_i("kernel", 3, 1, 31, "window size")], op_dilate,
-              "maximum over a window"),
-    Operation("sobel", "Sobel edges", [], op_sobel, "gradient magnitude"),
+              "unsharp mask against a 3 x 3 box blur (ours)"),
+    Operation("sharpness", "Sharpness (PIL)",
+              [_f("factor", 2.0, 0, 20, 0.1, "1 leaves the map, 0 gives the blur, above 1 "
+                  "sharpens"),
+               ParamSpec("uint8_clip", "bool", False, help="round and clip to 0..255 as "
+                         "tfa does (the seed's sharpen)")],
+              op_sharpness, "PIL sharpness against its smooth kernel (seed 'sharpen' is "
+              "tfa.image.sharpness: uint8_clip on)"),
+    Operation("erode", "Erode", [_i("kernel", 3, 1, 31, "window size"), _shape()], op_erode,
+              "minimum over a window (seed 'erosion': square 3; Broad 'erode' r: "
+              "ellipse 2r + 1)"),
+    Operation("dilate", "Dilate", [_i("kernel", 3, 1, 31, "window size"), _shape()],
+              op_dilate, "maximum over a window (seed 'dilation': square 3; Broad "
+              "'dilate' r: ellipse 2r + 1)"),
+    Operation("sobel", "Sobel edges", [], op_sobel, "gradient magnitude (ours)"),
     Operation("sinusoidal", "Sinusoidal disruption",
               [_f("freq_x", 2.0, -64, 64, 0.1, "cycles across the width"),
                _f("freq_y", 0.0, -64, 64, 0.1, "cycles down the height"),
@@ -421,12 +741,23 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in [
                   "strength (multiply) or displacement as a fraction of the map (warp)"),
                ParamSpec("mode", "choice", "multiply", help="multiply or displace",
                          choices=("multiply", "warp"))],
-              op_sinusoidal, "a sine wave across the maps"),
+              op_sinusoidal, "a sine wave across the maps (ours)"),
+    Operation("sin_disrupt", "Sine pattern (seed)",
+              [_f("row_freq", 1.0, -1000, 1000, 0.1, "radians per map height, down rows "
+                  "(seed sinX)"),
+               _f("col_freq", 1.0, -1000, 1000, 0.1, "radians per map height, across "
+                  "columns (seed sinY)"),
+               _f("row_shift", 4.0, -1024, 1024, 1, "pixels (seed: 4 + translateY)"),
+               _f("col_shift", 2.0, -1024, 1024, 1, "pixels (seed: 2 + translateX)"),
+               _f("amplitude", 4.0, -100, 100, 0.1, "height of each sine (seed: 4)")],
+              op_sin_disrupt, "replace the maps by the seed's sin_disrupt pattern"),
+    Operation("instance_norm", "Instance norm", [], op_instance_norm,
+              "normalise each map to mean 0, mean square 1 (seed 'with_norm')"),
     Operation("jitter", "Spatial jitter", [_f("amount", 1.0, 0, 64, 0.1, "pixels"), _seed()],
-              op_jitter, "random per-pixel displacement"),
+              op_jitter, "random per-pixel displacement (ours)"),
     Operation("gaussian_noise", "Gaussian noise",
               [_f("std", 0.5, 0, 20, 0.01, "standard deviation"), _seed()],
-              op_gaussian_noise, "add seeded noise"),
+              op_gaussian_noise, "add seeded noise (ours)"),
 ]}
 
 
