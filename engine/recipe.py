@@ -4,8 +4,8 @@ A `Recipe` names a model, a latent (`engine.latents.LatentSpec`), bends and weig
 (`engine.bending`), optionally a translator (encoder + input image) and an output size.
 `render(recipe)` gives the image; `Recipe.save/load` round-trip JSON; `validate` reports
 every bad field with its path (`bends[1].params.angle: 400 is above the maximum 360`).
-Imports turn the seed notebooks' bending template and Broad's network-bending YAML into
-bends, with a warning for anything that cannot map.
+Imports of the seed notebooks' bending template and Broad's network-bending YAML live in
+`engine.bend_import` (re-exported here); `load_recipe_file` reads any of the three formats.
 """
 
 from __future__ import annotations
@@ -30,13 +30,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.bend_import import (  # re-exported: the importers' public home was here
+    OP_ALIASES as OP_ALIASES,
+)
+from engine.bend_import import (
+    broad_layer_name as broad_layer_name,
+)
+from engine.bend_import import (
+    import_broad_yaml as import_broad_yaml,
+)
+from engine.bend_import import (
+    import_notebook_template as import_notebook_template,
+)
+from engine.bend_import import (
+    load_recipe_file as load_recipe_file,
+)
 from engine.bending import (
-    DEFAULT_CLUSTER_K,
     OPERATIONS,
     WEIGHT_OPERATIONS,
     Bend,
-    ChannelSelection,
-    Operation,
     WeightEdit,
     make_taps,
     validate_bend,
@@ -605,411 +617,17 @@ def sweep(recipe: Recipe, path: str, start: float, stop: float, frames: int,
 
 
 # ----------------------------------------------------------------------------------------
-# Imports: the seed notebooks' template and Broad's network-bending YAML.
-
-
-def _norm(name: Any) -> str:
-    return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
-
-
-# Operation names of the seed notebooks, Broad's network bending and common spellings.
-OP_ALIASES: dict[str, str] = {
-    **{name: name for name in OPERATIONS},
-    "none": "identity", "noop": "identity",
-    "zero": "ablate", "ablation": "ablate", "zeros": "ablate",
-    "scalar_multiply": "multiply", "multiply_scalar": "multiply", "mul": "multiply",
-    "scalar": "multiply", "amplify": "multiply",
-    "brightness": "add", "scalar_add": "add", "add_scalar": "add",
-    "negate": "invert", "inverse": "invert",
-    "binary_thresh": "threshold", "binary_threshold": "threshold", "thresh": "threshold",
-    "binary": "threshold",
-    "translation": "translate", "shift": "translate", "move": "translate",
-    "rotation": "rotate", "rot": "rotate",
-    "scale": "zoom", "resize": "zoom", "zoom_in": "zoom",
-    "flip_horizontal": "flip_h", "fliph": "flip_h", "flip_x": "flip_h",
-    "horizontal_flip": "flip_h", "hflip": "flip_h",
-    "flip_vertical": "flip_v", "flipv": "flip_v", "flip_y": "flip_v",
-    "vertical_flip": "flip_v", "vflip": "flip_v",
-    "mirror": "mirror_lr", "mirror_x": "mirror_lr", "mirror_h": "mirror_lr",
-    "mirror_horizontal": "mirror_lr", "mirror_left_right": "mirror_lr",
-    "mirror_y": "mirror_tb", "mirror_v": "mirror_tb", "mirror_vertical": "mirror_tb",
-    "mirror_top_bottom": "mirror_tb",
-    "shuffle_channels": "shuffle", "channel_shuffle": "shuffle", "permute": "shuffle",
-    "vanishing": "vanish",
-    "mean": "mean_filter", "blur": "mean_filter", "box_blur": "mean_filter",
-    "average": "mean_filter", "mean_blur": "mean_filter",
-    "sharpen_filter": "sharpen", "unsharp": "sharpen",
-    "erosion": "erode", "dilation": "dilate",
-    "sobel_filter": "sobel", "edges": "sobel", "edge": "sobel", "edge_detect": "sobel",
-    "sin_disrupt": "sinusoidal", "sin": "sinusoidal", "sine": "sinusoidal",
-    "sinusoidal_disruption": "sinusoidal", "sinusoid": "sinusoidal", "wave": "sinusoidal",
-    "spatial_jitter": "jitter", "random_jitter": "jitter",
-    "noise": "gaussian_noise", "gaussian": "gaussian_noise", "add_noise": "gaussian_noise",
-    "random_noise": "gaussian_noise",
-}
-
-# Parameter names (normalised) of other tools -> ours, per operation.
-PARAM_ALIASES: dict[str, dict[str, str]] = {
-    "multiply": {"factor": "factor", "scalar": "factor", "value": "factor", "scale": "factor",
-                 "multiplier": "factor", "amount": "factor", "k": "factor"},
-    "add": {"amount": "amount", "value": "amount", "brightness": "amount",
-            "scalar": "amount", "offset": "amount"},
-    "invert": {"offset": "offset"},
-    "threshold": {"threshold": "threshold", "thresh": "threshold", "t": "threshold",
-                  "value": "threshold", "high": "high"},
-    "translate": {"x": "x_shift", "dx": "x_shift", "tx": "x_shift", "x_shift": "x_shift",
-                  "shift_x": "x_shift", "translate_x": "x_shift", "y": "y_shift",
-                  "dy": "y_shift", "ty": "y_shift", "y_shift": "y_shift",
-                  "shift_y": "y_shift", "translate_y": "y_shift", "fill": "fill",
-                  "padding": "fill", "mode": "fill"},
-    "rotate": {"angle": "angle", "degrees": "angle", "deg": "angle", "theta": "angle",
-               "rotation": "angle", "degree": "angle", "fill": "fill"},
-    "zoom": {"scale": "scale", "factor": "scale", "zoom": "scale", "amount": "scale",
-             "fill": "fill"},
-    "shuffle": {"seed": "seed"},
-    "vanish": {"seed": "seed"},
-    "mean_filter": {"kernel": "kernel", "kernel_size": "kernel", "size": "kernel",
-                    "k": "kernel"},
-    "sharpen": {"factor": "factor", "amount": "factor", "strength": "factor",
-                "alpha": "factor"},
-    "erode": {"kernel": "kernel", "kernel_size": "kernel", "size": "kernel", "k": "kernel"},
-    "dilate": {"kernel": "kernel", "kernel_size": "kernel", "size": "kernel", "k": "kernel"},
-    "sinusoidal": {"freq_x": "freq_x", "fx": "freq_x", "frequency_x": "freq_x",
-                   "x_freq": "freq_x", "freq_y": "freq_y", "fy": "freq_y",
-                   "frequency_y": "freq_y", "y_freq": "freq_y", "phase": "phase",
-                   "amplitude": "amplitude", "amp": "amplitude", "strength": "amplitude",
-                   "mode": "mode"},
-    "jitter": {"amount": "amount", "strength": "amount", "pixels": "amount",
-               "magnitude": "amount", "max_shift": "amount", "seed": "seed"},
-    "gaussian_noise": {"std": "std", "sigma": "std", "strength": "std", "amount": "std",
-                       "scale": "std", "seed": "seed"},
-}
-_RADIUS_OPS = ("erode", "dilate", "mean_filter")  # 'radius' r means a (2r+1) window
-
-# Keys of a template entry that are not operation parameters.
-_TEMPLATE_META = {"operation", "op", "transform", "clusters", "cluster", "cluster_ids",
-                  "channels", "k", "n_clusters", "num_clusters", "params", "enabled",
-                  "features", "feature_param", "name", "comment", "layer"}
-
-
-def _map_params(op: Operation, raw: Any, where: str, warnings: list[str]
-                ) -> dict[str, Any]:
-    """Translate foreign parameters (a mapping or a positional list) to `op`'s names."""
-    params: dict[str, Any] = {}
-    if raw is None:
-        return params
-    if isinstance(raw, list | tuple):
-        positional = [p for p in op.params if p.name != "fill"]
-        if op.name in _RADIUS_OPS and raw:
-            raw = [2 * _as_int(raw[0]) + 1 if _is_number(raw[0]) else raw[0], *raw[1:]]
-        for spec, value in zip(positional, raw):
-            params[spec.name] = value
-        if len(raw) > len(positional):
-            warnings.append(f"{where}: ignored {len(raw) - len(positional)} extra "
-                            f"parameter(s) {list(raw[len(positional):])} of {op.name}")
-        return params
-    if not isinstance(raw, Mapping):
-        warnings.append(f"{where}: parameters {_short(raw)} are neither a list nor a mapping")
-        return params
-    aliases = PARAM_ALIASES.get(op.name, {})
-    for key, value in raw.items():
-        name = _norm(key)
-        if name == "radius" and op.name in _RADIUS_OPS and _is_number(value):
-            params["kernel"] = 2 * _as_int(value) + 1
-        elif name in aliases:
-            params[aliases[name]] = value
-        elif op.spec(name) is not None:
-            params[name] = value
-        else:
-            warnings.append(f"{where}: parameter {key!r} has no counterpart in {op.name}; "
-                            f"ignored")
-    return params
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _as_int(v: Any) -> int:
-    return int(round(float(v)))
-
-
-def _coerce_numbers(op: Operation, params: dict[str, Any]) -> dict[str, Any]:
-    """Foreign files write 2 for 2.0 and 3.0 for 3; fit numbers to our types."""
-    out = {}
-    for name, value in params.items():
-        spec = op.spec(name)
-        if spec is not None and _is_number(value):
-            if spec.type == "float":
-                value = float(value)
-            elif spec.type == "int" and float(value).is_integer():
-                value = int(value)
-        out[name] = value
-    return out
-
-
-def _checked_bend(bend: Bend, G: Any, where: str, warnings: list[str]) -> Bend | None:
-    """The bend if it validates; else None with a warning per problem."""
-    problems = validate_bend(bend, G)
-    if problems:
-        for p in problems:
-            warnings.append(f"{where}: skipped ({p})")
-        return None
-    return bend
-
-
-def _selection_from_clusters(clusters: Any, k: Any, where: str, warnings: list[str]
-                             ) -> ChannelSelection | None:
-    if clusters is None or clusters == "all" or clusters == []:
-        return ChannelSelection()
-    ids = clusters if isinstance(clusters, list) else [clusters]
-    if not all(_is_number(c) and float(c).is_integer() for c in ids):
-        warnings.append(f"{where}: cluster ids {_short(clusters)} are not whole numbers")
-        return None
-    kk = _as_int(k) if _is_number(k) else max(DEFAULT_CLUSTER_K, max(int(c) for c in ids) + 1)
-    return ChannelSelection(mode="clusters", ids=[int(c) for c in ids], k=kk)
-
-
-def _parse_structured(obj: Any, what: str) -> Any:
-    if isinstance(obj, str | bytes):
-        import yaml  # JSON is YAML too: one parser for both
-
-        try:
-            return yaml.safe_load(obj)
-        except yaml.YAMLError as exc:
-            raise StudioError(f"cannot read the {what}: {exc}") from exc
-    return obj
-
-
-def import_notebook_template(obj: Any, G: Any = None) -> tuple[list[Bend], list[str]]:
-    """Bends from the seed notebooks' operation template (list, dict, JSON or YAML text).
-
-    Template: a list of {resolution, install_after: 'Conv0_up'|'Conv1', layers:
-    [{operation, clusters, <params>...}]}. `resolution` + `install_after` name our layer
-    (b{res}.conv0 / b{res}.conv1); cluster ids select channels through engine.clusters
-    (k from the entry's 'k'/'n_clusters', else the default). Returns (bends, warnings).
-    """
-    data = _parse_structured(obj, "bending template")
-    warnings: list[str] = []
-    if isinstance(data, Mapping):
-        for key in ("template", "operations", "bends", "layers", "transforms"):
-            if isinstance(data.get(key), list):
-                data = data[key]
-                break
-        else:
-            data = [data]
-    if not isinstance(data, list):
-        raise StudioError("the bending template must be a list of {resolution, "
-                          "install_after, layers} entries")
-    bends: list[Bend] = []
-    for i, entry in enumerate(data):
-        where = f"template[{i}]"
-        if not isinstance(entry, Mapping):
-            warnings.append(f"{where}: {_short(entry)} is not an entry; skipped")
-            continue
-        layer = _template_layer(entry, where, warnings)
-        if layer is None:
-            continue
-        items = entry.get("layers")
-        if items is None and any(k in entry for k in ("operation", "op")):
-            items = [entry]  # a flat entry carrying its own operation
-        if not isinstance(items, list):
-            warnings.append(f"{where}.layers: no list of operations; skipped")
-            continue
-        for j, item in enumerate(items):
-            w = f"{where}.layers[{j}]"
-            if not isinstance(item, Mapping):
-                warnings.append(f"{w}: {_short(item)} is not an operation; skipped")
-                continue
-            name = item.get("operation", item.get("op"))
-            op_name = OP_ALIASES.get(_norm(name)) if name is not None else None
-            if op_name is None:
-                warnings.append(f"{w}.operation: {name!r} has no counterpart here; skipped")
-                continue
-            op = OPERATIONS[op_name]
-            raw = item.get("params")
-            extra = {k: v for k, v in item.items() if _norm(k) not in _TEMPLATE_META}
-            params = _map_params(op, raw, w, warnings) if raw is not None else {}
-            params.update(_map_params(op, extra, w, warnings))
-            k = next((item.get(x) for x in ("k", "n_clusters", "num_clusters")
-                      if item.get(x) is not None), entry.get("k", entry.get("n_clusters")))
-            clusters = next((item.get(x) for x in ("clusters", "cluster", "cluster_ids")
-                             if x in item), None)
-            sel = _selection_from_clusters(clusters, k, w, warnings)
-            if sel is None:
-                continue
-            enabled = item.get("enabled", True)
-            bend = Bend(layer=layer, op=op_name, params=_coerce_numbers(op, params),
-                        channels=sel, enabled=enabled if isinstance(enabled, bool) else True)
-            bend = _checked_bend(bend, G, w, warnings)
-            if bend is not None:
-                bends.append(bend)
-    return bends, warnings
-
-
-def _template_layer(entry: Mapping, where: str, warnings: list[str]) -> str | None:
-    res = entry.get("resolution", entry.get("res"))
-    after = _norm(entry.get("install_after", entry.get("layer", "conv1")))
-    if not _is_number(res) or res < 4 or not math.log2(res).is_integer():
-        warnings.append(f"{where}.resolution: {res!r} is not a power of two >= 4; skipped")
-        return None
-    res = int(res)
-    if after in ("conv0_up", "conv0", "conv_up", "up"):
-        if res == 4:
-            warnings.append(f"{where}: the 4x4 block has no Conv0_up; using its Conv")
-            return "b4.conv1"
-        return f"b{res}.conv0"
-    if after in ("conv1", "conv"):
-        return f"b{res}.conv1"
-    if after in ("torgb", "to_rgb"):
-        return f"b{res}.torgb"
-    warnings.append(f"{where}.install_after: {entry.get('install_after')!r} is not "
-                    f"Conv0_up or Conv1; skipped")
-    return None
-
-
-def broad_layer_name(layer_id: int) -> str:
-    """Broad's integer layer ids (rosinality generator order) -> our layer names.
-
-    0 is the 4x4 conv; then each block 8, 16, ... contributes its upsampling conv (odd id)
-    and its second conv (even id): 1 = b8.conv0, 2 = b8.conv1, 3 = b16.conv0, ...
-    """
-    if layer_id < 0:
-        raise ValueError(f"layer id {layer_id} is negative")
-    if layer_id == 0:
-        return "b4.conv1"
-    res = 2 ** ((layer_id + 1) // 2 + 2)
-    return f"b{res}.conv0" if layer_id % 2 else f"b{res}.conv1"
-
-
-# Broad's transform names -> (our op, positional parameter names, conversion)
-def _broad_params(transform: str, params: list) -> tuple[str, dict[str, Any]] | None:
-    p = list(params)
-    table: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
-        "ablate": lambda: ("ablate", {}),
-        "invert": lambda: ("invert", {"offset": 1.0}),  # Broad's invert is 1 - x
-        "flip_h": lambda: ("flip_h", {}), "flip_horizontal": lambda: ("flip_h", {}),
-        "flip_v": lambda: ("flip_v", {}), "flip_vertical": lambda: ("flip_v", {}),
-        "binary_thresh": lambda: ("threshold", {"threshold": float(p[0])}),
-        "scalar_multiply": lambda: ("multiply", {"factor": float(p[0])}),
-        # OpenCV warpAffine leaves the uncovered border at zero.
-        "translate": lambda: ("translate", {"x_shift": float(p[0]), "y_shift": float(p[1]),
-                                            "fill": "zero"}),
-        "scale": lambda: ("zoom", {"scale": float(p[0]), "fill": "zero"}),
-        "rotate": lambda: ("rotate", {"angle": float(p[0]), "fill": "zero"}),
-        # Broad's erode / dilate take a radius r: a (2r + 1) wide structuring element.
-        "erode": lambda: ("erode", {"kernel": 2 * _as_int(p[0]) + 1}),
-        "dilate": lambda: ("dilate", {"kernel": 2 * _as_int(p[0]) + 1}),
-    }
-    make = table.get(_norm(transform))
-    return make() if make is not None else None
-
-
-def import_broad_yaml(text: Any, G: Any = None, cluster_dict: Any = None
-                      ) -> tuple[list[Bend], list[str]]:
-    """Bends from Broad's network-bending YAML ({transforms: [{layer, transform, params,
-    features, feature-param}]}). Returns (bends, warnings); never raises on an entry.
-
-    features 'all' selects every channel, 'random' a seeded fraction (Broad drew a fresh
-    one each run), 'cluster' his cluster id: through `cluster_dict` (his {layer: [{feature_
-    index, cluster_index}]} file) when given, else our own clustering of that layer.
-    """
-    data = _parse_structured(text, "network-bending YAML")
-    clusters = _parse_structured(cluster_dict, "cluster file") if cluster_dict else None
-    warnings: list[str] = []
-    if isinstance(data, Mapping):
-        if "transforms" not in data:
-            raise StudioError("this YAML has no 'transforms' list: is it a network-bending "
-                              "config?")
-        ignored = [k for k in data if k != "transforms"]
-        if ignored:
-            warnings.append(f"ignored top-level key(s) {ignored}: only 'transforms' is read")
-        data = data["transforms"] or []
-    if not isinstance(data, list):
-        raise StudioError("the network-bending YAML must hold a list of transforms")
-    bends: list[Bend] = []
-    for i, t in enumerate(data):
-        where = f"transforms[{i}]"
-        if not isinstance(t, Mapping):
-            warnings.append(f"{where}: {_short(t)} is not a transform; skipped")
-            continue
-        layer_id = t.get("layer")
-        if not _is_number(layer_id) or not float(layer_id).is_integer() or layer_id < 0:
-            warnings.append(f"{where}.layer: {layer_id!r} is not a layer id; skipped")
-            continue
-        layer = broad_layer_name(int(layer_id))
-        if G is not None and layer not in G.synthesis.layers:
-            warnings.append(f"{where}.layer: id {layer_id} is {layer}, which this model "
-                            f"does not have; skipped")
-            continue
-        name = t.get("transform")
-        raw = t.get("params") or []
-        if not isinstance(raw, list):
-            raw = [raw]
-        try:
-            mapped = _broad_params(str(name), raw)
-        except (IndexError, TypeError, ValueError):
-            warnings.append(f"{where}.params: {raw!r} do not fit transform {name!r}; skipped")
-            continue
-        if mapped is None:
-            warnings.append(f"{where}.transform: {name!r} has no counterpart here; skipped")
-            continue
-        op_name, params = mapped
-        sel = _broad_selection(t, int(layer_id), clusters, where, warnings)
-        if sel is None:
-            continue
-        bend = _checked_bend(Bend(layer=layer, op=op_name, params=params, channels=sel), G,
-                             where, warnings)
-        if bend is not None:
-            bends.append(bend)
-    return bends, warnings
-
-
-def _broad_selection(t: Mapping, layer_id: int, clusters: Any, where: str,
-                     warnings: list[str]) -> ChannelSelection | None:
-    features = _norm(t.get("features", "all"))
-    param = t.get("feature-param", t.get("feature_param"))
-    if features == "all":
-        return ChannelSelection()
-    if features == "random":
-        if not _is_number(param) or not 0 < param <= 1:
-            warnings.append(f"{where}.feature-param: {param!r} is not a fraction in (0, 1]; "
-                            f"skipped")
-            return None
-        return ChannelSelection(mode="random", fraction=float(param), seed=0)
-    if features == "cluster":
-        if not _is_number(param) or not float(param).is_integer():
-            warnings.append(f"{where}.feature-param: {param!r} is not a cluster id; skipped")
-            return None
-        cid = int(param)
-        if isinstance(clusters, Mapping):
-            entries = clusters.get(layer_id, clusters.get(str(layer_id)))
-            if not isinstance(entries, list):
-                warnings.append(f"{where}: the cluster file has no layer {layer_id}; skipped")
-                return None
-            idx = sorted(int(e["feature_index"]) for e in entries
-                         if isinstance(e, Mapping) and _is_number(e.get("cluster_index"))
-                         and int(e["cluster_index"]) == cid and "feature_index" in e)
-            if not idx:
-                warnings.append(f"{where}: cluster {cid} of layer {layer_id} is empty in the "
-                                f"cluster file; skipped")
-                return None
-            return ChannelSelection(mode="indices", indices=idx)
-        k = max(DEFAULT_CLUSTER_K, cid + 1)
-        warnings.append(f"{where}: cluster {cid} refers to Broad's own clustering; using "
-                        f"this studio's clustering of the layer (k={k}) instead")
-        return ChannelSelection(mode="clusters", ids=[cid], k=k)
-    warnings.append(f"{where}.features: {t.get('features')!r} is not all, random or cluster; "
-                    f"skipped")
-    return None
-
-
-# ----------------------------------------------------------------------------------------
 # Command line.
 
 
 def _cmd_render(args: argparse.Namespace) -> None:
-    recipe = Recipe.load(args.recipe)
+    import sys
+
+    from engine.bend_import import load_recipe_file
+
+    recipe, warnings = load_recipe_file(args.recipe, cluster_dict=args.clusters)
+    for line in warnings:
+        print(f"note: {line}", file=sys.stderr)
     if args.model:
         recipe.model = args.model
     if args.size:
@@ -1036,8 +654,11 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def add_cli(sub: Any) -> None:
-    p = sub.add_parser("render", help="render a recipe JSON to an image")
-    p.add_argument("recipe", help="recipe .json")
+    p = sub.add_parser("render", help="render a recipe JSON, a network-bending YAML or a "
+                                      "seed template to an image")
+    p.add_argument("recipe", help="recipe .json, Broad's network-bending .yaml or the seed "
+                                  "notebooks' template (.py / .json / .yaml)")
+    p.add_argument("--clusters", help="Broad's cluster dict .yaml for a network-bending YAML")
     p.add_argument("--out", required=True, help="output image (.png, .jpg, ...)")
     p.add_argument("--model", help="override the recipe's model spec")
     p.add_argument("--size", type=int, help="override the output size in pixels")

@@ -409,7 +409,7 @@ NOTEBOOK_TEMPLATE = [
     {"resolution": 16, "install_after": "Conv1",
      "layers": [{"operation": "erode", "clusters": [1], "kernel_size": 3},
                 {"operation": "binary-threshold", "clusters": None, "threshold": 0.3},
-                {"operation": "sin-disrupt", "freq_x": 2, "amplitude": 0.2},
+                {"operation": "sine", "freq_x": 2, "amplitude": 0.2},
                 {"operation": "scalar-multiply", "clusters": [3], "scalar": -1.5},
                 {"operation": "teleport", "clusters": [0]},
                 {"operation": "zoom", "scale": 1.3, "wobble": 2}]},
@@ -426,15 +426,17 @@ def test_notebook_template_imports_and_renders():
     assert by == [("b8.conv0", "rotate"), ("b8.conv0", "translate"), ("b16.conv1", "erode"),
                   ("b16.conv1", "threshold"), ("b16.conv1", "sinusoidal"),
                   ("b16.conv1", "multiply"), ("b16.conv1", "zoom"), ("b4.conv1", "flip_h")]
-    assert bends[0].params == {"angle": 45.0}
+    # 'rotate' and 'translate' are seed operations: the seed's fill and interpolation apply.
+    assert bends[0].params == {"angle": 45.0, "fill": "reflect", "interpolation": "nearest"}
     assert bends[0].channels.mode == "clusters" and bends[0].channels.ids == [0, 2]
-    assert bends[1].params == {"x_shift": 0.25, "y_shift": -0.1}
+    assert bends[1].params == {"x_shift": 0.25, "y_shift": -0.1, "fill": "reflect",
+                               "interpolation": "nearest"}
     assert bends[1].channels.mode == "all"
     assert bends[5].params == {"factor": -1.5}
     text = "\n".join(warnings)
     assert "'teleport' has no counterpart" in text
     assert "'wobble' has no counterpart" in text
-    assert "4x4 block has no Conv0_up" in text
+    assert "4 x 4 Conv0_up bends the constant input" in text
     assert "b128.conv1" in text                      # not in this 32 px model: skipped
     assert "12 is not a power of two" in text
     with fake_clusters():
@@ -522,19 +524,22 @@ def test_broad_yaml_imports_and_renders():
     assert got == [("b8.conv0", "translate"), ("b8.conv1", "ablate"),
                    ("b16.conv1", "threshold"), ("b16.conv0", "erode"), ("b32.conv0", "invert"),
                    ("b4.conv1", "rotate"), ("b32.conv1", "zoom"), ("b32.conv0", "multiply"),
-                   ("b16.conv0", "flip_h")]
-    assert bends[0].params == {"x_shift": 0.25, "y_shift": 0.0, "fill": "zero"}
+                   ("b16.conv0", "flip_h"), ("b8.conv0", "erode")]
+    assert [b.enabled for b in bends] == [True] * 9 + [False]   # all-transforms: disabled
+    assert bends[0].params == {"x_shift": 0.25, "y_shift": 0.0, "fill": "zero",
+                               "interpolation": "bilinear"}
     assert bends[1].channels == ChannelSelection("clusters", ids=[2], k=5)
     assert bends[2].channels.mode == "random" and bends[2].channels.fraction == 0.5
-    assert bends[3].params == {"kernel": 3}             # radius 1 -> 3 x 3
+    assert bends[3].params == {"kernel": 3, "shape": "ellipse"}   # radius 1 -> 3 x 3
     assert bends[4].params == {"offset": 1.0}           # Broad's invert is 1 - x
     text = "\n".join(warnings)
     assert "all-transforms" in text
-    assert "id 12 is b256.conv1, which this model does not have" in text
-    assert "'resize' has no counterpart" in text
-    assert "do not fit transform 'rotate'" in text
+    assert "layer 12 is b256.conv1, which this model does not have" in text
+    assert "Broad's resize grows the map" in text
+    assert "rotate needs 1 parameter(s)" in text
     assert "'some' is not all, random or cluster" in text
-    assert "Broad's own clustering" in text
+    assert "k-means of the layer (k=5), not Broad's" in text
+    assert len(warnings) == len({w.split(":")[0] for w in warnings})   # one line each
     with fake_clusters():
         img = render(Recipe(bends=bends), G)
     assert img.size == (32, 32)
