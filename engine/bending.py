@@ -212,7 +212,9 @@ def _about_pivot(m: torch.Tensor, pivot: str, h: int, w: int) -> torch.Tensor:
     """theta [2, 3] applying the linear part m [2, 2] about the map centre, or about OpenCV's
     centre (W/2, H/2) in pixel-centre coordinates, half a pixel right of and below the true
     centre ('half_pixel': cv2.getRotationMatrix2D as Broad calls it)."""
-    p = torch.tensor([1.0 / w, 1.0 / h]) if pivot == "half_pixel" else torch.zeros(2)
+    # float64 so that float64 maps resample exactly; _warp casts to the maps' dtype.
+    p = torch.tensor([1.0 / w, 1.0 / h], dtype=torch.float64) if pivot == "half_pixel" \
+        else torch.zeros(2, dtype=torch.float64)
     return torch.cat([m, (p - m @ p).unsqueeze(1)], dim=1)
 
 
@@ -332,7 +334,8 @@ def op_translate(x: torch.Tensor, x_shift: float = 0.0, y_shift: float = 0.0,
                  ) -> torch.Tensor:
     # Shifts are fractions of the map size, positive = right / down, so a bend means the
     # same thing at every resolution. Normalised coordinates span 2 units per map size.
-    theta = torch.tensor([[1.0, 0.0, -2.0 * x_shift], [0.0, 1.0, -2.0 * y_shift]])
+    theta = torch.tensor([[1.0, 0.0, -2.0 * x_shift], [0.0, 1.0, -2.0 * y_shift]],
+                         dtype=torch.float64)
     return _resample(x, theta, fill, interpolation)
 
 
@@ -347,14 +350,14 @@ def op_rotate(x: torch.Tensor, angle: float = 0.0, fill: str = "zero",
     a = math.radians(angle)
     c, s = math.cos(a), math.sin(a)
     # Anticlockwise on screen (y down): sample the input at the output point turned back.
-    m = torch.tensor([[c, -s * h / w], [s * w / h, c]])
+    m = torch.tensor([[c, -s * h / w], [s * w / h, c]], dtype=torch.float64)
     return _resample(x, _about_pivot(m, pivot, h, w), fill, interpolation)
 
 
 def op_zoom(x: torch.Tensor, scale: float = 1.5, fill: str = "zero", pivot: str = "centre",
             **_: Any) -> torch.Tensor:
     h, w = x.shape[-2:]
-    m = torch.eye(2) / scale
+    m = torch.eye(2, dtype=torch.float64) / scale
     return _warp(x, _about_pivot(m, pivot, h, w), fill)
 
 
@@ -503,7 +506,8 @@ def op_sharpen(x: torch.Tensor, factor: float = 1.0, **_: Any) -> torch.Tensor:
     return x + factor * (x - _box(x, 3))
 
 
-_PIL_SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+_PIL_SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]],
+                           dtype=torch.float64) / 13.0  # float64: exact for float64 maps
 
 
 def op_sharpness(x: torch.Tensor, factor: float = 2.0, uint8_clip: bool = False, **_: Any
