@@ -799,12 +799,27 @@ def file_kind(data: Any) -> str:
                       "or a seed template (a list of {resolution, install_after, layers})")
 
 
-def load_recipe_file(path: str | os.PathLike, cluster_dict: Any = None, G: Any = None
+def _generator(model: Any) -> Any:
+    """A Generator from a Generator, a loaded model (with .G) or an engine.zoo spec."""
+    if model is None or hasattr(model, "synthesis"):
+        return model
+    if isinstance(model, str):
+        from engine import zoo  # lazy: zoo pulls in huggingface_hub
+
+        model = zoo.load(model)
+    return model.G
+
+
+def load_recipe_file(path: str | os.PathLike, cluster_dict: Any = None, model: Any = None
                      ) -> tuple[Any, list[str]]:
     """A Recipe from a recipe JSON, Broad's network-bending YAML (with `cluster_dict`: his
     cluster file's path or parsed contents) or the seed notebooks' template (Python literal,
-    JSON or YAML). Returns (recipe, warnings); imported files give a recipe of the default
-    model and latent with their bends. `G` (optional) checks layers and channel counts.
+    JSON or YAML). Returns (recipe, warnings).
+
+    An imported file gives a recipe of the default latent with the file's bends, checked
+    against `model` (a Generator, a loaded model or an engine.zoo spec such as 'default';
+    None skips the checks of layers and channel counts): what this model cannot take is
+    dropped with one warning line per transform. A zoo spec also becomes the recipe's model.
     """
     from engine.recipe import Recipe
 
@@ -815,6 +830,7 @@ def load_recipe_file(path: str | os.PathLike, cluster_dict: Any = None, G: Any =
         if cluster_dict is not None:
             raise StudioError("a cluster file goes with a network-bending YAML, not a recipe")
         return Recipe.from_dict(data), []
+    G = _generator(model)
     if kind == "seed":
         if cluster_dict is not None:
             raise StudioError("a cluster file goes with a network-bending YAML; seed "
@@ -825,4 +841,7 @@ def load_recipe_file(path: str | os.PathLike, cluster_dict: Any = None, G: Any =
             cluster_dict = _parse_structured(_read_capped(cluster_dict, "cluster file"),
                                              "cluster file")
         bends, warnings = import_broad_yaml(data, G, cluster_dict)
-    return Recipe(bends=bends), warnings
+    recipe = Recipe(bends=bends)
+    if isinstance(model, str):
+        recipe.model = model
+    return recipe, warnings

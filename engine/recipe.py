@@ -625,7 +625,9 @@ def _cmd_render(args: argparse.Namespace) -> None:
 
     from engine.bend_import import load_recipe_file
 
-    recipe, warnings = load_recipe_file(args.recipe, cluster_dict=args.clusters)
+    # Imported files are checked against the model they will render with.
+    recipe, warnings = load_recipe_file(args.recipe, cluster_dict=args.clusters,
+                                        model=args.model or "default")
     for line in warnings:
         print(f"note: {line}", file=sys.stderr)
     if args.model:

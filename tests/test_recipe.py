@@ -603,6 +603,34 @@ def test_cli_render_and_sweep(tmp_path, saved_model, capsys):
     assert "has no parameter 'nope'" in err and "not found" in err
 
 
+def test_cli_renders_broad_yaml_and_seed_template(tmp_path, saved_model, capsys):
+    from PIL import Image
+
+    from engine.__main__ import main
+
+    cfg, clusters = tmp_path / "config.yaml", tmp_path / "clusters.yaml"
+    cfg.write_text(BROAD_YAML)
+    clusters.write_text("2:\n" + "".join(f"- {{cluster_index: {i % 3}, feature_index: {i}}}\n"
+                                         for i in range(40)))
+    out = tmp_path / "broad.png"
+    assert main(["render", str(cfg), "--clusters", str(clusters), "--model", str(saved_model),
+                 "--out", str(out)]) == 0
+    bends, warnings = import_broad_yaml(BROAD_YAML, G, cluster_dict=clusters.read_text())
+    assert bends[1].channels.indices == list(range(2, 32, 3))   # 40 listed, 32 exist
+    want = render(Recipe(model=str(saved_model), bends=bends), G)
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(want))
+    err = capsys.readouterr().err
+    assert err.count("note: ") == len(warnings) and "lie beyond this layer's 32" in err
+    # The seed README's form: a Python assignment in a .py file.
+    template = tmp_path / "template.py"
+    template.write_text("operations = " + repr(NOTEBOOK_TEMPLATE[:1]))
+    assert main(["render", str(template), "--model", str(saved_model), "--out",
+                 str(tmp_path / "seed.png")]) == 0
+    assert main(["render", str(tmp_path / "template.py"), "--clusters", str(clusters),
+                 "--model", str(saved_model), "--out", str(tmp_path / "z.png")]) == 2
+    assert "cluster file goes with a network-bending YAML" in capsys.readouterr().err
+
+
 def test_render_loads_the_recipe_model_through_the_zoo(saved_model):
     r = Recipe(model=str(saved_model), bends=[Bend("b8.conv1", "invert")])
     assert np.array_equal(np.asarray(render(r)), np.asarray(render(r, G)))
