@@ -743,14 +743,16 @@ _ASSIGNMENT = re.compile(r"^\s*(?:#[^\n]*\n\s*)*[A-Za-z_]\w*\s*=\s*")
 
 
 def _read_capped(path: str | os.PathLike, what: str) -> str:
+    """The text of a regular file of at most MAX_IMPORT_BYTES (and the upload limit);
+    devices, pipes and folders are refused unopened (engine.files)."""
+    from engine.files import open_regular, regular_file_size
+    from engine.limits import current_limits
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise StudioError(f"{what} not found: {path}")
-    size = path.stat().st_size
-    if size > MAX_IMPORT_BYTES:
-        raise StudioError(f"{what} {path.name} is {size / 2**20:.1f} MiB; the limit is "
-                          f"{MAX_IMPORT_BYTES // 2**20} MiB")
-    with open(path, "rb") as f:
+    regular_file_size(path, what, min(MAX_IMPORT_BYTES, current_limits().upload_bytes))
+    with open_regular(path, what) as f:
         return f.read(MAX_IMPORT_BYTES + 1).decode("utf-8", errors="replace")
 
 

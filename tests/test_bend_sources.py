@@ -737,7 +737,9 @@ def test_load_recipe_file_refuses_other_files_in_one_sentence(tmp_path):
             load_recipe_file(tmp_path / name)
     big = tmp_path / "big.yaml"
     big.write_bytes(b"#" * (9 * 2**20))
-    with pytest.raises(StudioError, match="the limit is"):
+    with pytest.raises(StudioError, match="more than the limit"):
         load_recipe_file(big)
+    with pytest.raises(StudioError, match="not a regular file"):
+        load_recipe_file("/dev/zero")
     with pytest.raises(StudioError, match="not found"):
         load_recipe_file(tmp_path / "missing.yaml")
