@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import StudioError
+from engine.limits import ENV_NAMES, Limits, above_limit, current_limits
 
 PARAM_TYPES = ("float", "int", "bool", "choice")
 SELECTION_MODES = ("all", "indices", "random", "clusters")
@@ -845,8 +846,10 @@ def _is_int(v: Any) -> bool:
 
 
 def validate_selection(sel: ChannelSelection, channels: int | None, G: Any = None,
-                       where: str = "channels") -> list[str]:
-    """Problems of a channel selection; `channels` = the layer's channel count if known."""
+                       where: str = "channels", limits: Limits | None = None) -> list[str]:
+    """Problems of a channel selection; `channels` = the layer's channel count if known.
+    A clustering's k and samples are capped by `limits` (default: as the environment sets
+    them now): a recipe's clustering runs on the server like the page's."""
     if not isinstance(sel, ChannelSelection):
         return [f"{where}: must be a channel selection"]
     problems = []
@@ -870,9 +873,11 @@ def validate_selection(sel: ChannelSelection, channels: int | None, G: Any = Non
         if not _is_int(sel.seed) or sel.seed < 0:
             problems.append(f"{where}.seed: {sel.seed!r} must be a whole number >= 0")
     elif sel.mode == "clusters":
-        k_ok = _is_int(sel.k) and 2 <= sel.k <= 64
+        limits = limits or current_limits()
+        k_ok = _is_int(sel.k) and 2 <= sel.k <= limits.cluster_k
         if not k_ok:
-            problems.append(f"{where}.k: {sel.k!r} must be a whole number from 2 to 64")
+            problems.append(f"{where}.k: {sel.k!r} must be a whole number from 2 to "
+                            f"{limits.cluster_k} ({ENV_NAMES['cluster_k']})")
         if not isinstance(sel.ids, list) or not sel.ids:
             problems.append(f"{where}.ids: give at least one cluster id")
         else:
@@ -884,6 +889,9 @@ def validate_selection(sel: ChannelSelection, channels: int | None, G: Any = Non
                                     f"(0..{sel.k - 1} for k={sel.k})")
         if not _is_int(sel.samples) or sel.samples < 1:
             problems.append(f"{where}.samples: {sel.samples!r} must be a whole number >= 1")
+        elif above_limit("cluster_samples", sel.samples, limits):
+            problems.append(f"{where}.samples: "
+                            f"{above_limit('cluster_samples', sel.samples, limits)}")
         if not _is_int(sel.cluster_seed) or sel.cluster_seed < 0:
             problems.append(f"{where}.cluster_seed: {sel.cluster_seed!r} must be a whole "
                             f"number >= 0")
@@ -901,7 +909,7 @@ def validate_selection(sel: ChannelSelection, channels: int | None, G: Any = Non
 
 
 def _validate_edit(item: Bend | WeightEdit, registry: Mapping[str, Operation], G: Any,
-                   kind: str) -> list[str]:
+                   kind: str, limits: Limits | None = None) -> list[str]:
     problems = []
     layers = list(G.synthesis.layers) if G is not None else None
     if not isinstance(item.layer, str):
@@ -921,18 +929,19 @@ def _validate_edit(item: Bend | WeightEdit, registry: Mapping[str, Operation], G
         if isinstance(item, WeightEdit) and isinstance(item.params, Mapping) and \
                 item.params.get("axis") == "in":
             channels = _weight_of(G, item.layer).shape[1]
-    problems += validate_selection(item.channels, channels, G)
+    problems += validate_selection(item.channels, channels, G, limits=limits)
     return problems
 
 
-def validate_bend(bend: Bend, G: Any = None) -> list[str]:
+def validate_bend(bend: Bend, G: Any = None, limits: Limits | None = None) -> list[str]:
     """Every problem of one bend as 'field: reason'; G (optional) checks layers and channels."""
-    return _validate_edit(bend, OPERATIONS, G, "operation")
+    return _validate_edit(bend, OPERATIONS, G, "operation", limits)
 
 
-def validate_weight_edit(edit: WeightEdit, G: Any = None) -> list[str]:
+def validate_weight_edit(edit: WeightEdit, G: Any = None, limits: Limits | None = None
+                         ) -> list[str]:
     """Every problem of one weight edit as 'field: reason'."""
-    return _validate_edit(edit, WEIGHT_OPERATIONS, G, "weight edit")
+    return _validate_edit(edit, WEIGHT_OPERATIONS, G, "weight edit", limits)
 
 
 def undone_by_demodulation(edit: WeightEdit) -> bool:

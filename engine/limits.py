@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from typing import Any
 
 
 def _env_int(name: str, default: int) -> int:
@@ -36,6 +37,13 @@ class Limits:
     video_fps: int = 60                        # STUDIO_MAX_VIDEO_FPS
     grid_values: int = 16                      # STUDIO_MAX_GRID_VALUES: seeds / ψ per list
     cluster_samples: int = 256                 # STUDIO_MAX_CLUSTER_SAMPLES: latents per k-means
+    cluster_k: int = 16                        # STUDIO_MAX_CLUSTER_K: clusters per layer
+    bends: int = 64                            # STUDIO_MAX_BENDS: bends in one recipe
+    weight_edits: int = 64                     # STUDIO_MAX_WEIGHT_EDITS: weight edits in one
+    layer_edits: int = 64                      # STUDIO_MAX_LAYER_EDITS: latent per-layer edits
+    directions: int = 32                       # STUDIO_MAX_DIRECTIONS: latent direction edits
+    output_size: int = 2048                    # STUDIO_MAX_OUTPUT_SIZE: output resize, px a side
+    translator_input_size: int = 1024          # STUDIO_MAX_TRANSLATOR_INPUT: encoder input, px
     train_steps: int = 3000                    # STUDIO_MAX_TRAIN_STEPS: encoder training
     train_batch: int = 32                      # STUDIO_MAX_TRAIN_BATCH
     projection_steps: int = 1000               # STUDIO_MAX_PROJECTION_STEPS
@@ -51,7 +59,12 @@ ENV_NAMES = {
     "image_pixels": "STUDIO_MAX_IMAGE_PIXELS", "upload_bytes": "STUDIO_MAX_UPLOAD_BYTES",
     "checkpoint_bytes": "STUDIO_MAX_CHECKPOINT_BYTES", "video_frames": "STUDIO_MAX_VIDEO_FRAMES",
     "video_fps": "STUDIO_MAX_VIDEO_FPS", "grid_values": "STUDIO_MAX_GRID_VALUES",
-    "cluster_samples": "STUDIO_MAX_CLUSTER_SAMPLES", "train_steps": "STUDIO_MAX_TRAIN_STEPS",
+    "cluster_samples": "STUDIO_MAX_CLUSTER_SAMPLES", "cluster_k": "STUDIO_MAX_CLUSTER_K",
+    "bends": "STUDIO_MAX_BENDS", "weight_edits": "STUDIO_MAX_WEIGHT_EDITS",
+    "layer_edits": "STUDIO_MAX_LAYER_EDITS", "directions": "STUDIO_MAX_DIRECTIONS",
+    "output_size": "STUDIO_MAX_OUTPUT_SIZE",
+    "translator_input_size": "STUDIO_MAX_TRANSLATOR_INPUT",
+    "train_steps": "STUDIO_MAX_TRAIN_STEPS",
     "train_batch": "STUDIO_MAX_TRAIN_BATCH", "projection_steps": "STUDIO_MAX_PROJECTION_STEPS",
     "queue_size": "STUDIO_QUEUE_SIZE", "concurrency": "STUDIO_CONCURRENCY",
 }
@@ -63,6 +76,15 @@ def current_limits() -> Limits:
     """The limits as the environment sets them now (the engine reads them per call, so a
     test or a long-lived process sees a changed variable; LIMITS is the value at import)."""
     return Limits.from_env()
+
+
+def above_limit(name: str, value: Any, limits: Limits | None = None) -> str | None:
+    """'<value> is above the limit of <n> (<ENV>)' when `value` exceeds limit `name`, else
+    None: the reason part of a 'field: reason' problem, naming what raises the limit."""
+    limit = getattr(limits or current_limits(), name)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > limit:
+        return f"{value} is above the limit of {limit} ({ENV_NAMES[name]})"
+    return None
 
 # Which files on the server a request may name (a model path, an encoder, a boundary, a
 # picture in a recipe): "any" suits a studio on your own machine; "studio" allows only what

@@ -58,6 +58,7 @@ from engine.blend import BlendSpec, blend_problems
 from engine.errors import StudioError
 from engine.files import atomic_write_text
 from engine.latents import LatentSpec
+from engine.limits import Limits, above_limit, current_limits
 
 RECIPE_VERSION = 1
 MIN_OUTPUT_SIZE, MAX_OUTPUT_SIZE = 8, 4096
@@ -306,10 +307,35 @@ def _generator_of(model: Any) -> Any:
     return model.G
 
 
-def recipe_problems(recipe: Any, G: Any = None) -> list[str]:
-    """Every problem of a recipe as 'path: reason' (empty when it renders)."""
+def _count_problems(recipe: Recipe, limits: Limits) -> list[str]:
+    """How many bends and edits a recipe holds, against the limits: checked first, so a
+    recipe with ten thousand bends is refused before any of them is looked at."""
+    counts = {"bends": recipe.bends, "weight_edits": recipe.weight_edits}
+    latent = recipe.latent
+    if isinstance(latent, LatentSpec):
+        counts.update({"latent.layer_edits": latent.layer_edits,
+                       "latent.directions": latent.directions})
+    out = []
+    for path, items in counts.items():
+        if isinstance(items, list):
+            why = above_limit(path.rsplit(".", 1)[-1], len(items), limits)
+            if why:
+                out.append(f"{path}: {why.replace(' is above', ' entries are above', 1)}")
+    return out
+
+
+def recipe_problems(recipe: Any, G: Any = None, limits: Limits | None = None) -> list[str]:
+    """Every problem of a recipe as 'path: reason' (empty when it renders).
+
+    `limits` (default: engine.limits as the environment sets them now) caps what a recipe may
+    ask for, the same caps the studio's sliders stop at: this is the one check every render
+    path (engine.render, the CLI, the studio, API calls) goes through."""
     if not isinstance(recipe, Recipe):
         return [f"recipe: {_short(recipe)} is not a Recipe"]
+    limits = limits or current_limits()
+    too_many = _count_problems(recipe, limits)
+    if too_many:
+        return too_many
     problems = _type_problems(Recipe, recipe, "")
 
     def clean(prefix: str) -> bool:  # semantic checks only where the types are right
@@ -321,20 +347,23 @@ def recipe_problems(recipe: Any, G: Any = None) -> list[str]:
                    f"version {RECIPE_VERSION})")
     if clean("model") and not recipe.model.strip():
         out.append("model: name a model (for example 'default')")
-    if clean("output_size") and recipe.output_size is not None and \
-            not MIN_OUTPUT_SIZE <= recipe.output_size <= MAX_OUTPUT_SIZE:
-        out.append(f"output_size: {recipe.output_size} must be from {MIN_OUTPUT_SIZE} to "
-                   f"{MAX_OUTPUT_SIZE}")
+    if clean("output_size") and recipe.output_size is not None:
+        why = above_limit("output_size", recipe.output_size, limits)
+        if why:
+            out.append(f"output_size: {why}")
+        elif not MIN_OUTPUT_SIZE <= recipe.output_size <= MAX_OUTPUT_SIZE:
+            out.append(f"output_size: {recipe.output_size} must be from {MIN_OUTPUT_SIZE} to "
+                       f"{MAX_OUTPUT_SIZE}")
     if clean("latent"):
         out += _latent_problems(recipe.latent, G)
     if isinstance(recipe.bends, list):
         for i, b in enumerate(recipe.bends):
             if clean(f"bends[{i}]"):
-                out += [f"bends[{i}].{p}" for p in validate_bend(b, G)]
+                out += [f"bends[{i}].{p}" for p in validate_bend(b, G, limits)]
     if isinstance(recipe.weight_edits, list):
         for i, e in enumerate(recipe.weight_edits):
             if clean(f"weight_edits[{i}]"):
-                out += [f"weight_edits[{i}].{p}" for p in validate_weight_edit(e, G)]
+                out += [f"weight_edits[{i}].{p}" for p in validate_weight_edit(e, G, limits)]
     if recipe.blend is not None and clean("blend"):
         out += [f"blend.{p}" for p in blend_problems(recipe.blend, G)]
     t = recipe.translator
@@ -343,8 +372,12 @@ def recipe_problems(recipe: Any, G: Any = None) -> list[str]:
             out.append("translator.encoder: name an encoder file or id")
         if t.image is not None and not Path(t.image).is_file():
             out.append(f"translator.image: file not found: {t.image}")
-        if t.input_size is not None and not 16 <= t.input_size <= 2048:
-            out.append(f"translator.input_size: {t.input_size} must be from 16 to 2048")
+        if t.input_size is not None:
+            why = above_limit("translator_input_size", t.input_size, limits)
+            if why:
+                out.append(f"translator.input_size: {why}")
+            elif not 16 <= t.input_size <= 2048:
+                out.append(f"translator.input_size: {t.input_size} must be from 16 to 2048")
     return out
 
 
@@ -359,9 +392,9 @@ def _latent_problems(spec: LatentSpec, G: Any) -> list[str]:
     return [p.rstrip(".") for p in found]
 
 
-def validate(recipe: Recipe, G: Any = None) -> None:
+def validate(recipe: Recipe, G: Any = None, limits: Limits | None = None) -> None:
     """Raise RecipeError listing every problem; G (or a LoadedModel) adds model checks."""
-    problems = recipe_problems(recipe, _generator_of(G))
+    problems = recipe_problems(recipe, _generator_of(G), limits)
     if problems:
         raise RecipeError(problems)
 
