@@ -265,6 +265,8 @@ def check_recipe_files(r: recipe.Recipe) -> None:
     for d in r.latent.directions:
         if getattr(d, "path", None):
             check_server_file(d.path, "boundary file")
+    if r.blend is not None and _is_local_spec(r.blend.model):
+        check_server_file(r.blend.model, "model file to blend with")
 
 
 def _is_local_spec(spec: str) -> bool:

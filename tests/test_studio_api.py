@@ -201,6 +201,11 @@ def test_limits_from_the_environment_hold_for_api_calls(tmp_path):
         (tmp_path / "bad.json").write_text(json.dumps(bad))
         with pytest.raises(Exception, match="only opens files uploaded to it"):
             client.predict(handle_file(str(tmp_path / "bad.json")), api_name="/load_recipe")
+        bad["model"] = model
+        bad["blend"] = {"model": outside, "mode": "swap", "swap_res": 8}
+        (tmp_path / "blend.json").write_text(json.dumps(bad))
+        with pytest.raises(Exception, match="only opens files uploaded to it"):
+            client.predict(handle_file(str(tmp_path / "blend.json")), api_name="/load_recipe")
         with pytest.raises(Exception, match="maximum"):
             client.predict("0, 1", 7, 10, False, "w", api_name="/render_walk")
         video = client.predict("0, 1", 6, 10, False, "w", api_name="/render_walk")
