@@ -119,6 +119,10 @@ def architecture_difference(GA: torch.nn.Module, GB: torch.nn.Module) -> str | N
 
 def check_blendable(GA: torch.nn.Module, GB: torch.nn.Module) -> None:
     """Raise StudioError naming the first difference unless A and B can be blended."""
+    for which, G in (("A", GA), ("B", GB)):
+        if not hasattr(getattr(G, "synthesis", None), "block_resolutions"):
+            raise StudioError(f"Model {which} has no StyleGAN2 blocks (b4, b8, ...); blending "
+                              f"swaps and mixes those blocks, so it needs StyleGAN2 models.")
     diff = architecture_difference(GA, GB)
     if diff is not None:
         raise StudioError(f"These models cannot be blended because {diff}; blending needs "

@@ -197,3 +197,15 @@ def test_cli_blend_writes_a_model_that_loads(pair, tmp_path, monkeypatch, capsys
                  str(tmp_path / "small.safetensors"), "--alpha", "0.5", "--out",
                  str(tmp_path / "x.safetensors")]) == 2
     assert "cannot be blended because block b4 has 32 channels" in capsys.readouterr().err
+
+
+def test_a_model_without_blocks_is_refused_in_one_sentence(pair):
+    A, _ = pair
+
+    class Blockless(torch.nn.Module):  # stands in for an alias-free (StyleGAN3) generator
+        def __init__(self) -> None:
+            super().__init__()
+            self.synthesis = torch.nn.Linear(2, 2)
+
+    with pytest.raises(StudioError, match=r"^Model B has no StyleGAN2 blocks .*models\.$"):
+        check_blendable(A, Blockless())
