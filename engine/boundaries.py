@@ -231,6 +231,15 @@ def read_labels_csv(path: str | os.PathLike) -> tuple[list[float], list[int]]:
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise StudioError(f"Labels file {name!r} is not readable UTF-8 text.") from exc
+    return parse_labels(text, f"Labels file {name!r}")
+
+
+def parse_labels(text: str, what: str = "The labels") -> tuple[list[float], list[int]]:
+    """(seeds, labels 1/0) from `seed,label` lines (see LABELS_FORMAT); one sentence naming
+    the line when one is wrong."""
+    if len(text) > MAX_LABELS_FILE_BYTES:
+        raise StudioError(f"{what}: {len(text)} characters is more than "
+                          f"{MAX_LABELS_FILE_BYTES}; label fewer samples.")
     seeds: list[float] = []
     labels: list[int] = []
     first_line: dict[float, tuple[int, int]] = {}
@@ -244,26 +253,25 @@ def read_labels_csv(path: str | os.PathLike) -> tuple[list[float], list[int]]:
         except ValueError:
             if not seeds:
                 continue  # a header
-            raise StudioError(f"Labels file {name!r} line {number}: {parts[0][:40]!r} is "
-                              f"not a seed; the file needs {LABELS_FORMAT}.") from None
+            raise StudioError(f"{what} line {number}: {parts[0][:40]!r} is not a seed; "
+                              f"the format is {LABELS_FORMAT}.") from None
         label = _label_word(parts[1]) if len(parts) == 2 else None
         if label is None:
-            raise StudioError(f"Labels file {name!r} line {number}: expected `seed,label` "
-                              f"with label yes or no, got {line[:60]!r}.")
+            raise StudioError(f"{what} line {number}: expected `seed,label` with label yes "
+                              f"or no, got {line[:60]!r}.")
         if not (math.isfinite(seed) and 0 <= seed <= MAX_SEED):
-            raise StudioError(f"Labels file {name!r} line {number}: seed {parts[0][:40]} "
-                              f"is out of range 0..{MAX_SEED}.")
+            raise StudioError(f"{what} line {number}: seed {parts[0][:40]} is out of range "
+                              f"0..{MAX_SEED}.")
         if seed in first_line and first_line[seed][1] != label:
-            raise StudioError(f"Labels file {name!r}: seed {seed:g} is labelled both yes "
-                              f"and no (lines {first_line[seed][0]} and {number}).")
+            raise StudioError(f"{what}: seed {seed:g} is labelled both yes and no (lines "
+                              f"{first_line[seed][0]} and {number}).")
         first_line.setdefault(seed, (number, label))
         seeds.append(seed)
         labels.append(label)
         if len(seeds) > MAX_LABELLED:
-            raise StudioError(f"Labels file {name!r} has more than {MAX_LABELLED} samples; "
-                              f"label fewer.")
+            raise StudioError(f"{what}: more than {MAX_LABELLED} samples; label fewer.")
     if not seeds:
-        raise StudioError(f"Labels file {name!r} has no samples; it needs {LABELS_FORMAT}.")
+        raise StudioError(f"{what}: no samples; the format is {LABELS_FORMAT}.")
     return seeds, labels
 
 

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from engine.boundaries import (
+    MAX_LABELLED,
     MAX_LABELS_FILE_BYTES,
     boundary_from_seeds,
     condition_boundary,
+    parse_labels,
     read_labels_csv,
     save_boundary,
     seeds_to_w,
@@ -152,6 +154,12 @@ def test_read_labels_csv(tmp_path):
     f.write_bytes(b"0,yes\n" * (MAX_LABELS_FILE_BYTES // 6 + 1))
     with pytest.raises(StudioError, match="bytes"):
         read_labels_csv(f)
+    assert parse_labels("7;no\n8\tyes") == ([7.0, 8.0], [0, 1])
+    with pytest.raises(StudioError, match="^The labels line 1: expected"):
+        parse_labels("7,yes,extra")
+    many = "".join(f"{i},{i % 2}\n" for i in range(MAX_LABELLED + 1))
+    with pytest.raises(StudioError, match="more than 5000 samples"):
+        parse_labels(many)
 
 
 def test_cli_boundary_writes_a_boundary(tmp_path, capsys):
