@@ -38,6 +38,7 @@ from engine.datasets import square_rgb
 from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_torch_save, atomic_write, atomic_write_text
 from engine.latents import model_device, save_w, to_uint8, w_stats
+from engine.seeding import build_seeded
 
 # Schedule constants (the StyleGAN2 projector's published values).
 INITIAL_LR = 0.1                  # Adam learning rate at the plateau
@@ -550,6 +551,10 @@ class LatentEncoder(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(ch_in * res * res, 512),
                                   nn.LeakyReLU(0.2), nn.Linear(512, cfg.num_ws * cfg.w_dim))
+        self.reset_private_()
+
+    def reset_private_(self, generator: torch.Generator | None = None) -> None:
+        """The head starts at zero (also after engine.seeding.build_seeded)."""
         nn.init.zeros_(self.head[-1].weight)
         nn.init.zeros_(self.head[-1].bias)
 
@@ -634,10 +639,11 @@ def train_latent_encoder(G: nn.Module, steps: int = 2000, batch: int = 16,
     # must neither move device nor collect .grad.
     G = copy.deepcopy(G).requires_grad_(False).eval().to(device)
     out = Path(out_dir)
-    torch.manual_seed(seed)
     cfg = LatentEncoderConfig(resolution=min(G.resolution, 128), num_ws=G.num_ws,
                               w_dim=G.cfg.w_dim, channels=channels, model_sha256=model_sha256)
-    enc = LatentEncoder(cfg).to(device)
+    # Initial weights from a private generator: a training never reseeds the global ones.
+    enc = build_seeded(lambda: LatentEncoder(cfg),
+                       torch.Generator().manual_seed((1 << 48) + seed)).to(device)
     opt = torch.optim.Adam(enc.parameters(), lr=lr, betas=(0.9, 0.99))
     w_mean, w_sd = w_stats(G)
     w_avg = torch.from_numpy(w_mean).to(device)

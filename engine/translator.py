@@ -25,6 +25,7 @@ card `README.md` and `preview.png`; it pushes to and pulls from the Hugging Face
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import math
@@ -44,6 +45,7 @@ from torch import nn
 
 from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_torch_save, atomic_write, atomic_write_text
+from engine.seeding import build_seeded
 
 DEFAULT_LAYER = "b16.conv1"      # the seed's choice: the 16x16 block's second conv
 ENCODER_FILE = "encoder.safetensors"
@@ -264,18 +266,28 @@ class ActivationEncoder(nn.Module):
             y = F.avg_pool2d(y, c.mean_filter, 1, c.mean_filter // 2, count_include_pad=False)
         return y
 
+    def reset_private_(self, generator: torch.Generator) -> None:
+        """The statistics buffers' starting values (engine.seeding.build_seeded)."""
+        self.act_mean.zero_()
+        self.act_std.fill_(1.0)
+
     def standardise(self, act: torch.Tensor) -> torch.Tensor:
         """An activation in the per-channel standard units the activation loss uses."""
         return (act - self.act_mean.view(1, -1, 1, 1)) / self.act_std.view(1, -1, 1, 1)
 
 
 def make_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | None = None,
-                 **arch: Any) -> ActivationEncoder:
-    """An untrained encoder for `layer` of G, on G's device; `arch` sets EncoderConfig fields."""
+                 generator: torch.Generator | None = None, **arch: Any) -> ActivationEncoder:
+    """An untrained encoder for `layer` of G, on G's device; `arch` sets EncoderConfig fields.
+    With `generator` its initial weights come from it (engine.seeding.build_seeded), leaving
+    the global generators alone; without, torch's global generator initialises it."""
     ch, h, w = _layer_shape(G, layer)
     config = EncoderConfig(layer=layer, input_size=int(input_size or G.cfg.resolution),
                            out_channels=ch, out_size=h, **arch)
-    return ActivationEncoder(config).to(_device_of(G))
+    if generator is None:
+        return ActivationEncoder(config).to(_device_of(G))
+    config.check_size()
+    return build_seeded(lambda: ActivationEncoder(config), generator).to(_device_of(G))
 
 
 # ----------------------------------------------------------------------------------------
@@ -533,6 +545,17 @@ class TrainResult:
     metrics: dict[str, float]
 
 
+def _frozen_on(G: nn.Module, device: torch.device | str) -> nn.Module:
+    """G itself when it is in eval mode on `device` with no parameter needing gradients;
+    otherwise a frozen copy there. The caller's G is left exactly as it was."""
+    device = torch.device(device)
+    here = _device_of(G)
+    if here.type == device.type and (device.index is None or here.index == device.index) \
+            and not G.training and not any(p.requires_grad for p in G.parameters()):
+        return G
+    return copy.deepcopy(G).to(device).eval().requires_grad_(False)
+
+
 def _rng(*key: int | str) -> torch.Generator:
     """A CPU generator seeded from a key: the same key gives the same draws, anywhere."""
     digest = hashlib.sha256(repr(key).encode()).digest()
@@ -707,7 +730,6 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
     the encoder as it is; the lr schedule is the one for `steps`, so pick steps to fit.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
 
     if act_weight < 0 or image_weight < 0 or act_weight + image_weight <= 0:
         raise StudioError("loss weights must be >= 0 and not both 0")
@@ -721,9 +743,13 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
     # cpu=True without CUDA lets a multi-process CPU launch (torchrun, run_processes) form a
     # gloo group; with one process it changes nothing.
     acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
-    set_seed(s.seed)
-    G = G.to(acc.device).eval().requires_grad_(False)
-    encoder = make_encoder(G, layer, input_size, **arch).to(acc.device)
+    # G may be the studio's shared cached model: it is used as it is when it already is
+    # frozen on this device, else through a private frozen copy, never changed in place.
+    G = _frozen_on(G, acc.device)
+    # Every draw comes from generators keyed by the seed (initial weights here, batches per
+    # step), the same on every process; the process-wide generators are never reseeded.
+    encoder = make_encoder(G, layer, input_size, generator=_rng(s.seed, "init"),
+                           **arch).to(acc.device)
     opt = torch.optim.Adam(encoder.parameters(), lr=s.lr, betas=(0.9, 0.99))
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / CHECKPOINT_FILE if out is not None else None
