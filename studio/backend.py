@@ -269,6 +269,11 @@ def check_recipe_files(r: recipe.Recipe) -> None:
         check_server_file(r.blend.model, "model file to blend with")
 
 
+def is_local_model(spec: str) -> bool:
+    """True when a model spec names a file on this server (not a catalogue id or hf://)."""
+    return _is_local_spec(spec)
+
+
 def _is_local_spec(spec: str) -> bool:
     try:
         resolved = zoo.resolve(spec)
