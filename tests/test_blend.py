@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,6 +175,11 @@ def test_recipe_blend_renders_the_blend_of_default_and_its_fine_tune(tmp_path, m
     assert torch.equal(render_tensor(zero), plain)
     with pytest.raises(RecipeError, match="blend.swap_res: 12"):
         validate(Recipe(blend=BlendSpec(model=str(path_b), swap_res=12)), A)
+    # A morph from A to B is a sweep of blend.alpha (mapping from A throughout).
+    from engine.recipe import sweep_frames, to_uint8
+    frames = list(sweep_frames(zero, "blend.alpha", 0.0, 1.0, 3))
+    assert np.array_equal(frames[0], to_uint8(plain)[0])
+    assert not np.array_equal(frames[1], frames[0]) and not np.array_equal(frames[2], frames[1])
 
 
 def test_cli_blend_writes_a_model_that_loads(pair, tmp_path, monkeypatch, capsys):
