@@ -257,8 +257,15 @@ def _seed_scale(item: Mapping, res: int, where: str, notes: _Notes) -> list[Seed
     return [("resize_pad", {"pixels": pixels})]
 
 
+_TF23_REFLECT = ("TensorFlow 2.3 (the seed's pin) blanks samples that land within half a "
+                 "pixel outside the map under reflect fill, a bug 2.4 fixed; this follows 2.4+ "
+                 "(a few edge pixels differ)")
+
+
 def _seed_translate(item: Mapping, res: int, where: str, notes: _Notes) -> list[SeedStep]:
     # tfa.image.translate([tX, tY] pixels, nearest, reflect): out(x, y) = in(x - tX, y - tY).
+    if not all(float(_seed_value(item, k, 0)).is_integer() for k in ("translatex", "translatey")):
+        notes.add(where, _TF23_REFLECT)
     return [("translate", {"x_shift": _wrap_reflect_shift(_seed_value(item, "translatex", 0),
                                                           res),
                            "y_shift": _wrap_reflect_shift(_seed_value(item, "translatey", 0),
@@ -280,6 +287,8 @@ def _seed_mean_filter(item: Mapping, res: int, where: str, notes: _Notes) -> lis
 def _seed_rotate(item: Mapping, res: int, where: str, notes: _Notes) -> list[SeedStep]:
     # tfa.image.rotate(radians, fill_mode='reflect'), interpolation its default 'nearest'.
     degrees = math.fmod(math.degrees(_seed_value(item, "rotation", 0)), 360.0)
+    if abs(degrees / 90 - round(degrees / 90)) > 1e-6:
+        notes.add(where, _TF23_REFLECT)
     return [("rotate", {"angle": degrees, "fill": "reflect", "interpolation": "nearest"})]
 
 
