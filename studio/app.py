@@ -41,9 +41,14 @@ CSS = """
 """
 
 N_DIRECTIONS = 5        # direction sliders shown (top components of SeFa / GANSpace)
-N_SLIDERS = 5           # generic parameter sliders in the bend editor (most params an op has)
-N_CHOICES = 2           # generic dropdowns (choice parameters)
-N_CHECKS = 1            # generic checkboxes (bool parameters)
+def _most(kinds: tuple[str, ...]) -> int:
+    """The most parameters of these types any bending operation has: one control each."""
+    return max(sum(p.type in kinds for p in op.params) for op in OPERATIONS.values())
+
+
+N_SLIDERS = _most(("float", "int"))  # generic parameter sliders in the bend editor
+N_CHOICES = _most(("choice",))       # generic dropdowns (rotate: fill, interpolation, pivot)
+N_CHECKS = _most(("bool",))          # generic checkboxes
 LIVE = dict(trigger_mode="always_last", show_progress="hidden")
 WHERE_CHOICES = ["selected clusters", "all channels", "random fraction"]
 GALLERY_COLUMNS = 6     # cluster tiles per row
