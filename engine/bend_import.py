@@ -79,6 +79,16 @@ def _as_int(v: Any) -> int:
     return int(round(float(v)))
 
 
+def _check_count(count: int, what: str) -> None:
+    """Refuse a file with more operations than a recipe may hold before converting any."""
+    from engine.limits import above_limit
+
+    why = above_limit("bends", count)
+    if why:
+        raise StudioError(f"this {what} has {count} operations, and a recipe holds at most "
+                          f"{why.split('limit of ', 1)[1]} bends")
+
+
 def _checked(bend: Bend, G: Any, where: str, notes: _Notes) -> Bend | None:
     """The bend if it validates; else None and one line summing up its problems."""
     problems = validate_bend(bend, G)
@@ -469,6 +479,8 @@ def import_notebook_template(obj: Any, G: Any = None) -> tuple[list[Bend], list[
     warnings), one warning line per entry that needs one.
     """
     data = _template_entries(_parse_structured(obj, "bending template"))
+    _check_count(sum(len(e["layers"]) if isinstance(e, Mapping) and
+                     isinstance(e.get("layers"), list) else 1 for e in data), "template")
     notes = _Notes()
     bends: list[Bend] = []
     for i, entry in enumerate(data):
@@ -724,6 +736,7 @@ def import_broad_yaml(text: Any, G: Any = None, cluster_dict: Any = None
         data = data.get("transforms") or []
     if not isinstance(data, list) or not isinstance(catalogue, list):
         raise StudioError("the network-bending YAML must hold a list of transforms")
+    _check_count(len(data) + len(catalogue), "network-bending YAML")
     bends: list[Bend] = []
     for i, t in enumerate(data):
         bend = _broad_bend(t, f"transforms[{i}]", G, clusters, notes, enabled=True)

@@ -748,6 +748,10 @@ def test_load_recipe_file_refuses_other_files_in_one_sentence(tmp_path):
         (tmp_path / name).write_text(body)
         with pytest.raises(StudioError, match=match):
             load_recipe_file(tmp_path / name)
+    many = tmp_path / "many.yaml"
+    many.write_text("transforms:\n" + "- {layer: 1, transform: ablate}\n" * 65)
+    with pytest.raises(StudioError, match="65 operations, and a recipe holds at most 64"):
+        load_recipe_file(many)
     big = tmp_path / "big.yaml"
     big.write_bytes(b"#" * (9 * 2**20))
     with pytest.raises(StudioError, match="more than the limit"):
