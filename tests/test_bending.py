@@ -444,13 +444,35 @@ def test_two_threads_bend_one_model_independently(G):
     assert not errors and results == {"a": True, "b": True}
 
 
+def _every_choice() -> list[tuple[str, dict]]:
+    """(op, params) for the defaults and for each value of each choice / bool parameter."""
+    out = []
+    for name, op in OPERATIONS.items():
+        out.append((name, {}))
+        for p in op.params:
+            values = p.choices if p.type == "choice" else (True, False) if p.type == "bool" \
+                else ()
+            out += [(name, {p.name: v}) for v in values if v != p.default]
+    return out
+
+
+@pytest.mark.parametrize("name,params", _every_choice())
+def test_every_choice_keeps_shape_and_unselected_channels(name, params):
+    for x in (X, XR):
+        y = run(name, x, torch.tensor([1, 3]), **params)
+        keep = [c for c in range(x.shape[1]) if c not in (1, 3)]
+        assert y.shape == x.shape and torch.equal(y[:, keep], x[:, keep])
+        assert torch.isfinite(y).all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_operations_on_cuda_match_cpu():
     xc = X.cuda()
-    for name, op in OPERATIONS.items():
-        params = resolve_params(op, {})
+    for name, given in _every_choice():
+        op = OPERATIONS[name]
+        params = resolve_params(op, given)
         sel = torch.tensor([1, 3])
         cpu = apply_operation(op, X, params, sel)
         gpu = apply_operation(op, xc, params, sel)
         assert gpu.device.type == "cuda"
-        assert torch.allclose(cpu, gpu.cpu(), atol=1e-4), name
+        assert torch.allclose(cpu, gpu.cpu(), atol=1e-4), (name, given)
