@@ -44,6 +44,7 @@ class Limits:
     directions: int = 32                       # STUDIO_MAX_DIRECTIONS: latent direction edits
     output_size: int = 2048                    # STUDIO_MAX_OUTPUT_SIZE: output resize, px a side
     translator_input_size: int = 1024          # STUDIO_MAX_TRANSLATOR_INPUT: encoder input, px
+    hub_cache_bytes: int = 20 * 2**30          # STUDIO_MAX_HUB_CACHE_BYTES: studio mode's cache
     train_steps: int = 3000                    # STUDIO_MAX_TRAIN_STEPS: encoder training
     train_batch: int = 32                      # STUDIO_MAX_TRAIN_BATCH
     projection_steps: int = 1000               # STUDIO_MAX_PROJECTION_STEPS
@@ -64,6 +65,7 @@ ENV_NAMES = {
     "layer_edits": "STUDIO_MAX_LAYER_EDITS", "directions": "STUDIO_MAX_DIRECTIONS",
     "output_size": "STUDIO_MAX_OUTPUT_SIZE",
     "translator_input_size": "STUDIO_MAX_TRANSLATOR_INPUT",
+    "hub_cache_bytes": "STUDIO_MAX_HUB_CACHE_BYTES",
     "train_steps": "STUDIO_MAX_TRAIN_STEPS",
     "train_batch": "STUDIO_MAX_TRAIN_BATCH", "projection_steps": "STUDIO_MAX_PROJECTION_STEPS",
     "queue_size": "STUDIO_QUEUE_SIZE", "concurrency": "STUDIO_CONCURRENCY",
@@ -86,11 +88,25 @@ def above_limit(name: str, value: Any, limits: Limits | None = None) -> str | No
         return f"{value} is above the limit of {limit} ({ENV_NAMES[name]})"
     return None
 
+
+
 # Which files on the server a request may name (a model path, an encoder, a boundary, a
 # picture in a recipe): "any" suits a studio on your own machine; "studio" allows only what
 # was uploaded to this studio or written by it, so a stranger on a public Space cannot make
 # it read (or reveal the existence of) other files. A Space (SPACE_ID set) defaults to it.
-SERVER_FILES = os.environ.get("STUDIO_SERVER_FILES") or (
-    "studio" if os.environ.get("SPACE_ID") else "any")
-if SERVER_FILES not in ("any", "studio"):
-    raise ValueError(f"STUDIO_SERVER_FILES must be 'any' or 'studio', got {SERVER_FILES!r}")
+# The same mode makes engine.zoo guard Hub downloads (size, token, cache).
+def server_files() -> str:
+    """'any' or 'studio', as the environment sets it now."""
+    value = os.environ.get("STUDIO_SERVER_FILES") or (
+        "studio" if os.environ.get("SPACE_ID") else "any")
+    if value not in ("any", "studio"):
+        raise ValueError(f"STUDIO_SERVER_FILES must be 'any' or 'studio', got {value!r}")
+    return value
+
+
+def studio_mode() -> bool:
+    """Whether this process serves strangers (STUDIO_SERVER_FILES=studio, or on a Space)."""
+    return server_files() == "studio"
+
+
+SERVER_FILES = server_files()

@@ -63,6 +63,7 @@ PREVIEW_COUNT = 4                # images in a preview grid
 MAX_ENCODER_PARAMETERS = 64_000_000
 MAX_ENCODER_INPUT_SIZE = 4096
 MAX_SIDECAR_BYTES = 1 << 20       # a sidecar is a page of JSON
+MAX_ENCODER_FILE_BYTES = 4 * MAX_ENCODER_PARAMETERS + (1 << 20)  # float32 weights + header
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".avi", ".mkv", ".webm")
 
@@ -504,8 +505,19 @@ def pull_encoder(spec: str, token: str | None = None) -> Path:
     sidecar = (filename[: -len(ENCODER_FILE)] + SIDECAR_FILE if filename.endswith(ENCODER_FILE)
                else filename.removesuffix(".safetensors") + ".json")
     try:
-        local = hf_hub_download(repo_id, filename, token=token)
-        hf_hub_download(repo_id, sidecar, token=token)
+        if token is None:  # the zoo's guarded download: size, token and cache rules
+            from engine import zoo
+
+            # The small sidecar first: a refused one costs no weights download.
+            zoo.hub_file(repo_id, sidecar, None, MAX_SIDECAR_BYTES,
+                         limit_name="the sidecar size limit")
+            local = zoo.hub_file(repo_id, filename, None, MAX_ENCODER_FILE_BYTES,
+                                 limit_name="the encoder size limit")
+        else:
+            local = hf_hub_download(repo_id, filename, token=token)
+            hf_hub_download(repo_id, sidecar, token=token)
+    except StudioError:
+        raise
     except Exception as exc:  # not found, gated, offline: say which and what to do
         raise StudioError(f"could not download {filename} from {repo_id}: "
                           f"{_first_line(exc)}") from exc

@@ -16,6 +16,14 @@ build-time downloads, when HF_HOME moved to persistent storage). Loaded generato
 LRU bounded by count (`ACTIVATION_STUDIO_MAX_MODELS`, default 3) and bytes
 (`ACTIVATION_STUDIO_MAX_MODEL_MB`, default 4096); two callers asking for the same model at once
 share one load.
+
+In studio mode (a public server: `STUDIO_SERVER_FILES=studio`, or on a Space) a visitor can
+name any Hub file, so: its size is read from the Hub's metadata and refused above
+`STUDIO_MAX_CHECKPOINT_BYTES` before a byte is downloaded (and the download is pinned to
+the commit that answered, so the file cannot grow in between); the owner's `HF_TOKEN` goes
+only to catalogue repositories and those listed in `STUDIO_TOKEN_REPOS`, never to a
+visitor's; and downloads plus their conversions are kept within `STUDIO_MAX_HUB_CACHE_BYTES`,
+least recently used first.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from typing import Any
 import torch
 
 from engine.errors import CheckpointError, StudioError, UnsafePickleError
+from engine.limits import current_limits, studio_mode
 from engine.stylegan2 import Generator, GeneratorConfig
 
 Progress = Callable[[float, str], None]
@@ -54,6 +63,7 @@ DEFAULT_MAX_MODELS = 3
 DEFAULT_MAX_MODEL_MB = 4096
 ENV_PRELOAD_CACHE = "ACTIVATION_STUDIO_PRELOAD_CACHE"  # a read-only Hub cache to look in first
 ETAG_TIMEOUT_S = 10.0  # seconds to wait for the Hub's metadata answer (HF_HUB_ETAG_TIMEOUT wins)
+ENV_TOKEN_REPOS = "STUDIO_TOKEN_REPOS"  # studio mode: more repos HF_TOKEN may open
 
 # Shares of the progress bar: download, then conversion, then moving to the device.
 DOWNLOAD_SHARE, CONVERT_SHARE = 0.80, 0.15
@@ -401,15 +411,24 @@ def _load_uncached(r: Resolved, progress: Progress, device: str) -> LoadedModel:
         if not _usable(ours):
             _convert(r, source_path, source_sha, ours, source, progress)
     progress(DOWNLOAD_SHARE + CONVERT_SHARE, "reading the converted model")
+    with _cache_lock:
+        _reading.add(ours)
     try:
-        loaded, sidecar = _read_ours(ours)
-    except CheckpointError:
-        if ours == source_path:
-            raise
-        # A damaged conversion is ours to redo: drop it and convert again once.
-        _remove(ours)
-        _convert(r, source_path, source_sha, ours, source, progress)
-        loaded, sidecar = _read_ours(ours)
+        if r.kind == "hub":
+            _touch(ours)
+            trim_hub_cache()
+        try:
+            loaded, sidecar = _read_ours(ours)
+        except CheckpointError:
+            if ours == source_path:
+                raise
+            # A damaged conversion is ours to redo: drop it and convert again once.
+            _remove(ours)
+            _convert(r, source_path, source_sha, ours, source, progress)
+            loaded, sidecar = _read_ours(ours)
+    finally:
+        with _cache_lock:
+            _reading.discard(ours)
     from engine.checkpoints import build_generator
 
     G = build_generator(loaded).to(device).eval().requires_grad_(False)
@@ -565,7 +584,6 @@ def _download(r: Resolved, progress: Progress) -> tuple[Path, str | None]:
 
 
 def _hf_download(r: Resolved, progress: Progress) -> str:
-    from huggingface_hub import hf_hub_download
     from tqdm.auto import tqdm
 
     class _ProgressBar(tqdm):
@@ -591,12 +609,138 @@ def _hf_download(r: Resolved, progress: Progress) -> str:
                          f"downloading {r.filename}: {self._bytes / 2**20:.1f} MB{size}")
             return super().update(n)
 
-    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or ETAG_TIMEOUT_S)
-    return hf_hub_download(
-        r.repo_id, r.filename, revision=r.revision, cache_dir=str(hub_cache_dir()),
-        endpoint=os.environ.get("HF_ENDPOINT") or None, local_files_only=_offline(),
-        token=os.environ.get("HF_TOKEN") or None, etag_timeout=timeout,
-        tqdm_class=_ProgressBar)
+    assert r.repo_id is not None and r.filename is not None
+    return hub_file(r.repo_id, r.filename, r.revision, current_limits().checkpoint_bytes,
+                    tqdm_class=_ProgressBar)
+
+
+def _etag_timeout() -> float:
+    return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or ETAG_TIMEOUT_S)
+
+
+def hub_token(repo_id: str) -> str | bool | None:
+    """The token a request to `repo_id` carries: on your own machine HF_TOKEN (or your
+    login); in studio mode the owner's HF_TOKEN only for catalogue repositories and those in
+    STUDIO_TOKEN_REPOS, and for any other repository none at all (False: not even a stored
+    login), so a visitor cannot reach the owner's private or gated repositories."""
+    token = os.environ.get("HF_TOKEN") or None
+    if not studio_mode():
+        return token
+    allowed = {e.repo_id for e in catalogue() if e.repo_id} | {
+        name.strip() for name in os.environ.get(ENV_TOKEN_REPOS, "").split(",") if name.strip()}
+    return token if repo_id in allowed else False
+
+
+def hub_file(repo_id: str, filename: str, revision: str | None, max_bytes: int,
+             tqdm_class: Any = None, limit_name: str = "STUDIO_MAX_CHECKPOINT_BYTES") -> str:
+    """hf_hub_download of one file with the studio-mode guards (see module doc): the Hub's
+    metadata first, the size under `max_bytes`, the download pinned to the commit that
+    answered, the cache trimmed to make room. Raises huggingface_hub's errors as they are
+    (callers turn them into sentences) and StudioError for a file over the limit."""
+    from huggingface_hub import hf_hub_download
+
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    token = hub_token(repo_id)
+    kwargs: dict[str, Any] = {"cache_dir": str(hub_cache_dir()), "endpoint": endpoint,
+                              "token": token, "etag_timeout": _etag_timeout()}
+    if tqdm_class is not None:
+        kwargs["tqdm_class"] = tqdm_class
+    if not studio_mode() or _offline():
+        return hf_hub_download(repo_id, filename, revision=revision,
+                               local_files_only=_offline(), **kwargs)
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision,
+                                           endpoint=endpoint),
+                                token=token, timeout=_etag_timeout(), endpoint=endpoint)
+    where = f"{repo_id}/{filename}"
+    if meta.size is None or meta.size > max_bytes:
+        size = "of unknown size" if meta.size is None else f"{meta.size / 2**20:.1f} MiB"
+        raise StudioError(f"{where} is {size}, more than this studio's limit of "
+                          f"{max_bytes / 2**20:.0f} MiB ({limit_name}), so it was not "
+                          f"downloaded.")
+    # The commit that answered names an immutable file: the size just checked is the size
+    # downloaded (huggingface_hub refuses a body of any other length).
+    pinned = meta.commit_hash or revision
+    with _cache_lock:
+        _in_use.add((repo_id, pinned))
+    try:
+        trim_hub_cache(incoming=meta.size)
+        path = hf_hub_download(repo_id, filename, revision=pinned, **kwargs)
+    finally:
+        with _cache_lock:
+            _in_use.discard((repo_id, pinned))
+    _touch(Path(path))
+    return path
+
+
+# ----------------------------------------------------------------------------------------
+# The bounded Hub cache (studio mode).
+
+_cache_lock = threading.Lock()
+_in_use: set[tuple[str, str | None]] = set()  # (repo, commit) downloads under way: kept
+_reading: set[Path] = set()  # converted files being read: kept
+
+
+def _touch(path: Path) -> None:
+    """Mark a cached file as just used (its blob's times), for the LRU; access times alone
+    are unreliable (noatime/relatime mounts)."""
+    try:
+        os.utime(os.path.realpath(path))
+    except OSError:  # a read-only cache (the Space image's preloads): not ours to trim
+        pass
+
+
+def trim_hub_cache(incoming: int = 0) -> int:
+    """In studio mode, delete the least recently used Hub downloads and conversions until
+    they and `incoming` more bytes fit in STUDIO_MAX_HUB_CACHE_BYTES; returns bytes freed.
+    Downloads under way and converted files being read stay."""
+    if not studio_mode():
+        return 0
+    limit = current_limits().hub_cache_bytes
+    with _cache_lock:
+        items = _cache_items()
+        total = sum(size for _, size, _, _ in items)
+        freed = 0
+        for _, size, delete, protected in sorted(items, key=lambda item: item[0]):
+            if total + incoming - freed <= limit:
+                break
+            if not protected:
+                delete()
+                freed += size
+        return freed
+
+
+def _cache_items() -> list[tuple[float, int, Callable[[], None], bool]]:
+    """(last use, bytes, delete, protected) for every Hub revision and converted model."""
+    items: list[tuple[float, int, Callable[[], None], bool]] = []
+    cache = hub_cache_dir()
+    if cache.is_dir():
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir(cache)
+        for repo in info.repos:
+            for rev in repo.revisions:
+                used = max([f.blob_last_accessed for f in rev.files] +
+                           [f.blob_last_modified for f in rev.files] + [0.0])
+                protected = any((repo.repo_id, c) in _in_use
+                                for c in (rev.commit_hash, *rev.refs, None))
+                items.append((used, rev.size_on_disk,
+                              lambda h=rev.commit_hash: info.delete_revisions(h).execute(),
+                              protected))
+    folder = converted_dir()
+    if folder.is_dir():
+        from engine.checkpoints import sidecar_path
+
+        for path in folder.glob("*.safetensors"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            side = sidecar_path(path)
+            size = st.st_size + (side.stat().st_size if side.exists() else 0)
+            items.append((st.st_mtime, size, lambda p=path: _remove(p), path in _reading))
+    return items
 
 
 def _hub_error(exc: Exception, r: Resolved) -> StudioError:
