@@ -29,7 +29,9 @@ MAX_LABELLED = 5000               # labelled samples per boundary (an SVC is O(n
 MAX_LABELS_FILE_BYTES = 1 << 20   # a labels CSV larger than this is refused before reading
 MIN_PER_GROUP = 2                 # samples needed on each side to fit and cross-validate
 DEFAULT_FOLDS = 5
-SVM_METHODS = ("svc", "linear_svc")
+SVM_METHODS = ("auto", "svc", "linear_svc")
+SVC_MAX_SAMPLES = 1000            # 'auto' uses libsvm up to here, liblinear beyond (libsvm's
+                                  # time grows ~n^2: 5000 noisy labels in 512-d took 217 s)
 YES_WORDS = ("1", "yes", "y", "true")
 NO_WORDS = ("0", "no", "n", "false")
 
@@ -117,12 +119,12 @@ def condition_boundary(primal: np.ndarray, conditions: Sequence[np.ndarray]) -> 
 
 
 def train_boundary(ws: np.ndarray | torch.Tensor, labels: Sequence[Any], *,
-                   conditions: Sequence[np.ndarray] = (), method: str = "svc",
+                   conditions: Sequence[np.ndarray] = (), method: str = "auto",
                    folds: int = DEFAULT_FOLDS, C: float = 1.0, seed: int = 0) -> BoundaryFit:
     """Fit a linear SVM on w [N, w_dim] with yes/no labels; its unit normal is the boundary.
 
-    method 'svc' is InterFaceGAN's SVC(kernel='linear'); 'linear_svc' (liblinear) is faster
-    on thousands of samples. cv_accuracy is the mean accuracy over stratified folds (as many
+    method 'svc' is InterFaceGAN's SVC(kernel='linear'); 'linear_svc' (liblinear) is far
+    faster on thousands of samples; 'auto' picks svc up to SVC_MAX_SAMPLES, then linear_svc. cv_accuracy is the mean accuracy over stratified folds (as many
     as `folds`, fewer when a group has fewer samples), measured before projecting out the
     conditions. The boundary points from the "no" samples towards the "yes" samples.
     """
@@ -142,6 +144,8 @@ def train_boundary(ws: np.ndarray | torch.Tensor, labels: Sequence[Any], *,
         raise StudioError(f"The SVM's C must be a positive number, got {C}.")
     if folds < 2:
         raise StudioError(f"Cross-validation needs at least 2 folds, got {folds}.")
+    if method == "auto":
+        method = "svc" if x.shape[0] <= SVC_MAX_SAMPLES else "linear_svc"
     y = _labels_array(labels, x.shape[0])
     positives, negatives = int(y.sum()), int((1 - y).sum())
     if min(positives, negatives) < MIN_PER_GROUP:
@@ -292,8 +296,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--class-index", type=int, default=None, help="conditional models: class")
     p.add_argument("--condition", action="append", default=[], metavar="NPY",
                    help="a boundary to hold fixed (project out); repeat for several")
-    p.add_argument("--method", choices=SVM_METHODS, default="svc",
-                   help="svc: InterFaceGAN's SVC(kernel='linear'); linear_svc: liblinear")
+    p.add_argument("--method", choices=SVM_METHODS, default="auto",
+                   help="svc: InterFaceGAN's SVC(kernel='linear'); linear_svc: liblinear, "
+                        f"much faster on many samples; auto: svc up to {SVC_MAX_SAMPLES}")
     p.add_argument("--folds", type=int, default=DEFAULT_FOLDS, help="cross-validation folds")
     p.add_argument("--C", type=float, default=1.0, help="SVM regularisation (larger: less)")
     p.set_defaults(func=_cli_boundary)

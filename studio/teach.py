@@ -22,6 +22,8 @@ from studio import backend
 
 MAX_PAGE = 24          # samples on one page of the label grid
 MAX_CONDITIONS = 4     # boundaries held fixed at once
+MAX_MARKED = 1000      # labelled samples per boundary on the page and its API (the CLI takes
+                       # up to engine.boundaries.MAX_LABELLED): keeps one fit to seconds
 
 
 @dataclass
@@ -39,9 +41,9 @@ class LabelBook:
             self.marks.pop(int(s), None)
         self.marks.update({int(s): 1 for s in yes})
         self.marks.update({int(s): 0 for s in no})
-        if len(self.marks) > boundaries.MAX_LABELLED:
-            raise StudioError(f"More than {boundaries.MAX_LABELLED} samples are marked; "
-                              f"clear the marks and label fewer.")
+        if len(self.marks) > MAX_MARKED:
+            raise StudioError(f"More than {MAX_MARKED} samples are marked; the command line "
+                              f"(python -m engine boundary) takes more.")
 
     def counts(self) -> tuple[int, int]:
         yes = sum(self.marks.values())
@@ -119,10 +121,11 @@ def train_from_labels(model: str, labels_text: str, psi: float = 1.0, name: str 
                       conditions: list[str] | None = None) -> TrainedBoundary:
     """The API's form: `seed,label` lines in, a boundary file and its accuracy out."""
     seeds, labels = boundaries.parse_labels(labels_text)
-    book = LabelBook()
-    book.marks = {int(s): v for s, v in zip(seeds, labels)}
     if any(s != int(s) for s in seeds):
         raise StudioError("Label whole seeds here (the page samples whole seeds).")
+    book = LabelBook()
+    book.mark([], yes=[int(s) for s, v in zip(seeds, labels) if v],
+              no=[int(s) for s, v in zip(seeds, labels) if not v])
     return train(model, book, psi, name, conditions)
 
 

@@ -26,6 +26,8 @@ def test_label_book_keeps_marks_across_pages():
     assert book.to_csv() == "seed,label\n3,yes\n4,no\n5,yes\n7,no\n"
     with pytest.raises(StudioError, match="Seed 5 is marked both"):
         book.mark([4, 5], yes=[5], no=[5])
+    with pytest.raises(StudioError, match="More than 1000 samples"):
+        book.mark([], yes=list(range(600)), no=list(range(600, 1200)))
 
 
 def test_page_seeds_and_samples():
