@@ -124,9 +124,10 @@ def train_boundary(ws: np.ndarray | torch.Tensor, labels: Sequence[Any], *,
     """Fit a linear SVM on w [N, w_dim] with yes/no labels; its unit normal is the boundary.
 
     method 'svc' is InterFaceGAN's SVC(kernel='linear'); 'linear_svc' (liblinear) is far
-    faster on thousands of samples; 'auto' picks svc up to SVC_MAX_SAMPLES, then linear_svc. cv_accuracy is the mean accuracy over stratified folds (as many
-    as `folds`, fewer when a group has fewer samples), measured before projecting out the
-    conditions. The boundary points from the "no" samples towards the "yes" samples.
+    faster on thousands of samples; 'auto' picks svc up to SVC_MAX_SAMPLES, then linear_svc.
+    cv_accuracy is the mean accuracy over stratified folds (as many as `folds`, fewer when a
+    group has fewer samples), measured before projecting out the conditions. The boundary
+    points from the "no" samples towards the "yes" samples.
     """
     x = ws.detach().cpu().numpy() if isinstance(ws, torch.Tensor) else np.asarray(ws)
     x = np.asarray(x, dtype=np.float64)
