@@ -6,7 +6,9 @@ script compares against the real libraries, which the project does not depend on
   so it runs in its own interpreter (--tf-python, e.g. a venv with tensorflow-cpu==2.15.1
   and tensorflow-addons==0.23.0, whose image ops match the seed's tfa 0.13) and hands its
   outputs back through an .npz file;
-* Broad's operations against OpenCV (cv2 importable here, e.g. opencv-python-headless).
+* Broad's operations against OpenCV (cv2 importable here, e.g. opencv-python-headless; his
+  ops were built against OpenCV 4, whose warpAffine samples at 1/32 pixel: sampling
+  'opencv'. OpenCV 5 samples at exact positions: compare the 'exact' column there).
 Prints max |ours - library| per operation (float32 maps, 16 x 16, 12 channels).
 
     python benchmarks/bench_bend_sources.py --tf-python /tmp/tfenv/bin/python
@@ -136,8 +138,13 @@ def broad_vs_opencv(x: np.ndarray) -> None:
     for name, params, fn in cases:
         bends, _ = import_broad_yaml({"transforms": [{"layer": 4, "transform": name,
                                                       "params": params}]})
+        want = theirs(fn)
         got = ours(bends[0].op, x, sel, **bends[0].params)
-        print(f"  {name} {params}: max |ours - cv2| = {np.abs(got - theirs(fn)).max():.1e}")
+        line = f"  {name} {params}: max |ours - cv2| = {np.abs(got - want).max():.1e}"
+        if "sampling" in bends[0].params:   # also at exact positions (OpenCV 5 samples so)
+            exact = ours(bends[0].op, x, sel, **{**bends[0].params, "sampling": "exact"})
+            line += f"; sampling 'exact': {np.abs(exact - want).max():.1e}"
+        print(line)
 
 
 def main() -> None:

@@ -562,8 +562,9 @@ def _number(p: list, i: int, notes: _Notes, where: str) -> float:
 
 
 # Broad's transform_layers.py, transform by transform: (converter, parameters it needs).
-# OpenCV's warpAffine samples bilinearly with a zero border; getRotationMatrix2D turns about
-# (W/2, H/2) in pixel-centre coordinates (pivot 'half_pixel').
+# OpenCV's warpAffine samples bilinearly at 1/32-pixel positions with a zero border
+# (sampling 'opencv'); getRotationMatrix2D turns about (W/2, H/2) in pixel-centre
+# coordinates (pivot 'half_pixel').
 BROAD_TRANSFORMS: dict[str, tuple[Callable[[list, _Notes, str], BroadStep], int]] = {
     "ablate": (lambda p, n, w: ("ablate", {}), 0),
     "invert": (lambda p, n, w: ("invert", {"offset": 1.0}), 0),   # ones - x
@@ -574,12 +575,12 @@ BROAD_TRANSFORMS: dict[str, tuple[Callable[[list, _Notes, str], BroadStep], int]
     "scalar_multiply": (lambda p, n, w: ("multiply", {"factor": _number(p, 0, n, w)}), 1),
     "translate": (lambda p, n, w: ("translate", {
         "x_shift": _number(p, 0, n, w), "y_shift": _number(p, 1, n, w), "fill": "zero",
-        "interpolation": "bilinear"}), 2),
+        "interpolation": "bilinear", "sampling": "opencv"}), 2),
     "scale": (lambda p, n, w: ("zoom", {"scale": _number(p, 0, n, w), "fill": "zero",
-                                        "pivot": "half_pixel"}), 1),
+                                        "pivot": "half_pixel", "sampling": "opencv"}), 1),
     "rotate": (lambda p, n, w: ("rotate", {"angle": _number(p, 0, n, w), "fill": "zero",
                                            "interpolation": "bilinear",
-                                           "pivot": "half_pixel"}), 1),
+                                           "pivot": "half_pixel", "sampling": "opencv"}), 1),
     "erode": (lambda p, n, w: ("erode", {"kernel": 2 * _radius(p, "erode", n, w) + 1,
                                          "shape": "ellipse"}), 1),
     "dilate": (lambda p, n, w: ("dilate", {"kernel": 2 * _radius(p, "dilate", n, w) + 1,

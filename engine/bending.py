@@ -202,10 +202,31 @@ def _warp_nearest(x: torch.Tensor, theta: torch.Tensor, fill: str) -> torch.Tens
     return out
 
 
-def _resample(x: torch.Tensor, theta: torch.Tensor, fill: str, interpolation: str
-              ) -> torch.Tensor:
+def _warp_opencv(x: torch.Tensor, theta: torch.Tensor, fill: str) -> torch.Tensor:
+    """Bilinear resampling at the positions OpenCV 4's warpAffine uses: the inverse map's
+    terms in 1/1024 pixel fixed point, rounded, summed, then cut to 1/32 pixel
+    (INTER_BITS = 5). Broad's translate / rotate / scale ran through it."""
+    h, w = x.shape[-2:]
+    t = theta.to(torch.float64)
+    # theta (normalised output -> input) as a pixel-space map, pixel centres at integers.
+    m00, m01, m10, m11 = t[0, 0], t[0, 1] * w / h, t[1, 0] * h / w, t[1, 1]
+    b0 = (t[0, 0] * (1 - w) + t[0, 1] * (w / h) * (1 - h) + w * (t[0, 2] + 1) - 1) / 2
+    b1 = (t[1, 0] * (h / w) * (1 - w) + t[1, 1] * (1 - h) + h * (t[1, 2] + 1) - 1) / 2
+    xs = torch.arange(w, dtype=torch.float64)
+    ys = torch.arange(h, dtype=torch.float64).unsqueeze(1)
+    qx = torch.round((m01 * ys + b0) * 1024) + 16 + torch.round(m00 * xs * 1024)
+    qy = torch.round((m11 * ys + b1) * 1024) + 16 + torch.round(m10 * xs * 1024)
+    px, py = torch.floor(qx / 32) / 32, torch.floor(qy / 32) / 32   # 1/32-pixel positions
+    grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], dim=-1).unsqueeze(0)
+    return _sample_grid(x, grid, fill)
+
+
+def _resample(x: torch.Tensor, theta: torch.Tensor, fill: str, interpolation: str,
+              sampling: str = "exact") -> torch.Tensor:
     if interpolation == "nearest":
         return _warp_nearest(x, theta, fill)
+    if sampling == "opencv":
+        return _warp_opencv(x, theta, fill)
     return _warp(x, theta, fill)
 
 
@@ -331,35 +352,35 @@ def op_threshold(x: torch.Tensor, threshold: float = 0.5, high: float = 1.0, **_
 
 
 def op_translate(x: torch.Tensor, x_shift: float = 0.0, y_shift: float = 0.0,
-                 fill: str = "reflect", interpolation: str = "bilinear", **_: Any
-                 ) -> torch.Tensor:
+                 fill: str = "reflect", interpolation: str = "bilinear",
+                 sampling: str = "exact", **_: Any) -> torch.Tensor:
     # Shifts are fractions of the map size, positive = right / down, so a bend means the
     # same thing at every resolution. Normalised coordinates span 2 units per map size.
     theta = torch.tensor([[1.0, 0.0, -2.0 * x_shift], [0.0, 1.0, -2.0 * y_shift]],
                          dtype=torch.float64)
-    return _resample(x, theta, fill, interpolation)
+    return _resample(x, theta, fill, interpolation, sampling)
 
 
 def op_rotate(x: torch.Tensor, angle: float = 0.0, fill: str = "zero",
-              interpolation: str = "bilinear", pivot: str = "centre", **_: Any
-              ) -> torch.Tensor:
+              interpolation: str = "bilinear", pivot: str = "centre", sampling: str = "exact",
+              **_: Any) -> torch.Tensor:
     h, w = x.shape[-2:]
     quarter = angle / 90.0
-    if h == w and quarter == round(quarter) and pivot == "centre":
+    if h == w and quarter == round(quarter) and pivot == "centre" and sampling == "exact":
         # Exact (and cheaper) for right angles; rot90 with dims (H, W) turns anticlockwise.
         return torch.rot90(x, int(round(quarter)) % 4, dims=(2, 3))
     a = math.radians(angle)
     c, s = math.cos(a), math.sin(a)
     # Anticlockwise on screen (y down): sample the input at the output point turned back.
     m = torch.tensor([[c, -s * h / w], [s * w / h, c]], dtype=torch.float64)
-    return _resample(x, _about_pivot(m, pivot, h, w), fill, interpolation)
+    return _resample(x, _about_pivot(m, pivot, h, w), fill, interpolation, sampling)
 
 
 def op_zoom(x: torch.Tensor, scale: float = 1.5, fill: str = "zero", pivot: str = "centre",
-            **_: Any) -> torch.Tensor:
+            sampling: str = "exact", **_: Any) -> torch.Tensor:
     h, w = x.shape[-2:]
     m = torch.eye(2, dtype=torch.float64) / scale
-    return _warp(x, _about_pivot(m, pivot, h, w), fill)
+    return _resample(x, _about_pivot(m, pivot, h, w), fill, "bilinear", sampling)
 
 
 def _gaussian_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -646,6 +667,12 @@ def _pivot() -> ParamSpec:
                    "(OpenCV's getRotationMatrix2D centre, Broad's)")
 
 
+def _sampling() -> ParamSpec:
+    return _choice("sampling", "exact", ("exact", "opencv"),
+                   "bilinear at exact positions, or at OpenCV 4's 1/32-pixel positions "
+                   "(warpAffine, Broad's)")
+
+
 def _shape() -> ParamSpec:
     return _choice("shape", "square", ("square", "ellipse"),
                    "window shape: square (ours, the seed's 3 x 3) or ellipse (OpenCV "
@@ -676,18 +703,18 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in [
     Operation("translate", "Translate",
               [_f("x_shift", 0.25, -1, 1, 0.01, "horizontal shift, fraction of the width"),
                _f("y_shift", 0.0, -1, 1, 0.01, "vertical shift, fraction of the height"),
-               _fill("reflect"), _interp()], op_translate,
+               _fill("reflect"), _interp(), _sampling()], op_translate,
               "shift the maps; seed 'translate' (pixels / size, reflect fill, nearest), "
-              "Broad 'translate' (fractions, zero fill, bilinear)"),
+              "Broad 'translate' (fractions, zero fill, OpenCV sampling)"),
     Operation("rotate", "Rotate",
               [_f("angle", 45.0, -360, 360, 1, "degrees, anticlockwise"), _fill("zero"),
-               _interp(), _pivot()], op_rotate,
+               _interp(), _pivot(), _sampling()], op_rotate,
               "rotate; seed 'rotate' (radians -> degrees, reflect fill, nearest), Broad "
-              "'rotate' (degrees, zero fill, bilinear, half-pixel pivot)"),
+              "'rotate' (degrees, zero fill, half-pixel pivot, OpenCV sampling)"),
     Operation("zoom", "Zoom", [_f("scale", 1.5, 0.05, 20, 0.01, "above 1 magnifies"),
-                               _fill("zero"), _pivot()], op_zoom,
-              "scale about the centre (Broad 'scale': zero fill, bilinear, half-pixel "
-              "pivot)"),
+                               _fill("zero"), _pivot(), _sampling()], op_zoom,
+              "scale about the centre (Broad 'scale': zero fill, half-pixel pivot, OpenCV "
+              "sampling)"),
     Operation("resize_pad", "Resize by pixels",
               [_i("pixels", -2, -256, 256, "pixels added to the map size (negative shrinks)")],
               op_resize_pad, "seed 'scale': resize to size + pixels with TensorFlow's "

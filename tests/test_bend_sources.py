@@ -364,13 +364,15 @@ def test_seed_shuffle_draws_from_every_channel():
 # Broad: OpenCV references.
 
 
-def cv_warp_affine(img: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """cv2.warpAffine(src, M, size): dst(x, y) = src(M^-1 (x, y)), bilinear, BORDER_CONSTANT
-    0, in exact arithmetic. OpenCV 4 rounds sample positions to 1/32 pixel (measured against
-    opencv-python-headless 4.10: up to 0.06 apart on these maps, mean |x| 0.65); 5.0 does
-    not (6e-6)."""
-    a = np.vstack([m, [0, 0, 1]])
-    inv = np.linalg.inv(a)
+def cv_warp_affine(img: np.ndarray, m: np.ndarray, exact: bool = False) -> np.ndarray:
+    """cv2.warpAffine(src, M, size) of OpenCV 4 (imgwarp.cpp): M inverted
+    (invertAffineTransform), each output pixel's source position in 1/1024-pixel fixed point
+    (terms rounded with cvRound, + half a 1/32 step), cut to 1/32 pixel (INTER_BITS 5), then
+    bilinear with BORDER_CONSTANT 0. exact=True: the same at unrounded positions."""
+    d = m[0, 0] * m[1, 1] - m[0, 1] * m[1, 0]
+    d = 1.0 / d if d != 0 else 0.0
+    i00, i01, i10, i11 = m[1, 1] * d, -m[0, 1] * d, -m[1, 0] * d, m[0, 0] * d
+    b0, b1 = -i00 * m[0, 2] - i01 * m[1, 2], -i10 * m[0, 2] - i11 * m[1, 2]
     h, w = img.shape
     out = np.zeros_like(img)
 
@@ -378,8 +380,14 @@ def cv_warp_affine(img: np.ndarray, m: np.ndarray) -> np.ndarray:
         return img[yy, xx] if 0 <= yy < h and 0 <= xx < w else 0.0
 
     for y in range(h):
+        x0_fixed = int(np.rint((i01 * y + b0) * 1024)) + 16
+        y0_fixed = int(np.rint((i11 * y + b1) * 1024)) + 16
         for x in range(w):
-            sx, sy, _ = inv @ [x, y, 1]
+            if exact:
+                sx, sy = i00 * x + i01 * y + b0, i10 * x + i11 * y + b1
+            else:
+                sx = ((x0_fixed + int(np.rint(i00 * x * 1024))) >> 5) / 32
+                sy = ((y0_fixed + int(np.rint(i10 * x * 1024))) >> 5) / 32
             x0, y0 = math.floor(sx), math.floor(sy)
             fx, fy = sx - x0, sy - y0
             out[y, x] = ((1 - fy) * ((1 - fx) * px(y0, x0) + fx * px(y0, x0 + 1))
@@ -442,6 +450,13 @@ def broad_mask(x: np.ndarray, fn) -> np.ndarray:
     return out
 
 
+def broad_exact(name: str, params: list, x: np.ndarray) -> np.ndarray:
+    """Broad's transform with our exact bilinear positions instead of OpenCV's 1/32 grid."""
+    bends, _ = import_broad_yaml({"transforms": [{"layer": 4, "transform": name,
+                                                  "params": params}]})
+    return ours(bends[0].op, x, BROAD_SEL, **{**bends[0].params, "sampling": "exact"})
+
+
 @pytest.mark.parametrize("tx,ty", [(0.25, 0.0), (0.5, -0.2), (0.13, 0.31)])
 def test_broad_translate(tx, ty):
     x = acts()
@@ -449,6 +464,8 @@ def test_broad_translate(tx, ty):
     m = np.array([[1, 0, tx * size], [0, 1, ty * size]])
     want = broad_mask(x, lambda img: cv_warp_affine(img, m))
     assert np.abs(broad("translate", [tx, ty], x) - want).max() < TOL_RESAMPLE
+    exact = broad_mask(x, lambda img: cv_warp_affine(img, m, exact=True))
+    assert np.abs(broad_exact("translate", [tx, ty], x) - exact).max() < TOL_RESAMPLE
 
 
 @pytest.mark.parametrize("angle", [45.0, 10.0, 90.0, 300.0])
@@ -456,6 +473,9 @@ def test_broad_rotate_degrees_about_opencv_centre(angle):
     x = acts()
     want = broad_mask(x, lambda img: cv_warp_affine(img, cv_rotation_matrix(img, angle, 1)))
     assert np.abs(broad("rotate", [angle], x) - want).max() < TOL_RESAMPLE
+    exact = broad_mask(x, lambda img: cv_warp_affine(img, cv_rotation_matrix(img, angle, 1),
+                                                     exact=True))
+    assert np.abs(broad_exact("rotate", [angle], x) - exact).max() < TOL_RESAMPLE
 
 
 @pytest.mark.parametrize("scale", [1.2, 0.7, 2.0])
@@ -463,6 +483,9 @@ def test_broad_scale(scale):
     x = acts()
     want = broad_mask(x, lambda img: cv_warp_affine(img, cv_rotation_matrix(img, 0, scale)))
     assert np.abs(broad("scale", [scale], x) - want).max() < TOL_RESAMPLE
+    exact = broad_mask(x, lambda img: cv_warp_affine(img, cv_rotation_matrix(img, 0, scale),
+                                                     exact=True))
+    assert np.abs(broad_exact("scale", [scale], x) - exact).max() < TOL_RESAMPLE
 
 
 @pytest.mark.parametrize("radius", [0, 1, 2, 3])
@@ -667,7 +690,7 @@ def test_broad_example_config_with_cluster_dict_bend_by_bend(broad_clusters):
                                              "multiply", "ablate")]]
     b = {i: bend for i, bend in enumerate(bends)}
     assert b[0].params == {"x_shift": 0.25, "y_shift": 0.0, "fill": "zero",
-                           "interpolation": "bilinear"}
+                           "interpolation": "bilinear", "sampling": "opencv"}
     assert b[0].channels == ChannelSelection()
     assert b[1].params == {} and b[1].channels == ChannelSelection("indices", indices=cluster2)
     assert b[2].params == {"threshold": 0.5, "high": 1.0}
@@ -675,10 +698,11 @@ def test_broad_example_config_with_cluster_dict_bend_by_bend(broad_clusters):
     assert b[3].params == {"kernel": 5, "shape": "ellipse"}
     assert b[4].params == {"kernel": 5, "shape": "ellipse"}
     assert b[5].params == {"x_shift": 0.5, "y_shift": -0.2, "fill": "zero",
-                           "interpolation": "bilinear"}
-    assert b[6].params == {"scale": 1.2, "fill": "zero", "pivot": "half_pixel"}
+                           "interpolation": "bilinear", "sampling": "opencv"}
+    assert b[6].params == {"scale": 1.2, "fill": "zero", "pivot": "half_pixel",
+                           "sampling": "opencv"}
     assert b[7].params == {"angle": 45.0, "fill": "zero", "interpolation": "bilinear",
-                           "pivot": "half_pixel"}
+                           "pivot": "half_pixel", "sampling": "opencv"}
     assert b[8].params == b[9].params == {}
     assert b[10].params == {"offset": 1.0}
     assert b[11].params == {"threshold": 0.5, "high": 1.0}          # 'binary-tresh', no value

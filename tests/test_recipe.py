@@ -527,7 +527,7 @@ def test_broad_yaml_imports_and_renders():
                    ("b16.conv0", "flip_h"), ("b8.conv0", "erode")]
     assert [b.enabled for b in bends] == [True] * 9 + [False]   # all-transforms: disabled
     assert bends[0].params == {"x_shift": 0.25, "y_shift": 0.0, "fill": "zero",
-                               "interpolation": "bilinear"}
+                               "interpolation": "bilinear", "sampling": "opencv"}
     assert bends[1].channels == ChannelSelection("clusters", ids=[2], k=5)
     assert bends[2].channels.mode == "random" and bends[2].channels.fraction == 0.5
     assert bends[3].params == {"kernel": 3, "shape": "ellipse"}   # radius 1 -> 3 x 3
