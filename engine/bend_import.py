@@ -459,12 +459,12 @@ def _template_item(item: Any, entry: Mapping, layer: str, res: int, where: str,
     if sel is None:
         return []
     enabled = item.get("enabled", True)
+    enabled = enabled if isinstance(enabled, bool) else True
     bends = [Bend(layer=layer, op=op, params=_coerce_numbers(OPERATIONS[op], params),
-                  channels=sel, enabled=enabled if isinstance(enabled, bool) else True)
-             for op, params in steps]
+                  channels=sel, enabled=enabled) for op, params in steps]
     if item.get("with_norm") is True:
         # StyleGAN1's InstanceNorm over the whole layer, right after the seed's Block.
-        bends.append(Bend(layer=layer, op="instance_norm", params={}))
+        bends.append(Bend(layer=layer, op="instance_norm", params={}, enabled=enabled))
     return [b for b in (_checked(b, G, where, notes) for b in bends) if b is not None]
 
 
