@@ -351,6 +351,51 @@ def _latin1_bytes(text: Any, encoding: Any = "latin1") -> bytes:
     return text.encode("latin1")
 
 
+# What one entry of a copied container costs, about (a dict entry with its hash slot is ~100
+# bytes on CPython; sets a little less): containers are charged by their length because a
+# call such as OrderedDict(d) copies `d`, and one stored `d` can be copied many times.
+_CONTAINER_ENTRY_BYTES = 100
+
+
+def _charge_container(arg: Any) -> None:
+    try:
+        _charge(_CONTAINER_ENTRY_BYTES * len(arg))
+    except TypeError:  # no length (an iterator): the constructor below copies what it yields
+        raise UnsafePickleError("This pickle builds a container from something other than a "
+                                "list or mapping, so it was not loaded.") from None
+
+
+class _CheckedDict(dict):
+    """`dnnlib.util.EasyDict` (and any dict built by a call): copying its argument is
+    charged to the read's budget. Pickled EasyDicts arrive empty and are filled by SETITEMS."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args:
+            _charge_container(args[0])
+        _charge(_CONTAINER_ENTRY_BYTES * len(kwargs))
+        super().__init__(*args, **kwargs)
+
+
+class _CheckedOrderedDict(collections.OrderedDict):
+    """`collections.OrderedDict`, with copies of its argument charged (see _CheckedDict)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if args:
+            _charge_container(args[0])
+        _charge(_CONTAINER_ENTRY_BYTES * len(kwargs))
+        super().__init__(*args, **kwargs)
+
+
+def _checked_set(items: Any = ()) -> set:
+    _charge_container(items)
+    return set(items)
+
+
+def _checked_frozenset(items: Any = ()) -> frozenset:
+    _charge_container(items)
+    return frozenset(items)
+
+
 def _refused_global(message: str) -> str | None:
     """The global a torch weights_only refusal names, e.g. 'posix.system'."""
     match = re.search(r"GLOBAL ([\w.]+)", message)
@@ -359,18 +404,18 @@ def _refused_global(message: str) -> str | None:
 
 # (module, name) -> what it resolves to. Old spellings map the same way.
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "OrderedDict"): _CheckedOrderedDict,
     # Python 3.7 pickles torch modules with protocol 3, where `_non_persistent_buffers_set`
     # (a set) is written as a call to builtins.set.
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
+    ("builtins", "set"): _checked_set,
+    ("builtins", "frozenset"): _checked_frozenset,
     ("_codecs", "encode"): _latin1_bytes,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-    ("dnnlib.util", "EasyDict"): dict,
+    ("dnnlib.util", "EasyDict"): _CheckedDict,
     ("dnnlib.tflib.network", "Network"): TFNetworkStub,
     ("numpy", "dtype"): _np_dtype,
     ("numpy", "ndarray"): _NDARRAY,

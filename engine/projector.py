@@ -522,6 +522,9 @@ def save_projection(result: ProjectionResult, out_dir: str | os.PathLike, fps: f
 # Latent encoder: image -> W+ offsets from the mean w.
 
 
+MAX_LATENT_ENCODER_PARAMETERS = 64_000_000  # the studio's are about 2 M
+
+
 @dataclass
 class LatentEncoderConfig:
     resolution: int = 64            # input image size (images are resized to it)
@@ -530,6 +533,15 @@ class LatentEncoderConfig:
     channels: int = 32              # width of the first conv; doubles per level
     max_channels: int = 256         # width cap
     model_sha256: str | None = None  # the generator it was trained for
+
+    def parameter_count(self) -> int:
+        """LatentEncoder's parameters from the config alone (the same walk as its
+        constructor), so a forged sidecar is refused before anything is built."""
+        n, ch_in, ch, res = 0, 3, self.channels, self.resolution
+        while res > 4:
+            n += (9 * ch_in + 1) * ch + (9 * ch + 1) * ch
+            ch_in, ch, res = ch, min(ch * 2, self.max_channels), res // 2
+        return n + (ch_in * res * res + 1) * 512 + (512 + 1) * self.num_ws * self.w_dim
 
 
 class LatentEncoder(nn.Module):
@@ -588,8 +600,19 @@ def load_latent_encoder(path: str | os.PathLike, G: nn.Module | None = None) -> 
     side = path.with_suffix(".json")
     if not path.exists() or not side.exists():
         raise StudioError(f"Latent encoder {str(path)!r} (with its .json) was not found.")
-    meta = json.loads(side.read_text())
-    cfg = LatentEncoderConfig(**meta["config"])
+    if side.stat().st_size > 1 << 20:
+        raise StudioError(f"{side.name} is too large to be a latent encoder's sidecar.")
+    try:
+        meta = json.loads(side.read_text())
+        cfg = LatentEncoderConfig(**meta["config"])
+        count = cfg.parameter_count()
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StudioError(f"{side.name} is not a latent encoder's sidecar.") from exc
+    # float32 weights: a config describing more than the file holds is refused unbuilt.
+    if count > MAX_LATENT_ENCODER_PARAMETERS or 4 * count > path.stat().st_size + 65536:
+        raise StudioError(f"{side.name} describes {count / 1e6:.1f} M parameters, more than "
+                          f"{path.name} holds or the limit of "
+                          f"{MAX_LATENT_ENCODER_PARAMETERS / 1e6:.0f} M allows.")
     if G is not None and (cfg.num_ws, cfg.w_dim) != (G.num_ws, G.cfg.w_dim):
         raise StudioError(f"This latent encoder predicts [{cfg.num_ws}, {cfg.w_dim}] but the "
                           f"model needs [{G.num_ws}, {G.cfg.w_dim}]; train one for it.")

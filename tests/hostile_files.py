@@ -275,3 +275,15 @@ def peak_rss_of_loads(loads: list[tuple[str, Path | int]], timeout: float = 300
 def peak_rss_of_load(path: Path, kind: str = "checkpoint") -> tuple[str | None, float]:
     """peak_rss_of_loads for one file."""
     return peak_rss_of_loads([(kind, path)])[0]
+
+
+def container_copies_bomb(path: Path, entries: int = 200_000, copies: int = 60) -> Path:
+    """One dict of `entries` small items stored once, then copied `copies` times by
+    `collections.OrderedDict(d)` calls: about entries * copies * 100 bytes of dicts."""
+    body = PROTO4 + EMPTY_DICT + _memo_put(0) + MARK
+    body += b"".join(_int(i) + _int(0) for i in range(entries)) + b"u"  # SETITEMS
+    body += EMPTY_LIST + MARK
+    call = _global("collections", "OrderedDict") + _memo_get(0) + TUPLE1 + REDUCE
+    body += call * copies + APPENDS
+    path.write_bytes(body + STOP)
+    return path

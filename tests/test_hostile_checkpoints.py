@@ -23,6 +23,7 @@ CHECKPOINT_BOMBS = {
     "nested torch stream declaring 2 GiB": (H.legacy_storage_bomb, "storage"),
     "deflated 512 MiB zip record": (H.deflated_zip_bomb, "compressed record"),
     "64 names viewing one 8 MiB storage": (H.shared_storage_bomb, "declare 512.0 MiB"),
+    "one 200k-entry dict copied 60 times": (H.container_copies_bomb, "being read"),
 }
 
 
@@ -113,4 +114,24 @@ def test_size_is_checked_before_hashing(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoints, "sha256_file", lambda p: pytest.fail("hashed"))
     with pytest.raises(StudioError, match="more than the limit of") as err:
         zoo.load(str(big))
+    assert "\n" not in str(err.value)
+
+
+def test_latent_encoder_sidecar_is_checked_before_building(tmp_path, monkeypatch):
+    import json
+
+    from safetensors.torch import save_file
+
+    from engine import projector
+    from engine.errors import StudioError
+
+    path = tmp_path / "latent_encoder.safetensors"
+    save_file({"x": projector.torch.zeros(4)}, str(path))
+    config = {"resolution": 256, "num_ws": 18, "w_dim": 512, "channels": 4096,
+              "max_channels": 4096}
+    path.with_suffix(".json").write_text(json.dumps({"kind": "latent_encoder",
+                                                     "config": config}))
+    monkeypatch.setattr(projector, "LatentEncoder", lambda cfg: pytest.fail("built"))
+    with pytest.raises(StudioError, match="M parameters") as err:
+        projector.load_latent_encoder(path)
     assert "\n" not in str(err.value)
