@@ -53,6 +53,15 @@ LIVE = dict(trigger_mode="always_last", show_progress="hidden")
 WHERE_CHOICES = ["selected clusters", "all channels", "random fraction"]
 GALLERY_COLUMNS = 6     # cluster tiles per row
 
+# The "Random seed" button's own generator, seeded by the OS: no other code's seeding (a
+# training, a library) can make the seeds it offers predictable or the same for every user.
+_SEED_RNG = random.SystemRandom()
+
+
+def draw_seed() -> int:
+    """A seed for the "Random seed" button, from the OS's randomness."""
+    return _SEED_RNG.randrange(0, 100000)
+
 
 def checked_image(**kwargs: Any) -> gr.Image:
     """A gr.Image whose uploads go through studio.uploads first: a damaged, empty, fake or
@@ -544,7 +553,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
 
         @user_errors
         def random_seed(sess: Session) -> int:
-            return random.randrange(0, 100000)
+            return draw_seed()
 
         load_btn.click(load_model, [model_box], model_outs, api_name="load_model", **JOB)
         ckpt_upload.upload(upload_checkpoint, [ckpt_upload], [model_box, *model_outs],
