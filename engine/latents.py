@@ -303,8 +303,18 @@ def load_boundary(path: str | os.PathLike, G: torch.nn.Module | None = None) -> 
 
     With G given, the shape is checked against the model (w_dim, num_ws).
     """
+    from engine.files import regular_file_size
+    from engine.limits import current_limits
+
     path = os.fspath(path)
     name = os.path.basename(path)  # messages name the file, not where a server keeps it
+    if os.path.lexists(path):
+        # A FIFO would block np.load for good and a device never end: regular files only.
+        try:
+            regular_file_size(path, "boundary file", current_limits().upload_bytes)
+        except StudioError as exc:
+            raise StudioError(f"Boundary file {name!r} is not a regular .npy file of at most "
+                              f"{current_limits().upload_bytes / 2**20:.0f} MiB.") from exc
     try:
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError as exc:

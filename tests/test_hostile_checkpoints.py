@@ -135,3 +135,16 @@ def test_latent_encoder_sidecar_is_checked_before_building(tmp_path, monkeypatch
     with pytest.raises(StudioError, match="M parameters") as err:
         projector.load_latent_encoder(path)
     assert "\n" not in str(err.value)
+
+
+def test_boundary_files_must_be_regular(tmp_path):
+    import os
+
+    from engine.errors import StudioError
+    from engine.latents import load_boundary
+
+    fifo = tmp_path / "b.npy"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero", tmp_path):
+        err = _within(10, lambda path=path: load_boundary(path))
+        assert isinstance(err, StudioError) and "regular .npy file" in str(err), err
