@@ -648,11 +648,24 @@ def hub_file(repo_id: str, filename: str, revision: str | None, max_bytes: int,
     if not studio_mode() or _offline():
         return hf_hub_download(repo_id, filename, revision=revision,
                                local_files_only=_offline(), **kwargs)
+    from huggingface_hub import errors as hf_errors
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
-    meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision,
-                                           endpoint=endpoint),
-                                token=token, timeout=_etag_timeout(), endpoint=endpoint)
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision,
+                                               endpoint=endpoint),
+                                    token=token, timeout=_etag_timeout(), endpoint=endpoint)
+    except hf_errors.HfHubHTTPError:
+        raise  # the Hub answered: not found, gated, ... (no cached copy should hide that)
+    except Exception as exc:
+        # The Hub did not answer: a copy fetched earlier (size checked then) still serves,
+        # as hf_hub_download itself would do. With none, the cache's "not found" is raised
+        # with the network error as its cause, as hf_hub_download reports it.
+        try:
+            return hf_hub_download(repo_id, filename, revision=revision,
+                                   local_files_only=True, **kwargs)
+        except Exception as local_exc:
+            raise local_exc from exc
     where = f"{repo_id}/{filename}"
     if meta.size is None or meta.size > max_bytes:
         size = "of unknown size" if meta.size is None else f"{meta.size / 2**20:.1f} MiB"
@@ -670,8 +683,29 @@ def hub_file(repo_id: str, filename: str, revision: str | None, max_bytes: int,
     finally:
         with _cache_lock:
             _in_use.discard((repo_id, pinned))
+    if pinned and pinned != (revision or "main"):
+        _remember_ref(Path(path), revision or "main", pinned)
     _touch(Path(path))
     return path
+
+
+def _remember_ref(snapshot_file: Path, revision: str, commit: str) -> None:
+    """Record that `revision` pointed at `commit` (the cache's refs/<revision> file, which a
+    download by commit does not write), so the file is found by revision when the Hub is
+    unreachable later."""
+    parts = snapshot_file.parts
+    if "snapshots" not in parts or "/" in revision or "\\" in revision:
+        return
+    ref = Path(*parts[: parts.index("snapshots")]) / "refs" / revision
+    try:
+        if ref.exists() and ref.read_text() == commit:
+            return
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(f".{ref.name}.{os.getpid()}.tmp")
+        tmp.write_text(commit)
+        os.replace(tmp, ref)
+    except OSError:  # a read-only cache: the file still loads while the Hub answers
+        pass
 
 
 # ----------------------------------------------------------------------------------------

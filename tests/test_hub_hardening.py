@@ -165,3 +165,19 @@ def test_catalogue_pins_and_checksums():
     elephants = entries["elephants-512"]
     assert elephants.verified and elephants.sha256 == (
         "56504894f6d7121959af78a74148cf1e9d858e3710312efb11c41dbf27684363")
+
+
+def test_a_cached_file_still_loads_when_the_hub_does_not_answer(studio, checkpoints,
+                                                                monkeypatch):
+    import huggingface_hub.file_download as fd
+
+    monkeypatch.setattr(fd, "_DEFAULT_RETRY_ON_EXCEPTIONS", (), raising=False)
+    monkeypatch.setattr(fd, "_DEFAULT_RETRY_ON_STATUS_CODES", (), raising=False)
+    studio.add_file("visitor/open", "g.pt", checkpoints[0])
+    first = zoo.load("hf://visitor/open/g.pt")
+    studio.stop()
+    zoo.clear_cache()
+    again = zoo.load("hf://visitor/open/g.pt")  # by revision 'main', from the cache
+    assert again.sha256 == first.sha256
+    with pytest.raises(StudioError, match="Could not reach the Hub"):
+        zoo.load("hf://visitor/never-fetched/g.pt")
