@@ -9,8 +9,9 @@ draws nothing) and then gives it torch's default initialisation from a private g
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import torch
@@ -53,3 +54,17 @@ def build_seeded(factory: Callable[[], M], generator: torch.Generator) -> M:
             if reset is not None:
                 reset(generator)
     return module
+
+
+@contextlib.contextmanager
+def global_draws_from(seed: int) -> Iterator[None]:
+    """For constructors that draw from torch's global CPU generator in their own ways
+    (StyleGAN2's layers call torch.randn): inside the block those draws follow `seed`, and
+    on leaving it the global generator is back exactly as it was, as if never used.
+
+    Nothing else in this project draws from the global generator (renders, trainings, the
+    seed button and the readers use their own), so the seed cannot leak into anyone's
+    numbers; prefer `build_seeded` for modules made of torch's standard layers."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -11,7 +11,7 @@ import torch
 
 from engine import translator as T
 from engine.projector import LatentEncoder, LatentEncoderConfig, train_latent_encoder
-from engine.seeding import build_seeded
+from engine.seeding import build_seeded, global_draws_from
 
 TRAIN = dict(batch=2, stat_samples=8, eval_seeds=(), warmup=1, width=8, max_width=16,
              preview_every=0)
@@ -104,3 +104,18 @@ def test_the_random_seed_button_ignores_global_seeding():
     state = random.getstate()
     draw_seed()
     assert random.getstate() == state
+
+
+def test_global_draws_from_restores_the_global_generator(tiny_generator):
+    from engine.stylegan2 import Generator
+
+    cfg = tiny_generator().cfg
+    torch.manual_seed(77)
+    before = global_states()
+    with global_draws_from(5):
+        a = Generator(cfg)
+    assert_same_states(before, global_states())
+    with global_draws_from(5):
+        b = Generator(cfg)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                 b.state_dict().values(), strict=True))
