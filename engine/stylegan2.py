@@ -15,13 +15,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from engine.ops import (
+    DerivedTensors,
+    conv_layout,
+    demod_coefficients,
+    downsample2x,
+    fir_filter,
+    kernel_square_sums,
+    modulated_conv2d,
+    modulated_epilogue,
+    upsample2x,
+    weight_is_smaller,
+)
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
@@ -124,22 +137,17 @@ def make_resample_filter() -> torch.Tensor:
 def fir_same(x: torch.Tensor, f: torch.Tensor, gain: float, pad: tuple[int, int, int, int]
              ) -> torch.Tensor:
     """Depthwise FIR filter (true convolution) after zero padding (x0, x1, y0, y1)."""
-    c = x.shape[1]
-    k = (f * gain).flip([0, 1])[None, None].repeat(c, 1, 1, 1).to(x.dtype)
-    return F.conv2d(F.pad(x, pad), k, groups=c)
+    return fir_filter(x, f, gain, pad)
 
 
 def upsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """2x upsampling: zero insertion then the 4x4 filter with gain 4 (NVlabs upfirdn2d)."""
-    c = x.shape[1]
-    # Transposed conv with stride 2 and padding 1 equals zero-insertion, pad (2,1), filter.
-    k = (f * 4).flip([0, 1])[None, None].repeat(c, 1, 1, 1).to(x.dtype)
-    return F.conv_transpose2d(x, k, stride=2, padding=1, groups=c)
+    return upsample2x(x, f)
 
 
 def downsample2d(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """2x downsampling: the 4x4 filter with pad 1 then keep every second pixel."""
-    return fir_same(x, f, 1.0, (1, 1, 1, 1))[:, :, ::2, ::2]
+    return downsample2x(x, f)
 
 
 def bias_act(x: torch.Tensor, b: torch.Tensor | None, lrelu: bool, gain: float,
@@ -172,11 +180,12 @@ class FullyConnectedLayer(nn.Module):
         self.bias_gain = lr_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight * self.weight_gain
-        b = self.bias * self.bias_gain
+        # The gains ride in addmm's scalars, so no scaled copy of the weight is made per call.
+        x = torch.addmm(self.bias.unsqueeze(0), x, self.weight.t(), beta=self.bias_gain,
+                        alpha=self.weight_gain)
         if not self.lrelu:
-            return torch.addmm(b.unsqueeze(0), x, w.t())
-        return F.leaky_relu(x.matmul(w.t()) + b.unsqueeze(0), LRELU_SLOPE) * LRELU_GAIN
+            return x
+        return F.leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN
 
 
 def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -241,44 +250,10 @@ def truncate(ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | No
 # Synthesis network.
 
 
-def modulated_conv(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor,
-                   demodulate: bool, up: bool, f: torch.Tensor | None,
-                   fused: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Modulated 3x3 (or 1x1) conv; returns (output before noise/bias, demod coefficients).
-
-    Non-fused (default, faster on CPU for batches): scale inputs by the styles, run one plain
-    conv with the shared weight, and let the caller scale outputs by the demod coefficients.
-    Fused: one grouped conv with per-sample weights (what NVlabs uses at batch 1 on GPU).
-    """
-    n = x.shape[0]
-    out_ch, in_ch, kh, kw = weight.shape
-    dcoefs = None
-    if demodulate:
-        # sum_{i,k} (W[o,i,k] s[i])^2 = sum_i s[i]^2 sum_k W[o,i,k]^2: no [N,O,I,k,k] tensor.
-        wsq = weight.square().sum(dim=[2, 3])                      # [O, I]
-        dcoefs = (styles.square() @ wsq.t() + DEMOD_EPS).rsqrt()  # [N, O]
-    pad = kh // 2
-    if fused:
-        w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)
-        if dcoefs is not None:
-            w = w * dcoefs.reshape(n, -1, 1, 1, 1)
-        x = x.reshape(1, -1, *x.shape[2:])
-        if up:
-            w = w.transpose(1, 2).reshape(n * in_ch, out_ch, kh, kw)
-            x = F.conv_transpose2d(x, w, stride=2, groups=n)
-        else:
-            x = F.conv2d(x, w.reshape(n * out_ch, in_ch, kh, kw), padding=pad, groups=n)
-        x = x.reshape(n, out_ch, *x.shape[2:])
-        dcoefs = None
-    else:
-        x = x * styles.reshape(n, -1, 1, 1)
-        if up:
-            x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
-        else:
-            x = F.conv2d(x, weight, padding=pad)
-    if up:
-        x = fir_same(x, f, 4.0, (1, 1, 1, 1))
-    return x, dcoefs
+def preferred_memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last: oneDNN (CPU) and cuDNN run convs and depthwise filters on NHWC
+    without reordering, where NCHW costs a layout copy around every conv."""
+    return torch.channels_last
 
 
 class SynthesisLayer(nn.Module):
@@ -302,28 +277,52 @@ class SynthesisLayer(nn.Module):
         if use_noise:
             self.register_buffer("noise_const", torch.randn(resolution, resolution))
             self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.derived = DerivedTensors()
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const",
-                weight_tap: Tap | None = None, fused: bool = False, gain: float = 1.0,
+                weight_tap: Tap | None = None, fused: bool | None = None, gain: float = 1.0,
                 noise_generator: torch.Generator | None = None,
                 noise_map: torch.Tensor | None = None) -> torch.Tensor:
         styles = self.affine(w)
         weight = self.weight if weight_tap is None else weight_tap(self.weight)
-        f = self.resample_filter if self.up else None
-        x, dcoefs = modulated_conv(x, weight, styles, True, self.up, f, fused)
-        if dcoefs is not None:
-            x = x * dcoefs.reshape(x.shape[0], -1, 1, 1)
-        if self.use_noise and noise_map is not None:  # this call's own map, e.g. a fitted one
-            x = x + noise_map * self.noise_strength
-        elif self.use_noise and noise_mode != "none":
-            if noise_mode == "random":
-                noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution,
-                                    generator=noise_generator, device=x.device)
-                x = x + noise * self.noise_strength
+        # lrelu(a x) = a lrelu(x) for a > 0: the gain goes into the demodulation, bias and
+        # noise, and the output needs no extra pass.
+        act_gain = LRELU_GAIN * gain
+        untapped = weight_tap is None
+        wsq = self.derived.get("square_sums", weight, kernel_square_sums) if untapped else None
+        scale = demod_coefficients(weight, styles, wsq) * act_gain
+        bias = self.bias * act_gain
+        noise = self._noise(x.shape[0], x.device, noise_mode, noise_generator, noise_map)
+        if noise is not None:
+            noise = noise * (self.noise_strength * act_gain)
+        if x.dtype == torch.float16:
+            fused = True  # per-sample weights are demodulated before the conv: no overflow
+        laid_out = self.derived.get(f"layout {x.dtype}", weight, lambda w: conv_layout(
+            w, self.up).to(x.dtype)) if untapped else None
+        y, scale, bias = modulated_conv2d(x, weight, styles, scale, bias, up=self.up,
+                                          fused=fused, laid_out=laid_out)
+        if self.up:
+            if scale is None:  # the bias rides in the filter's second pass
+                y, bias = fir_filter(y, self.resample_filter, 4.0, (1, 1, 1, 1), bias), None
             else:
-                x = x + self.noise_const * self.noise_strength
+                y = fir_filter(y, self.resample_filter, 4.0, (1, 1, 1, 1))
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, self.bias, True, LRELU_GAIN * gain, clamp)
+        return modulated_epilogue(y, scale, bias, noise, lrelu=True, clamp=clamp)
+
+    def _noise(self, n: int, device: torch.device, noise_mode: str,
+               generator: torch.Generator | None, noise_map: torch.Tensor | None
+               ) -> torch.Tensor | None:
+        """This call's noise input, unscaled: [N or 1, 1, res, res], or None."""
+        if not self.use_noise:
+            return None
+        if noise_map is not None:  # this call's own map, e.g. a fitted one
+            return noise_map
+        if noise_mode == "random":
+            return torch.randn(n, 1, self.resolution, self.resolution, generator=generator,
+                               device=device)
+        if noise_mode == "const":
+            return self.noise_const.reshape(1, 1, self.resolution, self.resolution)
+        return None
 
 
 class ToRGBLayer(nn.Module):
@@ -337,13 +336,19 @@ class ToRGBLayer(nn.Module):
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.weight_gain = 1 / math.sqrt(in_channels)
+        self.derived = DerivedTensors()
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, weight_tap: Tap | None = None,
-                fused: bool = False) -> torch.Tensor:
+                fused: bool | None = None) -> torch.Tensor:
         styles = self.affine(w) * self.weight_gain
         weight = self.weight if weight_tap is None else weight_tap(self.weight)
-        x, _ = modulated_conv(x, weight, styles, False, False, None, fused)
-        return bias_act(x, self.bias, False, 1.0, self.conv_clamp)
+        if x.dtype == torch.float16:
+            fused = True
+        laid_out = self.derived.get(f"layout {x.dtype}", weight, lambda w: conv_layout(
+            w, False).to(x.dtype)) if weight_tap is None else None
+        y, scale, bias = modulated_conv2d(x, weight, styles, None, self.bias, fused=fused,
+                                          laid_out=laid_out)
+        return modulated_epilogue(y, scale, bias, None, lrelu=False, clamp=self.conv_clamp)
 
 
 class Conv2dLayer(nn.Module):
@@ -416,9 +421,10 @@ class SynthesisCall:
     taps: Mapping[str, Tap] = field(default_factory=dict)
     weight_taps: Mapping[str, Tap] = field(default_factory=dict)
     capture: set[str] = field(default_factory=set)
-    fused: bool = False
+    fused: bool | None = None
     noise_generator: torch.Generator | None = None
     noise: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    memory_format: torch.memory_format = torch.contiguous_format
 
 
 class SynthesisNetwork(nn.Module):
@@ -452,7 +458,7 @@ class SynthesisNetwork(nn.Module):
                 taps: Mapping[str, Tap] | None = None,
                 weight_taps: Mapping[str, Tap] | None = None,
                 capture: Iterable[str] | None = None,
-                start: tuple | None = None, fused: bool = False,
+                start: tuple | None = None, fused: bool | None = None,
                 noise_generator: torch.Generator | None = None,
                 noise: Mapping[str, torch.Tensor] | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -471,7 +477,9 @@ class SynthesisNetwork(nn.Module):
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         call = SynthesisCall(noise_mode, taps or {}, weight_taps or {},
                              set(capture) if capture is not None else set(), fused,
-                             noise_generator, noise or {})
+                             noise_generator, noise or {},
+                             preferred_memory_format(ws.device if ws is not None
+                                                     else start[1].device))
         unknown = (set(call.taps) | set(call.weight_taps) | call.capture
                    | set(call.noise)) - set(self.layers) - {
             f"b{r}.img" for r in self.block_resolutions}
@@ -489,13 +497,54 @@ class SynthesisNetwork(nn.Module):
             if start_layer not in self.layers or start_layer.endswith("torgb"):
                 raise KeyError(f"start layer must be a conv layer, got {start_layer!r}")
             start_res = int(start_layer.split(".")[0][1:])
-        for res in self.block_resolutions:
-            if res < start_res:
-                continue  # the whole block comes before the start layer
-            block: SynthesisBlock = getattr(self, f"b{res}")
-            x, img = self._block(block, x, img, ws, call, captured,
+        blocks = [res for res in self.block_resolutions if res >= start_res]
+        n = ws.shape[0] if ws is not None else x.shape[0]
+        split = self._per_sample_from(call, n, ws if ws is not None else x)
+        for res in blocks:
+            if res >= split:
+                break
+            x, img = self._block(getattr(self, f"b{res}"), x, img, ws, call, captured,
                                  start_layer if res == start_res else None)
+        rest = [res for res in blocks if res >= split]
+        if rest:
+            # The high-resolution blocks one sample at a time: each sample's activations stay
+            # in cache and its convs take per-sample weights without a batch concatenation.
+            images, parts = [], []
+            for i in range(n):
+                one = slice(i, i + 1)
+                xi = None if x is None else x[one]
+                imgi = None if img is None else img[one]
+                wsi = None if ws is None else ws[one]
+                sub = replace(call, noise={k: (v[one] if v.shape[0] == n else v)
+                                           for k, v in call.noise.items()})
+                cap: dict[str, torch.Tensor] = {}
+                for res in rest:
+                    xi, imgi = self._block(getattr(self, f"b{res}"), xi, imgi, wsi, sub, cap,
+                                           start_layer if res == start_res else None)
+                images.append(imgi)
+                parts.append(cap)
+            img = torch.cat(images)
+            for key in parts[0]:
+                captured[key] = torch.cat([p[key] for p in parts])
+        img = img.contiguous()
         return (img, captured) if capture is not None else img
+
+    def _per_sample_from(self, call: SynthesisCall, n: int, ref: torch.Tensor) -> int:
+        """The first block resolution to render one sample at a time (past the last block
+        when none). Only on CPU, for batches, where no tap can mix samples and the noise
+        draws do not depend on the batch layout; from the block whose conv weight is smaller
+        than its activations (where ops.modulated_conv2d would scale the weight)."""
+        never = self.resolution * 2
+        if (n < 2 or ref.device.type != "cpu" or call.taps or call.fused is not None
+                or call.noise_mode == "random"):
+            return never
+        for res in self.block_resolutions:
+            if res == 4:
+                continue
+            block: SynthesisBlock = getattr(self, f"b{res}")
+            if weight_is_smaller(block.conv1.weight, res * res, res * res):
+                return res
+        return never
 
     def _layer(self, name: str, fn: Callable[[], torch.Tensor], call: SynthesisCall,
                captured: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -520,12 +569,15 @@ class SynthesisNetwork(nn.Module):
             return ws[:, self.w_index[res] + i]
 
         skip_conv0 = start_layer is not None  # start is inside this block: conv0 or conv1
+        if x is not None:
+            x = x.contiguous(memory_format=call.memory_format)
         skip_conv1 = start_layer == prefix + "conv1"
         n_conv = block.num_conv
         if block.in_channels == 0:
             if not skip_conv1:
                 n = ws.shape[0]
-                x0 = block.const.unsqueeze(0).expand(n, -1, -1, -1)
+                x0 = block.const.unsqueeze(0).expand(n, -1, -1, -1).contiguous(
+                    memory_format=call.memory_format)
                 x = self._layer(prefix + "conv1", lambda: block.conv1(
                     x0, w_at(0), call.noise_mode, call.weight_taps.get(prefix + "conv1"),
                     call.fused, noise_generator=call.noise_generator,

@@ -1,0 +1,134 @@
+"""The fast primitives of engine/ops.py against the plain formulation they replace."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import ops
+from engine.stylegan2 import layer_names, make_resample_filter
+from tests.conftest import make_tiny_generator
+from tests.golden_stylegan2 import CASES, GOLDEN, render_case
+
+CL = torch.channels_last
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_outputs_match_the_plain_generator(case):
+    """Within 1e-4 of what the generator gave before the fast path (tests/data, commit
+    8c07525)."""
+    want = np.load(GOLDEN)[case]
+    got = render_case(case)
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-4, np.abs(got - want).max()
+
+
+def plain_fir(x, f, gain, pad):
+    c = x.shape[1]
+    k = (f * gain).flip([0, 1])[None, None].repeat(c, 1, 1, 1)
+    return F.conv2d(F.pad(x, pad), k, groups=c)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_resampling_matches_upfirdn_definitions(layout):
+    torch.manual_seed(0)
+    f = make_resample_filter()
+    x = torch.randn(2, 5, 9, 9).contiguous(memory_format=layout)
+    bias = torch.randn(5)
+    want = plain_fir(x, f, 4.0, (1, 1, 1, 1)) + bias.reshape(1, -1, 1, 1)
+    assert torch.allclose(ops.fir_filter(x, f, 4.0, (1, 1, 1, 1), bias), want, atol=1e-5)
+    assert torch.allclose(ops.fir_filter(x, f, 1.0, (2, 1, 0, 3)),
+                          plain_fir(x, f, 1.0, (2, 1, 0, 3)), atol=1e-5)
+    # Upsampling: zero insertion, pad (2, 1), filter with gain 4.
+    z = torch.zeros(2, 5, 18, 18)
+    z[:, :, ::2, ::2] = x
+    assert torch.allclose(ops.upsample2x(x, f), plain_fir(z, f, 4.0, (2, 1, 2, 1)), atol=1e-5)
+    # Downsampling: filter with pad 1, keep every second pixel.
+    assert torch.allclose(ops.downsample2x(x, f),
+                          plain_fir(x, f, 1.0, (1, 1, 1, 1))[:, :, ::2, ::2], atol=1e-5)
+
+
+def test_depthwise_kernels_are_cached_and_follow_the_filter():
+    f = make_resample_filter()
+    k1 = ops.depthwise_kernel(f, 7, 4.0, torch.float32, f.device)
+    assert ops.depthwise_kernel(f, 7, 4.0, torch.float32, f.device) is k1
+    with torch.no_grad():
+        f.mul_(2)  # an in-place change bumps the version: a new kernel
+    assert torch.allclose(ops.depthwise_kernel(f, 7, 4.0, torch.float32, f.device), k1 * 2)
+
+
+@pytest.mark.parametrize("up, k", [(False, 1), (False, 3), (True, 3)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+def test_modulated_conv_paths_agree_with_the_definition(up, layout, k):
+    torch.manual_seed(1)
+    n, i, o = 3, 6, 5
+    x = torch.randn(n, i, 7, 7).contiguous(memory_format=layout)
+    weight, styles = torch.randn(o, i, k, k), torch.randn(n, i)
+    scale, bias = ops.demod_coefficients(weight, styles), torch.randn(o)
+    # Definition: per-sample weight W * s, demodulated, one conv per sample.
+    want = []
+    for s in range(n):
+        w = weight * styles[s].reshape(1, -1, 1, 1) * scale[s].reshape(-1, 1, 1, 1)
+        if up:
+            want.append(F.conv_transpose2d(x[s:s + 1], w.transpose(0, 1), stride=2))
+        else:
+            want.append(F.conv2d(x[s:s + 1], w, padding=k // 2))
+    want = torch.cat(want) + bias.reshape(1, -1, 1, 1)
+    for fused in (True, False, None):
+        y, left_scale, left_bias = ops.modulated_conv2d(x, weight, styles, scale, bias, up=up,
+                                                        fused=fused)
+        y = ops.modulated_epilogue(y, left_scale, left_bias, None, lrelu=False, clamp=None)
+        assert torch.allclose(y, want, atol=1e-4), (fused, (y - want).abs().max())
+
+
+def test_demodulation_equals_the_explicit_weight_norm():
+    torch.manual_seed(2)
+    weight, styles = torch.randn(4, 3, 3, 3), torch.randn(2, 3)
+    w = weight[None] * styles[:, None, :, None, None]
+    want = (w.square().sum(dim=[2, 3, 4]) + ops.DEMOD_EPS).rsqrt()
+    assert torch.allclose(ops.demod_coefficients(weight, styles), want, rtol=1e-5)
+
+
+def test_autograd_and_no_grad_give_the_same_bits_and_gradients_flow():
+    G = make_tiny_generator(seed=3)
+    z = torch.randn(2, G.z_dim)
+    with torch.no_grad():
+        ref, cap_ref = G(z, capture=layer_names(G.cfg))
+    out, cap = G(z, capture=layer_names(G.cfg))
+    assert torch.equal(out, ref)
+    for name in cap_ref:
+        assert torch.equal(cap[name], cap_ref[name]), name
+    out.square().mean().backward()
+    grads = {name: p.grad.clone() for name, p in G.named_parameters() if p.grad is not None}
+    assert len(grads) == sum(1 for _ in G.parameters())
+    G.zero_grad()
+    G(z, fused=False).square().mean().backward()
+    for name, p in G.named_parameters():
+        assert torch.allclose(p.grad, grads[name], rtol=1e-3, atol=1e-6), name
+
+
+def test_cached_weight_layouts_follow_in_place_updates():
+    G = make_tiny_generator(seed=4).requires_grad_(False)
+    z = torch.randn(1, G.z_dim)
+    before = G(z)
+    with torch.no_grad():
+        G.synthesis.b32.conv1.weight.mul_(-1)   # what an optimizer step or a load does
+        after = G(z)
+        G.synthesis.b32.conv1.weight.mul_(-1)
+        again = G(z)
+    assert not torch.allclose(before, after)
+    assert torch.equal(before, again)
+
+
+def test_batches_match_single_samples_and_keep_captures_in_order():
+    G = make_tiny_generator(seed=5).requires_grad_(False)
+    z = torch.randn(4, G.z_dim)
+    names = ["b8.conv1", "b16.conv0", "b32.torgb", "b16.img"]
+    with torch.no_grad():
+        img, cap = G(z, capture=names)
+        for i in range(4):
+            one, cap1 = G(z[i:i + 1], capture=names)
+            assert torch.allclose(img[i:i + 1], one, atol=1e-5)
+            for name in names:
+                assert torch.allclose(cap[name][i:i + 1], cap1[name], atol=1e-5), name
+    assert img.is_contiguous()
