@@ -1,37 +1,52 @@
-"""Generator speed: images/s at batch 1 and 8, multiply-adds per image, and how close the
-achieved arithmetic rate comes to a measured fp32 matmul peak on the same machine.
+"""Generator speed beside NVlabs' code and our plain (pre-#16) generator, on the same weights.
 
-Models: a random 256 px generator with channel_base 16384 (channel_max 512, z/w 512, 8
-mapping layers: the NVlabs 256 px config) and the tiny test model (32 px, channel_base
-1024, channel_max 32, z/w 32). Multiply-adds are counted analytically from the config for
-what engine.stylegan2 actually runs (non-fused path: input scaling, one plain conv, output
-scaling) and cross-checked with torch's FLOP counter, which sees only convs and matmuls.
+Rows, timed interleaved (every repetition runs each implementation in turn, so load from
+other processes hits all of them alike) and reported as medians:
 
-Timings take the best of `--reps` runs after a warm-up, so load from other processes
-inflates them less; they still depend on the threads torch may use (OMP_NUM_THREADS).
+- engine.stylegan2 (this tree);
+- the plain generator at `--baseline` (engine/stylegan2.py from git history, default
+  8c07525, the last commit before engine/ops.py);
+- NVlabs stylegan2-ada-pytorch `training.networks.Generator` when `--nvlabs DIR` points at
+  a checkout (on CPU its bias_act / upfirdn2d run their reference implementations).
 
-    python benchmarks/bench_generator.py [--reps 3] [--device cpu|cuda] [--skip-big]
+Each row gives ms per image at batch 1 and 8, achieved GFLOP/s (analytic multiply-adds of
+what engine.stylegan2 runs, see count_macs) and the max abs difference of its images from
+ours. A profile of our batch-1 forward splits the time into the 3x3/1x1 convs and the rest.
+
+`--cli` also times whole processes on one NVlabs pickle of those weights: `python -m engine
+generate` against generate.py's loop (legacy.load_network_pkl, one seed per forward, PNGs)
+run on the CPU, as interleaved pairs. Needs `--nvlabs`.
+
+    python benchmarks/bench_generator.py --nvlabs /tmp/stylegan2-ada-pytorch [--cli]
+        [--reps 5] [--threads 2] [--model 256|tiny] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import importlib.util
+import os
+import pickle
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from engine.stylegan2 import Generator, GeneratorConfig  # noqa: E402
 
 MODELS = {
-    "256px cb16384": dict(z_dim=512, w_dim=512, resolution=256, channel_base=16384,
-                          channel_max=512, mapping_layers=8),
-    "tiny (tests)": dict(z_dim=32, w_dim=32, resolution=32, channel_base=1024, channel_max=32,
-                         mapping_layers=2),
+    "256": dict(z_dim=512, w_dim=512, resolution=256, channel_base=16384, channel_max=512,
+                mapping_layers=8),
+    "tiny": dict(z_dim=32, w_dim=32, resolution=32, channel_base=1024, channel_max=32,
+                 mapping_layers=2),
 }
 BATCHES = (1, 8)
 FIR_TAPS = 16  # the 4x4 resampling filter
@@ -41,8 +56,9 @@ def count_macs(cfg: GeneratorConfig) -> dict[str, int]:
     """Multiply-adds per image of one forward pass (mapping + synthesis), by kind.
 
     conv:     3x3 convs; conv0 is a stride-2 transposed conv, (res/2)^2 * Cin * Cout * 9.
-    modulate: affine layers (w -> styles), demodulation coefficients (styles^2 @ sum W^2),
-              input scaling by styles and output scaling by the coefficients.
+    modulate: affine layers (w -> styles), demodulation coefficients (styles^2 @ sum W^2)
+              and scaling either the weight or the activations (the smaller, as
+              engine.ops.modulated_conv2d does).
     resample: the 4x4 FIR after each upsampling conv and on the skip image.
     torgb:    1x1 convs to RGB.
     mapping:  the FC layers (and label embedding).
@@ -66,12 +82,13 @@ def count_macs(cfg: GeneratorConfig) -> dict[str, int]:
         for in_ch, pixels_in, up in convs:
             macs["modulate"] += cfg.w_dim * in_ch            # affine
             macs["modulate"] += in_ch * out_ch               # demod coefficients
-            macs["modulate"] += in_ch * pixels_in + out_ch * res * res  # scale in, scale out
+            macs["modulate"] += min(in_ch * pixels_in + out_ch * res * res,
+                                    in_ch * out_ch * 9)
             macs["conv"] += pixels_in * in_ch * out_ch * 9
             if up:  # the 4x4 FIR that brings the transposed conv's res+1 output to res
                 macs["resample"] += res * res * out_ch * FIR_TAPS
         if cfg.architecture == "skip" or res == cfg.resolution:
-            macs["modulate"] += cfg.w_dim * out_ch + out_ch * res * res
+            macs["modulate"] += cfg.w_dim * out_ch + out_ch * img
             macs["torgb"] += res * res * out_ch * img
             if res > 4 and cfg.architecture == "skip":
                 macs["resample"] += res * res * img * FIR_TAPS // 4  # stride-2 transposed
@@ -79,88 +96,207 @@ def count_macs(cfg: GeneratorConfig) -> dict[str, int]:
     return macs
 
 
-def counted_flops(G: Generator, device: str) -> int:
-    """FLOPs of one image as torch's FlopCounterMode sees them (convs and matmuls only)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    z = torch.randn(1, G.cfg.z_dim, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        G(z)
-    return int(counter.get_total_flops())
-
-
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def best_time(fn, reps: int, device: str) -> float:
-    fn()  # warm-up: allocator, kernels, caches
-    sync(device)
-    best = math.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def load_baseline(rev: str) -> object | None:
+    """engine/stylegan2.py as it was at `rev`, imported as its own module (None if git or
+    the revision is unavailable)."""
+    try:
+        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:engine/stylegan2.py"],
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(tempfile.mkdtemp()) / f"stylegan2_{rev}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(f"stylegan2_{rev}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while defining
+    spec.loader.exec_module(module)
+    return module
+
+
+def nvlabs_generator(nvlabs: Path, cfg: GeneratorConfig) -> torch.nn.Module:
+    sys.path.insert(0, str(nvlabs))
+    from training.networks import Generator as NVGenerator  # their code, never committed
+
+    return NVGenerator(z_dim=cfg.z_dim, c_dim=cfg.c_dim, w_dim=cfg.w_dim,
+                       img_resolution=cfg.resolution, img_channels=cfg.img_channels,
+                       mapping_kwargs=dict(num_layers=cfg.mapping_layers),
+                       synthesis_kwargs=dict(channel_base=cfg.channel_base,
+                                             channel_max=cfg.channel_max, num_fp16_res=0,
+                                             conv_clamp=cfg.conv_clamp))
+
+
+def median_times(fns: dict[str, Callable[[], object]], reps: int, device: str
+                 ) -> dict[str, list[float]]:
+    """Seconds per call of each function, the functions interleaved within a repetition."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up: allocator, oneDNN primitives, caches
         fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    sync(device)
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
-def matmul_peak(device: str, n: int, reps: int) -> float:
-    """Best fp32 GFLOP/s of an n x n matmul (2 n^3 FLOPs)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    t = best_time(lambda: torch.mm(a, b), reps, device)
-    return 2 * n ** 3 / t / 1e9
+def conv_share(G: Generator, z: torch.Tensor) -> tuple[float, float]:
+    """(ms in the main convs, ms in all ops) of one profiled forward; depthwise resampling
+    filters (weights [C, 1, k, k]) count as the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        G(z)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            G(z)
+    conv = total = 0.0
+    for e in prof.key_averages(group_by_input_shape=True):
+        total += e.self_cpu_time_total
+        shapes = e.input_shapes
+        depthwise = len(shapes) > 1 and len(shapes[1]) == 4 and shapes[1][1] == 1
+        if ("conv" in e.key or e.key in ("aten::bmm", "aten::baddbmm")) and not depthwise:
+            conv += e.self_cpu_time_total
+    return conv / 1000, total / 1000
+
+
+NV_DRIVER = """
+import sys, numpy as np, torch, PIL.Image
+sys.path.insert(0, {nvlabs!r})
+import dnnlib, legacy
+with dnnlib.util.open_url({pkl!r}) as f:
+    G = legacy.load_network_pkl(f)['G_ema']
+for seed in range({n}):
+    z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim))
+    img = G(z, None, truncation_psi=1, noise_mode='const')
+    img = (img.permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    PIL.Image.fromarray(img[0].numpy(), 'RGB').save(f'{out}/seed{{seed:04d}}.png')
+"""
+
+
+def cli_pairs(nvlabs: Path, G_nv: torch.nn.Module, images: int, pairs: int, threads: int
+              ) -> None:
+    """Whole-process time: our CLI vs generate.py's loop, on one NVlabs pickle."""
+    tmp = Path(tempfile.mkdtemp())
+    pkl = tmp / "G.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"G_ema": G_nv, "G": None, "D": None, "augment_pipe": None}, f)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT),
+           "HF_HOME": str(tmp / "hf")}
+    ours = [sys.executable, "-m", "engine", "generate", "--model", str(pkl), "--device", "cpu",
+            "--seeds", f"0-{images - 1}", "--out", str(tmp / "ours")]
+    theirs = [sys.executable, "-c", NV_DRIVER.format(nvlabs=str(nvlabs), pkl=str(pkl),
+                                                     n=images, out=str(tmp / "nv"))]
+    (tmp / "nv").mkdir()
+    cmds = {"python -m engine generate": ours, "NVlabs generate.py loop": theirs}
+    for cmd in cmds.values():  # warm-up: our first load converts the pickle once
+        subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(pairs):
+        for name, cmd in cmds.items():
+            t0 = time.perf_counter()
+            subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - t0)
+    print(f"\nwhole process, {images} images at 256 px, {pairs} interleaved pairs "
+          f"(OMP_NUM_THREADS={threads}):")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for name, t in med.items():
+        print(f"  {name:<28} median {t:6.2f} s  (runs: "
+              f"{', '.join(f'{x:.2f}' for x in times[name])})")
+    ratio = med["python -m engine generate"] / med["NVlabs generate.py loop"]
+    print(f"  ours / NVlabs: {ratio:.2f}x")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--skip-big", action="store_true", help="only the tiny model")
-    ap.add_argument("--matmul-n", type=int, default=1024)
+    ap.add_argument("--model", choices=sorted(MODELS), default="256")
+    ap.add_argument("--nvlabs", type=Path, default=None,
+                    help="a stylegan2-ada-pytorch checkout to time beside ours")
+    ap.add_argument("--baseline", default="8c07525",
+                    help="git revision of the plain generator ('' to skip)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--cli", action="store_true", help="also time whole CLI processes")
+    ap.add_argument("--cli-pairs", type=int, default=3)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = args.device
-    torch.manual_seed(0)
     name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else "CPU"
     print(f"device {dev} ({name}), torch {torch.__version__}, threads "
-          f"{torch.get_num_threads()}")
-    peak = matmul_peak(dev, args.matmul_n, max(args.reps, 5))
-    print(f"fp32 matmul peak ({args.matmul_n}^3): {peak:.1f} GFLOP/s\n")
-    header = (f"{'model':<15} {'batch':>5} {'img/s':>9} {'ms/img':>9} {'GMAC/img':>9} "
-              f"{'GFLOP/s':>8} {'of peak':>8}")
+          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(**MODELS[args.model])
+    G = Generator(cfg).eval().requires_grad_(False)
+    with torch.no_grad():  # noise and biases non-zero, so every input path counts
+        for pname, p in G.named_parameters():
+            if pname.endswith("noise_strength"):
+                p.fill_(0.1)
+            elif pname.endswith(".bias") and "synthesis" in pname and "affine" not in pname:
+                p.normal_(0, 0.1)
+    sd = G.state_dict()
+    impls: dict[str, torch.nn.Module] = {"ours": G.to(dev)}
+    if args.baseline:
+        old = load_baseline(args.baseline)
+        if old is None:
+            print(f"(baseline {args.baseline} unavailable: no git history here)")
+        else:
+            G_old = old.Generator(old.GeneratorConfig(**cfg.to_dict())).eval()
+            G_old.load_state_dict(sd)
+            impls[f"plain @{args.baseline}"] = G_old.requires_grad_(False).to(dev)
+    G_nv = None
+    if args.nvlabs:
+        G_nv = nvlabs_generator(args.nvlabs, cfg).eval().requires_grad_(False)
+        missing, unexpected = G_nv.load_state_dict(sd, strict=False)
+        assert not unexpected and all(k.endswith("resample_filter") for k in missing)
+        impls["NVlabs"] = G_nv.to(dev)
+
+    def runner(G_: torch.nn.Module, z: torch.Tensor) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            with torch.no_grad():
+                return G_(z, None, noise_mode="const") if G_ is G_nv else G_(z)
+        return run
+
+    macs = count_macs(cfg)
+    shares = ", ".join(f"{k} {v / macs['total']:.1%}" for k, v in macs.items() if k != "total")
+    print(f"model {args.model}: {macs['total'] / 1e9:.2f} GMAC per image ({shares}); "
+          f"{args.reps} interleaved repetitions, medians\n")
+    rows: dict[tuple[str, int], float] = {}
+    diffs: dict[str, float] = {}
+    for batch in BATCHES:
+        z = torch.randn(batch, cfg.z_dim, device=dev)
+        fns = {k: runner(m, z) for k, m in impls.items()}
+        ref = fns["ours"]()
+        for k, fn in fns.items():
+            diffs[k] = max(diffs.get(k, 0.0), (fn() - ref).abs().max().item())
+        times = median_times(fns, args.reps, dev)
+        for k, v in times.items():
+            rows[(k, batch)] = statistics.median(v) / batch
+    header = (f"{'implementation':<18} {'b1 ms/img':>10} {'b8 ms/img':>10} {'b1 GFLOP/s':>11} "
+              f"{'vs ours b1':>10} {'max |diff|':>11}")
     print(header)
     print("-" * len(header))
-    notes = []
-    for label, kw in MODELS.items():
-        if args.skip_big and "256" in label:
-            continue
-        cfg = GeneratorConfig(**kw)
-        G = Generator(cfg).eval().requires_grad_(False).to(dev)
-        macs = count_macs(cfg)
-        flops_counter = counted_flops(G, dev)
-        share = ", ".join(f"{k} {v / macs['total']:.1%}" for k, v in macs.items()
-                          if k != "total")
-        notes.append(f"{label}: {macs['total'] / 1e9:.3f} GMAC/img analytic ({share}); "
-                     f"torch FlopCounterMode (convs incl. FIR, matmuls): "
-                     f"{flops_counter / 2e9:.3f} GMAC")
-        for batch in BATCHES:
-            z = torch.randn(batch, cfg.z_dim, device=dev)
-
-            def run(z=z, G=G):
-                with torch.no_grad():
-                    G(z)
-
-            reps = args.reps if "tiny" not in label else args.reps * 5
-            t = best_time(run, reps, dev)
-            ips = batch / t
-            gflops = 2 * macs["total"] * ips / 1e9
-            print(f"{label:<15} {batch:>5} {ips:>9.2f} {1000 / ips:>9.1f} "
-                  f"{macs['total'] / 1e9:>9.3f} {gflops:>8.1f} {gflops / peak:>8.1%}")
-    print()
-    for n in notes:
-        print(n)
+    for k in impls:
+        t1, t8 = rows[(k, 1)], rows[(k, 8)]
+        print(f"{k:<18} {1000 * t1:>10.1f} {1000 * t8:>10.1f} "
+              f"{2 * macs['total'] / t1 / 1e9:>11.1f} {t1 / rows[('ours', 1)]:>9.2f}x "
+              f"{diffs[k]:>11.2e}")
+    if dev == "cpu":
+        conv, total = conv_share(G, torch.randn(1, cfg.z_dim))
+        print(f"\nour batch-1 forward, profiled: {total:.0f} ms of which main convs "
+              f"{conv:.0f} ms; total / convs = {total / max(conv, 1e-9):.2f}")
+    if args.cli:
+        if G_nv is None or args.model != "256":
+            print("--cli needs --nvlabs and the 256 model")
+        else:
+            cli_pairs(args.nvlabs, G_nv.cpu(), 8, args.cli_pairs,
+                      args.threads or torch.get_num_threads())
 
 
 if __name__ == "__main__":

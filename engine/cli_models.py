@@ -47,7 +47,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                    help="class index for a conditional model")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--grid", action="store_true", help="also write grid.png")
-    p.add_argument("--batch", type=int, default=8, help="images per forward pass")
+    p.add_argument("--batch", type=int, default=None,
+                   help="images per forward pass (default: measured on the first images; "
+                        "1 with --noise-mode random, so each seed's noise is its own)")
     p.set_defaults(func=cmd_generate)
 
 
@@ -196,10 +198,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from PIL import Image
     from tqdm.auto import tqdm
 
+    from engine.batching import BatchSizer, chunks
     from engine.latents import class_label, image_grid, seed_to_z, to_uint8
 
     seeds = parse_seeds(args.seeds)
-    if args.batch < 1:
+    if args.batch is not None and args.batch < 1:
         raise StudioError("--batch must be at least 1.")
     model = load_model(args.model, args.device)
     G = model.G
@@ -208,20 +211,26 @@ def cmd_generate(args: argparse.Namespace) -> None:
     device = next(G.parameters()).device
     c = class_label(G, args.class_index)
     images: list[np.ndarray] = []
-    with torch.no_grad(), tqdm(total=len(seeds), desc="generate", unit="img") as bar:
-        for i in range(0, len(seeds), args.batch):
-            chunk = seeds[i:i + args.batch]
-            z = torch.cat([seed_to_z(s, G.cfg.z_dim) for s in chunk]).to(device)
-            cc = None if c is None else c.expand(len(chunk), -1)
-            gen = None
-            if args.noise_mode == "random":
-                gen = torch.Generator(device=device).manual_seed(chunk[0])
-            ws = G.mapping(z, cc, psi=args.psi, cutoff=args.cutoff)
-            img = G.synthesis(ws, noise_mode=args.noise_mode, noise_generator=gen)
-            for seed, arr in zip(chunk, to_uint8(img)):
-                Image.fromarray(arr).save(out / f"seed{seed:04d}.png")
-                images.append(arr)
-            bar.update(len(chunk))
+    fixed = args.batch if args.batch is not None else (
+        1 if args.noise_mode == "random" else None)
+    sizer = BatchSizer(largest=16, fixed=fixed)
+
+    def render(start: int, stop: int) -> None:
+        chunk = seeds[start:stop]
+        z = torch.cat([seed_to_z(s, G.cfg.z_dim) for s in chunk]).to(device)
+        cc = None if c is None else c.expand(len(chunk), -1)
+        gen = None
+        if args.noise_mode == "random":
+            gen = torch.Generator(device=device).manual_seed(chunk[0])
+        ws = G.mapping(z, cc, psi=args.psi, cutoff=args.cutoff)
+        img = G.synthesis(ws, noise_mode=args.noise_mode, noise_generator=gen)
+        for seed, arr in zip(chunk, to_uint8(img)):   # to_uint8 waits for the device
+            Image.fromarray(arr).save(out / f"seed{seed:04d}.png")
+            images.append(arr)
+        bar.update(len(chunk))
+
+    with torch.inference_mode(), tqdm(total=len(seeds), desc="generate", unit="img") as bar:
+        chunks(len(seeds), sizer, render)
     print(f"wrote {len(seeds)} image(s) to {out}")
     if args.grid:
         cols = math.ceil(math.sqrt(len(images)))

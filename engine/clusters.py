@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.batching import BatchSizer, chunks
 from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_write, atomic_write_text
 
@@ -35,7 +36,9 @@ Progress = Callable[..., Any]                              # progress(fraction, 
 POOL_SIZE = 8            # spatial patterns are average-pooled to at most this many pixels a side
 PCA_DIMS = 64            # descriptors are PCA-reduced to at most this many dimensions
 KMEANS_N_INIT = 4        # KMeans restarts; more buys little on a few hundred channels
-RENDER_BATCH = 16        # latents rendered per forward pass
+RENDER_BATCH = 16        # latents mapped per forward pass
+RENDER_BATCH_MAX = 32    # the largest render batch the measured choice may try ...
+RENDER_MEMORY = 1 << 28  # ... and the activation bytes (x12 for a pass's temporaries) it may use
 MEMORY_CACHE_SIZE = 64   # results kept in memory (LRU)
 CACHE_VERSION = 2        # bump when the descriptor changes so old cache files are ignored
 METHODS = ("spatial", "spatial-raw")  # built-in descriptors: with / without PCA
@@ -192,32 +195,44 @@ def sample_ws(G: torch.nn.Module, samples: int, seed: int, psi: float) -> torch.
 def capture_layer(G: torch.nn.Module, ws: torch.Tensor, layer: str,
                   reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                   progress: Progress | None = None, cancel: Any = None,
-                  batch: int = RENDER_BATCH) -> torch.Tensor:
+                  batch: int | None = None) -> torch.Tensor:
     """Activations of `layer` for ws, batch by batch; the pass stops at that layer.
 
     `reduce` maps each batch's [n, C, H, W] to something smaller before batches are joined
-    (pooling), so a large N never holds the full-resolution activations at once.
+    (pooling), so a large N never holds the full-resolution activations at once. `batch`
+    None picks the batch size by timing the first batches (engine.batching), up to what
+    RENDER_MEMORY allows for this layer.
     """
     out = []
     n = ws.shape[0]
     holder: dict[str, torch.Tensor] = {}
+    try:
+        c, h, w = G.layer_shapes()[layer]
+        largest = max(1, min(RENDER_BATCH_MAX, RENDER_MEMORY // (12 * c * h * w)))
+    except (AttributeError, KeyError):  # a generator without a shape table
+        largest = RENDER_BATCH
+    sizer = BatchSizer(largest=largest, fixed=batch)
 
     def grab(y: torch.Tensor) -> torch.Tensor:
         holder["y"] = y
         raise _StopForward  # nothing after this layer is needed
 
+    def render(start: int, stop: int) -> None:
+        if cancel_requested(cancel):
+            raise ClusteringCancelled("clustering was cancelled.")
+        try:
+            G.synthesis(ws[start:stop], noise_mode="const", taps={layer: grab})
+        except _StopForward:
+            pass
+        y = holder.pop("y").float()
+        out.append(reduce(y) if reduce is not None else y)
+        if out[-1].is_cuda:
+            torch.cuda.synchronize()  # so the batch sizer times the work, not its launch
+        if progress is not None:
+            progress(0.8 * stop / n, f"rendering {stop}/{n}")
+
     with torch.no_grad():
-        for i in range(0, n, batch):
-            if cancel_requested(cancel):
-                raise ClusteringCancelled("clustering was cancelled.")
-            try:
-                G.synthesis(ws[i:i + batch], noise_mode="const", taps={layer: grab})
-            except _StopForward:
-                pass
-            y = holder.pop("y").float()
-            out.append(reduce(y) if reduce is not None else y)
-            if progress is not None:
-                progress(0.8 * min(i + batch, n) / n, f"rendering {min(i + batch, n)}/{n}")
+        chunks(n, sizer, render)
     return torch.cat(out)
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,14 @@ _KERNEL_CACHE_SIZE = 256
 
 # ----------------------------------------------------------------------------------------
 # Cached depthwise kernels.
+
+
+@contextmanager
+def _plain_tensors() -> Iterator[None]:
+    """Cached tensors must be ordinary ones: a tensor made under torch.inference_mode could
+    not later be saved for backward (a projector fitting ws through a frozen model)."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 class _KernelCache:
@@ -55,8 +64,10 @@ class _KernelCache:
                 self.entries.move_to_end(key)
                 return hit[1]
         # A true convolution (NVlabs upfirdn2d flips the filter); F.conv2d correlates.
-        k = (f.detach().to(device=device, dtype=torch.float32).flip([0, 1]) * gain).to(dtype)
-        k = k[None, None].repeat(channels, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+        with _plain_tensors():
+            k = (f.detach().to(device=device, dtype=torch.float32).flip([0, 1]) * gain).to(dtype)
+            k = k[None, None].repeat(channels, 1, 1, 1).contiguous(
+                memory_format=torch.channels_last)
         with self.lock:
             self.entries[key] = (f, k)
             while len(self.entries) > self.size:
@@ -133,7 +144,8 @@ class DerivedTensors:
         hit = self._entries.get(tag)
         if hit is not None and hit[0] == key:
             return hit[1]
-        value = derive(source)
+        with _plain_tensors():
+            value = derive(source)
         self._entries[tag] = (key, value)
         return value
 

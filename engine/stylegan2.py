@@ -42,6 +42,9 @@ DEMOD_EPS = 1e-8
 RESAMPLE_KERNEL = (1.0, 3.0, 3.0, 1.0)
 NOISE_MODES = ("const", "random", "none")
 ARCHITECTURES = ("skip", "orig", "resnet")
+# CPU batches render a block one sample at a time once a sample's activation has this many
+# elements (1 MiB in fp32): smaller ones fit in cache anyway and would only add Python calls.
+PER_SAMPLE_MIN_ELEMENTS = 1 << 18
 
 Tap = Callable[[torch.Tensor], torch.Tensor]
 
@@ -532,8 +535,9 @@ class SynthesisNetwork(nn.Module):
     def _per_sample_from(self, call: SynthesisCall, n: int, ref: torch.Tensor) -> int:
         """The first block resolution to render one sample at a time (past the last block
         when none). Only on CPU, for batches, where no tap can mix samples and the noise
-        draws do not depend on the batch layout; from the block whose conv weight is smaller
-        than its activations (where ops.modulated_conv2d would scale the weight)."""
+        draws do not depend on the batch layout; from the first block whose conv weight is
+        smaller than its activations (where ops.modulated_conv2d would scale the weight) and
+        whose activations outgrow the cache (PER_SAMPLE_MIN_ELEMENTS)."""
         never = self.resolution * 2
         if (n < 2 or ref.device.type != "cpu" or call.taps or call.fused is not None
                 or call.noise_mode == "random"):
@@ -542,7 +546,8 @@ class SynthesisNetwork(nn.Module):
             if res == 4:
                 continue
             block: SynthesisBlock = getattr(self, f"b{res}")
-            if weight_is_smaller(block.conv1.weight, res * res, res * res):
+            big = block.conv1.weight.shape[0] * res * res >= PER_SAMPLE_MIN_ELEMENTS
+            if big and weight_is_smaller(block.conv1.weight, res * res, res * res):
                 return res
         return never
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import ops
+from engine import ops, stylegan2
 from engine.stylegan2 import layer_names, make_resample_filter
 from tests.conftest import make_tiny_generator
 from tests.golden_stylegan2 import CASES, GOLDEN, render_case
@@ -120,7 +120,9 @@ def test_cached_weight_layouts_follow_in_place_updates():
     assert torch.equal(before, again)
 
 
-def test_batches_match_single_samples_and_keep_captures_in_order():
+@pytest.mark.parametrize("split_elements", [1, 1 << 30])
+def test_batches_match_single_samples_and_keep_captures_in_order(monkeypatch, split_elements):
+    monkeypatch.setattr(stylegan2, "PER_SAMPLE_MIN_ELEMENTS", split_elements)
     G = make_tiny_generator(seed=5).requires_grad_(False)
     z = torch.randn(4, G.z_dim)
     names = ["b8.conv1", "b16.conv0", "b32.torgb", "b16.img"]
@@ -132,3 +134,13 @@ def test_batches_match_single_samples_and_keep_captures_in_order():
             for name in names:
                 assert torch.allclose(cap[name][i:i + 1], cap1[name], atol=1e-5), name
     assert img.is_contiguous()
+
+
+def test_caches_filled_in_inference_mode_serve_autograd_later():
+    G = make_tiny_generator(seed=6).requires_grad_(False)
+    ws = G.mapping(torch.randn(1, G.z_dim)).detach()
+    with torch.inference_mode():
+        G.synthesis(ws)
+    ws.requires_grad_(True)   # the projector: a frozen model, gradients to ws
+    G.synthesis(ws).square().mean().backward()
+    assert ws.grad is not None and ws.grad.abs().sum() > 0

@@ -1,0 +1,83 @@
+"""Batch sizes chosen by measurement, on the job's own work.
+
+Whether a bigger batch renders faster per image depends on the device, the model and the
+layer a pass stops at (on a CPU, high-resolution layers gain nothing from batching while
+low-resolution ones do). Rather than guess, a job renders its first chunks at growing sizes
+(1, 2, 4, ...), times each, and keeps the size with the best time per image; no render is
+spent on measuring alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+IMPROVEMENT = 0.97  # a larger batch must be at least 3 % faster per image to be tried further
+
+
+class BatchSizer:
+    """Proposes the next chunk size and learns from the time each chunk took.
+
+    The first chunk (one item) warms caches and is not compared; then sizes double while
+    the time per item keeps falling, up to `largest`, and the best size is kept.
+    `fixed` turns the measurement off (a user's explicit --batch).
+    """
+
+    def __init__(self, largest: int = 16, fixed: int | None = None):
+        if largest < 1 or (fixed is not None and fixed < 1):
+            raise ValueError("batch sizes must be at least 1")
+        self.largest = largest
+        self.fixed = fixed
+        self.per_item: dict[int, float] = {}   # size -> best seconds per item seen
+        self._warm = fixed is not None
+        self._probe = 1
+        self._settled: int | None = fixed
+
+    @property
+    def best(self) -> int:
+        """The size with the lowest time per item so far (1 before any measurement)."""
+        if self._settled is not None:
+            return self._settled
+        if not self.per_item:
+            return 1
+        return min(self.per_item, key=self.per_item.__getitem__)
+
+    def next(self, remaining: int) -> int:
+        """The size of the next chunk, at most `remaining`."""
+        size = 1 if not self._warm else (self._settled or self._probe)
+        return max(1, min(size, remaining))
+
+    def record(self, size: int, seconds: float) -> None:
+        """The wall time the chunk of `size` items took."""
+        if not self._warm:
+            self._warm = True   # compile / allocator / cache warm-up: not representative
+            return
+        if self._settled is not None or size != self._probe:
+            return  # a short last chunk, or measurement is over
+        per = seconds / size
+        previous = self.per_item.get(self._probe // 2) if self._probe > 1 else None
+        self.per_item[size] = min(per, self.per_item.get(size, per))
+        if previous is not None and per > previous * IMPROVEMENT:
+            self._settled = self.best   # doubling stopped paying
+        elif self._probe * 2 > self.largest:
+            self._settled = self.best
+        else:
+            self._probe *= 2
+
+    @contextmanager
+    def timing(self, size: int) -> Iterator[None]:
+        """`with sizer.timing(n): render(n items)` records the chunk's time."""
+        t0 = time.perf_counter()
+        yield
+        self.record(size, time.perf_counter() - t0)
+
+
+def chunks(total: int, sizer: BatchSizer, run: Callable[[int, int], None]) -> None:
+    """Call run(start, stop) over [0, total) in chunks the sizer picks, timing each."""
+    start = 0
+    while start < total:
+        size = sizer.next(total - start)
+        with sizer.timing(size):
+            run(start, start + size)
+        start += size
