@@ -1056,10 +1056,126 @@ def _check_zip_crcs(path: Path) -> None:
                               f"not match its data); download it again.") from exc
 
 
+# The dtypes of the storage classes torch.save names in its persistent ids.
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+    "ByteStorage": torch.uint8, "CharStorage": torch.int8, "ShortStorage": torch.int16,
+    "IntStorage": torch.int32, "LongStorage": torch.int64, "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128,
+    "UntypedStorage": torch.uint8,
+}
+
+
+class _StorageType:
+    """A storage class named in a persistent id: its dtype, and nothing callable."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+
+class _Inert:
+    """Stand-in for a global the dry run does not know: it builds nothing and runs nothing
+    (torch.load's own allow-list judges the name afterwards); container arguments passed to
+    it are charged, as a real constructor could copy them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        for arg in (*args, kwargs):
+            if isinstance(arg, list | tuple | dict | set | frozenset):
+                _charge_container(arg)
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+    def add(self, value: Any) -> None:
+        pass
+
+
+class _ScanUnpickler(RestrictedUnpickler):
+    """A dry run of a torch.save pickle before torch.load reads it.
+
+    torch.load's weights_only unpickler allows containers such as OrderedDict(d), so one
+    stored dict copied a thousand times would cost gigabytes there. Here the same pickle runs
+    against the read's budget with every storage a meta-device placeholder: copies are
+    charged, each storage's declared size is checked against the data the file has for it,
+    and nothing real is allocated."""
+
+    def __init__(self, f: Any, records: Mapping[str, int] | None):
+        super().__init__(f)
+        self.records = records        # zip: record key -> bytes; legacy: None
+        self.storages: dict[str, Any] = {}
+        self.declared = 0             # bytes of all distinct storages
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        try:
+            return super().find_class(module, name)
+        except UnsafePickleError:
+            return type(name, (_Inert,), {})
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)
+                and isinstance(pid[4], int) and pid[4] >= 0):
+            raise CheckpointError("A tensor reference in this torch file is malformed, so it "
+                                  "cannot be read.")
+        kind, key, numel = pid[1], pid[2], pid[4]
+        if key not in self.storages:
+            nbytes = numel * torch.empty((), dtype=kind.dtype).element_size()
+            if self.records is not None and self.records.get(key, -1) < nbytes:
+                raise CheckpointError("A tensor in this torch file declares more data than "
+                                      "its record holds, so it is forged or corrupt and was "
+                                      "not loaded.")
+            self.declared += nbytes
+            self.storages[key] = torch.storage.TypedStorage(
+                numel, dtype=kind.dtype, device="meta", _internal=True)
+        return self.storages[key]
+
+
+def _scan_torch_file(path: Path) -> None:
+    """Run `_ScanUnpickler` over a torch.save file's pickles before torch.load does."""
+    size = path.stat().st_size
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if len(names) != 1:
+                raise CheckpointError(f"{path.name} is a zip file but not a torch.save file "
+                                      f"(it has no single data.pkl).")
+            prefix = names[0][: -len("data.pkl")]
+            records = {info.filename[len(prefix) + len("data/"):]: info.file_size
+                       for info in zf.infolist()
+                       if info.filename.startswith(prefix + "data/")}
+            with zf.open(names[0]) as f:
+                _ScanUnpickler(io.BytesIO(f.read()), records).load()
+        return
+    with open_regular(path) as f:  # legacy: magic, protocol, system info, then the objects
+        for _ in range(3):
+            _ScanUnpickler(f, None).load()
+        scan = _ScanUnpickler(f, None)
+        scan.load()
+    if scan.declared > size:
+        raise CheckpointError(f"{path.name} declares {_mib(scan.declared)} of tensor data but "
+                              f"holds only {_mib(size)}, so it is forged or corrupt and was not "
+                              f"loaded.")
+
+
 def _torch_load(path: Path) -> Any:
-    """torch.load with weights_only; argparse.Namespace (rosinality's `args`) is allowed too."""
+    """torch.load with weights_only; argparse.Namespace (rosinality's `args`) is allowed too.
+    The file's records and pickle are checked first (`_check_zip_crcs`, `_scan_torch_file`),
+    so what torch.load then builds is bounded by the file."""
     if zipfile.is_zipfile(path):
         _check_zip_crcs(path)
+    _scan_torch_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -287,3 +287,16 @@ def container_copies_bomb(path: Path, entries: int = 200_000, copies: int = 60) 
     body += call * copies + APPENDS
     path.write_bytes(body + STOP)
     return path
+
+
+def torch_zip_copies_bomb(path: Path) -> Path:
+    """container_copies_bomb as the data.pkl of a torch.save zip: torch.load's own
+    weights_only unpickler allows OrderedDict(d), so the copies would be made there."""
+    pickled = container_copies_bomb(path.with_suffix(".tmp")).read_bytes()
+    path.with_suffix(".tmp").unlink()
+    template = io.BytesIO()
+    torch.save({}, template)
+    with zipfile.ZipFile(template) as src, zipfile.ZipFile(path, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, pickled if info.filename.endswith("data.pkl") else src.read(info))
+    return path

@@ -24,6 +24,7 @@ CHECKPOINT_BOMBS = {
     "deflated 512 MiB zip record": (H.deflated_zip_bomb, "compressed record"),
     "64 names viewing one 8 MiB storage": (H.shared_storage_bomb, "declare 512.0 MiB"),
     "one 200k-entry dict copied 60 times": (H.container_copies_bomb, "being read"),
+    "the same inside a torch zip": (H.torch_zip_copies_bomb, "being read"),
 }
 
 

@@ -76,6 +76,8 @@ def test_hostile_uploads_and_paths_cost_nothing_and_the_server_renders_after(ser
         "numpy _reconstruct": (H.numpy_reconstruct_bomb(bombs / "a.pkl"), "numpy's own"),
         "codecs copies": (H.memo_copies_bomb(bombs / "b.pkl"), "being read"),
         "container copies": (H.container_copies_bomb(bombs / "c.pkl"), "being read"),
+        "container copies in a torch zip": (H.torch_zip_copies_bomb(bombs / "f.pt"),
+                                            "being read"),
         "deflated zip": (H.deflated_zip_bomb(bombs / "d.pt"), "compressed record"),
         "shared storage": (H.shared_storage_bomb(bombs / "e.pt"), "declare"),
     }
