@@ -394,6 +394,9 @@ def load_encoder(path: str | os.PathLike, expected_model_sha256: str | None = No
         raise StudioError(f"{sidecar} is not an encoder sidecar: it does not describe the "
                           f"encoder's architecture") from exc
     config.check_size(weights.stat().st_size)
+    from engine.checkpoints import check_safetensors_header
+
+    check_safetensors_header(weights)
     if expected_model_sha256 is not None and not _model_matches(meta, expected_model_sha256):
         raise _other_model(meta, expected_model_sha256)
     encoder = ActivationEncoder(config)

@@ -300,3 +300,13 @@ def torch_zip_copies_bomb(path: Path) -> Path:
         for info in src.infolist():
             dst.writestr(info, pickled if info.filename.endswith("data.pkl") else src.read(info))
     return path
+
+
+def many_tensors_safetensors(path: Path, count: int = 1_000_000) -> Path:
+    """A safetensors file listing `count` empty tensors: a ~60 MB header of names."""
+    header = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
+              for i in range(count)}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    return path

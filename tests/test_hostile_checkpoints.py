@@ -25,6 +25,7 @@ CHECKPOINT_BOMBS = {
     "64 names viewing one 8 MiB storage": (H.shared_storage_bomb, "declare 512.0 MiB"),
     "one 200k-entry dict copied 60 times": (H.container_copies_bomb, "being read"),
     "the same inside a torch zip": (H.torch_zip_copies_bomb, "being read"),
+    "a safetensors header of a million names": (H.many_tensors_safetensors, "tensor names"),
 }
 
 
