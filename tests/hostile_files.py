@@ -193,7 +193,7 @@ class TensorView:
                 (self.storage, 0, self.size, stride, False, OrderedDict()))
 
 
-def deflated_zip_bomb(path: Path, declared: int = 512 * MIB) -> Path:
+def deflated_zip_bomb(path: Path, declared: int = 256 * MIB) -> Path:
     """A rosinality-looking torch zip whose one tensor record is `declared` zero bytes,
     deflated to about declared/1000."""
     storage = StorageRef("0", torch.ByteStorage, declared)
@@ -304,9 +304,8 @@ def torch_zip_copies_bomb(path: Path) -> Path:
 
 def many_tensors_safetensors(path: Path, count: int = 1_000_000) -> Path:
     """A safetensors file listing `count` empty tensors: a ~60 MB header of names."""
-    header = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
-              for i in range(count)}
-    raw = json.dumps(header, separators=(",", ":")).encode()
+    entry = '"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}'
+    raw = ("{" + ",".join(entry % i for i in range(count)) + "}").encode()
     raw += b" " * (-len(raw) % 8)
     path.write_bytes(struct.pack("<Q", len(raw)) + raw)
     return path

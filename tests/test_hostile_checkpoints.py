@@ -21,7 +21,7 @@ CHECKPOINT_BOMBS = {
     "one string encoded 96 times": (H.memo_copies_bomb, "being read"),
     "one buffer made into 96 arrays": (H.frombuffer_copies_bomb, "being read"),
     "nested torch stream declaring 2 GiB": (H.legacy_storage_bomb, "storage"),
-    "deflated 512 MiB zip record": (H.deflated_zip_bomb, "compressed record"),
+    "deflated 256 MiB zip record": (H.deflated_zip_bomb, "compressed record"),
     "64 names viewing one 8 MiB storage": (H.shared_storage_bomb, "declare 512.0 MiB"),
     "one 200k-entry dict copied 60 times": (H.container_copies_bomb, "being read"),
     "the same inside a torch zip": (H.torch_zip_copies_bomb, "being read"),
