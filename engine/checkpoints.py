@@ -515,20 +515,19 @@ def _tensor(x: Any, name: str) -> torch.Tensor:
     return x.detach().to("cpu", torch.float32).contiguous()
 
 
-def _raw_tensors(entries: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+def _raw_tensors(entries: Mapping[Any, Any]) -> dict[str, Any]:
     """Name -> tensor or ndarray as stored (no copy, no conversion), once their declared
     bytes are known to fit in the file: many names may view one stored block of data, and
     converting each would copy it again."""
     out: dict[str, Any] = {}
     for key, value in entries.items():
-        name = prefix + str(key)
+        name = str(key)
         if not isinstance(value, torch.Tensor | np.ndarray):
             raise CheckpointError(f"The checkpoint entry {name} is a {type(value).__name__}, "
                                   f"not a tensor.")
         out[name] = value
     _declare(out.values())
     return out
-
 
 
 def _block_resolutions(sd: Mapping[str, Any], prefix: str = "synthesis.b") -> list[int]:
