@@ -1,9 +1,12 @@
-"""Read every StyleGAN2 checkpoint format into NVlabs-named tensors; write our own format.
+"""Read every StyleGAN2 checkpoint format, and NVlabs StyleGAN3 pickles, into NVlabs-named
+tensors; write our own format.
 
 Formats, detected by content (never by file name):
 
-- NVlabs pickles (stylegan2-ada-pytorch, the stylegan3 repo's StyleGAN2): a plain pickle of
-  `{'G', 'D', 'G_ema', ...}` whose networks pickle through `torch_utils.persistence`.
+- NVlabs pickles (stylegan2-ada-pytorch, the stylegan3 repo's StyleGAN2 and StyleGAN3): a
+  plain pickle of `{'G', 'D', 'G_ema', ...}` whose networks pickle through
+  `torch_utils.persistence`. A StyleGAN3 generator's config comes from its init kwargs and
+  is checked against every layer's stored name and sampling attributes.
 - TensorFlow StyleGAN2 pickles: a tuple `(G, D, Gs)` of `dnnlib.tflib.network.Network`.
 - rosinality `.pt` files: a `torch.save` zip (or legacy stream) with `g_ema`, `latent_avg`.
 - Ours: a safetensors file plus a JSON sidecar (config, source, sha256). Every other format
@@ -42,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine import networks
 from engine.errors import CheckpointError, StudioError, UnsafePickleError
 from engine.files import (
     atomic_write_text,
@@ -50,7 +54,8 @@ from engine.files import (
     regular_file_size,
     temp_path_beside,
 )
-from engine.stylegan2 import Discriminator, Generator, GeneratorConfig, make_resample_filter
+from engine.stylegan2 import Discriminator, GeneratorConfig, make_resample_filter
+from engine.stylegan3 import StyleGAN3Config, layer_specs
 
 FORMAT_VERSION = 1
 STUDIO_FORMAT = "activation-studio"
@@ -66,7 +71,7 @@ W_AVG_SAMPLES = 4096  # z samples to estimate w_avg when a checkpoint lacks it
 @dataclass
 class LoadedCheckpoint:
     """A generator (and optionally discriminator) as NVlabs-named tensors plus its config."""
-    config: GeneratorConfig                 # generator architecture
+    config: GeneratorConfig | StyleGAN3Config  # generator architecture
     state_dict: dict[str, torch.Tensor]     # NVlabs G_ema names, float32 CPU tensors
     source_format: str                      # 'nvlabs-pickle', 'tf-pickle', 'rosinality', ...
     d_state: dict[str, torch.Tensor] | None = None  # NVlabs D names, when asked for
@@ -540,8 +545,8 @@ def _is_stylegan3(keys: Any) -> bool:
                for k in keys)
 
 
-STYLEGAN3_MESSAGE = ("This is a StyleGAN3 (alias-free) model; the studio works with StyleGAN2 "
-                     "models only, so pick a StyleGAN2 checkpoint.")
+STYLEGAN3_MESSAGE = ("This StyleGAN3 (alias-free) file holds bare tensors without the config "
+                     "needed to rebuild its layers; load the NVlabs pickle it came from.")
 
 
 def _solve_channels(channels: Mapping[int, int], preferred: list[tuple[int, int]]
@@ -661,7 +666,8 @@ def _infer_d_config(d_sd: Mapping[str, torch.Tensor], g_cfg: GeneratorConfig,
                               "conv_clamp": conv_clamp, "embed_features": None})
 
 
-def _expected_shapes(cfg: GeneratorConfig, module_fn: Callable[[], torch.nn.Module],
+def _expected_shapes(cfg: GeneratorConfig | StyleGAN3Config,
+                     module_fn: Callable[[], torch.nn.Module],
                      available: int | None = None) -> dict[str, tuple[int, ...]]:
     """State-dict shapes of a module built from `cfg` on the CPU.
 
@@ -671,10 +677,7 @@ def _expected_shapes(cfg: GeneratorConfig, module_fn: Callable[[], torch.nn.Modu
     far larger than its tensors cannot load, so it is refused before it is built).
     """
     approx = cfg.approx_parameters()
-    if approx > MAX_GENERATOR_PARAMETERS:
-        raise CheckpointError(f"This checkpoint's config describes a generator of about "
-                              f"{approx / 1e6:.0f} M parameters, more than "
-                              f"the studio's limit of {MAX_GENERATOR_PARAMETERS / 1e6:.0f} M.")
+    _check_budget(cfg)
     # approx_parameters overestimates by at most ~15 %; buffers add to the tensors' side.
     if available is not None and approx > 1.25 * available + 65536:
         raise CheckpointError(f"This checkpoint's config describes a generator of about "
@@ -723,18 +726,23 @@ def _conform(sd: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
     return {k: _tensor(out[k], k) for k in expected}
 
 
-def _finish(cfg: GeneratorConfig, sd: Mapping[str, Any], fmt: str, notes: list[str],
-            d_sd: Mapping[str, Any] | None = None, d_clamp: float | None = None,
-            mbstd: int = 4, source: Any = None) -> LoadedCheckpoint:
+def _finish(cfg: GeneratorConfig | StyleGAN3Config, sd: Mapping[str, Any], fmt: str,
+            notes: list[str], d_sd: Mapping[str, Any] | None = None,
+            d_clamp: float | None = None, mbstd: int = 4, source: Any = None
+            ) -> LoadedCheckpoint:
     """Check names and shapes against the config, convert to float32, package the result.
     Tensors may arrive as stored (any float dtype, ndarrays)."""
     available = sum(math.prod(v.shape) for v in sd.values())
-    g = _conform(sd, _expected_shapes(cfg, lambda: Generator(cfg), available), "generator")
+    g = _conform(sd, _expected_shapes(cfg, lambda: networks.build(cfg), available),
+                 "generator")
     if cfg.c_dim > 0:
         notes.append(f"This model is conditional with {cfg.c_dim} classes: pass a class label "
                      f"(one-hot c) when generating.")
     d_cfg = d_state = None
     if d_sd is not None:
+        if isinstance(cfg, StyleGAN3Config):
+            raise CheckpointError("The studio reads a StyleGAN3 checkpoint's generator only; "
+                                  "load it without its discriminator.")
         d_cfg = _infer_d_config(d_sd, cfg, d_clamp)
         d_state = _conform(d_sd, _expected_shapes(cfg, lambda: Discriminator(d_cfg, mbstd)),
                            "discriminator")
@@ -805,13 +813,101 @@ def _one_value(stubs: Mapping[str, PersistentStub], names: list[str], attr: str,
     return values.pop() if values else None
 
 
-def _nvlabs_generator(g: PersistentStub, notes: list[str]) -> tuple[GeneratorConfig,
-                                                                     dict[str, torch.Tensor]]:
-    if "stylegan3" in g.class_name:
-        raise CheckpointError(STYLEGAN3_MESSAGE)
+def _number(value: Any, what: str, kind: type = float) -> Any:
+    value = _plain(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CheckpointError(f"This StyleGAN3 pickle's {what} is {value!r}, not a number.")
+    if kind is int and value != int(value):
+        raise CheckpointError(f"This StyleGAN3 pickle's {what} is {value!r}, not a whole number.")
+    return kind(value)
+
+
+def _nvlabs_stylegan3(g: PersistentStub, sd: dict[str, Any], notes: list[str]
+                      ) -> tuple[StyleGAN3Config, dict[str, Any]]:
+    """Config of a `training.networks_stylegan3.Generator` from its init kwargs (synthesis
+    kwargs flat, NVlabs defaults for missing ones), checked against every layer's stored
+    name and sampling attributes so a config that would rebuild the layers differently is
+    refused rather than rendered wrong."""
+    kwargs = g.state.get("_init_kwargs") or {}
+    kwargs = dict(kwargs) if isinstance(kwargs, Mapping) else {}
+    args = g.state.get("_init_args") or ()
+    for name, value in zip(("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels"),
+                           args if isinstance(args, tuple | list) else ()):
+        kwargs.setdefault(name, value)
+    mapping = kwargs.get("mapping_kwargs") or {}
+    mapping = mapping if isinstance(mapping, Mapping) else {}
+    stubs = _stub_modules(g)
+    defaults = StyleGAN3Config()
+    ints = {"z_dim": "z_dim", "c_dim": "c_dim", "w_dim": "w_dim",
+            "img_resolution": "resolution", "img_channels": "img_channels",
+            "channel_base": "channel_base", "channel_max": "channel_max",
+            "num_layers": "num_layers", "num_critical": "num_critical",
+            "margin_size": "margin_size", "conv_kernel": "conv_kernel",
+            "filter_size": "filter_size", "lrelu_upsampling": "lrelu_upsampling"}
+    floats = {"first_cutoff": "first_cutoff", "first_stopband": "first_stopband",
+              "last_stopband_rel": "last_stopband_rel", "output_scale": "output_scale"}
+    fields: dict[str, Any] = {}
+    for src, dst in ints.items():
+        if src in kwargs:
+            fields[dst] = _number(kwargs[src], src, int)
+        elif dst in ("z_dim", "w_dim", "resolution", "img_channels"):
+            raise CheckpointError(f"This StyleGAN3 pickle does not record its {src}, so the "
+                                  f"studio cannot rebuild it.")
+    for src, dst in floats.items():
+        if src in kwargs:
+            fields[dst] = _number(kwargs[src], src)
+    fields["use_radial_filters"] = bool(_plain(kwargs.get("use_radial_filters", False)))
+    fields["mapping_layers"] = _number(mapping.get("num_layers", 2), "mapping num_layers", int)
+    fields["mapping_lr_mul"] = _number(mapping.get("lr_multiplier", 0.01), "lr_multiplier")
+    layer_names = [n for n in stubs if re.fullmatch(r"synthesis\.L\d+_\d+_\d+", n)]
+    clamp = _one_value(stubs, layer_names, "conv_clamp", "conv_clamp") if layer_names else \
+        kwargs.get("conv_clamp", defaults.conv_clamp)
+    fields["conv_clamp"] = None if clamp is None else _number(clamp, "conv_clamp")
+    try:
+        cfg = StyleGAN3Config(**fields)
+    except ValueError as exc:
+        raise CheckpointError(f"This StyleGAN3 pickle's config is invalid ({exc}).") from None
+    _check_budget(cfg)
+    specs = layer_specs(cfg)
+    stored = {n.split(".", 1)[1] for n in layer_names}
+    if stored and stored != {s.name for s in specs}:
+        raise CheckpointError(f"This StyleGAN3 pickle's layers ({sorted(stored)[0]}, ...) do not "
+                              f"follow from its config, so the studio cannot rebuild it.")
+    for s in specs:
+        stub = stubs.get(f"synthesis.{s.name}")
+        if stub is None:
+            continue
+        got = {k: _plain(stub.state.get(k)) for k in ("up_factor", "down_factor", "padding")}
+        want = {"up_factor": s.up, "down_factor": s.down, "padding": list(s.padding)}
+        if got["padding"] is not None:
+            got["padding"] = [int(_plain(v)) for v in got["padding"]]
+        if any(got[k] is not None and got[k] != want[k] for k in want):
+            raise CheckpointError(f"This StyleGAN3 pickle's layer {s.name} samples differently "
+                                  f"from what its config gives, so the studio cannot rebuild it.")
+    user_transform = sd.get("synthesis.input.transform")
+    if user_transform is not None and tuple(user_transform.shape) == (3, 3) and not \
+            torch.allclose(_tensor(user_transform, "synthesis.input.transform"), torch.eye(3)):
+        notes.append("This model stores a non-identity input transform; it is kept as the "
+                     "default for renders without translate/rotate.")
+    fp16 = kwargs.get("num_fp16_res") or 0
+    if fp16:
+        notes.append(f"The model ran its top {fp16} resolutions in fp16 on the GPU; the studio "
+                     f"renders in fp32, so images can differ very slightly from NVlabs' output.")
+    return cfg, sd
+
+
+def _check_budget(cfg: GeneratorConfig | StyleGAN3Config) -> None:
+    if cfg.approx_parameters() > MAX_GENERATOR_PARAMETERS:
+        raise CheckpointError(f"This checkpoint's config describes a generator of about "
+                              f"{cfg.approx_parameters() / 1e6:.0f} M parameters, more than "
+                              f"the studio's limit of {MAX_GENERATOR_PARAMETERS / 1e6:.0f} M.")
+
+
+def _nvlabs_generator(g: PersistentStub, notes: list[str]
+                      ) -> tuple[GeneratorConfig | StyleGAN3Config, dict[str, torch.Tensor]]:
     sd = _stub_tensors(g)
-    if _is_stylegan3(sd):
-        raise CheckpointError(STYLEGAN3_MESSAGE)
+    if "stylegan3" in g.class_name or _is_stylegan3(sd):
+        return _nvlabs_stylegan3(g, sd, notes)
     stubs = _stub_modules(g)
     kwargs = g.state.get("_init_kwargs") or {}
     kwargs = kwargs if isinstance(kwargs, Mapping) else {}
@@ -1318,7 +1414,8 @@ def _read_rosinality(obj: Mapping[str, Any], want_d: bool) -> LoadedCheckpoint:
 # Our format: safetensors + JSON sidecar.
 
 
-def save_generator(G: Generator, path: str | os.PathLike, source: Any = None) -> dict[str, Any]:
+def save_generator(G: networks.AnyGenerator, path: str | os.PathLike, source: Any = None
+                   ) -> dict[str, Any]:
     """Write G as `path` (safetensors) + `path.json` (config, source, sha256); both atomic.
 
     `source` is JSON-able provenance (a Hub id, a URL, the original file's sha256, ...).
@@ -1413,14 +1510,14 @@ def _read_safetensors(path: Path) -> LoadedCheckpoint:
                      f"float32.")
     if sidecar is not None:
         try:
-            cfg = GeneratorConfig.from_dict(sidecar["config"])
+            cfg = networks.config_from_dict(sidecar["config"])
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"The config in {side.name} is invalid ({exc}).") from exc
         # The checksum covers the safetensors file only; its embedded config guards the
         # sidecar's, so an edited or bit-flipped sidecar config cannot build a wrong model.
         if "config" in meta:
             try:
-                inner = GeneratorConfig.from_dict(json.loads(meta["config"]))
+                inner = networks.config_from_dict(json.loads(meta["config"]))
             except (TypeError, ValueError) as exc:
                 raise CheckpointError(f"The config inside {path.name} is invalid.") from exc
             if inner != cfg:
@@ -1430,7 +1527,7 @@ def _read_safetensors(path: Path) -> LoadedCheckpoint:
         return _finish(cfg, sd, "studio", notes, source=sidecar.get("source"))
     if "config" in meta and meta.get("format") == STUDIO_FORMAT:
         notes.append(f"{side.name} is missing, so the checksum was not verified.")
-        cfg = GeneratorConfig.from_dict(json.loads(meta["config"]))
+        cfg = networks.config_from_dict(json.loads(meta["config"]))
         return _finish(cfg, sd, "studio", notes)
     notes.append("A bare safetensors file: the config was inferred from tensor shapes "
                  "(conv_clamp unknown, assumed none).")
@@ -1521,9 +1618,10 @@ def _first_line(exc: BaseException) -> str:
     return line[:200].rstrip(".")
 
 
-def build_generator(loaded: LoadedCheckpoint) -> Generator:
-    """A Generator in eval mode holding the checkpoint's tensors (strict: every key, shape)."""
-    G = Generator(loaded.config)
+def build_generator(loaded: LoadedCheckpoint) -> networks.AnyGenerator:
+    """A generator (StyleGAN2 or 3) in eval mode holding the checkpoint's tensors (strict:
+    every key, shape)."""
+    G = networks.build(loaded.config)
     _load_strict(G, loaded.state_dict, "generator")
     return G.eval()
 
@@ -1548,6 +1646,6 @@ def _load_strict(module: torch.nn.Module, sd: Mapping[str, torch.Tensor], what: 
                               f"({_first_line(exc)}).") from exc
 
 
-def load_generator(path: str | os.PathLike) -> Generator:
+def load_generator(path: str | os.PathLike) -> networks.AnyGenerator:
     """Read a checkpoint of any supported format and build its Generator."""
     return build_generator(read_checkpoint(path))

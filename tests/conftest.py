@@ -35,3 +35,27 @@ def make_tiny_generator(seed: int = 0, **overrides) -> Generator:
 def tiny_generator() -> Callable[..., Generator]:
     """Factory: `tiny_generator(seed=0, architecture='resnet', conv_clamp=256, ...)`."""
     return make_tiny_generator
+
+
+TINY_SG3 = dict(z_dim=16, w_dim=16, resolution=16, channel_base=512, channel_max=16,
+                num_layers=6, num_critical=2, margin_size=4)
+
+
+def make_tiny_stylegan3(preset: str = "stylegan3-t", seed: int = 0, **overrides):
+    """A 16 px random StyleGAN3 generator (eval mode) with every tensor random, including
+    the ones NVlabs initialises to constants (biases, magnitude EMAs, the input affine)."""
+    from engine.stylegan3 import Generator as SG3Generator
+    from engine.stylegan3 import StyleGAN3Config
+
+    torch.manual_seed(seed)
+    G = SG3Generator(StyleGAN3Config.preset(preset, **{**TINY_SG3, **overrides})).eval()
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(1.0 if ".affine." in name else 0.0, 0.2)
+        G.synthesis.input.affine.weight.normal_(0.0, 0.5)
+        for name, b in G.named_buffers():
+            if name.endswith("magnitude_ema"):
+                b.uniform_(0.5, 2.0)
+        G.mapping.w_avg.normal_()
+    return G

@@ -25,7 +25,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.checkpoints import (
-    STYLEGAN3_MESSAGE,
     build_discriminator,
     build_generator,
     detect_format,
@@ -267,7 +266,10 @@ def test_nvlabs_conditional_model(tiny_generator, tmp_path, nvlabs_modules):
         images(build_generator(loaded))
 
 
-def test_stylegan3_pickle_is_refused_with_one_sentence(tiny_generator, tmp_path, nvlabs_modules):
+def test_malformed_stylegan3_pickle_is_refused_with_one_sentence(tiny_generator, tmp_path,
+                                                                 nvlabs_modules):
+    """StyleGAN3 layer names over StyleGAN2 layers: the layers do not follow from the config.
+    (Well-formed StyleGAN3 pickles are read: tests/test_stylegan3.py.)"""
     G = tiny_generator()
     tree = nvlabs_tree(G, nvlabs_modules)
     synth = tree.state["_modules"]["synthesis"]
@@ -281,7 +283,7 @@ def test_stylegan3_pickle_is_refused_with_one_sentence(tiny_generator, tmp_path,
         (tmp_path / "sg3.pkl").write_bytes(pickle.dumps({"G_ema": tree}, protocol=3))
         with pytest.raises(CheckpointError) as err:
             read_checkpoint(tmp_path / "sg3.pkl")
-        assert str(err.value) == STYLEGAN3_MESSAGE
+        assert "StyleGAN3" in str(err.value)
         assert_one_sentence(err.value)
 
 

@@ -1,0 +1,67 @@
+"""What the rest of the engine asks of a generator, whichever family it is.
+
+StyleGAN2 (`engine.stylegan2`) and StyleGAN3 (`engine.stylegan3`) generators share the
+per-call interface (taps, weight_taps, capture, start, layer_shapes, seed_to_z); they differ
+in layer names. Code that needs to know which layers hold feature maps (clusters, bends,
+translator encoders) or take noise (the projector) asks here rather than parsing names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from engine import stylegan3
+from engine.stylegan2 import Generator as StyleGAN2Generator
+from engine.stylegan2 import GeneratorConfig
+from engine.stylegan3 import StyleGAN3Config
+
+AnyConfig = GeneratorConfig | StyleGAN3Config
+AnyGenerator = StyleGAN2Generator | stylegan3.Generator
+
+
+def config_from_dict(d: Mapping[str, Any]) -> AnyConfig:
+    """A sidecar's config dict back to its config class (`kind` marks StyleGAN3)."""
+    if d.get("kind") == stylegan3.KIND:
+        return StyleGAN3Config.from_dict(d)
+    if "kind" in d:
+        raise ValueError(f"unknown generator kind {d['kind']!r}")
+    return GeneratorConfig.from_dict(d)
+
+
+def build(cfg: AnyConfig) -> AnyGenerator:
+    """A freshly initialised generator of the config's family."""
+    if isinstance(cfg, StyleGAN3Config):
+        return stylegan3.Generator(cfg)
+    return StyleGAN2Generator(cfg)
+
+
+def is_stylegan3(G: nn.Module | AnyConfig) -> bool:
+    cfg = getattr(G, "cfg", G)
+    return isinstance(cfg, StyleGAN3Config)
+
+
+def is_rgb_layer(G: nn.Module, layer: str) -> bool:
+    """True for a layer whose output is RGB (StyleGAN2 `b{res}.torgb`, StyleGAN3's last)."""
+    if is_stylegan3(G):
+        return layer == G.synthesis.layers[-1]
+    return layer.endswith("torgb")
+
+
+def conv_layers(G: nn.Module) -> list[str]:
+    """Layers whose outputs are feature maps (every layer but the RGB ones), forward order."""
+    return [n for n in G.synthesis.layers if not is_rgb_layer(G, n)]
+
+
+def noise_layers(G: nn.Module) -> list[str]:
+    """Synthesis layers that take a noise input, in forward order (none in StyleGAN3)."""
+    if is_stylegan3(G):
+        return []
+    names = []
+    for name in conv_layers(G):
+        block, part = name.split(".")
+        if getattr(getattr(getattr(G.synthesis, block), part), "use_noise", False):
+            names.append(name)
+    return names
