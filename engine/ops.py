@@ -219,11 +219,13 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
             y = F.conv2d(x, laid_out, padding=pad)
         return y, out_scale, bias
     # One factor per (sample, input, output) channel, then a single pass over the weights.
-    factor = styles.to(x.dtype).unsqueeze(2)                        # [N, I, 1]
+    # In fp32 whatever x's dtype: demodulation keeps the product near 1, not its factors.
+    factor = styles.float().unsqueeze(2)                            # [N, I, 1]
     if out_scale is not None:
-        factor = factor * out_scale.to(x.dtype).unsqueeze(1)        # [N, I, O]
+        factor = factor * out_scale.float().unsqueeze(1)            # [N, I, O]
     else:
         factor = factor.expand(n, in_ch, out_ch)
+    factor = factor.to(x.dtype)
     if kh == 1 and kw == 1 and not up:
         # A 1x1 conv is a batched matmul over pixels; on channels_last the input is already
         # [N, H*W, I] in memory and the [N, H*W, O] result is a channels_last [N, O, H, W].

@@ -253,10 +253,22 @@ def truncate(ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | No
 # Synthesis network.
 
 
-def preferred_memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last: oneDNN (CPU) and cuDNN run convs and depthwise filters on NHWC
-    without reordering, where NCHW costs a layout copy around every conv."""
-    return torch.channels_last
+def preferred_memory_format(device: torch.device, dtype: torch.dtype = torch.float32
+                            ) -> torch.memory_format:
+    """channels_last on CPUs, where oneDNN runs convs and depthwise filters on NHWC without
+    reordering (NCHW costs a layout copy around every conv), and for fp16 on GPUs (tensor
+    cores want NHWC); NCHW for fp32 on GPUs, as NVlabs."""
+    if torch.device(device).type == "cpu" or dtype == torch.float16:
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def fp16_resolution(resolution: int, num_fp16_res: int) -> int:
+    """The lowest block resolution that runs in fp16 when the top `num_fp16_res` do (NVlabs:
+    never below 8); above `resolution` when none does."""
+    if num_fp16_res <= 0:
+        return resolution * 2
+    return max(2 ** (int(math.log2(resolution)) + 1 - num_fp16_res), 8)
 
 
 class SynthesisLayer(nn.Module):
@@ -370,7 +382,7 @@ class Conv2dLayer(nn.Module):
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
 
     def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        w = self.weight * self.weight_gain
+        w = (self.weight * self.weight_gain).to(x.dtype)
         k = w.shape[-1]
         if self.up:                      # only 1x1 (resnet skip): conv, then upsample
             x = upsample2d(F.conv2d(x, w), self.resample_filter)
@@ -383,7 +395,8 @@ class Conv2dLayer(nn.Module):
             x = F.conv2d(x, w, padding=k // 2)
         act_gain = (LRELU_GAIN if self.lrelu else 1.0) * gain
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, self.bias, self.lrelu, act_gain, clamp)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return bias_act(x, bias, self.lrelu, act_gain, clamp)
 
 
 class SynthesisBlock(nn.Module):
@@ -427,7 +440,11 @@ class SynthesisCall:
     fused: bool | None = None
     noise_generator: torch.Generator | None = None
     noise: Mapping[str, torch.Tensor] = field(default_factory=dict)
-    memory_format: torch.memory_format = torch.contiguous_format
+    device: torch.device = torch.device("cpu")
+    fp16_from: int = 1 << 30      # blocks at or above this resolution run in fp16
+
+    def dtype_at(self, res: int) -> torch.dtype:
+        return torch.float16 if res >= self.fp16_from else torch.float32
 
 
 class SynthesisNetwork(nn.Module):
@@ -448,6 +465,9 @@ class SynthesisNetwork(nn.Module):
             if res == cfg.resolution:
                 self.num_ws += block.num_torgb
         self.layers = layer_names(cfg)
+        # Deployment setting, not a weight: NVlabs' num_fp16_res, used when a call passes
+        # none. fp32 (0) by default; GPU deployments may set it (see use_fp16).
+        self.num_fp16_res = 0
 
     def w_index_of(self, layer: str) -> int:
         """Index into ws of the w that a layer reads."""
@@ -463,7 +483,8 @@ class SynthesisNetwork(nn.Module):
                 capture: Iterable[str] | None = None,
                 start: tuple | None = None, fused: bool | None = None,
                 noise_generator: torch.Generator | None = None,
-                noise: Mapping[str, torch.Tensor] | None = None
+                noise: Mapping[str, torch.Tensor] | None = None,
+                num_fp16_res: int | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Render ws; returns the image, or (image, captured) when `capture` is given.
 
@@ -475,14 +496,19 @@ class SynthesisNetwork(nn.Module):
                      image after the previous block (`b{res/2}.img`), zeros if left out.
         noise:       {layer: map [N or 1, 1, res, res]} noise inputs for this call only (the
                      projector fits them); they replace noise_mode at those layers.
+        num_fp16_res: run the top this many block resolutions in fp16, as NVlabs (taps and
+                     captures there see fp16; the RGB image stays fp32). None: the model's
+                     `num_fp16_res` attribute (0 unless set, e.g. for a GPU deployment).
         """
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        if num_fp16_res is None:
+            num_fp16_res = self.num_fp16_res
         call = SynthesisCall(noise_mode, taps or {}, weight_taps or {},
                              set(capture) if capture is not None else set(), fused,
                              noise_generator, noise or {},
-                             preferred_memory_format(ws.device if ws is not None
-                                                     else start[1].device))
+                             ws.device if ws is not None else start[1].device,
+                             fp16_resolution(self.resolution, num_fp16_res))
         unknown = (set(call.taps) | set(call.weight_taps) | call.capture
                    | set(call.noise)) - set(self.layers) - {
             f"b{r}.img" for r in self.block_resolutions}
@@ -555,11 +581,12 @@ class SynthesisNetwork(nn.Module):
                captured: dict[str, torch.Tensor]) -> torch.Tensor:
         y = fn()
         if name in call.taps:
-            shape = y.shape
+            shape, dtype = y.shape, y.dtype
             y = call.taps[name](y)
             if y.shape != shape:
                 raise ValueError(f"a tap on {name} changed its shape {list(shape)} "
                                  f"to {list(y.shape)}")
+            y = y.to(dtype)  # an fp32 mask in an fp16 block must not promote the rest
         if name in call.capture:
             captured[name] = y
         return y
@@ -574,15 +601,17 @@ class SynthesisNetwork(nn.Module):
             return ws[:, self.w_index[res] + i]
 
         skip_conv0 = start_layer is not None  # start is inside this block: conv0 or conv1
+        dtype = call.dtype_at(res)
+        fmt = preferred_memory_format(call.device, dtype)
         if x is not None:
-            x = x.contiguous(memory_format=call.memory_format)
+            x = x.to(dtype=dtype, memory_format=fmt)
         skip_conv1 = start_layer == prefix + "conv1"
         n_conv = block.num_conv
         if block.in_channels == 0:
             if not skip_conv1:
                 n = ws.shape[0]
-                x0 = block.const.unsqueeze(0).expand(n, -1, -1, -1).contiguous(
-                    memory_format=call.memory_format)
+                x0 = block.const.to(dtype).unsqueeze(0).expand(n, -1, -1, -1).contiguous(
+                    memory_format=fmt)
                 x = self._layer(prefix + "conv1", lambda: block.conv1(
                     x0, w_at(0), call.noise_mode, call.weight_taps.get(prefix + "conv1"),
                     call.fused, noise_generator=call.noise_generator,
@@ -615,7 +644,8 @@ class SynthesisNetwork(nn.Module):
             rgb = self._layer(prefix + "torgb", lambda: block.torgb(
                 x_in, w_at(n_conv), call.weight_taps.get(prefix + "torgb"), call.fused),
                 call, captured)
-            img = rgb if img is None else img + rgb
+            rgb32 = rgb.float()  # the running image is fp32, as NVlabs
+            img = rgb32 if img is None else img + rgb32
         if prefix + "img" in call.capture:
             captured[prefix + "img"] = img
         return x, img
@@ -659,6 +689,19 @@ class Generator(nn.Module):
 
     def layer_shapes(self) -> dict[str, tuple[int, int, int]]:
         return layer_shapes(self.cfg)
+
+
+def prepare_for_device(G: nn.Module) -> nn.Module:
+    """Process-wide settings that make rendering on G's device fast; returns G.
+
+    CUDA: cuDNN autotuning (torch.backends.cudnn.benchmark). A render's shapes repeat, so
+    the search on a shape's first call pays for itself from the second; fp16 stays opt-in
+    (`num_fp16_res` per call, or G.synthesis.num_fp16_res for a deployment).
+    """
+    device = next(G.parameters()).device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return G
 
 
 # ----------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import torch
 
 from engine.errors import CheckpointError, StudioError, UnsafePickleError
 from engine.limits import current_limits, studio_mode
-from engine.stylegan2 import Generator, GeneratorConfig
+from engine.stylegan2 import Generator, GeneratorConfig, prepare_for_device
 
 Progress = Callable[[float, str], None]
 
@@ -431,7 +431,7 @@ def _load_uncached(r: Resolved, progress: Progress, device: str) -> LoadedModel:
             _reading.discard(ours)
     from engine.checkpoints import build_generator
 
-    G = build_generator(loaded).to(device).eval().requires_grad_(False)
+    G = prepare_for_device(build_generator(loaded).to(device).eval().requires_grad_(False))
     nbytes = sum(t.numel() * t.element_size()
                  for t in list(G.parameters()) + list(G.buffers()))
     return LoadedModel(G=G, sha256=sidecar["sha256"], id=r.id, title=r.title,

@@ -144,3 +144,44 @@ def test_caches_filled_in_inference_mode_serve_autograd_later():
     ws.requires_grad_(True)   # the projector: a frozen model, gradients to ws
     G.synthesis(ws).square().mean().backward()
     assert ws.grad is not None and ws.grad.abs().sum() > 0
+
+
+# fp16 (NVlabs num_fp16_res): images within FP16_MAX_ABS (max) and FP16_MEAN_ABS (mean) of
+# fp32 on the [-1, 1] scale; 0.05 is about 6 of 255 levels.
+FP16_MAX_ABS, FP16_MEAN_ABS = 0.05, 0.005
+
+
+def check_fp16_against_fp32(device: str, arch: str) -> None:
+    G = make_tiny_generator(seed=7, architecture=arch, conv_clamp=256)
+    G = G.requires_grad_(False).to(device)
+    z = torch.randn(3, G.z_dim, device=device)
+    with torch.no_grad():
+        ref = G(z)
+        half, cap = G(z, num_fp16_res=2, capture=["b8.conv1", "b16.conv1", "b32.img"])
+        G.synthesis.num_fp16_res = 2     # the model-level default does the same
+        try:
+            assert torch.equal(G(z), half)
+            assert torch.equal(G(z, num_fp16_res=0), ref)   # fp32 stays available per call
+        finally:
+            G.synthesis.num_fp16_res = 0
+    assert half.dtype == torch.float32 and cap["b32.img"].dtype == torch.float32
+    assert cap["b16.conv1"].dtype == torch.float16 and cap["b8.conv1"].dtype == torch.float32
+    diff = (half - ref).abs()
+    assert diff.max() <= FP16_MAX_ABS and diff.mean() <= FP16_MEAN_ABS, (diff.max(), diff.mean())
+
+
+@pytest.mark.parametrize("arch", ["skip", "resnet"])
+def test_fp16_blocks_stay_close_to_fp32_on_cpu(arch):
+    check_fp16_against_fp32("cpu", arch)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("arch", ["skip", "resnet"])
+def test_fp16_blocks_stay_close_to_fp32_on_cuda(arch):
+    check_fp16_against_fp32("cuda", arch)
+
+
+def test_fp16_resolution_follows_nvlabs():
+    assert stylegan2.fp16_resolution(256, 4) == 32
+    assert stylegan2.fp16_resolution(32, 4) == 8      # never below 8
+    assert stylegan2.fp16_resolution(256, 0) > 256
