@@ -27,6 +27,7 @@ import argparse
 import importlib.util
 import os
 import pickle
+import resource
 import statistics
 import subprocess
 import sys
@@ -131,18 +132,21 @@ def nvlabs_generator(nvlabs: Path, cfg: GeneratorConfig) -> torch.nn.Module:
 
 
 def median_times(fns: dict[str, Callable[[], object]], reps: int, device: str
-                 ) -> dict[str, list[float]]:
-    """Seconds per call of each function, the functions interleaved within a repetition."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
+                 ) -> dict[str, tuple[list[float], list[float]]]:
+    """(wall seconds, process CPU seconds) per call of each function, the functions
+    interleaved within a repetition. On a shared machine the CPU seconds move less with
+    other processes' load than the wall time does (with N threads, wall >= CPU / N)."""
+    times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in fns}
     for fn in fns.values():  # warm-up: allocator, oneDNN primitives, caches
         fn()
     sync(device)
     for _ in range(reps):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             sync(device)
-            times[name].append(time.perf_counter() - t0)
+            times[name][0].append(time.perf_counter() - t0)
+            times[name][1].append(time.process_time() - c0)
     return times
 
 
@@ -196,20 +200,23 @@ def cli_pairs(nvlabs: Path, G_nv: torch.nn.Module, images: int, pairs: int, thre
     cmds = {"python -m engine generate": ours, "NVlabs generate.py loop": theirs}
     for cmd in cmds.values():  # warm-up: our first load converts the pickle once
         subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
-    times: dict[str, list[float]] = {k: [] for k in cmds}
+    times: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in cmds}
     for _ in range(pairs):
         for name, cmd in cmds.items():
             t0 = time.perf_counter()
+            c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
-            times[name].append(time.perf_counter() - t0)
+            c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            times[name][0].append(time.perf_counter() - t0)
+            times[name][1].append(c1.ru_utime + c1.ru_stime - c0.ru_utime - c0.ru_stime)
     print(f"\nwhole process, {images} images at 256 px, {pairs} interleaved pairs "
-          f"(OMP_NUM_THREADS={threads}):")
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for name, t in med.items():
-        print(f"  {name:<28} median {t:6.2f} s  (runs: "
-              f"{', '.join(f'{x:.2f}' for x in times[name])})")
-    ratio = med["python -m engine generate"] / med["NVlabs generate.py loop"]
-    print(f"  ours / NVlabs: {ratio:.2f}x")
+          f"(OMP_NUM_THREADS={threads}), medians:")
+    med = {k: (statistics.median(w), statistics.median(c)) for k, (w, c) in times.items()}
+    for name, (w, c) in med.items():
+        print(f"  {name:<26} wall {w:6.2f} s  CPU {c:6.2f} s  (wall runs: "
+              f"{', '.join(f'{x:.2f}' for x in times[name][0])})")
+    ours, theirs = med["python -m engine generate"], med["NVlabs generate.py loop"]
+    print(f"  ours / NVlabs: wall {ours[0] / theirs[0]:.2f}x, CPU {ours[1] / theirs[1]:.2f}x")
 
 
 def main() -> None:
@@ -267,7 +274,7 @@ def main() -> None:
     shares = ", ".join(f"{k} {v / macs['total']:.1%}" for k, v in macs.items() if k != "total")
     print(f"model {args.model}: {macs['total'] / 1e9:.2f} GMAC per image ({shares}); "
           f"{args.reps} interleaved repetitions, medians\n")
-    rows: dict[tuple[str, int], float] = {}
+    rows: dict[tuple[str, int], tuple[float, float]] = {}
     diffs: dict[str, float] = {}
     for batch in BATCHES:
         z = torch.randn(batch, cfg.z_dim, device=dev)
@@ -276,17 +283,18 @@ def main() -> None:
         for k, fn in fns.items():
             diffs[k] = max(diffs.get(k, 0.0), (fn() - ref).abs().max().item())
         times = median_times(fns, args.reps, dev)
-        for k, v in times.items():
-            rows[(k, batch)] = statistics.median(v) / batch
-    header = (f"{'implementation':<18} {'b1 ms/img':>10} {'b8 ms/img':>10} {'b1 GFLOP/s':>11} "
-              f"{'vs ours b1':>10} {'max |diff|':>11}")
+        for k, (wall, cpu) in times.items():
+            rows[(k, batch)] = (statistics.median(wall) / batch, statistics.median(cpu) / batch)
+    header = (f"{'implementation':<16} {'b1 ms/img':>10} {'b1 CPU ms':>10} {'b8 ms/img':>10} "
+              f"{'b8 CPU ms':>10} {'b1 GFLOP/s':>10} {'vs ours':>8} {'max |diff|':>10}")
     print(header)
     print("-" * len(header))
     for k in impls:
-        t1, t8 = rows[(k, 1)], rows[(k, 8)]
-        print(f"{k:<18} {1000 * t1:>10.1f} {1000 * t8:>10.1f} "
-              f"{2 * macs['total'] / t1 / 1e9:>11.1f} {t1 / rows[('ours', 1)]:>9.2f}x "
-              f"{diffs[k]:>11.2e}")
+        (w1, c1), (w8, c8) = rows[(k, 1)], rows[(k, 8)]
+        print(f"{k:<16} {1000 * w1:>10.1f} {1000 * c1:>10.1f} {1000 * w8:>10.1f} "
+              f"{1000 * c8:>10.1f} {2 * macs['total'] / w1 / 1e9:>10.1f} "
+              f"{w1 / rows[('ours', 1)][0]:>7.2f}x {diffs[k]:>10.2e}")
+    print("(ms/img: wall; CPU ms: process CPU time, all threads; 'vs ours': batch-1 wall)")
     if dev == "cpu":
         conv, total = conv_share(G, torch.randn(1, cfg.z_dim))
         print(f"\nour batch-1 forward, profiled: {total:.0f} ms of which main convs "
