@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
+import numpy as np
 
 from engine.bending import (
     OPERATIONS,
@@ -26,9 +27,17 @@ from engine.bending import (
 from engine.errors import StudioError
 from engine.latents import DirectionEdit
 from engine.recipe import Recipe
-from studio import backend, uploads
-from studio.limits import LIMITS
-from studio.state import Session, bend_label, default_params, move, new_session, selection_for
+from studio import backend, files, uploads
+from studio.jobs import LANE
+from studio.limits import LIMITS, SERVER
+from studio.state import (
+    Session,
+    bend_label,
+    default_params,
+    move,
+    selection_for,
+    successor,
+)
 
 CSS = """
 #canvas img, #before img, .pixelated img { image-rendering: pixelated; }
@@ -49,7 +58,12 @@ def _most(kinds: tuple[str, ...]) -> int:
 N_SLIDERS = _most(("float", "int"))  # generic parameter sliders in the bend editor
 N_CHOICES = _most(("choice",))       # generic dropdowns (rotate: fill, interpolation, pivot)
 N_CHECKS = _most(("bool",))          # generic checkboxes
-LIVE = dict(trigger_mode="always_last", show_progress="hidden")
+# Interactive events share one lane of STUDIO_CONCURRENCY; long jobs have their own lane
+# (studio/jobs.py holds them to STUDIO_HEAVY_JOBS at once and one per session).
+INTERACTIVE = dict(concurrency_id="interactive", concurrency_limit=LIMITS.concurrency)
+HEAVY_LANE = dict(concurrency_id="heavy",
+                  concurrency_limit=SERVER.heavy_jobs + SERVER.heavy_waiting)
+LIVE = dict(trigger_mode="always_last", show_progress="hidden", **INTERACTIVE)
 WHERE_CHOICES = ["selected clusters", "all channels", "random fraction"]
 GALLERY_COLUMNS = 6     # cluster tiles per row
 
@@ -64,39 +78,76 @@ def draw_seed() -> int:
 
 
 def checked_image(**kwargs: Any) -> gr.Image:
-    """A gr.Image whose uploads go through studio.uploads first: a damaged, empty, fake or
-    oversized picture gets one clear sentence instead of a decoder error.
+    """A gr.Image whose every payload goes through studio.uploads.open_image, the one checked
+    reader: a file outside the studio's folders, a damaged, empty, fake or oversized picture
+    (pixel cap included, webcam frames and data URLs too) gets one clear sentence, and
+    Gradio's own decoder never sees it.
 
-    (Wrapping the instance's preprocess, not subclassing: Gradio writes a .pyi stub beside
+    (Replacing the instance's preprocess, not subclassing: Gradio writes a .pyi stub beside
     every component subclass.)"""
     comp = gr.Image(**kwargs)
+
+    def preprocess(payload: Any) -> Any:
+        if payload is None:
+            return None
+        url = getattr(payload, "url", None)
+        source = url if isinstance(url, str) and url.startswith("data:") else payload
+        try:
+            pic = uploads.open_image(source)
+        except StudioError as exc:
+            raise gr.Error(str(exc), print_exception=False) from exc
+        if comp.type == "numpy":
+            return np.asarray(pic)
+        if comp.type == "pil":
+            return pic
+        if source is payload:
+            return str(payload.path)
+        path = files.new_output_path(None, "picture", ".png")
+        pic.save(path, format="PNG")
+        return str(path)
+
+    comp.preprocess = preprocess
+    if not kwargs.get("streaming"):
+        # Check at upload time too, so a bad file is named at once, not at the next button.
+        comp.upload(lambda _: None, comp, None, api_name=False, show_progress="hidden")
+    return comp
+
+
+def checked_file(comp: Any) -> Any:
+    """A file component (gr.File, gr.UploadButton) whose payload path is checked by
+    studio.files before its handler sees it: a request that names a server file instead of
+    uploading one gets the same sentence whatever the path."""
     stock = comp.preprocess
 
     def preprocess(payload: Any) -> Any:
-        path = getattr(payload, "path", None)
-        if path:
-            try:
-                uploads.open_image(path)
-            except StudioError as exc:
-                raise gr.Error(str(exc), print_exception=False) from exc
+        if payload is not None:
+            for item in payload if isinstance(payload, list) else [payload]:
+                path = getattr(item, "path", None)
+                try:
+                    files.check_server_file(path if isinstance(path, str) else "")
+                except StudioError as exc:
+                    raise gr.Error(str(exc), print_exception=False) from exc
         return stock(payload)
 
     comp.preprocess = preprocess
-    # Check at upload time too, so a bad file is named at once, not at the next button.
-    comp.upload(lambda _: None, comp, None, api_name=False, show_progress="hidden")
     return comp
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn engine's one-sentence StudioError into a gr.Error toast, never a traceback."""
+    """Turn engine's one-sentence StudioError into a gr.Error toast, never a traceback; and
+    a failed edit leaves the session exactly as it was before the event."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        sessions = [a for a in args if isinstance(a, Session)]
+        snaps = [sess.snapshot() for sess in sessions]
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
+        except BaseException as exc:
+            for sess, snap in zip(sessions, snaps):
+                sess.restore(snap)
+            if isinstance(exc, StudioError) and not isinstance(exc, gr.Error):
+                raise gr.Error(str(exc), print_exception=False) from exc
             raise
-        except StudioError as exc:
-            raise gr.Error(str(exc), print_exception=False) from exc
     return wrapper
 
 
@@ -155,7 +206,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
     except StudioError:
         n_ws = 18
 
-    with gr.Blocks(title="Activation Studio") as demo:
+    # Gradio deletes uploads and its copies of outputs by the same age rule as studio.files.
+    age = SERVER.file_age_s
+    with gr.Blocks(title="Activation Studio", delete_cache=(min(3600, age), age)) as demo:
         session = gr.State(None)
         gr.Markdown(
             "**Activation Studio** takes a StyleGAN2 apart: explore its latents, group a "
@@ -172,15 +225,16 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                     elem_id="model-box")
             with gr.Column(scale=1, min_width=160):
                 load_btn = gr.Button("Load model", variant="primary", elem_id="load-model")
-                ckpt_upload = gr.UploadButton("Upload checkpoint", size="sm",
-                                              file_types=[".pkl", ".pt", ".pth",
-                                                          ".safetensors"])
+                ckpt_upload = checked_file(gr.UploadButton(
+                    "Upload checkpoint", size="sm",
+                    file_types=[".pkl", ".pt", ".pth", ".safetensors"]))
             model_card = gr.Markdown("Loading the model…", elem_id="model-card")
 
         # Progress bars and error marks of button-started jobs land on this one line, so the
         # canvas never disappears under a spinner or an error badge.
         busy = gr.Markdown("", elem_id="busy", container=False)
-        JOB = dict(show_progress_on=[busy])
+        JOB = dict(show_progress_on=[busy], **INTERACTIVE)
+        HEAVY = dict(show_progress_on=[busy], **HEAVY_LANE)
         with gr.Row():
             # ---------------------------------------------------------- controls
             with gr.Column(scale=3):
@@ -231,9 +285,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                     [("SeFa", "sefa"), ("GANSpace", "ganspace"),
                                      ("Boundary file", "file")], value="sefa",
                                     label="Directions from")
-                                boundary = gr.File(label="InterFaceGAN boundary (.npy)",
-                                                   file_types=[".npy"], visible=False,
-                                                   height=90)
+                                boundary = checked_file(gr.File(
+                                    label="InterFaceGAN boundary (.npy)", file_types=[".npy"],
+                                    visible=False, height=90))
                             dir_sliders = [gr.Slider(-10, 10, 0, step=0.1,
                                                      label=f"Direction {i}")
                                            for i in range(N_DIRECTIONS)]
@@ -395,7 +449,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                 tr_off = gr.Button("Stop translating (back to the latent)")
                         with gr.Accordion("Webcam (live)", open=False):
                             with gr.Row():
-                                cam_in = gr.Image(sources=["webcam"], streaming=True,
+                                cam_in = checked_image(sources=["webcam"], streaming=True,
                                                   type="numpy", label="Webcam", height=240)
                                 cam_out = gr.Image(label="Translated", type="numpy",
                                                    streaming=True, height=240,
@@ -439,8 +493,8 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                                        interactive=False, elem_id="recipe-code")
                     with gr.Row():
                         rec_save = gr.Button("Save recipe", elem_id="recipe-save")
-                        rec_load = gr.UploadButton("Load recipe", file_types=[".json"],
-                                                   elem_id="recipe-load")
+                        rec_load = checked_file(gr.UploadButton(
+                            "Load recipe", file_types=[".json"], elem_id="recipe-load"))
                     rec_file = gr.File(label="Recipe file", interactive=False,
                                        elem_id="recipe-file", height=80)
 
@@ -455,7 +509,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             layers = [n for n in info.layers if not n.endswith("torgb")]
             layer = _default_layer(layers)
             n = info.num_ws
-            encoders = backend.encoder_choices(sess.model)
+            encoders = backend.encoder_choices(sess, sess.model)
             return [sess, backend.card(info), backend.render(sess), None,
                     gr.update(choices=layers, value=layer),
                     gr.update(choices=layers, value=layer),
@@ -495,16 +549,23 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     start, end if end is not None else n]
 
         @user_errors
-        def load_model(spec: str, progress: gr.Progress = gr.Progress()) -> list[Any]:
+        def load_model(sess: Session | None, spec: str,
+                       progress: gr.Progress = gr.Progress()) -> list[Any]:
             """Load a model (catalogue id, hf://..., path) and start a fresh session on it."""
+            new = successor(sess, spec)
+            if (spec or "").strip() and backend.is_path_spec(spec):
+                backend.check_session_file(new, spec.strip())
             backend.model_info(spec, _progress_fn(progress))
-            return model_outputs(new_session(spec))
+            return model_outputs(new)
 
         @user_errors
-        def upload_checkpoint(file: Any, progress: gr.Progress = gr.Progress()) -> list[Any]:
+        def upload_checkpoint(sess: Session | None, file: Any,
+                              progress: gr.Progress = gr.Progress()) -> list[Any]:
             path = str(uploads.upload_path(file, "checkpoint", limit=LIMITS.checkpoint_bytes))
-            out = load_model(path, progress)
-            return [gr.update(value=path), *out]
+            new = successor(sess, path)
+            new.uploads.add(path)
+            backend.model_info(path, _progress_fn(progress))
+            return [gr.update(value=path), *model_outputs(new)]
 
         @user_errors
         def set_latent(sess: Session, seed_v: float, frac: float, psi_v: float, cut: float,
@@ -530,6 +591,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     amounts = [0.0] * len(amounts)
                 else:
                     path = str(uploads.upload_path(boundary_file, "boundary"))
+                    sess.uploads.add(path)
                     backend.check_boundary(sess, path)
             lat.directions = [DirectionEdit(method=method, index=0 if method == "file" else i,
                                             amount=float(a), layer_start=dstart,
@@ -555,10 +617,11 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
         def random_seed(sess: Session) -> int:
             return draw_seed()
 
-        load_btn.click(load_model, [model_box], model_outs, api_name="load_model", **JOB)
-        ckpt_upload.upload(upload_checkpoint, [ckpt_upload], [model_box, *model_outs],
+        load_btn.click(load_model, [session, model_box], model_outs, api_name="load_model",
+                       **JOB)
+        ckpt_upload.upload(upload_checkpoint, [session, ckpt_upload], [model_box, *model_outs],
                            api_name="upload_checkpoint", **JOB)
-        demo.load(load_model, [model_box], model_outs, api_name=False, **JOB)
+        demo.load(load_model, [session, model_box], model_outs, api_name=False, **JOB)
         latent_outs = [session, output, before]
         for comp in latent_inputs:
             if isinstance(comp, gr.Slider):
@@ -641,17 +704,17 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                         space: str, progress: gr.Progress = gr.Progress()) -> str:
             """An interpolation (or loop) video through keyframe seeds, as mp4."""
             sess = _need(sess)
-            cancel = sess.jobs.start()
             total = int(frames)
-            return backend.walk_video(sess, _floats(seeds_t, "keyframe seeds"), total,
-                                      bool(loop), space, float(fps),
-                                      progress=lambda i: progress((i + 1) / total,
-                                                                  desc="frames"),
-                                      cancel=cancel)
+            keys = _floats(seeds_t, "keyframe seeds")
+            with LANE.heavy(sess.jobs, "a walk video", _progress_fn(progress)) as cancel:
+                return backend.walk_video(sess, keys, total, bool(loop), space, float(fps),
+                                          progress=lambda i: progress((i + 1) / total,
+                                                                      desc="frames"),
+                                          cancel=cancel)
 
         walk_evt = walk_btn.click(render_walk, [session, walk_seeds, walk_frames, walk_fps,
                                                 walk_loop, walk_space], [video],
-                                  api_name="render_walk", **JOB)
+                                  api_name="render_walk", **HEAVY)
 
         def cancel_job(sess: Session | None) -> None:
             if sess is not None:
@@ -673,9 +736,10 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                              progress: gr.Progress = gr.Progress()) -> list[Any]:
             """Cluster a layer's channels (cached), then show one overlay tile per cluster."""
             sess = _need(sess)
-            cancel = sess.jobs.start()
-            result = backend.compute_clusters(sess, layer, int(k), int(samples),
-                                              progress=_progress_fn(progress), cancel=cancel)
+            report = _progress_fn(progress)
+            with LANE.heavy(sess.jobs, "a clustering", report) as cancel:
+                result = backend.compute_clusters(sess, layer, int(k), int(samples),
+                                                  progress=report, cancel=cancel)
             sess.clusters, sess.selected = result, []
             msg = (f"{result.k} clusters of {result.num_channels} channels on "
                    f"**{result.layer}** from {result.samples} latents; click tiles to "
@@ -687,15 +751,17 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     progress: gr.Progress = gr.Progress()) -> list[Any]:
             """Pick k by silhouette score and put it on the k slider."""
             sess = _need(sess)
-            best = backend.suggest_k(sess, layer, int(samples),
-                                     progress=_progress_fn(progress), cancel=sess.jobs.start())
+            report = _progress_fn(progress)
+            with LANE.heavy(sess.jobs, "a search for k", report) as cancel:
+                best = backend.suggest_k(sess, layer, int(samples), progress=report,
+                                         cancel=cancel)
             return [best, f"Suggested k = **{best}** (best silhouette score)."]
 
         cl_evt = cl_compute.click(compute_clusters, [session, cl_layer, cl_k, cl_samples],
                                   [session, cl_status, cl_gallery, cl_selected, add_layer],
-                                  api_name="compute_clusters", **JOB)
+                                  api_name="compute_clusters", **HEAVY)
         sg_evt = cl_suggest.click(suggest, [session, cl_layer, cl_samples], [cl_k, cl_status],
-                                  api_name="suggest_k", **JOB)
+                                  api_name="suggest_k", **HEAVY)
         cl_cancel.click(cancel_job, [session], None, api_name="cancel_clusters",
                         cancels=[cl_evt, sg_evt])
 
@@ -965,14 +1031,15 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             if sess.current is None or not param:
                 raise StudioError("click a bend with a numeric parameter first.")
             total = int(frames)
-            return backend.sweep_video(sess, f"bends.{sess.current}.params.{param}",
-                                       float(start), float(stop), total, float(fps),
-                                       progress=lambda i: progress((i + 1) / total,
-                                                                   desc="frames"),
-                                       cancel=sess.jobs.start())
+            with LANE.heavy(sess.jobs, "a sweep video", _progress_fn(progress)) as cancel:
+                return backend.sweep_video(sess, f"bends.{sess.current}.params.{param}",
+                                           float(start), float(stop), total, float(fps),
+                                           progress=lambda i: progress((i + 1) / total,
+                                                                       desc="frames"),
+                                           cancel=cancel)
 
         sw_evt = sw_btn.click(render_sweep, [session, sw_param, sw_from, sw_to, sw_frames,
-                                             sw_fps], [video], api_name="render_sweep", **JOB)
+                                             sw_fps], [video], api_name="render_sweep", **HEAVY)
         sw_cancel.click(cancel_job, [session], None, api_name="cancel_sweep", cancels=[sw_evt])
 
         # ------------------------------------------------------------- recipe
@@ -984,7 +1051,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
         def save_recipe(sess: Session) -> list[Any]:
             """Write the current recipe to a JSON file for download."""
             sess = _need(sess)
-            path = backend.new_output_path("recipe", ".json")
+            path = backend.new_output_path(sess, "recipe", ".json")
             sess.recipe.save(path)
             return [str(path), sess.recipe.to_json()]
 
@@ -993,15 +1060,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             """Replace the session's recipe with an uploaded one (validated first)."""
             data = uploads.read_json(file, "recipe")
             rec = Recipe.from_dict(data)
-            if rec.translator is not None and rec.translator.image and \
-                    not backend.is_studio_file(rec.translator.image):
-                # A recipe must not make the server show a picture it was never given.
-                raise StudioError("this recipe translates a picture that was not uploaded to "
-                                  "this studio; upload the picture on the Translate tab and "
-                                  "translate it there.")
-            backend.check_recipe_files(rec)
+            new = successor(sess, rec.model)
+            backend.check_recipe_files(new, rec)
             backend.validate(rec)
-            new = new_session(rec.model)
             new.recipe = rec
             if sess is not None and sess.model == rec.model:
                 new.clusters, new.selected = sess.clusters, sess.selected
@@ -1022,7 +1083,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
         # ------------------------------------------------------------- translate
         @user_errors
         def refresh_encoders(sess: Session | None, current: str | None) -> Any:
-            found = backend.encoder_choices(sess.model if sess else None)
+            found = backend.encoder_choices(sess, sess.model if sess else None)
             value = current if current else (found[0] if found else None)
             return gr.update(choices=backend.encoder_options(found), value=value)
 
@@ -1039,9 +1100,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                 sess = _need(sess)
                 if not layer:
                     raise StudioError("choose the layer the encoder should write.")
+                sess.jobs.claim("an encoder training")
             except StudioError as exc:
                 raise gr.Error(str(exc), print_exception=False) from exc
-            cancel = sess.jobs.start()
             points: list[tuple[int, float]] = []
             box: dict[str, Any] = {}
 
@@ -1053,12 +1114,16 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
 
             def work() -> None:
                 try:
-                    box["result"] = backend.train_encoder(sess, layer, int(steps), int(batch),
-                                                          progress=report, cancel=cancel)
+                    with LANE.slot(sess.jobs, report) as cancel:
+                        box["result"] = backend.train_encoder(sess, layer, int(steps),
+                                                              int(batch), progress=report,
+                                                              cancel=cancel)
                 except StudioError as exc:
                     box["error"] = str(exc)
                 except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
                     box["error"] = f"training stopped: {exc}"
+                finally:
+                    sess.jobs.release()
 
             thread = threading.Thread(target=work, daemon=True)
             thread.start()
@@ -1075,7 +1140,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                 yield (gr.update(), box.get("msg", "starting…"), plot, shown)
             if "error" in box:
                 msg = box["error"]
-                if cancel.is_set():
+                if sess.jobs.cancel.is_set():
                     msg += " Press Train again to resume from the last checkpoint."
                 yield (gr.update(), msg, plot, shown)
                 return
@@ -1086,13 +1151,13 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     f"({res.images_per_s:.1f} img/s); final loss {m.get('final_loss')}"
                     + (f", PSNR on its own images {m['psnr_db_own_images']} dB"
                        if "psnr_db_own_images" in m else "") + ".")
-            found = backend.encoder_choices(sess.model)
+            found = backend.encoder_choices(sess, sess.model)
             yield (gr.update(choices=backend.encoder_options(found), value=path), done, plot,
                    str(preview) if preview.exists() else None)
 
         tr_evt = tr_train.click(train, [session, tr_layer, tr_steps, tr_batch],
                                 [tr_encoder, tr_status, tr_loss, tr_preview],
-                                api_name="train_encoder")
+                                api_name="train_encoder", **HEAVY_LANE)
         tr_cancel.click(cancel_job, [session], None, api_name="cancel_training", cancels=[tr_evt])
 
         @user_errors
@@ -1101,15 +1166,9 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             sess = _need(sess)
             if not encoder:
                 raise StudioError("choose or train an encoder first.")
-            path, pic = backend.save_input_image(picture)
-            old = sess.recipe.translator
+            path, pic = backend.save_input_image(sess, picture)
             backend.set_translator(sess, encoder, path)
-            try:
-                out = backend.render(sess)
-            except StudioError:
-                sess.recipe.translator = old
-                raise
-            return [sess, out, pic]
+            return [sess, backend.render(sess), pic]
 
         @user_errors
         def translate_off(sess: Session) -> list[Any]:
@@ -1141,19 +1200,21 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                 progress: gr.Progress = gr.Progress()) -> list[Any]:
             """Project a photo into the model's latent space (W or W+)."""
             sess = _need(sess)
-            res = backend.project(sess, photo, int(steps), bool(w_plus),
-                                  progress=_progress_fn(progress), cancel=sess.jobs.start())
+            report = _progress_fn(progress)
+            with LANE.heavy(sess.jobs, "a projection", report) as cancel:
+                res = backend.project(sess, photo, int(steps), bool(w_plus), progress=report,
+                                      cancel=cancel)
             from engine.latents import ws_to_list
             sess.projected = ws_to_list(res.w)
             msg = (f"PSNR **{res.psnr:.2f} dB** after {res.steps} steps "
                    f"(loss: {res.loss_name}; from {res.init}). Send it to Explore to edit.")
-            vid = backend.frames_video(res.frames, "projection")
+            vid = backend.frames_video(sess, res.frames, "projection")
             return [sess, backend._pil(res.image), backend._pil(res.target), msg,
-                    backend.save_latent(res.w), vid]
+                    backend.save_latent(sess, res.w), vid]
 
         pr_evt = pr_go.click(fit, [session, pr_input, pr_steps, pr_wplus],
                              [session, output, before, pr_status, pr_file, video],
-                             api_name="project", **JOB)
+                             api_name="project", **HEAVY)
         pr_cancel.click(cancel_job, [session], None, api_name="cancel_projection", cancels=[pr_evt])
 
         @user_errors

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ from PIL import Image, ImageOps
 
 from engine import bending, clusters, latents, recipe, zoo
 from engine.errors import StudioError
+from studio import files
+from studio.jobs import interactive
 from studio.limits import SERVER_FILES
 from studio.state import Session
 
@@ -54,8 +55,7 @@ def gpu_job(duration: int) -> Callable[[Callable], Callable]:
             return inner(*args, progress=progress, cancel=cancel, **kwargs)
         return call
     return deco
-OUT_DIR = Path(os.environ.get("STUDIO_OUTPUT_DIR") or tempfile.gettempdir()) / "activation-studio"
-REPO = Path(__file__).resolve().parents[1]
+OUT_DIR, REPO = files.OUT_DIR, files.REPO
 
 
 @dataclass
@@ -82,9 +82,18 @@ def load(spec: str, progress: Callable[[float, str], None] | None = None) -> Any
     if not spec:
         raise StudioError("choose a model from the list, paste an hf:// address or upload a "
                           "checkpoint.")
-    if SERVER_FILES != "any" and _is_local_spec(spec):  # (load runs on every render)
-        check_server_file(spec, "model file")
+    if SERVER_FILES != "any" and is_path_spec(spec):  # (load runs on every render)
+        files.check_server_file(spec)
     return zoo.load(spec, progress=progress)
+
+
+def is_path_spec(spec: str) -> bool:
+    """True when a model spec names a file (not a catalogue id or a Hub address). Decided
+    by its form alone, so the answer says nothing about which files exist."""
+    spec = spec.strip()
+    if spec.startswith(zoo.HF_PREFIX) or zoo.HUB_URL.match(spec):
+        return False
+    return spec not in {e.id for e in zoo.catalogue()}
 
 
 def generator(spec: str) -> Any:
@@ -131,6 +140,7 @@ def render(sess: Session, with_bends: bool = True) -> Image.Image:
     return render_recipe(r)
 
 
+@interactive
 @gpu(20)
 def render_recipe(r: recipe.Recipe) -> Image.Image:
     return recipe.render(r, load(r.model))
@@ -146,6 +156,7 @@ def warm_directions(sess: Session, method: str) -> None:
         latents.sefa_directions(G)
 
 
+@interactive
 @gpu(30)
 def psi_grid(sess: Session, seeds: list[float], psis: list[float]) -> Image.Image:
     G = generator(sess.model)
@@ -153,6 +164,7 @@ def psi_grid(sess: Session, seeds: list[float], psis: list[float]) -> Image.Imag
     return _pil(latents.psi_grid(G, seeds, psis, lat.cutoff, lat.noise_mode))
 
 
+@interactive
 @gpu(30)
 def mix_grid(sess: Session, seeds: list[float], mix_seed: float) -> Image.Image:
     G = generator(sess.model)
@@ -165,7 +177,7 @@ def walk_video(sess: Session, seeds: list[float], frames: int, loop: bool, space
                fps: float, progress: Callable[[int], Any] | None = None,
                cancel: Any = None) -> str:
     G = generator(sess.model)
-    out = new_output_path("walk", ".mp4")
+    out = new_output_path(sess, "walk", ".mp4")
     latents.write_walk(G, seeds, frames, out, fps=fps, loop=loop, space=space,
                        psi=sess.recipe.latent.psi, noise_mode=sess.recipe.latent.noise_mode,
                        noise_seed=sess.recipe.latent.noise_seed, progress=progress, cancel=cancel)
@@ -197,6 +209,7 @@ def suggest_k(sess: Session, layer: str, samples: int,
 SELECTED_FRAME = (255, 124, 0)  # the page's accent orange
 
 
+@interactive
 @gpu(30)
 def overlay_tiles(sess: Session) -> list[tuple[Image.Image, str]]:
     """(tile, caption) per cluster of the session's clustering, for the current latent."""
@@ -223,6 +236,7 @@ def overlay_tiles(sess: Session) -> list[tuple[Image.Image, str]]:
     return tiles
 
 
+@interactive
 @gpu(20)
 def ablation(sess: Session, cluster_id: int) -> Image.Image:
     G = generator(sess.model)
@@ -233,69 +247,47 @@ def ablation(sess: Session, cluster_id: int) -> Image.Image:
 # ----------------------------------------------------------------------------------------
 # Files.
 
-def studio_file_roots() -> list[Path]:
-    """Folders of files the studio itself holds: what it wrote, what Gradio stored for
-    uploads, and the models and encoders that ship with it."""
-    gradio_tmp = os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio"
-    return [OUT_DIR, Path(gradio_tmp), REPO / "engine" / "default_model"]
+def check_server_file(path: str, what: str = "file") -> None:
+    """With STUDIO_SERVER_FILES=studio, refuse a path outside the studio's folders (any
+    session's); `what` is kept for callers, the sentence is the same whatever the path."""
+    files.check_server_file(path)
 
 
-def check_server_file(path: str, what: str) -> None:
-    """With STUDIO_SERVER_FILES=studio, refuse a path outside studio_file_roots()."""
-    if SERVER_FILES == "any":
-        return
-    try:
-        real = Path(path).expanduser().resolve()
-    except (OSError, RuntimeError):
-        real = None
-    if real is not None and any(real.is_relative_to(root.resolve())
-                                for root in studio_file_roots()):
-        return
-    raise StudioError(f"this studio only opens files uploaded to it, so the {what} "
-                      f"{Path(path).name!r} cannot be used; upload it instead.")
+def check_session_file(sess: Session, path: str) -> None:
+    """With STUDIO_SERVER_FILES=studio, refuse a path this session may not open
+    (studio.files.check_session_file): one sentence whatever the path."""
+    files.check_session_file(path, sess.token, sess.uploads)
 
 
-def check_recipe_files(r: recipe.Recipe) -> None:
-    """Every server path a recipe names must pass check_server_file."""
-    if _is_local_spec(r.model):
-        check_server_file(r.model, "model file")
+def check_recipe_files(sess: Session, r: recipe.Recipe) -> None:
+    """Every server path a recipe names must be the session's own, shipped, or uploaded by
+    it; a recipe never makes the server show a picture this session was not given."""
+    if is_path_spec(r.model):
+        check_session_file(sess, r.model)
     if r.translator is not None and r.translator.encoder and \
             not r.translator.encoder.startswith(zoo.HF_PREFIX):
-        check_server_file(r.translator.encoder, "encoder")
+        check_session_file(sess, r.translator.encoder)
+    if r.translator is not None and r.translator.image:
+        if SERVER_FILES == "any" and not files.is_output(r.translator.image):
+            raise StudioError("this recipe translates a picture that was not uploaded to "
+                              "this studio; upload the picture on the Translate tab and "
+                              "translate it there.")
+        check_session_file(sess, r.translator.image)
     for d in r.latent.directions:
         if getattr(d, "path", None):
-            check_server_file(d.path, "boundary file")
-    if r.blend is not None and _is_local_spec(r.blend.model):
-        check_server_file(r.blend.model, "model file to blend with")
+            check_session_file(sess, d.path)
+    if r.blend is not None and is_path_spec(r.blend.model):
+        check_session_file(sess, r.blend.model)
 
 
 def is_local_model(spec: str) -> bool:
     """True when a model spec names a file on this server (not a catalogue id or hf://)."""
-    return _is_local_spec(spec)
+    return is_path_spec(spec)
 
 
-def _is_local_spec(spec: str) -> bool:
-    try:
-        resolved = zoo.resolve(spec)
-    except StudioError:
-        return False  # not a path either; loading it will say what is wrong
-    return resolved.kind == "local" and resolved.entry is None
-
-
-def is_studio_file(path: str) -> bool:
-    """True for files this studio wrote itself (uploads it checked, renders, encoders)."""
-    try:
-        Path(path).resolve().relative_to(OUT_DIR.resolve())
-    except (ValueError, OSError):
-        return False
-    return Path(path).is_file()
-
-
-def new_output_path(stem: str, suffix: str) -> Path:
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=stem + "-", suffix=suffix, dir=OUT_DIR)
-    os.close(fd)
-    return Path(name)
+def new_output_path(sess: Session | None, stem: str, suffix: str) -> Path:
+    """A fresh file in the session's own output folder (None: the shared one)."""
+    return files.new_output_path(sess.token if sess is not None else None, stem, suffix)
 
 
 # ----------------------------------------------------------------------------------------
@@ -328,7 +320,7 @@ def validate(r: recipe.Recipe) -> None:
 def sweep_video(sess: Session, path: str, start: float, stop: float, frames: int, fps: float,
                 progress: Callable[[int], Any] | None = None, cancel: Any = None) -> str:
     """Animate a numeric recipe field into an mp4 (engine.recipe.sweep)."""
-    out = new_output_path("sweep", ".mp4")
+    out = new_output_path(sess, "sweep", ".mp4")
     recipe.sweep(sess.recipe, path, start, stop, frames, out, fps=fps, model=load(sess.model),
                  progress=progress, cancel=cancel)
     return str(out)
@@ -364,9 +356,20 @@ def encoder_options(paths: list[str]) -> list[tuple[str, str]]:
     return options
 
 
-def encoder_choices(spec: str | None = None) -> list[str]:
-    """Encoders on disk (shipped ones, then those trained here); with `spec`, only those
-    trained for that model (by the sha256 recorded beside each encoder)."""
+def _trained_encoders(sess: Session | None) -> list[str]:
+    """Encoders trained in this studio that `sess` may see: its own with
+    STUDIO_SERVER_FILES=studio, everyone's on your own machine."""
+    if SERVER_FILES == "any" or sess is None:
+        folders = [OUT_DIR / "sessions", OUT_DIR / "encoders"]
+        pattern = "**/encoder.safetensors"
+    else:
+        folders, pattern = [encoder_dir(sess)], "*/encoder.safetensors"
+    return [str(p) for folder in folders if folder.is_dir() for p in sorted(folder.glob(pattern))]
+
+
+def encoder_choices(sess: Session | None, spec: str | None = None) -> list[str]:
+    """Encoders on disk (shipped ones, then those trained here that the session may see);
+    with `spec`, only those trained for that model (by the sha256 recorded beside each)."""
     import json
 
     from engine import translator
@@ -374,9 +377,7 @@ def encoder_choices(spec: str | None = None) -> list[str]:
     found: list[str] = []
     for pattern in ENCODER_GLOBS:
         found += sorted(str(p) for p in REPO.glob(pattern))
-    if (OUT_DIR / "encoders").is_dir():
-        found += sorted(str(p) for p in (OUT_DIR / "encoders").glob("*/encoder.safetensors"))
-    found = list(dict.fromkeys(found))
+    found = list(dict.fromkeys(found + _trained_encoders(sess)))
     if spec is None:
         return found
     m = load(spec)
@@ -392,6 +393,10 @@ def encoder_choices(spec: str | None = None) -> list[str]:
     return keep
 
 
+def encoder_dir(sess: Session) -> Path:
+    return files.session_dir(sess.token) / "encoders"
+
+
 @gpu_job(600)
 def train_encoder(sess: Session, layer: str, steps: int, batch: int,
                   progress: Callable[[float, str], None] | None = None, cancel: Any = None
@@ -400,9 +405,10 @@ def train_encoder(sess: Session, layer: str, steps: int, batch: int,
     from engine import translator
 
     m = load(sess.model)
-    out = OUT_DIR / "encoders" / f"{sess.token}-{layer}-{steps}"
+    files.make_room()
     return translator.train_encoder(m.G, layer=layer, steps=int(steps), batch=int(batch),
-                                    out_dir=out, progress=progress, cancel=cancel,
+                                    out_dir=encoder_dir(sess) / f"{layer}-{steps}",
+                                    progress=progress, cancel=cancel,
                                     preview_every=max(10, int(steps) // 10),
                                     checkpoint_every=max(10, int(steps) // 10),
                                     model_sha256=m.sha256, model_id=m.id,
@@ -411,15 +417,16 @@ def train_encoder(sess: Session, layer: str, steps: int, batch: int,
 
 def preview_path(sess: Session, layer: str, steps: int) -> Path:
     from engine import translator
-    return OUT_DIR / "encoders" / f"{sess.token}-{layer}-{steps}" / translator.PREVIEW_FILE
+    return encoder_dir(sess) / f"{layer}-{steps}" / translator.PREVIEW_FILE
 
 
-def save_input_image(image: Any) -> tuple[str, Image.Image]:
-    """Check an uploaded picture and keep a clean RGB PNG copy that recipes can name."""
+def save_input_image(sess: Session, image: Any) -> tuple[str, Image.Image]:
+    """Check an uploaded picture and keep a clean RGB PNG copy, in the session's folder,
+    that its recipe can name."""
     from studio import uploads
     pic = uploads.open_image(image)
     pic.thumbnail((1024, 1024))  # the encoder sees at most the model's size anyway
-    path = new_output_path("input", ".png")
+    path = new_output_path(sess, "input", ".png")
     pic.save(path, format="PNG")
     return str(path), pic
 
@@ -430,7 +437,7 @@ def set_translator(sess: Session, encoder: str | None, image: str | None) -> Non
         sess.recipe.translator = None
         return
     if not encoder.startswith(zoo.HF_PREFIX):
-        check_server_file(encoder, "encoder")
+        check_session_file(sess, encoder)
     sess.recipe.translator = recipe.TranslatorSpec(encoder=encoder, image=image)
 
 
@@ -440,15 +447,21 @@ def live_translator(sess: Session, encoder: str) -> Any:
     cache = getattr(sess, "live", None)
     if cache is not None and cache[0] == (sess.model, encoder):
         return cache[1]
+    if not encoder.startswith(zoo.HF_PREFIX):
+        check_session_file(sess, encoder)
     m = load(sess.model)
     tr = translator.Translator.load(encoder, m.G, model_sha256=m.sha256)
     sess.live = ((sess.model, encoder), tr)
     return tr
 
 
+@interactive
 @gpu(10)
-def translate_frame(sess: Session, encoder: str, frame: np.ndarray) -> np.ndarray:
-    """One webcam frame through the encoder, with the session's latent and bends."""
+def translate_frame(sess: Session, encoder: str, frame: Any) -> np.ndarray:
+    """One webcam frame through the encoder, with the session's latent and bends. The frame
+    goes through the same checked reader as every other picture (pixel cap included)."""
+    from studio import uploads
+    frame = np.asarray(uploads.open_image(frame))
     tr = live_translator(sess, encoder)
     m = load(sess.model)
     r = sess.recipe
@@ -474,16 +487,17 @@ def project(sess: Session, image: Any, steps: int, w_plus: bool,
                              frame_every=max(1, int(steps) // 60))
 
 
-def save_latent(ws: Any) -> str:
-    path = new_output_path("latent", ".npy")
+def save_latent(sess: Session, ws: Any) -> str:
+    path = new_output_path(sess, "latent", ".npy")
     latents.save_w(path, ws)
     return str(path)
 
 
-def frames_video(frames: list[np.ndarray], stem: str, fps: float = 20) -> str | None:
+def frames_video(sess: Session, frames: list[np.ndarray], stem: str,
+                 fps: float = 20) -> str | None:
     if not frames:
         return None
     from engine.video import write_video
-    out = new_output_path(stem, ".mp4")
+    out = new_output_path(sess, stem, ".mp4")
     write_video(frames, out, fps=fps)
     return str(out)

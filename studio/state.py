@@ -8,7 +8,7 @@ helpers are plain data manipulation: no model maths.
 
 from __future__ import annotations
 
-import threading
+import copy
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,27 +17,7 @@ from engine.bending import OPERATIONS, Bend, ChannelSelection
 from engine.clusters import ClusterResult
 from engine.latents import LatentSpec
 from engine.recipe import Recipe
-
-
-class Jobs:
-    """Cancel flag of this session's long job (clustering, video, training, projection).
-
-    Gradio keeps a State's object by reference between events, so the Cancel button and
-    the running job see the same Event.
-    """
-
-    def __init__(self) -> None:
-        self.cancel = threading.Event()
-
-    def start(self) -> threading.Event:
-        self.cancel.clear()
-        return self.cancel
-
-    def __deepcopy__(self, memo: dict) -> Jobs:
-        return Jobs()  # an Event cannot be copied; a copy starts with no job running
-
-    def __reduce__(self) -> tuple:
-        return (Jobs, ())  # pickled (ZeroGPU worker): a fresh flag
+from studio.jobs import Jobs
 
 
 @dataclass
@@ -51,14 +31,24 @@ class Session:
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     jobs: Jobs = field(default_factory=Jobs)
     live: Any = None                                # (key, Translator) for webcam frames
+    uploads: set[str] = field(default_factory=set)  # upload paths this session's events got
 
     def __deepcopy__(self, memo: dict) -> Session:
         # Gradio copies only a State's initial value; a copy drops the cached translator.
-        import copy
         return Session(recipe=copy.deepcopy(self.recipe, memo),
                        clusters=copy.deepcopy(self.clusters, memo),
                        selected=list(self.selected), current=self.current,
                        projected=copy.deepcopy(self.projected, memo))
+
+    def snapshot(self) -> dict[str, Any]:
+        """What an edit may change, copied, so a failed edit can be undone exactly."""
+        return {"recipe": copy.deepcopy(self.recipe), "clusters": self.clusters,
+                "selected": list(self.selected), "current": self.current,
+                "projected": self.projected, "uploads": set(self.uploads)}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        for name, value in snap.items():
+            setattr(self, name, value)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -73,6 +63,15 @@ class Session:
 def new_session(model: str) -> Session:
     """A fresh session on `model`: seed 0, psi 0.7, no bends."""
     return Session(recipe=Recipe(model=model, latent=LatentSpec(seed=0.0, psi=0.7)))
+
+
+def successor(old: Session | None, model: str) -> Session:
+    """A fresh session on `model` that keeps what belongs to the visitor, not to the model:
+    its token (hence its folder and encoders), its uploads and its running job."""
+    new = new_session(model)
+    if old is not None:
+        new.token, new.uploads, new.jobs = old.token, set(old.uploads), old.jobs
+    return new
 
 
 def selection_for(sess: Session, layer: str, mode: str, fraction: float = 0.5,

@@ -98,8 +98,9 @@ class TrainedBoundary:
 
 
 def train(model: str, book: LabelBook, psi: float, name: str = "",
-          conditions: list[str] | None = None) -> TrainedBoundary:
-    """Fit the boundary of the marked seeds, holding `conditions` (boundary files) fixed."""
+          conditions: list[str] | None = None, owner: Any = None) -> TrainedBoundary:
+    """Fit the boundary of the marked seeds, holding `conditions` (boundary files) fixed;
+    the file goes to the folder of the session `owner` (a studio.session.Session)."""
     conditions = list(conditions or [])
     if len(conditions) > MAX_CONDITIONS:
         raise StudioError(f"Hold at most {MAX_CONDITIONS} boundaries fixed at once.")
@@ -111,14 +112,15 @@ def train(model: str, book: LabelBook, psi: float, name: str = "",
     seeds = sorted(book.marks)
     fit = boundaries.boundary_from_seeds(G, seeds, [book.marks[s] for s in seeds], psi=psi,
                                          conditions=held)
-    path = backend.new_output_path(f"boundary-{_slug(name)}", ".npy")
+    path = backend.new_output_path(owner, f"boundary-{_slug(name)}", ".npy")
     boundaries.save_boundary(path, fit.boundary, G)
     return TrainedBoundary(name=name.strip() or Path(path).stem, path=str(path),
                            summary=fit.summary())
 
 
 def train_from_labels(model: str, labels_text: str, psi: float = 1.0, name: str = "",
-                      conditions: list[str] | None = None) -> TrainedBoundary:
+                      conditions: list[str] | None = None, owner: Any = None
+                      ) -> TrainedBoundary:
     """The API's form: `seed,label` lines in, a boundary file and its accuracy out."""
     seeds, labels = boundaries.parse_labels(labels_text)
     if any(s != int(s) for s in seeds):
@@ -126,7 +128,7 @@ def train_from_labels(model: str, labels_text: str, psi: float = 1.0, name: str 
     book = LabelBook()
     book.mark([], yes=[int(s) for s, v in zip(seeds, labels) if v],
               no=[int(s) for s, v in zip(seeds, labels) if not v])
-    return train(model, book, psi, name, conditions)
+    return train(model, book, psi, name, conditions, owner=owner)
 
 
 def blend_spec(enabled: bool, other: str, mode: str, swap_res: Any, alpha: float,
