@@ -13,6 +13,11 @@ mismatch. Prints failures, mismatches, throughput and latency percentiles.
     python benchmarks/load_test.py                       # tiny random model, 8 x 25
     python benchmarks/load_test.py --model default       # the embedded default model
     python benchmarks/load_test.py --clients 4 --requests 5
+    python benchmarks/load_test.py --fairness --model default   # renders beside long jobs
+
+The fairness run measures one client's render latency (p50 of bend-parameter changes) on an
+idle server, then again while four other clients train an encoder, project a photo, render
+a walk video and a sweep video (the goal of issue #14: at most twice the idle p50).
 """
 
 from __future__ import annotations
@@ -141,6 +146,63 @@ def run_client(client, plan: tuple, values: list[float], expected: list[np.ndarr
             result.worst_diff = max(result.worst_diff, diff)
 
 
+def _burst(client, n: int) -> list[float]:
+    """n bend-angle changes in a row; the latency of each, image downloaded."""
+    lat = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        _pixels(client.predict(0, "angle", repr(float(i * 37 % 360)), api_name="/set_bend_param"))
+        lat.append(time.perf_counter() - t0)
+    return lat
+
+
+def _start_long_jobs(url: str, model: str, layer: str, folder: Path) -> list[tuple]:
+    """Four clients, each starting one long job; returns (client, job, cancel endpoint)."""
+    from gradio_client import handle_file
+    from PIL import Image
+
+    from tests.browser_util import studio_client
+
+    photo = folder / "photo.png"
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (96, 96, 3), np.uint8)).save(photo)
+    clients = [studio_client(url) for _ in range(4)]
+    for c in clients:
+        c.predict(model, api_name="/load_model")
+    clients[3].predict("rotate", layer, "all channels", 0.5, api_name="/add_bend")
+    return [(clients[0], clients[0].submit(layer, 3000, 8, api_name="/train_encoder"),
+             "/cancel_training"),
+            (clients[1], clients[1].submit(handle_file(str(photo)), 1000, True,
+                                           api_name="/project"), "/cancel_projection"),
+            (clients[2], clients[2].submit("0, 1, 2", 240, 24, True, "z",
+                                           api_name="/render_walk"), "/cancel_walk"),
+            (clients[3], clients[3].submit("angle", 0, 360, 240, 24,
+                                           api_name="/render_sweep"), "/cancel_sweep")]
+
+
+def fairness(url: str, model: str, layer: str, requests: int, folder: Path) -> dict:
+    """One client's render p50 idle, then while four others run long jobs."""
+    from tests.browser_util import studio_client
+
+    victim = studio_client(url)
+    victim.predict(model, api_name="/load_model")
+    victim.predict("rotate", layer, "all channels", 0.5, api_name="/add_bend")
+    _burst(victim, 3)  # warm up
+    idle = _burst(victim, requests)
+    jobs = _start_long_jobs(url, model, layer, folder)
+    time.sleep(5)  # every job submitted; the first ones running
+    running = sum(1 for _, job, _ in jobs if job.status().progress_data)
+    loaded = _burst(victim, requests)
+    still = sum(1 for _, job, _ in jobs if not job.done())
+    for client, _, cancel in jobs:
+        client.predict(api_name=cancel)
+    idle_p50, loaded_p50 = percentile(idle, 50), percentile(loaded, 50)
+    return {"requests": requests, "idle_p50_ms": round(1000 * idle_p50, 1),
+            "loaded_p50_ms": round(1000 * loaded_p50, 1),
+            "loaded_p95_ms": round(1000 * percentile(loaded, 95), 1),
+            "ratio": round(loaded_p50 / idle_p50, 2),
+            "long_jobs_reporting_at_start": running, "long_jobs_unfinished_at_end": still}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny",
@@ -148,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=25, help="requests per client")
     ap.add_argument("--json", help="also write the figures to this JSON file")
+    ap.add_argument("--fairness", action="store_true",
+                    help="measure one client's renders idle and beside four long jobs")
+    ap.add_argument("--heavy-jobs", type=int, default=None,
+                    help="STUDIO_HEAVY_JOBS for the server (default: the studio's)")
     args = ap.parse_args(argv)
 
     from engine import stylegan2, zoo
@@ -160,6 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         layers = [n for n in stylegan2.layer_names(G.config) if ".conv" in n]
         env = {"STUDIO_OUTPUT_DIR": str(folder / "out"),
                "ACTIVATION_STUDIO_CACHE": str(folder / "cache")}
+        if args.heavy_jobs:
+            env["STUDIO_HEAVY_JOBS"] = str(args.heavy_jobs)
+        if args.fairness:
+            with studio_server(model, env=env) as url:
+                figures = fairness(url, model, layers[len(layers) // 2], args.requests, folder)
+            print(json.dumps(figures, indent=2))
+            if args.json:
+                Path(args.json).write_text(json.dumps(figures, indent=2))
+            return 0 if figures["ratio"] <= 2 else 1
         with studio_server(model, env=env) as url:
             print(f"server {url}, model {args.model}, {args.clients} clients x "
                   f"{args.requests} requests")

@@ -1,7 +1,7 @@
 """The Activation Studio page: a model bar, five tabs, one large output canvas.
 
 `build_app()` returns the gr.Blocks; `spaces_app.py` launches it. Per-user state is a
-`studio.state.Session` in a gr.State (a Recipe plus what is on screen); callbacks edit it
+`studio.session.Session` in a gr.State (a Recipe plus what is on screen); callbacks edit it
 and ask `studio.backend` (hence engine) for pictures. Live edits use `.input`/`.release`
 with trigger_mode="always_last" and no progress spinner; long jobs report through
 gr.Progress and stop with their Cancel button. Every callback has a stable api_name.
@@ -20,7 +20,6 @@ import numpy as np
 from engine.bending import (
     OPERATIONS,
     WEIGHT_OPERATIONS,
-    Bend,
     WeightEdit,
     undone_by_demodulation,
 )
@@ -28,16 +27,10 @@ from engine.errors import StudioError
 from engine.latents import DirectionEdit
 from engine.recipe import Recipe
 from studio import backend, files, uploads
+from studio import session as S
 from studio.jobs import LANE
 from studio.limits import LIMITS, SERVER
-from studio.state import (
-    Session,
-    bend_label,
-    default_params,
-    move,
-    selection_for,
-    successor,
-)
+from studio.session import Session, bend_label, successor
 
 CSS = """
 #canvas img, #before img, .pixelated img { image-rendering: pixelated; }
@@ -138,16 +131,30 @@ def user_errors(fn: Callable) -> Callable:
     a failed edit leaves the session exactly as it was before the event."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        sessions = [a for a in args if isinstance(a, Session)]
-        snaps = [sess.snapshot() for sess in sessions]
+        sess = next((a for a in args if isinstance(a, Session)), None)
+        try:
+            if sess is None:
+                return fn(*args, **kwargs)
+            with S.edit(sess):  # all or nothing, and undoable
+                return fn(*args, **kwargs)
+        except StudioError as exc:
+            if isinstance(exc, gr.Error):
+                raise
+            raise gr.Error(str(exc), print_exception=False) from exc
+    return wrapper
+
+
+def job_errors(fn: Callable) -> Callable:
+    """user_errors for long jobs: no transaction around them, since the visitor keeps
+    editing while they run (a failed training must not undo those edits)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except BaseException as exc:
-            for sess, snap in zip(sessions, snaps):
-                sess.restore(snap)
-            if isinstance(exc, StudioError) and not isinstance(exc, gr.Error):
-                raise gr.Error(str(exc), print_exception=False) from exc
-            raise
+        except StudioError as exc:
+            if isinstance(exc, gr.Error):
+                raise
+            raise gr.Error(str(exc), print_exception=False) from exc
     return wrapper
 
 
@@ -699,7 +706,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
         grid_btn.click(render_grid, [session, grid_seeds, grid_psis, grid_kind], [grid_out],
                        api_name="render_grid", **JOB)
 
-        @user_errors
+        @job_errors
         def render_walk(sess: Session, seeds_t: str, frames: float, fps: float, loop: bool,
                         space: str, progress: gr.Progress = gr.Progress()) -> str:
             """An interpolation (or loop) video through keyframe seeds, as mp4."""
@@ -731,7 +738,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             return [gr.update(value=tiles, selected_index=None, height=24 + 112 * rows),
                     gr.update(choices=choices, value=sorted(sess.selected))]
 
-        @user_errors
+        @job_errors
         def compute_clusters(sess: Session, layer: str, k: float, samples: float,
                              progress: gr.Progress = gr.Progress()) -> list[Any]:
             """Cluster a layer's channels (cached), then show one overlay tile per cluster."""
@@ -746,7 +753,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                    f"select.")
             return [sess, msg, *_cluster_view(sess), gr.update(value=result.layer)]
 
-        @user_errors
+        @job_errors
         def suggest(sess: Session, layer: str, samples: float,
                     progress: gr.Progress = gr.Progress()) -> list[Any]:
             """Pick k by silhouette score and put it on the k slider."""
@@ -771,10 +778,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             if sess.clusters is None:
                 raise StudioError("compute clusters first.")
             cid = int(evt.index)
-            if cid in sess.selected:
-                sess.selected.remove(cid)
-            else:
-                sess.selected.append(cid)
+            S.toggle_cluster(sess, cid)
             return [sess, *_cluster_view(sess), backend.ablation(sess, cid),
                     _where_after_selection(sess)]
 
@@ -784,8 +788,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             sess = _need(sess)
             if sess.clusters is None:
                 raise StudioError("compute clusters first.")
-            new = [i for i in ids if i not in sess.selected]
-            sess.selected = sorted(int(i) for i in ids)
+            new = S.select_clusters(sess, ids)
             abl = backend.ablation(sess, new[-1]) if new else gr.update()
             return [sess, *_cluster_view(sess), abl, _where_after_selection(sess)]
 
@@ -865,10 +868,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                 raise StudioError(f"unknown operation {op!r}; choose one from the list.")
             if not layer:
                 raise StudioError("choose the layer to bend.")
-            sel = selection_for(sess, layer, where, fraction)
-            sess.recipe.bends.append(Bend(layer=layer, op=op, params=default_params(op),
-                                          channels=sel))
-            sess.current = len(sess.recipe.bends) - 1
+            S.add_bend(sess, layer, op, S.selection_for(sess, where, fraction))
             return [sess, backend.render(sess), _before(sess), *_editor(sess)]
 
         @user_errors
@@ -888,15 +888,13 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
             return handler
 
         def _up(sess: Session) -> None:
-            sess.current = move(sess.recipe.bends, sess.current, -1)
+            S.move(sess, "bend", sess.current, -1)
 
         def _down(sess: Session) -> None:
-            sess.current = move(sess.recipe.bends, sess.current, +1)
+            S.move(sess, "bend", sess.current, +1)
 
         def _remove(sess: Session) -> None:
-            sess.recipe.bends.pop(sess.current)
-            sess.current = min(sess.current, len(sess.recipe.bends) - 1) \
-                if sess.recipe.bends else None
+            S.remove(sess, "bend", sess.current)
 
         @user_errors
         def toggle_bend(sess: Session, on: bool) -> list[Any]:
@@ -997,7 +995,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                     params["axis"] = axis
                 elif p.type == "float" and not any(k != "axis" for k in params):
                     params[p.name] = float(amount)
-            sel = selection_for(sess, layer, where)
+            sel = S.selection_for(sess, where)
             edit = WeightEdit(layer=layer, op=op, params=params, channels=sel)
             if undone_by_demodulation(edit):
                 raise StudioError("weight demodulation divides this scale back out, so it would "
@@ -1023,7 +1021,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                       api_name="clear_weight_edits", **JOB)
 
         # ------------------------------------------------------------- sweep
-        @user_errors
+        @job_errors
         def render_sweep(sess: Session, param: str, start: float, stop: float, frames: float,
                          fps: float, progress: gr.Progress = gr.Progress()) -> str:
             """Animate one parameter of the current bend from `start` to `stop` (mp4)."""
@@ -1195,7 +1193,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                       concurrency_limit=2, show_progress="hidden")
 
         # ------------------------------------------------------------- project
-        @user_errors
+        @job_errors
         def fit(sess: Session, photo: Any, steps: float, w_plus: bool,
                 progress: gr.Progress = gr.Progress()) -> list[Any]:
             """Project a photo into the model's latent space (W or W+)."""

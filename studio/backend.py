@@ -22,7 +22,7 @@ from engine.errors import StudioError
 from studio import files
 from studio.jobs import interactive
 from studio.limits import SERVER_FILES
-from studio.state import Session
+from studio.session import Session
 
 DEFAULT_MODEL = os.environ.get("STUDIO_MODEL", "default")
 

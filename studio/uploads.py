@@ -116,19 +116,20 @@ def _check_pixels(w: int, h: int, max_pixels: int) -> None:
 
 def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Image:
     try:
-        # Image.open reads only the header, so the size check runs before any decoding.
-        with Image.open(source) as im:
-            _check_pixels(*im.size, max_pixels)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Image.open reads only the header, so the size check runs before any decoding
+        # (PIL's own bomb warning is ours to give, as a sentence).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as im:
+                _check_pixels(*im.size, max_pixels)
                 im.seek(0)
                 im.load()
-            return _to_rgb(im)
+                return _to_rgb(im)
     except StudioError:
         raise
     except Image.DecompressionBombError as exc:
-        raise StudioError("the image is larger than the pixel limit; upload a smaller "
-                          "picture.") from exc
+        raise StudioError(f"the image is larger than the {max_pixels / 1e6:.0f} megapixel "
+                          f"limit; upload a smaller picture.") from exc
     except UnidentifiedImageError as exc:
         raise StudioError(f"{name} is not an image this studio can read; upload a "
                           f"PNG, JPEG or WebP picture.") from exc

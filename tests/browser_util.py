@@ -64,6 +64,18 @@ def tiny_model_file(folder: Path) -> str:
     return str(path)
 
 
+# The process id of each running studio_server, by URL (tests read its peak memory).
+SERVER_PIDS: dict[str, int] = {}
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident memory (VmHWM) of a process so far, in MiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc; peak memory needs Linux")
+
+
 @contextmanager
 def studio_server(model: str, env: dict[str, str] | None = None,
                   timeout: float = 90.0) -> Iterator[str]:
@@ -92,8 +104,10 @@ def studio_server(model: str, env: dict[str, str] | None = None,
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the studio server did not answer on {url}")
             time.sleep(0.3)
+        SERVER_PIDS[url] = proc.pid
         yield url
     finally:
+        SERVER_PIDS.pop(url, None)
         proc.terminate()
         try:
             proc.wait(timeout=10)
@@ -102,3 +116,52 @@ def studio_server(model: str, env: dict[str, str] | None = None,
             proc.wait()
         if log is not subprocess.DEVNULL:
             log.close()
+
+
+def upload_file(url: str, path: str | Path) -> dict[str, Any]:
+    """Upload a file the way the page does; returns the FileData payload naming it."""
+    import httpx
+
+    with open(path, "rb") as f:
+        r = httpx.post(f"{url}gradio_api/upload", files={"files": (Path(path).name, f)},
+                       timeout=60)
+    r.raise_for_status()
+    return {"path": r.json()[0], "orig_name": Path(path).name, "meta": {"_type": "gradio.FileData"}}
+
+
+def queue_call(client: Any, api_name: str, data: list[Any], timeout: float = 120) -> list[Any]:
+    """Call an endpoint through Gradio's queue in `client`'s session, reading the event
+    stream directly: gradio_client cannot read a streaming endpoint's answer (it stops at
+    the 'process_streaming' message), and the webcam endpoint is one. Returns the first
+    output's data (a stream is then cancelled, as the page does when the webcam stops);
+    raises RuntimeError with the server's message when the call fails."""
+    import json
+
+    import httpx
+
+    url = client.src if client.src.endswith("/") else client.src + "/"
+    fn_index = client._infer_fn_index(api_name, None)
+    data = list(client.endpoints[fn_index].insert_empty_state(*data))  # gr.State slots
+    ids = {"fn_index": fn_index, "session_hash": client.session_hash}
+    joined = httpx.post(f"{url}gradio_api/queue/join", timeout=30,
+                        json={"data": data, "event_data": None, "trigger_id": None, **ids})
+    joined.raise_for_status()
+    event_id = joined.json()["event_id"]
+    deadline = time.monotonic() + timeout
+    with httpx.stream("GET", f"{url}gradio_api/queue/data",
+                      params={"session_hash": client.session_hash}, timeout=timeout) as r:
+        for line in r.iter_lines():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{api_name} gave no answer in {timeout:.0f} s")
+            if not line.startswith("data:"):
+                continue
+            msg = json.loads(line[5:])
+            if msg.get("event_id") not in (None, event_id):
+                continue
+            out = msg.get("output") or {}
+            if msg.get("msg") == "process_completed" and not msg.get("success", True):
+                raise RuntimeError(out.get("error") or "the call failed")
+            if out.get("data") is not None or msg.get("msg") == "process_completed":
+                break
+    httpx.post(f"{url}gradio_api/cancel", json={**ids, "event_id": event_id}, timeout=30)
+    return out.get("data") or []

@@ -312,12 +312,12 @@ def _rss_mb() -> float:
 
 
 def test_200_sessions_leave_memory_flat(tmp_path, monkeypatch, capsys):
-    """Sessions as the studio makes them (state.new_session), rendered through the backend
+    """Sessions as the studio makes them (session.new_session), rendered through the backend
     and the zoo's LRU, then dropped: RSS after 200 must stay near RSS after a warm-up."""
     from engine import zoo
     from engine.bending import Bend, ChannelSelection
     from studio import backend
-    from studio.state import new_session
+    from studio.session import new_session
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     model = tmp_path / "tiny.safetensors"

@@ -1,0 +1,401 @@
+"""One visitor's session: the recipe being edited, what is on screen, and undo/redo.
+
+No Gradio here. The page's events, the API endpoints and the tests call the same functions.
+Every edit goes through `edit(sess)`: if it raises, the session is restored exactly as it
+was (a NaN slider value leaves nothing behind); if it changes the recipe, the recipe from
+before goes on a bounded undo stack. Each edit function is plain data manipulation; whether
+the result renders is checked by the caller (engine validation and the render itself run
+inside the same `edit` block, so a recipe that cannot render is rolled back too).
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.bending import OPERATIONS, WEIGHT_OPERATIONS, Bend, ChannelSelection, WeightEdit
+from engine.clusters import ClusterResult
+from engine.errors import StudioError
+from engine.latents import DirectionEdit, LatentSpec, LayerEdit
+from engine.recipe import Recipe
+from studio.jobs import Jobs
+
+UNDO_DEPTH = 50   # recipes kept for undo (a recipe is a few KB; a W+ latent ~40 KB)
+LATENT_FIELDS = ("seed", "psi", "cutoff", "noise_mode", "noise_seed", "mix_seed", "mix_start",
+                 "mix_end", "directions")
+
+
+@dataclass
+class Session:
+    """Everything one visitor is editing: a Recipe plus what is on screen."""
+    recipe: Recipe                                  # model, latent, bends, weight edits, ...
+    clusters: ClusterResult | None = None          # the clustering on screen
+    selected: list[int] = field(default_factory=list)  # chosen cluster ids of `clusters`
+    current: int | None = None                      # index of the bend being edited
+    projected: list[list[float]] | None = None      # last projection's W+ (not yet sent)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    jobs: Jobs = field(default_factory=Jobs)
+    live: Any = None                                # (key, Translator) for webcam frames
+    uploads: set[str] = field(default_factory=set)  # upload paths this session's events got
+    undo: list[Recipe] = field(default_factory=list)  # recipes before each edit, newest last
+    redo: list[Recipe] = field(default_factory=list)
+
+    def __deepcopy__(self, memo: dict) -> Session:
+        # Gradio copies only a State's initial value; a copy drops the cached translator.
+        return Session(recipe=copy.deepcopy(self.recipe, memo),
+                       clusters=copy.deepcopy(self.clusters, memo),
+                       selected=list(self.selected), current=self.current,
+                       projected=copy.deepcopy(self.projected, memo))
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["live"] = None  # a loaded Translator does not travel between processes
+        return state
+
+    @property
+    def model(self) -> str:
+        return self.recipe.model
+
+    def snapshot(self) -> dict[str, Any]:
+        """What an edit may change, copied, so a failed edit can be undone exactly."""
+        return {"recipe": copy.deepcopy(self.recipe), "clusters": self.clusters,
+                "selected": list(self.selected), "current": self.current,
+                "projected": self.projected, "uploads": set(self.uploads),
+                "undo": list(self.undo), "redo": list(self.redo)}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        for name, value in snap.items():
+            setattr(self, name, value)
+
+
+def new_session(model: str) -> Session:
+    """A fresh session on `model`: seed 0, psi 0.7, no bends."""
+    return Session(recipe=Recipe(model=model, latent=LatentSpec(seed=0.0, psi=0.7)))
+
+
+def successor(old: Session | None, model: str) -> Session:
+    """A fresh session on `model` that keeps what belongs to the visitor, not to the model:
+    its token (hence its folder and encoders), its uploads and its running job."""
+    new = new_session(model)
+    if old is not None:
+        new.token, new.uploads, new.jobs = old.token, set(old.uploads), old.jobs
+    return new
+
+
+# ----------------------------------------------------------------------------------------
+# Transactions and history.
+
+@contextmanager
+def edit(sess: Session) -> Iterator[Session]:
+    """One edit: all or nothing, and undoable when it changed the recipe."""
+    snap = sess.snapshot()
+    try:
+        yield sess
+    except BaseException:
+        sess.restore(snap)
+        raise
+    if sess.recipe != snap["recipe"]:
+        sess.undo = (sess.undo + [snap["recipe"]])[-UNDO_DEPTH:]
+        sess.redo = []
+
+
+def undo(sess: Session) -> bool:
+    """Go back one edit; False when there is nothing to undo."""
+    return _step(sess, sess.undo, sess.redo)
+
+
+def redo(sess: Session) -> bool:
+    """Redo the last undone edit; False when there is nothing to redo."""
+    return _step(sess, sess.redo, sess.undo)
+
+
+def _step(sess: Session, source: list[Recipe], target: list[Recipe]) -> bool:
+    if not source:
+        return False
+    target.append(sess.recipe)
+    del target[:-UNDO_DEPTH]
+    sess.recipe = source.pop()
+    _clamp_current(sess)
+    return True
+
+
+def _clamp_current(sess: Session) -> None:
+    n = len(sess.recipe.bends)
+    if sess.current is not None and not 0 <= sess.current < n:
+        sess.current = n - 1 if n else None
+
+
+# ----------------------------------------------------------------------------------------
+# The model and whole recipes.
+
+def switch_model(sess: Session, model: str) -> None:
+    """Start over on another model. Everything that depends on the model goes (recipe,
+    clustering, selection, projection, webcam translator, history); what belongs to the
+    visitor stays (token, uploads, running job)."""
+    fresh = successor(sess, model)
+    for name in ("recipe", "clusters", "selected", "current", "projected", "live", "undo",
+                 "redo"):
+        setattr(sess, name, getattr(fresh, name))
+
+
+def load_recipe(sess: Session, rec: Recipe, merge: bool = False) -> None:
+    """Replace the recipe (merge=True: append its bends and weight edits to the current
+    ones instead, keeping the latent). A recipe for another model resets the clustering."""
+    rec = copy.deepcopy(rec)
+    if merge:
+        if rec.model != sess.model:
+            raise StudioError(f"this recipe is for the model {rec.model!r}, not the one "
+                              f"loaded; load it instead of merging.")
+        sess.recipe.bends += rec.bends
+        sess.recipe.weight_edits += rec.weight_edits
+        return
+    if rec.model != sess.model:
+        sess.clusters, sess.selected, sess.projected, sess.live = None, [], None, None
+    sess.recipe = rec
+    sess.current = 0 if rec.bends else None
+
+
+# ----------------------------------------------------------------------------------------
+# The latent.
+
+def set_latent(sess: Session, **fields: Any) -> None:
+    """Set fields of the latent (LATENT_FIELDS). Moving the seed leaves a projected W+."""
+    unknown = set(fields) - set(LATENT_FIELDS)
+    if unknown:
+        raise StudioError(f"unknown latent fields: {', '.join(sorted(unknown))}.")
+    lat = sess.recipe.latent
+    if "seed" in fields and lat.w is not None and float(fields["seed"]) != lat.seed:
+        lat.w = None
+    for name, value in fields.items():
+        setattr(lat, name, copy.deepcopy(value))
+
+
+def set_directions(sess: Session, method: str, amounts: list[float], start: int,
+                   end: int | None, path: str | None = None) -> None:
+    """Direction sliders: one DirectionEdit per non-zero amount (a boundary file has one)."""
+    if method == "file":
+        amounts = amounts[:1] if path else []
+    sess.recipe.latent.directions = [
+        DirectionEdit(method=method, index=0 if method == "file" else i, amount=float(a),
+                      layer_start=int(start), layer_end=end, path=path)
+        for i, a in enumerate(amounts) if a]
+
+
+def add_layer_edit(sess: Session, op: str, w_index: int, seed: int = 0) -> None:
+    sess.recipe.latent.layer_edits.append(LayerEdit(op=op, w_index=int(w_index),
+                                                    seed=int(seed)))
+
+
+def remove_layer_edit(sess: Session, index: int | None = None) -> None:
+    """Remove one W+ edit (None: all of them)."""
+    edits = sess.recipe.latent.layer_edits
+    if index is None:
+        edits.clear()
+    else:
+        edits.pop(_index(edits, index, "layer edit"))
+
+
+def send_projection(sess: Session) -> None:
+    """Use the last projection's W+ as the latent (psi 1, no truncation, no other edits)."""
+    if sess.projected is None:
+        raise StudioError("fit a photo first.")
+    lat = sess.recipe.latent
+    lat.w, lat.psi, lat.cutoff, lat.mix_seed = copy.deepcopy(sess.projected), 1.0, None, None
+    lat.directions, lat.layer_edits = [], []
+
+
+# ----------------------------------------------------------------------------------------
+# Clusters.
+
+def set_clusters(sess: Session, result: ClusterResult | None) -> None:
+    sess.clusters, sess.selected = result, []
+
+
+def select_clusters(sess: Session, ids: list[int]) -> list[int]:
+    """Set the selected cluster ids; returns the ids newly added."""
+    c = _need_clusters(sess)
+    ids = sorted({int(i) for i in ids})
+    bad = [i for i in ids if not 0 <= i < c.k]
+    if bad:
+        raise StudioError(f"there is no cluster {bad[0]}; this clustering has {c.k}.")
+    added = [i for i in ids if i not in sess.selected]
+    sess.selected = ids
+    return added
+
+
+def toggle_cluster(sess: Session, cid: int) -> None:
+    _need_clusters(sess)
+    ids = set(sess.selected) ^ {int(cid)}
+    select_clusters(sess, list(ids))
+
+
+def _need_clusters(sess: Session) -> ClusterResult:
+    if sess.clusters is None:
+        raise StudioError("compute clusters first.")
+    return sess.clusters
+
+
+def selection_for(sess: Session, mode: str, fraction: float = 0.5,
+                  seed: int = 0) -> ChannelSelection:
+    """The channel selection a new bend or weight edit gets from the page's choice."""
+    if mode == "selected clusters":
+        c = sess.clusters
+        if c is None or not sess.selected:
+            raise StudioError("no clusters are selected; compute clusters on the Clusters tab "
+                              "and click the tiles you want, or choose 'all channels'.")
+        return ChannelSelection(mode="clusters", layer=c.layer, k=c.k, ids=sorted(sess.selected),
+                                samples=c.samples, cluster_seed=c.seed)
+    if mode == "random fraction":
+        fraction = float(fraction)
+        if not 0 < fraction <= 1:  # NaN fails this too
+            raise StudioError("the random fraction must be more than 0 and at most 1.")
+        return ChannelSelection(mode="random", fraction=fraction, seed=int(seed))
+    return ChannelSelection(mode="all")
+
+
+# ----------------------------------------------------------------------------------------
+# Bends and weight edits: add, set, move, toggle, remove.
+
+def default_params(op: str) -> dict[str, Any]:
+    return {p.name: p.default for p in OPERATIONS[op].params}
+
+
+def add_bend(sess: Session, layer: str, op: str, channels: ChannelSelection,
+             params: dict[str, Any] | None = None) -> int:
+    """Append a bend and make it the one being edited; returns its index."""
+    if op not in OPERATIONS:
+        raise StudioError(f"unknown operation {op!r}; choose one from the list.")
+    if not layer:
+        raise StudioError("choose the layer to bend.")
+    sess.recipe.bends.append(Bend(layer=layer, op=op, params={**default_params(op),
+                                                                **(params or {})},
+                                  channels=channels))
+    sess.current = len(sess.recipe.bends) - 1
+    return sess.current
+
+
+def set_bend_param(sess: Session, index: int, name: str, value: Any) -> None:
+    """Set one parameter of bend `index`, typed by the operation's spec."""
+    b = sess.recipe.bends[_index(sess.recipe.bends, index, "bend")]
+    spec = next((p for p in OPERATIONS[b.op].params if p.name == name), None)
+    if spec is None:
+        raise StudioError(f"{OPERATIONS[b.op].title} has no parameter {name!r}; it has "
+                          f"{', '.join(p.name for p in OPERATIONS[b.op].params) or 'none'}.")
+    b.params[name] = _typed(spec.type, value, name)
+    sess.current = index
+
+
+def set_weight_edit(sess: Session, index: int, **params: Any) -> None:
+    """Change parameters of weight edit `index` (axis, factor, std, ...)."""
+    e = sess.recipe.weight_edits[_index(sess.recipe.weight_edits, index, "weight edit")]
+    specs = {p.name: p for p in WEIGHT_OPERATIONS[e.op].params}
+    for name, value in params.items():
+        if name not in specs:
+            raise StudioError(f"{WEIGHT_OPERATIONS[e.op].title} has no parameter {name!r}.")
+        e.params[name] = _typed(specs[name].type, value, name)
+
+
+def add_weight_edit(sess: Session, edit_: WeightEdit) -> int:
+    sess.recipe.weight_edits.append(edit_)
+    return len(sess.recipe.weight_edits) - 1
+
+
+def move(sess: Session, kind: str, index: int, delta: int) -> int:
+    """Move a bend or weight edit by delta places (clamped); returns its new index."""
+    items = _items(sess, kind)
+    i = _index(items, index, kind)
+    j = max(0, min(len(items) - 1, i + int(delta)))
+    items.insert(j, items.pop(i))
+    if kind == "bend":
+        sess.current = j
+    return j
+
+
+def toggle(sess: Session, kind: str, index: int, on: bool) -> None:
+    items = _items(sess, kind)
+    items[_index(items, index, kind)].enabled = bool(on)
+
+
+def remove(sess: Session, kind: str, index: int | None = None) -> None:
+    """Remove one bend or weight edit (None: all of that kind)."""
+    items = _items(sess, kind)
+    if index is None:
+        items.clear()
+    else:
+        items.pop(_index(items, index, kind))
+    if kind == "bend":
+        _clamp_current(sess)
+
+
+def _items(sess: Session, kind: str) -> list:
+    if kind == "bend":
+        return sess.recipe.bends
+    if kind == "weight edit":
+        return sess.recipe.weight_edits
+    raise StudioError(f"unknown kind of edit {kind!r}.")
+
+
+def _index(items: list, index: Any, what: str) -> int:
+    try:
+        i = int(index)
+    except (TypeError, ValueError) as exc:
+        raise StudioError(f"click a {what} first.") from exc
+    if not 0 <= i < len(items):
+        raise StudioError(f"there is no {what} {i}; the list has {len(items)}.")
+    return i
+
+
+def _typed(kind: str, value: Any, name: str) -> Any:
+    """A parameter value as its spec's type; text from the API is parsed."""
+    if isinstance(value, str):
+        value = _parse(value)
+    try:
+        if kind == "int":
+            return int(round(float(value)))
+        if kind == "float":
+            return float(value)
+        if kind == "bool":
+            return bool(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise StudioError(f"{name} must be a number, got {value!r}.") from exc
+    return value
+
+
+def _parse(text: str) -> Any:
+    """A parameter value typed as text: number, true/false, or a choice name."""
+    t = text.strip()
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    try:
+        return float(t)
+    except ValueError:
+        return t
+
+
+# ----------------------------------------------------------------------------------------
+# Labels the page shows.
+
+def bend_label(i: int, b: Bend) -> str:
+    """One line naming a bend in the stack list."""
+    op = OPERATIONS.get(b.op)
+    title = op.title if op else b.op
+    sel = b.channels
+    if sel.mode == "clusters":
+        where = f"clusters {','.join(map(str, sel.ids))} (k={sel.k})"
+    elif sel.mode == "random":
+        where = f"{sel.fraction:.0%} random channels"
+    elif sel.mode == "indices":
+        where = f"{len(sel.indices)} channels"
+    else:
+        where = "all channels"
+    vals = ", ".join(f"{k}={_short(v)}" for k, v in b.params.items())
+    state = "on" if b.enabled else "off"
+    return f"{i + 1}. [{state}] {title} @ {b.layer} · {where}" + (f" · {vals}" if vals else "")
+
+
+def _short(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,165 @@
+"""studio/session.py with plain pytest: every edit, all-or-nothing edits, undo/redo, and a
+model switch resetting exactly what depends on the model. No Gradio, no server."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from engine.bending import ChannelSelection, WeightEdit
+from engine.clusters import ClusterResult
+from engine.errors import StudioError
+from engine.recipe import Recipe
+from studio import session as S
+
+
+def _clusters(k: int = 4) -> ClusterResult:
+    labels = [c % k for c in range(32)]
+    return ClusterResult(layer="b8.conv1", k=k, labels=labels, sizes=[32 // k] * k,
+                         inertia=[0.0] * k, order=list(range(32)), samples=16)
+
+
+@pytest.fixture
+def sess() -> S.Session:
+    return S.new_session("tiny")
+
+
+def _edit(sess: S.Session, fn, *args, **kwargs):
+    with S.edit(sess):
+        return fn(sess, *args, **kwargs)
+
+
+def test_bend_edits_add_set_move_toggle_remove(sess):
+    _edit(sess, S.add_bend, "b8.conv1", "rotate", ChannelSelection())
+    _edit(sess, S.add_bend, "b16.conv0", "multiply", ChannelSelection(mode="random",
+                                                                       fraction=0.25))
+    assert [b.op for b in sess.recipe.bends] == ["rotate", "multiply"] and sess.current == 1
+    _edit(sess, S.set_bend_param, 0, "angle", "90")
+    assert sess.recipe.bends[0].params["angle"] == 90.0 and sess.current == 0
+    assert _edit(sess, S.move, "bend", 0, +1) == 1
+    assert [b.op for b in sess.recipe.bends] == ["multiply", "rotate"] and sess.current == 1
+    _edit(sess, S.toggle, "bend", 1, False)
+    assert sess.recipe.bends[1].enabled is False
+    _edit(sess, S.remove, "bend", 1)
+    assert [b.op for b in sess.recipe.bends] == ["multiply"] and sess.current == 0
+    _edit(sess, S.remove, "bend", None)
+    assert sess.recipe.bends == [] and sess.current is None
+
+
+def test_weight_edits_can_be_changed_and_removed_one_at_a_time(sess):
+    for factor in (2.0, 3.0):
+        _edit(sess, S.add_weight_edit, WeightEdit(layer="b8.conv1", op="scale",
+                                                  params={"factor": factor, "axis": "in"}))
+    _edit(sess, S.set_weight_edit, 0, factor=5)
+    assert sess.recipe.weight_edits[0].params["factor"] == 5.0
+    _edit(sess, S.move, "weight edit", 1, -1)
+    assert [e.params["factor"] for e in sess.recipe.weight_edits] == [3.0, 5.0]
+    _edit(sess, S.remove, "weight edit", 0)
+    assert [e.params["factor"] for e in sess.recipe.weight_edits] == [5.0]
+    with pytest.raises(StudioError, match="no parameter"):
+        _edit(sess, S.set_weight_edit, 0, volume=1)
+
+
+def test_latent_edits_and_projection(sess):
+    _edit(sess, S.set_latent, seed=3.5, psi=0.5, mix_seed=7)
+    lat = sess.recipe.latent
+    assert (lat.seed, lat.psi, lat.mix_seed) == (3.5, 0.5, 7)
+    _edit(sess, S.set_directions, "sefa", [0, 1.5, 0, -2], 0, None)
+    assert [(d.index, d.amount) for d in lat.directions] == [(1, 1.5), (3, -2.0)]
+    _edit(sess, S.add_layer_edit, "negate", 2)
+    _edit(sess, S.add_layer_edit, "swap", 3, seed=9)
+    _edit(sess, S.remove_layer_edit, 0)
+    assert [(e.op, e.w_index) for e in sess.recipe.latent.layer_edits] == [("swap", 3)]
+    with pytest.raises(StudioError, match="fit a photo"):
+        _edit(sess, S.send_projection)
+    sess.projected = [[0.0] * 4] * 6
+    _edit(sess, S.send_projection)
+    lat = sess.recipe.latent
+    assert lat.w == [[0.0] * 4] * 6 and lat.psi == 1.0 and lat.layer_edits == []
+    _edit(sess, S.set_latent, seed=4)  # moving the seed leaves the projected latent
+    assert sess.recipe.latent.w is None
+
+
+def test_cluster_selection(sess):
+    with pytest.raises(StudioError, match="compute clusters first"):
+        _edit(sess, S.select_clusters, [0])
+    S.set_clusters(sess, _clusters(4))
+    assert _edit(sess, S.select_clusters, [2, 0]) == [0, 2]
+    _edit(sess, S.toggle_cluster, 2)
+    assert sess.selected == [0]
+    with pytest.raises(StudioError, match="no cluster 9"):
+        _edit(sess, S.select_clusters, [9])
+    sel = S.selection_for(sess, "selected clusters")
+    assert (sel.mode, sel.ids, sel.k, sel.layer) == ("clusters", [0], 4, "b8.conv1")
+
+
+@pytest.mark.parametrize("fraction", [math.nan, 0.0, 1.5])
+def test_a_failed_edit_leaves_the_session_exactly_as_it_was(sess, fraction):
+    _edit(sess, S.add_bend, "b8.conv1", "rotate", ChannelSelection())
+    before = sess.snapshot()
+    with pytest.raises(StudioError):
+        with S.edit(sess):
+            S.add_bend(sess, "b8.conv1", "rotate", S.selection_for(sess, "random fraction",
+                                                                   fraction))
+    with pytest.raises(ValueError):
+        with S.edit(sess):  # any failure after the change, e.g. the render, rolls back too
+            S.set_bend_param(sess, 0, "angle", 45)
+            raise ValueError("render failed")
+    assert sess.recipe == before["recipe"] and sess.current == before["current"]
+    assert sess.undo == before["undo"] and sess.redo == before["redo"]
+
+
+def test_undo_redo_walks_the_history_and_a_new_edit_clears_redo(sess):
+    start = Recipe.from_json(sess.recipe.to_json())
+    for angle in (10, 20, 30):
+        if not sess.recipe.bends:
+            _edit(sess, S.add_bend, "b8.conv1", "rotate", ChannelSelection())
+        _edit(sess, S.set_bend_param, 0, "angle", angle)
+    assert S.undo(sess) and sess.recipe.bends[0].params["angle"] == 20.0
+    assert S.undo(sess) and sess.recipe.bends[0].params["angle"] == 10.0
+    assert S.redo(sess) and sess.recipe.bends[0].params["angle"] == 20.0
+    _edit(sess, S.set_latent, psi=0.3)
+    assert not S.redo(sess)  # a new edit forgets what was undone
+    while S.undo(sess):
+        pass
+    assert sess.recipe == start and sess.current is None
+    _edit(sess, S.set_latent, psi=0.7)  # no change: nothing to undo
+    assert sess.undo == []
+
+
+def test_history_is_bounded(sess):
+    for i in range(S.UNDO_DEPTH + 20):
+        _edit(sess, S.set_latent, seed=float(i + 1))
+    assert len(sess.undo) == S.UNDO_DEPTH
+    while S.undo(sess):
+        pass
+    assert sess.recipe.latent.seed == 20.0  # the oldest 20 fell off
+
+
+def test_switch_model_resets_what_depends_on_the_model(sess):
+    sess.uploads.add("/uploads/x.png")
+    token, jobs = sess.token, sess.jobs
+    _edit(sess, S.add_bend, "b8.conv1", "rotate", ChannelSelection())
+    S.set_clusters(sess, _clusters())
+    sess.selected, sess.projected, sess.live = [1], [[0.0]], ("key", object())
+    S.switch_model(sess, "other")
+    assert sess.model == "other" and sess.recipe.bends == []
+    assert (sess.clusters, sess.selected, sess.projected, sess.live, sess.current) == \
+        (None, [], None, None, None)
+    assert sess.undo == [] and sess.redo == []
+    assert (sess.token, sess.jobs, sess.uploads) == (token, jobs, {"/uploads/x.png"})
+
+
+def test_load_and_merge_recipes(sess):
+    _edit(sess, S.add_bend, "b8.conv1", "rotate", ChannelSelection())
+    other = S.new_session("tiny")
+    _edit(other, S.add_bend, "b16.conv0", "invert", ChannelSelection())
+    _edit(sess, S.load_recipe, other.recipe, merge=True)
+    assert [b.op for b in sess.recipe.bends] == ["rotate", "invert"]
+    S.set_clusters(sess, _clusters())
+    _edit(sess, S.load_recipe, Recipe(model="elsewhere"))
+    assert sess.model == "elsewhere" and sess.clusters is None and sess.recipe.bends == []
+    assert S.undo(sess) and sess.model == "tiny"
+    with pytest.raises(StudioError, match="not the one loaded"):
+        _edit(sess, S.load_recipe, Recipe(model="elsewhere"), merge=True)

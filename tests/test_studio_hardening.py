@@ -1,0 +1,269 @@
+"""Issue #14, studio side: a hostile visitor against a real `spaces_app.py` server.
+
+One server in studio mode (STUDIO_SERVER_FILES=studio, small per-kind upload limits, one
+long job at a time) on the tiny random model. Each test attacks through gradio_client the
+way a stranger would (raw {"path": ...} payloads, pixel bombs, a second long job, another
+session's files, a NaN edit), then checks: refused with one sentence, the server's peak
+memory (VmHWM of its process) barely moved, nothing was copied into the studio's folders
+from outside, and the server still renders the session's image exactly as before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.browser_util import (
+    SERVER_PIDS,
+    peak_rss_mb,
+    queue_call,
+    studio_client,
+    studio_server,
+    tiny_model_file,
+    upload_file,
+)
+
+gradio_client = pytest.importorskip("gradio_client")
+
+REFUSED = "this studio only opens files uploaded to it or written by it in this session"
+# What Gradio itself answers for a file component's payload without its 'meta' (it refuses
+# those before the studio sees them): also the same whatever the path.
+GRADIO_REFUSED = "The upstream Gradio app has raised an exception"
+RECIPE_LIMIT = 4096
+
+
+def png_bomb(path: Path, width: int, height: int) -> None:
+    """A greyscale PNG of width x height black pixels, compressed in chunks (a few hundred
+    KB on disk, width*height bytes once decoded) without ever holding the raw image."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (len(data).to_bytes(4, "big") + kind + data
+                + zlib.crc32(kind + data).to_bytes(4, "big"))
+
+    comp = zlib.compressobj(9)
+    row = b"\0" * (width + 1)  # filter byte + pixels
+    body = b"".join(comp.compress(row * 256) for _ in range(height // 256))
+    body += comp.compress(row * (height % 256)) + comp.flush()
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body)
+                     + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("studio-hardening")
+    model = tiny_model_file(folder)
+    env = {"STUDIO_OUTPUT_DIR": str(folder / "out"), "GRADIO_TEMP_DIR": str(folder / "gradio"),
+           "ACTIVATION_STUDIO_CACHE": str(folder / "cache"), "STUDIO_SERVER_FILES": "studio",
+           "STUDIO_MAX_RECIPE_BYTES": str(RECIPE_LIMIT), "STUDIO_HEAVY_JOBS": "1"}
+    with studio_server(model, env=env) as url:
+        yield url, model, folder
+
+
+def _pixels(data) -> np.ndarray:
+    path = data["path"] if isinstance(data, dict) else data
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _session(url: str, model: str):
+    """A fresh client on the model; returns (client, its current image)."""
+    client = studio_client(url)
+    image = _pixels(client.predict(model, api_name="/load_model")[1])
+    return client, image
+
+
+def _still_renders(client, image: np.ndarray) -> None:
+    """The session's picture, rendered again, is exactly the one from before the attack."""
+    out = client.predict(0, 0, 0.7, 0, "const", 0, False, 1, 0, 8, "sefa", None,
+                         0, 0, 0, 0, 0, 0, 8, api_name="/set_latent")[0]
+    assert np.array_equal(_pixels(out), image)
+
+
+def _error(call) -> str:
+    with pytest.raises(Exception) as info:
+        call()
+    return str(info.value)
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_every_image_input_has_the_pixel_cap(server, tmp_path):
+    """Item 2: a 13000x13000 PNG (a few hundred KB) to the webcam, projection and translate
+    endpoints, as an upload and inline as a data URL, is refused unread."""
+    from gradio_client import handle_file
+
+    url, model, _ = server
+    client, image = _session(url, model)
+    bomb = tmp_path / "bomb.png"
+    png_bomb(bomb, 13000, 13000)
+    assert bomb.stat().st_size < 1_000_000
+    import base64
+    inline = {"url": "data:image/png;base64," + base64.b64encode(bomb.read_bytes()).decode(),
+              "meta": {"_type": "gradio.FileData"}}
+    before = peak_rss_mb(SERVER_PIDS[url])
+    calls = [lambda: client.predict("enc", handle_file(str(bomb)), api_name="/translate_frame"),
+             lambda: client.predict("enc", inline, api_name="/translate_frame"),
+             lambda: client.predict(handle_file(str(bomb)), 10, True, api_name="/project"),
+             lambda: client.predict("enc", handle_file(str(bomb)), api_name="/translate")]
+    for call in calls:
+        assert "megapixel limit" in _error(call)
+    grown = peak_rss_mb(SERVER_PIDS[url]) - before
+    assert grown < 150, f"the server's peak memory grew {grown:.0f} MiB"  # decoded: 161 MiB
+    _still_renders(client, image)
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "/nonexistent/x.png", "/dev/zero", "/tmp",
+                                    "outside.png", "empty.png", "../../../etc/hostname"])
+def test_server_files_get_one_sentence_whatever_the_path(server, tmp_path, target):
+    """Item 3: image inputs given {"path": ...} without meta, load_model and the webcam's
+    encoder path: refused with the same sentence whether the file exists, is empty, is a
+    folder or a device; nothing of it is copied into the studio's folders."""
+    url, model, folder = server
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "outside.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    path = str(tmp_path / target) if not target.startswith(("/", "..")) else target
+    client, image = _session(url, model)
+    seen = _files(folder / "gradio") | _files(folder / "out")
+    calls = [lambda: client.predict({"path": path}, 10, True, api_name="/project"),
+             lambda: client.predict("enc", {"path": path}, api_name="/translate"),
+             lambda: client.predict("enc", {"path": path}, api_name="/translate_frame"),
+             lambda: client.predict(path, api_name="/load_model")]
+    for call in calls:
+        assert _error(call) == REFUSED + "; upload the file instead."
+    for name in ("/load_recipe", "/upload_checkpoint"):  # gr.File / gr.UploadButton
+        message = _error(lambda n=name: client.predict({"path": path}, api_name=n))
+        assert message.startswith((REFUSED, GRADIO_REFUSED)) and path not in message
+    # The webcam's encoder path: a real frame, an encoder outside the studio -> no frame.
+    frame = tmp_path / "frame.png"
+    Image.new("RGB", (16, 16), (9, 99, 9)).save(frame)
+    assert queue_call(client, "/translate_frame", [path, upload_file(url, frame)]) == [None]
+    new = (_files(folder / "gradio") | _files(folder / "out")) - seen
+    assert not [f for f in new if Path(f).name in ("passwd", "outside.png", "hostname")]
+    _still_renders(client, image)
+
+
+def test_long_jobs_one_per_session_and_one_at_a_time(server, tmp_path):
+    """Item 6: a session's second long job is refused at once with a sentence; another
+    session's long job waits for the slot (STUDIO_HEAVY_JOBS=1) while its interactive
+    renders keep being served."""
+    from gradio_client import handle_file
+
+    url, model, _ = server
+    a, _ = _session(url, model)
+    b, b_image = _session(url, model)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.RandomState(1).randint(0, 255, (40, 40, 3), np.uint8)).save(photo)
+    job = a.submit(handle_file(str(photo)), 1000, True, api_name="/project")
+    deadline = time.monotonic() + 30
+    while job.status().progress_data is None:  # until the projection reports a step
+        assert time.monotonic() < deadline and not job.done(), job.status()
+        time.sleep(0.2)
+    msg = _error(lambda: a.predict("0, 1", 2, 8, False, "w", api_name="/render_walk"))
+    assert "already running a long job (a projection)" in msg
+    assert "wait for it to finish or press its Cancel button" in msg
+    waiting = b.submit("b16.conv1", 3, 16, api_name="/compute_clusters")
+    time.sleep(2)
+    assert not waiting.done(), "B's clustering ran beside A's projection"
+    t0 = time.monotonic()
+    _still_renders(b, b_image)  # interactive lane: served while A's job holds the slot
+    assert time.monotonic() - t0 < 20
+    a.predict(api_name="/cancel_projection")
+    with pytest.raises(Exception, match="cancelled"):
+        job.result(timeout=120)
+    assert "3 clusters" in waiting.result(timeout=120)[0]
+    assert a.predict("0, 1", 4, 8, False, "w", api_name="/render_walk")  # A may run one now
+
+
+def test_upload_kinds_have_their_own_limits(server, tmp_path):
+    """Item 7: a recipe over STUDIO_MAX_RECIPE_BYTES is refused (the checkpoint limit does
+    not apply to it) and deleted from the upload folder at once."""
+    from gradio_client import handle_file
+
+    url, model, folder = server
+    client, image = _session(url, model)
+    big = tmp_path / "big-recipe.json"
+    big.write_text(json.dumps({"version": 1, "model": model, "pad": "x" * RECIPE_LIMIT}))
+    assert "limit" in _error(lambda: client.predict(handle_file(str(big)),
+                                                    api_name="/load_recipe"))
+    assert not [p for p in (folder / "gradio").rglob("big-recipe.json")]
+    _still_renders(client, image)
+
+
+def test_old_outputs_are_cleaned_and_the_folder_has_a_ceiling(tmp_path, monkeypatch):
+    """Item 7: sweep() deletes outputs past their age, then the oldest until the folder
+    fits its ceiling; a server writing its first output runs it."""
+    from studio import files
+
+    monkeypatch.setattr(files, "OUT_DIR", tmp_path)
+    now = time.time()
+    for i, (age_h, size) in enumerate([(30, 100), (5, 400), (3, 400), (1, 400)]):
+        p = tmp_path / "sessions" / f"s{i}" / "f.bin"
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x" * size)
+        os.utime(p, (now - age_h * 3600, now - age_h * 3600))
+    freed = files.sweep(now, max_age_s=24 * 3600, max_bytes=900)
+    left = sorted(p.parent.name for p in tmp_path.rglob("f.bin"))
+    assert left == ["s2", "s3"] and freed == 500  # the 30 h one by age, then the oldest
+
+
+def test_sessions_see_only_their_own_uploads_and_encoders(server, tmp_path):
+    """Item 9: B does not see A's trained encoder, cannot translate with it, and a recipe
+    naming A's picture or A's uploaded checkpoint is refused."""
+    from gradio_client import handle_file
+
+    url, model, folder = server
+    a, _ = _session(url, model)
+    b, b_image = _session(url, model)
+    upload = tmp_path / "mine.safetensors"
+    upload.write_bytes(Path(model).read_bytes())
+    a_model = a.predict(handle_file(str(upload)), api_name="/upload_checkpoint")[0]["value"]
+    assert a_model.startswith(str(folder / "gradio"))  # Gradio's upload folder
+    a.predict(model, api_name="/load_model")
+    a.predict("b8.conv1", 10, 2, api_name="/train_encoder")
+    a_encoders = a.predict(None, api_name="/list_encoders")
+    trained = [c[1] for c in a_encoders["choices"] if "trained here" in c[0]]
+    assert trained, a_encoders
+    assert not [c for c in b.predict(None, api_name="/list_encoders")["choices"]
+                if "trained here" in c[0]]
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.RandomState(2).randint(0, 255, (40, 40, 3), np.uint8)).save(photo)
+    a.predict(trained[0], handle_file(str(photo)), api_name="/translate")
+    recipe_path, text = a.predict(api_name="/save_recipe")
+    a_recipe = json.loads(text)
+    assert a_recipe["translator"]["image"]
+    assert _error(lambda: b.predict(trained[0], handle_file(str(photo)),
+                                    api_name="/translate")).startswith(REFUSED)
+    frame = upload_file(url, photo)
+    assert queue_call(b, "/translate_frame", [trained[0], frame]) == [None]
+    assert queue_call(a, "/translate_frame", [trained[0], frame])[0] is not None
+    for edit in ({}, {"translator": None, "model": a_model}):
+        (tmp_path / "r.json").write_text(json.dumps({**a_recipe, **edit}))
+        assert _error(lambda: b.predict(handle_file(str(tmp_path / "r.json")),
+                                        api_name="/load_recipe")).startswith(REFUSED)
+    assert _error(lambda: b.predict(a_model, api_name="/load_model")).startswith(REFUSED)
+    a.predict(handle_file(str(tmp_path / "r.json")), api_name="/load_recipe")  # A's own: fine
+    _still_renders(b, b_image)
+
+
+def test_a_failed_edit_leaves_the_session_as_it_was(server):
+    """Item 11: add_bend with a NaN fraction fails and leaves no bend behind; the session's
+    recipe is byte for byte what it was, and the next render is the same image."""
+    url, model, _ = server
+    client, image = _session(url, model)
+    client.predict("rotate", "b8.conv1", "all channels", 0.5, api_name="/add_bend")
+    _, before = client.predict(api_name="/save_recipe")
+    _error(lambda: client.predict("rotate", "b8.conv1", "random fraction", float("nan"),
+                                  api_name="/add_bend"))
+    _error(lambda: client.predict(0, "angle", "nan", api_name="/set_bend_param"))
+    _, after = client.predict(api_name="/save_recipe")
+    assert json.loads(after) == json.loads(before)
+    client.predict(api_name="/remove_bend")
+    _still_renders(client, image)
