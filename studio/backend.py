@@ -253,6 +253,11 @@ def check_server_file(path: str, what: str = "file") -> None:
     files.check_server_file(path)
 
 
+def is_studio_file(path: str) -> bool:
+    """True for a file this studio wrote itself (any session's)."""
+    return files.is_output(path)
+
+
 def check_session_file(sess: Session, path: str) -> None:
     """With STUDIO_SERVER_FILES=studio, refuse a path this session may not open
     (studio.files.check_session_file): one sentence whatever the path."""
