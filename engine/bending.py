@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine import networks
 from engine.errors import StudioError
 from engine.limits import ENV_NAMES, Limits, above_limit, current_limits
 
@@ -971,12 +972,17 @@ def validate_weight_edit(edit: WeightEdit, G: Any = None, limits: Limits | None 
     return _validate_edit(edit, WEIGHT_OPERATIONS, G, "weight edit", limits)
 
 
-def undone_by_demodulation(edit: WeightEdit) -> bool:
+def undone_by_demodulation(edit: WeightEdit, G: Any = None) -> bool:
     """True for a scale that changes nothing: a positive scale of whole output channels, or
-    of every input channel, of a demodulated conv (every conv but torgb) leaves its
-    normalised weights as they were. Valid, but worth telling a user before they add it."""
-    if edit.op != "scale" or not isinstance(edit.layer, str) or edit.layer.endswith("torgb") \
+    of every input channel, of a demodulated conv (every conv but the RGB ones) leaves its
+    normalised weights as they were. Valid, but worth telling a user before they add it.
+    Without G, layers are read as StyleGAN2 names."""
+    if edit.op != "scale" or not isinstance(edit.layer, str) \
             or not isinstance(edit.params, Mapping):
+        return False
+    rgb = networks.is_rgb_layer(G, edit.layer) if G is not None and edit.layer in \
+        getattr(G.synthesis, "layers", ()) else edit.layer.endswith("torgb")
+    if rgb:
         return False
     factor = edit.params.get("factor", 2.0)
     whole_weight = edit.params.get("axis", "out") == "out" or edit.channels.mode == "all"
@@ -984,8 +990,7 @@ def undone_by_demodulation(edit: WeightEdit) -> bool:
 
 
 def _weight_of(G: Any, layer: str) -> torch.Tensor:
-    block, part = layer.split(".")
-    return getattr(getattr(G.synthesis, block), part).weight
+    return networks.layer_module(G, layer).weight
 
 
 def resolve_channels(sel: ChannelSelection, G: Any, layer: str, channels: int,

@@ -50,6 +50,10 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=None,
                    help="images per forward pass (default: measured on the first images; "
                         "1 with --noise-mode random, so each seed's noise is its own)")
+    p.add_argument("--translate", default=None, metavar="X,Y",
+                   help="StyleGAN3: shift the input by X,Y image widths, e.g. 0.1,-0.05")
+    p.add_argument("--rotate", type=float, default=0.0,
+                   help="StyleGAN3: rotate the input by this many degrees")
     p.set_defaults(func=cmd_generate)
 
 
@@ -192,6 +196,18 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"  {row['layer']:<12} w{row['w_index']:<3} [{c}, {h}, {w}]")
 
 
+def parse_translate(text: str | None) -> list[float] | None:
+    """'0.1,-0.05' -> [0.1, -0.05]; one clear sentence for anything else."""
+    if text is None:
+        return None
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise StudioError(f"--translate takes two numbers X,Y (image widths), e.g. 0.1,-0.05; "
+                          f"got {text!r}.") from None
+    return [x, y]
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
@@ -199,13 +215,27 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from engine.batching import BatchSizer, chunks
-    from engine.latents import class_label, image_grid, seed_to_z, to_uint8
+    from engine.latents import (
+        LatentSpec,
+        class_label,
+        image_grid,
+        seed_to_z,
+        to_uint8,
+        transform_kwargs,
+        validate_latent,
+    )
 
     seeds = parse_seeds(args.seeds)
     if args.batch is not None and args.batch < 1:
         raise StudioError("--batch must be at least 1.")
     model = load_model(args.model, args.device)
     G = model.G
+    spec = LatentSpec(translate=parse_translate(args.translate), rotate=args.rotate)
+    problems = [p for p in validate_latent(spec, G) if p.startswith(("latent.translate",
+                                                                     "latent.rotate"))]
+    if problems:
+        raise StudioError(problems[0].split(": ", 1)[1])
+    extra = transform_kwargs(G, spec)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = next(G.parameters()).device
@@ -223,7 +253,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if args.noise_mode == "random":
             gen = torch.Generator(device=device).manual_seed(chunk[0])
         ws = G.mapping(z, cc, psi=args.psi, cutoff=args.cutoff)
-        img = G.synthesis(ws, noise_mode=args.noise_mode, noise_generator=gen)
+        img = G.synthesis(ws, noise_mode=args.noise_mode, noise_generator=gen, **extra)
         for seed, arr in zip(chunk, to_uint8(img)):   # to_uint8 waits for the device
             Image.fromarray(arr).save(out / f"seed{seed:04d}.png")
             images.append(arr)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine import networks
 from engine.batching import BatchSizer, chunks
 from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_write, atomic_write_text
@@ -175,8 +176,8 @@ class _StopForward(Exception):
 
 def _check_layer(G: torch.nn.Module, layer: str) -> tuple[int, int, int]:
     shapes = G.layer_shapes()
-    if layer not in shapes or layer.endswith("torgb"):
-        convs = [n for n in shapes if not n.endswith("torgb")]
+    if layer not in shapes or networks.is_rgb_layer(G, layer):
+        convs = networks.conv_layers(G)
         raise StudioError(f"layer {layer!r} cannot be clustered; choose one of "
                           f"{', '.join(convs)}.")
     return shapes[layer]

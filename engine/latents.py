@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine import networks
 from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_save_npy
 
@@ -67,6 +68,9 @@ class LatentSpec:
     w: list[list[float]] | None = None  # a saved W+ [num_ws][w_dim]; overrides seed when set
     directions: list[DirectionEdit] = field(default_factory=list)
     layer_edits: list[LayerEdit] = field(default_factory=list)
+    # StyleGAN3 only: move the input features as NVlabs gen_images.py --translate/--rotate.
+    translate: list[float] | None = None  # [x, y] in image widths (0.1 = a tenth across)
+    rotate: float = 0.0                   # degrees, anticlockwise
 
 
 # ----------------------------------------------------------------------------------------
@@ -230,10 +234,9 @@ def affine_layer_names(G: torch.nn.Module) -> list[str]:
 
 
 def _affine(G: torch.nn.Module, layer: str) -> torch.nn.Module:
-    block, part = layer.split(".")
     try:
-        return getattr(getattr(G.synthesis, block), part).affine
-    except AttributeError as exc:
+        return networks.layer_module(G, layer).affine
+    except (AttributeError, KeyError, ValueError) as exc:
         raise StudioError(f"Layer {layer!r} does not exist; layers are "
                           f"{', '.join(affine_layer_names(G))}.") from exc
 
@@ -246,8 +249,8 @@ def sefa_layer_names(G: torch.nn.Module) -> list[str]:
     ToRGBs of lower resolutions, which skip architectures add, are left out as there.
     """
     names = affine_layer_names(G)
-    torgbs = [n for n in names if n.endswith("torgb")]
-    return [n for n in names if not n.endswith("torgb")] + torgbs[-1:]
+    torgbs = [n for n in names if networks.is_rgb_layer(G, n)]
+    return [n for n in names if not networks.is_rgb_layer(G, n)] + torgbs[-1:]
 
 
 def sefa_directions(G: torch.nn.Module, layers: Sequence[str] | None = None, top: int = 10
@@ -462,6 +465,43 @@ def noise_generator(spec: LatentSpec, device: torch.device | str | None = None
     return gen
 
 
+MAX_TRANSLATE = 10.0   # image widths: beyond this every feature has left the picture
+
+
+def has_transform(spec: LatentSpec) -> bool:
+    """True when the spec moves or turns the input (StyleGAN3's user transform)."""
+    return bool(spec.rotate) or any(float(t) != 0 for t in (spec.translate or ()))
+
+
+def _transform_problems(spec: LatentSpec, G: torch.nn.Module | None) -> list[str]:
+    p: list[str] = []
+    t = spec.translate
+    if t is not None and (not isinstance(t, list | tuple) or len(t) != 2 or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            and abs(v) <= MAX_TRANSLATE for v in t)):
+        p.append(f"latent.translate: {t!r} must be two numbers [x, y] between "
+                 f"-{MAX_TRANSLATE:g} and {MAX_TRANSLATE:g} (image widths).")
+    r = spec.rotate
+    if isinstance(r, bool) or not isinstance(r, int | float) or not math.isfinite(r) \
+            or abs(r) > 360:
+        p.append(f"latent.rotate: {r!r} must be a number of degrees between -360 and 360.")
+    if not p and G is not None and has_transform(spec) and not networks.is_stylegan3(G):
+        p.append("latent.translate: translate and rotate move a StyleGAN3 model's input "
+                 "features; this model is StyleGAN2, so set them to 0.")
+    return p
+
+
+def transform_kwargs(G: torch.nn.Module, spec: LatentSpec) -> dict[str, Any]:
+    """Per-call synthesis arguments a spec adds beyond ws and noise: the StyleGAN3 input
+    transform when it translates or rotates."""
+    if not has_transform(spec) or not networks.is_stylegan3(G):
+        return {}
+    from engine.stylegan3 import input_transform
+
+    t = spec.translate or (0.0, 0.0)
+    return {"transform": input_transform((float(t[0]), float(t[1])), float(spec.rotate))}
+
+
 def validate_latent(spec: LatentSpec, G: torch.nn.Module | None = None) -> list[str]:
     """Problems with a spec, each 'latent.<field>: why'; empty when it renders.
 
@@ -519,6 +559,7 @@ def validate_latent(spec: LatentSpec, G: torch.nn.Module | None = None) -> list[
                 p.append(f"latent.w: {exc}")
             except (TypeError, ValueError):
                 p.append("latent.w: is not a numeric [num_ws][w_dim] array.")
+    p += _transform_problems(spec, G)
     for i, e in enumerate(spec.layer_edits):
         name = f"latent.layer_edits[{i}]"
         if e.op not in LAYER_EDIT_OPS:
@@ -584,7 +625,8 @@ def render_ws(G: torch.nn.Module, ws: torch.Tensor, noise_mode: str = "const",
 def render_spec(G: torch.nn.Module, spec: LatentSpec, **synthesis_kwargs: Any) -> np.ndarray:
     """One image (uint8 HxWx3) for a spec."""
     ws = compute_ws(G, spec)
-    return render_ws(G, ws, spec.noise_mode, spec.noise_seed, **synthesis_kwargs)[0]
+    kwargs = {**transform_kwargs(G, spec), **synthesis_kwargs}
+    return render_ws(G, ws, spec.noise_mode, spec.noise_seed, **kwargs)[0]
 
 
 def image_grid(images: Sequence[np.ndarray], cols: int, pad: int = 2,

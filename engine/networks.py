@@ -65,3 +65,21 @@ def noise_layers(G: nn.Module) -> list[str]:
         if getattr(getattr(getattr(G.synthesis, block), part), "use_noise", False):
             names.append(name)
     return names
+
+
+def layer_module(G: nn.Module, layer: str) -> nn.Module:
+    """The module of a synthesis layer (`b16.conv1` in StyleGAN2, `L3_52_512` in StyleGAN3)."""
+    if layer not in G.synthesis.layers:
+        raise KeyError(layer)
+    if is_stylegan3(G):
+        return getattr(G.synthesis, layer)
+    block, part = layer.split(".")
+    return getattr(getattr(G.synthesis, block), part)
+
+
+def layer_scale(G: nn.Module, layer: str) -> int:
+    """Image pixels per activation pixel of a layer (StyleGAN3: per sample of its grid, whose
+    margin lies outside the image)."""
+    if is_stylegan3(G):
+        return max(G.cfg.resolution // getattr(G.synthesis, layer).spec.out_rate, 1)
+    return max(G.cfg.resolution // G.layer_shapes()[layer][1], 1)

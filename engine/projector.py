@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import networks
 from engine.datasets import square_rgb
 from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_torch_save, atomic_write, atomic_write_text
@@ -290,15 +291,7 @@ def saturate_like(synth: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def noise_layers(G: nn.Module) -> list[str]:
     """Synthesis layers that take a noise input, in forward order."""
-    names = []
-    for name in G.synthesis.layers:
-        if name.endswith("torgb"):
-            continue
-        block, part = name.split(".")
-        layer = getattr(getattr(G.synthesis, block), part)
-        if getattr(layer, "use_noise", False):
-            names.append(name)
-    return names
+    return networks.noise_layers(G)
 
 
 def noise_regularisation(noise: dict[str, torch.Tensor]) -> torch.Tensor:

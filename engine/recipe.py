@@ -446,7 +446,7 @@ def render_tensor(recipe: Recipe, model: Any = None, seeds: Sequence[float] | No
         validate(recipe, G)
     if recipe.blend is not None:
         G, key = _blended(recipe.blend, G, key)
-    from engine.latents import compute_ws, noise_generator
+    from engine.latents import compute_ws, noise_generator, transform_kwargs
 
     device = next(G.parameters()).device
     if ws is None:
@@ -459,7 +459,8 @@ def render_tensor(recipe: Recipe, model: Any = None, seeds: Sequence[float] | No
     if recipe.translator is not None:
         return _render_translated(recipe, G, ws, taps, weight_taps, gen)
     return G.synthesis(ws, noise_mode=recipe.latent.noise_mode, taps=taps,
-                       weight_taps=weight_taps, noise_generator=gen)
+                       weight_taps=weight_taps, noise_generator=gen,
+                       **transform_kwargs(G, recipe.latent))
 
 
 _TRANSLATORS: collections.OrderedDict[tuple, Any] = collections.OrderedDict()

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import networks
 from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_torch_save, atomic_write, atomic_write_text
 from engine.seeding import build_seeded
@@ -92,13 +93,12 @@ def parse_layer(layer: str) -> tuple[int, str]:
 
 def conv_layers(G: nn.Module) -> list[str]:
     """Every layer an encoder can write, in synthesis order."""
-    return [n for n in G.synthesis.layers if not n.endswith("torgb")]
+    return networks.conv_layers(G)
 
 
 def _layer_shape(G: nn.Module, layer: str) -> tuple[int, int, int]:
-    parse_layer(layer)
     shapes = G.layer_shapes() if callable(G.layer_shapes) else G.layer_shapes
-    if layer not in shapes or layer.endswith("torgb"):
+    if not isinstance(layer, str) or layer not in shapes or networks.is_rgb_layer(G, layer):
         raise StudioError(f"this model has no layer {layer!r}; choose one of "
                           f"{', '.join(conv_layers(G))}")
     return tuple(shapes[layer])
@@ -283,7 +283,9 @@ def make_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | Non
     With `generator` its initial weights come from it (engine.seeding.build_seeded), leaving
     the global generators alone; without, torch's global generator initialises it."""
     ch, h, w = _layer_shape(G, layer)
-    config = EncoderConfig(layer=layer, input_size=int(input_size or G.cfg.resolution),
+    if not input_size:  # the model's resolution, or (StyleGAN3 margins) the nearest that fits
+        input_size = h * 2 ** max(round(math.log2(G.cfg.resolution / h)), 0)
+    config = EncoderConfig(layer=layer, input_size=int(input_size),
                            out_channels=ch, out_size=h, **arch)
     if generator is None:
         return ActivationEncoder(config).to(_device_of(G))
@@ -650,7 +652,7 @@ def _training_batch(G: nn.Module, enc_cfg: EncoderConfig, s: TrainSettings, step
         img, cap = G.synthesis(ws, noise_mode=s.noise_mode, capture=[enc_cfg.layer])
     act = cap[enc_cfg.layer]
     shifts = _jitter(gen, s.batch, s.jitter)
-    img = _roll(img, shifts, G.cfg.resolution // enc_cfg.out_size)
+    img = _roll(img, shifts, networks.layer_scale(G, enc_cfg.layer))
     act = _roll(act, shifts, 1)
     x = resize_images(img, enc_cfg.input_size)
     return ws, img, x, act

@@ -303,3 +303,109 @@ def test_nvlabs_stylegan3_pickle_with_inconsistent_config_is_refused(
     (tmp_path / "d.pkl").write_bytes(pickle.dumps({"G_ema": tree, "D": tree}, protocol=3))
     with pytest.raises(CheckpointError, match="without its discriminator"):
         read_checkpoint(tmp_path / "d.pkl", want_d=True)
+
+
+# ----------------------------------------------------------------------------------------
+# The rest of the engine on StyleGAN3 models.
+
+
+@pytest.fixture(scope="module")
+def sg3_file(tmp_path_factory):
+    """A tiny stylegan3-t in our format, as the zoo and the CLI load it."""
+    G = make_tiny_stylegan3("stylegan3-t", seed=7)
+    path = tmp_path_factory.mktemp("sg3") / "tiny-sg3.safetensors"
+    save_generator(G, path, source={"test": "tiny stylegan3-t"})
+    return G, path
+
+
+def test_recipe_translate_rotate_bends_and_weight_edits(sg3_file):
+    from engine.bending import Bend, ChannelSelection, WeightEdit
+    from engine.latents import LatentSpec
+    from engine.recipe import Recipe, RecipeError, render_tensor
+
+    G, path = sg3_file
+    layer = G.synthesis.layers[2]
+    plain = Recipe(model=str(path), latent=LatentSpec(seed=3, psi=0.7))
+    moved = Recipe.from_json(Recipe(model=str(path), latent=LatentSpec(
+        seed=3, psi=0.7, translate=[0.1, -0.05], rotate=15)).to_json())
+    a, b = render_tensor(plain, G), render_tensor(moved, G)
+    assert torch.equal(b, render(G, seeds=(3,), transform=input_transform((0.1, -0.05), 15)))
+    assert not torch.allclose(a, b)
+    # A bend acts on the layer's whole grid, margin included; a weight edit on its weight.
+    seen = []
+    bent = Recipe(model=str(path), latent=plain.latent, bends=[
+        Bend(layer, "rotate", {"angle": 90.0}, ChannelSelection("random", fraction=0.5))])
+    out = render_tensor(bent, G)
+    assert out.shape == a.shape and not torch.allclose(out, a)
+    G.synthesis(G.mapping(G.seed_to_z(3)), taps={layer: lambda t: seen.append(t.shape) or t})
+    assert seen[0][-1] == G.layer_shapes()[layer][-1] > G.resolution
+    edited = Recipe(model=str(path), latent=plain.latent,
+                    weight_edits=[WeightEdit(layer, "zero", channels=ChannelSelection(
+                        "indices", indices=[0, 1]))])
+    assert not torch.allclose(render_tensor(edited, G), a)
+    with pytest.raises(RecipeError, match="translate"):
+        render_tensor(Recipe(latent=LatentSpec(translate=[float("nan"), 0])), G)
+
+
+def test_translate_is_refused_on_stylegan2(tiny_generator):
+    from engine.latents import LatentSpec, validate_latent
+
+    problems = validate_latent(LatentSpec(rotate=10), tiny_generator())
+    assert problems and "StyleGAN3" in problems[0]
+
+
+def test_cli_generate_translate_rotate(sg3_file, tmp_path):
+    from PIL import Image
+
+    from engine.__main__ import main
+    from engine.latents import to_uint8
+
+    G, path = sg3_file
+    out = tmp_path / "out"
+    assert main(["generate", "--model", str(path), "--seeds", "0-1", "--psi", "0.7",
+                 "--translate", "0.1,-0.05", "--rotate", "15", "--out", str(out)]) == 0
+    want = to_uint8(render(G, transform=input_transform((0.1, -0.05), 15)))
+    for i in range(2):
+        assert np.array_equal(np.asarray(Image.open(out / f"seed{i:04d}.png")), want[i])
+    assert main(["generate", "--model", str(path), "--translate", "a,b", "--out",
+                 str(out)]) == 2
+
+
+def test_clusters_directions_and_projection(sg3_file, tmp_path):
+    from engine import clusters as cl
+    from engine.latents import ganspace_directions, sefa_directions, sefa_layer_names
+    from engine.projector import project
+
+    G, _ = sg3_file
+    layer = G.synthesis.layers[1]
+    r = cl.compute_clusters(G, layer, 3, samples=6, model_key="tiny-sg3", cache_dir=tmp_path)
+    assert len(r.labels) == G.layer_shapes()[layer][0] and set(r.labels) <= {0, 1, 2}
+    with pytest.raises(Exception, match="cannot be clustered"):
+        cl.compute_clusters(G, G.synthesis.layers[-1], 3, samples=4, cache_dir=tmp_path)
+    assert sefa_layer_names(G) == G.synthesis.layers
+    d = sefa_directions(G, top=3)
+    assert d.shape == (3, G.cfg.w_dim) and np.allclose(np.linalg.norm(d, axis=1), 1, atol=1e-5)
+    assert ganspace_directions(G, samples=200, top=2).shape == (2, G.cfg.w_dim)
+    target = (render(G, seeds=(5,))[0].permute(1, 2, 0).numpy() * 127.5 + 128).clip(0, 255)
+    res = project(G, target.astype(np.uint8), steps=3, loss="pixel")
+    assert res.w.shape == (1, G.num_ws, G.cfg.w_dim) and res.image.shape == (16, 16, 3)
+
+
+def test_translator_encoder_for_a_stylegan3_layer(sg3_file):
+    from engine import translator as T
+
+    G, _ = sg3_file
+    layer = G.synthesis.layers[3]
+    assert T.conv_layers(G) == G.synthesis.layers[:-1]
+    enc = T.make_encoder(G, layer)
+    c, h, _ = G.layer_shapes()[layer]
+    assert (enc.config.out_channels, enc.config.out_size) == (c, h)
+    assert enc.config.input_size % h == 0
+    x = torch.zeros(2, 3, enc.config.input_size, enc.config.input_size)
+    act = enc(x)
+    assert act.shape == (2, c, h, h)
+    with torch.no_grad():
+        img = G.synthesis(G.mapping(torch.randn(2, G.z_dim)), start=(layer, act))
+    assert img.shape == (2, 3, G.resolution, G.resolution)
+    with pytest.raises(Exception, match="no layer"):
+        T.make_encoder(G, G.synthesis.layers[-1])
