@@ -503,6 +503,7 @@ class SynthesisNetwork(nn.Module):
             setattr(self, s.name, SynthesisLayer(s, cfg.w_dim, cfg.conv_clamp,
                                                  cfg.lrelu_upsampling))
         self.layers = list(self.layer_names)
+        self.num_fp16_res = 0   # the StyleGAN2 deployment attribute; always fp32 here
 
     def w_index_of(self, layer: str) -> int:
         """Index into ws of the w a layer reads (ws[0] drives the input features)."""
@@ -515,14 +516,15 @@ class SynthesisNetwork(nn.Module):
                 start: tuple | None = None, fused: bool = False,
                 noise_generator: torch.Generator | None = None,
                 noise: Mapping[str, torch.Tensor] | None = None,
-                transform: torch.Tensor | None = None
+                transform: torch.Tensor | None = None, num_fp16_res: int | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Render ws; returns the image, or (image, captured) when `capture` is given.
 
         taps, weight_taps, capture and start as in the StyleGAN2 synthesis network (start's
         optional third item, a skip image, does not apply and is ignored). StyleGAN3 has no
         noise inputs, so noise_mode, noise_generator and `fused` change nothing; `noise` must
-        be empty. transform: a [3, 3] (or [N, 3, 3]) inverse user transform of the input
+        be empty. num_fp16_res is accepted for the StyleGAN2 interface; StyleGAN3 renders in
+        fp32 only. transform: a [3, 3] (or [N, 3, 3]) inverse user transform of the input
         features, see input_transform; None uses the model's buffer (the identity unless a
         checkpoint stored another).
         """

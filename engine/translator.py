@@ -98,7 +98,10 @@ def conv_layers(G: nn.Module) -> list[str]:
 
 def _layer_shape(G: nn.Module, layer: str) -> tuple[int, int, int]:
     shapes = G.layer_shapes() if callable(G.layer_shapes) else G.layer_shapes
-    if not isinstance(layer, str) or layer not in shapes or networks.is_rgb_layer(G, layer):
+    if isinstance(layer, str) and layer in shapes and networks.is_rgb_layer(G, layer):
+        raise StudioError(f"{layer!r} is not a conv layer (it writes RGB); choose one of "
+                          f"{', '.join(conv_layers(G))}")
+    if not isinstance(layer, str) or layer not in shapes:
         raise StudioError(f"this model has no layer {layer!r}; choose one of "
                           f"{', '.join(conv_layers(G))}")
     return tuple(shapes[layer])

@@ -407,5 +407,5 @@ def test_translator_encoder_for_a_stylegan3_layer(sg3_file):
     with torch.no_grad():
         img = G.synthesis(G.mapping(torch.randn(2, G.z_dim)), start=(layer, act))
     assert img.shape == (2, 3, G.resolution, G.resolution)
-    with pytest.raises(Exception, match="no layer"):
+    with pytest.raises(Exception, match="not a conv layer"):
         T.make_encoder(G, G.synthesis.layers[-1])
