@@ -406,13 +406,15 @@ def encoder_dir(sess: Session) -> Path:
 def train_encoder(sess: Session, layer: str, steps: int, batch: int,
                   progress: Callable[[float, str], None] | None = None, cancel: Any = None
                   ) -> Any:
-    """Train (or resume) an encoder for `layer`; saved under this session's folder."""
+    """Train (or resume) an encoder for `layer`; saved under this session's folder. The
+    folder is named by layer and batch only, so a cancelled run resumes even when the step
+    count changed (the engine lets steps grow)."""
     from engine import translator
 
     m = load(sess.model)
     files.make_room()
     return translator.train_encoder(m.G, layer=layer, steps=int(steps), batch=int(batch),
-                                    out_dir=encoder_dir(sess) / f"{layer}-{steps}",
+                                    out_dir=encoder_dir(sess) / f"{layer}-b{batch}",
                                     progress=progress, cancel=cancel,
                                     preview_every=max(10, int(steps) // 10),
                                     checkpoint_every=max(10, int(steps) // 10),
@@ -420,9 +422,9 @@ def train_encoder(sess: Session, layer: str, steps: int, batch: int,
                                     eval_seeds=range(4))
 
 
-def preview_path(sess: Session, layer: str, steps: int) -> Path:
+def preview_path(sess: Session, layer: str, batch: int) -> Path:
     from engine import translator
-    return encoder_dir(sess) / f"{layer}-{steps}" / translator.PREVIEW_FILE
+    return encoder_dir(sess) / f"{layer}-b{batch}" / translator.PREVIEW_FILE
 
 
 def save_input_image(sess: Session, image: Any) -> tuple[str, Image.Image]:

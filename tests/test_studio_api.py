@@ -170,8 +170,9 @@ def test_cancel_stops_a_long_job(server, tmp_path):
     job = client.submit(handle_file(str(photo)), 1000, True, api_name="/project")
     time.sleep(2)
     client.predict(api_name="/cancel_projection")
-    with pytest.raises(Exception, match="cancelled"):
-        job.result(timeout=120)
+    # A cancelled fit is not an error: the status line says so (issue #24, item 5).
+    status = job.result(timeout=120)[2]
+    assert "cancelled" in status
     assert time.monotonic() - t0 < 60  # 1000 steps would take far longer
     assert client.predict(api_name="/save_recipe")[0]
 

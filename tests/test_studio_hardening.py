@@ -176,8 +176,7 @@ def test_long_jobs_one_per_session_and_one_at_a_time(server, tmp_path):
     _still_renders(b, b_image)  # interactive lane: served while A's job holds the slot
     assert time.monotonic() - t0 < 20
     a.predict(api_name="/cancel_projection")
-    with pytest.raises(Exception, match="cancelled"):
-        job.result(timeout=120)
+    assert "cancelled" in job.result(timeout=120)[2]  # the status line, not an error
     assert "3 clusters" in waiting.result(timeout=120)[0]
     assert a.predict("0, 1", 4, 8, False, "w", api_name="/render_walk")  # A may run one now
 

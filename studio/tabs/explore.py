@@ -1,0 +1,296 @@
+"""Explore: seed, truncation, noise, style mixing, per-layer W+ edits, directions, grids and
+walk videos."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import gradio as gr
+
+from studio import backend, uploads
+from studio import session as S
+from studio.jobs import LANE
+from studio.limits import LIMITS
+from studio.session import Session
+from studio.ui import (
+    LIVE,
+    UI,
+    bind,
+    capped_slider,
+    checked_file,
+    floats,
+    job_errors,
+    need,
+    pictures,
+    progress_fn,
+    user_errors,
+)
+
+N_DIRECTIONS = 5  # direction sliders shown (top components of SeFa / GANSpace)
+
+# The "Random seed" button's own generator, seeded by the OS: no other code's seeding (a
+# training, a library) can make the seeds it offers predictable or the same for every user.
+_SEED_RNG = random.SystemRandom()
+
+
+def draw_seed() -> int:
+    """A seed for the "Random seed" button, from the OS's randomness."""
+    return _SEED_RNG.randrange(0, 100000)
+
+
+def layout(ui: UI, n_ws: int) -> None:
+    """The Explore tab's controls, built into `ui`."""
+    with gr.Row():
+        ui.seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed",
+                            elem_id="seed", scale=2)
+        ui.rand_btn = gr.Button("Random seed", scale=1)
+    ui.seed_frac = gr.Slider(0, 1, 0, step=0.01, elem_id="seed-frac",
+                             label="Fractional seed: drag to blend into the next seed")
+    with gr.Row():
+        ui.psi = gr.Slider(-1, 2, 0.7, step=0.01, label="Truncation ψ", elem_id="psi")
+        ui.cutoff = gr.Slider(0, n_ws, 0, step=1, elem_id="cutoff",
+                              label="Truncation cutoff (0 = every w)")
+    with gr.Row():
+        ui.noise_mode = gr.Radio(["const", "random", "none"], value="const", label="Noise")
+        ui.noise_seed = gr.Number(0, precision=0, minimum=0, label="Noise seed")
+    with gr.Accordion("Style mixing", open=False):
+        with gr.Row():
+            ui.mix_on = gr.Checkbox(False, label="Mix in a second seed")
+            ui.mix_seed = gr.Number(1, precision=0, minimum=0, label="Second seed")
+        with gr.Row():
+            ui.mix_start = gr.Slider(0, n_ws, 0, step=1, label="From w")
+            ui.mix_end = gr.Slider(0, n_ws, min(4, n_ws), step=1, label="To w (exclusive)")
+    _layer_edits_layout(ui, n_ws)
+    _directions_layout(ui, n_ws)
+    _grids_layout(ui)
+
+
+def _layer_edits_layout(ui: UI, n_ws: int) -> None:
+    with gr.Accordion("Per-layer W+ edits", open=False):
+        with gr.Row():
+            ui.le_op = gr.Radio([("Swap in another seed's w", "swap"), ("Random w", "random"),
+                                 ("Negate (reflect about the average w)", "negate")],
+                                value="swap", label="Edit")
+            ui.le_index = gr.Slider(0, n_ws - 1, 0, step=1, label="w index")
+            ui.le_seed = gr.Number(1, precision=0, minimum=0, label="Seed (swap / random)")
+        with gr.Row():
+            ui.le_add = gr.Button("Add layer edit", size="sm")
+            ui.le_clear = gr.Button("Remove all layer edits", size="sm")
+        ui.le_list = gr.Markdown("")
+
+
+def _directions_layout(ui: UI, n_ws: int) -> None:
+    with gr.Accordion("Directions", open=True):
+        with gr.Row():
+            ui.dir_method = gr.Radio([("SeFa", "sefa"), ("GANSpace", "ganspace"),
+                                      ("Boundary file", "file")], value="sefa",
+                                     label="Directions from")
+            ui.boundary = checked_file(gr.File(label="InterFaceGAN boundary (.npy)",
+                                               file_types=[".npy"], visible=False, height=90))
+        ui.dir_sliders = [gr.Slider(-10, 10, 0, step=0.1, label=f"Direction {i}")
+                          for i in range(N_DIRECTIONS)]
+        with gr.Row():
+            ui.dir_start = gr.Slider(0, n_ws, 0, step=1, label="Apply from w")
+            ui.dir_end = gr.Slider(0, n_ws, n_ws, step=1, label="to w (exclusive)")
+        ui.dir_reset = gr.Button("Reset directions", size="sm")
+
+
+def _grids_layout(ui: UI) -> None:
+    with gr.Accordion("Grids and walks", open=False):
+        with gr.Row():
+            ui.grid_seeds = gr.Textbox("0, 1, 2, 3", label="Seeds")
+            ui.grid_psis = gr.Textbox("1, 0.7, 0.4, 0", label="ψ values")
+            ui.grid_kind = gr.Radio(["seeds × ψ", "seeds × style mix"], value="seeds × ψ",
+                                    label="Grid")
+        ui.grid_btn = gr.Button("Render grid")
+        ui.grid_out = gr.Image(label="Grid", type="pil", format="png", interactive=False,
+                               elem_classes="pixelated", height=300)
+        with gr.Row():
+            ui.walk_seeds = gr.Textbox("0, 1, 2", label="Keyframe seeds")
+            ui.walk_frames = capped_slider(2, LIMITS.video_frames, 60, label="Frames")
+            ui.walk_fps = capped_slider(1, LIMITS.video_fps, 24, label="fps")
+        with gr.Row():
+            ui.walk_loop = gr.Checkbox(True, label="Loop")
+            ui.walk_space = gr.Radio(["z", "w"], value="z", label="Interpolate in")
+            ui.walk_btn = gr.Button("Render walk video")
+            ui.walk_cancel = gr.Button("Cancel", variant="stop")
+
+
+def latent_inputs(ui: UI) -> list[Any]:
+    """The controls set_latent reads, in its API order."""
+    return [ui.seed, ui.seed_frac, ui.psi, ui.cutoff, ui.noise_mode, ui.noise_seed, ui.mix_on,
+            ui.mix_seed, ui.mix_start, ui.mix_end, ui.dir_method, ui.boundary, *ui.dir_sliders,
+            ui.dir_start, ui.dir_end]
+
+
+# ----------------------------------------------------------------------------------------
+# What the tab shows for a session (after a model switch, a recipe, undo or redo).
+
+def show(ui: UI, sess: Session) -> dict[Any, Any]:
+    """Every latent control set to the session's latent, and its layer-edit list."""
+    lat = sess.recipe.latent
+    n = backend.model_info(sess.model).num_ws
+    amounts, method, start, end = [0.0] * N_DIRECTIONS, "sefa", 0, None
+    for d in lat.directions:
+        slot = 0 if d.method == "file" else d.index
+        if 0 <= slot < N_DIRECTIONS:
+            amounts[slot] = d.amount
+        method, start, end = d.method, d.layer_start, d.layer_end
+    base = int(lat.seed // 1)
+    out = {ui.seed: base, ui.seed_frac: round(lat.seed - base, 4), ui.psi: lat.psi,
+           ui.cutoff: gr.update(maximum=n, value=lat.cutoff or 0),
+           ui.noise_mode: lat.noise_mode, ui.noise_seed: lat.noise_seed,
+           ui.mix_on: lat.mix_seed is not None,
+           ui.mix_seed: lat.mix_seed if lat.mix_seed is not None else 1,
+           ui.mix_start: gr.update(maximum=n, value=lat.mix_start),
+           ui.mix_end: gr.update(maximum=n, value=lat.mix_end if lat.mix_end is not None
+                                 else n),
+           ui.dir_method: method, ui.boundary: gr.update(visible=method == "file"),
+           ui.dir_start: gr.update(maximum=n, value=start),
+           ui.dir_end: gr.update(maximum=n, value=end if end is not None else n),
+           ui.le_index: gr.update(maximum=n - 1), ui.le_list: layer_edit_list(sess)}
+    for i, (slider, amount) in enumerate(zip(ui.dir_sliders, amounts)):
+        out[slider] = gr.update(value=amount, visible=method != "file" or i == 0)
+    return out
+
+
+def shown(ui: UI) -> list[Any]:
+    return [ui.seed, ui.seed_frac, ui.psi, ui.cutoff, ui.noise_mode, ui.noise_seed, ui.mix_on,
+            ui.mix_seed, ui.mix_start, ui.mix_end, ui.dir_method, ui.boundary, *ui.dir_sliders,
+            ui.dir_start, ui.dir_end, ui.le_index, ui.le_list]
+
+
+def reset(ui: UI) -> dict[Any, Any]:
+    """A new model: the old model's grid and boundary file go."""
+    return {ui.grid_out: None, ui.boundary: None}
+
+
+def layer_edit_list(sess: Session) -> str:
+    edits = sess.recipe.latent.layer_edits
+    return "\n".join(f"{i + 1}. {e.op} w[{e.w_index}]"
+                     + (f" (seed {e.seed})" if e.op != "negate" else "")
+                     for i, e in enumerate(edits)) or "_No layer edits._"
+
+
+# ----------------------------------------------------------------------------------------
+# Handlers.
+
+@user_errors
+def set_latent(ui: UI, sess: Session, seed_v: float, frac: float, psi_v: float, cut: float,
+               nmode: str, nseed: float, mix: bool, mseed: float, mstart: float, mend: float,
+               method: str, boundary_file: Any, *rest: float) -> dict[Any, Any]:
+    """Set every latent field from the Explore controls; returns the new image."""
+    sess = need(sess)
+    S.set_latent(sess, seed=float(int(seed_v or 0)) + float(frac or 0), psi=float(psi_v),
+                 cutoff=int(cut) or None, noise_mode=nmode, noise_seed=int(nseed or 0),
+                 mix_seed=int(mseed or 0) if mix else None, mix_start=int(mstart),
+                 mix_end=int(mend))
+    path = None
+    if method == "file" and boundary_file is not None:
+        path = str(uploads.upload_path(boundary_file, "boundary"))
+        sess.uploads.add(path)
+        backend.check_boundary(sess, path)
+    S.set_directions(sess, method, [float(a) for a in rest[:N_DIRECTIONS]], int(rest[-2]),
+                     int(rest[-1]), path)
+    return pictures(ui, sess)
+
+
+@job_errors
+def random_seed(ui: UI, sess: Session | None) -> int:
+    return draw_seed()
+
+
+@user_errors
+def pick_method(ui: UI, sess: Session | None, method: str,
+                progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+    """Show the boundary upload (and one slider) for 'file'; compute GANSpace's PCA once."""
+    if sess is not None and method == "ganspace":
+        progress(0.1, desc="GANSpace: principal axes of 10,000 sampled w")
+        backend.warm_directions(sess, method)
+    out = {ui.boundary: gr.update(visible=method == "file")}
+    for i, slider in enumerate(ui.dir_sliders):
+        out[slider] = gr.update(visible=method != "file" or i == 0)
+    return out
+
+
+@user_errors
+def add_layer_edit(ui: UI, sess: Session, op: str, index: float,
+                   seed_v: float) -> dict[Any, Any]:
+    """Edit one w of W+: swap it with another seed's, randomise or negate it."""
+    sess = need(sess)
+    S.add_layer_edit(sess, op, int(index), int(seed_v or 0))
+    return {**pictures(ui, sess), ui.le_list: layer_edit_list(sess)}
+
+
+@user_errors
+def clear_layer_edits(ui: UI, sess: Session) -> dict[Any, Any]:
+    sess = need(sess)
+    S.remove_layer_edit(sess, None)
+    return {**pictures(ui, sess), ui.le_list: layer_edit_list(sess)}
+
+
+@user_errors
+def render_grid(ui: UI, sess: Session, seeds_t: str, psis_t: str, kind: str) -> Any:
+    """A seeds × ψ grid, or seeds × style-mix ranges with the second seed."""
+    sess = need(sess)
+    seeds = floats(seeds_t, "seeds")
+    if kind == "seeds × ψ":
+        return backend.psi_grid(sess, seeds, floats(psis_t, "ψ values"))
+    mix = sess.recipe.latent.mix_seed
+    return backend.mix_grid(sess, seeds, float(mix if mix is not None else 1))
+
+
+@job_errors
+def render_walk(ui: UI, sess: Session, seeds_t: str, frames: float, fps: float, loop: bool,
+                space: str, progress: gr.Progress = gr.Progress()) -> str:
+    """An interpolation (or loop) video through keyframe seeds, as mp4."""
+    sess = need(sess)
+    total = int(frames)
+    keys = floats(seeds_t, "keyframe seeds")
+    with LANE.heavy(sess.jobs, "a walk video", progress_fn(progress)) as cancel:
+        return backend.walk_video(sess, keys, total, bool(loop), space, float(fps),
+                                  progress=lambda i: progress((i + 1) / total, desc="frames"),
+                                  cancel=cancel)
+
+
+def cancel_job(sess: Session | None) -> None:
+    """Stop this session's long job (every Cancel button)."""
+    if sess is not None:
+        sess.jobs.cancel.set()
+
+
+def wire(ui: UI) -> None:
+    """The Explore tab's events."""
+    inputs, outs = [ui.session, *latent_inputs(ui)], [ui.session, ui.output, ui.before]
+    setter = bind(set_latent, ui)
+    for comp in latent_inputs(ui):
+        if isinstance(comp, gr.File):
+            for evt in (comp.upload, comp.clear):
+                evt(setter, inputs, outs, api_name=False, **LIVE)
+        else:
+            comp.input(setter, inputs, outs, api_name=False, **LIVE)
+    # One documented endpoint for scripts; the per-control events above share its fn.
+    gr.Button(visible=False).click(setter, inputs, outs, api_name="set_latent", **LIVE)
+    ui.rand_btn.click(bind(random_seed, ui), [ui.session], [ui.seed],
+                      api_name="random_seed").then(setter, inputs, outs, api_name=False, **LIVE)
+    ui.dir_method.input(bind(pick_method, ui), [ui.session, ui.dir_method],
+                        [ui.boundary, *ui.dir_sliders], api_name="pick_direction_method",
+                        **ui.job()).then(setter, inputs, outs, api_name=False, **LIVE)
+    ui.dir_reset.click(lambda: [0.0] * N_DIRECTIONS, None, ui.dir_sliders,
+                       api_name=False).then(setter, inputs, outs, api_name=False, **LIVE)
+    le_outs = [*outs, ui.le_list]
+    ui.le_add.click(bind(add_layer_edit, ui), [ui.session, ui.le_op, ui.le_index, ui.le_seed],
+                    le_outs, api_name="add_layer_edit", **ui.job())
+    ui.le_clear.click(bind(clear_layer_edits, ui), [ui.session], le_outs,
+                      api_name="clear_layer_edits", **ui.job())
+    ui.grid_btn.click(bind(render_grid, ui), [ui.session, ui.grid_seeds, ui.grid_psis,
+                                              ui.grid_kind], [ui.grid_out],
+                      api_name="render_grid", **ui.job())
+    walk = ui.walk_btn.click(bind(render_walk, ui),
+                             [ui.session, ui.walk_seeds, ui.walk_frames, ui.walk_fps,
+                              ui.walk_loop, ui.walk_space], [ui.video],
+                             api_name="render_walk", **ui.heavy())
+    ui.walk_cancel.click(cancel_job, [ui.session], None, api_name="cancel_walk",
+                         cancels=[walk])
+

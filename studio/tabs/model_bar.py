@@ -1,0 +1,102 @@
+"""The model bar (model list, upload, card) and showing a whole session on the page: after a
+model switch, a loaded recipe, undo or redo every tab shows the session, and panels of the
+previous model are cleared."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from studio import backend, uploads
+from studio import session as S
+from studio.limits import LIMITS
+from studio.session import Session, successor
+from studio.tabs import bend, clusters, explore, project, translate
+from studio.ui import UI, bind, checked_file, conv_layers, default_layer, pictures, user_errors
+
+CHECKPOINT_TYPES = (".pkl", ".pt", ".pth", ".safetensors")
+
+
+def layout(ui: UI, choices: list[tuple[str, str]], default_model: str) -> None:
+    with gr.Row(elem_id="model-bar", equal_height=True):
+        ui.model_box = gr.Dropdown(choices=choices, value=default_model,
+                                   allow_custom_value=True, label="Model", scale=3,
+                                   info="pick one, or paste hf://owner/repo/file.pkl",
+                                   elem_id="model-box")
+        with gr.Column(scale=1, min_width=160):
+            # Not the page's primary button: the model in the box is already loaded.
+            ui.load_btn = gr.Button("Load model", variant="secondary", elem_id="load-model")
+            ui.ckpt_upload = checked_file(gr.UploadButton(
+                "Upload checkpoint", size="sm", file_types=list(CHECKPOINT_TYPES)))
+        ui.model_card = gr.Markdown("Loading the model…", elem_id="model-card")
+
+
+def show_session(ui: UI, sess: Session, model_changed: bool) -> dict[Any, Any]:
+    """Every control showing `sess`; with model_changed, the model's layers, encoders and
+    limits too, and every panel that showed the previous model cleared."""
+    out = {**pictures(ui, sess), **explore.show(ui, sess), **bend.show(ui, sess),
+           **clusters.show(ui, sess)}
+    if model_changed:
+        info = backend.model_info(sess.model)
+        layers = conv_layers(sess.model)
+        layer = default_layer(layers)
+        out.update({ui.model_card: backend.card(info),
+            ui.model_box: gr.update(value=sess.model, choices=model_choices(ui, sess)),
+            ui.video: None, **explore.reset(ui), **clusters.reset(ui, layers, layer),
+            **bend.reset(ui, layers, layer), **translate.reset(ui, sess, layers, layer),
+            **project.reset(ui)})
+    return out
+
+
+def model_choices(ui: UI, sess: Session) -> list[tuple[str, str]]:
+    """The model list plus this session's own uploaded checkpoints (one click away, and
+    seen by nobody else)."""
+    known = list(ui.model_choices)
+    mine = sorted(p for p in sess.uploads if p.endswith(CHECKPOINT_TYPES))
+    return [(f"uploaded: {p.rsplit('/', 1)[-1]}", p) for p in mine
+            if p not in [c[1] for c in known]] + known
+
+
+def page_outputs(ui: UI) -> list[Any]:
+    """Everything show_session may change; the first four are load_model's API answer."""
+    return [ui.session, ui.model_card, ui.output, ui.before, ui.model_box, ui.video,
+            *explore.shown(ui), ui.grid_out, *bend.shown(ui), *clusters.shown(ui),
+            ui.cl_layer, ui.cl_status, ui.cl_ablation, ui.add_layer, ui.w_layer, ui.tr_layer,
+            ui.tr_encoder, ui.tr_status, ui.tr_preview, ui.cam_out, ui.pr_status, ui.pr_file]
+
+
+@user_errors
+def load_model(ui: UI, sess: Session | None, spec: str,
+               progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+    """Load a model (catalogue id, hf://..., path) and start afresh on it."""
+    from studio.ui import progress_fn
+    new = successor(sess, spec)
+    if (spec or "").strip() and backend.is_path_spec(spec):
+        backend.check_session_file(new, spec.strip())
+    backend.model_info(spec, progress_fn(progress))
+    if sess is not None:
+        S.switch_model(sess, spec)  # the same object: a running job's Cancel still works
+        new = sess
+    return show_session(ui, new, model_changed=True)
+
+
+@user_errors
+def upload_checkpoint(ui: UI, sess: Session | None, file: Any,
+                      progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+    path = str(uploads.upload_path(file, "checkpoint", limit=LIMITS.checkpoint_bytes))
+    if sess is None:
+        sess = successor(None, path)
+    sess.uploads.add(path)
+    return load_model.__wrapped__(ui, sess, path, progress)  # one undoable edit, not two
+
+
+def wire(ui: UI, demo: gr.Blocks) -> None:
+    outs = page_outputs(ui)
+    ui.load_btn.click(bind(load_model, ui), [ui.session, ui.model_box], outs,
+                      api_name="load_model", **ui.job())
+    ui.ckpt_upload.upload(bind(upload_checkpoint, ui), [ui.session, ui.ckpt_upload],
+                          [ui.model_box, *[o for o in outs if o is not ui.model_box]],
+                          api_name="upload_checkpoint", **ui.job())
+    demo.load(bind(load_model, ui), [ui.session, ui.model_box], outs, api_name=False,
+              **ui.job())

@@ -1,0 +1,201 @@
+"""Translate: train an encoder for a layer, translate a picture or the webcam through it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from engine.errors import StudioError
+from studio import backend
+from studio.jobs import LANE
+from studio.limits import LIMITS
+from studio.session import Session
+from studio.tabs.explore import cancel_job
+from studio.ui import UI, bind, capped_slider, checked_image, need, user_errors
+
+LOSS_POINTS = 2000  # the loss plot shows at most this many recent steps
+
+
+def layout(ui: UI) -> None:
+    gr.Markdown("An encoder writes one layer's activation maps from your picture; the layers "
+                "after it still follow the latent (Explore) and the bends (Bend).")
+    with gr.Row():
+        ui.tr_encoder = gr.Dropdown([], label="Encoder", scale=3, allow_custom_value=True,
+                                    elem_id="tr-encoder",
+                                    info="shipped, trained here, a path or hf://")
+        ui.tr_refresh = gr.Button("Refresh list", size="sm", scale=1)
+    with gr.Accordion("Train an encoder", open=False):
+        with gr.Row():
+            ui.tr_layer = gr.Dropdown([], label="Layer it writes")
+            ui.tr_steps = capped_slider(10, LIMITS.train_steps, 300, step=10, label="Steps",
+                                        elem_id="tr-steps")
+            ui.tr_batch = capped_slider(1, LIMITS.train_batch, 8, label="Batch")
+        with gr.Row():
+            ui.tr_train = gr.Button("Train / resume", variant="primary")
+            ui.tr_cancel = gr.Button("Cancel", variant="stop")
+        ui.tr_status = gr.Markdown("")
+        with gr.Row():
+            ui.tr_loss = gr.LinePlot(x="step", y="loss", height=220, label="Training loss",
+                                     x_title="step", y_title="loss")
+            ui.tr_preview = gr.Image(label="Preview: input | translation", type="filepath",
+                                     interactive=False, elem_id="tr-preview", height=220,
+                                     elem_classes="pixelated")
+    with gr.Row():
+        ui.tr_input = checked_image(label="Picture to translate", type="filepath",
+                                    image_mode=None, sources=["upload", "clipboard"],
+                                    height=240, elem_id="tr-input")
+        with gr.Column():
+            ui.tr_on = gr.Button("Translate this picture", variant="primary", elem_id="tr-go")
+            ui.tr_off = gr.Button("Stop translating (back to the latent)")
+    with gr.Accordion("Webcam (live)", open=False):
+        with gr.Row():
+            ui.cam_in = checked_image(sources=["webcam"], streaming=True, type="numpy",
+                                      label="Webcam", height=240)
+            ui.cam_out = gr.Image(label="Translated", type="numpy", streaming=True, height=240,
+                                  elem_classes="pixelated", elem_id="cam-out")
+
+
+def encoder_update(sess: Session, value: str | None = None) -> Any:
+    found = backend.encoder_choices(sess, sess.model)
+    return gr.update(choices=backend.encoder_options(found),
+                     value=value if value else (found[0] if found else None))
+
+
+def reset(ui: UI, sess: Session, layers: list[str], layer: str) -> dict[Any, Any]:
+    """A new model: its layers and encoders; the old model's training panel goes."""
+    return {ui.tr_layer: gr.update(choices=layers, value=layer),
+            ui.tr_encoder: encoder_update(sess), ui.tr_status: "", ui.tr_preview: None,
+            ui.cam_out: None}
+
+
+@user_errors
+def refresh_encoders(ui: UI, sess: Session | None, current: str | None) -> Any:
+    found = backend.encoder_choices(sess, sess.model if sess else None)
+    value = current if current else (found[0] if found else None)
+    return gr.update(choices=backend.encoder_options(found), value=value)
+
+
+def _plot(points: list[tuple[int, float]]) -> Any:
+    import pandas as pd
+    recent = points[-LOSS_POINTS:]
+    return pd.DataFrame({  # typed even when empty, so the axes are numeric
+        "step": pd.Series([p[0] for p in recent], dtype="int64"),
+        "loss": pd.Series([p[1] for p in recent], dtype="float64")})
+
+
+def train(ui: UI, sess: Session, layer: str, steps: float, batch: float) -> Iterator[dict]:
+    """Train (or resume) an encoder, yielding status, loss curve and preview."""
+    try:
+        sess = need(sess)
+        if not layer:
+            raise StudioError("choose the layer the encoder should write.")
+        sess.jobs.claim("an encoder training")
+    except StudioError as exc:
+        raise gr.Error(str(exc), print_exception=False) from exc
+    box: dict[str, Any] = {"points": []}
+    thread = threading.Thread(target=_train_worker, args=(sess, layer, int(steps), int(batch),
+                                                          box), daemon=True)
+    thread.start()
+    preview = backend.preview_path(sess, layer, int(batch))
+    while thread.is_alive():
+        thread.join(timeout=1.0)
+        yield {ui.tr_status: box.get("msg", "starting…"), ui.tr_loss: _plot(box["points"]),
+               ui.tr_preview: str(preview) if preview.exists() else None}
+    shown = str(preview) if preview.exists() else None
+    if "error" in box:
+        yield {ui.tr_status: box["error"], ui.tr_loss: _plot(box["points"]),
+               ui.tr_preview: shown}
+        return
+    res = box["result"]
+    m = res.metrics
+    done = (f"Trained {res.steps} steps in {res.seconds:.0f} s ({res.images_per_s:.1f} img/s); "
+            f"final loss {m.get('final_loss')}"
+            + (f", PSNR on its own images {m['psnr_db_own_images']} dB"
+               if "psnr_db_own_images" in m else "") + ".")
+    yield {ui.tr_encoder: encoder_update(sess, str(res.path) if res.path else None),
+           ui.tr_status: done, ui.tr_loss: _plot(box["points"]), ui.tr_preview: shown}
+
+
+def _train_worker(sess: Session, layer: str, steps: int, batch: int, box: dict) -> None:
+    """The training itself, in a thread: the page's generator polls `box` for progress."""
+    def report(fraction: float, message: str, metrics: dict | None = None) -> None:
+        box["msg"] = message
+        loss = (metrics or {}).get("loss", _loss_of(message))
+        if loss is not None:
+            box["points"].append((len(box["points"]) + 1, float(loss)))
+
+    try:
+        with LANE.slot(sess.jobs, report) as cancel:
+            box["result"] = backend.train_encoder(sess, layer, steps, batch, progress=report,
+                                                  cancel=cancel)
+    except StudioError as exc:
+        box["error"] = str(exc)
+        if sess.jobs.cancel.is_set():
+            box["error"] = ("Training cancelled; press Train / resume with the same steps to "
+                            "continue from its last checkpoint.")
+    except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
+        box["error"] = f"training stopped: {exc}"
+    finally:
+        sess.jobs.release()
+
+
+def _loss_of(message: str) -> float | None:
+    """The loss in a training progress line ('step 3/100 loss 0.1234 (...)'), for engines
+    that report only text."""
+    import re
+    m = re.search(r"loss[ =]([0-9.eE+-]+)", message or "")
+    try:
+        return float(m.group(1)) if m else None
+    except ValueError:
+        return None
+
+
+@user_errors
+def translate(ui: UI, sess: Session, encoder: str | None, picture: Any) -> dict[Any, Any]:
+    """Translate an uploaded picture through the encoder; latent and bends apply."""
+    sess = need(sess)
+    if not encoder:
+        raise StudioError("choose or train an encoder first.")
+    path, pic = backend.save_input_image(sess, picture)
+    backend.set_translator(sess, encoder, path)
+    return {ui.session: sess, ui.output: backend.render(sess), ui.before: pic}
+
+
+@user_errors
+def translate_off(ui: UI, sess: Session) -> dict[Any, Any]:
+    from studio.ui import pictures
+    sess = need(sess)
+    backend.set_translator(sess, None, None)
+    return pictures(ui, sess)
+
+
+def cam_frame(sess: Session | None, encoder: str | None, frame: Any) -> Any:
+    if sess is None or frame is None or not encoder:
+        return None
+    try:
+        return backend.translate_frame(sess, encoder, frame)
+    except StudioError as exc:
+        gr.Warning(str(exc))
+        return None
+
+
+def wire(ui: UI) -> None:
+    ui.tr_refresh.click(bind(refresh_encoders, ui), [ui.session, ui.tr_encoder],
+                        [ui.tr_encoder], api_name="list_encoders")
+    training = ui.tr_train.click(bind(train, ui),
+                                 [ui.session, ui.tr_layer, ui.tr_steps, ui.tr_batch],
+                                 [ui.tr_encoder, ui.tr_status, ui.tr_loss, ui.tr_preview],
+                                 api_name="train_encoder", **ui.heavy())
+    ui.tr_cancel.click(cancel_job, [ui.session], None, api_name="cancel_training",
+                       cancels=[training])
+    outs = [ui.session, ui.output, ui.before]
+    ui.tr_on.click(bind(translate, ui), [ui.session, ui.tr_encoder, ui.tr_input], outs,
+                   api_name="translate", **ui.job())
+    ui.tr_off.click(bind(translate_off, ui), [ui.session], outs, api_name="translate_off",
+                    **ui.job())
+    ui.cam_in.stream(cam_frame, [ui.session, ui.tr_encoder, ui.cam_in], [ui.cam_out],
+                     api_name="translate_frame", stream_every=0.1, time_limit=120,
+                     concurrency_limit=2, show_progress="hidden")

@@ -1,0 +1,210 @@
+"""What every tab of the page shares: the component registry, event settings, error
+handling, checked upload components and small parsers.
+
+A tab module builds its controls into the one `UI` registry (`ui.seed`, `ui.output`, ...)
+and wires module-level handlers, bound to the registry with `bind`. A handler returns a
+dict keyed by component, so it names what it changes instead of filling a positional list.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from engine.errors import StudioError
+from studio import backend, files, uploads
+from studio import session as S
+from studio.limits import LIMITS, SERVER
+from studio.session import Session
+
+# Interactive events share one lane of STUDIO_CONCURRENCY; long jobs have their own lane
+# (studio/jobs.py holds them to STUDIO_HEAVY_JOBS at once and one per session).
+INTERACTIVE = dict(concurrency_id="interactive", concurrency_limit=LIMITS.concurrency)
+HEAVY_LANE = dict(concurrency_id="heavy",
+                  concurrency_limit=SERVER.heavy_jobs + SERVER.heavy_waiting)
+LIVE = dict(trigger_mode="always_last", show_progress="hidden", **INTERACTIVE)
+
+
+class UI(SimpleNamespace):
+    """Every component of the page by name, plus the event settings that need one."""
+
+    def job(self) -> dict[str, Any]:
+        """A button's interactive event: progress and error marks on the busy line."""
+        return dict(show_progress_on=[self.busy], **INTERACTIVE)
+
+    def heavy(self) -> dict[str, Any]:
+        """A long job's event: the heavy lane, progress on the busy line."""
+        return dict(show_progress_on=[self.busy], **HEAVY_LANE)
+
+
+def bind(fn: Callable, ui: UI) -> Callable:
+    """`fn(ui, ...)` as the event function `(...)`, keeping its name, docstring and
+    signature (less `ui`), and staying a generator function when `fn` is one: Gradio reads
+    all three."""
+    if inspect.isgeneratorfunction(fn):
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            yield from fn(ui, *args, **kwargs)
+    else:
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return fn(ui, *args, **kwargs)
+    functools.update_wrapper(bound, fn)
+    sig = inspect.signature(fn)
+    bound.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])
+    return bound
+
+
+def _as_gr_error(exc: StudioError) -> gr.Error:
+    return exc if isinstance(exc, gr.Error) else gr.Error(str(exc), print_exception=False)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn engine's one-sentence StudioError into a gr.Error toast, never a traceback; the
+    first Session argument is edited all or nothing, and the edit can be undone."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        sess = next((a for a in args if isinstance(a, Session)), None)
+        try:
+            if sess is None:
+                return fn(*args, **kwargs)
+            with S.edit(sess):
+                return fn(*args, **kwargs)
+        except StudioError as exc:
+            raise _as_gr_error(exc) from exc
+    return wrapper
+
+
+def job_errors(fn: Callable) -> Callable:
+    """user_errors without the transaction: for long jobs (the visitor keeps editing while
+    they run, and a failed job must not undo those edits) and for undo/redo themselves."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except StudioError as exc:
+            raise _as_gr_error(exc) from exc
+    return wrapper
+
+
+def need(sess: Session | None) -> Session:
+    if sess is None:
+        raise StudioError("the page is still loading its model; wait a moment and try again.")
+    return sess
+
+
+def capped_slider(low: int, limit: int, value: int, step: int = 1, **kwargs: Any) -> gr.Slider:
+    """An integer slider that stops at a studio limit (engine/limits.py)."""
+    high = max(low, limit)
+    return gr.Slider(low, high, min(value, high), step=step, **kwargs)
+
+
+def floats(text: str, what: str, limit: int = LIMITS.grid_values) -> list[float]:
+    """Comma-separated numbers typed in a box, at most `limit` of them."""
+    try:
+        vals = [float(t) for t in str(text).replace(";", ",").split(",") if t.strip()]
+    except ValueError as exc:
+        raise StudioError(f"{what} must be numbers separated by commas, like 1, 2, 3.") from exc
+    if not vals:
+        raise StudioError(f"give at least one value for {what}.")
+    if len(vals) > limit:
+        raise StudioError(f"give at most {limit} values for {what}.")
+    return vals
+
+
+def progress_fn(progress: gr.Progress) -> Callable[[float, str], None]:
+    def report(fraction: float, message: str = "") -> None:
+        progress(max(0.0, min(1.0, float(fraction))), desc=message or None)
+    return report
+
+
+def conv_layers(spec: str) -> list[str]:
+    return [n for n in backend.model_info(spec).layers if not n.endswith("torgb")]
+
+
+def default_layer(layers: list[str]) -> str:
+    """A middle layer: coarse enough to hold parts of the face, fine enough to bend."""
+    pref = [n for n in layers if n.startswith("b16.")]
+    return pref[-1] if pref else layers[len(layers) // 2]
+
+
+def before_image(sess: Session) -> Any:
+    """What an edit is judged against: the input picture when translating, else the latent
+    without bends; nothing when there is no edit."""
+    r = sess.recipe
+    if r.translator is not None and r.translator.image:
+        try:
+            return uploads.open_image(r.translator.image)
+        except StudioError:
+            return None
+    if r.bends or r.weight_edits:
+        return backend.render(sess, with_bends=False)
+    return None
+
+
+def pictures(ui: UI, sess: Session) -> dict[Any, Any]:
+    """The session, its output image and its 'before' image."""
+    return {ui.session: sess, ui.output: backend.render(sess), ui.before: before_image(sess)}
+
+
+# ----------------------------------------------------------------------------------------
+# Upload components whose payloads go through the studio's checks.
+
+def checked_image(**kwargs: Any) -> gr.Image:
+    """A gr.Image whose every payload goes through studio.uploads.open_image, the one checked
+    reader: a file outside the studio's folders, a damaged, empty, fake or oversized picture
+    (pixel cap included, webcam frames and data URLs too) gets one clear sentence, and
+    Gradio's own decoder never sees it.
+
+    (Replacing the instance's preprocess, not subclassing: Gradio writes a .pyi stub beside
+    every component subclass.)"""
+    comp = gr.Image(**kwargs)
+    comp.preprocess = functools.partial(_image_payload, comp)
+    if not kwargs.get("streaming"):
+        # Check at upload time too, so a bad file is named at once, not at the next button.
+        comp.upload(lambda _: None, comp, None, api_name=False, show_progress="hidden")
+    return comp
+
+
+def _image_payload(comp: gr.Image, payload: Any) -> Any:
+    if payload is None:
+        return None
+    url = getattr(payload, "url", None)
+    source = url if isinstance(url, str) and url.startswith("data:") else payload
+    try:
+        pic = uploads.open_image(source)
+    except StudioError as exc:
+        raise gr.Error(str(exc), print_exception=False) from exc
+    if comp.type == "numpy":
+        return np.asarray(pic)
+    if comp.type == "pil":
+        return pic
+    if source is payload:
+        return str(payload.path)
+    path = files.new_output_path(None, "picture", ".png")
+    pic.save(path, format="PNG")
+    return str(path)
+
+
+def checked_file(comp: Any) -> Any:
+    """A file component (gr.File, gr.UploadButton) whose payload path is checked by
+    studio.files before its handler sees it: a request that names a server file instead of
+    uploading one gets the same sentence whatever the path."""
+    stock = comp.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        if payload is not None:
+            for item in payload if isinstance(payload, list) else [payload]:
+                path = getattr(item, "path", None)
+                try:
+                    files.check_server_file(path if isinstance(path, str) else "")
+                except StudioError as exc:
+                    raise gr.Error(str(exc), print_exception=False) from exc
+        return stock(payload)
+
+    comp.preprocess = preprocess
+    return comp

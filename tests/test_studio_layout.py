@@ -1,0 +1,116 @@
+"""Issue #24 in a real browser at 1280x800: undo/redo (buttons and Ctrl+Z), the canvas and
+progress line in view at the bottom of every tab, stale panels cleared after a model
+switch, and Broad's network-bending YAML loaded through Load recipe."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from tests.browser_util import (
+    CHROMIUM_ARGS,
+    DEFAULT_MODEL_FILE,
+    chromium_path,
+    studio_server,
+    tiny_model_file,
+)
+from tests.test_studio_browser import WAIT_MS, pixels, set_number, src, tab, wait_new_src
+
+pytestmark = pytest.mark.browser
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+TABS = ("Explore", "Clusters", "Bend", "Translate", "Project")
+BROAD_YAML = """\
+transforms:
+- layer: 4
+  transform: "translate"
+  params: [0.25, 0.0]
+  features: "all"
+  feature-param:
+- layer: 3
+  transform: "no-such-transform"
+  params: []
+  features: "all"
+  feature-param:
+"""
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    if chromium_path() is None:
+        pytest.skip("Chromium is not installed")
+    folder = tmp_path_factory.mktemp("studio-layout")
+    model = os.environ.get("STUDIO_TEST_MODEL") or (
+        "default" if DEFAULT_MODEL_FILE.exists() else tiny_model_file(folder))
+    env = {"STUDIO_OUTPUT_DIR": str(folder / "out"),
+           "ACTIVATION_STUDIO_CACHE": str(folder / "cache")}
+    with studio_server(model, env=env) as url, playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        pg = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        pg.set_default_timeout(WAIT_MS)
+        pg.goto(url)
+        pg.wait_for_selector("#canvas img")
+        yield pg
+        browser.close()
+
+
+def _in_view(page, selector: str) -> bool:
+    return page.evaluate("""(sel) => {
+        const r = document.querySelector(sel).getBoundingClientRect();
+        return r.top >= 0 && r.bottom <= window.innerHeight && r.height > 0; }""", selector)
+
+
+def test_undo_and_redo_with_buttons_and_keys(page):
+    start = src(page, "#canvas")
+    set_number(page, "#seed", 7)
+    seven = wait_new_src(page, "#canvas", start)
+    page.click("#undo")
+    back = wait_new_src(page, "#canvas", seven)
+    assert np.array_equal(pixels(page, back), pixels(page, start))
+    assert page.locator("#seed input[type=number]").input_value() == "0"
+    page.locator("body").click(position={"x": 5, "y": 5})  # keys go to the page, not a box
+    page.keyboard.press("Control+Shift+Z")
+    again = wait_new_src(page, "#canvas", back)
+    assert np.array_equal(pixels(page, again), pixels(page, seven))
+    page.keyboard.press("Control+Z")
+    wait_new_src(page, "#canvas", again)
+
+
+def test_canvas_and_progress_line_stay_in_view_at_1280x800(page):
+    for name in TABS:
+        tab(page, name)
+        for acc in page.locator("#tabs .label-wrap").all():  # open every accordion
+            if acc.is_visible():
+                acc.click()
+        page.mouse.wheel(0, 20_000)
+        page.wait_for_timeout(300)
+        assert _in_view(page, "#canvas"), f"the canvas left the view on {name}"
+        assert _in_view(page, "#busy"), f"the progress line left the view on {name}"
+    page.mouse.wheel(0, -20_000)
+
+
+def test_a_model_switch_clears_the_old_models_panels(page):
+    tab(page, "Clusters")
+    set_number(page, "#cl-k", 3)
+    page.click("#cl-compute")
+    page.locator("#cl-gallery button.thumbnail-item").nth(2).wait_for()
+    assert page.locator("#cl-selected input").count() == 3
+    page.click("#load-model")
+    page.wait_for_function("() => document.querySelectorAll('#cl-selected input').length == 0")
+    assert page.locator("#cl-gallery button.thumbnail-item").count() == 0
+
+
+def test_broad_yaml_loads_through_load_recipe(page, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(BROAD_YAML)
+    before = src(page, "#canvas")
+    page.get_by_text("Recipe", exact=True).first.click()
+    with page.expect_file_chooser() as chooser:
+        page.click("#recipe-load")
+    chooser.value.set_files(str(config))
+    wait_new_src(page, "#canvas", before)
+    tab(page, "Bend")
+    assert "Translate" in page.locator("#stack").inner_text()
+    page.get_by_text("no-such-transform", exact=False).first.wait_for()  # one warning line
