@@ -4,7 +4,8 @@ Whether a bigger batch renders faster per image depends on the device, the model
 layer a pass stops at (on a CPU, high-resolution layers gain nothing from batching while
 low-resolution ones do). Rather than guess, a job renders its first chunks at growing sizes
 (1, 2, 4, ...), times each, and keeps the size with the best time per image; no render is
-spent on measuring alone.
+spent on measuring alone. On a CPU the time is the process's CPU time (clock_for), so a
+neighbour's load does not decide the batch.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ class BatchSizer:
     `fixed` turns the measurement off (a user's explicit --batch).
     """
 
-    def __init__(self, largest: int = 16, fixed: int | None = None):
+    def __init__(self, largest: int = 16, fixed: int | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         if largest < 1 or (fixed is not None and fixed < 1):
             raise ValueError("batch sizes must be at least 1")
         self.largest = largest
+        self.clock = clock
         self.fixed = fixed
         self.per_item: dict[int, float] = {}   # size -> best seconds per item seen
         self._warm = fixed is not None
@@ -68,9 +71,16 @@ class BatchSizer:
     @contextmanager
     def timing(self, size: int) -> Iterator[None]:
         """`with sizer.timing(n): render(n items)` records the chunk's time."""
-        t0 = time.perf_counter()
+        t0 = self.clock()
         yield
-        self.record(size, time.perf_counter() - t0)
+        self.record(size, self.clock() - t0)
+
+
+def clock_for(device: object) -> Callable[[], float]:
+    """The clock to compare batch sizes by: on a CPU the process's CPU time, which measures
+    the work and not the time other processes took the cores away (a shared server); on a
+    GPU the wall time, which includes the device's work once the caller synchronises."""
+    return time.process_time if str(device).startswith("cpu") else time.perf_counter
 
 
 def chunks(total: int, sizer: BatchSizer, run: Callable[[int, int], None]) -> None:

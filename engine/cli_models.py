@@ -214,7 +214,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from engine.batching import BatchSizer, chunks
+    from engine.batching import BatchSizer, chunks, clock_for
     from engine.latents import (
         LatentSpec,
         class_label,
@@ -243,7 +243,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     images: list[np.ndarray] = []
     fixed = args.batch if args.batch is not None else (
         1 if args.noise_mode == "random" else None)
-    sizer = BatchSizer(largest=16, fixed=fixed)
+    sizer = BatchSizer(largest=16, fixed=fixed, clock=clock_for(device))
 
     def render(start: int, stop: int) -> None:
         chunk = seeds[start:stop]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import networks
-from engine.batching import BatchSizer, chunks
+from engine.batching import BatchSizer, chunks, clock_for
 from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_write, atomic_write_text
 
@@ -212,7 +212,7 @@ def capture_layer(G: torch.nn.Module, ws: torch.Tensor, layer: str,
         largest = max(1, min(RENDER_BATCH_MAX, RENDER_MEMORY // (12 * c * h * w)))
     except (AttributeError, KeyError):  # a generator without a shape table
         largest = RENDER_BATCH
-    sizer = BatchSizer(largest=largest, fixed=batch)
+    sizer = BatchSizer(largest=largest, fixed=batch, clock=clock_for(ws.device))
 
     def grab(y: torch.Tensor) -> torch.Tensor:
         holder["y"] = y

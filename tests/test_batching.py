@@ -54,3 +54,12 @@ def test_chunks_cover_the_range_in_order():
     chunks(10, BatchSizer(largest=4), lambda a, b: seen.append((a, b)))
     assert seen[0] == (0, 1)
     assert [a for a, _ in seen[1:]] == [b for _, b in seen[:-1]] and seen[-1][1] == 10
+
+
+def test_cpu_jobs_compare_batches_by_cpu_time():
+    import time
+
+    from engine.batching import clock_for
+
+    assert clock_for("cpu") is time.process_time
+    assert clock_for("cuda:0") is time.perf_counter
