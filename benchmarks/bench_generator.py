@@ -14,8 +14,9 @@ what engine.stylegan2 runs, see count_macs) and the max abs difference of its im
 ours. A profile of our batch-1 forward splits the time into the 3x3/1x1 convs and the rest.
 
 `--cli` also times whole processes on one NVlabs pickle of those weights: `python -m engine
-generate` against generate.py's loop (legacy.load_network_pkl, one seed per forward, PNGs)
-run on the CPU, as interleaved pairs. Needs `--nvlabs`.
+generate` against generate.py's loop (unpickle G_ema, one seed per forward, PNGs) run on
+the CPU, as interleaved pairs; wall and CPU seconds of the whole child process. Needs
+`--nvlabs`.
 
     python benchmarks/bench_generator.py --nvlabs /tmp/stylegan2-ada-pytorch [--cli]
         [--reps 5] [--threads 2] [--model 256|tiny] [--device cpu|cuda]
@@ -172,9 +173,9 @@ def conv_share(G: Generator, z: torch.Tensor) -> tuple[float, float]:
 NV_DRIVER = """
 import sys, numpy as np, torch, PIL.Image
 sys.path.insert(0, {nvlabs!r})
-import dnnlib, legacy
+import dnnlib, legacy, pickle
 with dnnlib.util.open_url({pkl!r}) as f:
-    G = legacy.load_network_pkl(f)['G_ema']
+    G = pickle.load(f)['G_ema']   # legacy.load_network_pkl's own path for these pickles
 for seed in range({n}):
     z = torch.from_numpy(np.random.RandomState(seed).randn(1, G.z_dim))
     img = G(z, None, truncation_psi=1, noise_mode='const')
@@ -231,6 +232,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--cli", action="store_true", help="also time whole CLI processes")
     ap.add_argument("--cli-pairs", type=int, default=3)
+    ap.add_argument("--cli-only", action="store_true", help="skip the in-process timings")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -276,7 +278,7 @@ def main() -> None:
           f"{args.reps} interleaved repetitions, medians\n")
     rows: dict[tuple[str, int], tuple[float, float]] = {}
     diffs: dict[str, float] = {}
-    for batch in BATCHES:
+    for batch in () if args.cli_only else BATCHES:
         z = torch.randn(batch, cfg.z_dim, device=dev)
         fns = {k: runner(m, z) for k, m in impls.items()}
         ref = fns["ours"]()
@@ -285,6 +287,21 @@ def main() -> None:
         times = median_times(fns, args.reps, dev)
         for k, (wall, cpu) in times.items():
             rows[(k, batch)] = (statistics.median(wall) / batch, statistics.median(cpu) / batch)
+    if not args.cli_only:
+        print_rows(rows, diffs, impls, macs)
+        if dev == "cpu":
+            conv, total = conv_share(G, torch.randn(1, cfg.z_dim))
+            print(f"\nour batch-1 forward, profiled: {total:.0f} ms of which main convs "
+                  f"{conv:.0f} ms; total / convs = {total / max(conv, 1e-9):.2f}")
+    if args.cli:
+        if G_nv is None or args.model != "256":
+            print("--cli needs --nvlabs and the 256 model")
+        else:
+            cli_pairs(args.nvlabs, G_nv.cpu(), 8, args.cli_pairs,
+                      args.threads or torch.get_num_threads())
+
+
+def print_rows(rows: dict, diffs: dict, impls: dict, macs: dict) -> None:
     header = (f"{'implementation':<16} {'b1 ms/img':>10} {'b1 CPU ms':>10} {'b8 ms/img':>10} "
               f"{'b8 CPU ms':>10} {'b1 GFLOP/s':>10} {'vs ours':>8} {'max |diff|':>10}")
     print(header)
@@ -295,16 +312,6 @@ def main() -> None:
               f"{1000 * c8:>10.1f} {2 * macs['total'] / w1 / 1e9:>10.1f} "
               f"{w1 / rows[('ours', 1)][0]:>7.2f}x {diffs[k]:>10.2e}")
     print("(ms/img: wall; CPU ms: process CPU time, all threads; 'vs ours': batch-1 wall)")
-    if dev == "cpu":
-        conv, total = conv_share(G, torch.randn(1, cfg.z_dim))
-        print(f"\nour batch-1 forward, profiled: {total:.0f} ms of which main convs "
-              f"{conv:.0f} ms; total / convs = {total / max(conv, 1e-9):.2f}")
-    if args.cli:
-        if G_nv is None or args.model != "256":
-            print("--cli needs --nvlabs and the 256 model")
-        else:
-            cli_pairs(args.nvlabs, G_nv.cpu(), 8, args.cli_pairs,
-                      args.threads or torch.get_num_threads())
 
 
 if __name__ == "__main__":
