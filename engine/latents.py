@@ -49,6 +49,7 @@ class DirectionEdit:
 class LayerEdit:
     """Per-layer W+ edits from the seed notebooks."""
     op: str = "swap"                # 'swap' (take w from another seed) | 'random' | 'negate'
+    #                                 ('negate' reflects the w about w_avg: 2 w_avg - w)
     w_index: int = 0                # which w (0 .. num_ws-1)
     seed: int = 0                   # the other seed (swap) or the random w's seed (random)
 
@@ -447,7 +448,9 @@ def compute_ws(G: torch.nn.Module, spec: LatentSpec) -> torch.Tensor:
         elif edit.op == "random":
             ws[:, i] = _random_w(G, edit.seed).to(device)
         elif edit.op == "negate":
-            ws[:, i] = -ws[:, i]
+            # Reflect about the average w, where the model's faces live: -w itself lies far
+            # outside the distribution W was trained on and renders as mush.
+            ws[:, i] = 2 * G.mapping.w_avg.to(ws.dtype) - ws[:, i]
     for d in spec.directions:
         if d.amount == 0:
             continue

@@ -656,19 +656,29 @@ def sweep(recipe: Recipe, path: str, start: float, stop: float, frames: int,
 
 def _cmd_render(args: argparse.Namespace) -> None:
     import sys
+    import tempfile
 
+    from engine import bundle
     from engine.bend_import import load_recipe_file
 
-    # Imported files are checked against the model they will render with.
-    recipe, warnings = load_recipe_file(args.recipe, cluster_dict=args.clusters,
-                                        model=args.model or "default")
-    for line in warnings:
-        print(f"note: {line}", file=sys.stderr)
-    if args.model:
-        recipe.model = args.model
-    if args.size:
-        recipe.output_size = args.size
-    img = render(recipe)
+    with tempfile.TemporaryDirectory() as unpacked:
+        if bundle.is_bundle(args.recipe):  # a recipe with its files (engine/bundle.py)
+            recipe, warnings = bundle.read_bundle(args.recipe, unpacked), []
+        else:  # imported files are checked against the model they will render with
+            recipe, warnings = load_recipe_file(args.recipe, cluster_dict=args.clusters,
+                                                model=args.model or "default")
+        for line in warnings:
+            print(f"note: {line}", file=sys.stderr)
+        if args.model:
+            recipe.model = args.model
+        if args.size:
+            recipe.output_size = args.size
+        if args.input:
+            if recipe.translator is None:
+                raise StudioError("--input is the picture a translator reads, and this "
+                                  "recipe has no translator.")
+            recipe.translator.image = args.input
+        img = render(recipe)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out)
@@ -692,8 +702,11 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 def add_cli(sub: Any) -> None:
     p = sub.add_parser("render", help="render a recipe JSON, a network-bending YAML or a "
                                       "seed template to an image")
-    p.add_argument("recipe", help="recipe .json, Broad's network-bending .yaml or the seed "
-                                  "notebooks' template (.py / .json / .yaml)")
+    p.add_argument("recipe", help="recipe .json, a recipe bundle .zip, Broad's "
+                                  "network-bending .yaml or the seed notebooks' template "
+                                  "(.py / .json / .yaml)")
+    p.add_argument("--input", help="the picture the recipe's translator reads (instead of "
+                                   "the one it names)")
     p.add_argument("--clusters", help="Broad's cluster dict .yaml for a network-bending YAML")
     p.add_argument("--out", required=True, help="output image (.png, .jpg, ...)")
     p.add_argument("--model", help="override the recipe's model spec")

@@ -290,6 +290,22 @@ def is_local_model(spec: str) -> bool:
     return is_path_spec(spec)
 
 
+def save_bundle(sess: Session) -> Path:
+    """The session's recipe with its files, as a zip in the session's folder."""
+    from engine import bundle
+    return bundle.save_bundle(sess.recipe, new_output_path(sess, "bundle", ".zip"))
+
+
+def open_bundle(sess: Session, path: Path) -> recipe.Recipe:
+    """An uploaded bundle's recipe, its files unpacked into the session's folder (so the
+    session may open them, and nobody else)."""
+    import uuid
+
+    from engine import bundle
+    files.make_room()
+    return bundle.read_bundle(path, files.session_dir(sess.token) / "bundles" / uuid.uuid4().hex)
+
+
 def new_output_path(sess: Session | None, stem: str, suffix: str) -> Path:
     """A fresh file in the session's own output folder (None: the shared one)."""
     return files.new_output_path(sess.token if sess is not None else None, stem, suffix)

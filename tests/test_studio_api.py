@@ -229,3 +229,29 @@ def _video_frames(data) -> int:
 
     path = data["video"] if isinstance(data, dict) else data
     return sum(1 for _ in read_video_frames(path))
+
+
+def test_a_bundle_saved_on_one_server_renders_the_same_on_a_fresh_one(server, tmp_path):
+    """Issue #24: the recipe names an uploaded checkpoint; its bundle carries the file, and
+    a fresh server in studio mode (another output folder, nothing shared) loads it to the
+    same image bit for bit."""
+    from gradio_client import handle_file
+
+    url, model = server
+    a = studio_client(url)
+    upload = tmp_path / "mine.safetensors"
+    upload.write_bytes(open(model, "rb").read())
+    a.predict(handle_file(str(upload)), api_name="/upload_checkpoint")
+    a.predict("rotate", "b16.conv1", "all channels", 0.5, api_name="/add_bend")
+    want = _pixels(a.predict(0, "angle", "70", api_name="/set_bend_param"))
+    bundle, _ = a.predict(api_name="/save_bundle")
+    fresh = tmp_path / "fresh"
+    (tmp_path / "other-model").mkdir()
+    other_model = tiny_model_file(tmp_path / "other-model")  # same weights, other file
+    with studio_server(other_model, env={"STUDIO_OUTPUT_DIR": str(fresh / "out"),
+                                         "GRADIO_TEMP_DIR": str(fresh / "gradio"),
+                                         "STUDIO_SERVER_FILES": "studio"}) as url_b:
+        b = studio_client(url_b)
+        b.predict(other_model, api_name="/load_model")
+        got = b.predict(handle_file(bundle), api_name="/load_recipe")[1]
+        assert np.array_equal(_pixels(got), want)

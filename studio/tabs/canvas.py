@@ -11,10 +11,11 @@ from engine import bend_import
 from engine.errors import StudioError
 from studio import backend, uploads
 from studio import session as S
+from studio.limits import LIMITS
 from studio.session import Session
 from studio.ui import UI, bind, checked_file, job_errors, need, user_errors
 
-RECIPE_TYPES = [".json", ".yaml", ".yml", ".txt"]
+RECIPE_TYPES = [".json", ".yaml", ".yml", ".txt", ".zip"]
 
 
 def layout(ui: UI) -> None:
@@ -37,6 +38,8 @@ def layout(ui: UI) -> None:
         with gr.Row():
             ui.rec_apply = gr.Button("Apply edited JSON", size="sm", elem_id="recipe-apply")
             ui.rec_save = gr.Button("Save recipe", elem_id="recipe-save")
+            ui.rec_bundle = gr.Button("Save recipe bundle (.zip with its files)",
+                                      elem_id="recipe-bundle")
             ui.rec_load = checked_file(gr.UploadButton(
                 "Load recipe / YAML", file_types=RECIPE_TYPES, elem_id="recipe-load"))
         ui.rec_clusters = checked_file(gr.File(
@@ -49,6 +52,14 @@ def layout(ui: UI) -> None:
 @user_errors
 def show_recipe(ui: UI, sess: Session) -> str:
     return need(sess).recipe.to_json()
+
+
+@user_errors
+def save_bundle(ui: UI, sess: Session) -> dict[Any, Any]:
+    """Write the recipe and every file it names (picture, encoder, uploaded model) to a
+    zip that renders the same image on any machine (engine/bundle.py)."""
+    sess = need(sess)
+    return {ui.rec_file: str(backend.save_bundle(sess)), ui.rec_code: sess.recipe.to_json()}
 
 
 @user_errors
@@ -72,9 +83,12 @@ def apply_recipe(ui: UI, sess: Session, rec: Any) -> dict[Any, Any]:
 
 @user_errors
 def load_recipe(ui: UI, sess: Session, file: Any, clusters: Any = None) -> dict[Any, Any]:
-    """Replace the session's recipe with an uploaded one: a recipe JSON, Broad's
-    network-bending YAML (with its cluster file) or the seed notebooks' template."""
+    """Replace the session's recipe with an uploaded one: a recipe JSON, a recipe bundle,
+    Broad's network-bending YAML (with its cluster file) or the seed notebooks' template."""
     sess = need(sess)
+    if str(getattr(file, "name", file) or "").lower().endswith(".zip"):
+        path = uploads.upload_path(file, "recipe bundle", limit=LIMITS.checkpoint_bytes)
+        return apply_recipe(ui, sess, backend.open_bundle(sess, path))
     path = uploads.upload_path(file, "recipe", limit=uploads.MAX_RECIPE_BYTES)
     cluster_path = None
     if clusters is not None:
@@ -138,6 +152,8 @@ def wire(ui: UI, page_outputs: list[Any]) -> None:
                      trigger_mode="always_last")
     ui.rec_save.click(bind(save_recipe, ui), [ui.session], [ui.rec_file, ui.rec_code],
                       api_name="save_recipe", **ui.job())
+    ui.rec_bundle.click(bind(save_bundle, ui), [ui.session], [ui.rec_file, ui.rec_code],
+                        api_name="save_bundle", **ui.job())
     ui.rec_load.upload(bind(load_recipe, ui), [ui.session, ui.rec_load, ui.rec_clusters],
                        page_outputs, api_name="load_recipe", **ui.job())
     ui.rec_apply.click(bind(apply_json, ui), [ui.session, ui.rec_code], page_outputs,

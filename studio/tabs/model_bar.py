@@ -93,8 +93,11 @@ def upload_checkpoint(ui: UI, sess: Session | None, file: Any,
 
 def wire(ui: UI, demo: gr.Blocks) -> None:
     outs = page_outputs(ui)
-    ui.load_btn.click(bind(load_model, ui), [ui.session, ui.model_box], outs,
-                      api_name="load_model", **ui.job())
+    loading = ui.load_btn.click(bind(load_model, ui), [ui.session, ui.model_box], outs,
+                                api_name="load_model", **ui.job())
+    # A load that failed must not leave the box naming it: it goes back to the model loaded.
+    loading.failure(lambda sess: sess.model if sess is not None else gr.update(),
+                    [ui.session], [ui.model_box], api_name=False, show_progress="hidden")
     ui.ckpt_upload.upload(bind(upload_checkpoint, ui), [ui.session, ui.ckpt_upload],
                           [ui.model_box, *[o for o in outs if o is not ui.model_box]],
                           api_name="upload_checkpoint", **ui.job())
