@@ -697,12 +697,18 @@ def _tile_size(G: torch.nn.Module, tile: int | None) -> int:
 def cluster_overlays(G: torch.nn.Module, result: ClusterResult, latent: Any, psi: float = 0.7,
                      tile: int | None = None, alpha: float = 0.6, cols: int | None = None
                      ) -> np.ndarray:
+    """The image, then one tile per cluster (cluster_tiles), as one uint8 HxWx3 sheet."""
+    return _grid(cluster_tiles(G, result, latent, psi, tile, alpha), cols)
+
+
+def cluster_tiles(G: torch.nn.Module, result: ClusterResult, latent: Any, psi: float = 0.7,
+                  tile: int | None = None, alpha: float = 0.6) -> list[np.ndarray]:
     """The image, then one tile per cluster: its mean activation as a heatmap over the image.
 
     Each tile is captioned with the cluster id and size. The heatmap of a cluster is the mean
     of its channels' maps for this latent, min-max scaled within the tile; maps and image are
-    enlarged with NEAREST so a 16x16 layer shows its true 16x16 cells.
-    Returns a uint8 HxWx3 sheet.
+    enlarged with NEAREST so a 16x16 layer shows its true 16x16 cells. Returns k + 1 uint8
+    HxWx3 tiles (a page shows them as it likes; no sheet to cut up).
     """
     G, _ = _unwrap(G)
     _check_layer(G, result.layer)
@@ -722,7 +728,7 @@ def cluster_overlays(G: torch.nn.Module, result: ClusterResult, latent: Any, psi
         colour = _upscale(colormap(_normalise(heat)), size).astype(np.float64)
         blend = ((1 - alpha) * grey + alpha * colour).round().astype(np.uint8)
         tiles.append(_caption(blend, f"#{cid}  n={int(members.sum())}"))
-    return _grid(tiles, cols)
+    return tiles
 
 
 def cluster_channel_sheet(G: torch.nn.Module, result: ClusterResult, cluster_id: int,

@@ -161,15 +161,53 @@ def warm_directions(sess: Session, method: str) -> None:
 def psi_grid(sess: Session, seeds: list[float], psis: list[float]) -> Image.Image:
     G = generator(sess.model)
     lat = sess.recipe.latent
-    return _pil(latents.psi_grid(G, seeds, psis, lat.cutoff, lat.noise_mode))
+    grid = latents.psi_grid(G, seeds, psis, lat.cutoff, lat.noise_mode)
+    return labelled_grid(grid, [f"seed {_num(s)}" for s in seeds],
+                         [f"psi {_num(p)}" for p in psis])
 
 
 @interactive
 @gpu(30)
 def mix_grid(sess: Session, seeds: list[float], mix_seed: float) -> Image.Image:
     G = generator(sess.model)
-    return _pil(latents.mix_grid(G, seeds, mix_seed, psi=sess.recipe.latent.psi,
-                                 noise_mode=sess.recipe.latent.noise_mode))
+    grid = latents.mix_grid(G, seeds, mix_seed, psi=sess.recipe.latent.psi,
+                            noise_mode=sess.recipe.latent.noise_mode)
+    cols = ["seed"] + [f"w{a}-{b - 1} from {_num(mix_seed)}"
+                       for a, b in latents.default_mix_ranges(G.num_ws)] + \
+        [f"seed {_num(mix_seed)}"]
+    return labelled_grid(grid, [f"seed {_num(s)}" for s in seeds], cols)
+
+
+def _num(v: float) -> str:
+    return f"{v:g}"
+
+
+GRID_LABEL_MIN_TILE = 128  # tiles are enlarged (nearest) to at least this, so labels fit
+
+
+def labelled_grid(grid: np.ndarray, rows: list[str], cols: list[str],
+                  pad: int = 2) -> Image.Image:
+    """A grid from engine.latents.image_grid with its row and column names drawn in a
+    margin (the tiles enlarged with nearest-neighbour first when they are small). PIL's
+    built-in font is ASCII only, hence "psi", not the Greek letter."""
+    from PIL import ImageDraw
+
+    h_tile = (grid.shape[0] + pad) // len(rows) - pad
+    scale = max(1, -(-GRID_LABEL_MIN_TILE // max(1, h_tile)))
+    img = _pil(grid)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    pitch_y = img.height / len(rows) + pad * scale / len(rows)
+    pitch_x = img.width / len(cols) + pad * scale / len(cols)
+    left, top = 84, 22
+    out = Image.new("RGB", (img.width + left, img.height + top), (255, 255, 255))
+    out.paste(img, (left, top))
+    draw = ImageDraw.Draw(out)
+    for i, name in enumerate(rows):
+        draw.text((4, top + int(i * pitch_y + pitch_y / 2) - 6), name[:13], fill=(0, 0, 0))
+    for j, name in enumerate(cols):
+        draw.text((left + int(j * pitch_x) + 3, 5), name[:int(pitch_x // 6)], fill=(0, 0, 0))
+    return out
 
 
 @gpu_job(120)
@@ -218,15 +256,8 @@ def overlay_tiles(sess: Session) -> list[tuple[Image.Image, str]]:
         return []
     G = generator(sess.model)
     ws = latents.compute_ws(G, sess.recipe.latent)
-    tile = clusters.MIN_TILE
-    # One column: the sheet is the image tile then one tile per cluster, each with its
-    # caption strip above it and a gap below, so it splits at fixed heights.
-    sheet = clusters.cluster_overlays(G, c, ws[0], tile=tile, cols=1)
-    step = (sheet.shape[0] + 2) // (c.k + 1)
     tiles = []
-    for i in range(1, c.k + 1):
-        part = sheet[i * step:i * step + step - 2]
-        cid = i - 1
+    for cid, part in enumerate(clusters.cluster_tiles(G, c, ws[0], tile=clusters.MIN_TILE)[1:]):
         chosen = cid in sess.selected
         # The selection is drawn into the tile (an orange frame), not left to the gallery's
         # own highlight, which marks the last tile clicked even when that click deselected.
@@ -339,10 +370,13 @@ def validate(r: recipe.Recipe) -> None:
 
 @gpu_job(120)
 def sweep_video(sess: Session, path: str, start: float, stop: float, frames: int, fps: float,
-                progress: Callable[[int], Any] | None = None, cancel: Any = None) -> str:
-    """Animate a numeric recipe field into an mp4 (engine.recipe.sweep)."""
+                progress: Callable[[int], Any] | None = None, cancel: Any = None,
+                size: int | None = None) -> str:
+    """Animate a numeric recipe field into an mp4 (engine.recipe.sweep); `size` scales
+    the frames (the recipe's output_size), so a 64 px model gives a watchable video."""
     out = new_output_path(sess, "sweep", ".mp4")
-    recipe.sweep(sess.recipe, path, start, stop, frames, out, fps=fps, model=load(sess.model),
+    r = dataclasses.replace(sess.recipe, output_size=int(size)) if size else sess.recipe
+    recipe.sweep(r, path, start, stop, frames, out, fps=fps, model=load(sess.model),
                  progress=progress, cancel=cancel)
     return str(out)
 

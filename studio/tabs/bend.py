@@ -103,6 +103,8 @@ def _sweep_layout(ui: UI) -> None:
         with gr.Row():
             ui.sw_frames = capped_slider(2, LIMITS.video_frames, 48, label="Frames")
             ui.sw_fps = capped_slider(1, LIMITS.video_fps, 24, label="fps")
+            ui.sw_size = gr.Dropdown([("model size", 0), ("256 px", 256), ("512 px", 512)],
+                                     value=256, label="Video size")
             ui.sw_btn = gr.Button("Render sweep")
             ui.sw_cancel = gr.Button("Cancel", variant="stop")
 
@@ -336,7 +338,7 @@ def clear_weight_edits(ui: UI, sess: Session) -> dict[Any, Any]:
 
 @job_errors
 def render_sweep(ui: UI, sess: Session, param: str, start: float, stop: float, frames: float,
-                 fps: float, progress: gr.Progress = gr.Progress()) -> str:
+                 fps: float, size: int = 256, progress: gr.Progress = gr.Progress()) -> str:
     """Animate one parameter of the current bend from `start` to `stop` (mp4)."""
     sess = need(sess)
     if sess.current is None or not param:
@@ -346,7 +348,7 @@ def render_sweep(ui: UI, sess: Session, param: str, start: float, stop: float, f
         return backend.sweep_video(sess, f"bends.{sess.current}.params.{param}", float(start),
                                    float(stop), total, float(fps),
                                    progress=lambda i: progress((i + 1) / total, desc="frames"),
-                                   cancel=cancel)
+                                   cancel=cancel, size=int(size or 0) or None)
 
 
 def wire(ui: UI) -> None:
@@ -354,7 +356,8 @@ def wire(ui: UI) -> None:
     _wire_weights(ui)
     sweep = ui.sw_btn.click(bind(render_sweep, ui),
                             [ui.session, ui.sw_param, ui.sw_from, ui.sw_to, ui.sw_frames,
-                             ui.sw_fps], [ui.video], api_name="render_sweep", **ui.heavy())
+                             ui.sw_fps, ui.sw_size], [ui.video], api_name="render_sweep",
+                            **ui.heavy())
     ui.sw_cancel.click(cancel_job, [ui.session], None, api_name="cancel_sweep",
                        cancels=[sweep])
 
