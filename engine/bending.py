@@ -23,6 +23,7 @@ and tests/test_bend_sources.py re-derives every one from the sources' code in nu
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import networks
+from engine import devices, networks
 from engine.errors import StudioError
 from engine.limits import ENV_NAMES, Limits, above_limit, current_limits
 
@@ -263,12 +264,14 @@ def _sample_grid(x: torch.Tensor, grid: torch.Tensor, fill: str) -> torch.Tensor
                          align_corners=False)
 
 
-def _identity_grid(h: int, w: int) -> torch.Tensor:
-    """[1, H, W, 2] normalised (x, y) coordinates of pixel centres (align_corners=False)."""
+@functools.lru_cache(maxsize=32)
+def _identity_grid(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
+    """[1, H, W, 2] normalised (x, y) coordinates of pixel centres (align_corners=False),
+    made once per size and device (callers must not modify it)."""
     ys = (torch.arange(h, dtype=torch.float32) * 2 + 1) / h - 1
     xs = (torch.arange(w, dtype=torch.float32) * 2 + 1) / w - 1
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([gx, gy], dim=-1).unsqueeze(0)
+    return torch.stack([gx, gy], dim=-1).unsqueeze(0).to(device or "cpu")
 
 
 def _pad_same(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -625,15 +628,17 @@ def op_instance_norm(x: torch.Tensor, **_: Any) -> torch.Tensor:
 def op_jitter(x: torch.Tensor, amount: float = 1.0, seed: int = 0, **_: Any) -> torch.Tensor:
     """Displace every pixel by a seeded random offset of up to `amount` pixels."""
     h, w = x.shape[-2:]
-    offsets = (torch.rand(1, h, w, 2, generator=_generator(seed)) * 2 - 1) * amount
-    scale = torch.tensor([2.0 / w, 2.0 / h])
-    return _sample_grid(x, _identity_grid(h, w) + offsets * scale, "reflect")
+    # Drawn on the CPU (the same offsets on every device), kept on x's device.
+    unit = devices.seeded("uniform", (1, h, w, 2), seed, x.device)
+    offsets = (unit * 2 - 1) * amount
+    scale = torch.tensor([2.0 / w, 2.0 / h], device=x.device)
+    return _sample_grid(x, _identity_grid(h, w, x.device) + offsets * scale, "reflect")
 
 
 def op_gaussian_noise(x: torch.Tensor, std: float = 0.5, seed: int = 0, **_: Any
                       ) -> torch.Tensor:
-    noise = torch.randn(1, *x.shape[1:], generator=_generator(seed))
-    return x + std * noise.to(device=x.device, dtype=x.dtype)
+    noise = devices.seeded("normal", (1, *x.shape[1:]), seed, x.device, x.dtype)
+    return x + std * noise
 
 
 def _f(name: str, default: float, lo: float, hi: float, step: float, help: str) -> ParamSpec:
@@ -800,7 +805,7 @@ OPERATIONS: dict[str, Operation] = {op.name: op for op in [
 
 def _wn(w: torch.Tensor, std: float = 0.1, seed: int = 0, **_: Any) -> torch.Tensor:
     # Noise relative to the weight's own scale, so one std suits every layer.
-    noise = torch.randn(w.shape, generator=_generator(seed)).to(w.device, w.dtype)
+    noise = devices.seeded("normal", tuple(w.shape), seed, w.device, w.dtype)
     return w + std * w.std().clamp_min(1e-8) * noise
 
 
@@ -1092,6 +1097,13 @@ def make_taps(G: Any, bends: Iterable[Bend] = (), weight_edits: Iterable[WeightE
         count = _weight_of(G, e.layer).shape[1 if params.get("axis") == "in" else 0]
         sel = resolve_channels(e.channels, G, e.layer, count, model_key)
         wsteps.setdefault(e.layer, []).append(_weight_step(op, params, sel))
+    # Channel indices move to the model's device here, once, not inside every forward pass.
+    dev = devices.module_device(G.synthesis) if hasattr(G, "synthesis") else None
+    if dev is not None and dev.type != "cpu":
+        steps = {layer: [(op, params, sel if sel is None else sel.to(dev))
+                         for op, params, sel in s] for layer, s in steps.items()}
+        wsteps = {layer: [(op, params, sel if sel is None else sel.to(dev), axis)
+                          for op, params, sel, axis in s] for layer, s in wsteps.items()}
     taps = {layer: _compose(s) for layer, s in steps.items()}
     weight_taps = {layer: _compose_weight(s) for layer, s in wsteps.items()}
     return taps, weight_taps

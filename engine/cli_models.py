@@ -251,7 +251,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         cc = None if c is None else c.expand(len(chunk), -1)
         gen = None
         if args.noise_mode == "random":
-            gen = torch.Generator(device=device).manual_seed(chunk[0])
+            gen = torch.Generator().manual_seed(chunk[0])  # CPU: device-independent
         ws = G.mapping(z, cc, psi=args.psi, cutoff=args.cutoff)
         img = G.synthesis(ws, noise_mode=args.noise_mode, noise_generator=gen, **extra)
         for seed, arr in zip(chunk, to_uint8(img)):   # to_uint8 waits for the device

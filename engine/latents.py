@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import networks
+from engine import devices, networks
 from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_save_npy
 
@@ -177,6 +177,8 @@ _cache: OrderedDict[Hashable, tuple[weakref.ref, Any]] = OrderedDict()
 
 
 def _cached(G: torch.nn.Module, key: Hashable, make: Callable[[], Any]) -> Any:
+    # Values here are numpy arrays, the same for a model and its copies on other devices.
+    G = devices.origin_of(G)
     full_key = (id(G), key)
     with _cache_lock:
         hit = _cache.get(full_key)
@@ -460,12 +462,14 @@ def compute_ws(G: torch.nn.Module, spec: LatentSpec) -> torch.Tensor:
 
 def noise_generator(spec: LatentSpec, device: torch.device | str | None = None
                     ) -> torch.Generator | None:
-    """A torch.Generator seeded by spec.noise_seed for noise_mode 'random', else None."""
+    """A CPU torch.Generator seeded by spec.noise_seed for noise_mode 'random', else None.
+
+    Always on the CPU, whatever `device` the render runs on (kept for callers that pass it):
+    CUDA's generator gives other numbers for the same seed, and a recipe must render the same
+    everywhere (engine.devices)."""
     if spec.noise_mode != "random":
         return None
-    gen = torch.Generator(device=device if device is not None else "cpu")
-    gen.manual_seed(int(spec.noise_seed))
-    return gen
+    return torch.Generator().manual_seed(int(spec.noise_seed))
 
 
 MAX_TRANSLATE = 10.0   # image widths: beyond this every feature has left the picture
@@ -619,7 +623,7 @@ def render_ws(G: torch.nn.Module, ws: torch.Tensor, noise_mode: str = "const",
     """ws [N, num_ws, w_dim] -> uint8 [N, H, W, 3]; random noise is seeded by noise_seed."""
     gen = None
     if noise_mode == "random":
-        gen = torch.Generator(device=ws.device).manual_seed(int(noise_seed))
+        gen = torch.Generator().manual_seed(int(noise_seed))  # CPU: the same on every device
     img = G.synthesis(ws.to(model_device(G)), noise_mode=noise_mode, noise_generator=gen,
                       **synthesis_kwargs)
     return to_uint8(img)

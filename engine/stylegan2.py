@@ -333,8 +333,11 @@ class SynthesisLayer(nn.Module):
         if noise_map is not None:  # this call's own map, e.g. a fitted one
             return noise_map
         if noise_mode == "random":
+            # Drawn where the generator lives (the CPU for recipes: engine.devices), so a
+            # seed gives the same noise on every device.
+            where = generator.device if generator is not None else device
             return torch.randn(n, 1, self.resolution, self.resolution, generator=generator,
-                               device=device)
+                               device=where).to(device)
         if noise_mode == "const":
             return self.noise_const.reshape(1, 1, self.resolution, self.resolution)
         return None

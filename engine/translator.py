@@ -65,6 +65,7 @@ MAX_ENCODER_PARAMETERS = 64_000_000
 MAX_ENCODER_INPUT_SIZE = 4096
 MAX_SIDECAR_BYTES = 1 << 20       # a sidecar is a page of JSON
 MAX_ENCODER_FILE_BYTES = 4 * MAX_ENCODER_PARAMETERS + (1 << 20)  # float32 weights + header
+LOG_EVERY = 10                   # steps between loss read-backs (and progress) off the CPU
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".avi", ".mkv", ".webm")
 
@@ -303,16 +304,24 @@ _weights_sha: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def weights_sha256(G: nn.Module) -> str:
-    """sha256 over G's parameters and buffers (names, shapes, float32 bytes); cached per G."""
+    """sha256 over G's parameters and buffers (names, shapes, float32 bytes); cached per G.
+
+    Only a model held on the CPU is cached: its bytes are what they read. A device model
+    is hashed from copies each time (ZeroGPU's stand-in tensors read as empty memory outside
+    GPU calls, so a hash of them must never be remembered, nor inherited by its workers)."""
     hit = _weights_sha.get(G)
     if hit is not None:
         return hit
     h = hashlib.sha256()
+    on_cpu = True
     for name, t in sorted(G.state_dict().items()):
+        on_cpu = on_cpu and t.device.type == "cpu"
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    _weights_sha[G] = digest = h.hexdigest()
+    digest = h.hexdigest()
+    if on_cpu:
+        _weights_sha[G] = digest
     return digest
 
 
@@ -708,10 +717,11 @@ def fidelity_psnr(G: nn.Module, encoder: ActivationEncoder, seeds: Sequence[int]
 
 
 def _time_is_up(acc: Any, t_run: float, max_seconds: float) -> bool:
-    over = torch.tensor(float(time.perf_counter() - t_run > max_seconds), device=acc.device)
-    if acc.num_processes > 1:  # every process must stop at the same step
-        over = acc.reduce(over, "max")
-    return bool(over.item())
+    over = time.perf_counter() - t_run > max_seconds
+    if acc.num_processes == 1:
+        return over  # no device round trip per step for a single process
+    flag = torch.tensor(float(over), device=acc.device)
+    return bool(acc.reduce(flag, "max").item())  # every process must stop at the same step
 
 
 def _save_checkpoint(path: Path, encoder: nn.Module, opt: torch.optim.Optimizer, step: int,
@@ -760,9 +770,10 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
                       cutoff=cutoff, act_weight=float(act_weight),
                       image_weight=float(image_weight), jitter=int(jitter), seed=int(seed),
                       noise_mode=noise_mode, arch=dict(arch))
-    # cpu=True without CUDA lets a multi-process CPU launch (torchrun, run_processes) form a
-    # gloo group; with one process it changes nothing.
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    # Train where G is (engine.devices: STUDIO_DEVICE), never move a CPU model to a GPU
+    # behind the caller's back; cpu=True also lets a multi-process CPU launch (torchrun,
+    # run_processes) form a gloo group.
+    acc = accelerator or Accelerator(cpu=_device_of(G).type != "cuda")
     # G may be the studio's shared cached model: it is used as it is when it already is
     # frozen on this device, else through a private frozen copy, never changed in place.
     G = _frozen_on(G, acc.device)
@@ -798,6 +809,11 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
     t_run, images = time.perf_counter(), 0
     step = start
     stopped_early = None
+    # Losses stay on the device and are read back every LOG_EVERY steps: reading one is a
+    # host/device round trip that stalls a GPU at every step.
+    pending: list[torch.Tensor] = []
+    parts: dict[str, torch.Tensor] = {}
+    log_every = 1 if acc.device.type == "cpu" else LOG_EVERY  # the CPU has no round trip
     try:
         for step in range(start, s.steps):
             if max_seconds is not None and _time_is_up(acc, t_run, max_seconds):
@@ -823,25 +839,32 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
             acc.backward(loss)
             opt.step()
             images += s.batch * world
-            history.append(float(loss.detach()))
-            rate = images / max(time.perf_counter() - t_run, 1e-9)
-            msg = " ".join(f"{k}={float(v.detach()):.4f}" for k, v in parts.items())
-            if bar is not None:
-                bar.set_postfix_str(f"loss={history[-1]:.4f} {msg} img/s={rate:.1f}")
-                bar.update(1)
-            if progress is not None and acc.is_main_process:
-                progress((step + 1) / s.steps, f"step {step + 1}/{s.steps} loss "
-                         f"{history[-1]:.4f} ({rate:.1f} img/s)")
+            pending.append(loss.detach())
             done = step + 1
+            if bar is not None:
+                bar.update(1)
+            if done % log_every == 0 or done == s.steps:
+                history.extend(torch.stack(pending).tolist())
+                pending.clear()
+                rate = images / max(time.perf_counter() - t_run, 1e-9)
+                if bar is not None:
+                    msg = " ".join(f"{k}={float(v.detach()):.4f}" for k, v in parts.items())
+                    bar.set_postfix_str(f"loss={history[-1]:.4f} {msg} img/s={rate:.1f}")
+                if progress is not None and acc.is_main_process:
+                    progress(done / s.steps, f"step {done}/{s.steps} loss "
+                             f"{history[-1]:.4f} ({rate:.1f} img/s)")
             if out is not None and acc.is_main_process:
                 if preview_every and (done % preview_every == 0 or done == s.steps):
                     _preview(G, encoder, s, out / PREVIEW_FILE)
                 if checkpoint_every and done % checkpoint_every == 0 and done < s.steps:
+                    history.extend(torch.stack(pending).tolist() if pending else [])
+                    pending.clear()
                     _save_checkpoint(ckpt_path, encoder, opt, done, s, history,
                                      time.perf_counter() - t0)
         else:
             step = s.steps
     except TrainingCancelled:
+        history.extend(torch.stack(pending).tolist() if pending else [])
         if out is not None and acc.is_main_process:
             _save_checkpoint(ckpt_path, encoder, opt, step, s, history,
                              time.perf_counter() - t0)
@@ -849,6 +872,7 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
     finally:
         if bar is not None:
             bar.close()
+    history.extend(torch.stack(pending).tolist() if pending else [])
     if stopped_early is not None and out is not None and preview_every and acc.is_main_process:
         _preview(G, encoder, s, out / PREVIEW_FILE)
     acc.wait_for_everyone()
@@ -1082,7 +1106,7 @@ class Translator:
                 noise_seed = latent.noise_seed
         gen = None
         if noise_mode == "random":
-            gen = torch.Generator(device=self.device).manual_seed(int(noise_seed))
+            gen = torch.Generator().manual_seed(int(noise_seed))  # CPU: device-independent
         x, single = _to_tensor(images)
         out = to_uint8(self.translate_tensor(x, latent, noise_mode, taps, weight_taps, gen,
                                              input_size))

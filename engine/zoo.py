@@ -28,6 +28,8 @@ least recently used first.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import re
@@ -42,6 +44,7 @@ from typing import Any
 
 import torch
 
+from engine import devices
 from engine.errors import CheckpointError, StudioError, UnsafePickleError
 from engine.limits import current_limits, studio_mode
 from engine.stylegan2 import Generator, GeneratorConfig, prepare_for_device
@@ -299,9 +302,9 @@ _pending: dict[str, _Pending] = {}
 
 
 def _device(device: str | torch.device | None) -> str:
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(torch.device(device))
+    """The canonical name ('cuda' -> 'cuda:0'), so one model is cached once per device;
+    None means where models are kept (engine.devices: STUDIO_DEVICE; the CPU on ZeroGPU)."""
+    return str(devices.storage_device() if device is None else devices.canonical(device))
 
 
 def load(spec: str, progress: Progress | None = None,
@@ -343,7 +346,8 @@ def load(spec: str, progress: Progress | None = None,
             fn(fraction, message)
 
     try:
-        model = _load_uncached(r, report, dev)
+        model = _copy_to(other, dev) if (other := _loaded_elsewhere(r.id)) is not None \
+            else _load_uncached(r, report, dev)
     except BaseException as exc:
         with _lock:
             _pending.pop(key, None)
@@ -356,6 +360,22 @@ def load(spec: str, progress: Progress | None = None,
     pending.future.set_result(model)
     report(1.0, f"{model.title} is loaded")
     return model
+
+
+def _loaded_elsewhere(model_id: str) -> LoadedModel | None:
+    """The model already loaded on another device (a ZeroGPU call finds the CPU copy)."""
+    with _lock:
+        return next((m for k, m in _models.items() if k.startswith(f"{model_id}|")), None)
+
+
+def _copy_to(model: LoadedModel, device: str) -> LoadedModel:
+    """A copy of a loaded model on `device`, made from its weights in memory (no disk read)."""
+    if devices.canonical(device).type == "cuda":
+        devices.apply_precision_policy()
+    # deepcopy keeps every buffer (non-persistent ones too); .to then moves the copy only.
+    G = prepare_for_device(copy.deepcopy(model.G).to(device).eval().requires_grad_(False))
+    devices.mark_copy(G, model.G)
+    return dataclasses.replace(model, G=G, device=device)
 
 
 def _limits() -> tuple[int, int]:
@@ -431,6 +451,8 @@ def _load_uncached(r: Resolved, progress: Progress, device: str) -> LoadedModel:
             _reading.discard(ours)
     from engine.checkpoints import build_generator
 
+    if devices.canonical(device).type == "cuda":
+        devices.apply_precision_policy()
     G = prepare_for_device(build_generator(loaded).to(device).eval().requires_grad_(False))
     nbytes = sum(t.numel() * t.element_size()
                  for t in list(G.parameters()) + list(G.buffers()))

@@ -7,8 +7,9 @@ images, file paths, markdown). No model maths lives here.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
+import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,41 +21,31 @@ from PIL import Image, ImageOps
 from engine import bending, clusters, latents, recipe, zoo
 from engine.errors import StudioError
 from studio import files
+from studio import gpu as gpu_mod
+from studio.gpu import gpu, gpu_job
 from studio.jobs import interactive
 from studio.limits import SERVER_FILES
 from studio.session import Session
 
 DEFAULT_MODEL = os.environ.get("STUDIO_MODEL", "default")
 
-try:  # Hugging Face ZeroGPU: GPU work runs in functions wrapped by spaces.GPU
-    import spaces
-except ImportError:
-    spaces = None
-ON_ZEROGPU = spaces is not None and os.environ.get("SPACES_ZERO_GPU", "").lower() in (
-    "1", "true")
 
 
-def gpu(duration: int = 60) -> Callable[[Callable], Callable]:
-    """`spaces.GPU(duration=...)` where the spaces package is installed (a no-op off
-    ZeroGPU, as the package itself promises); the function unchanged elsewhere."""
-    def deco(fn: Callable) -> Callable:
-        return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
-    return deco
+def _resolution(spec: str) -> int:
+    return int(load(spec).resolution)
 
 
-def gpu_job(duration: int) -> Callable[[Callable], Callable]:
-    """gpu() for long jobs. On ZeroGPU the job runs in another process, where the page's
-    progress callback and cancel flag cannot follow, so they are left out there."""
-    def deco(fn: Callable) -> Callable:
-        inner = gpu(duration)(fn)
+def _image_seconds(spec: str, images: float = 1) -> float:
+    """A generous GPU-time estimate for rendering `images` pictures of a model: about 0.05 s
+    a picture at 256 px, growing with the area; plus the call's setup."""
+    return gpu_mod.SETUP_S + images * 0.05 * (_resolution(spec) / 256) ** 2
 
-        @functools.wraps(fn)
-        def call(*args: Any, progress: Any = None, cancel: Any = None, **kwargs: Any) -> Any:
-            if ON_ZEROGPU:
-                progress = cancel = None
-            return inner(*args, progress=progress, cancel=cancel, **kwargs)
-        return call
-    return deco
+
+def _small(spec: str) -> bool:
+    """On ZeroGPU: a model small enough to render here on the CPU (no GPU booked)."""
+    return gpu_mod.cpu_is_enough(_resolution(spec))
+
+
 OUT_DIR, REPO = files.OUT_DIR, files.REPO
 
 
@@ -84,7 +75,8 @@ def load(spec: str, progress: Callable[[float, str], None] | None = None) -> Any
                           "checkpoint.")
     if SERVER_FILES != "any" and is_path_spec(spec):  # (load runs on every render)
         files.check_server_file(spec)
-    return zoo.load(spec, progress=progress)
+    # The CPU copy between calls on ZeroGPU, the call's GPU inside one (studio/gpu.py).
+    return zoo.load(spec, progress=progress, device=gpu_mod.model_device())
 
 
 def is_path_spec(spec: str) -> bool:
@@ -141,14 +133,17 @@ def render(sess: Session, with_bends: bool = True) -> Image.Image:
 
 
 @interactive
-@gpu(20)
+@gpu(lambda r, **_: _image_seconds(r.model), cpu_if=lambda r, **_: _small(r.model))
 def render_recipe(r: recipe.Recipe) -> Image.Image:
     return recipe.render(r, load(r.model))
 
 
-@gpu(120)
 def warm_directions(sess: Session, method: str) -> None:
-    """Compute (and cache in engine.latents) a model's directions before the first drag."""
+    """Compute (and cache in engine.latents) a model's directions before the first drag.
+
+    Not a GPU call: SeFa is an eigen-decomposition of weights and GANSpace maps latents
+    only, both quick on a CPU, and done here they stay in this process's cache instead
+    of dying with a ZeroGPU worker."""
     G = generator(sess.model)
     if method == "ganspace":
         latents.ganspace_directions(G)
@@ -157,7 +152,8 @@ def warm_directions(sess: Session, method: str) -> None:
 
 
 @interactive
-@gpu(30)
+@gpu(lambda sess, seeds, psis, **_: _image_seconds(sess.model, len(seeds) * len(psis)),
+     cpu_if=lambda sess, **_: _small(sess.model))
 def psi_grid(sess: Session, seeds: list[float], psis: list[float]) -> Image.Image:
     G = generator(sess.model)
     lat = sess.recipe.latent
@@ -167,7 +163,8 @@ def psi_grid(sess: Session, seeds: list[float], psis: list[float]) -> Image.Imag
 
 
 @interactive
-@gpu(30)
+@gpu(lambda sess, seeds, **_: _image_seconds(sess.model, (len(seeds) + 1) ** 2),
+     cpu_if=lambda sess, **_: _small(sess.model))
 def mix_grid(sess: Session, seeds: list[float], mix_seed: float) -> Image.Image:
     G = generator(sess.model)
     grid = latents.mix_grid(G, seeds, mix_seed, psi=sess.recipe.latent.psi,
@@ -210,7 +207,8 @@ def labelled_grid(grid: np.ndarray, rows: list[str], cols: list[str],
     return out
 
 
-@gpu_job(120)
+@gpu_job(lambda sess, frames, **_: _image_seconds(sess.model, frames),
+         cpu_if=lambda sess, **_: _small(sess.model))
 def walk_video(sess: Session, seeds: list[float], frames: int, loop: bool, space: str,
                fps: float, progress: Callable[[int], Any] | None = None,
                cancel: Any = None) -> str:
@@ -225,7 +223,8 @@ def walk_video(sess: Session, seeds: list[float], frames: int, loop: bool, space
 # ----------------------------------------------------------------------------------------
 # Clusters.
 
-@gpu_job(120)
+@gpu_job(lambda sess, samples, **_: _image_seconds(sess.model, samples),
+         cpu_if=lambda sess, **_: _small(sess.model))
 def compute_clusters(sess: Session, layer: str, k: int, samples: int,
                      progress: Callable[[float, str], None] | None = None, cancel: Any = None
                      ) -> clusters.ClusterResult:
@@ -235,7 +234,8 @@ def compute_clusters(sess: Session, layer: str, k: int, samples: int,
                                      cancel=cancel)
 
 
-@gpu_job(120)
+@gpu_job(lambda sess, samples, **_: _image_seconds(sess.model, samples),
+         cpu_if=lambda sess, **_: _small(sess.model))
 def suggest_k(sess: Session, layer: str, samples: int,
               progress: Callable[[float, str], None] | None = None, cancel: Any = None) -> int:
     G = generator(sess.model)
@@ -248,7 +248,8 @@ SELECTED_FRAME = (255, 124, 0)  # the page's accent orange
 
 
 @interactive
-@gpu(30)
+@gpu(lambda sess, **_: _image_seconds(sess.model, 2 + (sess.clusters.k if sess.clusters else 0)),
+     cpu_if=lambda sess, **_: _small(sess.model))
 def overlay_tiles(sess: Session) -> list[tuple[Image.Image, str]]:
     """(tile, caption) per cluster of the session's clustering, for the current latent."""
     c = sess.clusters
@@ -268,7 +269,8 @@ def overlay_tiles(sess: Session) -> list[tuple[Image.Image, str]]:
 
 
 @interactive
-@gpu(20)
+@gpu(lambda sess, **_: _image_seconds(sess.model, 2),
+     cpu_if=lambda sess, **_: _small(sess.model))
 def ablation(sess: Session, cluster_id: int) -> Image.Image:
     G = generator(sess.model)
     ws = latents.compute_ws(G, sess.recipe.latent)
@@ -368,7 +370,8 @@ def validate(r: recipe.Recipe) -> None:
     recipe.validate(r, load(r.model))
 
 
-@gpu_job(120)
+@gpu_job(lambda sess, frames, **_: _image_seconds(sess.model, frames),
+         cpu_if=lambda sess, **_: _small(sess.model))
 def sweep_video(sess: Session, path: str, start: float, stop: float, frames: int, fps: float,
                 progress: Callable[[int], Any] | None = None, cancel: Any = None,
                 size: int | None = None) -> str:
@@ -452,24 +455,62 @@ def encoder_dir(sess: Session) -> Path:
     return files.session_dir(sess.token) / "encoders"
 
 
-@gpu_job(600)
+PAUSED = "paused"  # what a time-boxed GPU call returns when its time was up
+
+
 def train_encoder(sess: Session, layer: str, steps: int, batch: int,
                   progress: Callable[[float, str], None] | None = None, cancel: Any = None
                   ) -> Any:
     """Train (or resume) an encoder for `layer`; saved under this session's folder. The
     folder is named by layer and batch only, so a cancelled run resumes even when the step
-    count changed (the engine lets steps grow)."""
+    count changed (the engine lets steps grow).
+
+    On ZeroGPU the run is a series of time-boxed GPU calls, each resuming from the
+    checkpoint the last one wrote (studio.gpu.run_in_chunks); elsewhere one call."""
     from engine import translator
 
-    m = load(sess.model)
     files.make_room()
-    return translator.train_encoder(m.G, layer=layer, steps=int(steps), batch=int(batch),
-                                    out_dir=encoder_dir(sess) / f"{layer}-b{batch}",
-                                    progress=progress, cancel=cancel,
-                                    preview_every=max(10, int(steps) // 10),
-                                    checkpoint_every=max(10, int(steps) // 10),
+    out = encoder_dir(sess) / f"{layer}-b{batch}"
+    args = (sess.model, layer, int(steps), int(batch), str(out))
+    if not gpu_mod.chunked():
+        return _train_call(*args, progress=progress, cancel=cancel)
+    result = gpu_mod.run_in_chunks(lambda relay: _train_chunk(*args, relay), out, progress,
+                                   cancel, is_paused=lambda r: r == PAUSED)
+    if result == PAUSED:
+        raise translator.TrainingCancelled(f"encoder training stopped before step {steps}; "
+                                           f"run it again to resume")
+    return result
+
+
+def _train_encoder_now(spec: str, layer: str, steps: int, batch: int, out: str,
+                       progress: Any, cancel: Any) -> Any:
+    from engine import translator
+
+    m = load(spec)
+    return translator.train_encoder(m.G, layer=layer, steps=steps, batch=batch,
+                                    out_dir=out, progress=progress, cancel=cancel,
+                                    preview_every=max(10, steps // 10),
+                                    checkpoint_every=max(10, steps // 10),
                                     model_sha256=m.sha256, model_id=m.id,
                                     eval_seeds=range(4))
+
+
+@gpu_job(lambda **_: gpu_mod.max_call_seconds())
+def _train_call(spec: str, layer: str, steps: int, batch: int, out: str,
+                progress: Any = None, cancel: Any = None) -> Any:
+    return _train_encoder_now(spec, layer, steps, batch, out, progress, cancel)
+
+
+@gpu(lambda **_: gpu_mod.max_call_seconds())
+def _train_chunk(spec: str, layer: str, steps: int, batch: int, out: str,
+                 relay: gpu_mod.Relay) -> Any:
+    from engine import translator
+
+    try:
+        return _train_encoder_now(spec, layer, steps, batch, out, relay.progress,
+                                  relay.start())
+    except translator.TrainingCancelled:
+        return PAUSED  # checkpoint written; the next call resumes
 
 
 def preview_path(sess: Session, layer: str, batch: int) -> Path:
@@ -513,7 +554,8 @@ def live_translator(sess: Session, encoder: str) -> Any:
 
 
 @interactive
-@gpu(10)
+@gpu(lambda sess, **_: _image_seconds(sess.model, 2),
+     cpu_if=lambda sess, **_: _small(sess.model))
 def translate_frame(sess: Session, encoder: str, frame: Any) -> np.ndarray:
     """One webcam frame through the encoder, with the session's latent and bends. The frame
     goes through the same checked reader as every other picture (pixel cap included)."""
@@ -530,18 +572,56 @@ def translate_frame(sess: Session, encoder: str, frame: Any) -> np.ndarray:
 # ----------------------------------------------------------------------------------------
 # Projection.
 
-@gpu_job(300)
 def project(sess: Session, image: Any, steps: int, w_plus: bool,
             progress: Callable[[float, str], None] | None = None, cancel: Any = None) -> Any:
-    """Fit a latent to a photo (engine.projector.project) and return its result."""
+    """Fit a latent to a photo (engine.projector.project) and return its result; on ZeroGPU
+    as time-boxed GPU calls that resume from the projection's checkpoint."""
     from engine import projector
     from studio import uploads
 
-    pic = uploads.open_image(image)
-    m = load(sess.model)
-    return projector.project(m.G, pic, steps=int(steps), w_plus=bool(w_plus),
-                             progress=progress, cancel=cancel,
-                             frame_every=max(1, int(steps) // 60))
+    pic = np.asarray(uploads.open_image(image))
+    if not gpu_mod.chunked():
+        return _project_call(sess.model, pic, int(steps), bool(w_plus), None,
+                             progress=progress, cancel=cancel)
+    folder = files.session_dir(sess.token) / "projections" / uuid.uuid4().hex[:8]
+    ckpt = str(folder / "checkpoint.pt")
+    try:
+        result = gpu_mod.run_in_chunks(
+            lambda relay: _project_chunk(sess.model, pic, int(steps), bool(w_plus), ckpt,
+                                         relay),
+            folder, progress, cancel, is_paused=lambda r: r == PAUSED)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if result == PAUSED:
+        raise projector.ProjectionCancelled("The projection was cancelled.")
+    return result
+
+
+def _project_now(spec: str, pic: np.ndarray, steps: int, w_plus: bool, ckpt: str | None,
+                 progress: Any, cancel: Any) -> Any:
+    from engine import projector
+
+    m = load(spec)
+    return projector.project(m.G, pic, steps=steps, w_plus=w_plus, progress=progress,
+                             cancel=cancel, checkpoint_path=ckpt,
+                             frame_every=max(1, steps // 60))
+
+
+@gpu_job(lambda spec, steps, **_: _image_seconds(spec, 3 * steps))
+def _project_call(spec: str, pic: np.ndarray, steps: int, w_plus: bool, ckpt: str | None,
+                  progress: Any = None, cancel: Any = None) -> Any:
+    return _project_now(spec, pic, steps, w_plus, ckpt, progress, cancel)
+
+
+@gpu(lambda **_: gpu_mod.max_call_seconds())
+def _project_chunk(spec: str, pic: np.ndarray, steps: int, w_plus: bool, ckpt: str,
+                   relay: gpu_mod.Relay) -> Any:
+    from engine import projector
+
+    try:
+        return _project_now(spec, pic, steps, w_plus, ckpt, relay.progress, relay.start())
+    except projector.ProjectionCancelled:
+        return PAUSED
 
 
 def save_latent(sess: Session, ws: Any) -> str:

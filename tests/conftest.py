@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
 import torch
 
 from engine.stylegan2 import Generator, GeneratorConfig
+
+# The suite compares renders bit for bit with CPU renders, so it runs on the CPU even where
+# CUDA exists (STUDIO_DEVICE=cuda runs it there); tests about devices name theirs
+# (tests/test_gpu.py).
+os.environ.setdefault("STUDIO_DEVICE", "cpu")
 
 TINY_CONFIG = dict(z_dim=32, w_dim=32, resolution=32, channel_base=1024, channel_max=32,
                    mapping_layers=2)

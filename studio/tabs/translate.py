@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 
 from engine.errors import StudioError
-from studio import backend
+from studio import backend, gpu
 from studio.jobs import LANE
 from studio.limits import LIMITS
 from studio.session import Session
@@ -96,9 +95,8 @@ def train(ui: UI, sess: Session, layer: str, steps: float, batch: float) -> Iter
     except StudioError as exc:
         raise gr.Error(str(exc), print_exception=False) from exc
     box: dict[str, Any] = {"points": []}
-    thread = threading.Thread(target=_train_worker, args=(sess, layer, int(steps), int(batch),
-                                                          box), daemon=True)
-    thread.start()
+    # In this request's context: ZeroGPU charges the GPU time to its visitor.
+    thread = gpu.start_thread(_train_worker, sess, layer, int(steps), int(batch), box)
     preview = backend.preview_path(sess, layer, int(batch))
     while thread.is_alive():
         thread.join(timeout=1.0)

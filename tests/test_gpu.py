@@ -1,0 +1,466 @@
+"""The studio on a GPU: device settings, the fp32 policy, and every GPU path run under the
+`spaces` package's own CPU emulation of ZeroGPU (tests/zerogpu.py).
+
+Under the emulation `.to("cuda")` gives stand-in tensors computed on the CPU, so a render on
+"CUDA" must equal the CPU render bit for bit, and any op that mixes a CPU tensor into device
+work raises, as a real GPU would. GPU calls run as a ZeroGPU worker runs them: their
+arguments and results cross by pickle, and the main process has no CUDA.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine import bending, clusters, devices, latents, projector, recipe, translator, zoo
+from engine.bending import OPERATIONS, WEIGHT_OPERATIONS, Bend, ChannelSelection, WeightEdit
+from engine.errors import StudioError
+from engine.latents import DirectionEdit, LatentSpec, LayerEdit
+from studio import files
+from tests.conftest import make_tiny_generator
+from tests.zerogpu import ZeroGPU, in_thread
+
+pytest.importorskip("spaces")
+
+LAYER = "b16.conv1"
+
+
+@pytest.fixture(scope="module")
+def G():
+    return make_tiny_generator(0)
+
+
+@pytest.fixture
+def zero(monkeypatch, tmp_path):
+    """The emulation on, the studio told it runs on ZeroGPU, GPU calls run as workers."""
+    from studio import gpu
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setenv("STUDIO_DEVICE", "auto")  # CUDA "exists": inside GPU calls only
+    monkeypatch.setenv("STUDIO_CPU_MAX_RESOLUTION", "0")  # every model takes the GPU path
+    monkeypatch.setenv("ACTIVATION_STUDIO_CACHE", str(tmp_path / "cache"))
+    zoo.clear_cache()
+    devices.clear_seeded()
+    with ZeroGPU() as zg:
+        gpu.set_runner(zg.gpu_call)
+        try:
+            yield zg
+        finally:
+            gpu.set_runner(None)
+            zoo.clear_cache()
+            devices.clear_seeded()
+            reset_accelerate()
+
+
+def reset_accelerate() -> None:
+    """accelerate keeps one process-wide state (its device); a ZeroGPU worker is a process
+    of its own, but here a training on the emulated CUDA shares this one."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(True)
+
+
+def on_cuda(zg: ZeroGPU, G: torch.nn.Module, fn):
+    """fn(copy of G on the emulated CUDA) in an emulated GPU call; its result back here."""
+    def work():
+        Gc = copy.deepcopy(G).to("cuda").requires_grad_(False)  # frozen, as zoo loads them
+        assert next(Gc.parameters()).device.type == "cuda"
+        return devices.to_host(fn(Gc))
+    return zg.gpu_call(work)
+
+
+def same(a, b) -> None:
+    a = a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    b = b.numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+    assert a.shape == b.shape and np.array_equal(a, b)
+
+
+def same_weights(got: torch.nn.Module, want: torch.nn.Module) -> None:
+    """Trained weights: batched steps run as grouped convs on a GPU, so float sums differ in
+    the last bits and training carries that a little further."""
+    a, b = got.state_dict(), want.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].device.type == "cpu"
+        assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5), k
+
+
+def within_one_level(a, b) -> None:
+    """The stated policy where the device picks another algorithm (batched renders run as
+    one grouped conv on a GPU, per-sample convs on the CPU): pixels differ by one level at
+    most, and few do."""
+    a, b = np.asarray(a, dtype=np.int16), np.asarray(b, dtype=np.int16)
+    assert a.shape == b.shape
+    diff = np.abs(a - b)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.05, (diff.max(), (diff > 0).mean())
+
+
+# ----------------------------------------------------------------------------------------
+# Settings: device names, the default device, the precision policy, seeded draws.
+
+
+def test_cuda_and_cuda0_are_one_name(monkeypatch):
+    assert devices.canonical("cuda") == devices.canonical("cuda:0") == torch.device("cuda", 0)
+    assert zoo._device("cuda") == zoo._device("cuda:0") == "cuda:0"
+    assert zoo._device(torch.device("cpu")) == "cpu"
+    with pytest.raises(StudioError, match="not a device name"):
+        devices.canonical("gpu please")
+
+
+def test_default_device_follows_the_setting(monkeypatch):
+    monkeypatch.setenv("STUDIO_DEVICE", "cpu")
+    assert devices.default_device() == torch.device("cpu")
+    assert zoo._device(None) == "cpu"
+    monkeypatch.setenv("STUDIO_DEVICE", "auto")
+    assert devices.default_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("STUDIO_DEVICE", "cuda")
+        with pytest.raises(StudioError, match="no CUDA device"):
+            devices.default_device()
+    # On ZeroGPU models are kept on the CPU, whatever the device setting.
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert devices.storage_device() == torch.device("cpu")
+
+
+def test_precision_policy_is_ieee_unless_tf32_is_asked_for(monkeypatch):
+    before = devices.precision_mode()
+    try:
+        monkeypatch.delenv("STUDIO_TF32", raising=False)
+        assert devices.apply_precision_policy() == "ieee"
+        assert devices.precision_mode() == ("ieee", "ieee")
+        monkeypatch.setenv("STUDIO_TF32", "1")
+        assert devices.apply_precision_policy() == "tf32"
+        assert devices.precision_mode() == ("tf32", "tf32")
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision \
+            = before
+
+
+def test_seeded_draws_are_the_cpu_generators_and_kept():
+    devices.clear_seeded()
+    a = devices.seeded("normal", (2, 3), 7, "cpu")
+    assert torch.equal(a, torch.randn(2, 3, generator=torch.Generator().manual_seed(7)))
+    assert devices.seeded("normal", (2, 3), 7, "cpu") is a  # no second draw
+    u = devices.seeded("uniform", (4,), 7, "cpu", torch.float64)
+    assert u.dtype == torch.float64 and (u >= 0).all() and (u < 1).all()
+
+
+@dataclasses.dataclass
+class Box:
+    t: torch.Tensor
+    items: list
+
+
+def test_to_host_lets_a_result_with_cuda_tensors_come_back():
+    def result():
+        return Box(torch.ones(2).to("cuda"), [torch.nn.Linear(2, 2).to("cuda"),
+                                              (torch.zeros(1).to("cuda"), "x")])
+    with ZeroGPU() as zg:
+        with pytest.raises((AssertionError, RuntimeError)):
+            zg.gpu_call(result)
+        out = zg.gpu_call(lambda: devices.to_host(result()))
+    assert out.t.device.type == "cpu" and torch.equal(out.t, torch.ones(2))
+    assert next(out.items[0].parameters()).device.type == "cpu" and out.items[1][1] == "x"
+
+
+# ----------------------------------------------------------------------------------------
+# The emulation itself: what it catches.
+
+
+def test_emulation_catches_mixing_and_cuda_outside_gpu_calls(G):
+    with ZeroGPU() as zg:
+        def mixes():
+            Gc = copy.deepcopy(G).to("cuda")
+            return Gc(torch.zeros(1, G.cfg.z_dim))  # z left on the CPU
+        with pytest.raises(RuntimeError, match="same device"):
+            zg.gpu_call(mixes)
+        # A worker thread outside a GPU call has no CUDA, as on a Space.
+        with pytest.raises((AssertionError, RuntimeError)):
+            in_thread(lambda: torch.zeros(1).to("cuda"))
+        # A CUDA tensor in a result cannot come back to the main process.
+        with pytest.raises((AssertionError, RuntimeError)):
+            zg.gpu_call(lambda: torch.ones(2).to("cuda"))
+
+
+# ----------------------------------------------------------------------------------------
+# Device mixing over every engine path: the emulated CUDA result equals the CPU result.
+
+
+def _choices(op) -> list[dict]:
+    """The op's defaults, plus one variant per value of each choice parameter."""
+    variants = [{}]
+    for spec in op.params:
+        if spec.type == "choice":
+            variants += [{spec.name: c} for c in spec.choices if c != spec.default]
+        elif spec.type in ("float", "int") and spec.name in ("seed", "amount", "std"):
+            variants.append({spec.name: spec.default + (3 if spec.name == "seed" else 1)})
+    return variants
+
+
+def _bend_cases() -> list[tuple[str, dict]]:
+    return [(name, v) for name, op in OPERATIONS.items() for v in _choices(op)]
+
+
+def _weight_cases() -> list[tuple[str, dict]]:
+    return [(name, v) for name, op in WEIGHT_OPERATIONS.items() for v in _choices(op)]
+
+
+def _render(Gx, bends=(), edits=(), spec=LatentSpec(seed=3)):
+    taps, wtaps = bending.make_taps(Gx, list(bends), list(edits))
+    ws = latents.compute_ws(Gx, spec)
+    gen = latents.noise_generator(spec)
+    return latents.to_uint8(Gx.synthesis(ws, noise_mode=spec.noise_mode, taps=taps,
+                                         weight_taps=wtaps, noise_generator=gen))
+
+
+def test_every_bend_and_weight_edit_on_emulated_cuda_equals_the_cpu(G, zero):
+    sel = ChannelSelection(mode="random", fraction=0.5, seed=1)
+    cases = [([Bend(layer=LAYER, op=name, params=params, channels=sel)], [])
+             for name, params in _bend_cases()]
+    cases += [([], [WeightEdit(layer=LAYER, op=name, params=params, channels=sel)])
+              for name, params in _weight_cases()]
+    assert len(cases) > len(OPERATIONS) + len(WEIGHT_OPERATIONS)
+
+    def run(Gx):
+        return [_render(Gx, bends=b, edits=e) for b, e in cases]
+    for got, want in zip(on_cuda(zero, G, run), run(G), strict=True):
+        same(got, want)
+
+
+def test_latent_tools_on_emulated_cuda_equal_the_cpu(G, zero, tmp_path):
+    specs = [
+        LatentSpec(seed=2.5, psi=0.7, noise_mode="random", noise_seed=4),
+        LatentSpec(seed=1, mix_seed=9, mix_start=2, mix_end=4, noise_mode="none"),
+        LatentSpec(seed=1, directions=[DirectionEdit(method="sefa", index=1, amount=3.0),
+                                       DirectionEdit(method="ganspace", index=0, amount=-2.0)]),
+        LatentSpec(seed=1, layer_edits=[LayerEdit(op="swap", w_index=1, seed=5),
+                                        LayerEdit(op="random", w_index=3, seed=6),
+                                        LayerEdit(op="negate", w_index=4)]),
+    ]
+    for spec in specs:
+        same(on_cuda(zero, G, lambda Gc, s=spec: latents.render_spec(Gc, s)),
+             latents.render_spec(G, spec))
+    # Batched renders: the GPU path is a grouped conv, so the policy's one level applies.
+    within_one_level(on_cuda(zero, G, lambda Gc: latents.psi_grid(Gc, [1, 2], [0.5, 1.0])),
+                     latents.psi_grid(G, [1, 2], [0.5, 1.0]))
+    within_one_level(on_cuda(zero, G, lambda Gc: latents.mix_grid(Gc, [1, 2], 5)),
+                     latents.mix_grid(G, [1, 2], 5))
+
+    def frames(Gx):
+        ws = latents.interpolate_ws(Gx, [1, 4], 4)
+        return np.stack(list(latents.render_frames(Gx, ws, noise_mode="random",
+                                                   noise_seed=2)))
+    within_one_level(on_cuda(zero, G, frames), frames(G))
+    path = on_cuda(zero, G, lambda Gc: latents.write_walk(Gc, [1, 2], 4, tmp_path / "w.mp4"))
+    assert path.stat().st_size > 0
+
+
+def test_clustering_on_emulated_cuda_equals_the_cpu(G, zero, tmp_path):
+    def run(Gx, where):
+        r = clusters.compute_clusters(Gx, LAYER, 3, samples=8, cache_dir=tmp_path / where,
+                                      model_key="tiny-" + where)
+        ws = latents.compute_ws(Gx, LatentSpec(seed=1))
+        return (r.labels, clusters.cluster_overlays(Gx, r, ws[0], tile=32),
+                clusters.ablation_preview(Gx, r, 0, ws[0]))
+    on_gpu, on_cpu = on_cuda(zero, G, lambda Gc: run(Gc, "gpu")), run(G, "cpu")
+    for a, b in zip(on_gpu, on_cpu):
+        same(a, b)
+
+
+def test_translator_and_its_training_on_emulated_cuda_equal_the_cpu(G, zero, tmp_path):
+    settings = dict(layer=LAYER, steps=3, batch=2, seed=1, stat_samples=8, eval_seeds=[0],
+                    width=8, max_width=16, preview_every=0, checkpoint_every=0)
+
+    def train(Gx, where):
+        r = translator.train_encoder(Gx, out_dir=tmp_path / where, **settings)
+        tr = translator.Translator.load(r.path.parent, Gx)
+        pic = np.asarray(Image.new("RGB", (40, 30), (200, 40, 90)))
+        out = tr.translate(pic, 3)
+        tr.set_latent(LatentSpec(seed=2))
+        return r, out, tr.translate_frame(pic)
+
+    (r_gpu, out_gpu, frame_gpu) = on_cuda(zero, G, lambda Gc: train(Gc, "gpu"))
+    reset_accelerate()
+    (r_cpu, out_cpu, frame_cpu) = train(G, "cpu")
+    # The trained encoder comes back as a CPU module with the CPU run's weights.
+    assert next(r_gpu.encoder.parameters()).device.type == "cpu"
+    same_weights(r_gpu.encoder, r_cpu.encoder)
+    within_one_level(out_gpu, out_cpu)
+    within_one_level(frame_gpu, frame_cpu)
+
+
+def test_projection_on_emulated_cuda_equals_the_cpu(G, zero):
+    target = latents.render_spec(G, LatentSpec(seed=8))
+    run = lambda Gx: projector.project(Gx, target, steps=4, w_plus=True)  # noqa: E731
+    a, b = on_cuda(zero, G, run), run(G)
+    same(a.w, b.w)
+    same(a.image, b.image)
+
+
+def test_recipe_replays_the_same_on_emulated_cuda(zero, tmp_path):
+    """One recipe touching every random draw: the CPU and the emulated GPU give one image."""
+    r = recipe.Recipe(model="default")
+    r.latent = LatentSpec(seed=5, psi=0.8, noise_mode="random", noise_seed=11,
+                          directions=[DirectionEdit(method="sefa", index=0, amount=2.0)])
+    r.bends = [Bend(layer=LAYER, op="jitter", params={"amount": 1.5, "seed": 2}),
+               Bend(layer="b32.conv0", op="gaussian_noise", params={"std": 0.3, "seed": 4},
+                    channels=ChannelSelection(mode="random", fraction=0.3))]
+    r.weight_edits = [WeightEdit(layer="b8.conv1", op="noise", params={"std": 0.2})]
+    cpu = np.asarray(recipe.render(r, zoo.load("default", device="cpu")))
+
+    def on_gpu():
+        model = zoo.load("default", device="cuda")  # a copy of the CPU model, no disk read
+        assert model.device == "cuda:0" and model.G is not zoo.load("default", device="cpu").G
+        return recipe.render(r, model)
+    same(np.asarray(zero.gpu_call(on_gpu)), cpu)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a real CUDA device")
+def test_recipe_replays_within_one_level_on_real_cuda():
+    """The stated policy on a real GPU: IEEE fp32, every pixel within one level of the CPU."""
+    r = recipe.Recipe(model="default")
+    r.latent = LatentSpec(seed=5, noise_mode="random", noise_seed=11)
+    r.bends = [Bend(layer=LAYER, op="gaussian_noise", params={"std": 0.3, "seed": 4})]
+    cpu = np.asarray(recipe.render(r, zoo.load("default", device="cpu")), dtype=int)
+    gpu = np.asarray(recipe.render(r, zoo.load("default", device="cuda")), dtype=int)
+    assert devices.precision_mode() == ("ieee", "ieee")
+    assert np.abs(cpu - gpu).max() <= 1
+
+
+# ----------------------------------------------------------------------------------------
+# The studio's GPU paths under the emulation.
+
+
+def _session(model: str = "default"):
+    from studio.session import new_session
+    return new_session(model)
+
+
+def test_studio_loads_models_and_finds_encoders_outside_gpu_calls(zero, tmp_path):
+    from studio import backend
+    from tests.browser_util import tiny_model_file
+
+    other = tiny_model_file(tmp_path)
+    # Gradio runs handlers in worker threads: no CUDA there, and no stand-ins to misread.
+    info = in_thread(lambda: backend.model_info(other))
+    assert info.resolution == 32
+    assert all(m.device == "cpu" for m in zoo.loaded_models())
+    found = in_thread(lambda: backend.encoder_choices(None, "default"))
+    assert any("encoder_b16" in p for p in found), "the shipped encoder was refused"
+    assert backend.encoder_choices(None, "default") == found  # the main thread agrees
+
+
+def test_studio_renders_translates_and_makes_videos_in_gpu_calls(zero, tmp_path):
+    from studio import backend
+
+    sess = _session()
+    calls = zero.calls
+    plain = in_thread(lambda: backend.render(sess))
+    assert zero.calls == calls + 1  # a GPU call, not a render here
+    assert {m.device for m in zoo.loaded_models()} == {"cpu", "cuda:0"}  # it used a GPU copy
+    cpu = recipe.render(sess.recipe, zoo.load("default", device="cpu"))
+    same(np.asarray(plain), np.asarray(cpu))
+    # Translating with the shipped encoder, its picture uploaded as the page does.
+    encoder = backend.encoder_choices(sess, "default")[0]
+    pic = Image.fromarray(latents.render_spec(zoo.load("default", device="cpu").G,
+                                              LatentSpec(seed=30)))
+    path, _ = backend.save_input_image(sess, pic)
+    backend.set_translator(sess, encoder, path)
+    same(np.asarray(in_thread(lambda: backend.render(sess))),
+         np.asarray(recipe.render(sess.recipe, zoo.load("default", device="cpu"))))
+    frame = backend.translate_frame(sess, encoder, np.asarray(pic))
+    assert frame.shape == (64, 64, 3)
+    video = in_thread(lambda: backend.walk_video(sess, [1, 2], 4, False, "z", 10))
+    assert video.endswith(".mp4")
+
+
+def test_small_models_render_here_without_booking_a_gpu(zero, monkeypatch):
+    from studio import backend
+
+    monkeypatch.setenv("STUDIO_CPU_MAX_RESOLUTION", "64")
+    calls = zero.calls
+    backend.render(_session())
+    assert zero.calls == calls
+
+
+@pytest.fixture
+def tiny_spec(tmp_path):
+    from tests.browser_util import tiny_model_file
+    return tiny_model_file(tmp_path)
+
+
+def test_training_in_time_boxed_calls_equals_one_run(zero, monkeypatch, tmp_path, tiny_spec):
+    from studio import backend
+    from studio.jobs import Jobs
+
+    monkeypatch.setattr(files, "OUT_DIR", tmp_path / "out")
+    monkeypatch.setenv("STUDIO_GPU_CHUNK_SECONDS", "0.05")  # several calls for a few steps
+    sess = _session(tiny_spec)
+    seen: list[tuple] = []
+    calls = zero.calls
+    result = in_thread(lambda: backend.train_encoder(
+        sess, LAYER, 4, 2, progress=lambda *a: seen.append(a), cancel=Jobs().cancel))
+    assert zero.calls - calls >= 2, "the run was not split into calls"
+    assert next(result.encoder.parameters()).device.type == "cpu"
+    assert result.path is not None and result.path.is_file()
+    # The same training in one go on the CPU gives the same weights.
+    reset_accelerate()
+    monkeypatch.setenv("SPACES_ZERO_GPU", "")
+    from studio import gpu
+    gpu.set_runner(None)
+    m = zoo.load(tiny_spec, device="cpu")
+    once = translator.train_encoder(m.G, layer=LAYER, steps=4, batch=2,
+                                    out_dir=tmp_path / "once", preview_every=10,
+                                    checkpoint_every=10, eval_seeds=range(4))
+    same_weights(result.encoder, once.encoder)
+
+
+def test_projection_in_time_boxed_calls_equals_one_run(zero, monkeypatch, tmp_path,
+                                                      tiny_spec):
+    from studio import backend
+
+    monkeypatch.setattr(files, "OUT_DIR", tmp_path / "out")
+    monkeypatch.setenv("STUDIO_GPU_CHUNK_SECONDS", "0.05")
+    m = zoo.load(tiny_spec, device="cpu")
+    photo = Image.fromarray(latents.render_spec(m.G, LatentSpec(seed=12)))
+    calls = zero.calls
+    res = in_thread(lambda: backend.project(_session(tiny_spec), photo, 6, True))
+    assert zero.calls - calls >= 2
+    once = projector.project(m.G, np.asarray(photo), steps=6, w_plus=True,
+                             frame_every=1)
+    same(res.w, once.w)
+
+
+def test_cancel_reaches_the_worker(zero, monkeypatch, tmp_path, tiny_spec):
+    from studio import backend
+
+    monkeypatch.setattr(files, "OUT_DIR", tmp_path / "out")
+    with pytest.raises(translator.TrainingCancelled, match="resume"):
+        backend.train_encoder(_session(tiny_spec), LAYER, 500, 2, cancel=lambda: True)
+
+
+def test_threads_started_for_jobs_keep_the_request_context():
+    import contextvars
+
+    from studio import gpu
+
+    request = contextvars.ContextVar("request", default=None)
+    request.set("visitor-1")
+    seen = []
+    gpu.start_thread(lambda: seen.append(request.get())).join()
+    assert seen == ["visitor-1"]
+
+
+def test_durations_grow_with_the_job_and_stay_bookable(zero, monkeypatch):
+    from studio import backend, gpu
+
+    sess = _session()
+    small = backend.walk_video.seconds(sess, [1, 2], 4, False, "z", 10)
+    big = backend.walk_video.seconds(sess, [1, 2], 10_000_000, False, "z", 10)
+    assert 5 <= small < big == gpu.max_call_seconds()
+    monkeypatch.setenv("STUDIO_GPU_MAX_SECONDS", "30")
+    assert backend.render_recipe.seconds(sess.recipe) <= 30
