@@ -45,7 +45,8 @@ class TeachPanel:
 
 def build_teach() -> TeachPanel:
     with gr.Accordion("Teach a direction by example", open=False, elem_id="teach"):
-        gr.Markdown("Mark samples that have an attribute and samples that do not; a linear "
+        gr.Markdown("Mark samples that have an attribute and samples that do not (click a "
+                    "sample to cycle it: has it, does not, unmarked); a linear "
                     "SVM on their w finds the direction between them (InterFaceGAN). More "
                     "marks give a better direction; the cross-validated accuracy says how "
                     "well it separates samples it did not see.")
@@ -123,8 +124,30 @@ def wire_teach(p: TeachPanel, session: gr.State, psi: gr.Slider, dir_method: gr.
         return {p.book: book, p.status: book.status()}
 
     for group in (p.yes, p.no):
+        # The last tick carries every mark of the page, so ticks that arrive while one is
+        # being recorded can be skipped ("once", the default, would drop the last one too).
         group.input(mark, [p.book, p.shown, p.yes, p.no], [p.book, p.status], api_name=False,
-                    show_progress="hidden")
+                    show_progress="hidden", trigger_mode="always_last")
+
+    @errors
+    def click_sample(book: teach.LabelBook, shown: list[int], yes: list[int], no: list[int],
+                     evt: gr.SelectData) -> dict:
+        """Clicking a sample cycles it: unmarked -> has it -> does not -> unmarked."""
+        seed = shown[evt.index]
+        yes, no = list(yes or []), list(no or [])
+        if seed in yes:
+            yes.remove(seed)
+            no.append(seed)
+        elif seed in no:
+            no.remove(seed)
+        else:
+            yes.append(seed)
+        book.mark(shown, yes, no)
+        return {p.book: book, p.yes: yes, p.no: no, p.status: book.status()}
+
+    p.grid.select(click_sample, [p.book, p.shown, p.yes, p.no],
+                  [p.book, p.yes, p.no, p.status], api_name=False, show_progress="hidden",
+                  trigger_mode="multiple")  # every click counts
 
     @errors
     def train(sess: Any, book: teach.LabelBook, shown: list[int], yes: list[int],
@@ -247,3 +270,25 @@ def wire_blend(p: BlendPanel, session: gr.State, output: gr.Image, errors: Calla
 
     then(p.upload.upload(upload_b, [p.upload], [p.other, p.on], api_name=False).then(
         set_blend, inputs, outputs, api_name=False, **job))
+
+
+def reset_for_model(t: TeachPanel, b: BlendPanel) -> tuple[Callable[[Any], dict], list]:
+    """(fn, outputs) clearing both panels after a model loads: marks and boundaries belong
+    to one model's W, and the swap choices are its blocks."""
+
+    def reset(sess: Any) -> dict:
+        out: dict = {t.book: teach.LabelBook(), t.shown: [], t.trained: {}, t.grid: [],
+                     t.yes: gr.update(choices=[], value=[]),
+                     t.no: gr.update(choices=[], value=[]), t.status: "", t.result: "",
+                     t.file: None, t.labels_csv: None,
+                     t.hold: gr.update(choices=[], value=[]), b.on: False, b.note: ""}
+        if sess is not None:
+            try:
+                out[b.swap_res] = blend_resolutions(sess.model)
+            except StudioError:
+                pass
+        return out
+
+    outputs = [t.book, t.shown, t.trained, t.grid, t.yes, t.no, t.status, t.result, t.file,
+               t.labels_csv, t.hold, b.on, b.note, b.swap_res]
+    return reset, outputs
