@@ -207,7 +207,7 @@ def build_blend() -> BlendPanel:
             on = gr.Checkbox(False, label="Blend", elem_id="blend-on")
             other = gr.Textbox("", label="Model B (id, hf://..., or upload)",
                                elem_id="blend-model")
-            upload = gr.UploadButton("Upload B", file_types=[".pkl", ".pt", ".safetensors"],
+            upload = gr.UploadButton("Upload B", file_types=[".pkl", ".pt", ".safetensors"], size="sm",
                                      elem_id="blend-upload")
         with gr.Row():
             mode = gr.Radio([("Layer swap", "swap"), ("Interpolate", "interpolate")],
