@@ -207,8 +207,8 @@ def build_blend() -> BlendPanel:
             on = gr.Checkbox(False, label="Blend", elem_id="blend-on")
             other = gr.Textbox("", label="Model B (id, hf://..., or upload)",
                                elem_id="blend-model")
-            upload = gr.UploadButton("Upload B", file_types=[".pkl", ".pt", ".safetensors"], size="sm",
-                                     elem_id="blend-upload")
+            upload = gr.UploadButton("Upload B", file_types=[".pkl", ".pt", ".safetensors"],
+                                     size="sm", elem_id="blend-upload")
         with gr.Row():
             mode = gr.Radio([("Layer swap", "swap"), ("Interpolate", "interpolate")],
                             value="swap", label="How", elem_id="blend-mode")
