@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.bending import OPERATIONS, WEIGHT_OPERATIONS, Bend, ChannelSelection, WeightEdit
+from engine.blend import BlendSpec
 from engine.clusters import ClusterResult
 from engine.errors import StudioError
 from engine.latents import DirectionEdit, LatentSpec, LayerEdit
@@ -183,6 +184,11 @@ def set_directions(sess: Session, method: str, amounts: list[float], start: int,
         DirectionEdit(method=method, index=0 if method == "file" else i, amount=float(a),
                       layer_start=int(start), layer_end=end, path=path)
         for i, a in enumerate(amounts) if a]
+
+
+def set_blend(sess: Session, spec: BlendSpec | None) -> None:
+    """Blend the model with another of its architecture (None: stop blending)."""
+    sess.recipe.blend = copy.deepcopy(spec)
 
 
 def add_layer_edit(sess: Session, op: str, w_index: int, seed: int = 0) -> None:

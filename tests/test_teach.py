@@ -75,3 +75,15 @@ def test_blend_spec_from_controls():
     assert (spec.model, spec.swap_res, spec.alpha, spec.mapping) == ("other.pkl", 32, 0.25, "b")
     with pytest.raises(StudioError, match="Name model B"):
         teach.blend_spec(True, "  ", "swap", "b16", 0.5, "a")
+
+
+def test_blend_is_an_undoable_session_edit():
+    from studio import session as S
+
+    sess = S.new_session("default")
+    spec = teach.blend_spec(True, "tuned.pkl", "interpolate", "b16", 0.3, "b")
+    with S.edit(sess):
+        S.set_blend(sess, spec)
+    assert sess.recipe.blend == spec and sess.recipe.blend is not spec
+    assert S.undo(sess) and sess.recipe.blend is None
+    assert S.redo(sess) and sess.recipe.blend == spec

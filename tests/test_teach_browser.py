@@ -141,19 +141,20 @@ def test_label_grid_to_a_working_slider(page):
 
 def test_blend_with_a_fine_tuned_copy(page, server):
     _, tuned = server
-    _set_number(page, "#dir-0", 0)
+    darker = _canvas(page)
+    _set_number(page, "#dir-0", 0)  # back to the unedited sample
+    base = _wait_canvas_change(page, darker)
     page.get_by_text("Blend with another model").click()
     page.locator("#blend-model input, #blend-model textarea").first.fill(tuned)
-    base = _canvas(page)
     page.locator("#blend-on input").check()
     blended = _wait_canvas_change(page, base)
     assert "b16:A b32:B b64:B" in page.locator("#blend-note").inner_text()
     assert not np.array_equal(_pixels(page, base), _pixels(page, blended))
     # Interpolating with weight 0 (mapping from A) is model A again, pixel for pixel.
     page.locator("#blend-mode").get_by_text("Interpolate").click()
-    page.wait_for_timeout(500)
+    halfway = _wait_canvas_change(page, blended)
     _set_number(page, "#blend-alpha", 0)
-    back = _wait_canvas_change(page, blended)
+    back = _wait_canvas_change(page, halfway)
     assert np.array_equal(_pixels(page, back), _pixels(page, base))
     page.locator("#blend-on input").uncheck()
 

@@ -13,6 +13,7 @@ from studio import session as S
 from studio.jobs import LANE
 from studio.limits import LIMITS
 from studio.session import Session
+from studio.tabs import explore_teach
 from studio.ui import (
     LIVE,
     UI,
@@ -63,6 +64,7 @@ def layout(ui: UI, n_ws: int) -> None:
             ui.mix_end = gr.Slider(0, n_ws, min(4, n_ws), step=1, label="To w (exclusive)")
     _layer_edits_layout(ui, n_ws)
     _directions_layout(ui, n_ws)
+    explore_teach.layout(ui)
     _grids_layout(ui)
 
 
@@ -88,7 +90,8 @@ def _directions_layout(ui: UI, n_ws: int) -> None:
                                      label="Directions from")
             ui.boundary = checked_file(gr.File(label="InterFaceGAN boundary (.npy)",
                                                file_types=[".npy"], visible=False, height=90))
-        ui.dir_sliders = [gr.Slider(-10, 10, 0, step=0.1, label=f"Direction {i}")
+        ui.dir_sliders = [gr.Slider(-10, 10, 0, step=0.1, label=f"Direction {i}",
+                                    elem_id=f"dir-{i}")
                           for i in range(N_DIRECTIONS)]
         with gr.Row():
             ui.dir_start = gr.Slider(0, n_ws, 0, step=1, label="Apply from w")
@@ -152,18 +155,19 @@ def show(ui: UI, sess: Session) -> dict[Any, Any]:
            ui.le_index: gr.update(maximum=n - 1), ui.le_list: layer_edit_list(sess)}
     for i, (slider, amount) in enumerate(zip(ui.dir_sliders, amounts)):
         out[slider] = gr.update(value=amount, visible=method != "file" or i == 0)
-    return out
+    return {**out, **explore_teach.show(ui, sess)}
 
 
 def shown(ui: UI) -> list[Any]:
     return [ui.seed, ui.seed_frac, ui.psi, ui.cutoff, ui.noise_mode, ui.noise_seed, ui.mix_on,
             ui.mix_seed, ui.mix_start, ui.mix_end, ui.dir_method, ui.boundary, *ui.dir_sliders,
-            ui.dir_start, ui.dir_end, ui.le_index, ui.le_list]
+            ui.dir_start, ui.dir_end, ui.le_index, ui.le_list, *explore_teach.shown(ui),
+            *explore_teach.cleared(ui)]
 
 
 def reset(ui: UI) -> dict[Any, Any]:
-    """A new model: the old model's grid and boundary file go."""
-    return {ui.grid_out: None, ui.boundary: None}
+    """A new model: the old model's grid, boundary file, marks and trained boundaries go."""
+    return {ui.grid_out: None, ui.boundary: None, **explore_teach.reset(ui)}
 
 
 def layer_edit_list(sess: Session) -> str:
@@ -293,4 +297,6 @@ def wire(ui: UI) -> None:
                              api_name="render_walk", **ui.heavy())
     ui.walk_cancel.click(cancel_job, [ui.session], None, api_name="cancel_walk",
                          cancels=[walk])
+    explore_teach.wire(ui, lambda event: event.then(setter, inputs, outs, api_name=False,
+                                                     **LIVE))
 
