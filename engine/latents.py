@@ -832,15 +832,24 @@ def render_frames(G: torch.nn.Module, ws_frames: Iterable[torch.Tensor],
 def write_walk(G: torch.nn.Module, seeds: Sequence[float], frames: int, out: str | os.PathLike,
                fps: float = 30, loop: bool = False, space: str = "z", psi: float = 1.0,
                radius: float = 0.5, noise_mode: str = "const", noise_seed: int = 0,
-               progress: Callable[[int], Any] | None = None, cancel: Any = None) -> Path:
-    """Interpolation video through seeds (mp4/gif); one seed with loop = a circle walk."""
+               progress: Callable[[int], Any] | None = None, cancel: Any = None,
+               size: int | None = None) -> Path:
+    """Interpolation video through seeds (mp4/gif); one seed with loop = a circle walk.
+    `size` resizes every frame to size x size pixels (a 64 px model's video is tiny)."""
     from engine.video import write_video
     if len(seeds) == 1 and loop:
         ws_iter = circle_walk_ws(G, seeds[0], frames, radius=radius, psi=psi)
     else:
         ws_iter = interpolate_ws(G, seeds, frames, space=space, loop=loop, psi=psi)
     images = render_frames(G, ws_iter, noise_mode, noise_seed, cancel=cancel)
+    if size:
+        images = (_resized(im, int(size)) for im in images)
     return write_video(images, out, fps=fps, progress=progress, cancel=cancel, total=frames)
+
+
+def _resized(image: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
 
 
 # ----------------------------------------------------------------------------------------

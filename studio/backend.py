@@ -211,12 +211,13 @@ def labelled_grid(grid: np.ndarray, rows: list[str], cols: list[str],
          cpu_if=lambda sess, **_: _small(sess.model))
 def walk_video(sess: Session, seeds: list[float], frames: int, loop: bool, space: str,
                fps: float, progress: Callable[[int], Any] | None = None,
-               cancel: Any = None) -> str:
+               cancel: Any = None, size: int | None = None) -> str:
     G = generator(sess.model)
     out = new_output_path(sess, "walk", ".mp4")
     latents.write_walk(G, seeds, frames, out, fps=fps, loop=loop, space=space,
                        psi=sess.recipe.latent.psi, noise_mode=sess.recipe.latent.noise_mode,
-                       noise_seed=sess.recipe.latent.noise_seed, progress=progress, cancel=cancel)
+                       noise_seed=sess.recipe.latent.noise_seed, progress=progress, cancel=cancel,
+                       size=size)
     return str(out)
 
 

@@ -276,3 +276,13 @@ def test_walk_video(G, tmp_path):
     from engine.video import read_video_frames
     path = write_walk(G, [1, 5], 6, tmp_path / "walk.mp4", fps=10, loop=True)
     assert len(list(read_video_frames(path))) == 6
+
+
+def test_walk_video_frames_can_be_resized(G, tmp_path):
+    """Issue #24 item 8: a small model's walk can be written at a watchable size."""
+    from engine.latents import write_walk
+    from engine.video import read_video_frames
+
+    out = write_walk(G, [0, 1], 3, tmp_path / "walk.mp4", fps=10, size=96)
+    frames = list(read_video_frames(out))
+    assert len(frames) == 3 and all(f.shape[:2] == (96, 96) for f in frames)

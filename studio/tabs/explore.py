@@ -113,6 +113,8 @@ def _grids_layout(ui: UI) -> None:
             ui.walk_seeds = gr.Textbox("0, 1, 2", label="Keyframe seeds")
             ui.walk_frames = capped_slider(2, LIMITS.video_frames, 60, label="Frames")
             ui.walk_fps = capped_slider(1, LIMITS.video_fps, 24, label="fps")
+            ui.walk_size = gr.Dropdown([("model size", 0), ("256 px", 256), ("512 px", 512)],
+                                       value=256, label="Video size")
         with gr.Row():
             ui.walk_loop = gr.Checkbox(True, label="Loop")
             ui.walk_space = gr.Radio(["z", "w"], value="z", label="Interpolate in")
@@ -247,7 +249,7 @@ def render_grid(ui: UI, sess: Session, seeds_t: str, psis_t: str, kind: str) -> 
 
 @job_errors
 def render_walk(ui: UI, sess: Session, seeds_t: str, frames: float, fps: float, loop: bool,
-                space: str, progress: gr.Progress = gr.Progress()) -> str:
+                space: str, size: int = 256, progress: gr.Progress = gr.Progress()) -> str:
     """An interpolation (or loop) video through keyframe seeds, as mp4."""
     sess = need(sess)
     total = int(frames)
@@ -255,7 +257,7 @@ def render_walk(ui: UI, sess: Session, seeds_t: str, frames: float, fps: float, 
     with LANE.heavy(sess.jobs, "a walk video", progress_fn(progress)) as cancel:
         return backend.walk_video(sess, keys, total, bool(loop), space, float(fps),
                                   progress=lambda i: progress((i + 1) / total, desc="frames"),
-                                  cancel=cancel)
+                                  cancel=cancel, size=int(size or 0) or None)
 
 
 def cancel_job(sess: Session | None) -> None:
@@ -293,7 +295,7 @@ def wire(ui: UI) -> None:
                       api_name="render_grid", **ui.job())
     walk = ui.walk_btn.click(bind(render_walk, ui),
                              [ui.session, ui.walk_seeds, ui.walk_frames, ui.walk_fps,
-                              ui.walk_loop, ui.walk_space], [ui.video],
+                              ui.walk_loop, ui.walk_space, ui.walk_size], [ui.video],
                              api_name="render_walk", **ui.heavy())
     ui.walk_cancel.click(cancel_job, [ui.session], None, api_name="cancel_walk",
                          cancels=[walk])
