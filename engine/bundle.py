@@ -79,7 +79,7 @@ def save_bundle(recipe: Any, out: str | os.PathLike) -> Path:
     """Write `recipe` and the files it names to the zip `out`; returns its path."""
     import copy
 
-    from engine.translator import SIDECAR_FILE
+    from engine.translator import sidecar_path
 
     portable = copy.deepcopy(recipe)
     members: dict[str, Path] = {}
@@ -92,8 +92,9 @@ def save_bundle(recipe: Any, out: str | os.PathLike) -> Path:
         if kind == "encoder":  # the weights and the sidecar that describes them
             folder = key + _safe_name(path.parent.name)
             members[f"{folder}/{_safe_name(path.name)}"] = path
-            if (path.parent / SIDECAR_FILE).is_file():
-                members[f"{folder}/{SIDECAR_FILE}"] = path.parent / SIDECAR_FILE
+            side = sidecar_path(path)
+            if side.is_file():
+                members[f"{folder}/{_safe_name(side.name)}"] = side
             put(f"{folder}/{_safe_name(path.name)}")
         else:
             members[key + _safe_name(path.name)] = path

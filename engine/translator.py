@@ -356,6 +356,43 @@ def _encoder_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return p / ENCODER_FILE, p / SIDECAR_FILE
 
 
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON sidecar that describes the encoder at `path` (folder or .safetensors)."""
+    return _encoder_paths(path)[1]
+
+
+MAX_SIDECAR_BYTES = 1 << 20
+
+
+@dataclass
+class EncoderListing:
+    """What a list of encoders shows about one, read from its sidecar."""
+    path: str                       # the weights file
+    layer: str                      # the layer it writes
+    steps: int | None               # training steps done
+    saved_at: str | None            # ISO time it was saved
+    model_shas: set[str]            # sha256 of its base model's file and of its weights
+
+
+def list_encoder(path: str | os.PathLike) -> EncoderListing | None:
+    """The listing of the encoder at `path`, or None when its sidecar is missing, too large
+    or not an encoder's."""
+    side = sidecar_path(path)
+    try:
+        if side.stat().st_size > MAX_SIDECAR_BYTES:
+            return None
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        steps = (meta.get("metrics") or {}).get("steps_done") or \
+            (meta.get("training") or {}).get("steps")
+        shas = {meta.get("base_model_sha256"), meta.get("base_model_weights_sha256")}
+        return EncoderListing(path=str(path), layer=str(meta.get("layer", "?")),
+                              steps=int(steps) if steps is not None else None,
+                              saved_at=meta.get("saved_at"),
+                              model_shas={x for x in shas if isinstance(x, str)})
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
 def save_encoder(encoder: ActivationEncoder, path: str | os.PathLike,
                  meta: dict[str, Any] | None = None) -> Path:
     """Write the encoder (folder or .safetensors path) + JSON sidecar + model card; returns

@@ -394,23 +394,18 @@ ENCODER_GLOBS = ("engine/default_model/**/encoder.safetensors",
 
 def encoder_options(paths: list[str]) -> list[tuple[str, str]]:
     """(label, path) pairs for the encoder dropdown: where it came from, its layer, steps."""
-    import json
-
     from engine import translator
 
     options = []
     for path in paths:
         p = Path(path)
         origin = f"trained here ({p.parent.name})" if p.is_relative_to(OUT_DIR) else "shipped"
-        try:
-            meta = json.loads((p.parent / translator.SIDECAR_FILE).read_text())
-            steps = (meta.get("metrics") or {}).get("steps_done") or \
-                (meta.get("training") or {}).get("steps")
-            detail = f"{meta.get('layer', '?')}, {steps} steps"
-            if meta.get("saved_at"):
-                detail += f", {meta['saved_at'][:16].replace('T', ' ')}"
-        except (OSError, ValueError, AttributeError):
-            detail = p.name
+        info = translator.list_encoder(p)
+        detail = p.name
+        if info is not None:
+            detail = f"{info.layer}, {info.steps} steps"
+            if info.saved_at:
+                detail += f", {info.saved_at[:16].replace('T', ' ')}"
         options.append((f"{origin}: {detail}", path))
     return options
 
@@ -429,7 +424,6 @@ def _trained_encoders(sess: Session | None) -> list[str]:
 def encoder_choices(sess: Session | None, spec: str | None = None) -> list[str]:
     """Encoders on disk (shipped ones, then those trained here that the session may see);
     with `spec`, only those trained for that model (by the sha256 recorded beside each)."""
-    import json
 
     from engine import translator
 
@@ -441,15 +435,8 @@ def encoder_choices(sess: Session | None, spec: str | None = None) -> list[str]:
         return found
     m = load(spec)
     shas = {m.sha256, translator.weights_sha256(m.G)}
-    keep = []
-    for path in found:
-        try:
-            meta = json.loads((Path(path).parent / translator.SIDECAR_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if {meta.get("base_model_sha256"), meta.get("base_model_weights_sha256")} & shas:
-            keep.append(path)
-    return keep
+    return [path for path in found
+            if (info := translator.list_encoder(path)) is not None and info.model_shas & shas]
 
 
 def encoder_dir(sess: Session) -> Path:
