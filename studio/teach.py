@@ -132,8 +132,9 @@ def train_from_labels(model: str, labels_text: str, psi: float = 1.0, name: str 
 
 
 def blend_spec(enabled: bool, other: str, mode: str, swap_res: Any, alpha: float,
-               mapping: str) -> BlendSpec | None:
-    """The recipe's blend from the Explore controls (None when blending is off)."""
+               mapping: str, alphas: str = "") -> BlendSpec | None:
+    """The recipe's blend from the Explore controls (None when blending is off); `alphas`
+    is an optional comma list of B's weight per block, b4 first (interpolation)."""
     if not enabled:
         return None
     other = (other or "").strip()
@@ -144,5 +145,14 @@ def blend_spec(enabled: bool, other: str, mode: str, swap_res: Any, alpha: float
     if backend.is_local_model(other):
         backend.check_server_file(other, "model file to blend with")
     res = int(str(swap_res).lstrip("b")) if swap_res not in (None, "") else 16
+    per_block = None
+    if (alphas or "").strip():
+        try:
+            per_block = [float(a) for a in alphas.replace(";", ",").split(",") if a.strip()]
+        except ValueError as exc:
+            raise StudioError("Per-block weights are numbers from 0 to 1 separated by commas, "
+                              "b4 first, like 0, 0, 0.5, 1, 1.") from exc
+        if len(per_block) > 16:  # more blocks than any model has; keeps the list short
+            raise StudioError("Give one weight per block (at most 16).")
     return BlendSpec(model=other, mode=mode, swap_res=res, alpha=float(alpha),
-                     mapping=mapping)
+                     alphas=per_block, mapping=mapping)

@@ -75,6 +75,10 @@ def test_blend_spec_from_controls():
     assert (spec.model, spec.swap_res, spec.alpha, spec.mapping) == ("other.pkl", 32, 0.25, "b")
     with pytest.raises(StudioError, match="Name model B"):
         teach.blend_spec(True, "  ", "swap", "b16", 0.5, "a")
+    per = teach.blend_spec(True, "b.pkl", "interpolate", "b16", 0.5, "a", "0; 0, 0.5,1, 1")
+    assert per.alphas == [0.0, 0.0, 0.5, 1.0, 1.0]
+    with pytest.raises(StudioError, match="b4 first"):
+        teach.blend_spec(True, "b.pkl", "interpolate", "b16", 0.5, "a", "0, half")
 
 
 def test_blend_is_an_undoable_session_edit():

@@ -156,6 +156,16 @@ def test_blend_with_a_fine_tuned_copy(page, server):
     _set_number(page, "#blend-alpha", 0)
     back = _wait_canvas_change(page, halfway)
     assert np.array_equal(_pixels(page, back), _pixels(page, base))
+    # Per-block weights: A's blocks to b16, B's after (the swap's picture, by interpolation).
+    alphas = page.locator("#blend-alphas input, #blend-alphas textarea").first
+    alphas.fill("0, 0, 0, 1, 1")
+    alphas.press("Enter")
+    swapped = _wait_canvas_change(page, back)
+    assert np.array_equal(_pixels(page, swapped), _pixels(page, blended))
+    alphas.fill("0, 1")
+    alphas.press("Enter")
+    page.get_by_text("give one alpha per block").first.wait_for()
+    assert _canvas(page) == swapped  # the refused edit left the blend as it was
     page.locator("#blend-on input").uncheck()
 
 

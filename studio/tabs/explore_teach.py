@@ -87,6 +87,9 @@ def _blend_layout(ui: UI) -> None:
                                        elem_id="blend-alpha")
             ui.blend_mapping = gr.Radio([("A", "a"), ("B", "b")], value="a",
                                         label="Mapping from", elem_id="blend-mapping")
+        ui.blend_alphas = gr.Textbox("", label="Per-block weights of B (interpolate; b4 first, "
+                                     "overrides the slider; Enter applies)",
+                                     placeholder="0, 0, 0.5, 1, 1", elem_id="blend-alphas")
         ui.blend_note = gr.Markdown("", elem_id="blend-note")
 
 
@@ -108,12 +111,13 @@ def show(ui: UI, sess: Session) -> dict[Any, Any]:
     return {ui.blend_on: True, ui.blend_model: spec.model, ui.blend_mode: spec.mode,
             ui.blend_res: gr.update(choices=blocks, value=f"b{spec.swap_res}"),
             ui.blend_alpha: spec.alpha, ui.blend_mapping: spec.mapping,
+            ui.blend_alphas: ", ".join(f"{a:g}" for a in spec.alphas or []),
             ui.blend_note: describe(spec, backend.generator(sess.model))}
 
 
 def shown(ui: UI) -> list[Any]:
     return [ui.blend_on, ui.blend_model, ui.blend_mode, ui.blend_res, ui.blend_alpha,
-            ui.blend_mapping, ui.blend_note]
+            ui.blend_mapping, ui.blend_alphas, ui.blend_note]
 
 
 def reset(ui: UI) -> dict[Any, Any]:
@@ -229,11 +233,11 @@ def boundary_from_labels(ui: UI, sess: Session | None, labels: str, psi: float,
 
 @user_errors
 def set_blend(ui: UI, sess: Session, on: bool, other: str, mode: str, res: str,
-              alpha: float, mapping: str,
+              alpha: float, mapping: str, alphas: str,
               progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
     """Blend the model with model B (or stop); the canvas shows the blend."""
     sess = need(sess)
-    spec = teach.blend_spec(on, other, mode, res, alpha, mapping)
+    spec = teach.blend_spec(on, other, mode, res, alpha, mapping, alphas)
     if spec is not None:
         if backend.is_path_spec(spec.model):
             backend.check_session_file(sess, spec.model)
@@ -284,12 +288,13 @@ def wire(ui: UI, rerender: Any) -> None:
                                    api_name="boundary_from_labels", **ui.job())
 
     blend_in = [ui.session, ui.blend_on, ui.blend_model, ui.blend_mode, ui.blend_res,
-                ui.blend_alpha, ui.blend_mapping]
+                ui.blend_alpha, ui.blend_mapping, ui.blend_alphas]
     blend_out = [ui.session, ui.output, ui.before, ui.blend_note]
     setter = bind(set_blend, ui)
     for comp in (ui.blend_on, ui.blend_mode, ui.blend_res, ui.blend_mapping):
         comp.input(setter, blend_in, blend_out, api_name=False, **ui.job())
-    ui.blend_model.submit(setter, blend_in, blend_out, api_name=False, **ui.job())
+    for box in (ui.blend_model, ui.blend_alphas):
+        box.submit(setter, blend_in, blend_out, api_name=False, **ui.job())
     ui.blend_alpha.input(setter, blend_in, blend_out, api_name=False, **LIVE)
     gr.Button(visible=False).click(setter, blend_in, blend_out, api_name="set_blend",
                                    **ui.job())
