@@ -1,0 +1,253 @@
+() => {
+  // The page side of the live channel (studio/live.py). Sliders send their values over a
+  // WebSocket as they move; frames come back as JPEG and are drawn over the canvas. The
+  // Gradio events still fire (they record the edit, and render whenever the channel is
+  // down), and a hidden "sync" button brings the Gradio output up to date after a gesture.
+  const L = (window.studioLive = {
+    ws: null, key: null, seq: 0, mode: "connecting", sent: new Map(), frames: [],
+    errors: [], cam: null, syncTimer: null,
+  });
+  const LATENT = ["seed", "seed-frac", "psi", "cutoff", "dir-0", "dir-1", "dir-2", "dir-3",
+                  "dir-4"];
+  const $ = (sel) => document.querySelector(sel);
+
+  function setMode(mode, text) {
+    L.mode = mode;
+    const el = $("#live-status");
+    if (el) {
+      el.textContent = text;
+      el.dataset.mode = mode;
+    }
+  }
+
+  // ---- connecting ------------------------------------------------------------------------
+  function pageBase() {
+    const u = new URL(window.location.href);
+    u.search = "";
+    u.hash = "";
+    u.pathname = u.pathname.replace(/[^/]*$/, "");
+    return u;
+  }
+
+  function connect(key) {
+    if (L.ws) L.ws.close();
+    const url = new URL("live/ws", pageBase());
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (e) {
+      setMode("fallback", "Gradio events (live channel unavailable)");
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    L.ws = ws;
+    ws.onopen = () => ws.send(JSON.stringify({ key }));
+    ws.onmessage = (ev) => {
+      if (typeof ev.data !== "string") return onFrame(ev.data);
+      const m = JSON.parse(ev.data);
+      if (m.hello) setMode("live", "Live channel (WebSocket)");
+      if (m.dropped !== undefined && L.cam) L.cam.inflight = Math.max(0, L.cam.inflight - 1);
+      if (m.error) {
+        L.errors.push(m.error);
+        const el = $("#live-error");
+        if (el) el.textContent = m.error;
+        if (m.kind === 1 && L.cam) L.cam.inflight = Math.max(0, L.cam.inflight - 1);
+      }
+      pumpCam();
+    };
+    ws.onclose = () => {
+      if (L.ws !== ws) return;
+      L.ws = null;
+      setMode("fallback", "Gradio events (live channel unavailable)");
+      setTimeout(() => { if (!L.ws && L.key === key) connect(key); }, 5000);
+    };
+  }
+
+  // The model bar hands each session its key; a new session (a reload) gets a new one.
+  setInterval(() => {
+    const el = $("#live-key [data-live-key]");
+    const key = el && el.dataset.liveKey;
+    if (key && key !== L.key) {
+      L.key = key;
+      connect(key);
+    }
+  }, 300);
+  setMode("connecting", "Connecting the live channel…");
+
+  function open() { return L.ws && L.ws.readyState === 1 && L.mode === "live"; }
+
+  function send(msg) {
+    msg.seq = ++L.seq;
+    L.sent.set(msg.seq, performance.now());
+    if (L.sent.size > 500) L.sent.delete(L.sent.keys().next().value);
+    L.ws.send(JSON.stringify(msg));
+  }
+
+  // ---- frames ---------------------------------------------------------------------------
+  function overlay() {
+    let img = $("#live-canvas");
+    if (img) return img;
+    const host = $("#canvas");
+    if (!host) return null;
+    img = document.createElement("img");
+    img.id = "live-canvas";
+    img.alt = "live canvas";
+    host.appendChild(img);
+    return img;
+  }
+
+  function onFrame(buf) {
+    const dv = new DataView(buf);
+    const kind = dv.getUint8(0), seq = dv.getUint32(1), renderMs = dv.getFloat32(5);
+    const url = URL.createObjectURL(new Blob([new Uint8Array(buf, 9)], { type: "image/jpeg" }));
+    const img = kind === 0 ? overlay() : $("#live-cam-out");
+    if (!img) return URL.revokeObjectURL(url);
+    const t0 = kind === 0 ? L.sent.get(seq) : L.cam && L.cam.sent.get(seq);
+    img.onload = () => {
+      const shown = performance.now();
+      L.frames.push({ kind, seq, renderMs, latency: t0 ? shown - t0 : null, shown });
+      if (L.frames.length > 1000) L.frames.splice(0, 500);
+      if (kind === 1) camStats();
+    };
+    const old = img.src;
+    img.src = url;
+    img.dataset.seq = String(seq);
+    img.style.display = "block";
+    if (old && old.startsWith("blob:")) URL.revokeObjectURL(old);
+    if (kind === 1 && L.cam) {
+      L.cam.inflight = Math.max(0, L.cam.inflight - 1);
+      L.cam.sent.delete(seq);
+      pumpCam();
+    }
+  }
+
+  // A picture the Gradio events put on the canvas (a button, undo, a sync) replaces the
+  // live frame: hide the overlay until the next live frame.
+  new MutationObserver((records) => {
+    for (const r of records) {
+      const t = r.target;
+      if (t.tagName === "IMG" && t.id !== "live-canvas" && t.closest("#canvas")) {
+        const img = $("#live-canvas");
+        if (img) img.style.display = "none";
+      }
+    }
+  }).observe(document.body, { subtree: true, attributes: true, attributeFilter: ["src"] });
+
+  // ---- controls -------------------------------------------------------------------------
+  function value(id, ev) {
+    const host = document.getElementById(id);
+    if (!host) return undefined;
+    if (ev && host.contains(ev.target)) return ev.target.value;
+    const input = host.querySelector('input[type="range"]') || host.querySelector("input");
+    return input ? input.value : undefined;
+  }
+
+  function latentValues(ev) {
+    const v = {};
+    for (const id of ["seed", "seed-frac", "psi", "cutoff"]) v[id] = value(id, ev);
+    v.dir = [0, 1, 2, 3, 4].map((i) => value(`dir-${i}`, ev)).filter((a) => a !== undefined);
+    const method = $("#dir-method input:checked");
+    if (method) v.method = method.value;
+    return v;
+  }
+
+  function weightIndex() {
+    const radios = [...document.querySelectorAll('#w-list input[type="radio"]')];
+    const i = radios.findIndex((r) => r.checked);
+    return i < 0 ? null : i;
+  }
+
+  document.addEventListener("input", (ev) => {
+    if (!open() || !ev.target || !ev.target.closest) return;
+    const host = ev.target.closest("[id]");
+    const id = host && (LATENT.includes(host.id) ? host.id
+      : (ev.target.closest('[id^="p-slider-"]') || ev.target.closest("#w-amount") || {}).id);
+    if (!id) return;
+    if (LATENT.includes(id)) send({ kind: "latent", values: latentValues(ev) });
+    else if (id.startsWith("p-slider-")) {
+      send({ kind: "bend", slot: Number(id.slice(9)), value: Number(ev.target.value) });
+    } else if (id === "w-amount") {
+      const index = weightIndex();
+      if (index === null) return;
+      send({ kind: "weight", index, value: Number(ev.target.value) });
+    }
+    // When the gesture stops, the Gradio output (its download, the recipe) catches up.
+    clearTimeout(L.syncTimer);
+    L.syncTimer = setTimeout(() => { const b = $("#live-sync"); if (b) b.click(); }, 400);
+  }, true);
+
+  // ---- webcam ---------------------------------------------------------------------------
+  const CAM_SIDE = 256;   // frames travel at most this big; the encoder's input is smaller
+  const IN_FLIGHT = 2;    // one rendering, one on the way: the server drops the rest
+
+  async function startCam() {
+    if (L.cam) return stopCam();
+    if (!open()) {
+      $("#live-cam-stats").textContent = "the live channel is not connected; use the Webcam " +
+        "box above instead.";
+      return;
+    }
+    const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+    const video = $("#live-cam-video");
+    video.srcObject = stream;
+    await video.play();
+    const scale = Math.min(1, CAM_SIDE / Math.max(video.videoWidth, video.videoHeight));
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.round(video.videoWidth * scale);
+    canvas.height = Math.round(video.videoHeight * scale);
+    const enc = $("#tr-encoder input");
+    L.ws.send(JSON.stringify({ kind: "cam", encoder: enc ? enc.value : "" }));
+    L.cam = { stream, video, canvas, ctx: canvas.getContext("2d"), inflight: 0, seq: 0,
+              sent: new Map(), on: true };
+    $("#live-cam-start").textContent = "Stop live webcam";
+    pumpCam();
+  }
+
+  function stopCam() {
+    if (!L.cam) return;
+    L.cam.on = false;
+    L.cam.stream.getTracks().forEach((t) => t.stop());
+    L.cam = null;
+    $("#live-cam-start").textContent = "Start live webcam";
+  }
+
+  function pumpCam() {
+    const c = L.cam;
+    if (!c || !c.on || !open()) return;
+    while (c.inflight < IN_FLIGHT) {
+      c.inflight += 1;
+      const seq = ++c.seq;
+      c.ctx.drawImage(c.video, 0, 0, c.canvas.width, c.canvas.height);
+      c.canvas.toBlob(async (blob) => {
+        if (!L.cam || !open()) return;
+        const body = new Uint8Array(await blob.arrayBuffer());
+        const msg = new Uint8Array(5 + body.length);
+        msg[0] = 1;
+        new DataView(msg.buffer).setUint32(1, seq);
+        msg.set(body, 5);
+        c.sent.set(seq, performance.now());
+        L.ws.send(msg);
+      }, "image/jpeg", 0.85);
+    }
+  }
+
+  function camStats() {
+    const now = performance.now();
+    const recent = L.frames.filter((f) => f.kind === 1 && now - f.shown < 2000);
+    const lat = recent.map((f) => f.latency).filter((x) => x !== null).sort((a, b) => a - b);
+    const fps = recent.length / 2;
+    const p50 = lat.length ? lat[Math.floor(lat.length / 2)] : 0;
+    const el = $("#live-cam-stats");
+    if (el) el.textContent = `${fps.toFixed(1)} frames/s · ${p50.toFixed(0)} ms camera to screen`;
+  }
+
+  document.addEventListener("click", (ev) => {
+    if (ev.target && ev.target.id === "live-cam-start") {
+      startCam().catch((e) => {
+        $("#live-cam-stats").textContent = `the camera could not start: ${e.message || e}`;
+        L.cam = null;
+      });
+    }
+  });
+}

@@ -1,0 +1,350 @@
+"""The live channel: control values in, JPEG frames out, one WebSocket per page.
+
+Gradio's events make a round trip through the queue, an SSE stream, a PNG file and a
+download for every picture (~120 ms on top of a 19 ms render here). The page's sliders and
+its webcam instead talk to `/live/ws`, a WebSocket route on the same server as the page
+(uvicorn serves it with the `websockets` package), so one frame costs the render, a JPEG
+encode and one message.
+
+- The page learns a per-session key (`key_html`, shown by the model bar) and sends it first;
+  the connection then belongs to that session and to nothing else.
+- Only the newest state is rendered: messages that arrive while a frame is being rendered
+  replace each other (latest wins, never a backlog); a webcam frame that is overtaken is
+  answered with `{"dropped": seq}` so the page knows to send the next one.
+- A slider's value is previewed on a copy of the session's recipe through the same
+  session-layer functions as the Gradio event, which still fires: while a live channel is
+  open the event only records the edit (for undo and the recipe) and skips its own render
+  (`is_active`). When the gesture ends the page clicks a hidden "sync" button, so the
+  Gradio output (download, recipe JSON) catches up with what the canvas shows.
+- If the channel cannot connect, nothing changes: the Gradio events render as before, and
+  the page says which path it is on.
+
+Frames go back as one binary message: 1 byte kind (0 canvas, 1 webcam), 4 bytes sequence
+number of the newest message the frame includes, 4 bytes render milliseconds (float32),
+then the JPEG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import secrets
+import struct
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+from PIL import Image
+
+from engine.errors import StudioError
+from studio import backend
+from studio import session as S
+from studio.limits import LIMITS
+from studio.session import Session
+
+log = logging.getLogger(__name__)
+
+PATH = "/live/ws"
+KIND_CANVAS, KIND_CAM = 0, 1
+HEADER = struct.Struct(">BIf")       # kind, sequence number, render ms
+JPEG_QUALITY = 92                   # small models: artefacts would show at 64 px
+MAX_MESSAGE_BYTES = 4 * 2**20       # one webcam frame or one JSON message
+FLOAT_PARAMS = ("float", "int")     # bend parameter types the editor's sliders show
+JS_FILE = Path(__file__).with_name("live.js")
+
+# The renders of every live connection share the interactive lane's width, so many open
+# pages cannot take more threads than the Gradio events would.
+_RENDER_SLOTS = anyio.CapacityLimiter(LIMITS.concurrency)
+
+_keys: dict[str, weakref.ref[Session]] = {}  # live key -> its session
+_open: dict[int, int] = {}                   # id(session) -> open connections
+_lock = threading.Lock()
+
+
+def key_for(sess: Session) -> str:
+    """The session's live key (made once); a page that knows it may drive that session."""
+    with _lock:
+        key = getattr(sess, "live_key", None)
+        if key is None or key not in _keys:
+            key = secrets.token_urlsafe(18)
+            sess.live_key = key
+            _keys[key] = weakref.ref(sess)
+        return key
+
+
+def key_html(sess: Session) -> str:
+    """A hidden element that hands the page its session's key."""
+    return f'<span data-live-key="{key_for(sess)}"></span>'
+
+
+def session_for(key: Any) -> Session | None:
+    with _lock:
+        ref = _keys.get(key) if isinstance(key, str) else None
+    return ref() if ref is not None else None
+
+
+def is_active(sess: Session | None) -> bool:
+    """True while a page of this session has the live channel open: its sliders' frames come
+    over the channel, so their Gradio events need not render."""
+    return sess is not None and _open.get(id(sess), 0) > 0
+
+
+# ----------------------------------------------------------------------------------------
+# What one message does to a copy of the session's recipe.
+
+def preview(sess: Session, messages: list[dict[str, Any]]) -> Session:
+    """A copy of `sess` with the newest control values applied, as the Gradio events would
+    apply them; the session itself is not touched."""
+    tmp = Session(recipe=copy.deepcopy(sess.recipe), clusters=sess.clusters,
+                  selected=list(sess.selected), current=sess.current, token=sess.token)
+    for msg in messages:
+        kind = msg.get("kind")
+        if kind == "latent":
+            _apply_latent(tmp, msg.get("values") or {})
+        elif kind == "bend":
+            _apply_bend_slot(tmp, int(msg["slot"]), msg["value"])
+        elif kind == "weight":
+            index = int(msg["index"])
+            S.set_weight_edit(tmp, index, **{_weight_param(tmp, index):
+                                             _number({"v": msg["value"]}, "v", 0.0)})
+    return tmp
+
+
+def _number(values: dict[str, Any], name: str, default: float) -> float:
+    raw = values.get(name, default)
+    try:
+        value = float(default if raw in (None, "") else raw)
+    except (TypeError, ValueError) as exc:
+        raise StudioError(f"{name} must be a number, got {raw!r}.") from exc
+    if value != value or value in (float("inf"), float("-inf")):
+        raise StudioError(f"{name} must be a finite number.")
+    return value
+
+
+METHODS = {"sefa": "sefa", "ganspace": "ganspace", "file": "file", "SeFa": "sefa",
+           "GANSpace": "ganspace", "Boundary file": "file"}
+
+
+def _apply_latent(tmp: Session, values: dict[str, Any]) -> None:
+    lat = tmp.recipe.latent
+    seed = int(_number(values, "seed", lat.seed // 1)) + _number(values, "seed-frac", 0.0)
+    cutoff = int(_number(values, "cutoff", lat.cutoff or 0))
+    S.set_latent(tmp, seed=seed, psi=_number(values, "psi", lat.psi), cutoff=cutoff or None)
+    amounts = values.get("dir")
+    if isinstance(amounts, list) and len(amounts) <= 16:
+        old = lat.directions[0] if lat.directions else None
+        method = METHODS.get(str(values.get("method")), old.method if old else "sefa")
+        if method == "file" and (old is None or not old.path):
+            return  # the boundary file is not uploaded yet: nothing to preview
+        S.set_directions(tmp, method, [_number({"a": a}, "a", 0.0) for a in amounts],
+                         old.layer_start if old else 0, old.layer_end if old else None,
+                         old.path if old else None)
+
+
+def _apply_bend_slot(tmp: Session, slot: int, value: Any) -> None:
+    """The slot-th numeric slider of the bend editor sets that parameter of the bend being
+    edited (the same slot order as studio.tabs.bend)."""
+    if tmp.current is None or not 0 <= tmp.current < len(tmp.recipe.bends):
+        return
+    from engine.bending import OPERATIONS
+    op = OPERATIONS[tmp.recipe.bends[tmp.current].op]
+    names = [p.name for p in op.params if p.type in FLOAT_PARAMS]
+    if 0 <= slot < len(names):
+        S.set_bend_param(tmp, tmp.current, names[slot], _number({"v": value}, "v", 0.0))
+
+
+def _weight_param(tmp: Session, index: int) -> str:
+    """The parameter the weight editor's amount slider sets (factor, or a noise std)."""
+    from engine.bending import WEIGHT_OPERATIONS
+    edits = tmp.recipe.weight_edits
+    if not 0 <= index < len(edits):
+        raise StudioError(f"there is no weight edit {index}.")
+    names = [p.name for p in WEIGHT_OPERATIONS[edits[index].op].params
+             if p.type == "float"]  # as the editor's amount slider (bend.change_weight_edit)
+    if not names:
+        raise StudioError("this weight edit has no amount to set.")
+    return names[0]
+
+
+def _jpeg(pic: Image.Image | np.ndarray) -> bytes:
+    arr = np.ascontiguousarray(np.asarray(pic, dtype=np.uint8)[..., :3])
+    try:
+        import simplejpeg  # libjpeg-turbo: ~4x faster than PIL's encoder for these sizes
+        return simplejpeg.encode_jpeg(arr, quality=JPEG_QUALITY, colorspace="RGB")
+    except ImportError:  # pragma: no cover - simplejpeg is in requirements
+        import io
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=JPEG_QUALITY)
+        return buf.getvalue()
+
+
+def render_preview(sess: Session, messages: list[dict[str, Any]]) -> bytes:
+    """JPEG of the session with `messages` applied (the newest state of its controls)."""
+    tmp = preview(sess, messages) if messages else sess
+    return _jpeg(backend.render(tmp))
+
+
+def translate_cam(sess: Session, encoder: str, jpeg: bytes) -> bytes:
+    """One webcam frame (JPEG bytes, through the one checked reader) translated, as JPEG."""
+    return _jpeg(backend.translate_frame(sess, _encoder_path(sess, encoder), jpeg))
+
+
+def _encoder_path(sess: Session, shown: str) -> str:
+    """The encoder the page's dropdown shows (its label or its value)."""
+    options = backend.encoder_options(backend.encoder_choices(sess))
+    for label, path in options:
+        if shown in (label, path):
+            return path
+    if options and not shown:
+        return options[0][1]
+    raise StudioError("choose an encoder in the list first.")
+
+
+# ----------------------------------------------------------------------------------------
+# The connection.
+
+class Connection:
+    """One page's channel: newest canvas state and newest webcam frame, rendered in turn."""
+
+    def __init__(self, ws: Any, sess: Session) -> None:
+        self.ws, self.sess = ws, sess
+        self.pending: dict[str, dict[str, Any]] = {}   # message key -> newest message
+        self.cam: tuple[int, bytes] | None = None      # newest webcam frame (seq, jpeg)
+        self.encoder = ""
+        self.wake = asyncio.Event()
+
+    async def receive(self) -> None:
+        """Read messages until the page goes; keep only the newest of each kind."""
+        while True:
+            msg = await self.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            data = msg.get("bytes")
+            if data is not None:
+                self._frame_in(data)
+            elif msg.get("text") is not None:
+                self._message_in(msg["text"])
+            self.wake.set()
+
+    def _frame_in(self, data: bytes) -> None:
+        if len(data) < 5 or data[0] != KIND_CAM:
+            return
+        seq = struct.unpack(">I", data[1:5])[0]
+        if self.cam is not None:  # overtaken before it was rendered: the page sends on
+            asyncio.get_running_loop().create_task(self._send_text({"dropped": self.cam[0]}))
+        self.cam = (seq, data[5:])
+
+    def _message_in(self, text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(msg, dict):
+            return
+        kind = msg.get("kind")
+        if kind == "cam":
+            self.encoder = str(msg.get("encoder") or "")[:4096]
+        elif kind in ("latent", "weight", "sync"):
+            self.pending[str(kind)] = msg
+        elif kind == "bend":
+            self.pending[f"bend-{msg.get('slot')}"] = msg
+
+    async def render(self) -> None:
+        """Render whatever is newest, one frame at a time, until the page goes."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.pending or self.cam is not None:
+                if self.pending:
+                    messages, self.pending = list(self.pending.values()), {}
+                    await self._canvas(messages)
+                if self.cam is not None:
+                    (seq, jpeg), self.cam = self.cam, None
+                    await self._webcam(seq, jpeg)
+
+    async def _canvas(self, messages: list[dict[str, Any]]) -> None:
+        seq = max(int(m.get("seq") or 0) for m in messages)
+        edits = [m for m in messages if m.get("kind") != "sync"]
+        await self._send_frame(KIND_CANVAS, seq, render_preview, self.sess, edits)
+
+    async def _webcam(self, seq: int, jpeg: bytes) -> None:
+        await self._send_frame(KIND_CAM, seq, translate_cam, self.sess, self.encoder, jpeg)
+
+    async def _send_frame(self, kind: int, seq: int, fn: Any, *args: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            jpeg = await anyio.to_thread.run_sync(lambda: fn(*args), limiter=_RENDER_SLOTS)
+        except (StudioError, ValueError, TypeError, KeyError) as exc:
+            await self._send_text({"error": str(exc), "kind": kind, "seq": seq})
+            return
+        except Exception:  # a bug must not end the channel; the log keeps the traceback
+            log.exception("live render failed")
+            await self._send_text({"error": "this frame could not be rendered.",
+                                   "kind": kind, "seq": seq})
+            return
+        ms = (time.perf_counter() - t0) * 1000
+        await self.ws.send_bytes(HEADER.pack(kind, seq & 0xFFFFFFFF, ms) + jpeg)
+
+    async def _send_text(self, payload: dict[str, Any]) -> None:
+        try:
+            await self.ws.send_text(json.dumps(payload))
+        except Exception:  # the page went away meanwhile
+            pass
+
+
+async def endpoint(ws: Any) -> None:
+    """The WebSocket route: the first message is the session's key, then the channel."""
+    await ws.accept()
+    try:
+        first = await asyncio.wait_for(ws.receive_text(), timeout=10)
+        sess = session_for(json.loads(first).get("key"))
+    except Exception:
+        sess = None
+    if sess is None:
+        await ws.send_text(json.dumps({"error": "unknown session; reload the page."}))
+        await ws.close(code=4401)
+        return
+    await ws.send_text(json.dumps({"hello": "live"}))
+    conn = Connection(ws, sess)
+    with _lock:
+        _open[id(sess)] = _open.get(id(sess), 0) + 1
+    renderer = asyncio.get_running_loop().create_task(conn.render())
+    try:
+        await conn.receive()
+    except Exception:  # a dropped connection ends here like a closed one
+        pass
+    finally:
+        renderer.cancel()
+        with _lock:
+            left = _open.get(id(sess), 1) - 1
+            if left > 0:
+                _open[id(sess)] = left
+            else:
+                _open.pop(id(sess), None)
+
+
+def routes() -> list[Any]:
+    """The live channel's routes, for the page's FastAPI app (`app_kwargs={"routes": ...}`)."""
+    from starlette.routing import WebSocketRoute
+    return [WebSocketRoute(PATH, endpoint)]
+
+
+def available() -> bool:
+    """The channel needs a WebSocket implementation for uvicorn; STUDIO_LIVE=off turns it
+    off (the page then stays on Gradio events)."""
+    import importlib.util
+    import os
+    if os.environ.get("STUDIO_LIVE", "on").lower() in ("off", "0", "false", "no"):
+        return False
+    return any(importlib.util.find_spec(m) is not None for m in ("websockets", "wsproto"))
+
+
+def page_js() -> str:
+    """The page side of the channel (studio/live.js), run once when the page loads."""
+    return JS_FILE.read_text()
