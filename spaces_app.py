@@ -17,6 +17,7 @@ from studio import storage
 # Before anything reads HF_HOME, STUDIO_OUTPUT_DIR or ACTIVATION_STUDIO_CACHE.
 storage.configure()
 
+from studio import live  # noqa: E402
 from studio.app import CSS, JS, build_app  # noqa: E402
 from studio.limits import LIMITS  # noqa: E402
 
@@ -28,4 +29,6 @@ if __name__ == "__main__":
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         # Gradio refuses larger uploads while they stream in, before they reach the disk.
         max_file_size=max(LIMITS.checkpoint_bytes, LIMITS.upload_bytes),
-        css=CSS, js=JS, footer_links=["api"])
+        css=CSS, js=JS, footer_links=["api"],
+        # The live channel's WebSocket route on the page's own server (studio/live.py).
+        app_kwargs={"routes": live.routes()} if live.available() else None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from engine.errors import StudioError
-from studio import backend
+from studio import backend, live
 from studio.limits import SERVER
 from studio.tabs import bend, canvas, clusters, explore, model_bar, project, translate
 from studio.tabs.explore import draw_seed
@@ -29,11 +29,21 @@ CSS = """
 /* The canvas column stays in view while the controls scroll (at 1280x800 too); Gradio's
    container hides overflow, which would stop position: sticky, and clip does not. */
 .gradio-container { overflow: clip !important; }
+/* The live channel's frames are drawn over the output image (studio/live.js). */
+#canvas { position: relative; }
+#live-canvas { position: absolute; left: 0; right: 0; bottom: 0; top: 0; width: 100%;
+  height: 100%; object-fit: contain; image-rendering: pixelated; pointer-events: none;
+  background: var(--block-background-fill); z-index: 5; display: none; }
+#live-bar { font-size: 0.85em; color: var(--body-text-color-subdued); min-height: 0; }
+#live-error { color: var(--error-text-color); }
+#live-cam-out { width: 100%; max-height: 320px; object-fit: contain; image-rendering: pixelated; }
+.live-cam-row { display: flex; gap: 12px; align-items: center; margin: 6px 0; }
 #canvas-col { position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);
   overflow-y: auto; }
 """
 
-JS = canvas.SHORTCUTS_JS
+# Run once when the page loads: the undo shortcuts, then the live channel's page side.
+JS = f"() => {{ ({canvas.SHORTCUTS_JS.strip()})(); ({live.page_js().strip()})(); }}"
 
 INTRO = ("**Activation Studio** takes a StyleGAN2 apart: explore its latents, group a layer's "
          "channels into clusters, bend them (the image on the right follows every change), "

@@ -160,9 +160,10 @@
 
   document.addEventListener("input", (ev) => {
     if (!open() || !ev.target || !ev.target.closest) return;
-    const host = ev.target.closest("[id]");
-    const id = host && (LATENT.includes(host.id) ? host.id
-      : (ev.target.closest('[id^="p-slider-"]') || ev.target.closest("#w-amount") || {}).id);
+    // The control's own block (its inputs carry ids of their own).
+    const block = ev.target.closest('[id^="p-slider-"], #w-amount, ' +
+                                    LATENT.map((i) => "#" + i).join(", "));
+    const id = block && block.id;
     if (!id) return;
     if (LATENT.includes(id)) send({ kind: "latent", values: latentValues(ev) });
     else if (id.startsWith("p-slider-")) {

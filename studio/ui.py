@@ -18,7 +18,7 @@ import gradio as gr
 import numpy as np
 
 from engine.errors import StudioError
-from studio import backend, files, uploads
+from studio import backend, files, live, uploads
 from studio import session as S
 from studio.limits import LIMITS, SERVER
 from studio.session import Session
@@ -149,6 +149,15 @@ def before_image(sess: Session) -> Any:
 def pictures(ui: UI, sess: Session) -> dict[Any, Any]:
     """The session, its output image and its 'before' image."""
     return {ui.session: sess, ui.output: backend.render(sess), ui.before: before_image(sess)}
+
+
+def live_pictures(ui: UI, sess: Session) -> dict[Any, Any]:
+    """pictures() for a slider's event. While the page's live channel is open it already
+    shows this edit's frame (studio/live.py), so the event only records the edit; the sync
+    at the end of the gesture renders the Gradio output once."""
+    if live.is_active(sess):
+        return {ui.session: sess}
+    return pictures(ui, sess)
 
 
 # ----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import gradio as gr
 
 from engine.bending import OPERATIONS, WEIGHT_OPERATIONS, WeightEdit, undone_by_demodulation
 from engine.errors import StudioError
-from studio import backend
+from studio import backend, live
 from studio import session as S
 from studio.jobs import LANE
 from studio.limits import LIMITS
@@ -20,6 +20,7 @@ from studio.ui import (
     bind,
     capped_slider,
     job_errors,
+    live_pictures,
     need,
     pictures,
     progress_fn,
@@ -260,7 +261,8 @@ def slot_handler(kind: str, slot: int) -> Any:
         _set_param(sess, sess.current, names[slot], value)
         # The stack's labels come back with each image, so the list never shows an older
         # value than the picture does.
-        return {ui.session: sess, ui.output: backend.render(sess), **stack_labels(ui, sess)}
+        shown = {} if live.is_active(sess) else {ui.output: backend.render(sess)}
+        return {ui.session: sess, **shown, **stack_labels(ui, sess)}
     handler.__name__ = f"bend_{kind}_{slot}"
     return handler
 
@@ -317,7 +319,7 @@ def change_weight_edit(ui: UI, sess: Session, index: int | None,
         return {}
     S.set_weight_edit(sess, int(index), **{numeric[0]: amount})
     backend.check_weight_edit(sess, e)
-    return {**pictures(ui, sess), **weight_list(ui, sess, int(index))}
+    return {**live_pictures(ui, sess), **weight_list(ui, sess, int(index))}
 
 
 @user_errors

@@ -13,7 +13,7 @@ from studio import backend, uploads
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session
-from studio.ui import UI, bind, checked_file, job_errors, need, user_errors
+from studio.ui import LIVE, UI, bind, checked_file, job_errors, need, user_errors
 
 RECIPE_TYPES = [".json", ".yaml", ".yml", ".txt", ".zip"]
 
@@ -22,6 +22,12 @@ def layout(ui: UI) -> None:
     # Progress bars and error marks of button-started jobs land on this one line, at the
     # top of the canvas, so they are in view and never cover the image.
     ui.busy = gr.Markdown("", elem_id="busy", container=False)
+    with gr.Row(elem_id="live-bar"):
+        # Which path frames take (studio/live.py); the page's script fills these in.
+        gr.HTML('<span id="live-status" data-mode="connecting">Gradio events</span> '
+                '<span id="live-error"></span>', container=False, padding=False)
+        ui.live_key = gr.HTML("", elem_id="live-key", container=False, padding=False)
+        ui.live_sync = gr.Button("sync", visible="hidden", elem_id="live-sync")
     ui.output = gr.Image(label="Output", type="pil", format="png", height=380,
                          interactive=False, elem_id="canvas", buttons=["download", "fullscreen"])
     with gr.Row():
@@ -143,7 +149,16 @@ SHORTCUTS_JS = """
 """
 
 
+@user_errors
+def sync(ui: UI, sess: Session) -> dict[Any, Any]:
+    """After a live gesture: the Gradio output shows what the live canvas shows."""
+    from studio.ui import pictures
+    return pictures(ui, need(sess))
+
+
 def wire(ui: UI, page_outputs: list[Any]) -> None:
+    ui.live_sync.click(bind(sync, ui), [ui.session], [ui.session, ui.output, ui.before],
+                       api_name=False, **LIVE)
     ui.rec_acc.expand(bind(show_recipe, ui), [ui.session], [ui.rec_code],
                       api_name="show_recipe", show_progress="hidden")
     # Every new output image comes from the session's recipe: keep its JSON in step.

@@ -22,6 +22,7 @@ from studio.ui import (
     checked_file,
     floats,
     job_errors,
+    live_pictures,
     need,
     pictures,
     progress_fn,
@@ -87,7 +88,7 @@ def _directions_layout(ui: UI, n_ws: int) -> None:
         with gr.Row():
             ui.dir_method = gr.Radio([("SeFa", "sefa"), ("GANSpace", "ganspace"),
                                       ("Boundary file", "file")], value="sefa",
-                                     label="Directions from")
+                                     label="Directions from", elem_id="dir-method")
             ui.boundary = checked_file(gr.File(label="InterFaceGAN boundary (.npy)",
                                                file_types=[".npy"], visible=False, height=90))
         ui.dir_sliders = [gr.Slider(-10, 10, 0, step=0.1, label=f"Direction {i}",
@@ -199,7 +200,7 @@ def set_latent(ui: UI, sess: Session, seed_v: float, frac: float, psi_v: float, 
         backend.check_boundary(sess, path)
     S.set_directions(sess, method, [float(a) for a in rest[:N_DIRECTIONS]], int(rest[-2]),
                      int(rest[-1]), path)
-    return pictures(ui, sess)
+    return live_pictures(ui, sess)
 
 
 @job_errors

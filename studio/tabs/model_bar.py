@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import backend, uploads
+from studio import backend, live, uploads
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session, successor
@@ -41,7 +41,7 @@ def show_session(ui: UI, sess: Session, model_changed: bool) -> dict[Any, Any]:
         info = backend.model_info(sess.model)
         layers = conv_layers(sess.model)
         layer = default_layer(layers)
-        out.update({ui.model_card: backend.card(info),
+        out.update({ui.model_card: backend.card(info), ui.live_key: live.key_html(sess),
             ui.model_box: gr.update(value=sess.model, choices=model_choices(ui, sess)),
             ui.video: None, **explore.reset(ui), **clusters.reset(ui, layers, layer),
             **bend.reset(ui, layers, layer), **translate.reset(ui, sess, layers, layer),
@@ -63,7 +63,8 @@ def page_outputs(ui: UI) -> list[Any]:
     return [ui.session, ui.model_card, ui.output, ui.before, ui.model_box, ui.video,
             *explore.shown(ui), ui.grid_out, *bend.shown(ui), *clusters.shown(ui),
             ui.cl_layer, ui.cl_status, ui.cl_ablation, ui.add_layer, ui.w_layer, ui.tr_layer,
-            ui.tr_encoder, ui.tr_status, ui.tr_preview, ui.cam_out, ui.pr_status, ui.pr_file]
+            ui.tr_encoder, ui.tr_status, ui.tr_preview, ui.cam_out, ui.pr_status, ui.pr_file,
+            ui.live_key]
 
 
 @user_errors

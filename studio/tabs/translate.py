@@ -15,6 +15,18 @@ from studio.session import Session
 from studio.tabs.explore import cancel_job
 from studio.ui import UI, bind, capped_slider, checked_image, need, user_errors
 
+# The webcam over the live channel (studio/live.js drives it): frames as fast as the engine
+# translates them, with its frame rate and latency. The streaming Webcam box below is the
+# Gradio path (and the API's translate_frame).
+LIVE_CAM_HTML = """
+<div class="live-cam-row">
+  <button id="live-cam-start" class="lg secondary">Start live webcam</button>
+  <span id="live-cam-stats"></span>
+</div>
+<video id="live-cam-video" autoplay playsinline muted style="display:none"></video>
+<img id="live-cam-out" alt="live translation" style="display:none">
+"""
+
 LOSS_POINTS = 2000  # the loss plot shows at most this many recent steps
 
 
@@ -50,6 +62,7 @@ def layout(ui: UI) -> None:
             ui.tr_on = gr.Button("Translate this picture", variant="primary", elem_id="tr-go")
             ui.tr_off = gr.Button("Stop translating (back to the latent)")
     with gr.Accordion("Webcam (live)", open=False):
+        gr.HTML(LIVE_CAM_HTML, elem_id="live-cam", padding=False)
         with gr.Row():
             ui.cam_in = checked_image(sources=["webcam"], streaming=True, type="numpy",
                                       label="Webcam", height=240)
