@@ -1,0 +1,168 @@
+"""The live channel (studio/live.py): previews on a copy of the session, and in Chromium the
+canvas following a slider, webcam frames, the fallback and two sessions kept apart."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import engine
+from studio import live
+from studio import session as S
+from tests.browser_util import CHROMIUM_ARGS, chromium_path, studio_server
+
+
+def test_preview_edits_a_copy_and_matches_the_session_edit() -> None:
+    sess = S.new_session("default")
+    before = sess.recipe.to_json()
+    msg = {"kind": "latent", "values": {"seed": "3", "seed-frac": "0.25", "psi": "0.5",
+                                        "cutoff": "0", "dir": ["1.5", "0", "0", "0", "0"],
+                                        "method": "sefa"}}
+    tmp = live.preview(sess, [msg])
+    assert sess.recipe.to_json() == before                   # the session is untouched
+    S.set_latent(sess, seed=3.25, psi=0.5, cutoff=None)       # what the Gradio event does
+    S.set_directions(sess, "sefa", [1.5, 0, 0, 0, 0], 0, None)
+    assert tmp.recipe == sess.recipe
+
+
+def test_preview_refuses_bad_values_in_one_sentence() -> None:
+    sess = S.new_session("default")
+    with pytest.raises(engine.errors.StudioError, match="psi must be a number"):
+        live.preview(sess, [{"kind": "latent", "values": {"psi": "x"}}])
+    with pytest.raises(engine.errors.StudioError, match="finite"):
+        live.preview(sess, [{"kind": "latent", "values": {"psi": float("nan")}}])
+
+
+def test_keys_name_one_session_each() -> None:
+    a, b = S.new_session("default"), S.new_session("default")
+    ka, kb = live.key_for(a), live.key_for(b)
+    assert ka != kb and live.key_for(a) == ka
+    assert live.session_for(ka) is a and live.session_for(kb) is b
+    assert live.session_for("guess") is None and live.session_for(None) is None
+
+
+# ----------------------------------------------------------------------------------------
+# In the browser.
+
+CAMERA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if chromium_path() is None:
+        pytest.skip("needs Chromium")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS + CAMERA_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    with studio_server("default") as url:
+        yield url
+
+
+def _open(browser, url):
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(url)
+    page.wait_for_function("window.studioLive && window.studioLive.mode !== 'connecting'",
+                           timeout=90_000)
+    return page
+
+
+def _slide(page, elem_id: str, value: float) -> None:
+    page.evaluate("""([id, v]) => { const r = document.querySelector(`#${id} input[type=range]`);
+        r.value = v; r.dispatchEvent(new Event('input', {bubbles: true})); }""", [elem_id, value])
+
+
+def _frames(page, kind: int = 0) -> int:
+    return page.evaluate(f"window.studioLive.frames.filter(f => f.kind === {kind}).length")
+
+
+def _live_pixels(page) -> np.ndarray:
+    data = page.evaluate("""async () => { const img = document.querySelector('#live-canvas');
+        const b = await (await fetch(img.src)).arrayBuffer();
+        return Array.from(new Uint8Array(b)); }""")
+    return np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"), dtype=np.float32)
+
+
+@pytest.mark.browser
+def test_canvas_follows_a_slider_over_the_live_channel(browser, server) -> None:
+    page = _open(browser, server)
+    assert page.evaluate("window.studioLive.mode") == "live"
+    assert "Live channel" in page.inner_text("#live-status")
+    for psi in (0.2, 0.35, 0.5):
+        n = _frames(page)
+        _slide(page, "psi", psi)
+        page.wait_for_function(f"window.studioLive.frames.filter(f => f.kind === 0).length > {n}",
+                               timeout=30_000)
+    page.wait_for_function("document.querySelector('#live-canvas').dataset.seq == "
+                           "String(window.studioLive.seq)", timeout=30_000)
+    shown = _live_pixels(page)
+    want = np.asarray(engine.render(engine.recipe.Recipe.from_json(json.dumps(
+        {"model": "default", "latent": {"seed": 0, "psi": 0.5}}))), dtype=np.float32)
+    assert shown.shape == want.shape
+    assert np.abs(shown - want).mean() < 3.0   # JPEG at quality 92: the same picture
+    # The gesture's end syncs the Gradio side: the recipe holds the last value.
+    page.wait_for_timeout(1500)
+    page.click("#recipe-acc button, #recipe-acc .label-wrap", timeout=10_000)
+    page.wait_for_function("document.querySelector('#recipe-code').innerText.includes('0.5')",
+                           timeout=30_000)
+    page.close()
+
+
+@pytest.mark.browser
+def test_webcam_frames_keep_coming(browser, server) -> None:
+    page = _open(browser, server)
+    page.get_by_role("tab", name="Translate").click()
+    page.get_by_text("Webcam (live)").click()
+    page.click("#live-cam-start")
+    page.wait_for_function("window.studioLive.frames.filter(f => f.kind === 1).length >= 15",
+                           timeout=90_000)
+    first = _frames(page, 1)
+    page.wait_for_timeout(1000)
+    assert _frames(page, 1) > first                        # still coming
+    assert "frames/s" in page.inner_text("#live-cam-stats")
+    assert page.evaluate("window.studioLive.errors") == []
+    page.close()
+
+
+@pytest.mark.browser
+def test_two_sessions_streams_stay_apart(browser, server) -> None:
+    a, b = _open(browser, server), _open(browser, server)
+    assert a.evaluate("window.studioLive.key") != b.evaluate("window.studioLive.key")
+    n_b = _frames(b)
+    n = _frames(a)
+    _slide(a, "psi", -0.4)
+    a.wait_for_function(f"window.studioLive.frames.filter(f => f.kind === 0).length > {n}",
+                        timeout=30_000)
+    a.wait_for_timeout(1500)  # a's sync has run by now
+    assert _frames(b) == n_b                               # b saw none of a's frames
+    n = _frames(b)
+    _slide(b, "psi", 1.2)
+    b.wait_for_function(f"window.studioLive.frames.filter(f => f.kind === 0).length > {n}",
+                        timeout=30_000)
+    pa, pb = _live_pixels(a), _live_pixels(b)
+    assert np.abs(pa - pb).mean() > 5                      # each its own picture
+    a.close()
+    b.close()
+
+
+@pytest.mark.browser
+def test_fallback_when_the_channel_is_off(browser) -> None:
+    with studio_server("default", env={"STUDIO_LIVE": "off"}) as url:
+        page = _open(browser, url)
+        page.wait_for_function("window.studioLive.mode === 'fallback'", timeout=30_000)
+        assert "Gradio events" in page.inner_text("#live-status")
+        old = page.get_attribute("#canvas img", "src")
+        _slide(page, "psi", -0.5)
+        page.wait_for_function(f"document.querySelector('#canvas img').src !== {old!r}",
+                               timeout=30_000)
+        assert _frames(page) == 0
+        page.close()
