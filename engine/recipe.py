@@ -483,11 +483,26 @@ def _translator(encoder: str, G: Any) -> Any:
             _TRANSLATORS.move_to_end(key)
             return tr
     tr = Translator.load(encoder, G)
+    _listen_to_evictions()
     with _TRANSLATORS_LOCK:
         _TRANSLATORS[key] = tr
         while len(_TRANSLATORS) > TRANSLATOR_CACHE_SIZE:
             _TRANSLATORS.popitem(last=False)
     return tr
+
+
+@functools.cache
+def _listen_to_evictions() -> None:
+    from engine import zoo  # lazy, as above; registered once, when the cache first fills
+    zoo.on_evict(_forget_translators)
+
+
+def _forget_translators(model: Any) -> None:
+    """A model left zoo's LRU: drop the translators built on it, or they keep it in memory."""
+    with _TRANSLATORS_LOCK:
+        for key in [k for k, tr in _TRANSLATORS.items() if tr.G is model.G]:
+            del _TRANSLATORS[key]
+
 
 
 def _render_translated(recipe: Recipe, G: Any, ws: torch.Tensor, taps: dict,

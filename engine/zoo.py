@@ -388,12 +388,27 @@ def _limits() -> tuple[int, int]:
             env_int(ENV_MAX_MODEL_MB, DEFAULT_MAX_MODEL_MB) * 2 ** 20)
 
 
+_evict_listeners: list[Callable[[LoadedModel], None]] = []
+
+
+def on_evict(listener: Callable[[LoadedModel], None]) -> None:
+    """Call listener(model) when a model leaves the LRU, so caches elsewhere that hold its
+    generator (translators) let it go too: an evicted model must free its memory. Called
+    with the LRU's lock held: a listener must be quick and must not call into the zoo."""
+    _evict_listeners.append(listener)
+
+
+def _forget_locked(model: LoadedModel) -> None:
+    for listener in _evict_listeners:
+        listener(model)
+
+
 def _evict_locked() -> None:
     """Drop least recently used models over the count or byte limit (keep the newest)."""
     max_models, max_bytes = _limits()
     while len(_models) > 1 and (len(_models) > max_models
                                 or sum(m.nbytes for m in _models.values()) > max_bytes):
-        _models.popitem(last=False)
+        _forget_locked(_models.popitem(last=False)[1])
 
 
 def loaded_models() -> list[LoadedModel]:
@@ -405,6 +420,8 @@ def loaded_models() -> list[LoadedModel]:
 def clear_cache() -> None:
     """Forget every loaded model (files on disk stay)."""
     with _lock:
+        for model in _models.values():
+            _forget_locked(model)
         _models.clear()
 
 

@@ -531,11 +531,12 @@ def live_translator(sess: Session, encoder: str) -> Any:
     """The session's Translator for webcam frames (kept in the session, not globally)."""
     from engine import translator
     cache = getattr(sess, "live", None)
-    if cache is not None and cache[0] == (sess.model, encoder):
+    m = load(sess.model)
+    # Only while it is built on the model loaded now: one the zoo evicted must not live on.
+    if cache is not None and cache[0] == (sess.model, encoder) and cache[1].G is m.G:
         return cache[1]
     if not encoder.startswith(zoo.HF_PREFIX):
         check_session_file(sess, encoder)
-    m = load(sess.model)
     tr = translator.Translator.load(encoder, m.G, model_sha256=m.sha256)
     sess.live = ((sess.model, encoder), tr)
     return tr

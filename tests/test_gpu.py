@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,8 +75,8 @@ def on_cuda(zg: ZeroGPU, G: torch.nn.Module, fn):
 
 
 def same(a, b) -> None:
-    a = a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-    b = b.numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+    a = a.detach().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    b = b.detach().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
     assert a.shape == b.shape and np.array_equal(a, b)
 
 
@@ -218,15 +219,23 @@ def _render(Gx, bends=(), edits=(), spec=LatentSpec(seed=3)):
 
 
 def test_every_bend_and_weight_edit_on_emulated_cuda_equals_the_cpu(G, zero):
+    """Each operation (every choice value) on a layer's activations and weights, the channel
+    selection resolved as make_taps resolves it; whole renders are in the recipe test."""
     sel = ChannelSelection(mode="random", fraction=0.5, seed=1)
-    cases = [([Bend(layer=LAYER, op=name, params=params, channels=sel)], [])
+    bends = [Bend(layer=LAYER, op=name, params=params, channels=sel)
              for name, params in _bend_cases()]
-    cases += [([], [WeightEdit(layer=LAYER, op=name, params=params, channels=sel)])
-              for name, params in _weight_cases()]
-    assert len(cases) > len(OPERATIONS) + len(WEIGHT_OPERATIONS)
+    edits = [WeightEdit(layer=LAYER, op=name, params=params, channels=sel)
+             for name, params in _weight_cases()]
+    assert len(bends) + len(edits) > len(OPERATIONS) + len(WEIGHT_OPERATIONS)
 
     def run(Gx):
-        return [_render(Gx, bends=b, edits=e) for b, e in cases]
+        dev = next(Gx.parameters()).device
+        acts = torch.randn(2, 32, 16, 16, generator=torch.Generator().manual_seed(0)).to(dev)
+        weight = Gx.synthesis.b16.conv1.weight
+        keep = lambda x: x  # noqa: E731 - identity has no tap
+        outs = [bending.make_taps(Gx, [b])[0].get(LAYER, keep)(acts) for b in bends]
+        return outs + [bending.make_taps(Gx, [], [e])[1].get(LAYER, keep)(weight)
+                       for e in edits]
     for got, want in zip(on_cuda(zero, G, run), run(G), strict=True):
         same(got, want)
 
@@ -464,3 +473,22 @@ def test_durations_grow_with_the_job_and_stay_bookable(zero, monkeypatch):
     assert 5 <= small < big == gpu.max_call_seconds()
     monkeypatch.setenv("STUDIO_GPU_MAX_SECONDS", "30")
     assert backend.render_recipe.seconds(sess.recipe) <= 30
+
+
+def test_an_evicted_model_is_not_kept_by_cached_translators(monkeypatch):
+    import gc
+    import weakref
+
+    zoo.clear_cache()
+    r = recipe.Recipe(model="default")
+    repo = Path(__file__).resolve().parents[1]
+    shipped = repo / "engine" / "default_model" / "encoder_b16" / "encoder.safetensors"
+    r.translator = recipe.TranslatorSpec(encoder=str(shipped),
+                                         image=str(repo / "docs" / "screenshot-explore.png"))
+    model = zoo.load("default", device="cpu")
+    recipe.render(r, model)  # caches a Translator holding the model's generator
+    alive = weakref.ref(model.G)
+    del model
+    zoo.clear_cache()
+    gc.collect()
+    assert alive() is None, "a cached translator kept the evicted model in memory"
