@@ -191,6 +191,8 @@ def test_app_starts_like_a_space_from_a_read_only_checkout(tmp_path):
            "GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": str(port),
            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HOME": str(home),
            "STUDIO_DATA_DIR": str(data), "PYTHONDONTWRITEBYTECODE": "1",
+           # the render below is compared bit for bit with one made here, on this device
+           "STUDIO_DEVICE": os.environ.get("STUDIO_DEVICE", "cpu"),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     before = _listing(app)
     log = tmp_path / "server.log"
