@@ -29,6 +29,12 @@ from studio.limits import SERVER
 MAX_YIELD_S = 1.0
 
 
+class JobCancelled(StudioError):
+    """A long job stopped because its visitor pressed Cancel (not a failure). Cancel sets
+    the session's flag only (no Gradio `cancels=`): the engine stops at its next step and
+    the handler ends normally, so the page shows a note, not an error."""
+
+
 class Jobs:
     """One session's long job: its cancel flag and the name of the job running, if any.
 
@@ -119,6 +125,10 @@ class Lane:
         self._wait_for_slot(jobs, progress)
         try:
             yield self.cancel_check(jobs.cancel)
+        except StudioError as exc:
+            if jobs.cancel.is_set() and not isinstance(exc, JobCancelled):
+                raise JobCancelled(str(exc)) from exc
+            raise
         finally:
             self._slots.release()
 
@@ -133,7 +143,7 @@ class Lane:
         try:
             while not self._slots.acquire(timeout=0.5):
                 if jobs.cancel.is_set():
-                    raise StudioError("cancelled before it started.")
+                    raise JobCancelled("cancelled before it started.")
                 if progress is not None:
                     progress(0.0, "waiting for other visitors' long jobs to finish…")
         finally:

@@ -20,6 +20,7 @@ import numpy as np
 from engine.errors import StudioError
 from studio import backend, files, live, uploads
 from studio import session as S
+from studio.jobs import JobCancelled
 from studio.limits import LIMITS, SERVER
 from studio.session import Session
 
@@ -81,11 +82,15 @@ def user_errors(fn: Callable) -> Callable:
 
 def job_errors(fn: Callable) -> Callable:
     """user_errors without the transaction: for long jobs (the visitor keeps editing while
-    they run, and a failed job must not undo those edits) and for undo/redo themselves."""
+    they run, and a failed job must not undo those edits) and for undo/redo themselves. A
+    job its visitor cancelled is not an error: a note says so and nothing else changes."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except JobCancelled:
+            gr.Info("Cancelled.")
+            return gr.skip()
         except StudioError as exc:
             raise _as_gr_error(exc) from exc
     return wrapper

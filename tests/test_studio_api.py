@@ -267,3 +267,21 @@ def test_a_bundle_saved_on_one_server_renders_the_same_on_a_fresh_one(server, tm
         b.predict(other_model, api_name="/load_model")
         got = b.predict(handle_file(bundle), api_name="/load_recipe")[1]
         assert np.array_equal(_pixels(got), want)
+
+
+def test_a_cancelled_video_is_a_note_not_an_error(server):
+    """Issue #24 item 5: Cancel stops a walk video at its next frame; the call ends without
+    an error and the session takes another long job at once."""
+    url, model = server
+    client = studio_client(url)
+    client.predict(model, api_name="/load_model")
+    job = client.submit("0, 1, 2", 240, 24, True, "z", api_name="/render_walk")
+    deadline = time.monotonic() + 60
+    while job.status().progress_data is None and not job.done():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    t0 = time.monotonic()
+    client.predict(api_name="/cancel_walk")
+    job.result(timeout=60)  # no exception
+    assert time.monotonic() - t0 < 30
+    assert client.predict("0, 1", 2, 8, False, "w", api_name="/render_walk")

@@ -356,12 +356,10 @@ def render_sweep(ui: UI, sess: Session, param: str, start: float, stop: float, f
 def wire(ui: UI) -> None:
     _wire_bends(ui)
     _wire_weights(ui)
-    sweep = ui.sw_btn.click(bind(render_sweep, ui),
-                            [ui.session, ui.sw_param, ui.sw_from, ui.sw_to, ui.sw_frames,
-                             ui.sw_fps, ui.sw_size], [ui.video], api_name="render_sweep",
-                            **ui.heavy())
-    ui.sw_cancel.click(cancel_job, [ui.session], None, api_name="cancel_sweep",
-                       cancels=[sweep])
+    ui.sw_btn.click(bind(render_sweep, ui),
+                    [ui.session, ui.sw_param, ui.sw_from, ui.sw_to, ui.sw_frames, ui.sw_fps,
+                     ui.sw_size], [ui.video], api_name="render_sweep", **ui.heavy())
+    ui.sw_cancel.click(cancel_job, [ui.session], None, api_name="cancel_sweep")
 
 
 def _wire_bends(ui: UI) -> None:

@@ -124,14 +124,13 @@ def wire(ui: UI) -> None:
     compute_in = [ui.session, ui.cl_layer, ui.cl_k, ui.cl_samples]
     compute_out = [ui.session, ui.cl_status, ui.cl_gallery, ui.cl_selected, ui.add_layer,
                    ui.cl_ablation]
-    compute = ui.cl_compute.click(bind(compute_clusters, ui), compute_in, compute_out,
-                                  api_name="compute_clusters", **ui.heavy())
+    ui.cl_compute.click(bind(compute_clusters, ui), compute_in, compute_out,
+                        api_name="compute_clusters", **ui.heavy())
     found = ui.cl_suggest.click(bind(suggest, ui), [ui.session, ui.cl_layer, ui.cl_samples],
                                 [ui.cl_k, ui.cl_status], api_name="suggest_k", **ui.heavy())
-    again = found.success(bind(compute_clusters, ui), compute_in, compute_out, api_name=False,
-                          **ui.heavy())
-    ui.cl_cancel.click(cancel_job, [ui.session], None, api_name="cancel_clusters",
-                       cancels=[compute, found, again])
+    found.success(bind(compute_clusters, ui), compute_in, compute_out, api_name=False,
+                  **ui.heavy())
+    ui.cl_cancel.click(cancel_job, [ui.session], None, api_name="cancel_clusters")
     select_out = [ui.session, ui.cl_gallery, ui.cl_selected, ui.cl_ablation, ui.add_where]
     ui.cl_gallery.select(bind(click_tile, ui), [ui.session], select_out, api_name=False,
                          **ui.job())

@@ -294,12 +294,11 @@ def wire(ui: UI) -> None:
     ui.grid_btn.click(bind(render_grid, ui), [ui.session, ui.grid_seeds, ui.grid_psis,
                                               ui.grid_kind], [ui.grid_out],
                       api_name="render_grid", **ui.job())
-    walk = ui.walk_btn.click(bind(render_walk, ui),
-                             [ui.session, ui.walk_seeds, ui.walk_frames, ui.walk_fps,
-                              ui.walk_loop, ui.walk_space, ui.walk_size], [ui.video],
-                             api_name="render_walk", **ui.heavy())
-    ui.walk_cancel.click(cancel_job, [ui.session], None, api_name="cancel_walk",
-                         cancels=[walk])
+    ui.walk_btn.click(bind(render_walk, ui),
+                      [ui.session, ui.walk_seeds, ui.walk_frames, ui.walk_fps, ui.walk_loop,
+                       ui.walk_space, ui.walk_size], [ui.video], api_name="render_walk",
+                      **ui.heavy())
+    ui.walk_cancel.click(cancel_job, [ui.session], None, api_name="cancel_walk")
     explore_teach.wire(ui, lambda event: event.then(setter, inputs, outs, api_name=False,
                                                      **LIVE))
 

@@ -196,12 +196,10 @@ def cam_frame(sess: Session | None, encoder: str | None, frame: Any) -> Any:
 def wire(ui: UI) -> None:
     ui.tr_refresh.click(bind(refresh_encoders, ui), [ui.session, ui.tr_encoder],
                         [ui.tr_encoder], api_name="list_encoders")
-    training = ui.tr_train.click(bind(train, ui),
-                                 [ui.session, ui.tr_layer, ui.tr_steps, ui.tr_batch],
-                                 [ui.tr_encoder, ui.tr_status, ui.tr_loss, ui.tr_preview],
-                                 api_name="train_encoder", **ui.heavy())
-    ui.tr_cancel.click(cancel_job, [ui.session], None, api_name="cancel_training",
-                       cancels=[training])
+    ui.tr_train.click(bind(train, ui), [ui.session, ui.tr_layer, ui.tr_steps, ui.tr_batch],
+                      [ui.tr_encoder, ui.tr_status, ui.tr_loss, ui.tr_preview],
+                      api_name="train_encoder", **ui.heavy())
+    ui.tr_cancel.click(cancel_job, [ui.session], None, api_name="cancel_training")
     outs = [ui.session, ui.output, ui.before]
     ui.tr_on.click(bind(translate, ui), [ui.session, ui.tr_encoder, ui.tr_input], outs,
                    api_name="translate", **ui.job())
