@@ -47,8 +47,10 @@
       if (typeof ev.data !== "string") return onFrame(ev.data);
       const m = JSON.parse(ev.data);
       if (m.hello) setMode("live", "Live channel (WebSocket)");
+      if (m.played !== undefined) playing(null);
       if (m.dropped !== undefined && L.cam) L.cam.inflight = Math.max(0, L.cam.inflight - 1);
       if (m.error) {
+        if (m.kind === 0 && L.playing) playing(null);
         L.errors.push(m.error);
         const el = $("#live-error");
         if (el) el.textContent = m.error;
@@ -243,7 +245,43 @@
     if (el) el.textContent = `${fps.toFixed(1)} frames/s · ${p50.toFixed(0)} ms camera to screen`;
   }
 
+  // ---- play: walks and sweeps on the canvas ----------------------------------------------
+  function playing(what) {
+    L.playing = what;
+    for (const b of document.querySelectorAll(".live-play")) {
+      b.textContent = b.dataset.what === what ? "⏸ Pause" : "▶ Play live on the canvas";
+    }
+  }
+
+  function checked(id) {
+    const box = $(`#${id} input[type="checkbox"]`);
+    return box ? box.checked : true;
+  }
+
+  function play(what) {
+    if (!open()) {
+      const el = $("#live-error");
+      if (el) el.textContent = "playing live needs the live channel; render the video instead.";
+      return;
+    }
+    if (L.playing === what) {
+      send({ kind: "stop" });
+      return playing(null);
+    }
+    const text = (id) => { const i = $(`#${id} textarea, #${id} input`); return i ? i.value : ""; };
+    const radio = (id) => { const i = $(`#${id} input:checked`); return i ? i.value : ""; };
+    const msg = what === "walk"
+      ? { kind: "play", what, seeds: text("walk-seeds"), frames: value("walk-frames"),
+          fps: value("walk-fps"), loop: checked("walk-loop"), space: radio("walk-space") }
+      : { kind: "play", what, param: text("sw-param"), from: text("sw-from"),
+          to: text("sw-to"), frames: value("sw-frames"), fps: value("sw-fps"), loop: true };
+    send(msg);
+    playing(what);
+  }
+
   document.addEventListener("click", (ev) => {
+    const btn = ev.target && ev.target.closest && ev.target.closest(".live-play");
+    if (btn) return play(btn.dataset.what);
     if (ev.target && ev.target.id === "live-cam-start") {
       startCam().catch((e) => {
         $("#live-cam-stats").textContent = `the camera could not start: ${e.message || e}`;

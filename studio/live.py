@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import logging
 import secrets
@@ -35,6 +36,7 @@ import struct
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,9 @@ JPEG_QUALITY = 92                   # small models: artefacts would show at 64 p
 MAX_MESSAGE_BYTES = 4 * 2**20       # one webcam frame or one JSON message
 FLOAT_PARAMS = ("float", "int")     # bend parameter types the editor's sliders show
 JS_FILE = Path(__file__).with_name("live.js")
+# A "play" button beside a walk or sweep video's controls (studio/live.js reads them).
+PLAY_HTML = ('<button id="live-play-{what}" class="lg secondary live-play" data-what="{what}">'
+             '▶ Play live on the canvas</button>')
 
 # The renders of every live connection share the interactive lane's width, so many open
 # pages cannot take more threads than the Gradio events would.
@@ -195,6 +200,70 @@ def translate_cam(sess: Session, encoder: str, jpeg: bytes) -> bytes:
     return _jpeg(backend.translate_frame(sess, _encoder_path(sess, encoder), jpeg))
 
 
+def play_frames(sess: Session, msg: dict[str, Any]
+                ) -> tuple[list[Callable[[], Session]], float, bool]:
+    """A walk or a sweep played live: one maker per frame of the frame's session (made when
+    it is shown, so a long walk of a big model holds only its ws), its fps and loop.
+
+    walk: the Explore keyframe seeds, interpolated as the walk video does (z or w), with the
+    session's bends on every frame. sweep: one parameter of the bend being edited, from ->
+    to. Limits are the video limits (frames, fps)."""
+    from engine import latents
+    from engine.recipe import set_field
+    frames = int(_number(msg, "frames", 48))
+    fps = _number(msg, "fps", 24)
+    if not 2 <= frames <= LIMITS.video_frames or not 0 < fps <= LIMITS.video_fps:
+        raise StudioError(f"play at most {LIMITS.video_frames} frames at up to "
+                          f"{LIMITS.video_fps} frames/s.")
+    loop = bool(msg.get("loop", True))
+    out = []
+    if msg.get("what") == "walk":
+        seeds = _seeds(str(msg.get("seeds") or ""))
+        lat = sess.recipe.latent
+        G = backend.generator(sess.model)
+        for ws in latents.interpolate_ws(G, seeds, frames, space=str(msg.get("space") or "z"),
+                                         loop=loop, psi=lat.psi, cutoff=lat.cutoff):
+            out.append(functools.partial(_walk_frame, sess, ws.detach().cpu()))
+    elif msg.get("what") == "sweep":
+        if sess.current is None:
+            raise StudioError("click a bend with a numeric parameter first.")
+        path = f"bends.{sess.current}.params.{msg.get('param')}"
+        lo, hi = _number(msg, "from", 0.0), _number(msg, "to", 1.0)
+        values = np.linspace(lo, hi, frames)
+        if loop:  # there and back, so playing on repeat has no jump
+            values = np.concatenate([values, values[-2:0:-1]])
+        set_field(sess.recipe, path, float(lo))  # a bad parameter fails before playing
+        out = [functools.partial(_sweep_frame, sess, path, float(v)) for v in values]
+    else:
+        raise StudioError("play a walk or a sweep.")
+    return out, fps, loop
+
+
+def _walk_frame(sess: Session, ws: Any) -> Session:
+    from engine import latents
+    tmp = preview(sess, [])
+    tmp.recipe.latent.w = latents.ws_to_list(ws)
+    tmp.recipe.latent.psi, tmp.recipe.latent.cutoff = 1.0, None
+    return tmp
+
+
+def _sweep_frame(sess: Session, path: str, value: float) -> Session:
+    from engine.recipe import set_field
+    tmp = preview(sess, [])
+    tmp.recipe = set_field(tmp.recipe, path, value)
+    return tmp
+
+
+def _seeds(text: str) -> list[float]:
+    try:
+        seeds = [float(t) for t in text.replace(";", ",").split(",") if t.strip()]
+    except ValueError as exc:
+        raise StudioError("the keyframe seeds must be numbers separated by commas.") from exc
+    if not 1 <= len(seeds) <= LIMITS.grid_values:
+        raise StudioError(f"give 1 to {LIMITS.grid_values} keyframe seeds.")
+    return seeds
+
+
 def _encoder_path(sess: Session, shown: str) -> str:
     """The encoder the page's dropdown shows (its label or its value)."""
     options = backend.encoder_options(backend.encoder_choices(sess))
@@ -218,6 +287,7 @@ class Connection:
         self.cam: tuple[int, bytes] | None = None      # newest webcam frame (seq, jpeg)
         self.encoder = ""
         self.wake = asyncio.Event()
+        self.player: asyncio.Task | None = None       # a walk or sweep playing live
 
     async def receive(self) -> None:
         """Read messages until the page goes; keep only the newest of each kind."""
@@ -248,7 +318,12 @@ class Connection:
         if not isinstance(msg, dict):
             return
         kind = msg.get("kind")
-        if kind == "cam":
+        if kind in ("latent", "bend", "weight", "play", "stop") and self.player is not None:
+            self.player.cancel()   # an edit, a new play or stop ends the one playing
+            self.player = None
+        if kind == "play":
+            self.player = asyncio.get_running_loop().create_task(self._play(msg))
+        elif kind == "cam":
             self.encoder = str(msg.get("encoder") or "")[:4096]
         elif kind in ("latent", "weight", "sync"):
             self.pending[str(kind)] = msg
@@ -267,6 +342,24 @@ class Connection:
                 if self.cam is not None:
                     (seq, jpeg), self.cam = self.cam, None
                     await self._webcam(seq, jpeg)
+
+    async def _play(self, msg: dict[str, Any]) -> None:
+        """Render a walk or sweep frame by frame at its fps (slower if rendering is)."""
+        try:
+            frames, fps, loop = await anyio.to_thread.run_sync(
+                lambda: play_frames(self.sess, msg), limiter=_RENDER_SLOTS)
+        except (StudioError, ValueError, TypeError) as exc:
+            await self._send_text({"error": str(exc), "kind": KIND_CANVAS})
+            return
+        seq = int(msg.get("seq") or 0)
+        while True:
+            for make in frames:
+                t0 = time.perf_counter()
+                await self._send_frame(KIND_CANVAS, seq, lambda m=make: render_preview(m(), []))
+                await asyncio.sleep(max(0.0, 1 / fps - (time.perf_counter() - t0)))
+            if not loop:
+                break
+        await self._send_text({"played": seq})
 
     async def _canvas(self, messages: list[dict[str, Any]]) -> None:
         seq = max(int(m.get("seq") or 0) for m in messages)
@@ -321,6 +414,8 @@ async def endpoint(ws: Any) -> None:
         pass
     finally:
         renderer.cancel()
+        if conn.player is not None:
+            conn.player.cancel()
         with _lock:
             left = _open.get(id(sess), 1) - 1
             if left > 0:

@@ -166,3 +166,20 @@ def test_fallback_when_the_channel_is_off(browser) -> None:
                                timeout=30_000)
         assert _frames(page) == 0
         page.close()
+
+
+@pytest.mark.browser
+def test_a_walk_plays_live_and_pauses(browser, server) -> None:
+    page = _open(browser, server)
+    page.get_by_text("Grids and walks").click()
+    page.click("#live-play-walk")
+    page.wait_for_function("window.studioLive.frames.filter(f => f.kind === 0).length >= 10",
+                           timeout=60_000)
+    assert page.inner_text("#live-play-walk").startswith("⏸")
+    page.click("#live-play-walk")                     # pause
+    page.wait_for_timeout(800)
+    n = _frames(page)
+    page.wait_for_timeout(1000)
+    assert _frames(page) <= n + 1                     # at most the frame in flight
+    assert page.inner_text("#live-play-walk").startswith("▶")
+    page.close()

@@ -12,6 +12,7 @@ from studio import backend, live
 from studio import session as S
 from studio.jobs import LANE
 from studio.limits import LIMITS
+from studio.live import PLAY_HTML
 from studio.session import Session, bend_label
 from studio.tabs.explore import cancel_job
 from studio.ui import (
@@ -98,16 +99,18 @@ def _weights_layout(ui: UI) -> None:
 def _sweep_layout(ui: UI) -> None:
     with gr.Accordion("Parameter sweep to video", open=False):
         with gr.Row():
-            ui.sw_param = gr.Dropdown([], label="Parameter of this bend")
-            ui.sw_from = gr.Number(0, label="From")
-            ui.sw_to = gr.Number(360, label="To")
+            ui.sw_param = gr.Dropdown([], label="Parameter of this bend", elem_id="sw-param")
+            ui.sw_from = gr.Number(0, label="From", elem_id="sw-from")
+            ui.sw_to = gr.Number(360, label="To", elem_id="sw-to")
         with gr.Row():
-            ui.sw_frames = capped_slider(2, LIMITS.video_frames, 48, label="Frames")
-            ui.sw_fps = capped_slider(1, LIMITS.video_fps, 24, label="fps")
+            ui.sw_frames = capped_slider(2, LIMITS.video_frames, 48, label="Frames",
+                                         elem_id="sw-frames")
+            ui.sw_fps = capped_slider(1, LIMITS.video_fps, 24, label="fps", elem_id="sw-fps")
             ui.sw_size = gr.Dropdown([("model size", 0), ("256 px", 256), ("512 px", 512)],
                                      value=256, label="Video size")
             ui.sw_btn = gr.Button("Render sweep")
             ui.sw_cancel = gr.Button("Cancel", variant="stop")
+        gr.HTML(PLAY_HTML.format(what="sweep"), padding=False)
 
 
 # ----------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from studio import backend, uploads
 from studio import session as S
 from studio.jobs import LANE
 from studio.limits import LIMITS
+from studio.live import PLAY_HTML
 from studio.session import Session
 from studio.tabs import explore_teach
 from studio.ui import (
@@ -111,15 +112,18 @@ def _grids_layout(ui: UI) -> None:
         ui.grid_out = gr.Image(label="Grid", type="pil", format="png", interactive=False,
                                elem_classes="pixelated", height=300)
         with gr.Row():
-            ui.walk_seeds = gr.Textbox("0, 1, 2", label="Keyframe seeds")
-            ui.walk_frames = capped_slider(2, LIMITS.video_frames, 60, label="Frames")
-            ui.walk_fps = capped_slider(1, LIMITS.video_fps, 24, label="fps")
+            ui.walk_seeds = gr.Textbox("0, 1, 2", label="Keyframe seeds", elem_id="walk-seeds")
+            ui.walk_frames = capped_slider(2, LIMITS.video_frames, 60, label="Frames",
+                                           elem_id="walk-frames")
+            ui.walk_fps = capped_slider(1, LIMITS.video_fps, 24, label="fps", elem_id="walk-fps")
             ui.walk_size = gr.Dropdown([("model size", 0), ("256 px", 256), ("512 px", 512)],
                                        value=256, label="Video size")
         with gr.Row():
-            ui.walk_loop = gr.Checkbox(True, label="Loop")
-            ui.walk_space = gr.Radio(["z", "w"], value="z", label="Interpolate in")
+            ui.walk_loop = gr.Checkbox(True, label="Loop", elem_id="walk-loop")
+            ui.walk_space = gr.Radio(["z", "w"], value="z", label="Interpolate in",
+                                     elem_id="walk-space")
             ui.walk_btn = gr.Button("Render walk video")
+            gr.HTML(PLAY_HTML.format(what="walk"), padding=False)
             ui.walk_cancel = gr.Button("Cancel", variant="stop")
 
 
