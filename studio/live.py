@@ -113,9 +113,9 @@ def preview(sess: Session, messages: list[dict[str, Any]]) -> Session:
         if kind == "latent":
             _apply_latent(tmp, msg.get("values") or {})
         elif kind == "bend":
-            _apply_bend_slot(tmp, int(msg["slot"]), msg["value"])
+            _apply_bend_slot(tmp, _index(msg, "slot"), msg.get("value"))
         elif kind == "weight":
-            index = int(msg["index"])
+            index = _index(msg, "index")
             S.set_weight_edit(tmp, index, **{_weight_param(tmp, index):
                                              _number({"v": msg["value"]}, "v", 0.0)})
     return tmp
@@ -134,6 +134,24 @@ def _number(values: dict[str, Any], name: str, default: float) -> float:
 
 METHODS = {"sefa": "sefa", "ganspace": "ganspace", "file": "file", "SeFa": "sefa",
            "GANSpace": "ganspace", "Boundary file": "file"}
+
+
+def _seq(msg: dict[str, Any]) -> int:
+    """The message's sequence number; anything that is not a finite number counts as 0, so a
+    malformed message cannot end the connection's render loop."""
+    raw = msg.get("seq")
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != raw \
+            or raw in (float("inf"), float("-inf")):
+        return 0
+    return int(raw) & 0xFFFFFFFF
+
+
+def _index(msg: dict[str, Any], name: str) -> int:
+    raw = msg.get(name)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != raw \
+            or raw in (float("inf"), float("-inf")) or raw != int(raw):
+        raise StudioError(f"{name} must be a whole number.")
+    return int(raw)
 
 
 def _apply_latent(tmp: Session, values: dict[str, Any]) -> None:
@@ -306,11 +324,18 @@ class Connection:
         if len(data) < 5 or data[0] != KIND_CAM:
             return
         seq = struct.unpack(">I", data[1:5])[0]
+        if len(data) > MAX_MESSAGE_BYTES:
+            asyncio.get_running_loop().create_task(self._send_text(
+                {"error": f"a webcam frame may be at most {MAX_MESSAGE_BYTES >> 20} MiB; "
+                          "send a smaller picture.", "kind": KIND_CAM, "seq": seq}))
+            return
         if self.cam is not None:  # overtaken before it was rendered: the page sends on
             asyncio.get_running_loop().create_task(self._send_text({"dropped": self.cam[0]}))
         self.cam = (seq, data[5:])
 
     def _message_in(self, text: str) -> None:
+        if len(text) > MAX_MESSAGE_BYTES:
+            return
         try:
             msg = json.loads(text)
         except ValueError:
@@ -351,7 +376,7 @@ class Connection:
         except (StudioError, ValueError, TypeError) as exc:
             await self._send_text({"error": str(exc), "kind": KIND_CANVAS})
             return
-        seq = int(msg.get("seq") or 0)
+        seq = _seq(msg)
         while True:
             for make in frames:
                 t0 = time.perf_counter()
@@ -362,7 +387,7 @@ class Connection:
         await self._send_text({"played": seq})
 
     async def _canvas(self, messages: list[dict[str, Any]]) -> None:
-        seq = max(int(m.get("seq") or 0) for m in messages)
+        seq = max(_seq(m) for m in messages)
         edits = [m for m in messages if m.get("kind") != "sync"]
         await self._send_frame(KIND_CANVAS, seq, render_preview, self.sess, edits)
 

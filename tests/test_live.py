@@ -45,6 +45,56 @@ def test_keys_name_one_session_each() -> None:
     assert live.session_for("guess") is None and live.session_for(None) is None
 
 
+
+def test_malformed_messages_get_a_sentence_and_the_channel_keeps_rendering() -> None:
+    """A hostile page's NaN/string sequence numbers, a non-integer slot or an oversized
+    frame must not end the render loop: the next good message still gets its frame."""
+    import asyncio
+
+    class FakeSocket:
+        def __init__(self, inbox: list[dict]) -> None:
+            self.inbox, self.texts, self.frames = inbox, [], []
+
+        async def receive(self) -> dict:
+            await asyncio.sleep(0.05)   # let the renderer take each message in turn
+            return self.inbox.pop(0) if self.inbox else {"type": "websocket.disconnect"}
+
+        async def send_text(self, text: str) -> None:
+            self.texts.append(json.loads(text))
+
+        async def send_bytes(self, data: bytes) -> None:
+            self.frames.append(live.HEADER.unpack(data[:live.HEADER.size]))
+
+    def text(t: str) -> dict:
+        return {"type": "websocket.receive", "text": t}
+
+    sess = S.new_session("default")
+    big = bytes([live.KIND_CAM, 0, 0, 0, 9]) + bytes(live.MAX_MESSAGE_BYTES)
+    ws = FakeSocket([text('{"kind":"latent","seq":"abc","values":{"seed":1}}'),
+                     text('{"kind":"latent","seq":NaN,"values":{"seed":2}}'),
+                     text('{"kind":"bend","seq":3,"slot":"x","value":1}'),
+                     text('{"kind":"play","what":"walk","frames":4,"seeds":"1,2",'
+                          '"seq":Infinity}'),
+                     text('{"kind":"stop"}'),
+                     {"type": "websocket.receive", "bytes": big},
+                     text('{"kind":"latent","seq":7,"values":{"seed":3}}')])
+
+    async def run() -> None:
+        conn = live.Connection(ws, sess)
+        renderer = asyncio.get_running_loop().create_task(conn.render())
+        await conn.receive()
+        for _ in range(200):            # the last render may still be running
+            if any(f[1] == 7 for f in ws.frames):
+                break
+            await asyncio.sleep(0.05)
+        renderer.cancel()
+
+    asyncio.run(run())
+    assert (live.KIND_CANVAS, 7) in [(f[0], f[1]) for f in ws.frames]
+    errors = [t["error"] for t in ws.texts if "error" in t]
+    assert "slot must be a whole number." in errors
+    assert any("webcam frame may be at most" in e for e in errors)
+
 # ----------------------------------------------------------------------------------------
 # In the browser.
 
