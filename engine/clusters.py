@@ -553,7 +553,7 @@ def from_broad_yaml(text: str) -> dict[str, ClusterResult]:
     import yaml
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, RecursionError) as exc:
         raise StudioError("the cluster YAML could not be parsed; check the file.") from exc
     if not isinstance(data, dict):
         raise StudioError("the cluster YAML must map layer ids to lists of "

@@ -119,6 +119,8 @@ class Recipe:
         except json.JSONDecodeError as exc:
             raise RecipeError([f"recipe: not valid JSON ({exc.msg} at line {exc.lineno})"]
                               ) from exc
+        except RecursionError as exc:  # json recurses per bracket: "[" * 10**5 ends here
+            raise RecipeError(["recipe: nested too deeply to be a recipe"]) from exc
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -205,6 +205,8 @@ def test_yaml_import_accepts_our_names_and_rejects_gaps():
     assert cl.from_broad_yaml(text)["b16.conv1"].labels == [1, 0]
     with pytest.raises(StudioError, match="exactly once"):
         cl.from_broad_yaml("3:\n- {cluster_index: 0, feature_index: 1}\n")
+    with pytest.raises(StudioError, match="could not be parsed"):
+        cl.from_broad_yaml("[" * 100_000)
     with pytest.raises(StudioError):
         cl.load_json(Path(__file__))
 

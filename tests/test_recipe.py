@@ -105,6 +105,8 @@ def test_from_json_reports_unknown_keys_and_wrong_types():
         Recipe.from_json("{nope")
     with pytest.raises(RecipeError, match="is not an object"):
         Recipe.from_json("[1, 2]")
+    with pytest.raises(RecipeError, match="nested too deeply"):  # not a RecursionError
+        Recipe.from_json("[" * 100_000)
     with pytest.raises(RecipeError, match=r"bends\[0\].layer: required field is missing"):
         Recipe.from_dict({"bends": [{"op": "ablate"}]})
     # Integral floats become ints (some JSON writers keep no integers).
