@@ -11,14 +11,14 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from engine import bending, clusters, latents, recipe, zoo
+from engine import bending, clusters, latents, networks, recipe, zoo
 from engine.errors import StudioError
 from studio import files
 from studio import gpu as gpu_mod
@@ -60,6 +60,8 @@ class ModelInfo:
     num_ws: int
     w_dim: int
     sha256: str
+    conv_layers: list[str] = field(default_factory=list)  # layers with feature maps
+    alias_free: bool = False        # StyleGAN3: its input can be translated and rotated
 
 
 def catalogue_choices() -> list[tuple[str, str]]:
@@ -101,7 +103,8 @@ def model_info(spec: str, progress: Callable[[float, str], None] | None = None) 
     return ModelInfo(spec=spec, title=str(getattr(m, "title", None) or spec),
                      resolution=G.resolution, layers=list(G.synthesis.layers),
                      channels={k: v[0] for k, v in shapes.items()}, num_ws=G.num_ws,
-                     w_dim=G.cfg.w_dim, sha256=str(getattr(m, "sha256", "") or ""))
+                     w_dim=G.cfg.w_dim, sha256=str(getattr(m, "sha256", "") or ""),
+                     conv_layers=networks.conv_layers(G), alias_free=networks.is_stylegan3(G))
 
 
 def model_key(spec: str) -> str | None:
@@ -111,10 +114,11 @@ def model_key(spec: str) -> str | None:
 
 def card(info: ModelInfo) -> str:
     """Markdown for the model bar."""
-    convs = [(k, v) for k, v in info.channels.items() if not k.endswith("torgb")]
+    convs = [(k, info.channels[k]) for k in info.conv_layers]
     chans = " · ".join(f"{k} {v}" for k, v in convs)
-    return (f"**{info.title}** — {info.resolution}×{info.resolution} px, {len(convs)} conv "
-            f"layers, {info.num_ws} ws × {info.w_dim}  \n<small>channels: {chans}</small>")
+    kind = "StyleGAN3 (alias-free), " if info.alias_free else ""
+    return (f"**{info.title}** — {kind}{info.resolution}×{info.resolution} px, {len(convs)} "
+            f"conv layers, {info.num_ws} ws × {info.w_dim}  \n<small>channels: {chans}</small>")
 
 
 # ----------------------------------------------------------------------------------------

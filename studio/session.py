@@ -27,7 +27,7 @@ from studio.jobs import Jobs
 
 UNDO_DEPTH = 50   # recipes kept for undo (a recipe is a few KB; a W+ latent ~40 KB)
 LATENT_FIELDS = ("seed", "psi", "cutoff", "noise_mode", "noise_seed", "mix_seed", "mix_start",
-                 "mix_end", "directions")
+                 "mix_end", "directions", "translate", "rotate")
 
 
 @dataclass

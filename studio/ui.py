@@ -128,7 +128,7 @@ def progress_fn(progress: gr.Progress) -> Callable[[float, str], None]:
 
 
 def conv_layers(spec: str) -> list[str]:
-    return [n for n in backend.model_info(spec).layers if not n.endswith("torgb")]
+    return backend.model_info(spec).conv_layers
 
 
 def default_layer(layers: list[str]) -> str:

@@ -409,3 +409,18 @@ def test_translator_encoder_for_a_stylegan3_layer(sg3_file):
     assert img.shape == (2, 3, G.resolution, G.resolution)
     with pytest.raises(Exception, match="not a conv layer"):
         T.make_encoder(G, G.synthesis.layers[-1])
+
+
+def test_rotation_sweep_makes_a_video(sg3_file, tmp_path):
+    from engine.latents import LatentSpec
+    from engine.recipe import Recipe, sweep_frames
+    from engine.video import write_video
+
+    G, path = sg3_file
+    recipe = Recipe(model=str(path), latent=LatentSpec(seed=2, translate=[0.0, 0.0]))
+    frames = list(sweep_frames(recipe, "latent.rotate", 0, 90, 4, model=G))
+    assert len(frames) == 4 and not np.array_equal(frames[0], frames[-1])
+    moved = list(sweep_frames(recipe, "latent.translate[0]", 0, 0.25, 2, model=G))
+    assert not np.array_equal(moved[0], moved[1])
+    out = write_video(frames, tmp_path / "spin.gif", fps=8)
+    assert out.exists() and out.stat().st_size > 0

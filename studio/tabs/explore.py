@@ -64,10 +64,24 @@ def layout(ui: UI, n_ws: int) -> None:
         with gr.Row():
             ui.mix_start = gr.Slider(0, n_ws, 0, step=1, label="From w")
             ui.mix_end = gr.Slider(0, n_ws, min(4, n_ws), step=1, label="To w (exclusive)")
+    _move_layout(ui)
     _layer_edits_layout(ui, n_ws)
     _directions_layout(ui, n_ws)
     explore_teach.layout(ui)
     _grids_layout(ui)
+
+
+def _move_layout(ui: UI) -> None:
+    """StyleGAN3's user transform of the input features (shown for alias-free models)."""
+    with gr.Accordion("Move the input (StyleGAN3)", open=True, visible=False,
+                      elem_id="sg3-move") as ui.move_box:
+        with gr.Row():
+            ui.move_x = gr.Slider(-0.5, 0.5, 0, step=0.01, label="Translate x (image widths)",
+                                  elem_id="translate-x")
+            ui.move_y = gr.Slider(-0.5, 0.5, 0, step=0.01, label="Translate y",
+                                  elem_id="translate-y")
+            ui.move_rot = gr.Slider(-180, 180, 0, step=1, label="Rotate (degrees)",
+                                    elem_id="rotate")
 
 
 def _layer_edits_layout(ui: UI, n_ws: int) -> None:
@@ -140,7 +154,8 @@ def latent_inputs(ui: UI) -> list[Any]:
 def show(ui: UI, sess: Session) -> dict[Any, Any]:
     """Every latent control set to the session's latent, and its layer-edit list."""
     lat = sess.recipe.latent
-    n = backend.model_info(sess.model).num_ws
+    info = backend.model_info(sess.model)
+    n = info.num_ws
     amounts, method, start, end = [0.0] * N_DIRECTIONS, "sefa", 0, None
     for d in lat.directions:
         slot = 0 if d.method == "file" else d.index
@@ -159,7 +174,11 @@ def show(ui: UI, sess: Session) -> dict[Any, Any]:
            ui.dir_method: method, ui.boundary: gr.update(visible=method == "file"),
            ui.dir_start: gr.update(maximum=n, value=start),
            ui.dir_end: gr.update(maximum=n, value=end if end is not None else n),
-           ui.le_index: gr.update(maximum=n - 1), ui.le_list: layer_edit_list(sess)}
+           ui.le_index: gr.update(maximum=n - 1), ui.le_list: layer_edit_list(sess),
+           ui.move_box: gr.update(visible=info.alias_free),
+           ui.move_x: float((lat.translate or (0.0, 0.0))[0]),
+           ui.move_y: float((lat.translate or (0.0, 0.0))[1]),
+           ui.move_rot: float(lat.rotate or 0)}
     for i, (slider, amount) in enumerate(zip(ui.dir_sliders, amounts)):
         out[slider] = gr.update(value=amount, visible=method != "file" or i == 0)
     return {**out, **explore_teach.show(ui, sess)}
@@ -168,8 +187,8 @@ def show(ui: UI, sess: Session) -> dict[Any, Any]:
 def shown(ui: UI) -> list[Any]:
     return [ui.seed, ui.seed_frac, ui.psi, ui.cutoff, ui.noise_mode, ui.noise_seed, ui.mix_on,
             ui.mix_seed, ui.mix_start, ui.mix_end, ui.dir_method, ui.boundary, *ui.dir_sliders,
-            ui.dir_start, ui.dir_end, ui.le_index, ui.le_list, *explore_teach.shown(ui),
-            *explore_teach.cleared(ui)]
+            ui.dir_start, ui.dir_end, ui.le_index, ui.le_list, ui.move_box, ui.move_x,
+            ui.move_y, ui.move_rot, *explore_teach.shown(ui), *explore_teach.cleared(ui)]
 
 
 def reset(ui: UI) -> dict[Any, Any]:
@@ -205,6 +224,16 @@ def set_latent(ui: UI, sess: Session, seed_v: float, frac: float, psi_v: float, 
     S.set_directions(sess, method, [float(a) for a in rest[:N_DIRECTIONS]], int(rest[-2]),
                      int(rest[-1]), path)
     return live_pictures(ui, sess)
+
+
+@user_errors
+def set_transform(ui: UI, sess: Session, x: float, y: float, degrees: float
+                  ) -> dict[Any, Any]:
+    """StyleGAN3: translate (image widths) and rotate (degrees) the input features."""
+    sess = need(sess)
+    S.set_latent(sess, translate=[float(x), float(y)] if (x or y) else None,
+                 rotate=float(degrees or 0))
+    return pictures(ui, sess)
 
 
 @job_errors
@@ -283,6 +312,11 @@ def wire(ui: UI) -> None:
             comp.input(setter, inputs, outs, api_name=False, **LIVE)
     # One documented endpoint for scripts; the per-control events above share its fn.
     gr.Button(visible=False).click(setter, inputs, outs, api_name="set_latent", **LIVE)
+    move_inputs = [ui.session, ui.move_x, ui.move_y, ui.move_rot]
+    mover = bind(set_transform, ui)
+    for comp in move_inputs[1:]:
+        comp.input(mover, move_inputs, outs, api_name=False, **LIVE)
+    gr.Button(visible=False).click(mover, move_inputs, outs, api_name="set_transform", **LIVE)
     ui.rand_btn.click(bind(random_seed, ui), [ui.session], [ui.seed],
                       api_name="random_seed").then(setter, inputs, outs, api_name=False, **LIVE)
     ui.dir_method.input(bind(pick_method, ui), [ui.session, ui.dir_method],
