@@ -97,13 +97,18 @@ def _blend_layout(ui: UI) -> None:
 # What the panels show for a session (model switch, loaded recipe, undo, redo).
 
 def _blocks(sess: Session) -> list[str]:
-    return [f"b{r}" for r in backend.generator(sess.model).synthesis.block_resolutions]
+    """The model's blocks (StyleGAN2); none for StyleGAN3, which blending does not cover."""
+    synthesis = backend.generator(sess.model).synthesis
+    return [f"b{r}" for r in getattr(synthesis, "block_resolutions", [])]
 
 
 def show(ui: UI, sess: Session) -> dict[Any, Any]:
     """The blend controls set to the session's blend (the label book is page state)."""
     blocks = _blocks(sess)
     spec = sess.recipe.blend
+    if not blocks:
+        return {ui.blend_on: False, ui.blend_res: gr.update(choices=[], value=None),
+                ui.blend_note: "Blending by block works on StyleGAN2 models."}
     if spec is None:
         res = "b16" if "b16" in blocks else blocks[len(blocks) // 2]
         return {ui.blend_on: False, ui.blend_res: gr.update(choices=blocks, value=res),
