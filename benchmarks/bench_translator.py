@@ -8,11 +8,23 @@ printed with steps and training time. For reference it also prints the PSNR of r
 from the TRUE activation without the earlier blocks' skip image, which is what an encoder
 that matched the activation exactly would reach when translating a stranger's picture.
 
+Photos (issue #18): real photos that ship with scikit-learn (china, flower) and
+scikit-image (astronaut, chelsea, coffee, rocket), a head-and-shoulders crop of the
+astronaut, and four corner crops of each: 35 pictures, each translated with 4 latents. Per
+encoder layer and domain strength:
+  gap closed  = 1 - (SWD(translations, samples) - floor) / (SWD(photos, samples) - floor),
+                floor = SWD between two sets of the model's samples (engine/metrics.py);
+  layout kept = mean correlation of 8x8-pooled luminance, photo (as framed) vs translation;
+  fidelity    = PSNR of translating the model's own images (64 held-out seeds).
+The picture sheet (photo as the encoder saw it | translation per setting) goes to --sheet.
+None of these photos is in the shipped encoders' training folder (see its README).
+
 Model: the embedded default model, or while it is still training the latest snapshot of
 its run (`--model snapshot`), or any zoo spec / file. Target: >= 25 frames/s at batch 1.
 
-    python benchmarks/bench_translator.py [--what fps,train,fidelity] [--steps 300]
+    python benchmarks/bench_translator.py [--what fps,train,fidelity,photos] [--steps 300]
         [--batch 8] [--model default|snapshot|SPEC] [--json out.json]
+        [--encoders b16=PATH,b8=PATH] [--strengths 1,0.75,0.5] [--sheet docs/translations.png]
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -122,6 +135,161 @@ def bench_fidelity(G: Generator, steps: int, batch: int, lr: float, psi: float,
     return results
 
 
+# ----------------------------------------------------------------------------------------
+# Real photos.
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "engine" / "default_model"
+SHEET_PHOTOS = ("astronaut_portrait", "astronaut", "chelsea", "coffee", "rocket", "china",
+                "flower")
+LATENTS_PER_PHOTO = 4
+
+
+def bench_photos_set() -> dict[str, np.ndarray]:
+    """Name -> uint8 HxWx3: the packages' photos, a portrait crop and corner crops."""
+    from skimage import data
+    from sklearn.datasets import load_sample_image
+
+    base = {"astronaut": data.astronaut(), "chelsea": data.chelsea(), "coffee": data.coffee(),
+            "rocket": data.rocket(), "china": load_sample_image("china.jpg"),
+            "flower": load_sample_image("flower.jpg")}
+    # The model's framing: head in the upper middle, shoulders at the bottom edge.
+    out = {"astronaut_portrait": base["astronaut"][0:360, 45:405]}
+    out.update(base)
+    for name, img in base.items():
+        h, w = img.shape[:2]
+        side = int(min(h, w) * 0.6)
+        for tag, (top, left) in {"tl": (0, 0), "tr": (0, w - side), "bl": (h - side, 0),
+                                 "br": (h - side, w - side)}.items():
+            out[f"{name}_{tag}"] = img[top:top + side, left:left + side]
+    return out
+
+
+def luminance_layout(images: np.ndarray, cells: int = 8) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> [N, cells * cells] mean luminance (Rec. 601) per cell."""
+    t = torch.from_numpy(images).float().permute(0, 3, 1, 2)
+    lum = (t * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return torch.nn.functional.adaptive_avg_pool2d(lum, cells).flatten(1).numpy()
+
+
+def layout_kept(photos: np.ndarray, translations: np.ndarray) -> float:
+    """Mean Pearson correlation of 8x8-pooled luminance, photo i vs translation i."""
+    a, b = luminance_layout(photos), luminance_layout(translations)
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    corr = (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1) + 1e-12)
+    return float(corr.mean())
+
+
+def model_samples(G: Generator, seeds: list[int]) -> np.ndarray:
+    from engine.latents import seed_to_z, to_uint8
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(seeds), 32):
+            z = torch.cat([seed_to_z(s, G.cfg.z_dim) for s in seeds[i:i + 32]])
+            out.append(to_uint8(G.synthesis(G.mapping(z, None))))
+    return np.concatenate(out)
+
+
+def _swd_mean(a: np.ndarray, b: np.ndarray) -> float:
+    from engine.metrics import swd
+
+    return swd(a, b, seed=0)["mean"]
+
+
+def bench_photos(G: Generator, encoders: dict[str, str], strengths: list[float],
+                 framing: str = "crop", sheet: str | None = None,
+                 sheet_settings: list[tuple[str, float]] | None = None) -> dict:
+    """Gap closed, layout kept and fidelity per encoder and strength on the photo set."""
+    photos = bench_photos_set()
+    names = list(photos)
+    n = len(names) * LATENTS_PER_PHOTO
+    latents = [2_000_000 + i for i in range(n)]          # one latent per translation
+    samples_a = model_samples(G, [3_000_000 + i for i in range(n)])
+    samples_b = model_samples(G, [4_000_000 + i for i in range(n)])
+    floor = _swd_mean(samples_b, samples_a)
+    translators = {name: T.Translator.load(path, G) for name, path in encoders.items()}
+    any_tr = next(iter(translators.values()))
+    framed = np.stack([any_tr.translate(photos[k], 0, framing=framing, return_framed=True)[1]
+                       for k in names])
+    if framed.shape[1] != G.cfg.resolution:  # an encoder with another input size
+        from PIL import Image
+        framed = np.stack([np.asarray(Image.fromarray(f).resize((G.cfg.resolution,) * 2))
+                           for f in framed])
+    framed_rep = np.repeat(framed, LATENTS_PER_PHOTO, 0)
+    photo_swd = _swd_mean(framed_rep, samples_a)
+    report: dict = {"photos": len(names), "translations_per_setting": n, "framing": framing,
+                    "swd_floor": round(floor, 2), "swd_photos_vs_samples": round(photo_swd, 2),
+                    "settings": []}
+    sheet_tiles: dict[tuple[str, float], dict[str, np.ndarray]] = {}
+    for enc_name, tr in translators.items():
+        for strength in strengths:
+            outs = []
+            for i, k in enumerate(names):
+                ws = torch.cat([tr.ws_for(latents[i * LATENTS_PER_PHOTO + j])
+                                for j in range(LATENTS_PER_PHOTO)])
+                pics = [photos[k]] * LATENTS_PER_PHOTO
+                outs.append(tr.translate(pics, ws, framing=framing, strength=strength))
+            trans = np.concatenate(outs)
+            t_swd = _swd_mean(trans, samples_a)
+            row = {"encoder": enc_name, "layer": tr.layer, "strength": strength,
+                   "gap_closed": round(1 - (t_swd - floor) / (photo_swd - floor), 3),
+                   "layout_kept": round(layout_kept(framed_rep, trans), 3),
+                   "swd": round(t_swd, 2),
+                   "fidelity_psnr_db": round(fidelity_at(G, tr, strength), 2)}
+            report["settings"].append(row)
+            print(row, flush=True)
+            sheet_tiles[(enc_name, strength)] = {k: trans[i * LATENTS_PER_PHOTO]
+                                                 for i, k in enumerate(names)}
+    if sheet:
+        write_sheet(sheet, {k: framed[names.index(k)] for k in SHEET_PHOTOS}, sheet_tiles,
+                    sheet_settings or list(sheet_tiles))
+        report["sheet"] = sheet
+    return report
+
+
+@torch.no_grad()
+def fidelity_at(G: Generator, tr: T.Translator, strength: float) -> float:
+    """PSNR of translating the model's own images (held-out seeds) at a strength."""
+    from engine.latents import seed_to_z
+
+    z = torch.cat([seed_to_z(s, G.cfg.z_dim) for s in HELD_OUT])
+    ws = G.mapping(z, None)
+    img = G.synthesis(ws)
+    act = tr.encode(img)
+    return float(T.psnr(tr.render(act, ws, strength), img).mean())
+
+
+def write_sheet(path: str, framed: dict[str, np.ndarray],
+                tiles: dict[tuple[str, float], dict[str, np.ndarray]],
+                settings: list[tuple[str, float]], scale: int = 2) -> None:
+    """Rows: photos; columns: the framed photo, then one translation per setting."""
+    from PIL import Image, ImageDraw
+
+    res = next(iter(framed.values())).shape[0]
+    cell, head = res * scale, 14
+    cols = 1 + len(settings)
+    sheet = Image.new("RGB", (cols * cell, head + len(framed) * cell), "white")
+    draw = ImageDraw.Draw(sheet)
+    labels = ["photo (as framed)"] + [f"{e} s={s:g}" for e, s in settings]
+    for c, text in enumerate(labels):
+        draw.text((c * cell + 3, 2), text, fill="black")
+    for r, (name, photo) in enumerate(framed.items()):
+        row = [photo] + [tiles[key][name] for key in settings]
+        for c, tile in enumerate(row):
+            im = Image.fromarray(tile).resize((cell, cell), Image.Resampling.NEAREST)
+            sheet.paste(im, (c * cell, head + r * cell))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
+def _encoders_arg(text: str | None) -> dict[str, str]:
+    if not text:
+        found = {"b16": DEFAULT_MODEL_DIR / "encoder_b16", "b8": DEFAULT_MODEL_DIR / "encoder_b8"}
+        return {k: str(v) for k, v in found.items() if v.is_dir()}
+    return dict(item.split("=", 1) for item in text.split(","))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--what", default="fps,train,fidelity")
@@ -131,6 +299,13 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--psi", type=float, default=1.0)
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--encoders", default=None,
+                    help="photos: name=path,... (default: the default model's shipped ones)")
+    ap.add_argument("--strengths", default="1,0.75,0.5,0.25", help="photos: domain strengths")
+    ap.add_argument("--framing", default="crop", choices=T.FRAMINGS)
+    ap.add_argument("--sheet", default=None, help="photos: write the picture sheet here")
+    ap.add_argument("--sheet-settings", default=None,
+                    help="photos: sheet columns as name:strength,... (default: all)")
     args = ap.parse_args()
     name, G = load_model(args.model)
     what = set(args.what.split(","))
@@ -153,6 +328,14 @@ def main() -> None:
               f"{f['default_loss']['psnr_db']} dB ({f['default_loss']['train_seconds']} s); "
               f"true activation without skip image "
               f"{f['true_activation_no_skip_image']['psnr_db']} dB", flush=True)
+    if "photos" in what:
+        columns = None
+        if args.sheet_settings:
+            columns = [(c.split(":")[0], float(c.split(":")[1]))
+                       for c in args.sheet_settings.split(",")]
+        report["photos"] = bench_photos(G, _encoders_arg(args.encoders),
+                                        [float(x) for x in args.strengths.split(",")],
+                                        args.framing, args.sheet, columns)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

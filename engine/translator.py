@@ -579,6 +579,280 @@ def pull_encoder(spec: str, token: str | None = None) -> Path:
 
 
 # ----------------------------------------------------------------------------------------
+# Augmentations: generated pictures disturbed the way photos differ from them.
+#
+# The encoder only ever sees the generator's own images, so a photo's sensor noise, blur,
+# compression, colour casts, framing and cluttered backgrounds are all new to it. Each
+# training image is disturbed with probability `p`; the targets follow only the geometric
+# part (crop/scale/flip moves the target image and activation with the input), so the
+# encoder learns to map a photo-like picture back to the clean generated one.
+
+
+@dataclass
+class Augmentations:
+    """Train-time disturbances of the encoder's input (all off with p = 0)."""
+    p: float = 0.0             # probability that a training image is disturbed at all
+    colour: float = 0.3        # brightness, contrast, saturation and per-channel gain, +-
+    hue: float = 0.1           # hue rotation, +- this fraction of a full turn
+    blur: float = 1.2          # largest Gaussian blur sigma, input pixels
+    noise: float = 0.06        # largest std of added Gaussian noise (images in [-1, 1])
+    jpeg: float = 0.3          # probability of a JPEG round trip at quality 15..85
+    scale: float = 0.2         # zoom in [1/(1+scale), 1+scale] (crops and zoom-outs)
+    shift: float = 0.08        # shift, +- this fraction of the picture
+    flip: float = 0.5          # probability of a left-right flip
+    background: float = 0.3    # probability of replacing the model's flat background
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not math.isfinite(value) or value < 0:
+                raise StudioError(f"augmentation {name} must be a number from 0, got {value!r}")
+        for name in ("p", "jpeg", "flip", "background"):
+            if getattr(self, name) > 1:
+                raise StudioError(f"augmentation {name} is a probability: from 0 to 1")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> Augmentations:
+        d = d or {}
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise StudioError(f"unknown augmentation {sorted(unknown)[0]!r}; known: "
+                              f"{', '.join(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+
+PHOTO_AUGMENTATIONS = {"p": 0.6, "hue": 0.05}  # the shipped encoders' setting
+
+
+def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+def colour_jitter(x: torch.Tensor, gen: torch.Generator, amount: float, hue: float
+                  ) -> torch.Tensor:
+    """Random brightness, contrast, saturation, channel gains and hue of images in [-1, 1].
+
+    On u = (x + 1) / 2: u * brightness * gain_c, then contrast about the image's mean grey,
+    saturation about each pixel's grey, and a hue turn by angle a about the grey axis
+    (Rodrigues' rotation of the RGB vector about (1, 1, 1) / sqrt(3)).
+    """
+    n = x.shape[0]
+    u = (x + 1) / 2
+    u = u * _uniform(gen, n, 1 - amount, 1 + amount).view(n, 1, 1, 1)
+    u = u * _uniform(gen, 3 * n, 1 - amount / 2, 1 + amount / 2).view(n, 3, 1, 1)
+    grey = u.mean(1, keepdim=True)
+    mean = grey.mean((2, 3), keepdim=True)
+    u = mean + (u - mean) * _uniform(gen, n, 1 - amount, 1 + amount).view(n, 1, 1, 1)
+    grey = u.mean(1, keepdim=True)
+    u = grey + (u - grey) * _uniform(gen, n, 1 - amount, 1 + amount).view(n, 1, 1, 1)
+    angle = _uniform(gen, n, -hue, hue) * 2 * math.pi
+    k = torch.ones(3) / math.sqrt(3)
+    cross = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    rot = (torch.cos(angle).view(n, 1, 1) * torch.eye(3)
+           + torch.sin(angle).view(n, 1, 1) * cross
+           + (1 - torch.cos(angle)).view(n, 1, 1) * torch.outer(k, k))
+    u = torch.einsum("nij,njhw->nihw", rot.to(u), u)
+    return (u.clamp(0, 1) * 2 - 1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur (reflect padding) of NCHW images; sigma in pixels."""
+    if sigma <= 0.05:
+        return x
+    radius = max(1, min(math.ceil(3 * sigma), x.shape[-1] // 2 - 1))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = (k / k.sum()).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), k, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), k.transpose(-1, -2),
+                    groups=x.shape[1])
+
+
+def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """One image [3, H, W] in [-1, 1] through a JPEG encode and decode at `quality`."""
+    import io
+
+    from PIL import Image
+
+    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu()
+    buf = io.BytesIO()
+    Image.fromarray(arr.numpy()).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        out = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+    return (out.permute(2, 0, 1).float() / 127.5 - 1).to(x)
+
+
+def random_affine(gen: torch.Generator, n: int, a: Augmentations) -> torch.Tensor:
+    """[n, 2, 3] affine_grid matrices: zoom s (output shows 1/s of the picture), shift, flip."""
+    log_s = _uniform(gen, n, -math.log1p(a.scale), math.log1p(a.scale))
+    inv_zoom = torch.exp(-log_s)
+    flip = torch.where(torch.rand(n, generator=gen) < a.flip, -1.0, 1.0)
+    tx, ty = _uniform(gen, n, -2 * a.shift, 2 * a.shift), _uniform(gen, n, -2 * a.shift,
+                                                                   2 * a.shift)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = inv_zoom * flip, inv_zoom
+    theta[:, 0, 2], theta[:, 1, 2] = tx, ty
+    return theta
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample NCHW maps through affine_grid matrices (reflection at the edges)."""
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
+                         align_corners=False)
+
+
+def background_mask(img: torch.Tensor, softness: float = 0.08) -> torch.Tensor:
+    """[N, 1, H, W] in [0, 1]: 1 where a pixel has the colour of the picture's top corners.
+
+    The model's backgrounds are flat two-colour fields with a soft lighting ramp; the top
+    corners are background in nearly every face, so pixels near their colours (within a
+    tolerance that grows with the corners' own spread) are background.
+    """
+    h, w = img.shape[-2:]
+    c = max(2, h // 10)
+    corners = torch.stack([img[..., :c, :c], img[..., :c, -c:]], 1)   # [N, 2, 3, c, c]
+    colours = corners.mean((-2, -1))                                     # [N, 2, 3]
+    spread = (colours[:, 0] - colours[:, 1]).norm(dim=1).view(-1, 1, 1, 1)
+    dist = torch.stack([(img - colours[:, i].view(-1, 3, 1, 1)).norm(dim=1, keepdim=True)
+                        for i in range(2)]).amin(0)
+    tol = 0.12 + spread / 2
+    return torch.sigmoid((tol - dist) / softness)
+
+
+def random_backgrounds(gen: torch.Generator, n: int, size: int,
+                       photos: PhotoSet | None = None) -> torch.Tensor:
+    """Clutter: a photo crop when photos are given (half the time), else a random smooth
+    colour field with random-frequency texture, in [-1, 1]."""
+    out = []
+    for _ in range(n):
+        if photos is not None and torch.rand(1, generator=gen).item() < 0.5:
+            out.append(photos.crops(gen, 1, size)[0])
+            continue
+        coarse = torch.rand(1, 3, 3, 3, generator=gen) * 2 - 1
+        field_ = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)
+        cells = int(torch.randint(4, size // 2 + 1, (1,), generator=gen))
+        texture = torch.randn(1, 3, cells, cells, generator=gen) * 0.3
+        texture = F.interpolate(texture, size=(size, size), mode="bilinear",
+                                align_corners=False)
+        out.append((field_ + texture).clamp(-1, 1)[0])
+    return torch.stack(out)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, a: Augmentations,
+            photos: PhotoSet | None = None) -> torch.Tensor:
+    """The photometric disturbances of a batch (geometry is done by the caller, so the
+    targets can follow it): background swap, colour, blur, noise, JPEG, each image with
+    probability a.p. Shapes and the [-1, 1] range are kept."""
+    n = x.shape[0]
+    chosen = torch.rand(n, generator=gen) < a.p
+    y = x.clone()
+    if a.background > 0:
+        swap = chosen & (torch.rand(n, generator=gen) < a.background)
+        if swap.any():
+            idx = swap.nonzero().flatten()
+            mask = background_mask(x[idx])
+            clutter = random_backgrounds(gen, len(idx), x.shape[-1], photos).to(x)
+            y[idx] = mask * clutter + (1 - mask) * x[idx]
+    if a.colour > 0 or a.hue > 0:
+        jittered = colour_jitter(y, gen, a.colour, a.hue)
+        y = torch.where(chosen.view(n, 1, 1, 1).to(y.device), jittered, y)
+    sigmas = _uniform(gen, n, 0, a.blur)
+    noise_std = _uniform(gen, n, 0, a.noise)
+    do_jpeg = torch.rand(n, generator=gen) < a.jpeg
+    quality = torch.randint(15, 86, (n,), generator=gen)
+    noise = torch.randn(y.shape, generator=gen).to(y)
+    for i in chosen.nonzero().flatten().tolist():
+        yi = gaussian_blur(y[i:i + 1], float(sigmas[i]))[0]
+        yi = (yi + noise_std[i] * noise[i]).clamp(-1, 1)
+        if do_jpeg[i]:
+            yi = jpeg_round_trip(yi, int(quality[i]))
+        y[i] = yi
+    return y
+
+
+# ----------------------------------------------------------------------------------------
+# Unlabelled photos: no target activations, so only losses that need none.
+
+
+class PhotoSet:
+    """A folder of photos held in memory, small: each is shrunk so its short side is at
+    most `max_side` pixels, at most `limit` files are read."""
+
+    def __init__(self, folder: str | os.PathLike, max_side: int = 256, limit: int = 2000):
+        from PIL import Image, UnidentifiedImageError
+
+        root = Path(folder)
+        if not root.is_dir():
+            raise StudioError(f"no photo folder at {folder}")
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.images: list[torch.Tensor] = []
+        for f in files[:limit]:
+            try:
+                with Image.open(f) as im:
+                    im.draft("RGB", (max_side, max_side))
+                    im = im.convert("RGB")
+                    scale = max_side / min(im.size)
+                    if scale < 1:
+                        im = im.resize((max(1, round(im.width * scale)),
+                                        max(1, round(im.height * scale))),
+                                       Image.Resampling.LANCZOS)
+                    arr = np.asarray(im)
+            except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+                continue  # an unreadable file in an unlabelled folder is skipped
+            self.images.append(torch.from_numpy(arr.copy()).permute(2, 0, 1))
+        if not self.images:
+            raise StudioError(f"no readable photos ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        self.folder = str(folder)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def crops(self, gen: torch.Generator, n: int, size: int, min_fraction: float = 0.5
+              ) -> torch.Tensor:
+        """n random square crops (side a random fraction of the short side, random place,
+        random flip) resized to size x size, float NCHW in [-1, 1]."""
+        out = []
+        for _ in range(n):
+            img = self.images[int(torch.randint(len(self.images), (1,), generator=gen))]
+            h, w = img.shape[-2:]
+            side = max(1, round(min(h, w) * float(_uniform(gen, 1, min_fraction, 1.0))))
+            top = int(torch.randint(h - side + 1, (1,), generator=gen))
+            left = int(torch.randint(w - side + 1, (1,), generator=gen))
+            crop = img[:, top:top + side, left:left + side].float()[None] / 127.5 - 1
+            if torch.rand(1, generator=gen).item() < 0.5:
+                crop = crop.flip(-1)
+            out.append(resize_images(crop, size)[0])
+        return torch.stack(out)
+
+
+def activation_stats_loss(z: torch.Tensor) -> torch.Tensor:
+    """How far standardised activations z [N, C, H, W] are from the layer's own statistics
+    (per channel mean 0 and std 1 over the generator's images): mean_c mu_c^2 +
+    mean_c (sigma_c - 1)^2, with mu_c, sigma_c over the batch and positions."""
+    flat = z.transpose(0, 1).flatten(1)
+    return flat.mean(1).pow(2).mean() + (flat.std(1) - 1).pow(2).mean()
+
+
+def round_trip_loss(rendered: torch.Tensor, photo: torch.Tensor, coarsest: int = 8
+                    ) -> torch.Tensor:
+    """L1 between the render and the photo at coarse scales only (16 and 8 px on a 64 px
+    model): the layout and colour masses must survive, the texture is the model's."""
+    loss = torch.zeros((), device=rendered.device)
+    size = rendered.shape[-1]
+    photo = resize_images(photo.to(rendered), size)
+    while size > 16:
+        rendered, photo, size = F.avg_pool2d(rendered, 2), F.avg_pool2d(photo, 2), size // 2
+    while size >= coarsest:
+        loss = loss + (rendered - photo).abs().mean()
+        if size // 2 < coarsest:
+            break
+        rendered, photo, size = F.avg_pool2d(rendered, 2), F.avg_pool2d(photo, 2), size // 2
+    return loss
+
+
+# ----------------------------------------------------------------------------------------
 # Training.
 
 
@@ -599,6 +873,12 @@ class TrainSettings:
     seed: int = 0
     noise_mode: str = "const"
     arch: dict[str, Any] = field(default_factory=dict)  # EncoderConfig overrides
+    augment: dict[str, Any] = field(default_factory=dict)  # Augmentations fields ({}: off)
+    photos: str | None = None       # folder of unlabelled photos (None: none)
+    photo_batch: int = 4            # photo crops per step per process
+    stats_weight: float = 0.0       # activation statistics of photos vs the layer's
+    round_trip_weight: float = 0.0  # coarse L1 of photo vs its render through G
+    init_from: str | None = None    # start from this encoder's weights (same layer/arch)
 
 
 @dataclass
@@ -693,8 +973,12 @@ def _lr_at(s: TrainSettings, step: int) -> float:
 
 
 def _training_batch(G: nn.Module, enc_cfg: EncoderConfig, s: TrainSettings, step: int,
-                    rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ws, target image, encoder input, target activation) for one step on one process."""
+                    rank: int, photos: PhotoSet | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ws, target image, encoder input, target activation) for one step on one process.
+
+    With augmentations, the chosen images are first moved (zoom, shift, flip: the target
+    image and activation move with them), then disturbed in the input only."""
     gen = _rng(s.seed, "step", step, rank)
     ws = _sample_ws(G, s.batch, gen, s.psi, s.cutoff)
     with torch.no_grad():
@@ -704,6 +988,15 @@ def _training_batch(G: nn.Module, enc_cfg: EncoderConfig, s: TrainSettings, step
     img = _roll(img, shifts, networks.layer_scale(G, enc_cfg.layer))
     act = _roll(act, shifts, 1)
     x = resize_images(img, enc_cfg.input_size)
+    if s.augment:
+        a = Augmentations.from_dict(s.augment)
+        moved = torch.rand(s.batch, generator=gen) < a.p
+        theta = random_affine(gen, s.batch, a)
+        theta[~moved] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        if moved.any():
+            img, act, x = warp(img, theta), warp(act, theta), warp(x, theta)
+        with torch.no_grad():
+            x = augment(x, gen, a, photos)
     return ws, img, x, act
 
 
@@ -784,6 +1077,9 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
                   model_id: str | None = None, accelerator: Any = None, show_bar: bool = False,
                   stat_samples: int = STAT_SAMPLES, eval_seeds: Sequence[int] = range(16),
                   warmup: int = 50, noise_mode: str = "const", max_seconds: float | None = None,
+                  augment: dict[str, Any] | None = None, photos: str | None = None,
+                  photo_batch: int = 4, stats_weight: float = 0.0,
+                  round_trip_weight: float = 0.0, init_from: str | None = None,
                   **arch: Any) -> TrainResult:
     """Train an ActivationEncoder for `layer` of the frozen generator G; see module doc.
 
@@ -795,6 +1091,13 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
     EncoderConfig fields (width, max_width, blocks, stage_blocks, groups, mean_filter).
     max_seconds ends training early (this session's time, all processes agreeing) and saves
     the encoder as it is; the lr schedule is the one for `steps`, so pick steps to fit.
+
+    Towards photos: `augment` (Augmentations fields; {"p": 0.6} is the shipped setting)
+    disturbs the generated inputs; `photos`, a folder of unlabelled pictures, adds
+    `photo_batch` crops a step through two losses that need no target activation:
+    stats_weight * activation_stats_loss(encoder(photo)) and round_trip_weight *
+    round_trip_loss(G(ws, start=encoder(photo)), photo). `init_from` starts from a trained
+    encoder's weights (fine-tuning; it must have this layer and architecture).
     """
     from accelerate import Accelerator
 
@@ -802,11 +1105,21 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
         raise StudioError("loss weights must be >= 0 and not both 0")
     if steps < 1 or batch < 1:
         raise StudioError(f"steps and batch must be at least 1 (got {steps}, {batch})")
+    if stats_weight < 0 or round_trip_weight < 0 or photo_batch < 1:
+        raise StudioError("photo loss weights must be >= 0 and photo_batch at least 1")
+    if (stats_weight or round_trip_weight) and not photos:
+        raise StudioError("the photo losses need a folder of photos: give --photos")
+    Augmentations.from_dict(augment)  # refuse bad settings before any work
     s = TrainSettings(layer=layer, input_size=input_size, steps=int(steps), batch=int(batch),
                       lr=float(lr), warmup=int(min(warmup, max(steps // 4, 1))), psi=float(psi),
                       cutoff=cutoff, act_weight=float(act_weight),
                       image_weight=float(image_weight), jitter=int(jitter), seed=int(seed),
-                      noise_mode=noise_mode, arch=dict(arch))
+                      noise_mode=noise_mode, arch=dict(arch), augment=dict(augment or {}),
+                      photos=str(photos) if photos else None, photo_batch=int(photo_batch),
+                      stats_weight=float(stats_weight),
+                      round_trip_weight=float(round_trip_weight),
+                      init_from=str(init_from) if init_from else None)
+    photo_set = PhotoSet(photos) if photos else None
     # Train where G is (engine.devices: STUDIO_DEVICE), never move a CPU model to a GPU
     # behind the caller's back; cpu=True also lets a multi-process CPU launch (torchrun,
     # run_processes) form a gloo group.
@@ -824,12 +1137,20 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
     start, history, elapsed = 0, [], 0.0
     if ckpt_path is not None and resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=acc.device, weights_only=True)
-        if _resume_keys(state["settings"]) != _resume_keys(asdict(s)):
+        # A checkpoint from before a setting existed ran with that setting's default.
+        saved = {**asdict(TrainSettings()), **state["settings"]}
+        if _resume_keys(saved) != _resume_keys(asdict(s)):
             raise StudioError(f"{ckpt_path} was written with other settings; use the same "
                               f"settings to resume, or another --out (or --no-resume)")
         encoder.load_state_dict(state["encoder"])
         opt.load_state_dict(state["optimizer"])
         start, history, elapsed = state["step"], list(state["history"]), state["elapsed"]
+    elif s.init_from:
+        start_from = load_encoder(s.init_from, device=acc.device)
+        if asdict(start_from.config) != asdict(encoder.config):
+            raise StudioError(f"{s.init_from} has another layer or architecture than this "
+                              f"run; fine-tune it with its own settings")
+        encoder.load_state_dict(start_from.state_dict())
     else:
         mean, std = _activation_stats(G, layer, s, stat_samples)
         encoder.act_mean.copy_(mean)
@@ -859,7 +1180,7 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
             if cancel_requested(cancel):
                 raise TrainingCancelled(f"encoder training stopped at step {step} of "
                                         f"{s.steps}; run it again to resume")
-            ws, img, x, act = _training_batch(G, enc_cfg, s, step, rank)
+            ws, img, x, act = _training_batch(G, enc_cfg, s, step, rank, photo_set)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(s, step)
             pred = model(x)
@@ -872,6 +1193,19 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
                 rendered = G.synthesis(ws, noise_mode=s.noise_mode, start=(layer, pred))
                 parts["img"] = image_loss(rendered, img)
                 loss = loss + s.image_weight * parts["img"]
+            if photo_set is not None and (s.stats_weight or s.round_trip_weight):
+                gen = _rng(s.seed, "photos", step, rank)
+                photo = photo_set.crops(gen, s.photo_batch, enc_cfg.input_size).to(acc.device)
+                pred_photo = model(photo)
+                if s.stats_weight:
+                    parts["stats"] = activation_stats_loss(encoder.standardise(pred_photo))
+                    loss = loss + s.stats_weight * parts["stats"]
+                if s.round_trip_weight:
+                    ws_photo = _sample_ws(G, s.photo_batch, gen, s.psi, s.cutoff)
+                    rendered = G.synthesis(ws_photo, noise_mode=s.noise_mode,
+                                           start=(layer, pred_photo))
+                    parts["trip"] = round_trip_loss(rendered, photo)
+                    loss = loss + s.round_trip_weight * parts["trip"]
             opt.zero_grad(set_to_none=True)
             acc.backward(loss)
             opt.step()
@@ -1020,12 +1354,87 @@ def _to_tensor(images: Any) -> tuple[torch.Tensor, bool]:
     return torch.stack(out), single
 
 
+def _is_single(images: Any) -> bool:
+    """Whether `images` is one picture (as _to_tensor reads it), not a batch."""
+    from PIL import Image
+
+    if isinstance(images, torch.Tensor):
+        return images.ndim == 3
+    return isinstance(images, Image.Image) or (
+        isinstance(images, np.ndarray) and images.ndim in (2, 3))
+
+
 def centre_crop_resize(img: torch.Tensor, size: int) -> torch.Tensor:
     """Centre-crop NCHW images to a square, then resize to size x size."""
     h, w = img.shape[-2:]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     return resize_images(img[..., top:top + side, left:left + side], size)
+
+
+FRAMINGS = ("crop", "fit", "pad")   # how a picture becomes the encoder's square input
+
+
+def _resize_hw(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    shrink = img.shape[-1] > w or img.shape[-2] > h
+    return F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False,
+                         antialias=shrink)
+
+
+def frame_pictures(img: torch.Tensor, size: int, framing: str = "crop") -> torch.Tensor:
+    """NCHW pictures in [-1, 1] -> size x size squares, the way the encoder will see them.
+
+    crop: the centre square, resized (loses the long side's ends);
+    fit:  the whole picture squeezed into the square (proportions change);
+    pad:  the whole picture, proportions kept, centred on its own border's mean colour.
+    """
+    if framing not in FRAMINGS:
+        raise StudioError(f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")
+    h, w = img.shape[-2:]
+    if framing == "crop" or h == w:
+        return centre_crop_resize(img, size)
+    if framing == "fit":
+        return _resize_hw(img, size, size)
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    inner = _resize_hw(img, nh, nw)
+    border = torch.cat([img[..., 0, :], img[..., -1, :], img[..., :, 0], img[..., :, -1]], -1)
+    out = border.mean(-1)[..., None, None].expand(*img.shape[:-2], size, size).clone()
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[..., top:top + nh, left:left + nw] = inner
+    return out
+
+
+def start_skip_name(layer: str) -> str | None:
+    """The running RGB image a start at `layer` continues from (`b{res/2}.img`); None at
+    the first block."""
+    res, _ = parse_layer(layer)
+    return f"b{res // 2}.img" if res > 4 else None
+
+
+def noise_maps(G: nn.Module, n: int, generator: torch.Generator, device: torch.device
+               ) -> dict[str, torch.Tensor]:
+    """Per-layer noise maps drawn exactly as a noise_mode='random' render with `generator`
+    draws them (synthesis order, [n, 1, res, res], on the generator's device), so two
+    renders can share them."""
+    maps = {}
+    for name in conv_layers(G):
+        res = int(name.split(".")[0][1:])
+        maps[name] = torch.randn(n, 1, res, res, generator=generator,
+                                 device=generator.device).to(device)
+    return maps
+
+
+def check_strength(strength: Any) -> float:
+    """The domain strength as a float in [0, 1], or a StudioError saying so."""
+    try:
+        value = float(strength)
+    except (TypeError, ValueError) as exc:
+        raise StudioError(f"domain strength must be a number from 0 to 1, not {strength!r}"
+                          ) from exc
+    if not 0.0 <= value <= 1.0:  # (also refuses nan)
+        raise StudioError(f"domain strength must be from 0 to 1, got {strength!r}")
+    return value
 
 
 class Translator:
@@ -1056,6 +1465,8 @@ class Translator:
         self.device = _device_of(G)
         self._ws: torch.Tensor | None = None
         self._frame_kwargs: dict[str, Any] = {}
+        self._frame_strength = 1.0
+        self._framing = "crop"
 
     @classmethod
     def load(cls, encoder: str | os.PathLike | ActivationEncoder, G: nn.Module,
@@ -1104,10 +1515,25 @@ class Translator:
 
     # --- translation -----------------------------------------------------------------
 
-    def encode(self, images: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
+    def frame(self, images: Any, framing: str = "crop", input_size: int | None = None
+              ) -> torch.Tensor:
+        """Pictures (anything translate takes) -> float NCHW [-1, 1] squares at the encoder's
+        input size, framed by `framing` (FRAMINGS): exactly what the encoder reads."""
+        size = int(input_size or self.input_size)
+        if isinstance(images, torch.Tensor):
+            x, _ = _to_tensor(images)
+            return frame_pictures(x.to(self.device, torch.float32), size, framing)
+        items = [images] if _is_single(images) else list(images)
+        if not items:
+            raise StudioError("no pictures to translate")
+        return torch.cat([frame_pictures(_to_tensor(item)[0].to(self.device), size, framing)
+                          for item in items])
+
+    def encode(self, images: torch.Tensor, input_size: int | None = None,
+               framing: str = "crop") -> torch.Tensor:
         """Float NCHW pictures in [-1, 1] (any size) -> the layer's activation."""
         size = int(input_size or self.input_size)
-        x = centre_crop_resize(images.to(self.device, torch.float32), size)
+        x = frame_pictures(images.to(self.device, torch.float32), size, framing)
         act = self.encoder(x)
         out = self.encoder.config.out_size
         if act.shape[-1] != out:  # another input size: fit the map to the layer
@@ -1115,25 +1541,62 @@ class Translator:
                                 antialias=act.shape[-1] > out)
         return act
 
+    def render(self, act: torch.Tensor, ws: torch.Tensor, strength: float = 1.0,
+               noise_mode: str = "const", taps: dict | None = None,
+               weight_taps: dict | None = None,
+               noise_generator: torch.Generator | None = None) -> torch.Tensor:
+        """The layer's activation `act` (from the encoder) rendered through the rest of G.
+
+        Domain strength s blends the picture with the latent at the start layer:
+
+            a    = s * act + (1 - s) * a_ws       (a_ws: the latent's own activation there)
+            skip = (1 - s) * img_ws               (the latent's running RGB image before it)
+
+        s = 1 is the encoder alone (the picture's layout); s = 0 is exactly the latent's own
+        image; in between the picture is drawn more and more in the model's own content.
+        Bends on layers before the start layer act on the latent's part.
+        """
+        strength = check_strength(strength)
+        kw = dict(noise_mode=noise_mode, taps=taps, weight_taps=weight_taps)
+        if strength >= 1.0:
+            return self.G.synthesis(ws, start=(self.layer, act),
+                                    noise_generator=noise_generator, **kw)
+        noise = None
+        if noise_mode == "random":  # both renders must read the same noise
+            gen = noise_generator or torch.Generator().manual_seed(0)
+            noise = noise_maps(self.G, ws.shape[0], gen, self.device)
+        skip_name = start_skip_name(self.layer)
+        wanted = [self.layer] + ([skip_name] if skip_name else [])
+        _, own = self.G.synthesis(ws, capture=wanted, noise=noise, **kw)
+        mixed = strength * act + (1 - strength) * own[self.layer]
+        start = (self.layer, mixed)
+        if skip_name:
+            start = (self.layer, mixed, (1 - strength) * own[skip_name])
+        return self.G.synthesis(ws, start=start, noise=noise, **kw)
+
     @torch.inference_mode()
     def translate_tensor(self, images: Any, ws: Any = None, noise_mode: str = "const",
                          taps: dict | None = None, weight_taps: dict | None = None,
                          noise_generator: torch.Generator | None = None,
-                         input_size: int | None = None) -> torch.Tensor:
+                         input_size: int | None = None, framing: str = "crop",
+                         strength: float = 1.0) -> torch.Tensor:
         """Pictures -> translated images, float NCHW in [-1, 1] at the model's resolution."""
-        x, _ = _to_tensor(images)
+        x = self.frame(images, framing, input_size)
         act = self.encode(x, input_size)
         ws = self.ws_for(ws, act.shape[0])
-        return self.G.synthesis(ws, noise_mode=noise_mode, taps=taps, weight_taps=weight_taps,
-                                start=(self.layer, act), noise_generator=noise_generator)
+        return self.render(act, ws, strength, noise_mode, taps, weight_taps, noise_generator)
 
     def translate(self, images: Any, latent: Any = None, taps: dict | None = None,
                   weight_taps: dict | None = None, noise_mode: str | None = None,
-                  noise_seed: int = 0, input_size: int | None = None) -> np.ndarray:
+                  noise_seed: int = 0, input_size: int | None = None,
+                  framing: str = "crop", strength: float = 1.0,
+                  return_framed: bool = False) -> Any:
         """Pictures (PIL / uint8 HxWx3 / list / NCHW tensor) -> uint8 images.
 
         latent: ws, a LatentSpec, or a seed. One picture in gives HxWx3 out; a batch gives
-        [N, H, W, 3].
+        [N, H, W, 3]. framing: 'crop', 'fit' or 'pad' (frame_pictures); strength: the
+        domain strength (render). With return_framed, (translations, framed inputs): the
+        second is exactly what the encoder saw, uint8 at its input size.
         """
         from engine.latents import LatentSpec, to_uint8
 
@@ -1144,19 +1607,30 @@ class Translator:
         gen = None
         if noise_mode == "random":
             gen = torch.Generator().manual_seed(int(noise_seed))  # CPU: device-independent
-        x, single = _to_tensor(images)
+        single = _is_single(images)
+        with torch.inference_mode():
+            x = self.frame(images, framing, input_size)
         out = to_uint8(self.translate_tensor(x, latent, noise_mode, taps, weight_taps, gen,
-                                             input_size))
+                                             input_size, strength=strength))
+        if return_framed:
+            seen = to_uint8(x)
+            return (out[0], seen[0]) if single else (out, seen)
         return out[0] if single else out
 
     # --- real time -------------------------------------------------------------------
 
     def set_latent(self, latent: Any, taps: dict | None = None,
-                   weight_taps: dict | None = None, noise_mode: str = "const") -> None:
-        """Fix the ws (and bends) that translate_frame uses until the next call."""
+                   weight_taps: dict | None = None, noise_mode: str = "const",
+                   strength: float = 1.0, framing: str = "crop") -> None:
+        """Fix the ws (and bends, strength, framing) translate_frame uses until the next
+        call."""
+        if framing not in FRAMINGS:
+            raise StudioError(f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")
         with torch.inference_mode():
             self._ws = self.ws_for(latent, 1).clone()
         self._frame_kwargs = dict(taps=taps, weight_taps=weight_taps, noise_mode=noise_mode)
+        self._frame_strength = check_strength(strength)
+        self._framing = framing
 
     @torch.inference_mode()
     def translate_frame(self, frame: np.ndarray) -> np.ndarray:
@@ -1170,13 +1644,17 @@ class Translator:
         if arr.ndim != 3 or arr.shape[2] < 3:
             raise StudioError(f"a frame must be H x W x 3, got shape {list(arr.shape)}")
         h, w = arr.shape[:2]
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        crop = np.ascontiguousarray(arr[top:top + side, left:left + side, :3])
-        x = torch.from_numpy(crop).to(self.device).permute(2, 0, 1)[None].float()
-        x = resize_images(x / 127.5 - 1, self.input_size)
+        framing = self._framing
+        if framing == "crop":  # crop before converting: only the square is copied
+            side = min(h, w)
+            top, left = (h - side) // 2, (w - side) // 2
+            arr = arr[top:top + side, left:left + side]
+        x = torch.from_numpy(np.ascontiguousarray(arr[..., :3])).to(self.device)
+        x = frame_pictures(x.permute(2, 0, 1)[None].float() / 127.5 - 1, self.input_size,
+                           framing)
         act = self.encoder(x)
-        img = self.G.synthesis(self._ws, start=(self.layer, act), **self._frame_kwargs)
+        img = self.render(act, self._ws, self._frame_strength,
+                          **self._frame_kwargs)
         out = (img[0] * 127.5 + 128).clamp(0, 255).to(torch.uint8)
         return out.permute(1, 2, 0).cpu().numpy()
 
@@ -1296,10 +1774,28 @@ def _train_from_args(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every, resume=not args.no_resume,
         keep_checkpoint=args.keep_checkpoint, model_sha256=sha, model_id=model_id,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None,
-        accelerator=acc, show_bar=True, **arch)
+        accelerator=acc, show_bar=True, augment=_augment_arg(args.augment),
+        photos=args.photos, photo_batch=args.photo_batch, stats_weight=args.stats_weight,
+        round_trip_weight=args.round_trip_weight, init_from=args.init_from, **arch)
     if acc.is_main_process:
         print(json.dumps({"encoder": str(result.path), "steps": result.steps,
                           **result.metrics}))
+
+
+def _augment_arg(text: str | None) -> dict[str, Any]:
+    """--augment: 'photo' (the shipped setting), 'off', or JSON of Augmentations fields."""
+    if not text or text == "off":
+        return {}
+    if text == "photo":
+        return dict(PHOTO_AUGMENTATIONS)
+    try:
+        d = json.loads(text)
+        assert isinstance(d, dict)
+    except (json.JSONDecodeError, AssertionError) as exc:
+        raise StudioError(f"--augment takes 'photo', 'off' or a JSON object such as "
+                          f'\'{{"p": 0.6, "blur": 1.0}}\', not {text!r}') from exc
+    Augmentations.from_dict(d)
+    return d
 
 
 def _cmd_translate(args: argparse.Namespace) -> None:
@@ -1357,6 +1853,15 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--width", type=int, default=None, help="channels at input resolution")
     p.add_argument("--max-width", type=int, default=None)
     p.add_argument("--blocks", type=int, default=None, help="residual blocks at the output")
+    p.add_argument("--augment", default=None,
+                   help="input augmentations: 'photo', 'off' or JSON of Augmentations fields")
+    p.add_argument("--photos", default=None, help="folder of unlabelled photos")
+    p.add_argument("--photo-batch", type=int, default=4, help="photo crops per step")
+    p.add_argument("--stats-weight", type=float, default=0.0,
+                   help="photos' activation statistics vs the layer's (needs --photos)")
+    p.add_argument("--round-trip-weight", type=float, default=0.0,
+                   help="coarse L1 of photo vs its render through G (needs --photos)")
+    p.add_argument("--init-from", default=None, help="start from this encoder's weights")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (checkpoint, preview, encoder)")
     p.add_argument("--preview-every", type=int, default=100)
