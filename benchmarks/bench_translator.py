@@ -164,6 +164,36 @@ def bench_photos_set() -> dict[str, np.ndarray]:
     return out
 
 
+TRAINING_PHOTOS = ("hubble_deep_field", "immunohistochemistry", "retina", "brick", "grass",
+                   "gravel", "camera", "coins", "moon", "page", "cell", "colorwheel")
+
+
+def write_training_photos(folder: str | Path) -> int:
+    """The shipped encoders' unlabelled photo folder: scikit-image pictures that are NOT in
+    the benchmark set, plus the 100 face crops of its LFW subset (25 px, grey)."""
+    from PIL import Image
+    from skimage import data
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for name in TRAINING_PHOTOS:
+        img = np.asarray(getattr(data, name)())
+        if img.ndim == 2:
+            img = np.stack([img] * 3, -1)
+        img = img[..., :3]
+        if img.dtype != np.uint8:
+            img = (255 * (img - img.min()) / (np.ptp(img) + 1e-9)).astype(np.uint8)
+        Image.fromarray(img).save(out / f"{name}.png")
+        count += 1
+    faces = data.lfw_subset()[:100]   # the first 100 of the subset are faces
+    for i, face in enumerate(faces):
+        grey = (face * 255).astype(np.uint8)
+        Image.fromarray(np.stack([grey] * 3, -1)).save(out / f"lfw_{i:03d}.png")
+        count += 1
+    return count
+
+
 def luminance_layout(images: np.ndarray, cells: int = 8) -> np.ndarray:
     """uint8 [N, H, W, 3] -> [N, cells * cells] mean luminance (Rec. 601) per cell."""
     t = torch.from_numpy(images).float().permute(0, 3, 1, 2)
@@ -303,6 +333,8 @@ def main() -> None:
                     help="photos: name=path,... (default: the default model's shipped ones)")
     ap.add_argument("--strengths", default="1,0.75,0.5,0.25", help="photos: domain strengths")
     ap.add_argument("--framing", default="crop", choices=T.FRAMINGS)
+    ap.add_argument("--training-photos", default=None,
+                    help="write the shipped encoders' unlabelled photo folder here")
     ap.add_argument("--sheet", default=None, help="photos: write the picture sheet here")
     ap.add_argument("--sheet-settings", default=None,
                     help="photos: sheet columns as name:strength,... (default: all)")
@@ -328,6 +360,9 @@ def main() -> None:
               f"{f['default_loss']['psnr_db']} dB ({f['default_loss']['train_seconds']} s); "
               f"true activation without skip image "
               f"{f['true_activation_no_skip_image']['psnr_db']} dB", flush=True)
+    if args.training_photos:
+        print(f"wrote {write_training_photos(args.training_photos)} training photos to "
+              f"{args.training_photos}")
     if "photos" in what:
         columns = None
         if args.sheet_settings:

@@ -1,0 +1,249 @@
+"""Translator on photos (#18): augmentations, unlabelled-photo losses, domain strength,
+framing, and the shipped encoders' fidelity on the default model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine import translator as T
+from engine.errors import StudioError
+
+TRAIN = dict(batch=2, stat_samples=8, eval_seeds=(), warmup=1, width=8, max_width=16,
+             preview_every=0)
+SHIPPED = Path(__file__).resolve().parents[1] / "engine" / "default_model"
+
+
+@pytest.fixture(scope="module")
+def G():
+    from conftest import make_tiny_generator
+
+    return make_tiny_generator()
+
+
+@pytest.fixture(scope="module")
+def tr(G):
+    torch.manual_seed(0)
+    return T.Translator(G, T.make_encoder(G, width=8, max_width=16), check_model=False)
+
+
+@pytest.fixture()
+def photo_dir(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    for i, shape in enumerate([(40, 70, 3), (90, 50, 3), (33, 33, 3)]):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not a picture")
+    return tmp_path
+
+
+def _images(n: int = 4, size: int = 32) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+
+
+# --- augmentations -----------------------------------------------------------------------
+
+
+def test_augmentations_keep_shape_and_range_and_change_the_picture():
+    x = _images()
+    a = T.Augmentations(p=1.0, background=1.0, jpeg=1.0)
+    y = T.augment(x, torch.Generator().manual_seed(0), a)
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    assert (y - x).abs().mean() > 0.01
+    again = T.augment(x, torch.Generator().manual_seed(0), a)
+    assert torch.equal(y, again)  # every draw comes from the generator
+    off = T.augment(x, torch.Generator().manual_seed(0), T.Augmentations(p=0.0))
+    assert torch.equal(off, x)
+
+
+def test_each_photometric_augmentation_alone():
+    x = _images()
+    gen = torch.Generator().manual_seed(2)
+    for y in (T.colour_jitter(x, gen, 0.3, 0.1), T.gaussian_blur(x, 1.5),
+              T.jpeg_round_trip(x[0], 20)[None]):
+        assert y.shape[1:] == x.shape[1:] and y.min() >= -1 and y.max() <= 1
+    # Blur keeps the mean (a normalised kernel) and lowers the pixel-to-pixel variation.
+    b = T.gaussian_blur(x, 1.5)
+    assert torch.allclose(b.mean(), x.mean(), atol=0.02)
+    assert b.diff(dim=-1).abs().mean() < 0.5 * x.diff(dim=-1).abs().mean()
+    # A hue turn with every other jitter at zero keeps each pixel's grey level.
+    grey = x.mean(1)
+    turned = T.colour_jitter(x * 0.5, gen, 0.0, 0.25)
+    assert torch.allclose(turned.mean(1), (x * 0.5).mean(1), atol=1e-4)
+    assert not torch.allclose(turned, x * 0.5, atol=1e-3)
+    assert grey.shape == turned.mean(1).shape
+
+
+def test_identity_warp_and_flip():
+    x = _images(2)
+    eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3)
+    assert torch.allclose(T.warp(x, eye), x, atol=1e-5)
+    flip = torch.tensor([[-1.0, 0, 0], [0, 1.0, 0]]).expand(2, 2, 3)
+    assert torch.allclose(T.warp(x, flip), x.flip(-1), atol=1e-5)
+    theta = T.random_affine(torch.Generator().manual_seed(0), 8, T.Augmentations(scale=0.2))
+    zoom = theta[:, 1, 1]
+    assert theta.shape == (8, 2, 3) and (zoom >= 1 / 1.2 - 1e-6).all() and (zoom <= 1.2).all()
+
+
+def test_background_mask_finds_a_flat_background():
+    img = torch.full((1, 3, 32, 32), 0.4)
+    img[..., 8:32, 10:22] = torch.tensor([-0.8, 0.1, 0.9]).view(1, 3, 1, 1)  # a "person"
+    m = T.background_mask(img)
+    assert m.shape == (1, 1, 32, 32)
+    assert m[0, 0, :4, :4].mean() > 0.8 and m[0, 0, 20:, 12:20].mean() < 0.05
+
+
+def test_bad_augmentation_settings_are_refused():
+    with pytest.raises(StudioError, match="probability"):
+        T.Augmentations(p=2.0)
+    with pytest.raises(StudioError, match="unknown augmentation"):
+        T.Augmentations.from_dict({"sharpen": 1})
+    with pytest.raises(StudioError, match="from 0"):
+        T.Augmentations(blur=float("nan"))
+
+
+# --- unlabelled photos -------------------------------------------------------------------
+
+
+def test_photo_set_reads_crops_and_skips_broken_files(photo_dir):
+    ps = T.PhotoSet(photo_dir, max_side=48)
+    assert len(ps) == 3
+    assert all(min(im.shape[-2:]) <= 48 for im in ps.images)
+    crops = ps.crops(torch.Generator().manual_seed(0), 5, 16)
+    assert crops.shape == (5, 3, 16, 16) and crops.min() >= -1 and crops.max() <= 1
+
+
+def test_photo_losses_are_zero_at_their_targets():
+    z = torch.randn(64, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    z = (z - z.mean((0, 2, 3), keepdim=True)) / z.std(dim=(0, 2, 3), keepdim=True)
+    assert T.activation_stats_loss(z) < 1e-8
+    assert T.activation_stats_loss(z * 2 + 1) > 1.0
+    photo = _images(2, 64)
+    assert T.round_trip_loss(photo, photo) < 1e-6
+    # Only coarse scales count: fine texture costs little next to the full image loss,
+    # a colour shift as much.
+    texture = 0.3 * torch.sign(torch.randn(2, 3, 64, 64, generator=torch.Generator()
+                                           .manual_seed(0)))
+    assert T.round_trip_loss(photo + texture, photo) < 0.25 * T.image_loss(photo + texture,
+                                                                           photo)
+    assert T.round_trip_loss(photo + 0.3, photo) > 0.5 * T.image_loss(photo + 0.3, photo)
+
+
+def test_training_with_augmentations_and_photos_runs_and_resumes(G, photo_dir, tmp_path):
+    kw = dict(TRAIN, steps=3, seed=1, augment={"p": 1.0, "background": 1.0},
+              photos=str(photo_dir), stats_weight=0.5, round_trip_weight=0.5, photo_batch=2)
+    full = T.train_encoder(G, out_dir=tmp_path / "a", **kw)
+    assert full.steps == 3 and np.isfinite(full.metrics["final_loss"])
+    meta = json.loads((tmp_path / "a" / T.SIDECAR_FILE).read_text())
+    assert meta["training"]["augment"] == {"p": 1.0, "background": 1.0}
+    assert meta["training"]["stats_weight"] == 0.5
+    # Fine-tuning from it starts from its weights.
+    tuned = T.train_encoder(G, steps=1, init_from=str(tmp_path / "a"), lr=1e-9,
+                            **{k: v for k, v in TRAIN.items()})
+    for k, v in full.encoder.state_dict().items():
+        assert torch.allclose(tuned.encoder.state_dict()[k], v, atol=1e-5), k
+    with pytest.raises(StudioError, match="photos"):
+        T.train_encoder(G, steps=1, stats_weight=1.0, **TRAIN)
+
+
+# --- domain strength and framing ---------------------------------------------------------
+
+
+def test_strength_zero_is_the_latents_own_image_and_one_the_encoders(G, tr):
+    ws = tr.ws_for(3)
+    act = tr.encode(_images(1))
+    with torch.no_grad():
+        own = G.synthesis(ws)
+        encoder_only = G.synthesis(ws, start=(tr.layer, act))
+        assert torch.allclose(tr.render(act, ws, 0.0), own, atol=1e-5)
+        assert torch.allclose(tr.render(act, ws, 1.0), encoder_only, atol=1e-6)
+        half = tr.render(act, ws, 0.5)
+        assert not torch.allclose(half, own, atol=1e-3)
+        assert not torch.allclose(half, encoder_only, atol=1e-3)
+        # With random noise both renders read the same maps: still the latent's image.
+        full = G.synthesis(ws, noise_mode="random",
+                           noise_generator=torch.Generator().manual_seed(4))
+        zero = tr.render(act, ws, 0.0, noise_mode="random",
+                         noise_generator=torch.Generator().manual_seed(4))
+        assert torch.allclose(zero, full, atol=1e-5)
+
+
+def test_strength_through_translate_and_frames(tr):
+    pic = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    own = tr.translate(pic, 2, strength=0.0)
+    from engine.latents import to_uint8
+
+    with torch.no_grad():
+        assert np.array_equal(own, to_uint8(tr.G.synthesis(tr.ws_for(2)))[0])
+    tr.set_latent(2, strength=0.0)
+    assert np.array_equal(tr.translate_frame(pic), own)
+    for bad in (-0.1, 1.5, float("nan"), "lots"):
+        with pytest.raises(StudioError, match="strength"):
+            tr.translate(pic, 2, strength=bad)
+
+
+def test_framing_modes(tr):
+    wide = np.zeros((30, 90, 3), np.uint8)
+    wide[:, :30] = 255                         # white left third
+    for framing in T.FRAMINGS:
+        out, seen = tr.translate(wide, 1, framing=framing, return_framed=True)
+        assert out.shape == (32, 32, 3) and seen.shape == (tr.input_size, tr.input_size, 3)
+    _, crop = tr.translate(wide, 1, framing="crop", return_framed=True)
+    _, fit = tr.translate(wide, 1, framing="fit", return_framed=True)
+    _, pad = tr.translate(wide, 1, framing="pad", return_framed=True)
+    assert crop.max() < 30                     # the centre third is black
+    assert fit[:, :8].min() > 200 and fit[:, -8:].max() < 30
+    assert pad[:8].std() < 1 and pad[-8:].std() < 1          # bands of one border colour
+    assert 60 < pad[0, 0, 0] < 120                            # white on a third of the border
+    assert pad[12:20, :8].min() > 200 and pad[12:20, -8:].max() < 30  # the whole picture
+    # A batch of pictures of different shapes is framed one by one.
+    outs, seen = tr.translate([wide, wide[:, :40]], 1, framing="pad", return_framed=True)
+    assert outs.shape == (2, 32, 32, 3) and seen.shape == (2, tr.input_size, tr.input_size, 3)
+    with pytest.raises(StudioError, match="framing"):
+        tr.translate(wide, 1, framing="stretch")
+
+
+def test_recipe_carries_strength_and_framing(G, tmp_path):
+    from engine import recipe as R
+    from engine.latents import LatentSpec
+
+    torch.manual_seed(0)
+    enc = T.make_encoder(G, width=8, max_width=16)
+    path = T.save_encoder(enc, tmp_path / "enc", meta={
+        "base_model_weights_sha256": T.weights_sha256(G)})
+    pic = tmp_path / "pic.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 50, 3), dtype=np.uint8)
+                    ).save(pic)
+    spec = R.TranslatorSpec(encoder=str(path), image=str(pic), strength=0.0, framing="pad")
+    r = R.Recipe(model="tiny", latent=LatentSpec(seed=4), translator=spec)
+    assert R.Recipe.from_json(r.to_json()).translator == spec
+    plain = R.render(R.Recipe(model="tiny", latent=LatentSpec(seed=4)), G)
+    assert np.array_equal(np.asarray(R.render(r, G)), np.asarray(plain))  # strength 0
+    old = json.loads(r.to_json())
+    del old["translator"]["strength"], old["translator"]["framing"]   # an older recipe
+    assert R.Recipe.from_dict(old).translator.strength == 1.0
+    bad = R.Recipe(translator=R.TranslatorSpec(str(path), str(pic), strength=1.5,
+                                               framing="zoom"))
+    problems = R.recipe_problems(bad)
+    assert any("translator.strength" in p for p in problems)
+    assert any("translator.framing" in p for p in problems)
+
+
+# --- the shipped encoders ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("folder", ["encoder_b16", "encoder_b8"])
+def test_shipped_encoders_load_and_reach_their_psnr(folder):
+    from engine import zoo
+
+    m = zoo.load("default")
+    tr = T.Translator.load(SHIPPED / folder, m.G, model_sha256=m.sha256)
+    seeds = [1_000_000 + i for i in range(8)]  # held out: training draws z elsewhere
+    assert T.fidelity_psnr(m.G, tr.encoder, seeds) >= 28.0
+    meta = tr.encoder.meta
+    assert meta["layer"] == folder.split("_")[1] + ".conv1"
+    assert meta["training"]["augment"], "the shipped encoders are trained for photos"
