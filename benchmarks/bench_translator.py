@@ -10,7 +10,7 @@ that matched the activation exactly would reach when translating a stranger's pi
 
 Photos (issue #18): real photos that ship with scikit-learn (china, flower) and
 scikit-image (astronaut, chelsea, coffee, rocket), a head-and-shoulders crop of the
-astronaut, and four corner crops of each: 35 pictures, each translated with 4 latents. Per
+astronaut, and four corner crops of each: 31 pictures, each translated with 4 latents. Per
 encoder layer and domain strength:
   gap closed  = 1 - (SWD(translations, samples) - floor) / (SWD(photos, samples) - floor),
                 floor = SWD between two sets of the model's samples (engine/metrics.py);

@@ -477,7 +477,7 @@ _TRANSLATORS_LOCK = threading.Lock()
 TRANSLATOR_CACHE_SIZE = 4
 
 
-def _translator(encoder: str, G: Any) -> Any:
+def cached_translator(encoder: str, G: Any) -> Any:
     """Translator.load, remembered for the last few (encoder file, model) pairs: reading the
     encoder again for every re-render of a slider drag would cost as much as the render.
     A changed file (mtime or size) is read again."""
@@ -521,7 +521,7 @@ def _render_translated(recipe: Recipe, G: Any, ws: torch.Tensor, taps: dict,
         raise StudioError("this recipe translates a picture: set translator.image to one")
     from PIL import Image
 
-    tr = _translator(t.encoder, G)
+    tr = cached_translator(t.encoder, G)
     try:
         image = Image.open(t.image).convert("RGB")
     except OSError as exc:

@@ -1373,6 +1373,7 @@ def centre_crop_resize(img: torch.Tensor, size: int) -> torch.Tensor:
 
 
 FRAMINGS = ("crop", "fit", "pad")   # how a picture becomes the encoder's square input
+DEFAULT_STRENGTH = 0.75             # the page's starting domain strength (see render)
 
 
 def _resize_hw(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -1663,7 +1664,8 @@ class Translator:
     def translate_folder(self, src: str | os.PathLike, dst: str | os.PathLike,
                          latent: Any = None, taps: dict | None = None,
                          weight_taps: dict | None = None, progress: Progress | None = None,
-                         cancel: Any = None) -> list[Path]:
+                         cancel: Any = None, framing: str = "crop", strength: float = 1.0
+                         ) -> list[Path]:
         """Translate every picture in a folder to PNGs of the same names in `dst`."""
         from PIL import Image, UnidentifiedImageError
 
@@ -1680,7 +1682,8 @@ class Translator:
                     pic = im.convert("RGB")
             except (UnidentifiedImageError, OSError) as exc:
                 raise StudioError(f"cannot read {f.name} as a picture") from exc
-            out = self.translate(pic, ws, taps, weight_taps)
+            out = self.translate(pic, ws, taps, weight_taps, framing=framing,
+                                 strength=strength)
             target = Path(dst) / f"{f.stem}.png"
             atomic_write(target,
                          lambda tmp, out=out: Image.fromarray(out).save(tmp, format="PNG"))
@@ -1806,7 +1809,8 @@ def _cmd_translate(args: argparse.Namespace) -> None:
     latent = LatentSpec(seed=args.seed, psi=args.psi)
     src, out = Path(args.input), Path(args.out)
     if src.is_dir():
-        paths = tr.translate_folder(src, out, latent)
+        paths = tr.translate_folder(src, out, latent, framing=args.framing,
+                                    strength=args.strength)
         print(f"translated {len(paths)} pictures into {out}")
     elif src.suffix.lower() in VIDEO_SUFFIXES:
         tr.translate_video(src, out, latent, walk=args.walk, psi=args.psi, fps=args.fps,
@@ -1816,7 +1820,7 @@ def _cmd_translate(args: argparse.Namespace) -> None:
         from PIL import Image
         with Image.open(src) as im:
             pic = im.convert("RGB")
-        img = tr.translate(pic, latent)
+        img = tr.translate(pic, latent, framing=args.framing, strength=args.strength)
         if out.suffix.lower() not in IMAGE_SUFFIXES:
             out = out / f"{src.stem}.png"
         atomic_write(out, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
@@ -1883,6 +1887,10 @@ def add_cli(sub: Any) -> None:
     t.add_argument("--model", default="default")
     t.add_argument("--seed", type=float, default=0)
     t.add_argument("--psi", type=float, default=1.0)
+    t.add_argument("--strength", type=float, default=1.0,
+                   help="domain strength: 1 the picture's layout, 0 the latent's own image")
+    t.add_argument("--framing", default="crop", choices=FRAMINGS,
+                   help="crop the centre square, fit (squeeze) or pad the whole picture")
     t.add_argument("--walk", type=float, nargs="+", default=None,
                    help="video: walk through these seeds (looping) instead of one latent")
     t.add_argument("--fps", type=float, default=None, help="video: output fps (input's)")

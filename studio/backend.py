@@ -521,14 +521,34 @@ def save_input_image(sess: Session, image: Any) -> tuple[str, Image.Image]:
     return str(path), pic
 
 
-def set_translator(sess: Session, encoder: str | None, image: str | None) -> None:
-    """Point the session's recipe at an encoder and a picture (None turns translation off)."""
+def set_translator(sess: Session, encoder: str | None, image: str | None,
+                   strength: float = 1.0, framing: str = "crop") -> None:
+    """Point the session's recipe at an encoder and a picture (None turns translation off),
+    with the domain strength and framing (engine.translator.render / frame_pictures)."""
+    from engine import translator
     if not encoder or not image:
         sess.recipe.translator = None
         return
     if not encoder.startswith(zoo.HF_PREFIX):
         check_session_file(sess, encoder)
-    sess.recipe.translator = recipe.TranslatorSpec(encoder=encoder, image=image)
+    if framing not in translator.FRAMINGS:
+        raise StudioError(f"framing must be one of {', '.join(translator.FRAMINGS)}.")
+    sess.recipe.translator = recipe.TranslatorSpec(
+        encoder=encoder, image=image, strength=translator.check_strength(strength),
+        framing=framing)
+
+
+def framed_input(sess: Session) -> Image.Image | None:
+    """The translated picture exactly as the encoder reads it (framed, at its input size),
+    or None when the session is not translating."""
+    from engine.latents import to_uint8
+    from studio import uploads
+    t = sess.recipe.translator
+    if t is None or not t.image:
+        return None
+    tr = recipe.cached_translator(t.encoder, load(sess.model).G)
+    x = tr.frame(uploads.open_image(t.image), t.framing, t.input_size)
+    return Image.fromarray(to_uint8(x)[0])
 
 
 def live_translator(sess: Session, encoder: str) -> Any:
@@ -549,16 +569,19 @@ def live_translator(sess: Session, encoder: str) -> Any:
 @interactive
 @gpu(lambda sess, **_: _image_seconds(sess.model, 2),
      cpu_if=lambda sess, **_: _small(sess.model))
-def translate_frame(sess: Session, encoder: str, frame: Any) -> np.ndarray:
-    """One webcam frame through the encoder, with the session's latent and bends. The frame
-    goes through the same checked reader as every other picture (pixel cap included)."""
+def translate_frame(sess: Session, encoder: str, frame: Any, strength: float = 1.0,
+                    framing: str = "crop") -> np.ndarray:
+    """One webcam frame through the encoder, with the session's latent and bends, at a domain
+    strength and framing. The frame goes through the same checked reader as every other
+    picture (pixel cap included)."""
     from studio import uploads
     frame = np.asarray(uploads.open_image(frame))
     tr = live_translator(sess, encoder)
     m = load(sess.model)
     r = sess.recipe
     taps, wtaps = bending.make_taps(m.G, r.bends, r.weight_edits, model_key=m.sha256)
-    tr.set_latent(r.latent, taps=taps, weight_taps=wtaps, noise_mode=r.latent.noise_mode)
+    tr.set_latent(r.latent, taps=taps, weight_taps=wtaps, noise_mode=r.latent.noise_mode,
+                  strength=strength, framing=framing)
     return tr.translate_frame(frame)
 
 

@@ -138,12 +138,13 @@ def default_layer(layers: list[str]) -> str:
 
 
 def before_image(sess: Session) -> Any:
-    """What an edit is judged against: the input picture when translating, else the latent
-    without bends; nothing when there is no edit."""
+    """What an edit is judged against: the input picture as the encoder saw it (framed, at
+    its input size) when translating, else the latent without bends; nothing when there is
+    no edit."""
     r = sess.recipe
     if r.translator is not None and r.translator.image:
         try:
-            return uploads.open_image(r.translator.image)
+            return backend.framed_input(sess)
         except StudioError:
             return None
     if r.bends or r.weight_edits:

@@ -181,7 +181,9 @@ def test_translate_an_uploaded_photo(page, tmp_path):
     page.wait_for_selector("#tr-input img")
     page.click("#tr-go")
     after = wait_new_src(page, "#canvas", before)
-    assert src(page, "#before")  # the photo sits beside the translation
+    assert src(page, "#before")  # the photo sits beside the translation ...
+    framed = pixels(page, src(page, "#before"))
+    assert framed.shape[0] == framed.shape[1] <= 1024  # ... as the encoder saw it: square
     assert not np.array_equal(pixels(page, before), pixels(page, after))
     shot(page, "translate")
 

@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 
 from engine.errors import StudioError
+from engine.translator import DEFAULT_STRENGTH, FRAMINGS
 from studio import backend, gpu
 from studio.jobs import LANE
 from studio.limits import LIMITS
@@ -59,6 +60,15 @@ def layout(ui: UI) -> None:
                                     image_mode=None, sources=["upload", "clipboard"],
                                     height=240, elem_id="tr-input")
         with gr.Column():
+            ui.tr_strength = gr.Slider(0.0, 1.0, DEFAULT_STRENGTH, step=0.05,
+                                       label="Domain strength", elem_id="tr-strength",
+                                       info="1: the picture's layout; lower: more of the "
+                                            "model's own content (the latent's)")
+            ui.tr_framing = gr.Radio(list(FRAMINGS), value="crop", label="Framing",
+                                     elem_id="tr-framing",
+                                     info="crop the centre square, fit (squeeze) the whole "
+                                          "picture, or pad it; Before shows what the encoder "
+                                          "sees")
             ui.tr_on = gr.Button("Translate this picture", variant="primary", elem_id="tr-go")
             ui.tr_off = gr.Button("Stop translating (back to the latent)")
     with gr.Accordion("Webcam (live)", open=False):
@@ -165,14 +175,29 @@ def _loss_of(message: str) -> float | None:
 
 
 @user_errors
-def translate(ui: UI, sess: Session, encoder: str | None, picture: Any) -> dict[Any, Any]:
-    """Translate an uploaded picture through the encoder; latent and bends apply."""
+def translate(ui: UI, sess: Session, encoder: str | None, picture: Any,
+              strength: float = DEFAULT_STRENGTH, framing: str = "crop") -> dict[Any, Any]:
+    """Translate an uploaded picture through the encoder; latent and bends apply. Before
+    shows the picture as the encoder saw it."""
+    from studio.ui import pictures
     sess = need(sess)
     if not encoder:
         raise StudioError("choose or train an encoder first.")
-    path, pic = backend.save_input_image(sess, picture)
-    backend.set_translator(sess, encoder, path)
-    return {ui.session: sess, ui.output: backend.render(sess), ui.before: pic}
+    path, _ = backend.save_input_image(sess, picture)
+    backend.set_translator(sess, encoder, path, strength, framing)
+    return pictures(ui, sess)
+
+
+@user_errors
+def restyle(ui: UI, sess: Session, strength: float, framing: str) -> dict[Any, Any]:
+    """A new domain strength or framing for the picture being translated (none: no-op)."""
+    from studio.ui import pictures
+    sess = need(sess)
+    t = sess.recipe.translator
+    if t is None or not t.image:
+        return {}
+    backend.set_translator(sess, t.encoder, t.image, strength, framing)
+    return pictures(ui, sess)
 
 
 @user_errors
@@ -183,11 +208,12 @@ def translate_off(ui: UI, sess: Session) -> dict[Any, Any]:
     return pictures(ui, sess)
 
 
-def cam_frame(sess: Session | None, encoder: str | None, frame: Any) -> Any:
+def cam_frame(sess: Session | None, encoder: str | None, frame: Any,
+              strength: float = DEFAULT_STRENGTH, framing: str = "crop") -> Any:
     if sess is None or frame is None or not encoder:
         return None
     try:
-        return backend.translate_frame(sess, encoder, frame)
+        return backend.translate_frame(sess, encoder, frame, strength, framing)
     except StudioError as exc:
         gr.Warning(str(exc))
         return None
@@ -201,10 +227,16 @@ def wire(ui: UI) -> None:
                       api_name="train_encoder", **ui.heavy())
     ui.tr_cancel.click(cancel_job, [ui.session], None, api_name="cancel_training")
     outs = [ui.session, ui.output, ui.before]
-    ui.tr_on.click(bind(translate, ui), [ui.session, ui.tr_encoder, ui.tr_input], outs,
+    ui.tr_on.click(bind(translate, ui), [ui.session, ui.tr_encoder, ui.tr_input,
+                                         ui.tr_strength, ui.tr_framing], outs,
                    api_name="translate", **ui.job())
+    ui.tr_strength.release(bind(restyle, ui), [ui.session, ui.tr_strength, ui.tr_framing],
+                           outs, api_name="translate_style", **ui.job())
+    ui.tr_framing.input(bind(restyle, ui), [ui.session, ui.tr_strength, ui.tr_framing],
+                        outs, api_name=False, **ui.job())
     ui.tr_off.click(bind(translate_off, ui), [ui.session], outs, api_name="translate_off",
                     **ui.job())
-    ui.cam_in.stream(cam_frame, [ui.session, ui.tr_encoder, ui.cam_in], [ui.cam_out],
+    ui.cam_in.stream(cam_frame, [ui.session, ui.tr_encoder, ui.cam_in, ui.tr_strength,
+                                 ui.tr_framing], [ui.cam_out],
                      api_name="translate_frame", stream_every=0.1, time_limit=120,
                      concurrency_limit=2, show_progress="hidden")
