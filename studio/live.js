@@ -5,7 +5,7 @@
   // down), and a hidden "sync" button brings the Gradio output up to date after a gesture.
   const L = (window.studioLive = {
     ws: null, key: null, seq: 0, mode: "connecting", sent: new Map(), frames: [],
-    errors: [], cam: null, syncTimer: null,
+    errors: [], errorKind: null, cam: null, syncTimer: null,
   });
   const LATENT = ["seed", "seed-frac", "psi", "cutoff", "dir-0", "dir-1", "dir-2", "dir-3",
                   "dir-4"];
@@ -52,6 +52,7 @@
       if (m.error) {
         if (m.kind === 0 && L.playing) playing(null);
         L.errors.push(m.error);
+        L.errorKind = m.kind;   // the next good frame of this kind clears it
         const el = $("#live-error");
         if (el) el.textContent = m.error;
         if (m.kind === 1 && L.cam) L.cam.inflight = Math.max(0, L.cam.inflight - 1);
@@ -116,6 +117,11 @@
     img.src = url;
     img.dataset.seq = String(seq);
     img.style.display = "block";
+    if (L.errorKind === kind) {  // a good frame: the error under the busy line is stale now
+      L.errorKind = null;
+      const el = $("#live-error");
+      if (el) el.textContent = "";
+    }
     if (old && old.startsWith("blob:")) URL.revokeObjectURL(old);
     if (kind === 1 && L.cam) {
       L.cam.inflight = Math.max(0, L.cam.inflight - 1);

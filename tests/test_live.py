@@ -147,6 +147,10 @@ def test_canvas_follows_a_slider_over_the_live_channel(browser, server) -> None:
     page = _open(browser, server)
     assert page.evaluate("window.studioLive.mode") == "live"
     assert "Live channel" in page.inner_text("#live-status")
+    page.evaluate("""() => { const L = window.studioLive;    // a refused value first
+        L.ws.send(JSON.stringify({kind: "latent", seq: ++L.seq, values: {psi: "x"}})); }""")
+    page.wait_for_function("document.querySelector('#live-error').textContent.includes('psi')",
+                           timeout=30_000)
     for psi in (0.2, 0.35, 0.5):
         n = _frames(page)
         _slide(page, "psi", psi)
@@ -154,6 +158,7 @@ def test_canvas_follows_a_slider_over_the_live_channel(browser, server) -> None:
                                timeout=30_000)
     page.wait_for_function("document.querySelector('#live-canvas').dataset.seq == "
                            "String(window.studioLive.seq)", timeout=30_000)
+    assert page.inner_text("#live-error").strip() == ""     # good frames cleared the error
     shown = _live_pixels(page)
     want = np.asarray(engine.render(engine.recipe.Recipe.from_json(json.dumps(
         {"model": "default", "latent": {"seed": 0, "psi": 0.5}}))), dtype=np.float32)
