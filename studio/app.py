@@ -34,9 +34,19 @@ CSS = """
 #live-canvas { position: absolute; left: 0; right: 0; bottom: 0; top: 0; width: 100%;
   height: 100%; object-fit: contain; image-rendering: pixelated; pointer-events: none;
   background: var(--block-background-fill); z-index: 5; display: none; }
-#live-bar { font-size: 0.85em; color: var(--body-text-color-subdued); min-height: 0; }
+/* The channel's status sits at the top right of the canvas column, beside the busy line,
+   so it costs the sticky column no height. */
+#live-bar { position: absolute; top: 2px; right: 6px; z-index: 6; font-size: 0.8em;
+  color: var(--body-text-color-subdued); min-height: 0; max-width: 60%; text-align: right; }
+#live-key, #live-sync { display: none !important; }
 #live-error { color: var(--error-text-color); }
 #live-cam-out { width: 100%; max-height: 320px; object-fit: contain; image-rendering: pixelated; }
+.live-play { width: 100%; padding: 6px; border-radius: var(--button-large-radius);
+  border: 1px solid var(--button-secondary-border-color);
+  background: var(--button-secondary-background-fill); font-weight: 600; cursor: pointer; }
+#live-cam-start { padding: 6px 14px; border-radius: var(--button-large-radius);
+  border: 1px solid var(--button-secondary-border-color);
+  background: var(--button-secondary-background-fill); font-weight: 600; cursor: pointer; }
 .live-cam-row { display: flex; gap: 12px; align-items: center; margin: 6px 0; }
 #canvas-col { position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);
   overflow-y: auto; }

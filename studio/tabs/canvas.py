@@ -22,12 +22,13 @@ def layout(ui: UI) -> None:
     # Progress bars and error marks of button-started jobs land on this one line, at the
     # top of the canvas, so they are in view and never cover the image.
     ui.busy = gr.Markdown("", elem_id="busy", container=False)
-    with gr.Row(elem_id="live-bar"):
-        # Which path frames take (studio/live.py); the page's script fills these in.
-        gr.HTML('<span id="live-status" data-mode="connecting">Gradio events</span> '
-                '<span id="live-error"></span>', container=False, padding=False)
-        ui.live_key = gr.HTML("", elem_id="live-key", container=False, padding=False)
-        ui.live_sync = gr.Button("sync", visible="hidden", elem_id="live-sync")
+    # Which path frames take (studio/live.py); the page's script fills it in. The key and
+    # the sync button are for the script only and take no room.
+    gr.HTML('<span id="live-status" data-mode="connecting">Gradio events</span> '
+            '<span id="live-error"></span>', container=False, padding=False,
+            elem_id="live-bar")
+    ui.live_key = gr.HTML("", elem_id="live-key", container=False, padding=False)
+    ui.live_sync = gr.Button("sync", visible="hidden", elem_id="live-sync")
     ui.output = gr.Image(label="Output", type="pil", format="png", height=380,
                          interactive=False, elem_id="canvas", buttons=["download", "fullscreen"])
     with gr.Row():

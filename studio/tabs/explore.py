@@ -137,8 +137,8 @@ def _grids_layout(ui: UI) -> None:
             ui.walk_space = gr.Radio(["z", "w"], value="z", label="Interpolate in",
                                      elem_id="walk-space")
             ui.walk_btn = gr.Button("Render walk video")
-            gr.HTML(PLAY_HTML.format(what="walk"), padding=False)
             ui.walk_cancel = gr.Button("Cancel", variant="stop")
+        gr.HTML(PLAY_HTML.format(what="walk"), padding=False)
 
 
 def latent_inputs(ui: UI) -> list[Any]:
