@@ -310,6 +310,7 @@ def fir_down_1d(x: torch.Tensor, f: torch.Tensor, down: int, dim: int = -1, gain
 # passes over it then stay in a core's cache instead of streaming through memory, which on
 # CPU halves the time of the large layers.
 CHUNK_FLOATS = 1 << 18
+MIN_CHUNKED_PLANE = 1 << 16   # planes smaller than this (256 x 256) are not grouped
 
 
 def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | None,
@@ -333,7 +334,9 @@ def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | 
     ku = fu.shape[-1] if fu is not None else 1
     tmp = (h * up + padding[2] + padding[3] - ku + 1) * (w * up + padding[0] + padding[1] - ku + 1)
     group = max(1, CHUNK_FLOATS // max(tmp, 1))
-    if x.device.type != "cpu" or group >= n * c:
+    # Small planes run whole: many tiny calls would cost more in dispatch and thread wake-ups
+    # than the cache saves.
+    if x.device.type != "cpu" or group >= n * c or tmp < MIN_CHUNKED_PLANE:
         out = _filtered_lrelu_planes(planes, fu, fd, up, down, padding, gain, slope, clamp)
     else:
         parts = [_filtered_lrelu_planes(planes[i:i + group], fu, fd, up, down, padding, gain,
