@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -44,15 +45,28 @@ class UI(SimpleNamespace):
         return dict(show_progress_on=[self.busy], **HEAVY_LANE)
 
 
+def finite(args: tuple[Any, ...]) -> None:
+    """Refuse NaN and infinities from an API client in one sentence. Gradio's range check
+    lets NaN through (it is neither below a minimum nor above a maximum), and a handler doing
+    int() of it failed with Gradio's generic error. Checked here, not on the components:
+    Gradio rebuilds a component that an event updated, so a patched preprocess is lost."""
+    for value in args:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise gr.Error("a number sent is not finite (NaN or infinity); send a finite "
+                           "number.", print_exception=False)
+
+
 def bind(fn: Callable, ui: UI) -> Callable:
     """`fn(ui, ...)` as the event function `(...)`, keeping its name, docstring and
     signature (less `ui`), and staying a generator function when `fn` is one: Gradio reads
     all three."""
     if inspect.isgeneratorfunction(fn):
         def bound(*args: Any, **kwargs: Any) -> Any:
+            finite(args)
             yield from fn(ui, *args, **kwargs)
     else:
         def bound(*args: Any, **kwargs: Any) -> Any:
+            finite(args)
             return fn(ui, *args, **kwargs)
     functools.update_wrapper(bound, fn)
     sig = inspect.signature(fn)
@@ -203,6 +217,7 @@ def _image_payload(comp: gr.Image, payload: Any) -> Any:
     path = files.new_output_path(None, "picture", ".png")
     pic.save(path, format="PNG")
     return str(path)
+
 
 
 def checked_file(comp: Any) -> Any:

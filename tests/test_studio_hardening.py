@@ -267,3 +267,20 @@ def test_a_failed_edit_leaves_the_session_as_it_was(server):
     assert json.loads(after) == json.loads(before)
     client.predict(api_name="/remove_bend")
     _still_renders(client, image)
+
+
+
+def test_every_bound_handler_refuses_nan_in_one_sentence() -> None:
+    """NaN from an API client passes Gradio's range check; handlers doing int() of it failed
+    with Gradio's generic error (add_layer_edit, compute_clusters, teach_samples, project)."""
+    import gradio as gr
+
+    from studio.tabs.explore import add_layer_edit
+    from studio.ui import UI, bind
+
+    handler = bind(add_layer_edit, UI())
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(gr.Error, match="not finite"):
+            handler(None, "swap", bad, 0)
+    with pytest.raises(gr.Error, match="loading its model"):  # finite: on to the handler
+        handler(None, "swap", 1.0, 0)
