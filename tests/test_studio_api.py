@@ -284,4 +284,5 @@ def test_a_cancelled_video_is_a_note_not_an_error(server):
     client.predict(api_name="/cancel_walk")
     job.result(timeout=60)  # no exception
     assert time.monotonic() - t0 < 30
-    assert client.predict("0, 1", 2, 8, False, "w", api_name="/render_walk")
+    # The size as the API page documents it (a string), here "model size".
+    assert client.predict("0, 1", 2, 8, False, "w", "0", api_name="/render_walk")

@@ -106,8 +106,8 @@ def _sweep_layout(ui: UI) -> None:
             ui.sw_frames = capped_slider(2, LIMITS.video_frames, 48, label="Frames",
                                          elem_id="sw-frames")
             ui.sw_fps = capped_slider(1, LIMITS.video_fps, 24, label="fps", elem_id="sw-fps")
-            ui.sw_size = gr.Dropdown([("model size", 0), ("256 px", 256), ("512 px", 512)],
-                                     value=256, label="Video size")
+            ui.sw_size = gr.Dropdown([("model size", "0"), ("256 px", "256"), ("512 px", "512")],
+                                     value="256", label="Video size")
             ui.sw_btn = gr.Button("Render sweep")
             ui.sw_cancel = gr.Button("Cancel", variant="stop")
         gr.HTML(PLAY_HTML.format(what="sweep"), padding=False)
@@ -343,7 +343,7 @@ def clear_weight_edits(ui: UI, sess: Session) -> dict[Any, Any]:
 
 @job_errors
 def render_sweep(ui: UI, sess: Session, param: str, start: float, stop: float, frames: float,
-                 fps: float, size: int = 256, progress: gr.Progress = gr.Progress()) -> str:
+                 fps: float, size: str = "256", progress: gr.Progress = gr.Progress()) -> str:
     """Animate one parameter of the current bend from `start` to `stop` (mp4)."""
     sess = need(sess)
     if sess.current is None or not param:

@@ -130,8 +130,9 @@ def _grids_layout(ui: UI) -> None:
             ui.walk_frames = capped_slider(2, LIMITS.video_frames, 60, label="Frames",
                                            elem_id="walk-frames")
             ui.walk_fps = capped_slider(1, LIMITS.video_fps, 24, label="fps", elem_id="walk-fps")
-            ui.walk_size = gr.Dropdown([("model size", 0), ("256 px", 256), ("512 px", 512)],
-                                       value=256, label="Video size")
+            # String values: the API page documents a dropdown's values as strings.
+            ui.walk_size = gr.Dropdown([("model size", "0"), ("256 px", "256"),
+                                        ("512 px", "512")], value="256", label="Video size")
         with gr.Row():
             ui.walk_loop = gr.Checkbox(True, label="Loop", elem_id="walk-loop")
             ui.walk_space = gr.Radio(["z", "w"], value="z", label="Interpolate in",
@@ -283,7 +284,7 @@ def render_grid(ui: UI, sess: Session, seeds_t: str, psis_t: str, kind: str) -> 
 
 @job_errors
 def render_walk(ui: UI, sess: Session, seeds_t: str, frames: float, fps: float, loop: bool,
-                space: str, size: int = 256, progress: gr.Progress = gr.Progress()) -> str:
+                space: str, size: str = "256", progress: gr.Progress = gr.Progress()) -> str:
     """An interpolation (or loop) video through keyframe seeds, as mp4."""
     sess = need(sess)
     total = int(frames)
