@@ -109,6 +109,7 @@ def test_script_a_bend_through_the_api(server):
     url, model = server
     client = studio_client(url)
     plain = client.predict(model, api_name="/load_model")[1]  # (card, image, before, ...)
+    client.predict(0.5, api_name="/bend_slider_0")  # no bend picked yet: nothing, no error
     status = client.predict("b16.conv1", 4, 16, api_name="/compute_clusters")[0]
     assert "4 clusters" in status
     client.predict([0, 2], api_name="/select_clusters")

@@ -255,12 +255,14 @@ def slot_handler(kind: str, slot: int) -> Any:
     @user_errors
     def handler(ui: UI, sess: Session, value: Any) -> dict[Any, Any]:
         sess = need(sess)
+        # Nothing to set (no bend picked, or a slot this op does not use: a late event after
+        # Remove). Not {}: Gradio reads an empty dict as one output value and fails.
         if sess.current is None:
-            return {}
+            return {ui.session: sess}
         op = OPERATIONS[sess.recipe.bends[sess.current].op]
         names = [p.name for p in op.params if p.type in KINDS[kind]]
         if slot >= len(names):
-            return {}
+            return {ui.session: sess}
         _set_param(sess, sess.current, names[slot], value)
         # The stack's labels come back with each image, so the list never shows an older
         # value than the picture does.
