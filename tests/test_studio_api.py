@@ -109,7 +109,10 @@ def test_script_a_bend_through_the_api(server):
     url, model = server
     client = studio_client(url)
     plain = client.predict(model, api_name="/load_model")[1]  # (card, image, before, ...)
-    client.predict(0.5, api_name="/bend_slider_0")  # no bend picked yet: nothing, no error
+    # Sliders moved before there is anything to change: nothing happens, and no error.
+    client.predict(0.5, api_name="/bend_slider_0")
+    client.predict(None, 1.5, api_name="/change_weight_edit")
+    client.predict(0.5, "crop", api_name="/translate_style")
     status = client.predict("b16.conv1", 4, 16, api_name="/compute_clusters")[0]
     assert "4 clusters" in status
     client.predict([0, 2], api_name="/select_clusters")

@@ -316,12 +316,12 @@ def change_weight_edit(ui: UI, sess: Session, index: int | None,
                        amount: float) -> dict[Any, Any]:
     """The amount slider changes the weight edit picked in the list."""
     sess = need(sess)
-    if index is None:
-        return {}
+    if index is None:  # the slider moved before any edit was added: it only sets the amount
+        return {ui.session: sess}
     e = sess.recipe.weight_edits[int(index)]
     numeric = [p.name for p in WEIGHT_OPERATIONS[e.op].params if p.type == "float"]
     if not numeric:
-        return {}
+        return {ui.session: sess}
     S.set_weight_edit(sess, int(index), **{numeric[0]: amount})
     backend.check_weight_edit(sess, e)
     return {**live_pictures(ui, sess), **weight_list(ui, sess, int(index))}

@@ -195,7 +195,7 @@ def restyle(ui: UI, sess: Session, strength: float, framing: str) -> dict[Any, A
     sess = need(sess)
     t = sess.recipe.translator
     if t is None or not t.image:
-        return {}
+        return {ui.session: sess}  # not {}: Gradio reads an empty dict as one output value
     backend.set_translator(sess, t.encoder, t.image, strength, framing)
     return pictures(ui, sess)
 
