@@ -57,6 +57,7 @@ KIND_CANVAS, KIND_CAM = 0, 1
 HEADER = struct.Struct(">BIf")       # kind, sequence number, render ms
 JPEG_QUALITY = 92                   # small models: artefacts would show at 64 px
 MAX_MESSAGE_BYTES = 4 * 2**20       # one webcam frame or one JSON message
+MAX_CONNECTIONS = 3                 # open live channels per session (tabs of one visitor)
 FLOAT_PARAMS = ("float", "int")     # bend parameter types the editor's sliders show
 JS_FILE = Path(__file__).with_name("live.js")
 # A "play" button beside a walk or sweep video's controls (studio/live.js reads them).
@@ -428,10 +429,17 @@ async def endpoint(ws: Any) -> None:
         await ws.send_text(json.dumps({"error": "unknown session; reload the page."}))
         await ws.close(code=4401)
         return
+    with _lock:  # a few tabs of one session are fine; more would crowd the render lane
+        crowded = _open.get(id(sess), 0) >= MAX_CONNECTIONS
+        if not crowded:
+            _open[id(sess)] = _open.get(id(sess), 0) + 1
+    if crowded:
+        await ws.send_text(json.dumps({"error": f"this session already has {MAX_CONNECTIONS} "
+                                                f"live pages open; close one and reload."}))
+        await ws.close(code=4429)
+        return
     await ws.send_text(json.dumps({"hello": "live"}))
     conn = Connection(ws, sess)
-    with _lock:
-        _open[id(sess)] = _open.get(id(sess), 0) + 1
     renderer = asyncio.get_running_loop().create_task(conn.render())
     try:
         await conn.receive()

@@ -238,3 +238,49 @@ def test_a_walk_plays_live_and_pauses(browser, server) -> None:
     assert _frames(page) <= n + 1                     # at most the frame in flight
     assert page.inner_text("#live-play-walk").startswith("▶")
     page.close()
+
+
+def test_a_session_gets_a_few_live_channels_not_unlimited() -> None:
+    import asyncio
+
+    sess = S.new_session("default")
+    key = live.key_for(sess)
+
+    class Socket:
+        """Enough of a Starlette WebSocket: a key, then a page that stays until told."""
+        def __init__(self, leave: asyncio.Event) -> None:
+            self.sent: list[str] = []
+            self.closed: int | None = None
+            self.leave = leave
+
+        async def accept(self) -> None:
+            pass
+
+        async def receive_text(self) -> str:
+            return json.dumps({"key": key})
+
+        async def receive(self) -> dict:
+            await self.leave.wait()
+            return {"type": "websocket.disconnect"}
+
+        async def send_text(self, text: str) -> None:
+            self.sent.append(text)
+
+        async def close(self, code: int) -> None:
+            self.closed = code
+
+    async def run() -> list[Socket]:
+        leave = asyncio.Event()
+        socks = [Socket(leave) for _ in range(live.MAX_CONNECTIONS + 1)]
+        tasks = [asyncio.create_task(live.endpoint(s)) for s in socks]
+        await asyncio.sleep(0.2)
+        assert live.is_active(sess)
+        leave.set()
+        await asyncio.gather(*tasks)
+        return socks
+
+    socks = asyncio.run(run())
+    refused = [s for s in socks if s.closed == 4429]
+    assert len(refused) == 1 and "already has" in refused[0].sent[0]
+    assert all('"hello"' in s.sent[0] for s in socks if s not in refused)
+    assert not live.is_active(sess)                      # every channel counted out
