@@ -279,7 +279,10 @@ def test_a_session_gets_a_few_live_channels_not_unlimited() -> None:
         await asyncio.gather(*tasks)
         return socks
 
-    socks = asyncio.run(run())
+    # In a thread of its own: the module's Playwright keeps an event loop in this one.
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        socks = pool.submit(asyncio.run, run()).result(timeout=60)
     refused = [s for s in socks if s.closed == 4429]
     assert len(refused) == 1 and "already has" in refused[0].sent[0]
     assert all('"hello"' in s.sent[0] for s in socks if s not in refused)
