@@ -12,8 +12,11 @@ and downsampled with Lanczos, which antialiases the edges for free.
 from __future__ import annotations
 
 import colorsys
+import io
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,19 +24,25 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageOps
 
+from engine.errors import StudioError
 from engine.files import atomic_save_npy
 
 __all__ = [
     "VERSION",
+    "FACE_VARIANTS",
     "IMAGE_SUFFIXES",
+    "DatasetError",
     "ImageDataset",
+    "LoadedPictures",
     "default_cache_dir",
     "face_pool",
     "face_traits",
     "load_image_folder",
+    "load_pictures",
     "make_dataset",
     "render_face",
     "render_faces",
+    "variant_seeds",
 ]
 
 # Bump whenever the drawing changes, so cached pools of older faces are not reused.
@@ -770,6 +779,8 @@ class ImageDataset(torch.utils.data.Dataset):
             raise ValueError("images must hold at least one image.")
         self.images = images
         self.xflip = bool(xflip)
+        self.description = f"{len(images)} pictures"  # what the data is, for model cards
+        self.notes: list[str] = []                     # sentences for the user (skipped files)
 
     @property
     def resolution(self) -> int:
@@ -805,32 +816,143 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return t.to(torch.float32).div_(127.5).sub_(1.0)
 
 
+class DatasetError(StudioError, ValueError):
+    """Training pictures that cannot be used: missing, none readable, too few, too big."""
+
+
+# Hostile-input bounds: a picture file, a decoded picture, and the whole decoded dataset.
+MAX_PICTURE_BYTES = 64 * 2**20
+MAX_PICTURE_PIXELS = 80_000_000           # about 9000 x 9000
+MAX_DATASET_BYTES = 6 * 2**30             # decoded uint8 pixels held in memory
+MAX_PICTURE_FILES = 200_000
+FITS = ("crop", "pad")
+
+
+@dataclass
+class LoadedPictures:
+    """Pictures read from a folder or zip, squared and resized, with what was skipped."""
+    images: np.ndarray                               # uint8 [N, res, res, 3]
+    source: str                                      # the folder or zip as given
+    files: int                                       # picture files found
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+
+    def skipped_sentence(self) -> str | None:
+        """One sentence about unreadable files, or None when every file was read."""
+        if not self.skipped:
+            return None
+        name, why = self.skipped[0]
+        return (f"Skipped {len(self.skipped)} of {self.files} picture files that could not be "
+                f"read (first: {name}: {why}).")
+
+
+def _picture_names(root: Path) -> list[str]:
+    if root.is_dir():
+        names = [str(p.relative_to(root)) for p in root.rglob("*")
+                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        with zipfile.ZipFile(root) as zf:
+            names = [i.filename for i in zf.infolist() if not i.is_dir()
+                     and Path(i.filename).suffix.lower() in IMAGE_SUFFIXES]
+    # macOS archive litter: resource forks named like pictures, never pictures themselves.
+    return sorted(n for n in names if "__MACOSX" not in Path(n).parts
+                  and not Path(n).name.startswith("._"))
+
+
+def _read_bytes(root: Path, zf: zipfile.ZipFile | None, name: str) -> bytes:
+    """A picture file's bytes, refusing one over MAX_PICTURE_BYTES before reading it all."""
+    if zf is not None:
+        info = zf.getinfo(name)
+        if info.file_size > MAX_PICTURE_BYTES:
+            raise ValueError(f"over {MAX_PICTURE_BYTES // 2**20} MB")
+        with zf.open(info) as f:  # checks the CRC, so a damaged member raises BadZipFile
+            data = f.read(MAX_PICTURE_BYTES + 1)
+    else:
+        with open(root / name, "rb") as f:
+            data = f.read(MAX_PICTURE_BYTES + 1)
+    if len(data) > MAX_PICTURE_BYTES:  # a zip entry that lied about its size
+        raise ValueError(f"over {MAX_PICTURE_BYTES // 2**20} MB")
+    return data
+
+
+def load_pictures(source: str | Path, resolution: int, fit: str = "crop",
+                  progress: Callable[[int, int], None] | None = None) -> LoadedPictures:
+    """Every picture in a folder (recursive) or a .zip, squared (`fit`: 'crop' the centre or
+    'pad' with the border colour) and resized to `resolution`: uint8 [N, res, res, 3].
+
+    Unreadable, damaged or oversized files are skipped and listed; no readable picture at all
+    is a DatasetError. Memory is bounded: file sizes, decoded sizes and the whole decoded set
+    are checked before they are read.
+    """
+    if fit not in FITS:
+        raise DatasetError(f"fit must be one of {', '.join(FITS)}; got {fit!r}.")
+    root = Path(source).expanduser()
+    is_zip = root.is_file() and zipfile.is_zipfile(root)
+    if not root.is_dir() and not is_zip:
+        raise DatasetError(f"{str(source)!r} is neither a folder of pictures nor a .zip of them.")
+    try:
+        names = _picture_names(root)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DatasetError(f"{root.name} is a damaged zip file ({exc}).") from exc
+    if not names:
+        raise DatasetError(f"{str(source)!r} contains no images "
+                           f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+    if len(names) > MAX_PICTURE_FILES:
+        raise DatasetError(f"{str(source)!r} holds {len(names)} pictures, more than the limit "
+                           f"of {MAX_PICTURE_FILES}; train on a subset.")
+    need = len(names) * resolution * resolution * 3
+    if need > MAX_DATASET_BYTES:
+        raise DatasetError(f"{len(names)} pictures at {resolution} px need "
+                           f"{need / 2**30:.1f} GB of memory, over the limit of "
+                           f"{MAX_DATASET_BYTES / 2**30:.0f} GB; train on fewer pictures.")
+    out = np.empty((len(names), resolution, resolution, 3), np.uint8)
+    kept, skipped = 0, []
+    zf = zipfile.ZipFile(root) if is_zip else None
+    try:
+        for i, name in enumerate(names):
+            try:
+                data = _read_bytes(root, zf, name)
+                with warnings.catch_warnings():  # we check the pixel count ourselves
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    with Image.open(io.BytesIO(data)) as im:
+                        w, h = im.size
+                        if w * h > MAX_PICTURE_PIXELS:
+                            raise ValueError(f"{w}x{h} pixels is over the limit of "
+                                             f"{MAX_PICTURE_PIXELS // 1_000_000} megapixels")
+                        im.draft("RGB", (resolution, resolution))  # JPEG: decode smaller
+                        out[kept] = square_rgb(im, resolution, fit=fit)
+                kept += 1
+            except (OSError, ValueError, zipfile.BadZipFile, Image.DecompressionBombError,
+                    EOFError, SyntaxError) as exc:  # what Pillow raises for bad files
+                skipped.append((name, _short(exc)))
+            if progress is not None:
+                progress(i + 1, len(names))
+    finally:
+        if zf is not None:
+            zf.close()
+    if kept == 0:
+        raise DatasetError(f"{str(source)!r} contains no readable images: all {len(names)} "
+                           f"picture files failed (first: {skipped[0][0]}: {skipped[0][1]}).")
+    return LoadedPictures(out[:kept].copy() if kept < len(names) else out, str(source),
+                          len(names), skipped)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:120].rstrip(".")
+
+
 def load_image_folder(path: str | Path, resolution: int) -> np.ndarray:
     """Every image under ``path`` (recursive), centre-cropped and resized: uint8 [N, H, W, 3]."""
-    root = Path(path)
-    if not root.is_dir():
-        raise ValueError(f"Image folder {str(root)!r} does not exist or is not a folder.")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(
-            f"Image folder {str(root)!r} contains no images "
-            f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))})."
-        )
-    out: list[np.ndarray] = []
-    for file in files:
-        try:
-            with Image.open(file) as im:
-                out.append(square_rgb(im, resolution))
-        except (OSError, ValueError) as exc:  # Pillow raises these for unreadable files
-            warnings.warn(f"skipping unreadable image {file}: {exc}", stacklevel=2)
-    if not out:
-        raise ValueError(f"Image folder {str(root)!r} contains no readable images.")
-    return np.stack(out)
+    loaded = load_pictures(path, resolution)
+    if loaded.skipped:
+        warnings.warn(loaded.skipped_sentence() or "", stacklevel=2)
+    return loaded.images
 
 
-def square_rgb(im: Image.Image, resolution: int) -> np.ndarray:
-    """uint8 [res, res, 3]: EXIF upright, transparency on white, RGB, centre-cropped to a
-    square, resized with Lanczos. Training folders and projected photos both go through it."""
+def square_rgb(im: Image.Image, resolution: int, fit: str = "crop") -> np.ndarray:
+    """uint8 [res, res, 3]: EXIF upright, transparency on white, RGB, made square (`fit`
+    'crop': the centre square; 'pad': the whole picture on its mean border colour), resized
+    with Lanczos. Training folders and projected photos both go through it."""
     im = ImageOps.exif_transpose(im)
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         # Put transparent pixels on white rather than on whatever colour they hide.
@@ -839,20 +961,75 @@ def square_rgb(im: Image.Image, resolution: int) -> np.ndarray:
         im = Image.alpha_composite(bg, rgba)
     im = im.convert("RGB")
     w, h = im.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    im = im.crop((left, top, left + side, top + side))
+    if fit == "pad" and w != h:
+        side = max(w, h)
+        pixels = np.asarray(im)
+        border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        colour = tuple(int(c) for c in border.mean(0).round())
+        canvas = Image.new("RGB", (side, side), colour)
+        canvas.paste(im, ((side - w) // 2, (side - h) // 2))
+        im = canvas
+    else:
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        im = im.crop((left, top, left + side, top + side))
     if side != resolution:
         im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
     return np.asarray(im, dtype=np.uint8).copy()
 
 
-def make_dataset(
-    data: str, resolution: int, count: int = 30000, xflip: bool = False
-) -> ImageDataset:
-    """``data`` is "faces" (``count`` procedural faces) or a folder of images."""
+# Procedural variants for fine-tuning experiments: a subset of the faces by trait.
+FACE_VARIANTS: dict[str, Callable[[dict[str, object]], bool]] = {
+    "glasses": lambda t: t["glasses"] is not None,
+    "no-glasses": lambda t: t["glasses"] is None,
+    "bald": lambda t: t["hair_style"] == "bald",
+    "long-hair": lambda t: t["hair_style"] == "long",
+    "grin": lambda t: t["mouth"] == "grin",
+}
+
+
+def variant_seeds(variant: str, count: int, first_seed: int = 0) -> list[int]:
+    """The first `count` face seeds from `first_seed` on whose traits fit `variant`."""
+    if variant not in FACE_VARIANTS:
+        raise DatasetError(f"Unknown face variant {variant!r}; choose from "
+                           f"{', '.join(FACE_VARIANTS)}.")
+    keep, seeds, seed = FACE_VARIANTS[variant], [], first_seed
+    while len(seeds) < count:
+        if keep(face_traits(seed)):
+            seeds.append(seed)
+        seed += 1
+        if seed - first_seed > 100 * count + 1000:
+            raise DatasetError(f"The variant {variant!r} is too rare to find {count} faces.")
+    return seeds
+
+
+def make_dataset(data: str, resolution: int, count: int = 30000, xflip: bool = False,
+                 fit: str = "crop", progress: Callable[[int, int], None] | None = None
+                 ) -> ImageDataset:
+    """``data`` is "faces" (``count`` procedural faces), "faces:VARIANT" (``count`` faces with
+    one trait, e.g. faces:glasses; see FACE_VARIANTS), a folder or a .zip of pictures.
+
+    The dataset carries `description` (for model cards) and `notes` (e.g. skipped files).
+    """
     if data == "faces":
-        return ImageDataset(face_pool(count, resolution), xflip=xflip)
-    if Path(data).is_dir():
-        return ImageDataset(load_image_folder(data, resolution), xflip=xflip)
-    raise ValueError(f"data must be 'faces' or an existing folder of images; got {data!r}.")
+        ds = ImageDataset(face_pool(count, resolution, progress=progress), xflip=xflip)
+        ds.description = f"procedural faces (engine.datasets, {count}-face pool)"
+        return ds
+    if data.startswith("faces:"):
+        variant = data.split(":", 1)[1]
+        seeds = variant_seeds(variant, count)
+        ds = ImageDataset(render_faces(seeds, resolution), xflip=xflip)
+        ds.description = f"procedural faces, variant {variant!r} ({count} faces)"
+        return ds
+    path = Path(data).expanduser()
+    if path.is_dir() or (path.is_file() and zipfile.is_zipfile(path)):
+        loaded = load_pictures(path, resolution, fit=fit, progress=progress)
+        ds = ImageDataset(loaded.images, xflip=xflip)
+        kind = "zip" if path.is_file() else "folder"
+        ds.description = (f"{len(loaded.images)} pictures from the {kind} {path.name} "
+                          f"({fit} to square)")
+        note = loaded.skipped_sentence()
+        ds.notes = [note] if note else []
+        return ds
+    raise DatasetError(f"data must be 'faces', 'faces:VARIANT', an existing folder or a .zip "
+                       f"of pictures; got {data!r}.")

@@ -901,6 +901,17 @@ def fetch(spec: str, progress: Progress | None = None) -> Path:
     return model.path
 
 
+def source_file(spec: str, progress: Progress | None = None) -> Path:
+    """The checkpoint file a spec names, in its own format (downloaded for Hub specs).
+
+    The trainer reads a discriminator from it; the converted file keeps the generator only.
+    """
+    r = resolve(spec)
+    if r.kind == "hub":
+        return _download(r, progress or (lambda f, m: None))[0]
+    return _local_path(r)
+
+
 def is_cached(entry: CatalogueEntry) -> bool:
     """Whether an entry loads without network: local and present, or converted before."""
     if entry.repo_id is None:

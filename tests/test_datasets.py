@@ -134,7 +134,7 @@ def test_empty_folder_and_bad_data(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("no pictures here")
     with pytest.raises(ValueError, match="no images"):
         load_image_folder(tmp_path, 16)
-    with pytest.raises(ValueError, match="'faces' or an existing folder"):
+    with pytest.raises(ValueError, match="an existing folder or a .zip"):
         make_dataset("not-a-dataset-or-folder", 16)
 
 
