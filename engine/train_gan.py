@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -54,11 +55,13 @@ from engine.stylegan2 import Discriminator, Generator, GeneratorConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MODEL_NAME = "generator.safetensors"
+D_SUFFIX = ".d.safetensors"  # a generator's discriminator beside it: generator.d.safetensors
 CARD_NAME = "MODEL_CARD.md"
 METRICS_NAME = "log.jsonl"
 SAMPLE_GRID_SEEDS = 64  # an 8x8 grid of fixed seeds, the same at every snapshot
 MIN_IMAGES = 10         # fewer pictures than this is refused (a few hundred is the sweet spot)
 AUGMENT_MODES = ("ada", "fixed", "none")
+MAX_DISCRIMINATOR_PARAMETERS = 200_000_000  # a forged config must not allocate without bound
 
 __all__ = ["TrainConfig", "TrainingCancelled", "train", "add_cli", "step_generator"]
 
@@ -115,6 +118,10 @@ class TrainConfig:
     ada_interval: int = _opt(4, "ADA adjusts p every this many steps")
     ada_kimg: float = _opt(100.0, "ADA speed: kimg for p to go from 0 to 1 (NVlabs uses 500 "
                                   "for long runs)")
+    d_warmup_kimg: float = _opt(1.0, "fine-tuning with a fresh discriminator (the base "
+                                     "checkpoint has none): train D alone on the first this "
+                                     "many kimg, so G's first updates come from a D that "
+                                     "knows the pictures")
     freeze_d: int = _opt(0, "FreezeD: keep this many of D's highest-resolution blocks "
                             "frozen when fine-tuning")
     pool: int = _opt(50000, "procedural faces rendered once and sampled from")
@@ -198,6 +205,7 @@ class Networks:
     D: Discriminator
     base: dict[str, Any] | None   # the base model's id, title, sha256 (None from scratch)
     notes: list[str]              # sentences for the user (e.g. "fresh discriminator")
+    fresh_d: bool                 # D starts from random weights while G is trained
 
 
 def check_base_generator(G: Any, spec: str, resolution: int) -> None:
@@ -230,12 +238,17 @@ def load_base(spec: str, resolution: int = 0) -> Networks:
     notes: list[str] = []
     D = None
     try:
-        loaded = read_checkpoint(zoo.source_file(spec), want_d=True)
-        D_loaded = build_discriminator(loaded)
-        if loaded.d_config is not None and (loaded.d_config.resolution != G.cfg.resolution
-                                            or loaded.d_config.img_channels != 3):
+        source = zoo.source_file(spec)
+        beside = discriminator_path(source)
+        if beside.is_file():
+            D_loaded = load_discriminator(beside)
+        elif source.suffix == ".safetensors":
+            raise StudioError(f"{source.name} holds a generator only")
+        else:
+            D_loaded = build_discriminator(read_checkpoint(source, want_d=True))
+        if D_loaded.cfg.resolution != G.cfg.resolution or D_loaded.cfg.img_channels != 3:
             notes.append(f"The base checkpoint's discriminator is for "
-                         f"{loaded.d_config.resolution} px, {loaded.d_config.img_channels}-"
+                         f"{D_loaded.cfg.resolution} px, {D_loaded.cfg.img_channels}-"
                          f"channel images, so training starts from a fresh one.")
         else:
             D = D_loaded.train()
@@ -243,11 +256,48 @@ def load_base(spec: str, resolution: int = 0) -> Networks:
     except StudioError as exc:
         notes.append(f"The base checkpoint has no discriminator the trainer can use "
                      f"({str(exc).rstrip('.')}), so training starts from a fresh one.")
+    fresh_d = D is None
     if D is None:
         D = Discriminator(G.cfg).train()
     base = {"spec": spec, "id": model.id, "title": model.title, "sha256": model.sha256,
             "source": model.source}
-    return Networks(G=G, D=D, base=base, notes=notes)
+    return Networks(G=G, D=D, base=base, notes=notes, fresh_d=fresh_d)
+
+
+def discriminator_path(generator_path: Path) -> Path:
+    """Where a studio generator file keeps its discriminator: X.safetensors -> X.d.safetensors."""
+    return generator_path.with_name(generator_path.name.removesuffix(".safetensors") + D_SUFFIX)
+
+
+def save_discriminator(D: Discriminator, path: Path) -> Path:
+    """D's tensors as safetensors with its config in the metadata (written atomically)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in D.state_dict().items()}
+    meta = {"format": "activation-studio-discriminator", "config": json.dumps(D.cfg.to_dict()),
+            "mbstd_group_size": str(D.b4.mbstd.group_size)}
+    return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+
+def load_discriminator(path: Path) -> Discriminator:
+    """A discriminator written by save_discriminator; one sentence when it does not fit."""
+    from safetensors import safe_open
+
+    from engine.checkpoints import _load_strict
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k).to(torch.float32) for k in f.keys()}
+        cfg = GeneratorConfig.from_dict(json.loads(meta["config"]))
+        group = int(meta.get("mbstd_group_size", 4))
+    except Exception as exc:
+        raise StudioError(f"{path.name} is not a discriminator file the trainer can read.") from exc
+    if cfg.approx_parameters() > MAX_DISCRIMINATOR_PARAMETERS:
+        raise StudioError(f"{path.name} describes a discriminator too large to build.")
+    D = Discriminator(cfg, group)
+    _load_strict(D, state, "discriminator")
+    return D
 
 
 def _frozen_d_blocks(D: Discriminator, count: int) -> list[str]:
@@ -308,13 +358,18 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
         D = Discriminator(GeneratorConfig.from_dict(state["d_config"]),
                           int(state["mbstd_group_size"]))
         base = state["base"] or None
+        warmup_nimg = int(state["warmup_nimg"])
     elif cfg.base:
         nets = load_base(cfg.base, cfg.resolution)
         G, D, base, notes = nets.G, nets.D, nets.base, nets.notes
+        warmup_nimg = int(cfg.d_warmup_kimg * 1000) if nets.fresh_d else 0
+        if warmup_nimg:
+            notes.append(f"The fresh discriminator trains alone for the first "
+                         f"{cfg.d_warmup_kimg:g} kimg.")
     else:
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         gcfg = cfg.generator_config()
-        G, D, base = Generator(gcfg), Discriminator(gcfg), None
+        G, D, base, warmup_nimg = Generator(gcfg), Discriminator(gcfg), None, 0
     G, D = G.to(device).train(), D.to(device).train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     frozen = _frozen_d_blocks(D, cfg.freeze_d)
@@ -370,6 +425,7 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
                        "step": step, "nimg": nimg, "pl_mean": pl_mean, "ada": ada.state_dict(),
                        "g_config": G.cfg.to_dict(), "d_config": D.cfg.to_dict(),
                        "mbstd_group_size": D.b4.mbstd.group_size, "base": base or {},
+                       "warmup_nimg": warmup_nimg,
                        "data_description": data.description})
         acc.wait_for_everyone()
 
@@ -401,19 +457,24 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
             stats: dict[str, float] = {}
 
             # G step: make fakes, push D(augment(fake)) up. The D step reuses these fakes.
+            # During a fresh discriminator's warm-up G only makes the fakes.
+            train_g = nimg >= warmup_nimg
             D.requires_grad_(False)
-            ws = mixed_ws(G, z, cfg.style_mixing, gen)
-            fake = augment(G.synthesis(ws, noise_mode="random", noise_generator=gen), ada.p,
-                           gen)
-            loss_g = F.softplus(-D(fake)).mean()
-            opt_G.zero_grad(set_to_none=True)
-            loss_g.backward()
-            with torch.no_grad():  # track the mean w for truncation (NVlabs w_avg_beta 0.995)
-                w_mean = acc.reduce(ws[:, 0].detach().mean(0), "mean")
-                G.mapping.w_avg.copy_(w_mean.lerp(G.mapping.w_avg, 0.995))
+            with torch.set_grad_enabled(train_g):
+                ws = mixed_ws(G, z, cfg.style_mixing, gen)
+                fake = augment(G.synthesis(ws, noise_mode="random", noise_generator=gen), ada.p,
+                               gen)
+            if train_g:
+                loss_g = F.softplus(-D(fake)).mean()
+                opt_G.zero_grad(set_to_none=True)
+                loss_g.backward()
+                with torch.no_grad():  # track the mean w (NVlabs w_avg_beta 0.995)
+                    w_mean = acc.reduce(ws[:, 0].detach().mean(0), "mean")
+                    G.mapping.w_avg.copy_(w_mean.lerp(G.mapping.w_avg, 0.995))
+                stats["loss_g"] = float(loss_g.detach())
 
             # Path-length regularisation (optional, lazy).
-            if cfg.pl_weight > 0 and step % cfg.pl_interval == 0:
+            if train_g and cfg.pl_weight > 0 and step % cfg.pl_interval == 0:
                 n_pl = max(per_gpu // 2, 1)
                 ws_pl = mixed_ws(G, z[:n_pl], cfg.style_mixing, gen)
                 img_pl = G.synthesis(ws_pl, noise_mode="random", noise_generator=gen)
@@ -426,8 +487,9 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
                 loss_pl = (lengths - pl_mean).square().mean() * cfg.pl_weight * cfg.pl_interval
                 loss_pl.backward()
                 stats["pl"] = float(loss_pl.detach())
-            all_reduce_grads(g_params, world)
-            opt_G.step()
+            if train_g:
+                all_reduce_grads(g_params, world)
+                opt_G.step()
 
             # D step: push D(fake) down and D(real) up, both augmented; lazy R1 on reals,
             # differentiated through the augmentation to the pictures themselves.
@@ -464,8 +526,7 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
             ada.end_step(cfg.batch, reduce=(lambda t: acc.reduce(t.to(device), "sum").cpu())
                          if world > 1 else None)
 
-            stats.update(kimg=nimg / 1000, loss_g=float(loss_g.detach()),
-                         loss_d=float(loss_d.detach()),
+            stats.update(kimg=nimg / 1000, loss_d=float(loss_d.detach()),
                          d_real=float(logits_real.detach().mean()),
                          d_fake=float(logits_fake.detach().mean()),
                          sign_real=float(torch.sign(logits_real.detach()).mean()),
@@ -501,6 +562,7 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
     model_path = out / MODEL_NAME
     if acc.is_main_process:
         export(G_ema, model_path, cfg, nimg, step, base, data.description, ada.p)
+        save_discriminator(D, discriminator_path(model_path))  # to fine-tune further
     acc.wait_for_everyone()
     return model_path
 
@@ -541,7 +603,9 @@ def model_card(gcfg: GeneratorConfig, source: dict[str, Any]) -> str:
         f"(target {c['ada_target']}) |",
         f"| optimiser | Adam lr G {c['lr_g']}, D {c['lr_d']}; R1 gamma {c['r1_gamma']}; "
         f"FreezeD {c['freeze_d']} blocks |",
-        f"| file | `{MODEL_NAME}` + `{MODEL_NAME}.json` (config, provenance, sha256) |",
+        f"| file | `{MODEL_NAME}` + `{MODEL_NAME}.json` (config, provenance, sha256); its "
+        f"discriminator `{MODEL_NAME.removesuffix('.safetensors')}{D_SUFFIX}` for further "
+        f"fine-tuning |",
         "",
         "Made with `python -m engine train-gan` (engine/train_gan.py). Load it in the studio "
         "or with `python -m engine generate --model <this folder>/generator.safetensors`.",
