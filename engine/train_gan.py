@@ -51,6 +51,7 @@ from engine.loop import (
     crossed,
     step_generator,
 )
+from engine.seeding import global_draws_from
 from engine.stylegan2 import Discriminator, Generator, GeneratorConfig
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -367,9 +368,12 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
             notes.append(f"The fresh discriminator trains alone for the first "
                          f"{cfg.d_warmup_kimg:g} kimg.")
     else:
-        torch.manual_seed(cfg.seed)  # the same initial weights on every process
         gcfg = cfg.generator_config()
-        G, D, base, warmup_nimg = Generator(gcfg), Discriminator(gcfg), None, 0
+        # The same initial weights on every process, without reseeding the process-wide
+        # generator (a studio's other users draw from it).
+        with global_draws_from(cfg.seed):
+            G, D = Generator(gcfg), Discriminator(gcfg)
+        base, warmup_nimg = None, 0
     G, D = G.to(device).train(), D.to(device).train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     frozen = _frozen_d_blocks(D, cfg.freeze_d)

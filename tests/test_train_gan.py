@@ -42,3 +42,13 @@ def test_two_cpu_processes_train_together(tmp_path):
     run_processes(train, 2, (cfg,))
     G = load_generator(tmp_path / "ddp" / "generator.safetensors")
     assert torch.isfinite(G(G.seed_to_z(1))).all()
+
+
+def test_training_leaves_the_global_random_generator_alone(tmp_path) -> None:
+    """A studio's other users draw from torch's global generator: a training must neither
+    reseed nor consume it (its initial weights follow cfg.seed through a forked one)."""
+    torch.manual_seed(12345)
+    expected = torch.get_rng_state()
+    train(tiny_config(tmp_path / "run", total_kimg=0.004, snapshot_kimg=0.004,
+                      sample_kimg=0.004))
+    assert torch.equal(torch.get_rng_state(), expected)
