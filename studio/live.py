@@ -197,15 +197,10 @@ def _weight_param(tmp: Session, index: int) -> str:
 
 
 def _jpeg(pic: Image.Image | np.ndarray) -> bytes:
+    """libjpeg-turbo through simplejpeg: ~4x faster than PIL's encoder for these sizes."""
+    import simplejpeg
     arr = np.ascontiguousarray(np.asarray(pic, dtype=np.uint8)[..., :3])
-    try:
-        import simplejpeg  # libjpeg-turbo: ~4x faster than PIL's encoder for these sizes
-        return simplejpeg.encode_jpeg(arr, quality=JPEG_QUALITY, colorspace="RGB")
-    except ImportError:  # pragma: no cover - simplejpeg is in requirements
-        import io
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=JPEG_QUALITY)
-        return buf.getvalue()
+    return simplejpeg.encode_jpeg(arr, quality=JPEG_QUALITY, colorspace="RGB")
 
 
 def render_preview(sess: Session, messages: list[dict[str, Any]]) -> bytes:
