@@ -658,15 +658,15 @@ class SynthesisNetwork(nn.Module):
 # Generator.
 
 
-class Generator(nn.Module):
-    """Mapping + synthesis. `Generator(cfg).state_dict()` keys equal NVlabs' G_ema keys."""
+class GeneratorCalls:
+    """What both generator families (this file's and engine/stylegan3.py's) answer alike:
+    z -> ws -> image, the seed convention and their sizes. Each sets cfg, mapping, synthesis
+    and a `device` property."""
 
-    def __init__(self, cfg: GeneratorConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.synthesis = SynthesisNetwork(cfg)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(cfg, self.num_ws)
+    cfg: Any
+    mapping: nn.Module
+    synthesis: nn.Module
+    device: torch.device
 
     @property
     def z_dim(self) -> int:
@@ -675,10 +675,6 @@ class Generator(nn.Module):
     @property
     def resolution(self) -> int:
         return self.cfg.resolution
-
-    @property
-    def device(self) -> torch.device:
-        return self.synthesis.b4.const.device
 
     def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, psi: float = 1.0,
                 cutoff: int | None = None, **synthesis_kwargs: Any) -> torch.Tensor:
@@ -689,6 +685,21 @@ class Generator(nn.Module):
         """NVlabs generate.py convention: z = RandomState(seed).randn(1, z_dim)."""
         z = np.random.RandomState(seed).randn(1, self.cfg.z_dim)
         return torch.from_numpy(z).to(torch.float32).to(self.device)
+
+
+class Generator(GeneratorCalls, nn.Module):
+    """Mapping + synthesis. `Generator(cfg).state_dict()` keys equal NVlabs' G_ema keys."""
+
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.synthesis = SynthesisNetwork(cfg)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(cfg, self.num_ws)
+
+    @property
+    def device(self) -> torch.device:
+        return self.synthesis.b4.const.device
 
     def layer_shapes(self) -> dict[str, tuple[int, int, int]]:
         return layer_shapes(self.cfg)

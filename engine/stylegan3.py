@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.stylegan2 import NOISE_MODES, FullyConnectedLayer, MappingNetwork
+from engine.stylegan2 import NOISE_MODES, FullyConnectedLayer, GeneratorCalls, MappingNetwork
 
 KIND = "stylegan3"
 LRELU_SLOPE = 0.2
@@ -595,7 +595,7 @@ class SynthesisNetwork(nn.Module):
 # Generator.
 
 
-class Generator(nn.Module):
+class Generator(GeneratorCalls, nn.Module):
     """Mapping + alias-free synthesis; state_dict keys equal NVlabs stylegan3 G_ema's."""
 
     def __init__(self, cfg: StyleGAN3Config):
@@ -606,26 +606,8 @@ class Generator(nn.Module):
         self.mapping = MappingNetwork(cfg, self.num_ws)  # type: ignore[arg-type]
 
     @property
-    def z_dim(self) -> int:
-        return self.cfg.z_dim
-
-    @property
-    def resolution(self) -> int:
-        return self.cfg.resolution
-
-    @property
     def device(self) -> torch.device:
         return self.synthesis.input.weight.device
-
-    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, psi: float = 1.0,
-                cutoff: int | None = None, **synthesis_kwargs: Any) -> torch.Tensor:
-        ws = self.mapping(z, c, psi=psi, cutoff=cutoff)
-        return self.synthesis(ws, **synthesis_kwargs)
-
-    def seed_to_z(self, seed: int) -> torch.Tensor:
-        """NVlabs gen_images.py convention: z = RandomState(seed).randn(1, z_dim)."""
-        z = np.random.RandomState(seed).randn(1, self.cfg.z_dim)
-        return torch.from_numpy(z).to(torch.float32).to(self.device)
 
     def layer_shapes(self) -> dict[str, tuple[int, int, int]]:
         return layer_shapes(self.cfg)
