@@ -5,7 +5,7 @@
   // down), and a hidden "sync" button brings the Gradio output up to date after a gesture.
   const L = (window.studioLive = {
     ws: null, key: null, seq: 0, mode: "connecting", sent: new Map(), frames: [],
-    errors: [], errorKind: null, cam: null, syncTimer: null,
+    errors: [], errorKind: null, cam: null, syncTimer: null, answered: 0,
   });
   const LATENT = ["seed", "seed-frac", "psi", "cutoff", "dir-0", "dir-1", "dir-2", "dir-3",
                   "dir-4"];
@@ -50,6 +50,7 @@
       if (m.played !== undefined) playing(null);
       if (m.dropped !== undefined && L.cam) L.cam.inflight = Math.max(0, L.cam.inflight - 1);
       if (m.error) {
+        if (m.kind === 0 && typeof m.seq === "number") L.answered = Math.max(L.answered, m.seq);
         if (m.kind === 0 && L.playing) playing(null);
         L.errors.push(m.error);
         L.errorKind = m.kind;   // the next good frame of this kind clears it
@@ -106,6 +107,7 @@
     const url = URL.createObjectURL(new Blob([new Uint8Array(buf, 9)], { type: "image/jpeg" }));
     const img = kind === 0 ? overlay() : $("#live-cam-out");
     if (!img) return URL.revokeObjectURL(url);
+    if (kind === 0) L.answered = Math.max(L.answered, seq);
     const t0 = kind === 0 ? L.sent.get(seq) : L.cam && L.cam.sent.get(seq);
     img.onload = () => {
       const shown = performance.now();
@@ -181,10 +183,27 @@
       if (index === null) return;
       send({ kind: "weight", index, value: Number(ev.target.value) });
     }
-    // When the gesture stops, the Gradio output (its download, the recipe) catches up.
-    clearTimeout(L.syncTimer);
-    L.syncTimer = setTimeout(() => { const b = $("#live-sync"); if (b) b.click(); }, 400);
+    scheduleSync(L.seq);
   }, true);
+
+  // When the gesture stops, the Gradio output (its download, the recipe) catches up: 400 ms
+  // after the last movement, and not before the channel has answered message `seq` (a frame
+  // or an error). The server counts a message when it arrives, so the sync then covers it,
+  // and a Gradio event that records this edit after the sync renders itself
+  // (live.sync_pending). A channel that stays silent for 5 s is not waited for.
+  function scheduleSync(seq) {
+    clearTimeout(L.syncTimer);
+    const since = performance.now();
+    const tick = () => {
+      if (open() && L.answered < seq && performance.now() - since < 5000) {
+        L.syncTimer = setTimeout(tick, 50);
+        return;
+      }
+      const b = $("#live-sync");
+      if (b) b.click();
+    };
+    L.syncTimer = setTimeout(tick, 400);
+  }
 
   // ---- webcam ---------------------------------------------------------------------------
   const CAM_SIDE = 256;   // frames travel at most this big; the encoder's input is smaller

@@ -14,8 +14,10 @@ encode and one message.
 - A slider's value is previewed on a copy of the session's recipe through the same
   session-layer functions as the Gradio event, which still fires: while a live channel is
   open the event only records the edit (for undo and the recipe) and skips its own render
-  (`is_active`). When the gesture ends the page clicks a hidden "sync" button, so the
-  Gradio output (download, recipe JSON) catches up with what the canvas shows.
+  (`sync_pending`). When the gesture ends and the channel has answered its newest message,
+  the page clicks a hidden "sync" button, so the Gradio output (download, recipe JSON)
+  catches up with what the canvas shows; an event that records its edit after that sync
+  renders itself.
 - If the channel cannot connect, nothing changes: the Gradio events render as before, and
   the page says which path it is on.
 
@@ -70,6 +72,8 @@ _RENDER_SLOTS = anyio.CapacityLimiter(LIMITS.concurrency)
 
 _keys: dict[str, weakref.ref[Session]] = {}  # live key -> its session
 _open: dict[int, int] = {}                   # id(session) -> open connections
+# id(session) -> [edit messages received, of which a sync has passed] (see sync_pending)
+_edits: dict[int, list[int]] = {}
 _lock = threading.Lock()
 
 
@@ -99,6 +103,34 @@ def is_active(sess: Session | None) -> bool:
     """True while a page of this session has the live channel open: its sliders' frames come
     over the channel, so their Gradio events need not render."""
     return sess is not None and _open.get(id(sess), 0) > 0
+
+
+def sync_pending(sess: Session | None) -> bool:
+    """True when a slider's Gradio event may leave the Gradio output to the page's sync: the
+    channel is open and has edit messages that no sync has passed yet.
+
+    The event that records an edit and the sync that renders it are two Gradio events in a
+    lane of several workers, so under load the sync can render before the edit is recorded;
+    the canvas then kept the old picture for good. The page clicks sync only once the channel
+    has answered its newest message (studio/live.js), so by then that message is counted
+    here; an event that records it after the sync finds nothing pending and renders itself.
+    """
+    with _lock:
+        edits = _edits.get(id(sess)) if is_active(sess) else None
+        return edits is not None and edits[0] > edits[1]
+
+
+def mark_synced(sess: Session) -> None:
+    """The page's sync is rendering now: every edit message received so far is covered."""
+    with _lock:
+        edits = _edits.get(id(sess))
+        if edits is not None:
+            edits[1] = edits[0]
+
+
+def _count_edit(sess: Session) -> None:
+    with _lock:
+        _edits.setdefault(id(sess), [0, 0])[0] += 1
 
 
 # ----------------------------------------------------------------------------------------
@@ -350,6 +382,8 @@ class Connection:
             self.pending[str(kind)] = msg
         elif kind == "bend":
             self.pending[f"bend-{msg.get('slot')}"] = msg
+        if kind in ("latent", "weight", "bend"):
+            _count_edit(self.sess)
 
     async def render(self) -> None:
         """Render whatever is newest, one frame at a time, until the page goes."""
@@ -450,6 +484,7 @@ async def endpoint(ws: Any) -> None:
                 _open[id(sess)] = left
             else:
                 _open.pop(id(sess), None)
+                _edits.pop(id(sess), None)
 
 
 def routes() -> list[Any]:

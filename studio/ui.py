@@ -174,8 +174,9 @@ def pictures(ui: UI, sess: Session) -> dict[Any, Any]:
 def live_pictures(ui: UI, sess: Session) -> dict[Any, Any]:
     """pictures() for a slider's event. While the page's live channel is open it already
     shows this edit's frame (studio/live.py), so the event only records the edit; the sync
-    at the end of the gesture renders the Gradio output once."""
-    if live.is_active(sess):
+    at the end of the gesture renders the Gradio output once (unless that sync has already
+    passed: then this event renders)."""
+    if live.sync_pending(sess):
         return {ui.session: sess}
     return pictures(ui, sess)
 

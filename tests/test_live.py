@@ -45,6 +45,40 @@ def test_keys_name_one_session_each() -> None:
     assert live.session_for("guess") is None and live.session_for(None) is None
 
 
+def test_an_edit_recorded_after_its_sync_still_reaches_the_gradio_canvas() -> None:
+    """The race a loaded CI machine hit: the page's sync (400 ms after a typed seed) ran in
+    the interactive lane before the Gradio event recording that seed, rendered the old seed,
+    and the event, seeing the channel open, skipped its render: the canvas never changed."""
+    from types import SimpleNamespace
+
+    from studio.tabs import canvas
+    from studio.ui import live_pictures
+
+    sess = S.new_session("default")
+    ui = SimpleNamespace(session="session", output="output", before="before")
+    conn = live.Connection(None, sess)
+    live._open[id(sess)] = 1                 # a page holds this session's channel open
+    try:
+        # Recorded before the sync: the event leaves the render to the sync that follows.
+        conn._message_in(json.dumps({"kind": "latent", "seq": 1, "values": {"seed": 3}}))
+        S.set_latent(sess, seed=3.0)
+        assert "output" not in live_pictures(ui, sess)
+        assert np.array_equal(canvas.sync(ui, sess)["output"], _render(sess))
+        # Recorded after the sync: the event renders the new seed itself.
+        conn._message_in(json.dumps({"kind": "latent", "seq": 2, "values": {"seed": 7}}))
+        old = canvas.sync(ui, sess)["output"]
+        S.set_latent(sess, seed=7.0)
+        shown = live_pictures(ui, sess)["output"]
+        assert np.array_equal(shown, _render(sess)) and not np.array_equal(shown, old)
+    finally:
+        live._open.pop(id(sess), None)
+
+
+def _render(sess) -> np.ndarray:
+    from studio import backend
+    return np.asarray(backend.render(sess))
+
+
 
 def test_malformed_messages_get_a_sentence_and_the_channel_keeps_rendering() -> None:
     """A hostile page's NaN/string sequence numbers, a non-integer slot or an oversized

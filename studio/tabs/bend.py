@@ -266,7 +266,7 @@ def slot_handler(kind: str, slot: int) -> Any:
         _set_param(sess, sess.current, names[slot], value)
         # The stack's labels come back with each image, so the list never shows an older
         # value than the picture does.
-        shown = {} if live.is_active(sess) else {ui.output: backend.render(sess)}
+        shown = {} if live.sync_pending(sess) else {ui.output: backend.render(sess)}
         return {ui.session: sess, **shown, **stack_labels(ui, sess)}
     handler.__name__ = f"bend_{kind}_{slot}"
     return handler

@@ -3,17 +3,27 @@ undo/redo, and the recipe (show, save, load). It stays in view while the tabs sc
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import gradio as gr
 
 from engine import bend_import
 from engine.errors import StudioError
-from studio import backend, uploads
+from studio import backend, live, uploads
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session
-from studio.ui import LIVE, UI, bind, checked_file, job_errors, need, user_errors
+from studio.ui import (
+    LIVE,
+    UI,
+    bind,
+    checked_file,
+    job_errors,
+    need,
+    pictures,
+    user_errors,
+)
 
 RECIPE_TYPES = [".json", ".yaml", ".yml", ".txt", ".zip"]
 
@@ -153,8 +163,13 @@ SHORTCUTS_JS = """
 @user_errors
 def sync(ui: UI, sess: Session) -> dict[Any, Any]:
     """After a live gesture: the Gradio output shows what the live canvas shows."""
-    from studio.ui import pictures
-    return pictures(ui, need(sess))
+    sess = need(sess)
+    live.mark_synced(sess)
+    shown = copy.deepcopy(sess.recipe)
+    out = pictures(ui, sess)
+    if sess.recipe != shown:  # an edit landed while rendering: show it, not the older one
+        out = pictures(ui, sess)
+    return out
 
 
 def wire(ui: UI, page_outputs: list[Any]) -> None:
