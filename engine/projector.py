@@ -36,9 +36,10 @@ from torch import nn
 
 from engine import networks
 from engine.datasets import square_rgb
-from engine.errors import StudioError, cancel_requested
-from engine.files import atomic_torch_save, atomic_write, atomic_write_text
+from engine.errors import StudioError
+from engine.files import atomic_write, atomic_write_text
 from engine.latents import model_device, save_w, to_uint8, w_stats
+from engine.loop import Checkpointer, LoopCancelled, MetricsCallback, StepLoop, step_generator
 from engine.seeding import build_seeded
 
 # Schedule constants (the StyleGAN2 projector's published values).
@@ -57,7 +58,7 @@ ENCODER_STATE = "latent_encoder_state.pt"
 Progress = Callable[..., Any]     # progress(fraction, message)
 
 
-class ProjectionCancelled(StudioError):
+class ProjectionCancelled(LoopCancelled):
     """The user stopped a projection; its checkpoint (when asked for) lets it resume."""
 
 
@@ -353,16 +354,19 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
             progress: Progress | None = None, cancel: Any = None,
             checkpoint_path: str | os.PathLike | None = None, D: nn.Module | None = None,
             encoder: Any = None, frame_every: int | None = None, seed: int = 0,
-            checkpoint_every: int = 25, initial_lr: float = INITIAL_LR) -> ProjectionResult:
+            checkpoint_every: int = 25, initial_lr: float = INITIAL_LR,
+            on_metrics: MetricsCallback | None = None, show_bar: bool = False
+            ) -> ProjectionResult:
     """Fit a latent (W or W+, and optionally the noise maps) so that G renders `image`.
 
     image: PIL image, uint8 array or path; any size and mode (centre-cropped and resized).
     init: 'w_avg' (mean w) or 'encoder' (a LatentEncoder or its file, given as `encoder`).
     loss: 'builtin' | 'pixel' | path of a TorchScript VGG16 | callable(synth, target).
-    progress(fraction, message) per step; `cancel` (callable/Event/bool) raises
-    ProjectionCancelled after saving the checkpoint. With checkpoint_path the run saves
-    its state every `checkpoint_every` steps (atomically) and resumes from it when the same
-    projection is started again, e.g. after the process was killed.
+    progress(fraction, message) and on_metrics(step, {"loss": image loss}) hear every step;
+    `cancel` (callable/Event/bool) raises ProjectionCancelled after saving the checkpoint.
+    With checkpoint_path the run saves its state every `checkpoint_every` steps (atomically)
+    and resumes from it when the same projection is started again, e.g. after the process
+    was killed. show_bar: a tqdm bar on stderr (the CLI).
     """
     if steps < 1:
         raise StudioError(f"Projection needs at least one step (got {steps}).")
@@ -405,33 +409,6 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
     params = [w_opt] + list(noise.values())
     opt = torch.optim.Adam(params, lr=initial_lr, betas=ADAM_BETAS)
 
-    key = _run_key(target_np, G, steps, w_plus, optimize_noise, loss_name, init, seed)
-    ckpt = Path(checkpoint_path) if checkpoint_path else None
-    step0, history, frames = 0, [], []
-    if ckpt is not None and ckpt.exists():
-        try:
-            state = torch.load(ckpt, map_location=device, weights_only=True)
-        except Exception:  # a foreign or broken file: start afresh rather than fail
-            state = None
-        if state is not None and state.get("key") == key:
-            with torch.no_grad():
-                w_opt.copy_(state["w"])
-                for name, buf in noise.items():
-                    buf.copy_(state["noise"][name])
-            opt.load_state_dict(state["opt"])
-            step0 = int(state["step"])
-            history = [float(x) for x in state["history"].tolist()]
-            frames = [f.numpy() for f in state["frames"]]
-
-    def save_checkpoint(step: int) -> None:
-        if ckpt is None:
-            return
-        atomic_torch_save({
-            "version": CHECKPOINT_VERSION, "key": key, "step": step,
-            "w": w_opt.detach().cpu(), "noise": {k: v.detach().cpu() for k, v in noise.items()},
-            "opt": opt.state_dict(), "history": torch.tensor(history, dtype=torch.float64),
-            "frames": [torch.from_numpy(f) for f in frames]}, ckpt)
-
     def ws_of(w: torch.Tensor) -> torch.Tensor:
         return w if w.shape[1] == num_ws else w.expand(-1, num_ws, -1)
 
@@ -440,12 +417,33 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
     def render(w: torch.Tensor) -> torch.Tensor:
         return G.synthesis(ws_of(w), noise_mode="const", noise=fitted_noise)
 
-    for step in range(step0, steps):
-        if cancel_requested(cancel):
-            save_checkpoint(step)
-            raise ProjectionCancelled("The projection was cancelled"
-                                      + (" (it resumes from its checkpoint)." if ckpt
-                                         else "."))
+    # Resume, cancel, progress and checkpoints: engine/loop.py. A checkpoint of another
+    # projection (another picture, model or setting) is ignored, not refused.
+    key = _run_key(target_np, G, steps, w_plus, optimize_noise, loss_name, init, seed)
+    frames: list[np.ndarray] = []
+    loop = StepLoop(
+        steps, checkpoint_every=checkpoint_every, history_key="loss",
+        checkpointer=Checkpointer(checkpoint_path, {"key": key,
+                                                    "version": CHECKPOINT_VERSION},
+                                  strict=False) if checkpoint_path else None,
+        state=lambda: {"w": w_opt.detach().cpu(),
+                       "noise": {k: v.detach().cpu() for k, v in noise.items()},
+                       "opt": opt.state_dict(),
+                       "frames": [torch.from_numpy(f) for f in frames]},
+        cancel=cancel, cancelled=lambda loop: ProjectionCancelled(
+            "The projection was cancelled"
+            + (" (it resumes from its checkpoint)." if checkpoint_path else ".")),
+        progress=progress, on_metrics=on_metrics, bar="projecting" if show_bar else None)
+    saved = loop.resume(device)
+    if saved is not None:
+        with torch.no_grad():
+            w_opt.copy_(saved["w"])
+            for name, buf in noise.items():
+                buf.copy_(saved["noise"][name])
+        opt.load_state_dict(saved["opt"])
+        frames.extend(f.numpy() for f in saved["frames"])
+
+    for step in loop:
         t = step / steps
         for group in opt.param_groups:
             group["lr"] = learning_rate(t, initial_lr)
@@ -463,14 +461,10 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
             p.grad = g
         opt.step()
         _normalise_noise_(noise)
-        history.append(float(dist.detach()))
         if (step + 1) % frame_every == 0 or step == steps - 1:
             with torch.no_grad():
                 frames.append(to_uint8(render(w_opt))[0])
-        if progress is not None:
-            progress((step + 1) / steps, f"step {step + 1}/{steps}, loss {history[-1]:.4f}")
-        if ckpt is not None and ((step + 1) % checkpoint_every == 0 or step == steps - 1):
-            save_checkpoint(step + 1)
+        loop.end_step({"loss": dist.detach()})
 
     with torch.no_grad():
         w_final = ws_of(w_opt.detach()).clone()
@@ -479,9 +473,9 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
     return ProjectionResult(
         w=w_final.cpu().numpy().astype(np.float32), image=image_out, target=target_np,
         psnr=psnr(image_out, target_np), psnr_const=psnr(image_const, target_np),
-        loss_history=history, frames=frames, loss_name=loss_name,
+        loss_history=loop.history, frames=frames, loss_name=loss_name,
         noise={k: v.detach().cpu().numpy()[0, 0] for k, v in noise.items()} or None,
-        steps=steps, init=init, image_const=image_const, resumed_from=step0)
+        steps=steps, init=init, image_const=image_const, resumed_from=loop.resumed_from)
 
 
 def save_projection(result: ProjectionResult, out_dir: str | os.PathLike, fps: float = 20,
@@ -635,18 +629,25 @@ def _training_pairs(G: nn.Module, n: int, gen: torch.Generator, device: torch.de
     return img, ws
 
 
+class LatentEncoderCancelled(LoopCancelled):
+    """Latent encoder training stopped on request; its checkpoint resumes it."""
+
+
 def train_latent_encoder(G: nn.Module, steps: int = 2000, batch: int = 16,
                          out_dir: str | os.PathLike = "latent_encoder",
                          progress: Progress | None = None, cancel: Any = None,
                          lr: float = 1e-3, image_weight: float = 1.0, seed: int = 0,
                          checkpoint_every: int = 100, model_sha256: str | None = None,
-                         channels: int = 32) -> Path:
+                         channels: int = 32, on_metrics: MetricsCallback | None = None,
+                         show_bar: bool = False) -> Path:
     """Train a LatentEncoder on (image, W+) pairs G generates; returns the .safetensors path.
 
     Loss: MSE of the predicted W+ against the true one (relative to the spread of W) plus
     L1 between the image the prediction renders and the input. Runs through accelerate
     (one CPU / GPU, or `accelerate launch`); the state is saved atomically every
-    `checkpoint_every` steps in out_dir and a second call resumes from it.
+    `checkpoint_every` steps in out_dir and a second call with the same settings resumes
+    from it (more steps may be asked for). Every step's pairs are drawn from (seed, step),
+    so a resumed run equals an uninterrupted one.
     """
     from accelerate import Accelerator
     acc = Accelerator()
@@ -664,30 +665,31 @@ def train_latent_encoder(G: nn.Module, steps: int = 2000, batch: int = 16,
     w_mean, w_sd = w_stats(G)
     w_avg = torch.from_numpy(w_mean).to(device)
     w_var = torch.from_numpy(w_sd ** 2).to(device).clamp_min(1e-8)
-    step = 0
-    state_path = out / ENCODER_STATE
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        if (state.get("num_ws"), state.get("w_dim")) == (cfg.num_ws, cfg.w_dim):
-            enc.load_state_dict(state["encoder"])
-            opt.load_state_dict(state["opt"])
-            step = int(state["step"])
-    enc, opt = acc.prepare(enc, opt)
-    gen = torch.Generator().manual_seed(seed * 7919 + step)
 
-    def checkpoint() -> None:
-        if acc.is_main_process:
-            atomic_torch_save({"encoder": acc.unwrap_model(enc).state_dict(),
-                                "opt": opt.state_dict(), "step": step,
-                                "num_ws": cfg.num_ws, "w_dim": cfg.w_dim}, state_path)
+    # Resume, cancel, progress and checkpoints: engine/loop.py.
+    settings = {"num_ws": cfg.num_ws, "w_dim": cfg.w_dim, "channels": channels,
+                "batch": batch, "lr": lr, "image_weight": image_weight, "seed": seed,
+                "model_sha256": model_sha256, "steps": steps}
+    loop = StepLoop(
+        steps, checkpoint_every=checkpoint_every, accelerator=acc,
+        checkpointer=Checkpointer(out / ENCODER_STATE, settings, may_change=["steps"]),
+        state=lambda: {"encoder": acc.unwrap_model(enc).state_dict(),
+                       "opt": opt.state_dict()},
+        cancel=cancel, cancelled=lambda loop: LatentEncoderCancelled(
+            f"Latent encoder training stopped at step {loop.step} of {steps}; run it again "
+            f"with the same settings to resume."),
+        progress=progress, on_metrics=on_metrics,
+        bar="training latent encoder" if show_bar else None)
+    saved = loop.resume(device)
+    if saved is not None:
+        enc.load_state_dict(saved["encoder"])
+        opt.load_state_dict(saved["opt"])
+    enc, opt = acc.prepare(enc, opt)
 
     enc.train()
-    while step < steps:
-        if cancel_requested(cancel):
-            checkpoint()
-            raise StudioError("Latent encoder training was cancelled; run it again to "
-                              "resume.")
-        img, ws = _training_pairs(G, batch, gen, device)
+    for step in loop:
+        img, ws = _training_pairs(G, batch, step_generator(seed, step, acc.process_index,
+                                                           "cpu"), device)
         pred = enc(img, w_avg)
         loss = ((pred - ws).square() / w_var).mean()
         if image_weight > 0:
@@ -696,11 +698,7 @@ def train_latent_encoder(G: nn.Module, steps: int = 2000, batch: int = 16,
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         opt.step()
-        step += 1
-        if progress is not None:
-            progress(step / steps, f"step {step}/{steps}, loss {float(loss):.4f}")
-        if step % checkpoint_every == 0 or step == steps:
-            checkpoint()
+        loop.end_step({"loss": loss.detach()})
     acc.wait_for_everyone()
     path = out / ENCODER_FILE
     if acc.is_main_process:
@@ -746,8 +744,6 @@ def add_cli(subparsers: Any) -> None:
 
 
 def _cli_project(args: Any) -> None:
-    from tqdm import tqdm
-
     from engine import zoo
     model = zoo.load(args.model)
     out = Path(args.out)
@@ -755,18 +751,10 @@ def _cli_project(args: Any) -> None:
     ckpt = out / "projection_state.pt"
     if args.no_resume and ckpt.exists():
         ckpt.unlink()
-    bar = tqdm(total=args.steps, desc="projecting", unit="step")
-
-    def progress(fraction: float, message: str) -> None:
-        bar.n = round(fraction * args.steps)
-        bar.set_postfix_str(message.split(", ")[-1])
-        bar.refresh()
-
-    with bar:
-        result = project(model.G, args.image, steps=args.steps, w_plus=not args.w_only,
-                         optimize_noise=not args.no_noise, loss=args.loss, init=args.init,
-                         encoder=args.encoder, progress=progress, checkpoint_path=ckpt,
-                         checkpoint_every=args.checkpoint_every, seed=args.seed)
+    result = project(model.G, args.image, steps=args.steps, w_plus=not args.w_only,
+                     optimize_noise=not args.no_noise, loss=args.loss, init=args.init,
+                     encoder=args.encoder, checkpoint_path=ckpt, show_bar=True,
+                     checkpoint_every=args.checkpoint_every, seed=args.seed)
     paths = save_projection(result, out, fps=args.fps)
     if result.resumed_from:
         print(f"resumed from the checkpoint at step {result.resumed_from}")
@@ -777,20 +765,9 @@ def _cli_project(args: Any) -> None:
 
 
 def _cli_train_encoder(args: Any) -> None:
-    from tqdm import tqdm
-
     from engine import zoo
     model = zoo.load(args.model)
-    bar = tqdm(total=args.steps, desc="training latent encoder", unit="step")
-
-    def progress(fraction: float, message: str) -> None:
-        bar.n = round(fraction * args.steps)
-        bar.set_postfix_str(message.split(", ")[-1])
-        bar.refresh()
-
-    with bar:
-        path = train_latent_encoder(model.G, steps=args.steps, batch=args.batch,
-                                    out_dir=args.out, progress=progress, lr=args.lr,
-                                    image_weight=args.image_weight,
-                                    model_sha256=model.sha256)
+    path = train_latent_encoder(model.G, steps=args.steps, batch=args.batch,
+                                out_dir=args.out, lr=args.lr, image_weight=args.image_weight,
+                                model_sha256=model.sha256, show_bar=True)
     print(f"wrote {path}")
