@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from engine.devices import to_host
 from engine.errors import StudioError, cancel_requested
 from engine.files import atomic_torch_save, atomic_write_text
 
@@ -105,7 +106,10 @@ class Checkpointer:
         return state
 
     def save(self, state: Mapping[str, Any]) -> None:
-        atomic_torch_save({**state, "settings": self.settings}, self.path)
+        # Copied to the CPU first: the file loads anywhere, and the tensors still training
+        # are never handed to torch.save (under ZeroGPU's emulation that leaves a model
+        # that cannot be moved to the CPU afterwards).
+        atomic_torch_save(to_host({**state, "settings": self.settings}), self.path)
 
 
 class MetricsLog:

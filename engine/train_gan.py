@@ -438,7 +438,7 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
     if acc.is_main_process and step == 0:
         _save_png(out / "samples" / "reals.png", tile(data.images[:SAMPLE_GRID_SEEDS]))
         _save_png(out / "samples" / "fakes_init.png", sample_grid(G_ema, grid_seeds, device))
-    stop = StopCheck(acc, cancel, cfg.max_minutes * 60)
+    stop = StopCheck(acc, cancel, cfg.max_minutes * 60 or None)
     bar = tqdm(total=total, initial=min(nimg, total), unit="img", unit_scale=True,
                disable=not acc.is_main_process, dynamic_ncols=True, mininterval=5)
     t_start = t_last = time.time()

@@ -45,7 +45,8 @@ from torch import nn
 
 from engine import networks
 from engine.errors import StudioError, cancel_requested
-from engine.files import atomic_torch_save, atomic_write, atomic_write_text
+from engine.files import atomic_write, atomic_write_text
+from engine.loop import Checkpointer, LoopCancelled, MetricsCallback, StepLoop, describe_step
 from engine.seeding import build_seeded
 
 DEFAULT_LAYER = "b16.conv1"      # the seed's choice: the 16x16 block's second conv
@@ -72,7 +73,7 @@ VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".avi", ".mkv", ".webm")
 Progress = Callable[[float, str], Any]
 
 
-class TrainingCancelled(StudioError):
+class TrainingCancelled(LoopCancelled):
     """The user stopped encoder training; a checkpoint was kept, so running again resumes."""
 
 
@@ -1046,27 +1047,6 @@ def fidelity_psnr(G: nn.Module, encoder: ActivationEncoder, seeds: Sequence[int]
     return float(torch.cat(values).mean())
 
 
-def _time_is_up(acc: Any, t_run: float, max_seconds: float) -> bool:
-    over = time.perf_counter() - t_run > max_seconds
-    if acc.num_processes == 1:
-        return over  # no device round trip per step for a single process
-    flag = torch.tensor(float(over), device=acc.device)
-    return bool(acc.reduce(flag, "max").item())  # every process must stop at the same step
-
-
-def _save_checkpoint(path: Path, encoder: nn.Module, opt: torch.optim.Optimizer, step: int,
-                     s: TrainSettings, history: list[float], elapsed: float) -> None:
-    state = {"encoder": encoder.state_dict(), "optimizer": opt.state_dict(), "step": step,
-             "settings": asdict(s), "config": asdict(encoder.config),
-             "history": history, "elapsed": elapsed}
-    atomic_torch_save(state, path)
-
-
-def _resume_keys(s: dict[str, Any]) -> dict[str, Any]:
-    # Settings a resumed run must share with the checkpoint (steps may grow).
-    return {k: v for k, v in s.items() if k != "steps"}
-
-
 def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | None = None,
                   steps: int = 1000, batch: int = 8, lr: float = 2e-3, psi: float = 1.0,
                   cutoff: int | None = None, act_weight: float = 1.0, image_weight: float = 1.0,
@@ -1080,14 +1060,15 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
                   augment: dict[str, Any] | None = None, photos: str | None = None,
                   photo_batch: int = 4, stats_weight: float = 0.0,
                   round_trip_weight: float = 0.0, init_from: str | None = None,
-                  **arch: Any) -> TrainResult:
+                  on_metrics: MetricsCallback | None = None, **arch: Any) -> TrainResult:
     """Train an ActivationEncoder for `layer` of the frozen generator G; see module doc.
 
     With out_dir: checkpoints (every `checkpoint_every` steps, at cancel) go to
     out_dir/checkpoint.pt and a run resumes from it; the preview grid (input | translation)
     is out_dir/preview.png; the final encoder is saved there (weights, sidecar, model card).
-    progress(fraction, message) hears each step; `cancel` (callable / Event / bool) stops the
-    run between steps with TrainingCancelled after writing a checkpoint. `arch` sets
+    progress(fraction, message) and on_metrics(step, {"loss", "act", "img", ..., "img_per_s"})
+    hear each step (every LOG_EVERY steps on a GPU); `cancel` (callable / Event / bool) stops
+    the run between steps with TrainingCancelled after writing a checkpoint. `arch` sets
     EncoderConfig fields (width, max_width, blocks, stage_blocks, groups, mean_filter).
     max_seconds ends training early (this session's time, all processes agreeing) and saves
     the encoder as it is; the lr schedule is the one for `steps`, so pick steps to fit.
@@ -1134,17 +1115,30 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
     opt = torch.optim.Adam(encoder.parameters(), lr=s.lr, betas=(0.9, 0.99))
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / CHECKPOINT_FILE if out is not None else None
-    start, history, elapsed = 0, [], 0.0
-    if ckpt_path is not None and resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=acc.device, weights_only=True)
-        # A checkpoint from before a setting existed ran with that setting's default.
-        saved = {**asdict(TrainSettings()), **state["settings"]}
-        if _resume_keys(saved) != _resume_keys(asdict(s)):
-            raise StudioError(f"{ckpt_path} was written with other settings; use the same "
-                              f"settings to resume, or another --out (or --no-resume)")
-        encoder.load_state_dict(state["encoder"])
-        opt.load_state_dict(state["optimizer"])
-        start, history, elapsed = state["step"], list(state["history"]), state["elapsed"]
+    rank, world = acc.process_index, acc.num_processes
+    t_run, images = time.perf_counter(), 0
+    # Resume, cancel, time limit, progress and checkpoints: engine/loop.py. On a GPU the
+    # losses stay on the device and are read back every LOG_EVERY steps (reading one is a
+    # host/device round trip that stalls the GPU); the CPU has no round trip.
+    loop = StepLoop(
+        s.steps, checkpoint_every=checkpoint_every, accelerator=acc, history_key="loss",
+        # More steps may be asked for on resuming (the warm-up follows the step count).
+        checkpointer=Checkpointer(ckpt_path, asdict(s), may_change=["steps", "warmup"],
+                                  defaults=asdict(TrainSettings())) if out else None,
+        state=lambda: {"encoder": encoder.state_dict(), "optimizer": opt.state_dict(),
+                       "config": asdict(encoder.config)},
+        cancel=cancel, max_seconds=max_seconds, cancelled=lambda loop: TrainingCancelled(
+            f"Encoder training stopped at step {loop.step} of {s.steps}; run it again to "
+            f"resume."),
+        progress=progress, on_metrics=on_metrics,
+        describe=lambda loop, m: f"{describe_step(loop, m)} ({m['img_per_s']:.1f} img/s)",
+        report_every=1 if acc.device.type == "cpu" else LOG_EVERY,
+        bar=f"encoder {layer}" if show_bar else None,
+        bar_keys=("loss", "act", "img", "stats", "trip", "img_per_s"))
+    saved = loop.resume(acc.device) if resume else None
+    if saved is not None:
+        encoder.load_state_dict(saved["encoder"])
+        opt.load_state_dict(saved["optimizer"])
     elif s.init_from:
         start_from = load_encoder(s.init_from, device=acc.device)
         if asdict(start_from.config) != asdict(encoder.config):
@@ -1158,97 +1152,51 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
     enc_cfg = encoder.config
     model, opt = acc.prepare(encoder, opt)
     model.train()
-    rank, world = acc.process_index, acc.num_processes
-    bar = None
-    if show_bar and acc.is_main_process:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=s.steps, initial=start, desc=f"encoder {layer}", unit="step")
-    t0 = time.perf_counter() - elapsed
-    t_run, images = time.perf_counter(), 0
-    step = start
-    stopped_early = None
-    # Losses stay on the device and are read back every LOG_EVERY steps: reading one is a
-    # host/device round trip that stalls a GPU at every step.
-    pending: list[torch.Tensor] = []
-    parts: dict[str, torch.Tensor] = {}
-    log_every = 1 if acc.device.type == "cpu" else LOG_EVERY  # the CPU has no round trip
-    try:
-        for step in range(start, s.steps):
-            if max_seconds is not None and _time_is_up(acc, t_run, max_seconds):
-                stopped_early = step
-                break
-            if cancel_requested(cancel):
-                raise TrainingCancelled(f"encoder training stopped at step {step} of "
-                                        f"{s.steps}; run it again to resume")
-            ws, img, x, act = _training_batch(G, enc_cfg, s, step, rank, photo_set)
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(s, step)
-            pred = model(x)
-            loss = torch.zeros((), device=acc.device)
-            parts = {}
-            if s.act_weight > 0:
-                parts["act"] = F.mse_loss(encoder.standardise(pred), encoder.standardise(act))
-                loss = loss + s.act_weight * parts["act"]
-            if s.image_weight > 0:
-                rendered = G.synthesis(ws, noise_mode=s.noise_mode, start=(layer, pred))
-                parts["img"] = image_loss(rendered, img)
-                loss = loss + s.image_weight * parts["img"]
-            if photo_set is not None and (s.stats_weight or s.round_trip_weight):
-                gen = _rng(s.seed, "photos", step, rank)
-                photo = photo_set.crops(gen, s.photo_batch, enc_cfg.input_size).to(acc.device)
-                pred_photo = model(photo)
-                if s.stats_weight:
-                    parts["stats"] = activation_stats_loss(encoder.standardise(pred_photo))
-                    loss = loss + s.stats_weight * parts["stats"]
-                if s.round_trip_weight:
-                    ws_photo = _sample_ws(G, s.photo_batch, gen, s.psi, s.cutoff)
-                    rendered = G.synthesis(ws_photo, noise_mode=s.noise_mode,
-                                           start=(layer, pred_photo))
-                    parts["trip"] = round_trip_loss(rendered, photo)
-                    loss = loss + s.round_trip_weight * parts["trip"]
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            opt.step()
-            images += s.batch * world
-            pending.append(loss.detach())
-            done = step + 1
-            if bar is not None:
-                bar.update(1)
-            if done % log_every == 0 or done == s.steps:
-                history.extend(torch.stack(pending).tolist())
-                pending.clear()
-                rate = images / max(time.perf_counter() - t_run, 1e-9)
-                if bar is not None:
-                    msg = " ".join(f"{k}={float(v.detach()):.4f}" for k, v in parts.items())
-                    bar.set_postfix_str(f"loss={history[-1]:.4f} {msg} img/s={rate:.1f}")
-                if progress is not None and acc.is_main_process:
-                    progress(done / s.steps, f"step {done}/{s.steps} loss "
-                             f"{history[-1]:.4f} ({rate:.1f} img/s)")
-            if out is not None and acc.is_main_process:
-                if preview_every and (done % preview_every == 0 or done == s.steps):
-                    _preview(G, encoder, s, out / PREVIEW_FILE)
-                if checkpoint_every and done % checkpoint_every == 0 and done < s.steps:
-                    history.extend(torch.stack(pending).tolist() if pending else [])
-                    pending.clear()
-                    _save_checkpoint(ckpt_path, encoder, opt, done, s, history,
-                                     time.perf_counter() - t0)
-        else:
-            step = s.steps
-    except TrainingCancelled:
-        history.extend(torch.stack(pending).tolist() if pending else [])
-        if out is not None and acc.is_main_process:
-            _save_checkpoint(ckpt_path, encoder, opt, step, s, history,
-                             time.perf_counter() - t0)
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    history.extend(torch.stack(pending).tolist() if pending else [])
+
+    for step in loop:
+        ws, img, x, act = _training_batch(G, enc_cfg, s, step, rank, photo_set)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(s, step)
+        pred = model(x)
+        loss = torch.zeros((), device=acc.device)
+        parts = {}
+        if s.act_weight > 0:
+            parts["act"] = F.mse_loss(encoder.standardise(pred), encoder.standardise(act))
+            loss = loss + s.act_weight * parts["act"]
+        if s.image_weight > 0:
+            rendered = G.synthesis(ws, noise_mode=s.noise_mode, start=(layer, pred))
+            parts["img"] = image_loss(rendered, img)
+            loss = loss + s.image_weight * parts["img"]
+        if photo_set is not None and (s.stats_weight or s.round_trip_weight):
+            gen = _rng(s.seed, "photos", step, rank)
+            photo = photo_set.crops(gen, s.photo_batch, enc_cfg.input_size).to(acc.device)
+            pred_photo = model(photo)
+            if s.stats_weight:
+                parts["stats"] = activation_stats_loss(encoder.standardise(pred_photo))
+                loss = loss + s.stats_weight * parts["stats"]
+            if s.round_trip_weight:
+                ws_photo = _sample_ws(G, s.photo_batch, gen, s.psi, s.cutoff)
+                rendered = G.synthesis(ws_photo, noise_mode=s.noise_mode,
+                                       start=(layer, pred_photo))
+                parts["trip"] = round_trip_loss(rendered, photo)
+                loss = loss + s.round_trip_weight * parts["trip"]
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        opt.step()
+        images += s.batch * world
+        loop.end_step({"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()},
+                       "img_per_s": images / max(time.perf_counter() - t_run, 1e-9)})
+        if out is not None and acc.is_main_process and preview_every and \
+                (loop.step % preview_every == 0 or loop.step == s.steps):
+            _preview(G, encoder, s, out / PREVIEW_FILE)
+
+    stopped_early = loop.step if loop.stopped == "time" else None
     if stopped_early is not None and out is not None and preview_every and acc.is_main_process:
         _preview(G, encoder, s, out / PREVIEW_FILE)
     acc.wait_for_everyone()
-    seconds = time.perf_counter() - t0
+    seconds = loop.elapsed()
     run_s = time.perf_counter() - t_run
+    step, history = loop.step, loop.history
     encoder.eval()
     tail = history[-50:] or [float("nan")]
     metrics = {"final_loss": round(sum(tail) / len(tail), 6), "processes": world,

@@ -105,7 +105,7 @@ def test_resume_gives_the_uninterrupted_result(G, tmp_path):
     with pytest.raises(T.TrainingCancelled):
         T.train_encoder(G, steps=4, seed=3, out_dir=tmp_path / "c", cancel=lambda: True,
                         **TRAIN)
-    with pytest.raises(StudioError, match="other settings"):
+    with pytest.raises(StudioError, match="was written with lr=0.002, not 0.0001"):
         T.train_encoder(G, steps=4, seed=3, out_dir=tmp_path / "c", lr=1e-4, **TRAIN)
 
 
