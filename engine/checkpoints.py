@@ -733,7 +733,8 @@ def _finish(cfg: GeneratorConfig | StyleGAN3Config, sd: Mapping[str, Any], fmt: 
     """Check names and shapes against the config, convert to float32, package the result.
     Tensors may arrive as stored (any float dtype, ndarrays)."""
     available = sum(math.prod(v.shape) for v in sd.values())
-    g = _conform(sd, _expected_shapes(cfg, lambda: networks.build(cfg), available),
+    g = _conform(sd, _expected_shapes(cfg, lambda: networks.build(cfg, initialise=False),
+                                        available),
                  "generator")
     if cfg.c_dim > 0:
         notes.append(f"This model is conditional with {cfg.c_dim} classes: pass a class label "
@@ -1621,7 +1622,7 @@ def _first_line(exc: BaseException) -> str:
 def build_generator(loaded: LoadedCheckpoint) -> networks.AnyGenerator:
     """A generator (StyleGAN2 or 3) in eval mode holding the checkpoint's tensors (strict:
     every key, shape)."""
-    G = networks.build(loaded.config)
+    G = networks.build(loaded.config, initialise=False)  # the strict load sets every tensor
     _load_strict(G, loaded.state_dict, "generator")
     return G.eval()
 

@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import scipy.signal
-import scipy.special
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -223,6 +221,10 @@ def design_lowpass(taps: int, cutoff: float, width: float, rate: float, radial: 
     a checkpoint brings its filters as buffers."""
     if taps == 1:
         return None
+    # scipy.signal costs a second or two to import; only fresh networks need it.
+    import scipy.signal
+    import scipy.special
+
     if not radial:
         return torch.as_tensor(scipy.signal.firwin(taps, cutoff, width=width, fs=rate),
                                dtype=torch.float32)

@@ -716,3 +716,27 @@ def test_not_a_generator_pickle(tmp_path):
     with pytest.raises(CheckpointError) as err:
         read_checkpoint(path)
     assert_one_sentence(err.value)
+
+
+def test_uninitialised_build_draws_nothing_and_loads_every_tensor(tiny_generator, tmp_path):
+    """build_generator skips the random init (every tensor is loaded next): it must leave the
+    global RNG as it was and still render the saved model exactly, for both families."""
+    from engine import networks
+    from tests.conftest import make_tiny_stylegan3
+
+    for G in (tiny_generator(seed=13), make_tiny_stylegan3("stylegan3-t", seed=2)):
+        state = torch.random.get_rng_state()
+        bare = networks.build(G.cfg, initialise=False)
+        assert torch.equal(torch.random.get_rng_state(), state)
+        assert {k: v.shape for k, v in bare.state_dict().items()} == {
+            k: v.shape for k, v in G.state_dict().items()}
+        path = tmp_path / f"{type(G).__module__}.safetensors"
+        save_generator(G, path)
+        torch.manual_seed(0)
+        drawn = torch.randn(4)
+        torch.manual_seed(0)
+        G2 = load_generator(path)
+        assert torch.equal(torch.randn(4), drawn)  # loading consumed no random numbers
+        z = torch.randn(2, G.cfg.z_dim, generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            assert torch.equal(G2(z), G.eval()(z))
