@@ -81,6 +81,30 @@ def test_modulated_conv_paths_agree_with_the_definition(up, layout, k):
         assert torch.allclose(y, want, atol=1e-4), (fused, (y - want).abs().max())
 
 
+@pytest.mark.parametrize("n, size", [(1, 4), (1, 8), (2, 16), (16, 4)])
+def test_small_convs_as_one_matrix_product_equal_onednn(n, size):
+    """The im2col / col2im forms, on both layouts and with a bias, and the dispatch that
+    picks them (gemm_conv_pays) on the sizes where the measured bounds send each way."""
+    torch.manual_seed(7)
+    for layout in (torch.contiguous_format, CL):
+        x = torch.randn(n, 12, size, size).contiguous(memory_format=layout)
+        w, w_up, b = torch.randn(10, 12, 3, 3), torch.randn(12, 10, 3, 3), torch.randn(10)
+        want = F.conv2d(x, w, b, padding=1)
+        for wl in (w, w.contiguous(memory_format=CL)):
+            assert torch.allclose(ops.conv3x3_gemm(x, wl, b), want, atol=1e-5)
+            assert torch.allclose(ops.conv3x3(x, wl, b), want, atol=1e-5)
+        want = F.conv_transpose2d(x, w_up, stride=2)
+        got = ops.conv_transpose3x3_gemm(x, w_up.contiguous(memory_format=CL))
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+        assert torch.allclose(ops.conv_transpose3x3(x, w_up), want, atol=1e-5)
+    pixels = n * size * size
+    assert ops.gemm_conv_pays(x, 3, up=False) == (size * size <= ops.GEMM_CONV_MAX_IMAGE
+                                                  and pixels <= ops.GEMM_CONV_MAX_PIXELS)
+    low, high = ops.GEMM_UPCONV_PIXELS
+    assert ops.gemm_conv_pays(x, 3, up=True) == (low <= pixels <= high)
+    assert not ops.gemm_conv_pays(x.half(), 3, up=False) and not ops.gemm_conv_pays(x, 1, False)
+
+
 def test_demodulation_equals_the_explicit_weight_norm():
     torch.manual_seed(2)
     weight, styles = torch.randn(4, 3, 3, 3), torch.randn(2, 3)
