@@ -37,7 +37,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 from engine.augment import AdaController, augment
 from engine.errors import StudioError
@@ -46,8 +45,7 @@ from engine.loop import (
     Checkpointer,
     LoopCancelled,
     MetricsCallback,
-    MetricsLog,
-    StopCheck,
+    StepLoop,
     crossed,
     step_generator,
 )
@@ -351,8 +349,24 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
     if per_gpu * world != cfg.batch:
         raise StudioError(f"--batch {cfg.batch} must divide by the {world} processes.")
 
-    ckpt = Checkpointer(out / CHECKPOINT_NAME, asdict(cfg), may_change=RESUMABLE_CHANGES)
-    state = ckpt.load(device)
+    # Resume, cancel, time limit, metrics log, progress and checkpoints: engine/loop.py. The
+    # run counts images; a step shows cfg.batch of them. The networks, optimisers and ADA
+    # named in checkpoint_state are built below (from the checkpoint when resuming).
+    total = int(cfg.total_kimg * 1000)
+    loop = StepLoop(
+        total, per_step=cfg.batch, accelerator=acc,
+        checkpointer=Checkpointer(out / CHECKPOINT_NAME, asdict(cfg),
+                                  may_change=RESUMABLE_CHANGES),
+        state=lambda: checkpoint_state(), checkpoint_every=max(int(cfg.snapshot_kimg * 1000), 1),
+        cancel=cancel, max_seconds=cfg.max_minutes * 60 or None,
+        cancelled=lambda loop: TrainingCancelled(
+            f"Training stopped at {loop.done / 1000:.2f} kimg; run it again with the same "
+            f"output folder to resume."),
+        progress=progress, on_metrics=on_metrics, metrics_path=out / METRICS_NAME,
+        describe=lambda loop, m: (f"{loop.done / 1000:.2f} of {total / 1000:g} kimg, "
+                                  f"augmentation p {m['aug_p']:.3f}"),
+        bar="training", bar_keys=("loss_g", "loss_d", "aug_p", "img_per_s"))
+    state = loop.resume(device)
     notes: list[str] = []
     if state is not None:  # rebuild the networks the checkpoint was made with
         G = Generator(GeneratorConfig.from_dict(state["g_config"]))
@@ -393,7 +407,7 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
                         interval=cfg.ada_interval, speed_kimg=cfg.ada_kimg,
                         adaptive=cfg.augment == "ada")
 
-    step, nimg, pl_mean = 0, 0, torch.zeros([], device=device)
+    pl_mean = torch.zeros([], device=device)
     if state is not None:
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
@@ -401,10 +415,9 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
         opt_G.load_state_dict(state["opt_G"])
         opt_D.load_state_dict(state["opt_D"])
         ada.load_state_dict(state["ada"])
-        step, nimg = int(state["step"]), int(state["nimg"])
         pl_mean = state["pl_mean"].to(device)
         if acc.is_main_process:
-            print(f"resumed from {ckpt.path} at {nimg / 1000:.3f} kimg")
+            print(f"resumed from {loop.checkpointer.path} at {loop.done / 1000:.3f} kimg")
 
     data = make_dataset(cfg.data, G.cfg.resolution, count=cfg.pool, xflip=cfg.xflip,
                         fit=cfg.fit)
@@ -418,154 +431,120 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
     reals_u8 = torch.from_numpy(np.ascontiguousarray(data.images))  # [N, H, W, 3] uint8
     n_reals = len(data)  # x-flips double it: index >= N means "mirrored"
     grid_seeds = list(range(SAMPLE_GRID_SEEDS))
-    snapshot_every = max(int(cfg.snapshot_kimg * 1000), 1)
     sample_every = max(int(cfg.sample_kimg * 1000), 1)
-    total = int(cfg.total_kimg * 1000)
 
-    def save_checkpoint() -> None:
-        if acc.is_main_process:
-            ckpt.save({"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                       "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-                       "step": step, "nimg": nimg, "pl_mean": pl_mean, "ada": ada.state_dict(),
-                       "g_config": G.cfg.to_dict(), "d_config": D.cfg.to_dict(),
-                       "mbstd_group_size": D.b4.mbstd.group_size, "base": base or {},
-                       "warmup_nimg": warmup_nimg,
-                       "data_description": data.description})
-        acc.wait_for_everyone()
+    def checkpoint_state() -> dict[str, Any]:
+        return {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "nimg": loop.done,
+                "pl_mean": pl_mean, "ada": ada.state_dict(), "g_config": G.cfg.to_dict(),
+                "d_config": D.cfg.to_dict(), "mbstd_group_size": D.b4.mbstd.group_size,
+                "base": base or {}, "warmup_nimg": warmup_nimg,
+                "data_description": data.description}
 
-    log = MetricsLog(out / METRICS_NAME if acc.is_main_process else None, step,
-                     on_metrics if acc.is_main_process else None)
-    if acc.is_main_process and step == 0:
+    if acc.is_main_process and loop.step == 0:
         _save_png(out / "samples" / "reals.png", tile(data.images[:SAMPLE_GRID_SEEDS]))
         _save_png(out / "samples" / "fakes_init.png", sample_grid(G_ema, grid_seeds, device))
-    stop = StopCheck(acc, cancel, cfg.max_minutes * 60 or None)
-    bar = tqdm(total=total, initial=min(nimg, total), unit="img", unit_scale=True,
-               disable=not acc.is_main_process, dynamic_ncols=True, mininterval=5)
     t_start = t_last = time.time()
-    nimg_last = nimg
-    stopped = None
+    nimg_last = loop.done
 
-    try:
-        while nimg < total:
-            stopped = stop()
-            if stopped:
-                break
-            gen = step_generator(cfg.seed, step, rank, device)
-            idx = torch.randint(n_reals, [per_gpu],
-                                generator=step_generator(cfg.seed, step, rank, "cpu"))
-            real = reals_u8[idx % len(reals_u8)].to(device).permute(0, 3, 1, 2)
-            real = real.to(torch.float32) / 127.5 - 1
-            real = torch.where((idx >= len(reals_u8)).to(device)[:, None, None, None],
-                               real.flip(3), real)
-            z = torch.randn([per_gpu, G.cfg.z_dim], generator=gen, device=device)
-            stats: dict[str, float] = {}
+    for step in loop:
+        gen = step_generator(cfg.seed, step, rank, device)
+        idx = torch.randint(n_reals, [per_gpu],
+                            generator=step_generator(cfg.seed, step, rank, "cpu"))
+        real = reals_u8[idx % len(reals_u8)].to(device).permute(0, 3, 1, 2)
+        real = real.to(torch.float32) / 127.5 - 1
+        real = torch.where((idx >= len(reals_u8)).to(device)[:, None, None, None],
+                           real.flip(3), real)
+        z = torch.randn([per_gpu, G.cfg.z_dim], generator=gen, device=device)
+        stats: dict[str, float] = {}
 
-            # G step: make fakes, push D(augment(fake)) up. The D step reuses these fakes.
-            # During a fresh discriminator's warm-up G only makes the fakes.
-            train_g = nimg >= warmup_nimg
-            D.requires_grad_(False)
-            with torch.set_grad_enabled(train_g):
-                ws = mixed_ws(G, z, cfg.style_mixing, gen)
-                fake = augment(G.synthesis(ws, noise_mode="random", noise_generator=gen), ada.p,
-                               gen)
-            if train_g:
-                loss_g = F.softplus(-D(fake)).mean()
-                opt_G.zero_grad(set_to_none=True)
-                loss_g.backward()
-                with torch.no_grad():  # track the mean w (NVlabs w_avg_beta 0.995)
-                    w_mean = acc.reduce(ws[:, 0].detach().mean(0), "mean")
-                    G.mapping.w_avg.copy_(w_mean.lerp(G.mapping.w_avg, 0.995))
-                stats["loss_g"] = float(loss_g.detach())
+        # G step: make fakes, push D(augment(fake)) up. The D step reuses these fakes.
+        # During a fresh discriminator's warm-up G only makes the fakes.
+        train_g = loop.done >= warmup_nimg
+        D.requires_grad_(False)
+        with torch.set_grad_enabled(train_g):
+            ws = mixed_ws(G, z, cfg.style_mixing, gen)
+            fake = augment(G.synthesis(ws, noise_mode="random", noise_generator=gen), ada.p,
+                           gen)
+        if train_g:
+            loss_g = F.softplus(-D(fake)).mean()
+            opt_G.zero_grad(set_to_none=True)
+            loss_g.backward()
+            with torch.no_grad():  # track the mean w (NVlabs w_avg_beta 0.995)
+                w_mean = acc.reduce(ws[:, 0].detach().mean(0), "mean")
+                G.mapping.w_avg.copy_(w_mean.lerp(G.mapping.w_avg, 0.995))
+            stats["loss_g"] = float(loss_g.detach())
 
-            # Path-length regularisation (optional, lazy).
-            if train_g and cfg.pl_weight > 0 and step % cfg.pl_interval == 0:
-                n_pl = max(per_gpu // 2, 1)
-                ws_pl = mixed_ws(G, z[:n_pl], cfg.style_mixing, gen)
-                img_pl = G.synthesis(ws_pl, noise_mode="random", noise_generator=gen)
-                noise = torch.randn(img_pl.shape, generator=gen, device=device)
-                noise = noise / math.sqrt(img_pl.shape[2] * img_pl.shape[3])
-                (pl_grad,) = torch.autograd.grad((img_pl * noise).sum(), ws_pl,
-                                                 create_graph=True)
-                lengths = pl_grad.square().sum(2).mean(1).sqrt()
-                pl_mean = pl_mean.lerp(acc.reduce(lengths.mean().detach(), "mean"), 0.01)
-                loss_pl = (lengths - pl_mean).square().mean() * cfg.pl_weight * cfg.pl_interval
-                loss_pl.backward()
-                stats["pl"] = float(loss_pl.detach())
-            if train_g:
-                all_reduce_grads(g_params, world)
-                opt_G.step()
+        # Path-length regularisation (optional, lazy).
+        if train_g and cfg.pl_weight > 0 and step % cfg.pl_interval == 0:
+            n_pl = max(per_gpu // 2, 1)
+            ws_pl = mixed_ws(G, z[:n_pl], cfg.style_mixing, gen)
+            img_pl = G.synthesis(ws_pl, noise_mode="random", noise_generator=gen)
+            noise = torch.randn(img_pl.shape, generator=gen, device=device)
+            noise = noise / math.sqrt(img_pl.shape[2] * img_pl.shape[3])
+            (pl_grad,) = torch.autograd.grad((img_pl * noise).sum(), ws_pl,
+                                             create_graph=True)
+            lengths = pl_grad.square().sum(2).mean(1).sqrt()
+            pl_mean = pl_mean.lerp(acc.reduce(lengths.mean().detach(), "mean"), 0.01)
+            loss_pl = (lengths - pl_mean).square().mean() * cfg.pl_weight * cfg.pl_interval
+            loss_pl.backward()
+            stats["pl"] = float(loss_pl.detach())
+        if train_g:
+            all_reduce_grads(g_params, world)
+            opt_G.step()
 
-            # D step: push D(fake) down and D(real) up, both augmented; lazy R1 on reals,
-            # differentiated through the augmentation to the pictures themselves.
-            for p in d_params:
-                p.requires_grad_(True)
-            do_r1 = cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
-            real_in = real.detach().requires_grad_(do_r1)
-            logits_fake = D(fake.detach())
-            logits_real = D(augment(real_in, ada.p, gen))
-            ada.observe(logits_real)
-            loss_d = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
-            if do_r1:
-                (r1_grad,) = torch.autograd.grad(logits_real.sum(), real_in, create_graph=True)
-                r1 = r1_grad.square().sum([1, 2, 3]).mean()
-                loss_d = loss_d + r1 * (cfg.r1_gamma / 2) * cfg.r1_interval
-                stats["r1"] = float(r1.detach())
-            opt_D.zero_grad(set_to_none=True)
-            loss_d.backward()
-            all_reduce_grads(d_params, world)
-            opt_D.step()
+        # D step: push D(fake) down and D(real) up, both augmented; lazy R1 on reals,
+        # differentiated through the augmentation to the pictures themselves.
+        for p in d_params:
+            p.requires_grad_(True)
+        do_r1 = cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
+        real_in = real.detach().requires_grad_(do_r1)
+        logits_fake = D(fake.detach())
+        logits_real = D(augment(real_in, ada.p, gen))
+        ada.observe(logits_real)
+        loss_d = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+        if do_r1:
+            (r1_grad,) = torch.autograd.grad(logits_real.sum(), real_in, create_graph=True)
+            r1 = r1_grad.square().sum([1, 2, 3]).mean()
+            loss_d = loss_d + r1 * (cfg.r1_gamma / 2) * cfg.r1_interval
+            stats["r1"] = float(r1.detach())
+        opt_D.zero_grad(set_to_none=True)
+        loss_d.backward()
+        all_reduce_grads(d_params, world)
+        opt_D.step()
 
-            # EMA of G (weights and buffers), then ADA's adjustment of p.
-            nimg += cfg.batch
-            step += 1
-            ema_nimg = cfg.ema_kimg * 1000
-            if cfg.ema_rampup > 0:
-                ema_nimg = min(ema_nimg, nimg * cfg.ema_rampup)
-            beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
-            with torch.no_grad():
-                for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-                    p_ema.copy_(p.lerp(p_ema, beta))
-                for b_ema, b in zip(G_ema.buffers(), G.buffers()):
-                    b_ema.copy_(b)
-            ada.end_step(cfg.batch, reduce=(lambda t: acc.reduce(t.to(device), "sum").cpu())
-                         if world > 1 else None)
+        # EMA of G (weights and buffers), then ADA's adjustment of p.
+        nimg = loop.done + cfg.batch  # images shown, this step's included
+        ema_nimg = cfg.ema_kimg * 1000
+        if cfg.ema_rampup > 0:
+            ema_nimg = min(ema_nimg, nimg * cfg.ema_rampup)
+        beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+                p_ema.copy_(p.lerp(p_ema, beta))
+            for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+                b_ema.copy_(b)
+        ada.end_step(cfg.batch, reduce=(lambda t: acc.reduce(t.to(device), "sum").cpu())
+                     if world > 1 else None)
 
-            stats.update(kimg=nimg / 1000, loss_d=float(loss_d.detach()),
-                         d_real=float(logits_real.detach().mean()),
-                         d_fake=float(logits_fake.detach().mean()),
-                         sign_real=float(torch.sign(logits_real.detach()).mean()),
-                         aug_p=ada.p)
-            if acc.is_main_process:
-                now = time.time()
-                stats["time_s"] = now - t_start
-                if now - t_last > 10:
-                    stats["img_per_s"] = (nimg - nimg_last) / (now - t_last)
-                    t_last, nimg_last = now, nimg
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()
-                                     if k in ("loss_g", "loss_d", "aug_p", "img_per_s")})
-                log.write(step, stats)
-                bar.update(min(nimg, total) - bar.n)
-                if progress is not None:
-                    progress(min(nimg / total, 1.0), f"{nimg / 1000:.2f} of "
-                             f"{total / 1000:g} kimg, augmentation p {ada.p:.3f}")
-                if crossed(nimg - cfg.batch, nimg, sample_every) or nimg >= total:
-                    _save_png(out / "samples" / f"fakes{nimg // 1000:06d}.png",
-                              sample_grid(G_ema, grid_seeds, device))
-            if crossed(nimg - cfg.batch, nimg, snapshot_every) or nimg >= total:
-                save_checkpoint()
-    finally:
-        bar.close()
-        log.close()
-    if stopped == "cancel":
-        save_checkpoint()
-        raise TrainingCancelled(f"Training stopped at {nimg / 1000:.2f} kimg; run it again "
-                                f"with the same output folder to resume.")
-    if stopped == "time":
-        save_checkpoint()
+        # Sample grids before the step's checkpoint: a checkpoint implies its grids exist.
+        if acc.is_main_process and (crossed(nimg - cfg.batch, nimg, sample_every)
+                                    or nimg >= total):
+            _save_png(out / "samples" / f"fakes{nimg // 1000:06d}.png",
+                      sample_grid(G_ema, grid_seeds, device))
+        stats.update(kimg=nimg / 1000, loss_d=float(loss_d.detach()),
+                     d_real=float(logits_real.detach().mean()),
+                     d_fake=float(logits_fake.detach().mean()),
+                     sign_real=float(torch.sign(logits_real.detach()).mean()),
+                     aug_p=ada.p, time_s=time.time() - t_start)
+        if time.time() - t_last > 10:
+            stats["img_per_s"] = (nimg - nimg_last) / (time.time() - t_last)
+            t_last, nimg_last = time.time(), nimg
+        loop.end_step(stats)
 
     model_path = out / MODEL_NAME
     if acc.is_main_process:
-        export(G_ema, model_path, cfg, nimg, step, base, data.description, ada.p)
+        export(G_ema, model_path, cfg, loop.done, loop.step, base, data.description, ada.p)
         save_discriminator(D, discriminator_path(model_path))  # to fine-tune further
     acc.wait_for_everyone()
     return model_path
