@@ -57,6 +57,8 @@ DEFAULT_ID = "default"
 DEFAULT_MODEL_PATH = ENGINE_DIR / "default_model" / "faces64.safetensors"
 FORMATS = ("nvlabs-pkl", "tf-pkl", "rosinality-pt", "safetensors")
 HF_PREFIX = "hf://"
+HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+HUB_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 HUB_URL = re.compile(r"^https?://(?:www\.)?(?:huggingface\.co|hf\.co)/"
                      r"(?P<repo>[^/]+/[^/]+)/(?:resolve|blob)/(?P<rev>[^/]+)/(?P<path>.+)$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -203,6 +205,14 @@ def _resolve_hf(spec: str) -> Resolved:
         raise StudioError(f"{spec!r} is not a Hub file location: write "
                           f"hf://owner/repo/path/to/file.pkl[@revision].")
     repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    # Checked here, before huggingface_hub sees them, so a hostile location ('..', spaces,
+    # a revision with a slash) gets our sentence rather than a library's traceback text.
+    if (not all(HUB_NAME.fullmatch(p) and ".." not in p for p in parts[:2])
+            or any(p in (".", "..") for p in parts[2:])
+            or (revision is not None and (not HUB_REVISION.fullmatch(revision)
+                                          or ".." in revision))):
+        raise StudioError(f"{spec!r} is not a Hub file location: owner and repository names "
+                          f"use letters, digits, '-', '_' and '.', and the path no '..'.")
     if revision == "main":
         revision = None
     norm = f"{HF_PREFIX}{repo_id}/{filename}" + (f"@{revision}" if revision else "")

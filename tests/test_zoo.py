@@ -131,6 +131,11 @@ def test_resolve_specs(tmp_path):
     for bad in ["", "no-such-model", "hf://only-owner/file.pkl"]:
         with pytest.raises(StudioError):
             zoo.resolve(bad)
+    # Hostile Hub locations are refused by us, before huggingface_hub sees them.
+    for bad in ["hf://../../x", "hf://a/b/../c.pkl", "hf://a/../b/c.pkl", "hf://a b/c/d.pkl",
+                "hf://a/b/c.pkl@x..y", "https://huggingface.co/../b/resolve/main/c.pkl"]:
+        with pytest.raises(StudioError, match="not a Hub file location"):
+            zoo.resolve(bad)
 
 
 def test_default_model():
