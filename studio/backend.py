@@ -451,11 +451,12 @@ PAUSED = "paused"  # what a time-boxed GPU call returns when its time was up
 
 
 def train_encoder(sess: Session, layer: str, steps: int, batch: int,
-                  progress: Callable[[float, str], None] | None = None, cancel: Any = None
-                  ) -> Any:
+                  progress: Callable[[float, str], None] | None = None, cancel: Any = None,
+                  on_metrics: Callable[[int, dict], Any] | None = None) -> Any:
     """Train (or resume) an encoder for `layer`; saved under this session's folder. The
     folder is named by layer and batch only, so a cancelled run resumes even when the step
-    count changed (the engine lets steps grow).
+    count changed (the engine lets steps grow). on_metrics(step, {"loss": ...}) hears every
+    step (engine.translator.train_encoder).
 
     On ZeroGPU the run is a series of time-boxed GPU calls, each resuming from the
     checkpoint the last one wrote (studio.gpu.run_in_chunks); elsewhere one call."""
@@ -465,9 +466,10 @@ def train_encoder(sess: Session, layer: str, steps: int, batch: int,
     out = encoder_dir(sess) / f"{layer}-b{batch}"
     args = (sess.model, layer, int(steps), int(batch), str(out))
     if not gpu_mod.chunked():
-        return _train_call(*args, progress=progress, cancel=cancel)
+        return _train_call(*args, progress=progress, cancel=cancel, on_metrics=on_metrics)
     result = gpu_mod.run_in_chunks(lambda relay: _train_chunk(*args, relay), out, progress,
-                                   cancel, is_paused=lambda r: r == PAUSED)
+                                   cancel, is_paused=lambda r: r == PAUSED,
+                                   on_metrics=on_metrics)
     if result == PAUSED:
         raise translator.TrainingCancelled(f"encoder training stopped before step {steps}; "
                                            f"run it again to resume")
@@ -475,12 +477,13 @@ def train_encoder(sess: Session, layer: str, steps: int, batch: int,
 
 
 def _train_encoder_now(spec: str, layer: str, steps: int, batch: int, out: str,
-                       progress: Any, cancel: Any) -> Any:
+                       progress: Any, cancel: Any, on_metrics: Any) -> Any:
     from engine import translator
 
     m = load(spec)
     return translator.train_encoder(m.G, layer=layer, steps=steps, batch=batch,
                                     out_dir=out, progress=progress, cancel=cancel,
+                                    on_metrics=on_metrics,
                                     preview_every=max(10, steps // 10),
                                     checkpoint_every=max(10, steps // 10),
                                     model_sha256=m.sha256, model_id=m.id,
@@ -489,8 +492,8 @@ def _train_encoder_now(spec: str, layer: str, steps: int, batch: int, out: str,
 
 @gpu_job(lambda **_: gpu_mod.max_call_seconds())
 def _train_call(spec: str, layer: str, steps: int, batch: int, out: str,
-                progress: Any = None, cancel: Any = None) -> Any:
-    return _train_encoder_now(spec, layer, steps, batch, out, progress, cancel)
+                progress: Any = None, cancel: Any = None, on_metrics: Any = None) -> Any:
+    return _train_encoder_now(spec, layer, steps, batch, out, progress, cancel, on_metrics)
 
 
 @gpu(lambda **_: gpu_mod.max_call_seconds())
@@ -500,7 +503,7 @@ def _train_chunk(spec: str, layer: str, steps: int, batch: int, out: str,
 
     try:
         return _train_encoder_now(spec, layer, steps, batch, out, relay.progress,
-                                  relay.start())
+                                  relay.start(), relay.metrics)
     except translator.TrainingCancelled:
         return PAUSED  # checkpoint written; the next call resumes
 

@@ -170,11 +170,12 @@ def gpu(duration: int | Callable[..., float] = 60,
 
 
 class Relay:
-    """Progress and cancel between the page (this process) and a GPU worker, through two
-    small files in the job's folder. Picklable: the worker gets a copy that writes progress
-    and reads the cancel flag; `watch` here relays them to the page's callbacks."""
+    """Progress, per-step metrics and cancel between the page (this process) and a GPU
+    worker, through small files in the job's folder. Picklable: the worker gets a copy that
+    writes progress and metrics and reads the cancel flag; `watch` here relays them to the
+    page's callbacks."""
 
-    PROGRESS, CANCEL = "progress.json", "cancel"
+    PROGRESS, METRICS, CANCEL = "progress.json", "metrics.jsonl", "cancel"
 
     def __init__(self, folder: str | os.PathLike, seconds: float | None = None) -> None:
         self.folder = str(folder)
@@ -210,38 +211,65 @@ class Relay:
         tmp.write_text(json.dumps([a if isinstance(a, (int, float)) else str(a) for a in args]))
         os.replace(tmp, path)
 
+    def metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        """The engine's on_metrics callback: one JSON line a step (none is lost between two
+        looks of `watch`, unlike progress, of which only the newest matters)."""
+        with open(Path(self.folder, self.METRICS), "a", encoding="utf-8") as f:
+            f.write(json.dumps({**metrics, "step": int(step)}) + "\n")
+
     def read_progress(self) -> tuple | None:
         try:
             return tuple(json.loads(Path(self.folder, self.PROGRESS).read_text()))
         except (OSError, ValueError, TypeError):
             return None
 
+    def read_metrics(self, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """The whole metric lines written after byte `offset`, and the offset after them."""
+        try:
+            with open(Path(self.folder, self.METRICS), "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except OSError:
+            return [], offset
+        whole = data[:data.rfind(b"\n") + 1]  # a line being written waits for the next look
+        return [json.loads(line) for line in whole.splitlines()], offset + len(whole)
+
     def clear(self) -> None:
-        for name in (self.PROGRESS, self.CANCEL):
+        for name in (self.PROGRESS, self.METRICS, self.CANCEL):
             Path(self.folder, name).unlink(missing_ok=True)
 
-    def watch(self, progress: Callable[..., Any] | None, cancel: Any
-              ) -> Callable[[], None]:
-        """Relay the worker's progress to `progress` and `cancel` to the worker, from a
-        thread of this process, until the returned stop() is called."""
+    def watch(self, progress: Callable[..., Any] | None, cancel: Any,
+              on_metrics: Callable[[int, dict], Any] | None = None) -> Callable[[], None]:
+        """Relay the worker's progress and metrics to `progress` and `on_metrics`, and
+        `cancel` to the worker, from a thread of this process, until the returned stop() is
+        called (which relays what is left)."""
         from engine.errors import cancel_requested
 
         done = threading.Event()
         seen: list[tuple | None] = [None]
+        offset = [0]
+
+        def look() -> None:
+            got = self.read_progress()
+            if progress is not None and got is not None and got != seen[0]:
+                seen[0] = got
+                progress(*got)
+            if on_metrics is not None:
+                records, offset[0] = self.read_metrics(offset[0])
+                for record in records:
+                    on_metrics(int(record["step"]), record)
+            if cancel is not None and cancel_requested(cancel):
+                Path(self.folder, self.CANCEL).touch()
 
         def loop() -> None:
             while not done.wait(0.2):
-                got = self.read_progress()
-                if progress is not None and got is not None and got != seen[0]:
-                    seen[0] = got
-                    progress(*got)
-                if cancel is not None and cancel_requested(cancel):
-                    Path(self.folder, self.CANCEL).touch()
+                look()
         thread = start_thread(loop)
 
         def stop() -> None:
             done.set()
             thread.join(timeout=2)
+            look()  # the steps since the last look
         return stop
 
 
@@ -268,7 +296,10 @@ def gpu_job(duration: int | Callable[..., float] = 60,
             if local or (not on_zerogpu() and _runner is None):
                 return booked(*args, progress=progress, cancel=cancel, **kwargs)
             relay = Relay(_job_folder())
-            stop = relay.watch(progress, cancel)
+            on_metrics = kwargs.pop("on_metrics", None)  # for jobs that report metrics
+            if on_metrics is not None:
+                kwargs["on_metrics"] = relay.metrics
+            stop = relay.watch(progress, cancel, on_metrics)
             try:
                 return booked(*args, progress=relay.progress, cancel=relay, **kwargs)
             finally:
@@ -286,14 +317,17 @@ def gpu_job(duration: int | Callable[..., float] = 60,
 def run_in_chunks(call: Callable[[Relay], Any], folder: str | os.PathLike,
                   progress: Callable[[float, str], Any] | None, cancel: Any,
                   is_paused: Callable[[Any], bool], box_seconds: float | None = None,
-                  max_chunks: int = 1000) -> Any:
+                  max_chunks: int = 1000,
+                  on_metrics: Callable[[int, dict], Any] | None = None) -> Any:
     """Run a resumable job as time-boxed GPU calls: call(relay) runs one chunk (the engine's
     cancel check is the relay, so the run checkpoints and stops when its time is up) and
-    returns a result; while is_paused(result), the next call resumes from the checkpoint."""
+    returns a result; while is_paused(result), the next call resumes from the checkpoint.
+    The chunk hands relay.progress and relay.metrics to the engine; they reach `progress`
+    and `on_metrics` here."""
     Path(folder).mkdir(parents=True, exist_ok=True)
     relay = Relay(folder, box_seconds if box_seconds is not None else chunk_seconds())
     relay.clear()
-    stop = relay.watch(progress, cancel)
+    stop = relay.watch(progress, cancel, on_metrics)
     try:
         for _ in range(max_chunks):
             result = call(relay)

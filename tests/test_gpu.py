@@ -410,10 +410,16 @@ def test_training_in_time_boxed_calls_equals_one_run(zero, monkeypatch, tmp_path
     monkeypatch.setenv("STUDIO_GPU_CHUNK_SECONDS", "0.05")  # several calls for a few steps
     sess = _session(tiny_spec)
     seen: list[tuple] = []
+    steps: list[tuple[int, float]] = []
     calls = zero.calls
     result = in_thread(lambda: backend.train_encoder(
-        sess, LAYER, 4, 2, progress=lambda *a: seen.append(a), cancel=Jobs().cancel))
+        sess, LAYER, 4, 2, progress=lambda *a: seen.append(a), cancel=Jobs().cancel,
+        on_metrics=lambda step, m: steps.append((step, m["loss"]))))
     assert zero.calls - calls >= 2, "the run was not split into calls"
+    # Every step's metrics crossed from the workers, once each, in order.
+    assert [s for s, _ in steps] == [1, 2, 3, 4]
+    assert result.metrics["final_loss"] == pytest.approx(np.mean([v for _, v in steps]),
+                                                         abs=1e-6)
     assert next(result.encoder.parameters()).device.type == "cpu"
     assert result.path is not None and result.path.is_file()
     # The same training in one go on the CPU gives the same weights.

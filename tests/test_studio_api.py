@@ -290,3 +290,17 @@ def test_a_cancelled_video_is_a_note_not_an_error(server):
     assert time.monotonic() - t0 < 30
     # The size as the API page documents it (a string), here "model size".
     assert client.predict("0, 1", 2, 8, False, "w", "0", api_name="/render_walk")
+
+
+def test_the_training_loss_curve_is_the_engines_per_step_metrics(server):
+    """Issue #24: the loss plot is fed by the engine's (step, metrics), not read back from
+    the progress text: one point per engine step, whose mean is the final loss it reports."""
+    url, model = server
+    client = studio_client(url)
+    client.predict(model, api_name="/load_model")
+    _, status, plot, _ = client.predict("b8.conv1", 10, 2, api_name="/train_encoder")
+    rows = plot["data"]
+    step_at, loss_at = plot["columns"].index("step"), plot["columns"].index("loss")
+    assert [r[step_at] for r in rows] == list(range(1, 11))
+    final = float(status.split("final loss ")[1].split(",")[0])
+    assert np.mean([r[loss_at] for r in rows]) == pytest.approx(final, abs=2e-6)

@@ -141,17 +141,18 @@ def train(ui: UI, sess: Session, layer: str, steps: float, batch: float) -> Iter
 
 
 def _train_worker(sess: Session, layer: str, steps: int, batch: int, box: dict) -> None:
-    """The training itself, in a thread: the page's generator polls `box` for progress."""
-    def report(fraction: float, message: str, metrics: dict | None = None) -> None:
+    """The training itself, in a thread: the page's generator polls `box` for the progress
+    line and the loss curve, (step, loss) as the engine reports them."""
+    def report(fraction: float, message: str) -> None:
         box["msg"] = message
-        loss = (metrics or {}).get("loss", _loss_of(message))
-        if loss is not None:
-            box["points"].append((len(box["points"]) + 1, float(loss)))
+
+    def plot(step: int, metrics: dict[str, float]) -> None:
+        box["points"].append((step, metrics["loss"]))
 
     try:
         with LANE.slot(sess.jobs, report) as cancel:
             box["result"] = backend.train_encoder(sess, layer, steps, batch, progress=report,
-                                                  cancel=cancel)
+                                                  cancel=cancel, on_metrics=plot)
     except StudioError as exc:
         box["error"] = str(exc)
         if sess.jobs.cancel.is_set():
@@ -161,17 +162,6 @@ def _train_worker(sess: Session, layer: str, steps: int, batch: int, box: dict) 
         box["error"] = f"training stopped: {exc}"
     finally:
         sess.jobs.release()
-
-
-def _loss_of(message: str) -> float | None:
-    """The loss in a training progress line ('step 3/100 loss 0.1234 (...)'), for engines
-    that report only text."""
-    import re
-    m = re.search(r"loss[ =]([0-9.eE+-]+)", message or "")
-    try:
-        return float(m.group(1)) if m else None
-    except ValueError:
-        return None
 
 
 @user_errors
