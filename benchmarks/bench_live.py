@@ -13,6 +13,7 @@ Prints, through a real `spaces_app.py` server:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -60,58 +61,99 @@ def main() -> None:
     ap.add_argument("--edits", type=int, default=40, help="edits per control")
     ap.add_argument("--pages", type=int, default=8, help="pages for the concurrency run")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each timed run")
+    ap.add_argument("--only", default="seed,bend,cam,pages",
+                    help="comma-separated parts to run: seed, bend, cam, pages")
     args = ap.parse_args()
+    parts = set(args.only.split(","))
     from playwright.sync_api import sync_playwright
 
     with studio_server(args.model) as url, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(),
                                      args=CHROMIUM_ARGS + CAMERA)
-        page = open_page(browser, url)
-        seeds = edit_latency(page, "seed", [float(i + 1) for i in range(args.edits)], "input")
-        print(f"typed seed -> canvas: p50 {p(seeds, .5):.1f} ms, p95 {p(seeds, .95):.1f} ms")
-        page.get_by_role("tab", name="Bend").click()
-        page.click("#add-bend")
-        page.wait_for_selector("#p-slider-0 input[type=range]", state="visible",
-                               timeout=60_000)
-        page.wait_for_timeout(1500)
-        angles = [float(5 + 3 * i) for i in range(args.edits)]
-        bends = edit_latency(page, "p-slider-0", angles, "input[type=range]")
-        print(f"bend slider -> canvas: p50 {p(bends, .5):.1f} ms, p95 {p(bends, .95):.1f} ms")
-
-        page.get_by_role("tab", name="Translate").click()
-        page.get_by_text("Webcam (live)").click()
-        page.click("#live-cam-start")
-        page.wait_for_function("window.studioLive.frames.filter(f => f.kind === 1).length > 5",
-                               timeout=120_000)
-        t0 = time.perf_counter()
-        n0 = page.evaluate("window.studioLive.frames.filter(f => f.kind === 1).length")
-        page.wait_for_timeout(args.seconds * 1000)
-        n1 = page.evaluate("window.studioLive.frames.filter(f => f.kind === 1).length")
-        lat = page.evaluate("window.studioLive.frames.filter(f => f.kind === 1)"
-                            ".slice(-50).map(f => f.latency)")
-        fps = (n1 - n0) / (time.perf_counter() - t0)
-        print(f"webcam displayed: {fps:.1f} frames/s, camera to screen p50 "
-              f"{statistics.median(lat):.1f} ms")
-        page.close()
-
-        pages = [open_page(browser, url) for _ in range(args.pages)]
-        for pg in pages:  # each page drags psi back and forth as fast as it can send
-            pg.evaluate("""() => { let i = 0; window.benchTimer = setInterval(() => {
-                const r = document.querySelector('#psi input[type=range]');
-                r.value = 0.2 + (i++ % 50) / 50; r.dispatchEvent(new Event('input',
-                {bubbles: true})); }, 20); }""")
-        start = [pg.evaluate("window.studioLive.frames.length") for pg in pages]
-        t0 = time.perf_counter()
-        time.sleep(args.seconds)
-        counts = [pg.evaluate("window.studioLive.frames.length") - s
-                  for pg, s in zip(pages, start)]
-        dt = time.perf_counter() - t0
-        own = all(pg.evaluate("window.studioLive.frames.every(f => f.seq <= "
-                              "window.studioLive.seq)") for pg in pages)
-        rates = [c / dt for c in counts]
-        print(f"{args.pages} pages at once: frames/s each min {min(rates):.1f}, median "
-              f"{statistics.median(rates):.1f}; every frame its own: {own}")
+        if parts & {"seed", "bend", "cam"}:
+            page = open_page(browser, url)
+            if "seed" in parts:
+                seeds = edit_latency(page, "seed", [float(i + 1) for i in range(args.edits)],
+                                     "input")
+                print(f"typed seed -> canvas: p50 {p(seeds, .5):.1f} ms, "
+                      f"p95 {p(seeds, .95):.1f} ms  {load()}")
+            if "bend" in parts:
+                bend_latency(page, args.edits)
+            if "cam" in parts:
+                webcam(page, args.seconds)
+            page.close()
+        if "pages" in parts:
+            concurrent_pages(browser, url, args.pages, args.seconds)
         browser.close()
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"(load {one:.2f} {five:.2f} {fifteen:.2f})"
+
+
+def bend_latency(page, edits: int) -> None:
+    page.get_by_role("tab", name="Bend").click()
+    page.click("#add-bend")
+    page.wait_for_selector("#p-slider-0 input[type=range]", state="visible", timeout=60_000)
+    page.wait_for_timeout(1500)
+    angles = [float(5 + 3 * i) for i in range(edits)]
+    bends = edit_latency(page, "p-slider-0", angles, "input[type=range]")
+    print(f"bend slider -> canvas: p50 {p(bends, .5):.1f} ms, p95 {p(bends, .95):.1f} ms  "
+          f"{load()}")
+
+
+def webcam(page, seconds: float) -> None:
+    page.get_by_role("tab", name="Translate").click()
+    page.get_by_text("Webcam (live)").click()
+    page.click("#live-cam-start")
+    page.wait_for_function("window.studioLive.frames.filter(f => f.kind === 1).length > 5",
+                           timeout=120_000)
+    t0 = time.perf_counter()
+    n0 = page.evaluate("window.studioLive.frames.filter(f => f.kind === 1).length")
+    page.wait_for_timeout(seconds * 1000)
+    n1 = page.evaluate("window.studioLive.frames.filter(f => f.kind === 1).length")
+    lat = page.evaluate("window.studioLive.frames.filter(f => f.kind === 1)"
+                        ".slice(-50).map(f => f.latency)")
+    fps = (n1 - n0) / (time.perf_counter() - t0)
+    print(f"webcam displayed: {fps:.1f} frames/s, camera to screen p50 "
+          f"{statistics.median(lat):.1f} ms  {load()}")
+    page.click("#live-cam-start")
+
+
+# Each page drags psi back and forth (a new value every 20 ms, as fast as a hand moves a
+# slider) and counts the frames it shows during the timed window: a frame counts only if its
+# sequence number is one this page sent and newer than the frame before (a new state of this
+# page's own controls, never a repeat and never another page's).
+DRAG_JS = """() => { let i = 0; window.benchTimer = setInterval(() => {
+    const r = document.querySelector('#psi input[type=range]');
+    r.value = 0.2 + (i++ % 50) / 50;
+    r.dispatchEvent(new Event('input', {bubbles: true})); }, 20); }"""
+COUNT_JS = """(since) => { const L = window.studioLive; let last = -1, own = 0, bad = 0;
+    for (const f of L.frames) {
+        if (f.kind !== 0 || f.shown < since) continue;
+        if (f.seq > last && f.seq <= L.seq) own++; else bad++;
+        last = f.seq; }
+    return [own, bad, performance.now()]; }"""
+
+
+def concurrent_pages(browser, url: str, n: int, seconds: float) -> None:
+    pages = [open_page(browser, url) for _ in range(n)]
+    for pg in pages:
+        pg.evaluate(DRAG_JS)
+    time.sleep(1.0)  # every page dragging before the window opens
+    since = [pg.evaluate("performance.now()") for pg in pages]
+    time.sleep(seconds)
+    counts = [pg.evaluate(COUNT_JS, s) for pg, s in zip(pages, since)]
+    for pg in pages:
+        pg.evaluate("clearInterval(window.benchTimer)")
+    rates = [own / ((now - s) / 1000) for (own, _, now), s in zip(counts, since)]
+    bad = sum(b for _, b, _ in counts)
+    print(f"{n} pages at once: frames/s each min {min(rates):.1f}, median "
+          f"{statistics.median(rates):.1f}, max {max(rates):.1f}; frames not the page's own "
+          f"newest: {bad}  {load()}")
+    for pg in pages:
+        pg.close()
 
 
 if __name__ == "__main__":

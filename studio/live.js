@@ -1,11 +1,14 @@
 () => {
   // The page side of the live channel (studio/live.py). Sliders send their values over a
-  // WebSocket as they move; frames come back as JPEG and are drawn over the canvas. The
-  // Gradio events still fire (they record the edit, and render whenever the channel is
-  // down), and a hidden "sync" button brings the Gradio output up to date after a gesture.
+  // WebSocket as they move; frames come back as JPEG and are drawn over the canvas, and the
+  // server applies each value to the session (one undo entry per gesture). Their Gradio
+  // events fire when a drag ends (`release`, for the API and the fallback; on the fallback
+  // this script fires them on every move), and a hidden "sync" button brings the Gradio
+  // output up to date after a gesture.
   const L = (window.studioLive = {
     ws: null, key: null, seq: 0, mode: "connecting", sent: new Map(), frames: [],
-    errors: [], errorKind: null, cam: null, syncTimer: null, answered: 0,
+    errors: [], errorKind: null, cam: null, syncTimer: null, answered: 0, gesture: 0,
+    control: null,
   });
   const LATENT = ["seed", "seed-frac", "psi", "cutoff", "dir-0", "dir-1", "dir-2", "dir-3",
                   "dir-4"];
@@ -83,6 +86,7 @@
 
   function send(msg) {
     msg.seq = ++L.seq;
+    msg.g = L.gesture;
     L.sent.set(msg.seq, performance.now());
     if (L.sent.size > 500) L.sent.delete(L.sent.keys().next().value);
     L.ws.send(JSON.stringify(msg));
@@ -168,13 +172,32 @@
     return i < 0 ? null : i;
   }
 
+  // A gesture: the inputs of one control until it is let go (pointerup, change) or rests;
+  // the server keeps one undo entry per gesture.
+  function endGesture() { L.control = null; }
+  document.addEventListener("pointerup", endGesture, true);
+  document.addEventListener("change", endGesture, true);
+
   document.addEventListener("input", (ev) => {
-    if (!open() || !ev.target || !ev.target.closest) return;
+    if (!ev.target || !ev.target.closest) return;
     // The control's own block (its inputs carry ids of their own).
     const block = ev.target.closest('[id^="p-slider-"], #w-amount, ' +
                                     LATENT.map((i) => "#" + i).join(", "));
     const id = block && block.id;
     if (!id) return;
+    if (!open()) {
+      // The fallback: the slider's Gradio event (wired to `release`) renders every move.
+      // Fired after Gradio has read the new value; the seed box has its own input event.
+      if (id !== "seed") {
+        const t = ev.target;
+        setTimeout(() => t.dispatchEvent(new PointerEvent("pointerup", { bubbles: true })));
+      }
+      return;
+    }
+    if (L.control !== id) {
+      L.gesture += 1;
+      L.control = id;
+    }
     if (LATENT.includes(id)) send({ kind: "latent", values: latentValues(ev) });
     else if (id.startsWith("p-slider-")) {
       send({ kind: "bend", slot: Number(id.slice(9)), value: Number(ev.target.value) });
@@ -188,9 +211,8 @@
 
   // When the gesture stops, the Gradio output (its download, the recipe) catches up: 400 ms
   // after the last movement, and not before the channel has answered message `seq` (a frame
-  // or an error). The server counts a message when it arrives, so the sync then covers it,
-  // and a Gradio event that records this edit after the sync renders itself
-  // (live.sync_pending). A channel that stays silent for 5 s is not waited for.
+  // or an error). The server applies a value to the session before it answers, so the sync
+  // then renders it. A channel that stays silent for 5 s is not waited for.
   function scheduleSync(seq) {
     clearTimeout(L.syncTimer);
     const since = performance.now();
@@ -199,6 +221,7 @@
         L.syncTimer = setTimeout(tick, 50);
         return;
       }
+      endGesture();
       const b = $("#live-sync");
       if (b) b.click();
     };

@@ -11,13 +11,16 @@ encode and one message.
 - Only the newest state is rendered: messages that arrive while a frame is being rendered
   replace each other (latest wins, never a backlog); a webcam frame that is overtaken is
   answered with `{"dropped": seq}` so the page knows to send the next one.
-- A slider's value is previewed on a copy of the session's recipe through the same
-  session-layer functions as the Gradio event, which still fires: while a live channel is
-  open the event only records the edit (for undo and the recipe) and skips its own render
-  (`sync_pending`). When the gesture ends and the channel has answered its newest message,
-  the page clicks a hidden "sync" button, so the Gradio output (download, recipe JSON)
-  catches up with what the canvas shows; an event that records its edit after that sync
-  renders itself.
+- A control's value is rendered on a copy of the session's recipe through the same
+  session-layer functions as the Gradio event; once that frame has rendered, the same
+  values are applied to the session itself (`session.gesture`: one undo entry per drag,
+  not one per frame). The session is the truth, so the page's Gradio events for these
+  sliders fire only when a drag ends (`.release`, for the API and the fallback) and skip
+  their render when the channel already showed that state; a Gradio event first waits
+  (`settle`, bounded) until the channel has applied what it received, so the two never
+  apply one drag out of order. When the gesture ends and the channel has answered its
+  newest message (so the session holds it), the page clicks a hidden "sync" button: one
+  render brings the Gradio output (download, recipe JSON) up to date.
 - If the channel cannot connect, nothing changes: the Gradio events render as before, and
   the page says which path it is on.
 
@@ -72,9 +75,10 @@ _RENDER_SLOTS = anyio.CapacityLimiter(LIMITS.concurrency)
 
 _keys: dict[str, weakref.ref[Session]] = {}  # live key -> its session
 _open: dict[int, int] = {}                   # id(session) -> open connections
-# id(session) -> [edit messages received, of which a sync has passed] (see sync_pending)
-_edits: dict[int, list[int]] = {}
 _lock = threading.Lock()
+_conns: dict[int, set[Connection]] = {}      # id(session) -> its open connections
+_settled = threading.Condition()             # notified when a connection has nothing left
+SETTLE_S = 1.0                               # longest a Gradio event waits for the channel
 
 
 def key_for(sess: Session) -> str:
@@ -105,32 +109,15 @@ def is_active(sess: Session | None) -> bool:
     return sess is not None and _open.get(id(sess), 0) > 0
 
 
-def sync_pending(sess: Session | None) -> bool:
-    """True when a slider's Gradio event may leave the Gradio output to the page's sync: the
-    channel is open and has edit messages that no sync has passed yet.
-
-    The event that records an edit and the sync that renders it are two Gradio events in a
-    lane of several workers, so under load the sync can render before the edit is recorded;
-    the canvas then kept the old picture for good. The page clicks sync only once the channel
-    has answered its newest message (studio/live.js), so by then that message is counted
-    here; an event that records it after the sync finds nothing pending and renders itself.
-    """
-    with _lock:
-        edits = _edits.get(id(sess)) if is_active(sess) else None
-        return edits is not None and edits[0] > edits[1]
-
-
-def mark_synced(sess: Session) -> None:
-    """The page's sync is rendering now: every edit message received so far is covered."""
-    with _lock:
-        edits = _edits.get(id(sess))
-        if edits is not None:
-            edits[1] = edits[0]
-
-
-def _count_edit(sess: Session) -> None:
-    with _lock:
-        _edits.setdefault(id(sess), [0, 0])[0] += 1
+def settle(sess: Session | None, timeout: float = SETTLE_S) -> bool:
+    """Wait (at most `timeout` s) until this session's live channels have applied every
+    control value they received, so a Gradio event that follows a drag applies after it.
+    Returns at once when no channel is open; False when it gave up waiting."""
+    if sess is None or not is_active(sess):
+        return True
+    with _settled:
+        return _settled.wait_for(
+            lambda: not any(c.busy() for c in list(_conns.get(id(sess), ()))), timeout)
 
 
 # ----------------------------------------------------------------------------------------
@@ -139,19 +126,33 @@ def _count_edit(sess: Session) -> None:
 def preview(sess: Session, messages: list[dict[str, Any]]) -> Session:
     """A copy of `sess` with the newest control values applied, as the Gradio events would
     apply them; the session itself is not touched."""
-    tmp = Session(recipe=copy.deepcopy(sess.recipe), clusters=sess.clusters,
-                  selected=list(sess.selected), current=sess.current, token=sess.token)
+    with sess.lock:  # never a copy of an edit half done
+        tmp = Session(recipe=copy.deepcopy(sess.recipe), clusters=sess.clusters,
+                      selected=list(sess.selected), current=sess.current, token=sess.token)
+    apply(tmp, messages)
+    return tmp
+
+
+def commit(sess: Session, messages: list[dict[str, Any]], gesture: Any) -> None:
+    """Apply control values to the session itself, as one step of `gesture` (its frame has
+    rendered): the values are applied again, not the previewed recipe copied over, so an
+    edit the page made meanwhile (a bend added) stays."""
+    with S.gesture(sess, gesture):
+        apply(sess, messages)
+
+
+def apply(sess: Session, messages: list[dict[str, Any]]) -> None:
+    """The control values of `messages` set on `sess` through the session layer."""
     for msg in messages:
         kind = msg.get("kind")
         if kind == "latent":
-            _apply_latent(tmp, msg.get("values") or {})
+            _apply_latent(sess, msg.get("values") or {})
         elif kind == "bend":
-            _apply_bend_slot(tmp, _index(msg, "slot"), msg.get("value"))
+            _apply_bend_slot(sess, _index(msg, "slot"), msg.get("value"))
         elif kind == "weight":
             index = _index(msg, "index")
-            S.set_weight_edit(tmp, index, **{_weight_param(tmp, index):
-                                             _number({"v": msg["value"]}, "v", 0.0)})
-    return tmp
+            S.set_weight_edit(sess, index, **{_weight_param(sess, index):
+                                              _number({"v": msg["value"]}, "v", 0.0)})
 
 
 def _number(values: dict[str, Any], name: str, default: float) -> float:
@@ -189,7 +190,8 @@ def _index(msg: dict[str, Any], name: str) -> int:
 
 def _apply_latent(tmp: Session, values: dict[str, Any]) -> None:
     lat = tmp.recipe.latent
-    seed = int(_number(values, "seed", lat.seed // 1)) + _number(values, "seed-frac", 0.0)
+    seed = int(_number(values, "seed", lat.seed // 1)) + _number(values, "seed-frac",
+                                                                   lat.seed % 1)
     cutoff = int(_number(values, "cutoff", lat.cutoff or 0))
     S.set_latent(tmp, seed=seed, psi=_number(values, "psi", lat.psi), cutoff=cutoff or None)
     amounts = values.get("dir")
@@ -239,6 +241,14 @@ def render_preview(sess: Session, messages: list[dict[str, Any]]) -> bytes:
     """JPEG of the session with `messages` applied (the newest state of its controls)."""
     tmp = preview(sess, messages) if messages else sess
     return _jpeg(backend.render(tmp))
+
+
+def render_edit(sess: Session, messages: list[dict[str, Any]], gesture: Any) -> bytes:
+    """render_preview, then the values applied to the session (only once they rendered: a
+    value the engine refuses never reaches the session)."""
+    jpeg = render_preview(sess, messages)
+    commit(sess, messages, gesture)
+    return jpeg
 
 
 def translate_cam(sess: Session, encoder: str, jpeg: bytes) -> bytes:
@@ -334,6 +344,11 @@ class Connection:
         self.encoder = ""
         self.wake = asyncio.Event()
         self.player: asyncio.Task | None = None       # a walk or sweep playing live
+        self.drawing = False                           # a canvas frame is being rendered
+
+    def busy(self) -> bool:
+        """Control values received and not yet applied to the session (settle waits)."""
+        return self.drawing or bool(self.pending)
 
     async def receive(self) -> None:
         """Read messages until the page goes; keep only the newest of each kind."""
@@ -378,12 +393,10 @@ class Connection:
             self.player = asyncio.get_running_loop().create_task(self._play(msg))
         elif kind == "cam":
             self.encoder = str(msg.get("encoder") or "")[:4096]
-        elif kind in ("latent", "weight", "sync"):
+        elif kind in ("latent", "weight"):
             self.pending[str(kind)] = msg
         elif kind == "bend":
             self.pending[f"bend-{msg.get('slot')}"] = msg
-        if kind in ("latent", "weight", "bend"):
-            _count_edit(self.sess)
 
     async def render(self) -> None:
         """Render whatever is newest, one frame at a time, until the page goes."""
@@ -392,8 +405,14 @@ class Connection:
             self.wake.clear()
             while self.pending or self.cam is not None:
                 if self.pending:
+                    self.drawing = True
                     messages, self.pending = list(self.pending.values()), {}
-                    await self._canvas(messages)
+                    try:
+                        await self._canvas(messages)
+                    finally:
+                        self.drawing = False
+                        with _settled:
+                            _settled.notify_all()
                 if self.cam is not None:
                     (seq, jpeg), self.cam = self.cam, None
                     await self._webcam(seq, jpeg)
@@ -417,9 +436,11 @@ class Connection:
         await self._send_text({"played": seq})
 
     async def _canvas(self, messages: list[dict[str, Any]]) -> None:
+        """The newest control values rendered, then applied to the session; the page numbers
+        its gestures (`g`), and the steps of one share an undo entry."""
         seq = max(_seq(m) for m in messages)
-        edits = [m for m in messages if m.get("kind") != "sync"]
-        await self._send_frame(KIND_CANVAS, seq, render_preview, self.sess, edits)
+        gesture = (id(self), max(_seq({"seq": m.get("g")}) for m in messages))
+        await self._send_frame(KIND_CANVAS, seq, render_edit, self.sess, messages, gesture)
 
     async def _webcam(self, seq: int, jpeg: bytes) -> None:
         await self._send_frame(KIND_CAM, seq, translate_cam, self.sess, self.encoder, jpeg)
@@ -469,6 +490,8 @@ async def endpoint(ws: Any) -> None:
         return
     await ws.send_text(json.dumps({"hello": "live"}))
     conn = Connection(ws, sess)
+    with _settled:
+        _conns.setdefault(id(sess), set()).add(conn)
     renderer = asyncio.get_running_loop().create_task(conn.render())
     try:
         await conn.receive()
@@ -478,13 +501,18 @@ async def endpoint(ws: Any) -> None:
         renderer.cancel()
         if conn.player is not None:
             conn.player.cancel()
+        with _settled:  # a page gone has nothing left to apply
+            mine = _conns.get(id(sess), set())
+            mine.discard(conn)
+            if not mine:
+                _conns.pop(id(sess), None)
+            _settled.notify_all()
         with _lock:
             left = _open.get(id(sess), 1) - 1
             if left > 0:
                 _open[id(sess)] = left
             else:
                 _open.pop(id(sess), None)
-                _edits.pop(id(sess), None)
 
 
 def routes() -> list[Any]:

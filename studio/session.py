@@ -3,14 +3,18 @@
 No Gradio here. The page's events, the API endpoints and the tests call the same functions.
 Every edit goes through `edit(sess)`: if it raises, the session is restored exactly as it
 was (a NaN slider value leaves nothing behind); if it changes the recipe, the recipe from
-before goes on a bounded undo stack. Each edit function is plain data manipulation; whether
-the result renders is checked by the caller (engine validation and the render itself run
-inside the same `edit` block, so a recipe that cannot render is rolled back too).
+before goes on a bounded undo stack. A slider dragged over the live channel goes through
+`gesture(sess, key)` instead: one undo entry for the whole drag, not one per frame. Both
+hold the session's lock, so the page's events and its live channel edit it in turn. Each
+edit function is plain data manipulation; whether the result renders is checked by the
+caller (engine validation and the render itself run inside the same `edit` block, so a
+recipe that cannot render is rolled back too).
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +48,11 @@ class Session:
     uploads: set[str] = field(default_factory=set)  # upload paths this session's events got
     undo: list[Recipe] = field(default_factory=list)  # recipes before each edit, newest last
     redo: list[Recipe] = field(default_factory=list)
+    # The live gesture whose undo entry is the newest one: (its key, that entry).
+    gesture_entry: tuple[Any, Recipe] | None = field(default=None, repr=False)
+    # Held by every edit: the page's events run in Gradio's threads, the live channel's in
+    # its own, and each edit must see the other's whole.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def __deepcopy__(self, memo: dict) -> Session:
         # Gradio copies only a State's initial value; a copy drops the cached translator.
@@ -55,7 +64,11 @@ class Session:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["live"] = None  # a loaded Translator does not travel between processes
+        del state["lock"]     # a lock neither: the copy gets its own
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, lock=threading.RLock())
 
     @property
     def model(self) -> str:
@@ -93,35 +106,60 @@ def successor(old: Session | None, model: str) -> Session:
 @contextmanager
 def edit(sess: Session) -> Iterator[Session]:
     """One edit: all or nothing, and undoable when it changed the recipe."""
-    snap = sess.snapshot()
-    try:
-        yield sess
-    except BaseException:
-        sess.restore(snap)
-        raise
-    if sess.recipe != snap["recipe"]:
-        sess.undo = (sess.undo + [snap["recipe"]])[-UNDO_DEPTH:]
+    with sess.lock:
+        snap = sess.snapshot()
+        try:
+            yield sess
+        except BaseException:
+            sess.restore(snap)
+            raise
+        if sess.recipe != snap["recipe"]:
+            sess.undo = (sess.undo + [snap["recipe"]])[-UNDO_DEPTH:]
+            sess.redo = []
+
+
+@contextmanager
+def gesture(sess: Session, key: Any) -> Iterator[Session]:
+    """One step of a continuous gesture (a slider dragged over the live channel, many steps a
+    second): all or nothing like `edit`, but every step of the gesture `key` shares one undo
+    entry, the recipe from before its first step. Another edit in between (its entry on top,
+    or an undo that took ours) makes the next step start a new entry."""
+    with sess.lock:
+        before, current = copy.deepcopy(sess.recipe), sess.current
+        try:
+            yield sess
+        except BaseException:
+            sess.recipe, sess.current = before, current
+            raise
+        if sess.recipe == before:
+            return
+        ours = sess.gesture_entry
+        if ours is None or ours[0] != key or not sess.undo or sess.undo[-1] is not ours[1]:
+            sess.undo = (sess.undo + [before])[-UNDO_DEPTH:]
+            sess.gesture_entry = (key, before)
         sess.redo = []
 
 
 def undo(sess: Session) -> bool:
     """Go back one edit; False when there is nothing to undo."""
-    return _step(sess, sess.undo, sess.redo)
+    return _step(sess, "undo", "redo")
 
 
 def redo(sess: Session) -> bool:
     """Redo the last undone edit; False when there is nothing to redo."""
-    return _step(sess, sess.redo, sess.undo)
+    return _step(sess, "redo", "undo")
 
 
-def _step(sess: Session, source: list[Recipe], target: list[Recipe]) -> bool:
-    if not source:
-        return False
-    target.append(sess.recipe)
-    del target[:-UNDO_DEPTH]
-    sess.recipe = source.pop()
-    _clamp_current(sess)
-    return True
+def _step(sess: Session, source_name: str, target_name: str) -> bool:
+    with sess.lock:  # the lists are read under the lock: an edit may replace them
+        source, target = getattr(sess, source_name), getattr(sess, target_name)
+        if not source:
+            return False
+        target.append(sess.recipe)
+        del target[:-UNDO_DEPTH]
+        sess.recipe = source.pop()
+        _clamp_current(sess)
+        return True
 
 
 def _clamp_current(sess: Session) -> None:

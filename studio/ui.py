@@ -87,6 +87,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             if sess is None:
                 return fn(*args, **kwargs)
+            live.settle(sess)  # what the live channel got lands first, in order
             with S.edit(sess):
                 return fn(*args, **kwargs)
         except StudioError as exc:
@@ -171,12 +172,12 @@ def pictures(ui: UI, sess: Session) -> dict[Any, Any]:
     return {ui.session: sess, ui.output: backend.render(sess), ui.before: before_image(sess)}
 
 
-def live_pictures(ui: UI, sess: Session) -> dict[Any, Any]:
-    """pictures() for a slider's event. While the page's live channel is open it already
-    shows this edit's frame (studio/live.py), so the event only records the edit; the sync
-    at the end of the gesture renders the Gradio output once (unless that sync has already
-    passed: then this event renders)."""
-    if live.sync_pending(sess):
+def live_pictures(ui: UI, sess: Session, changed: bool = True) -> dict[Any, Any]:
+    """pictures() for a slider's event. While the page's live channel is open it has already
+    shown and applied this slider's value (studio/live.py): when the event `changed` nothing,
+    it only returns the session, and the sync at the end of the gesture renders the Gradio
+    output once."""
+    if live.is_active(sess) and not changed:
         return {ui.session: sess}
     return pictures(ui, sess)
 

@@ -3,6 +3,7 @@ canvas following a slider, webcam frames, the fallback and two sessions kept apa
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
@@ -48,7 +49,9 @@ def test_keys_name_one_session_each() -> None:
 def test_an_edit_recorded_after_its_sync_still_reaches_the_gradio_canvas() -> None:
     """The race a loaded CI machine hit: the page's sync (400 ms after a typed seed) ran in
     the interactive lane before the Gradio event recording that seed, rendered the old seed,
-    and the event, seeing the channel open, skipped its render: the canvas never changed."""
+    and the event, seeing the channel open, skipped its render: the canvas never changed.
+    Now the channel applies the value before it answers (the page syncs after the answer),
+    and a Gradio event skips its render only when it changed nothing."""
     from types import SimpleNamespace
 
     from studio.tabs import canvas
@@ -56,19 +59,17 @@ def test_an_edit_recorded_after_its_sync_still_reaches_the_gradio_canvas() -> No
 
     sess = S.new_session("default")
     ui = SimpleNamespace(session="session", output="output", before="before")
-    conn = live.Connection(None, sess)
     live._open[id(sess)] = 1                 # a page holds this session's channel open
     try:
-        # Recorded before the sync: the event leaves the render to the sync that follows.
-        conn._message_in(json.dumps({"kind": "latent", "seq": 1, "values": {"seed": 3}}))
-        S.set_latent(sess, seed=3.0)
-        assert "output" not in live_pictures(ui, sess)
+        # The channel applied seed 3 and answered; the sync shows it; the slider's Gradio
+        # event then finds nothing to change and leaves the picture to that sync.
+        live.commit(sess, [{"kind": "latent", "values": {"seed": 3}}], ("page", 1))
         assert np.array_equal(canvas.sync(ui, sess)["output"], _render(sess))
-        # Recorded after the sync: the event renders the new seed itself.
-        conn._message_in(json.dumps({"kind": "latent", "seq": 2, "values": {"seed": 7}}))
+        assert "output" not in live_pictures(ui, sess, changed=False)
+        # An event that records a value the channel never applied renders it itself.
         old = canvas.sync(ui, sess)["output"]
         S.set_latent(sess, seed=7.0)
-        shown = live_pictures(ui, sess)["output"]
+        shown = live_pictures(ui, sess, changed=True)["output"]
         assert np.array_equal(shown, _render(sess)) and not np.array_equal(shown, old)
     finally:
         live._open.pop(id(sess), None)
@@ -80,28 +81,45 @@ def _render(sess) -> np.ndarray:
 
 
 
+class FakeSocket:
+    """Enough of a Starlette WebSocket for one Connection: an inbox, and what it sent."""
+
+    def __init__(self, inbox: list[dict]) -> None:
+        self.inbox, self.texts, self.frames = inbox, [], []
+
+    async def receive(self) -> dict:
+        await asyncio.sleep(0.05)   # let the renderer take each message in turn
+        return self.inbox.pop(0) if self.inbox else {"type": "websocket.disconnect"}
+
+    async def send_text(self, text: str) -> None:
+        self.texts.append(json.loads(text))
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.frames.append(live.HEADER.unpack(data[:live.HEADER.size]))
+
+
+def text(t: str) -> dict:
+    return {"type": "websocket.receive", "text": t}
+
+
+def _run_channel(ws: FakeSocket, sess: S.Session, last_seq: int) -> None:
+    """One connection reads the inbox, then renders until the frame `last_seq` has gone."""
+    async def run() -> None:
+        conn = live.Connection(ws, sess)
+        renderer = asyncio.get_running_loop().create_task(conn.render())
+        await conn.receive()
+        for _ in range(200):            # the last render may still be running
+            if any(f[1] == last_seq for f in ws.frames):
+                break
+            await asyncio.sleep(0.05)
+        renderer.cancel()
+
+    asyncio.run(run())
+
+
 def test_malformed_messages_get_a_sentence_and_the_channel_keeps_rendering() -> None:
     """A hostile page's NaN/string sequence numbers, a non-integer slot or an oversized
     frame must not end the render loop: the next good message still gets its frame."""
-    import asyncio
-
-    class FakeSocket:
-        def __init__(self, inbox: list[dict]) -> None:
-            self.inbox, self.texts, self.frames = inbox, [], []
-
-        async def receive(self) -> dict:
-            await asyncio.sleep(0.05)   # let the renderer take each message in turn
-            return self.inbox.pop(0) if self.inbox else {"type": "websocket.disconnect"}
-
-        async def send_text(self, text: str) -> None:
-            self.texts.append(json.loads(text))
-
-        async def send_bytes(self, data: bytes) -> None:
-            self.frames.append(live.HEADER.unpack(data[:live.HEADER.size]))
-
-    def text(t: str) -> dict:
-        return {"type": "websocket.receive", "text": t}
-
     sess = S.new_session("default")
     big = bytes([live.KIND_CAM, 0, 0, 0, 9]) + bytes(live.MAX_MESSAGE_BYTES)
     ws = FakeSocket([text('{"kind":"latent","seq":"abc","values":{"seed":1}}'),
@@ -113,21 +131,53 @@ def test_malformed_messages_get_a_sentence_and_the_channel_keeps_rendering() -> 
                      {"type": "websocket.receive", "bytes": big},
                      text('{"kind":"latent","seq":7,"values":{"seed":3}}')])
 
-    async def run() -> None:
-        conn = live.Connection(ws, sess)
-        renderer = asyncio.get_running_loop().create_task(conn.render())
-        await conn.receive()
-        for _ in range(200):            # the last render may still be running
-            if any(f[1] == 7 for f in ws.frames):
-                break
-            await asyncio.sleep(0.05)
-        renderer.cancel()
-
-    asyncio.run(run())
+    _run_channel(ws, sess, 7)
     assert (live.KIND_CANVAS, 7) in [(f[0], f[1]) for f in ws.frames]
     errors = [t["error"] for t in ws.texts if "error" in t]
     assert "slot must be a whole number." in errors
     assert any("webcam frame may be at most" in e for e in errors)
+
+def test_channel_edits_reach_the_session_as_one_undo_entry_per_gesture() -> None:
+    """Values are applied to the session itself once their frame rendered (a refused one
+    never); a drag is one undo entry however many frames it took."""
+    sess = S.new_session("default")
+
+    def latent(seq: int, g: int, **values: object) -> dict:
+        return text(json.dumps({"kind": "latent", "seq": seq, "g": g, "values": values}))
+
+    ws = FakeSocket([latent(1, 1, psi=0.2), latent(2, 1, psi=0.3), latent(3, 1, psi=0.4),
+                     latent(4, 1, psi="x"),
+                     latent(5, 2, psi=0.4, seed=5)])
+    _run_channel(ws, sess, 5)
+    assert [t["error"] for t in ws.texts] == ["psi must be a number, got 'x'."]
+    assert sess.recipe.latent.psi == 0.4 and sess.recipe.latent.seed == 5.0
+    assert len(sess.undo) == 2                        # gesture 1, gesture 2
+    assert S.undo(sess) and sess.recipe.latent.seed == 0.0 and sess.recipe.latent.psi == 0.4
+    assert S.undo(sess) and sess.recipe.latent.psi == 0.7
+
+
+def test_a_gradio_event_waits_until_the_channel_applied_what_it_got() -> None:
+    import threading
+
+    sess = S.new_session("default")
+    assert live.settle(sess, timeout=0)               # no channel: nothing to wait for
+    conn = live.Connection(None, sess)
+    conn.pending["latent"] = {"kind": "latent", "values": {"psi": 0.1}}
+    live._conns[id(sess)], live._open[id(sess)] = {conn}, 1
+    try:
+        assert not live.settle(sess, timeout=0.1)     # busy: gives up after the timeout
+
+        def applied() -> None:
+            conn.pending.clear()
+            with live._settled:
+                live._settled.notify_all()
+
+        threading.Timer(0.2, applied).start()
+        assert live.settle(sess, timeout=30)
+    finally:
+        live._conns.pop(id(sess), None)
+        live._open.pop(id(sess), None)
+
 
 # ----------------------------------------------------------------------------------------
 # In the browser.

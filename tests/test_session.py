@@ -128,6 +128,34 @@ def test_undo_redo_walks_the_history_and_a_new_edit_clears_redo(sess):
     assert sess.undo == []
 
 
+def test_a_gesture_is_one_undo_entry_however_many_steps(sess):
+    """A slider dragged over the live channel: every step applies, one entry undoes them."""
+    start = Recipe.from_json(sess.recipe.to_json())
+    for psi in (0.1, 0.2, 0.3):
+        with S.gesture(sess, "drag-1"):
+            S.set_latent(sess, psi=psi)
+    assert sess.recipe.latent.psi == 0.3 and len(sess.undo) == 1
+    with S.gesture(sess, "drag-1"):
+        S.set_latent(sess, psi=0.3)  # no change: the entry stays as it was
+    with pytest.raises(StudioError), S.gesture(sess, "drag-1"):
+        S.set_latent(sess, psi=0.9, nonsense=1)  # a failed step leaves nothing behind
+    assert sess.recipe.latent.psi == 0.3 and len(sess.undo) == 1
+    with S.gesture(sess, "drag-2"):  # the next drag: its own entry
+        S.set_latent(sess, seed=5.0)
+    assert len(sess.undo) == 2
+    _edit(sess, S.set_latent, cutoff=2)  # another edit in between ends the drag's entry
+    with S.gesture(sess, "drag-2"):
+        S.set_latent(sess, seed=6.0)
+    assert len(sess.undo) == 4 and sess.redo == []
+    assert S.undo(sess) and sess.recipe.latent.seed == 5.0 and sess.recipe.latent.cutoff == 2
+    with S.gesture(sess, "drag-2"):  # an undo took the drag's entry: a new one
+        S.set_latent(sess, seed=7.0)
+    assert len(sess.undo) == 4 and sess.redo == []
+    while S.undo(sess):
+        pass
+    assert sess.recipe == start
+
+
 def test_history_is_bounded(sess):
     for i in range(S.UNDO_DEPTH + 20):
         _edit(sess, S.set_latent, seed=float(i + 1))

@@ -263,10 +263,13 @@ def slot_handler(kind: str, slot: int) -> Any:
         names = [p.name for p in op.params if p.type in KINDS[kind]]
         if slot >= len(names):
             return {ui.session: sess}
+        params = dict(sess.recipe.bends[sess.current].params)
         _set_param(sess, sess.current, names[slot], value)
         # The stack's labels come back with each image, so the list never shows an older
-        # value than the picture does.
-        shown = {} if live.sync_pending(sess) else {ui.output: backend.render(sess)}
+        # value than the picture does. A value the live channel already applied (and
+        # showed) needs no render here.
+        same = live.is_active(sess) and sess.recipe.bends[sess.current].params == params
+        shown = {} if same else {ui.output: backend.render(sess)}
         return {ui.session: sess, **shown, **stack_labels(ui, sess)}
     handler.__name__ = f"bend_{kind}_{slot}"
     return handler
@@ -322,9 +325,10 @@ def change_weight_edit(ui: UI, sess: Session, index: int | None,
     numeric = [p.name for p in WEIGHT_OPERATIONS[e.op].params if p.type == "float"]
     if not numeric:
         return {ui.session: sess}
+    params = dict(e.params)
     S.set_weight_edit(sess, int(index), **{numeric[0]: amount})
     backend.check_weight_edit(sess, e)
-    return {**live_pictures(ui, sess), **weight_list(ui, sess, int(index))}
+    return {**live_pictures(ui, sess, e.params != params), **weight_list(ui, sess, int(index))}
 
 
 @user_errors
@@ -388,9 +392,11 @@ def _wire_bends(ui: UI) -> None:
                         ("bool", ui.p_checks)):
         prefix = {"float": "slider", "choice": "choice", "bool": "check"}[kind]
         for i, comp in enumerate(comps):
-            comp.input(bind(slot_handler(kind, i), ui), [ui.session, comp],
-                       [ui.session, ui.output, ui.stack], api_name=f"bend_{prefix}_{i}",
-                       **LIVE)
+            # The float sliders travel over the live channel, which applies each value:
+            # their event fires when the drag ends (on every move on the fallback).
+            event = comp.release if kind == "float" else comp.input
+            event(bind(slot_handler(kind, i), ui), [ui.session, comp],
+                  [ui.session, ui.output, ui.stack], api_name=f"bend_{prefix}_{i}", **LIVE)
     ui.api_btn.click(bind(set_bend_param, ui),
                      [ui.session, ui.api_index, ui.api_name_box, ui.api_value],
                      [ui.session, ui.output], api_name="set_bend_param", **LIVE)
@@ -403,8 +409,8 @@ def _wire_weights(ui: UI) -> None:
     ui.w_add.click(bind(add_weight_edit, ui),
                    [ui.session, ui.w_op, ui.w_layer, ui.w_axis, ui.w_amount, ui.w_where,
                     ui.w_fraction], outs, api_name="add_weight_edit", **ui.job())
-    ui.w_amount.input(bind(change_weight_edit, ui), [ui.session, ui.w_list, ui.w_amount],
-                      outs, api_name="change_weight_edit", **LIVE)
+    ui.w_amount.release(bind(change_weight_edit, ui), [ui.session, ui.w_list, ui.w_amount],
+                        outs, api_name="change_weight_edit", **LIVE)  # as the bend sliders
     ui.w_remove.click(bind(remove_weight_edit, ui), [ui.session, ui.w_list], outs,
                       api_name="remove_weight_edit", **ui.job())
     ui.w_clear.click(bind(clear_weight_edits, ui), [ui.session], outs,

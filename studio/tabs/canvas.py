@@ -10,7 +10,7 @@ import gradio as gr
 
 from engine import bend_import
 from engine.errors import StudioError
-from studio import backend, live, uploads
+from studio import backend, uploads
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session
@@ -164,7 +164,6 @@ SHORTCUTS_JS = """
 def sync(ui: UI, sess: Session) -> dict[Any, Any]:
     """After a live gesture: the Gradio output shows what the live canvas shows."""
     sess = need(sess)
-    live.mark_synced(sess)
     shown = copy.deepcopy(sess.recipe)
     out = pictures(ui, sess)
     if sess.recipe != shown:  # an edit landed while rendering: show it, not the older one

@@ -3,6 +3,7 @@ walk videos."""
 
 from __future__ import annotations
 
+import copy
 import random
 from typing import Any
 
@@ -149,6 +150,11 @@ def latent_inputs(ui: UI) -> list[Any]:
             ui.dir_start, ui.dir_end]
 
 
+def live_sliders(ui: UI) -> list[Any]:
+    """The sliders whose values travel over the live channel (studio/live.js LATENT)."""
+    return [ui.seed_frac, ui.psi, ui.cutoff, *ui.dir_sliders]
+
+
 # ----------------------------------------------------------------------------------------
 # What the tab shows for a session (after a model switch, a recipe, undo or redo).
 
@@ -213,6 +219,7 @@ def set_latent(ui: UI, sess: Session, seed_v: float, frac: float, psi_v: float, 
                method: str, boundary_file: Any, *rest: float) -> dict[Any, Any]:
     """Set every latent field from the Explore controls; returns the new image."""
     sess = need(sess)
+    before = copy.deepcopy(sess.recipe.latent)
     S.set_latent(sess, seed=float(int(seed_v or 0)) + float(frac or 0), psi=float(psi_v),
                  cutoff=int(cut) or None, noise_mode=nmode, noise_seed=int(nseed or 0),
                  mix_seed=int(mseed or 0) if mix else None, mix_start=int(mstart),
@@ -224,7 +231,7 @@ def set_latent(ui: UI, sess: Session, seed_v: float, frac: float, psi_v: float, 
         backend.check_boundary(sess, path)
     S.set_directions(sess, method, [float(a) for a in rest[:N_DIRECTIONS]], int(rest[-2]),
                      int(rest[-1]), path)
-    return live_pictures(ui, sess)
+    return live_pictures(ui, sess, sess.recipe.latent != before)
 
 
 @user_errors
@@ -305,10 +312,15 @@ def wire(ui: UI) -> None:
     """The Explore tab's events."""
     inputs, outs = [ui.session, *latent_inputs(ui)], [ui.session, ui.output, ui.before]
     setter = bind(set_latent, ui)
+    dragged = {id(c) for c in live_sliders(ui)}
     for comp in latent_inputs(ui):
         if isinstance(comp, gr.File):
             for evt in (comp.upload, comp.clear):
                 evt(setter, inputs, outs, api_name=False, **LIVE)
+        elif id(comp) in dragged:
+            # Dragged over the live channel, which applies each value: the event fires once,
+            # when the drag ends (studio/live.js fires it on every move on the fallback).
+            comp.release(setter, inputs, outs, api_name=False, **LIVE)
         else:
             comp.input(setter, inputs, outs, api_name=False, **LIVE)
     # One documented endpoint for scripts; the per-control events above share its fn.
