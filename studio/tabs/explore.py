@@ -220,10 +220,13 @@ def set_latent(ui: UI, sess: Session, seed_v: float, frac: float, psi_v: float, 
     """Set every latent field from the Explore controls; returns the new image."""
     sess = need(sess)
     before = copy.deepcopy(sess.recipe.latent)
+    # The mixing range only while mixing: unused otherwise, and written then it would make
+    # the first event after a live drag an edit of its own (an undo step that shows nothing).
+    mixing = dict(mix_seed=int(mseed or 0), mix_start=int(mstart), mix_end=int(mend)) \
+        if mix else dict(mix_seed=None)
     S.set_latent(sess, seed=float(int(seed_v or 0)) + float(frac or 0), psi=float(psi_v),
                  cutoff=int(cut) or None, noise_mode=nmode, noise_seed=int(nseed or 0),
-                 mix_seed=int(mseed or 0) if mix else None, mix_start=int(mstart),
-                 mix_end=int(mend))
+                 **mixing)
     path = None
     if method == "file" and boundary_file is not None:
         path = str(uploads.upload_path(boundary_file, "boundary"))
