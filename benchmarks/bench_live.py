@@ -137,13 +137,38 @@ COUNT_JS = """(since) => { const L = window.studioLive; let last = -1, own = 0, 
     return [own, bad, performance.now()]; }"""
 
 
+def _cpu_seconds() -> dict[int, float]:
+    """CPU seconds used so far by each process below this one (Linux /proc): the server,
+    the browser and its driver."""
+    parent, used = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])
+        used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    mine, me = {}, os.getpid()
+    for pid in used:
+        p = pid
+        while p not in (0, 1, me):
+            p = parent.get(p, 0)
+        if p == me and pid != me:
+            mine[pid] = used[pid]
+    return mine
+
+
 def concurrent_pages(browser, url: str, n: int, seconds: float) -> None:
+    from tests.browser_util import SERVER_PIDS
     pages = [open_page(browser, url) for _ in range(n)]
     for pg in pages:
         pg.evaluate(DRAG_JS)
     time.sleep(1.0)  # every page dragging before the window opens
     since = [pg.evaluate("performance.now()") for pg in pages]
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
     time.sleep(seconds)
+    cpu1, dt = _cpu_seconds(), time.perf_counter() - t0
     counts = [pg.evaluate(COUNT_JS, s) for pg, s in zip(pages, since)]
     for pg in pages:
         pg.evaluate("clearInterval(window.benchTimer)")
@@ -152,6 +177,13 @@ def concurrent_pages(browser, url: str, n: int, seconds: float) -> None:
     print(f"{n} pages at once: frames/s each min {min(rates):.1f}, median "
           f"{statistics.median(rates):.1f}, max {max(rates):.1f}; frames not the page's own "
           f"newest: {bad}  {load()}")
+    server = SERVER_PIDS[url]
+    used = {pid: cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1}
+    frames = max(1, sum(own for own, _, _ in counts))
+    print(f"  CPU during the window: server {used.get(server, 0) / dt:.2f} s/s, browser and "
+          f"driver {(sum(used.values()) - used.get(server, 0)) / dt:.2f} s/s; per frame shown: "
+          f"server {used.get(server, 0) / frames * 1000:.1f} ms, all "
+          f"{sum(used.values()) / frames * 1000:.1f} ms")
     for pg in pages:
         pg.close()
 

@@ -45,6 +45,7 @@
     }
     ws.binaryType = "arraybuffer";
     L.ws = ws;
+    L.inflight = [];
     ws.onopen = () => ws.send(JSON.stringify({ key }));
     ws.onmessage = (ev) => {
       if (typeof ev.data !== "string") return onFrame(ev.data);
@@ -53,7 +54,7 @@
       if (m.played !== undefined) playing(null);
       if (m.dropped !== undefined && L.cam) L.cam.inflight = Math.max(0, L.cam.inflight - 1);
       if (m.error) {
-        if (m.kind === 0 && typeof m.seq === "number") L.answered = Math.max(L.answered, m.seq);
+        if (m.kind === 0) answered(m.seq === undefined ? L.seq : m.seq);
         if (m.kind === 0 && L.playing) playing(null);
         L.errors.push(m.error);
         L.errorKind = m.kind;   // the next good frame of this kind clears it
@@ -84,12 +85,48 @@
 
   function open() { return L.ws && L.ws.readyState === 1 && L.mode === "live"; }
 
-  function send(msg) {
+  function send(msg, since) {
     msg.seq = ++L.seq;
-    msg.g = L.gesture;
-    L.sent.set(msg.seq, performance.now());
+    if (msg.g === undefined) msg.g = L.gesture;
+    L.sent.set(msg.seq, since || performance.now());
     if (L.sent.size > 500) L.sent.delete(L.sent.keys().next().value);
     L.ws.send(JSON.stringify(msg));
+  }
+
+  // Control values wait here, newest per control, while EDITS_IN_FLIGHT are unanswered: the
+  // server renders only the newest anyway (latest wins), so a slider moved 60 times a second
+  // costs the page and the server one message per frame they can show, not one per move.
+  // Two in flight keep the server busy: the next value is there when a frame is done.
+  const EDITS_IN_FLIGHT = 2;
+  const ANSWER_WAIT_MS = 3000;   // an answer this late is taken as lost
+  L.queued = new Map();          // control -> {make, since: moved at, g: gesture}
+  L.inflight = [];               // [seq, sent at] of control messages not yet answered
+
+  function queueEdit(control, make) {
+    L.queued.delete(control);    // re-added last: controls go out in the order they moved
+    L.queued.set(control, { make, since: performance.now(), g: L.gesture });
+    pumpEdits();
+  }
+
+  function pumpEdits() {
+    if (!open()) return;
+    const now = performance.now();
+    L.inflight = L.inflight.filter(([, at]) => now - at < ANSWER_WAIT_MS);
+    while (L.inflight.length < EDITS_IN_FLIGHT && L.queued.size) {
+      const [control, q] = L.queued.entries().next().value;
+      L.queued.delete(control);
+      const msg = q.make();
+      if (!msg) continue;
+      msg.g = q.g;
+      send(msg, q.since);
+      L.inflight.push([msg.seq, now]);
+    }
+  }
+
+  function answered(seq) {  // a frame or an error answers every message up to its seq
+    L.answered = Math.max(L.answered, seq);
+    L.inflight = L.inflight.filter(([s]) => s > seq);
+    pumpEdits();
   }
 
   // ---- frames ---------------------------------------------------------------------------
@@ -111,7 +148,6 @@
     const url = URL.createObjectURL(new Blob([new Uint8Array(buf, 9)], { type: "image/jpeg" }));
     const img = kind === 0 ? overlay() : $("#live-cam-out");
     if (!img) return URL.revokeObjectURL(url);
-    if (kind === 0) L.answered = Math.max(L.answered, seq);
     const t0 = kind === 0 ? L.sent.get(seq) : L.cam && L.cam.sent.get(seq);
     img.onload = () => {
       const shown = performance.now();
@@ -129,6 +165,7 @@
       if (el) el.textContent = "";
     }
     if (old && old.startsWith("blob:")) URL.revokeObjectURL(old);
+    if (kind === 0) answered(seq);
     if (kind === 1 && L.cam) {
       L.cam.inflight = Math.max(0, L.cam.inflight - 1);
       L.cam.sent.delete(seq);
@@ -149,18 +186,20 @@
   }).observe(document.body, { subtree: true, attributes: true, attributeFilter: ["src"] });
 
   // ---- controls -------------------------------------------------------------------------
-  function value(id, ev) {
+  function value(id) {
     const host = document.getElementById(id);
     if (!host) return undefined;
-    if (ev && host.contains(ev.target)) return ev.target.value;
     const input = host.querySelector('input[type="range"]') || host.querySelector("input");
     return input ? input.value : undefined;
   }
 
-  function latentValues(ev) {
+  // Every latent control's value; `moved` is the one just moved (its box may be ahead of
+  // its range while typing).
+  function latentValues(movedId, moved) {
+    const get = (id) => (id === movedId ? moved : value(id));
     const v = {};
-    for (const id of ["seed", "seed-frac", "psi", "cutoff"]) v[id] = value(id, ev);
-    v.dir = [0, 1, 2, 3, 4].map((i) => value(`dir-${i}`, ev)).filter((a) => a !== undefined);
+    for (const id of ["seed", "seed-frac", "psi", "cutoff"]) v[id] = get(id);
+    v.dir = [0, 1, 2, 3, 4].map((i) => get(`dir-${i}`)).filter((a) => a !== undefined);
     const method = $("#dir-method input:checked");
     if (method) v.method = method.value;
     return v;
@@ -198,26 +237,32 @@
       L.gesture += 1;
       L.control = id;
     }
-    if (LATENT.includes(id)) send({ kind: "latent", values: latentValues(ev) });
-    else if (id.startsWith("p-slider-")) {
-      send({ kind: "bend", slot: Number(id.slice(9)), value: Number(ev.target.value) });
+    // The value as typed or dragged now; the message is made when it goes out.
+    const moved = ev.target.value;
+    if (LATENT.includes(id)) {
+      queueEdit("latent", () => ({ kind: "latent", values: latentValues(id, moved) }));
+    } else if (id.startsWith("p-slider-")) {
+      queueEdit(id, () => ({ kind: "bend", slot: Number(id.slice(9)), value: Number(moved) }));
     } else if (id === "w-amount") {
-      const index = weightIndex();
-      if (index === null) return;
-      send({ kind: "weight", index, value: Number(ev.target.value) });
+      queueEdit(id, () => {
+        const index = weightIndex();
+        return index === null ? null : { kind: "weight", index, value: Number(moved) };
+      });
     }
-    scheduleSync(L.seq);
+    scheduleSync();
   }, true);
 
   // When the gesture stops, the Gradio output (its download, the recipe) catches up: 400 ms
-  // after the last movement, and not before the channel has answered message `seq` (a frame
-  // or an error). The server applies a value to the session before it answers, so the sync
-  // then renders it. A channel that stays silent for 5 s is not waited for.
-  function scheduleSync(seq) {
+  // after the last movement, and not before the channel has sent and answered every value
+  // (a frame or an error each). The server applies a value to the session before it
+  // answers, so the sync then renders it. A channel that stays silent for 5 s is not waited
+  // for.
+  function scheduleSync() {
     clearTimeout(L.syncTimer);
     const since = performance.now();
     const tick = () => {
-      if (open() && L.answered < seq && performance.now() - since < 5000) {
+      const waiting = L.queued.size > 0 || L.inflight.length > 0;
+      if (open() && waiting && performance.now() - since < 5000) {
         L.syncTimer = setTimeout(tick, 50);
         return;
       }
