@@ -19,7 +19,7 @@ import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.errors import StudioError
 from studio.limits import SERVER
@@ -162,3 +162,20 @@ def interactive(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
     return call
 
+
+
+T = TypeVar("T")
+
+
+def frames_job(jobs: Jobs, what: str, frames: int, progress: Callable[..., Any],
+               size: str | None, render: Callable[..., T]) -> T:
+    """A video job (walk, sweep) in the long-job lane: render(progress=, cancel=, size=) gets
+    a per-frame callback (frame i of `frames` moves the page's progress line), the Cancel
+    check, and the chosen side in pixels (None: the model's). `progress` is the event's
+    gr.Progress (called as progress(fraction, desc=...))."""
+    def line(fraction: float, message: str = "") -> None:
+        progress(max(0.0, min(1.0, float(fraction))), desc=message or None)
+
+    with LANE.heavy(jobs, what, line) as cancel:
+        return render(progress=lambda i: line((i + 1) / frames, "frames"), cancel=cancel,
+                      size=int(size or 0) or None)

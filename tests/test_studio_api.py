@@ -135,6 +135,9 @@ def test_script_a_bend_through_the_api(server):
     r = recipe.Recipe.from_json(text)
     again = np.asarray(recipe.render(r, zoo.load(model)))
     assert np.array_equal(again, rotated90)
+    # A sweep of the bend's angle through the API: the frames asked for.
+    video = client.predict("angle", 0, 90, 3, 8, "256", api_name="/render_sweep")
+    assert _video_frames(video) == 3
 
 
 def test_api_errors_are_sentences_and_the_server_survives(server, tmp_path):

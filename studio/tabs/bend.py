@@ -10,7 +10,7 @@ from engine.bending import OPERATIONS, WEIGHT_OPERATIONS, WeightEdit, undone_by_
 from engine.errors import StudioError
 from studio import backend, live
 from studio import session as S
-from studio.jobs import LANE
+from studio.jobs import frames_job
 from studio.limits import LIMITS
 from studio.live import PLAY_HTML
 from studio.session import Session, bend_label
@@ -24,7 +24,6 @@ from studio.ui import (
     live_pictures,
     need,
     pictures,
-    progress_fn,
     user_errors,
 )
 
@@ -354,12 +353,10 @@ def render_sweep(ui: UI, sess: Session, param: str, start: float, stop: float, f
     sess = need(sess)
     if sess.current is None or not param:
         raise StudioError("click a bend with a numeric parameter first.")
-    total = int(frames)
-    with LANE.heavy(sess.jobs, "a sweep video", progress_fn(progress)) as cancel:
-        return backend.sweep_video(sess, f"bends.{sess.current}.params.{param}", float(start),
-                                   float(stop), total, float(fps),
-                                   progress=lambda i: progress((i + 1) / total, desc="frames"),
-                                   cancel=cancel, size=int(size or 0) or None)
+    return frames_job(sess.jobs, "a sweep video", int(frames), progress, size,
+                      lambda **job: backend.sweep_video(
+                          sess, f"bends.{sess.current}.params.{param}", float(start),
+                          float(stop), int(frames), float(fps), **job))
 
 
 def wire(ui: UI) -> None:

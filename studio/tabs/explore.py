@@ -11,7 +11,7 @@ import gradio as gr
 
 from studio import backend, uploads
 from studio import session as S
-from studio.jobs import LANE
+from studio.jobs import frames_job
 from studio.limits import LIMITS
 from studio.live import PLAY_HTML
 from studio.session import Session
@@ -27,7 +27,6 @@ from studio.ui import (
     live_pictures,
     need,
     pictures,
-    progress_fn,
     user_errors,
 )
 
@@ -297,12 +296,10 @@ def render_walk(ui: UI, sess: Session, seeds_t: str, frames: float, fps: float, 
                 space: str, size: str = "256", progress: gr.Progress = gr.Progress()) -> str:
     """An interpolation (or loop) video through keyframe seeds, as mp4."""
     sess = need(sess)
-    total = int(frames)
     keys = floats(seeds_t, "keyframe seeds")
-    with LANE.heavy(sess.jobs, "a walk video", progress_fn(progress)) as cancel:
-        return backend.walk_video(sess, keys, total, bool(loop), space, float(fps),
-                                  progress=lambda i: progress((i + 1) / total, desc="frames"),
-                                  cancel=cancel, size=int(size or 0) or None)
+    return frames_job(sess.jobs, "a walk video", int(frames), progress, size,
+                      lambda **job: backend.walk_video(sess, keys, int(frames), bool(loop),
+                                                       space, float(fps), **job))
 
 
 def cancel_job(sess: Session | None) -> None:
