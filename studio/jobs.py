@@ -167,15 +167,20 @@ def interactive(fn: Callable) -> Callable:
 T = TypeVar("T")
 
 
+def progress_fn(progress: Callable[..., Any]) -> Callable[[float, str], None]:
+    """The engine's progress(fraction, message) as calls of the event's gr.Progress."""
+    def line(fraction: float, message: str = "") -> None:
+        progress(max(0.0, min(1.0, float(fraction))), desc=message or None)
+    return line
+
+
 def frames_job(jobs: Jobs, what: str, frames: int, progress: Callable[..., Any],
                size: str | None, render: Callable[..., T]) -> T:
     """A video job (walk, sweep) in the long-job lane: render(progress=, cancel=, size=) gets
     a per-frame callback (frame i of `frames` moves the page's progress line), the Cancel
     check, and the chosen side in pixels (None: the model's). `progress` is the event's
-    gr.Progress (called as progress(fraction, desc=...))."""
-    def line(fraction: float, message: str = "") -> None:
-        progress(max(0.0, min(1.0, float(fraction))), desc=message or None)
-
+    gr.Progress."""
+    line = progress_fn(progress)
     with LANE.heavy(jobs, what, line) as cancel:
         return render(progress=lambda i: line((i + 1) / frames, "frames"), cancel=cancel,
                       size=int(size or 0) or None)

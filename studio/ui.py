@@ -136,12 +136,6 @@ def floats(text: str, what: str, limit: int = LIMITS.grid_values) -> list[float]
     return vals
 
 
-def progress_fn(progress: gr.Progress) -> Callable[[float, str], None]:
-    def report(fraction: float, message: str = "") -> None:
-        progress(max(0.0, min(1.0, float(fraction))), desc=message or None)
-    return report
-
-
 def conv_layers(spec: str) -> list[str]:
     return backend.model_info(spec).conv_layers
 

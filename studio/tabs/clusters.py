@@ -8,11 +8,11 @@ import gradio as gr
 
 from studio import backend
 from studio import session as S
-from studio.jobs import LANE
+from studio.jobs import LANE, progress_fn
 from studio.limits import LIMITS
 from studio.session import Session
 from studio.tabs.explore import cancel_job
-from studio.ui import UI, bind, capped_slider, job_errors, need, progress_fn, user_errors
+from studio.ui import UI, bind, capped_slider, job_errors, need, user_errors
 
 GALLERY_COLUMNS = 4     # cluster tiles per row (each ~150 px wide at 1280 px)
 TILE_ROW_PX = 170       # gallery height per row of tiles

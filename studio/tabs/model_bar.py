@@ -71,7 +71,7 @@ def page_outputs(ui: UI) -> list[Any]:
 def load_model(ui: UI, sess: Session | None, spec: str,
                progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
     """Load a model (catalogue id, hf://..., path) and start afresh on it."""
-    from studio.ui import progress_fn
+    from studio.jobs import progress_fn
     new = successor(sess, spec)
     if (spec or "").strip() and backend.is_path_spec(spec):
         backend.check_session_file(new, spec.strip())

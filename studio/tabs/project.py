@@ -9,7 +9,7 @@ import gradio as gr
 from engine.latents import ws_to_list
 from studio import backend
 from studio import session as S
-from studio.jobs import LANE
+from studio.jobs import LANE, progress_fn
 from studio.limits import LIMITS
 from studio.session import Session
 from studio.tabs import explore
@@ -22,7 +22,6 @@ from studio.ui import (
     job_errors,
     need,
     pictures,
-    progress_fn,
     user_errors,
 )
 
