@@ -48,6 +48,10 @@ class Limits:
     train_steps: int = 3000                    # STUDIO_MAX_TRAIN_STEPS: encoder training
     train_batch: int = 32                      # STUDIO_MAX_TRAIN_BATCH
     projection_steps: int = 1000               # STUDIO_MAX_PROJECTION_STEPS
+    gan_steps: int = 500                       # STUDIO_MAX_GAN_STEPS: fine-tuning from the page
+    gan_batch: int = 16                        # STUDIO_MAX_GAN_BATCH
+    gan_minutes: int = 30                      # STUDIO_MAX_GAN_MINUTES: one run, then it stops
+    gan_upload_bytes: int = 200 * 2**20        # STUDIO_MAX_GAN_UPLOAD_BYTES: its pictures, in all
     queue_size: int = 64                       # STUDIO_QUEUE_SIZE: waiting requests, then "busy"
     concurrency: int = 4                       # STUDIO_CONCURRENCY: requests run at once
 
@@ -68,6 +72,8 @@ ENV_NAMES = {
     "hub_cache_bytes": "STUDIO_MAX_HUB_CACHE_BYTES",
     "train_steps": "STUDIO_MAX_TRAIN_STEPS",
     "train_batch": "STUDIO_MAX_TRAIN_BATCH", "projection_steps": "STUDIO_MAX_PROJECTION_STEPS",
+    "gan_steps": "STUDIO_MAX_GAN_STEPS", "gan_batch": "STUDIO_MAX_GAN_BATCH",
+    "gan_minutes": "STUDIO_MAX_GAN_MINUTES", "gan_upload_bytes": "STUDIO_MAX_GAN_UPLOAD_BYTES",
     "queue_size": "STUDIO_QUEUE_SIZE", "concurrency": "STUDIO_CONCURRENCY",
 }
 

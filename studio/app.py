@@ -1,4 +1,4 @@
-"""The Activation Studio page: a model bar, five tabs of controls, one canvas column.
+"""The Activation Studio page: a model bar, six tabs of controls, one canvas column.
 
 `build_app()` only assembles: each tab's layout and events live in studio/tabs/<tab>.py
 (handlers at module level, returning {component: value}), the session's edits in the
@@ -13,7 +13,16 @@ import gradio as gr
 from engine.errors import StudioError
 from studio import backend, live
 from studio.limits import SERVER
-from studio.tabs import bend, canvas, clusters, explore, model_bar, project, translate
+from studio.tabs import (
+    bend,
+    canvas,
+    clusters,
+    explore,
+    model_bar,
+    project,
+    train,
+    translate,
+)
 from studio.tabs.explore import draw_seed
 from studio.ui import UI
 
@@ -94,6 +103,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                 canvas.layout(ui)
         for tab in (explore, clusters, bend, translate, project):
             tab.wire(ui)
+        train.wire(ui, model_bar.page_outputs(ui), model_bar.load_model)
         canvas.wire(ui, model_bar.page_outputs(ui))
         model_bar.wire(ui, demo)
     return demo
@@ -111,3 +121,5 @@ def _tabs(ui: UI, n_ws: int) -> None:
             translate.layout(ui)
         with gr.Tab("Project", id="project", elem_id="tab-project"):
             project.layout(ui)
+        with gr.Tab("Train", id="train", elem_id="tab-train"):
+            train.layout(ui)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from engine.checkpoints import save_generator
+from engine.checkpoints import load_generator, save_generator
 from engine.datasets import render_faces
 from engine.errors import StudioError
 from engine.loop import read_metrics
@@ -28,6 +28,7 @@ from engine.train_gan import (
     train,
 )
 from tests.conftest import make_tiny_generator
+from tests.test_checkpoints import nvlabs_modules, write_nvlabs_pickle  # noqa: F401
 from tests.test_kill_resume import (
     assert_same_tensors,
     engine_cmd,
@@ -79,6 +80,29 @@ def test_freeze_d_keeps_the_first_blocks_and_the_base_discriminator_is_used(tmp_
         same = torch.equal(value, after[name])
         assert same if name.startswith("b16.") else True, name
     assert not torch.equal(before.b8.conv0.weight, after["b8.conv0.weight"])
+
+
+def test_finetuning_from_an_nvlabs_pickle_starts_from_its_own_discriminator(
+        tmp_path, nvlabs_modules):  # noqa: F811
+    # tiny16's G and D written the way NVlabs' training loop pickles them (persistence
+    # records carrying module_src, which must never run), then fine-tuned from that file.
+    G = load_generator(TINY16)
+    D = load_discriminator(Path(TINY16.replace(".safetensors", ".d.safetensors")))
+    pkl = tmp_path / "network-snapshot-000100.pkl"
+    write_nvlabs_pickle(pkl, G, nvlabs_modules, D)
+    train(tiny_run(tmp_path / "nv", base=str(pkl), freeze_d=1))
+    after = load_file(str(tmp_path / "nv" / "generator.d.safetensors"))
+    # The frozen block is the pickle's own, bit for bit (a fresh D would be random there),
+    # and the trained blocks moved only by two small steps away from it.
+    for name, value in D.state_dict().items():
+        if name.startswith("b16."):
+            assert torch.equal(value, after[name]), name
+    moved = max(float((after[n] - v).abs().max()) for n, v in D.state_dict().items()
+                if n.startswith("b8.") and v.dtype.is_floating_point)
+    assert 0 < moved < 0.05, moved
+    card = (tmp_path / "nv" / CARD_NAME).read_text()
+    assert "network-snapshot-000100.pkl" in card
+    assert not nvlabs_modules.marker.exists()
 
 
 def test_cancel_writes_a_checkpoint_and_says_how_to_resume(tmp_path):

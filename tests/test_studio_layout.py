@@ -21,7 +21,7 @@ from tests.test_studio_browser import WAIT_MS, pixels, set_number, src, tab, wai
 pytestmark = pytest.mark.browser
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-TABS = ("Explore", "Clusters", "Bend", "Translate", "Project")
+TABS = ("Explore", "Clusters", "Bend", "Translate", "Project", "Train")
 BROAD_YAML = """\
 transforms:
 - layer: 4

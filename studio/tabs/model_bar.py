@@ -8,11 +8,11 @@ from typing import Any
 
 import gradio as gr
 
-from studio import backend, live, uploads
+from studio import backend, finetune, live, uploads
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session, successor
-from studio.tabs import bend, clusters, explore, project, translate
+from studio.tabs import bend, clusters, explore, project, train, translate
 from studio.ui import UI, bind, checked_file, conv_layers, default_layer, pictures, user_errors
 
 CHECKPOINT_TYPES = (".pkl", ".pt", ".pth", ".safetensors")
@@ -45,17 +45,18 @@ def show_session(ui: UI, sess: Session, model_changed: bool) -> dict[Any, Any]:
             ui.model_box: gr.update(value=sess.model, choices=model_choices(ui, sess)),
             ui.video: None, **explore.reset(ui), **clusters.reset(ui, layers, layer),
             **bend.reset(ui, layers, layer), **translate.reset(ui, sess, layers, layer),
-            **project.reset(ui)})
+            **project.reset(ui), **train.reset(ui)})
     return out
 
 
 def model_choices(ui: UI, sess: Session) -> list[tuple[str, str]]:
-    """The model list plus this session's own uploaded checkpoints (one click away, and
-    seen by nobody else)."""
+    """The model list plus this session's own uploaded checkpoints and fine-tuned models
+    (one click away, and seen by nobody else)."""
     known = list(ui.model_choices)
     mine = sorted(p for p in sess.uploads if p.endswith(CHECKPOINT_TYPES))
-    return [(f"uploaded: {p.rsplit('/', 1)[-1]}", p) for p in mine
-            if p not in [c[1] for c in known]] + known
+    tuned = [c for c in finetune.trained_models(sess) if c[1] not in [k[1] for k in known]]
+    return tuned + [(f"uploaded: {p.rsplit('/', 1)[-1]}", p) for p in mine
+                    if p not in [c[1] for c in known]] + known
 
 
 def page_outputs(ui: UI) -> list[Any]:
@@ -64,7 +65,7 @@ def page_outputs(ui: UI) -> list[Any]:
             *explore.shown(ui), ui.grid_out, *bend.shown(ui), *clusters.shown(ui),
             ui.cl_layer, ui.cl_status, ui.cl_ablation, ui.add_layer, ui.w_layer, ui.tr_layer,
             ui.tr_encoder, ui.tr_status, ui.tr_preview, ui.cam_out, ui.pr_status, ui.pr_file,
-            ui.live_key]
+            ui.live_key, *train.cleared(ui)]
 
 
 @user_errors

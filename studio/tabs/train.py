@@ -1,0 +1,199 @@
+"""Train: fine-tune the loaded model on uploaded pictures, with live sample grids, Cancel and
+resume; the result joins the model list. The logic is studio/finetune.py (no Gradio)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+import torch
+
+from engine.errors import StudioError
+from studio import backend, finetune, gpu
+from studio.jobs import LANE
+from studio.limits import LIMITS
+from studio.session import Session
+from studio.tabs.explore import cancel_job
+from studio.ui import UI, bind, capped_slider, checked_file, job_errors, need, progress_fn
+
+PICTURE_TYPES = [".zip", ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
+CURVES = ("loss_g", "loss_d", "aug_p")  # what the plot follows, one line each
+
+
+def layout(ui: UI) -> None:
+    gr.Markdown("Fine-tune the loaded model on your own pictures (a .zip or several files; at "
+                "least 10, a few hundred is best). It starts from the model and, when its file "
+                "has one, its discriminator; adaptive augmentation keeps a small set from "
+                "being memorised. The result joins the model list.")
+    ui.gt_files = checked_file(gr.File(file_count="multiple", file_types=PICTURE_TYPES,
+                                       label="Pictures (.zip or several files)", height=120,
+                                       elem_id="gt-files"))
+    with gr.Row():
+        ui.gt_steps = capped_slider(1, LIMITS.gan_steps, min(100, LIMITS.gan_steps),
+                                    label="Steps", elem_id="gt-steps")
+        ui.gt_batch = capped_slider(1, LIMITS.gan_batch, min(8, LIMITS.gan_batch),
+                                    label="Pictures per step", elem_id="gt-batch")
+    with gr.Row():
+        ui.gt_augment = gr.Radio(list(finetune.AUGMENTS), value="ada", label="Augmentation",
+                                 info="ada: its strength adapts to how well the "
+                                      "discriminator knows your pictures")
+        ui.gt_fit = gr.Radio(list(finetune.FITS), value="crop", label="Make square by",
+                             info="crop the centre, or pad the whole picture")
+        ui.gt_xflip = gr.Checkbox(True, label="Also train on mirrored pictures")
+    ui.gt_estimate = gr.Markdown("", elem_id="gt-estimate")
+    with gr.Row():
+        ui.gt_go = gr.Button("Fine-tune / resume", variant="primary", elem_id="gt-go")
+        ui.gt_cancel = gr.Button("Cancel", variant="stop", elem_id="gt-cancel")
+    ui.gt_status = gr.Markdown("", elem_id="gt-status")
+    with gr.Row():
+        ui.gt_samples = gr.Image(label="Samples (the same seeds every time)", type="filepath",
+                                 interactive=False, height=300, elem_id="gt-samples",
+                                 elem_classes="pixelated")
+        ui.gt_plot = gr.LinePlot(x="step", y="value", color="curve", height=300,
+                                 label="Losses and augmentation p", x_title="step",
+                                 y_title="value")
+    ui.gt_model = gr.State(None)  # the path of the model the last run exported
+    ui.gt_load = gr.Button("Load the fine-tuned model", elem_id="gt-load", interactive=False)
+
+
+def cleared(ui: UI) -> list[Any]:
+    """What a model switch clears here (the estimate and the grids were for the old model)."""
+    return [ui.gt_estimate, ui.gt_status, ui.gt_samples]
+
+
+def reset(ui: UI) -> dict[Any, Any]:
+    return {ui.gt_estimate: "", ui.gt_status: "", ui.gt_samples: None}
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _plot(points: list[tuple[int, dict[str, float]]]) -> Any:
+    import pandas as pd
+    rows = [(step, name, float(m[name])) for step, m in points for name in CURVES if name in m]
+    return pd.DataFrame({"step": pd.Series([r[0] for r in rows], dtype="int64"),
+                         "curve": pd.Series([r[1] for r in rows], dtype="object"),
+                         "value": pd.Series([r[2] for r in rows], dtype="float64")})
+
+
+def _pictures_and_speed(sess: Session, uploaded: Any, steps: float, batch: float,
+                        augment: str, fit: str, measure: bool = True
+                        ) -> tuple[finetune.PictureSet, str, bool]:
+    """The checked pictures, the sentence saying how long the run will take here, and
+    whether the speed is known (without `measure`, only a figure measured before is used)."""
+    info = backend.model_info(sess.model)
+    pics = finetune.prepare_pictures(sess, uploaded, info.resolution, fit)
+    found = f"**{pics.pictures} pictures** ready at {info.resolution} px"
+    found += f" ({pics.note.rstrip('.')})." if pics.note else "."
+    ips = finetune.speed(backend.generator(sess.model), info.sha256, int(batch), augment,
+                         _device(), measure=measure)
+    if ips is None:
+        return pics, found, False
+    return pics, f"{found} {finetune.estimate(ips, int(steps), int(batch), _device())}", True
+
+
+@job_errors
+def check(ui: UI, sess: Session | None, uploaded: Any, steps: float, batch: float,
+          augment: str, fit: str, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+    """Read the uploaded pictures and say how long fine-tuning on them takes here, before
+    any run starts: the first time for a model, batch and augmentation, a training step is
+    timed (in the long-job lane); later answers reuse that figure."""
+    sess = need(sess)
+    if not uploaded:
+        return {ui.gt_estimate: ""}
+    _, sentence, known = _pictures_and_speed(sess, uploaded, steps, batch, augment, fit,
+                                             measure=False)
+    if known or sess.jobs.running is not None:
+        return {ui.gt_estimate: sentence}  # measured before, or a run is going: no probe
+    with LANE.heavy(sess.jobs, "a speed check", progress_fn(progress)):
+        _, sentence, _ = _pictures_and_speed(sess, uploaded, steps, batch, augment, fit)
+    return {ui.gt_estimate: sentence}
+
+
+def train(ui: UI, sess: Session | None, uploaded: Any, steps: float, batch: float,
+          augment: str, xflip: bool, fit: str) -> Iterator[dict[Any, Any]]:
+    """Fine-tune (or resume) in a worker thread; yields status, the newest sample grid and
+    the curves while it runs, then the model in the list."""
+    try:
+        sess = need(sess)
+        sess.jobs.claim("a fine-tuning")
+    except StudioError as exc:
+        raise gr.Error(str(exc), print_exception=False) from exc
+    box: dict[str, Any] = {"points": [], "msg": "reading the pictures…"}
+    try:
+        pics, sentence, _ = _pictures_and_speed(sess, uploaded, steps, batch, augment, fit,
+                                                measure=False)
+        key = backend.model_key(sess.model) or ""
+        cfg = finetune.run_settings(sess, pics, key, int(steps), int(batch), augment,
+                                    bool(xflip), fit)
+    except StudioError as exc:
+        sess.jobs.release()
+        raise gr.Error(str(exc), print_exception=False) from exc
+    except BaseException:
+        sess.jobs.release()
+        raise
+    yield {ui.gt_estimate: sentence, ui.gt_status: "starting…"}
+    thread = gpu.start_thread(_worker, sess, cfg, box)
+    while thread.is_alive():
+        thread.join(timeout=1.0)
+        grid = finetune.latest_grid(cfg)
+        yield {ui.gt_status: box["msg"], ui.gt_plot: _plot(box["points"]),
+               ui.gt_samples: str(grid) if grid else None}
+    grid = finetune.latest_grid(cfg)
+    shown = str(grid) if grid else None
+    if "error" in box:
+        yield {ui.gt_status: box["error"], ui.gt_plot: _plot(box["points"]),
+               ui.gt_samples: shown}
+        return
+    path = str(box["result"])
+    yield {ui.gt_status: f"Done: {finetune.summary(path)}. The model is in the model list; "
+                         f"**Load the fine-tuned model** opens it.",
+           ui.gt_plot: _plot(box["points"]), ui.gt_samples: shown, ui.gt_model: path,
+           ui.gt_load: gr.update(interactive=True),
+           ui.model_box: gr.update(choices=_choices(ui, sess))}
+
+
+def _choices(ui: UI, sess: Session) -> list[tuple[str, str]]:
+    from studio.tabs import model_bar
+    return model_bar.model_choices(ui, sess)
+
+
+def _worker(sess: Session, cfg: Any, box: dict[str, Any]) -> None:
+    """The run itself, in a thread: the page's generator polls `box`."""
+    def report(fraction: float, message: str) -> None:
+        box["msg"] = f"{message} ({fraction:.0%})"
+
+    def metrics(step: int, m: dict[str, float]) -> None:
+        box["points"].append((step, m))
+
+    try:
+        with LANE.slot(sess.jobs, report) as cancel:
+            box["result"] = finetune.fine_tune(cfg, progress=report, cancel=cancel,
+                                               on_metrics=metrics)
+    except StudioError as exc:
+        box["error"] = str(exc)
+        if sess.jobs.cancel.is_set():
+            box["error"] = ("Fine-tuning cancelled after a checkpoint; press Fine-tune / "
+                            "resume with the same pictures and settings to continue.")
+    except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
+        box["error"] = f"fine-tuning stopped: {exc}"
+    finally:
+        sess.jobs.release()
+
+
+def wire(ui: UI, page_outputs: list[Any], load_model: Any) -> None:
+    settings = [ui.gt_files, ui.gt_steps, ui.gt_batch, ui.gt_augment, ui.gt_fit]
+    ui.gt_files.upload(bind(check, ui), [ui.session, *settings], [ui.gt_estimate],
+                       api_name="check_pictures", **ui.heavy())
+    for comp in (ui.gt_steps, ui.gt_batch):
+        comp.release(bind(check, ui), [ui.session, *settings], [ui.gt_estimate],
+                     api_name=False, **ui.heavy())
+    ui.gt_go.click(bind(train, ui), [ui.session, ui.gt_files, ui.gt_steps, ui.gt_batch,
+                                     ui.gt_augment, ui.gt_xflip, ui.gt_fit],
+                   [ui.gt_estimate, ui.gt_status, ui.gt_plot, ui.gt_samples, ui.gt_model,
+                    ui.gt_load, ui.model_box], api_name="fine_tune", **ui.heavy())
+    ui.gt_cancel.click(cancel_job, [ui.session], None, api_name="cancel_fine_tune")
+    ui.gt_load.click(bind(load_model, ui), [ui.session, ui.gt_model], page_outputs,
+                     api_name=False, **ui.job())

@@ -1,0 +1,73 @@
+"""The Train tab in a real browser, on a 16 px model so a run takes seconds: upload pictures,
+read how long it will take, start, cancel, resume to the end, load the result."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine.datasets import render_faces
+from tests.browser_util import CHROMIUM_ARGS, chromium_path, studio_server
+
+pytestmark = pytest.mark.browser
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+TINY16 = str(Path(__file__).parent / "data" / "tiny16" / "generator.safetensors")
+WAIT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    if chromium_path() is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run does it)")
+    folder = tmp_path_factory.mktemp("train-browser")
+    env = {"STUDIO_OUTPUT_DIR": str(folder / "out"),
+           "ACTIVATION_STUDIO_CACHE": str(folder / "cache")}
+    with studio_server(TINY16, env=env) as url, playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1280, "height": 800})
+        pg.set_default_timeout(WAIT_MS)
+        pg.goto(url)
+        pg.wait_for_selector("#canvas img")
+        yield pg
+        browser.close()
+
+
+def test_fine_tune_cancel_resume_and_load(page, tmp_path):
+    pictures = []
+    for i, face in enumerate(render_faces(range(12), 32)):
+        pictures.append(str(tmp_path / f"face{i}.png"))
+        Image.fromarray(face).save(pictures[-1])
+    page.get_by_role("tab", name="Train").click()
+    steps = page.locator("#gt-steps input[type=number]").first
+    steps.fill("150")
+    steps.press("Enter")
+    page.locator("#gt-batch input[type=number]").first.fill("4")
+    page.locator("#gt-batch input[type=number]").first.press("Enter")
+    page.locator("#gt-files input[type=file]").set_input_files(pictures)
+    estimate = page.locator("#gt-estimate")
+    estimate.get_by_text("images/s").wait_for()
+    assert "12 pictures" in estimate.inner_text()
+    assert "this CPU" in estimate.inner_text()  # said before anything starts
+    assert "150 steps of 4 pictures" in estimate.inner_text()
+    page.click("#gt-go")
+    page.locator("#gt-status").get_by_text("kimg").wait_for()  # running: steps reported
+    page.click("#gt-cancel")
+    page.locator("#gt-status").get_by_text("cancelled after a checkpoint").wait_for()
+
+    steps.fill("8")  # fewer steps than already done: resuming exports at once
+    steps.press("Enter")
+    page.click("#gt-go")
+    page.locator("#gt-status").get_by_text("Done:").wait_for()
+    assert page.locator("#gt-samples img").get_attribute("src")
+
+    page.click("#gt-load")
+    box = page.locator("#model-box input").first
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while "fine-tuned here" not in box.input_value():  # the model loaded now is the new one
+        assert time.monotonic() < deadline, box.input_value()
+        page.wait_for_timeout(200)
+    page.locator("#canvas img").wait_for()

@@ -1,0 +1,135 @@
+"""The Train tab's logic without a browser: uploaded pictures are checked and stored by
+content, the page says how long a run takes before it starts (from a measured speed), a run
+streams grids and curves, Cancel keeps a checkpoint that the next press resumes, a session runs
+one long job at a time, and the result joins the session's model list."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+from PIL import Image
+
+from engine.datasets import render_faces
+from engine.errors import StudioError
+from engine.loop import read_metrics
+from engine.train_gan import METRICS_NAME
+from studio import backend, finetune
+from studio import session as S
+from studio.tabs import model_bar
+from studio.tabs import train as tab
+from studio.ui import UI
+
+TINY16 = str(Path(__file__).parent / "data" / "tiny16" / "generator.safetensors")
+
+
+def picture_files(folder: Path, count: int, first_seed: int = 0) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, face in enumerate(render_faces(range(first_seed, first_seed + count), 24)):
+        path = folder / f"face{i}.png"
+        Image.fromarray(face[:, : 20 + i % 4]).save(path)  # not square, not the model's size
+        paths.append(str(path))
+    return paths
+
+
+def page() -> UI:
+    names = ["session", "gt_estimate", "gt_status", "gt_plot", "gt_samples", "gt_model",
+             "gt_load", "model_box"]
+    return UI(model_choices=[("Default", "default")], **{n: n for n in names})
+
+
+def run_to_end(ui: UI, sess: S.Session, files: list[str], steps: int, **kw) -> dict:
+    settings = dict(batch=4, augment="ada", xflip=True, fit="crop") | kw
+    last: dict = {}
+    for out in tab.train(ui, sess, files, steps, settings["batch"], settings["augment"],
+                         settings["xflip"], settings["fit"]):
+        last = {**last, **out}
+    return last
+
+
+def test_pictures_are_checked_stored_by_content_and_counted(tmp_path):
+    sess = S.new_session(TINY16)
+    files = picture_files(tmp_path / "a", 12)
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG not really")
+    pics = finetune.prepare_pictures(sess, files + [str(tmp_path / "a" / "broken.png")], 16)
+    assert pics.pictures == 12 and "Skipped 1 of 13" in pics.note
+    assert pics.data.is_relative_to(finetune.files.session_dir(sess.token))
+    again = finetune.prepare_pictures(sess, files + [str(tmp_path / "a" / "broken.png")], 16)
+    assert again.data == pics.data  # the same pictures: the same folder, so runs resume
+
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in files:
+            zf.write(f, f"set/{Path(f).name}")
+    assert finetune.prepare_pictures(sess, [str(archive)], 16).pictures == 12
+    with pytest.raises(StudioError, match="either one .zip of pictures or several"):
+        finetune.prepare_pictures(sess, [str(archive), files[0]], 16)
+    with pytest.raises(StudioError, match="3 picture files are too few"):
+        finetune.prepare_pictures(sess, files[:3], 16)
+    with pytest.raises(StudioError, match="upload your pictures first"):
+        finetune.prepare_pictures(sess, [], 16)
+
+
+def test_estimate_is_said_before_starting_and_warns_past_the_time_limit():
+    text = finetune.estimate(6.0, 100, 8, "cpu")
+    assert text.startswith("On this CPU (no GPU here) fine-tuning runs at about 6.0 images/s")
+    assert "100 steps of 8 pictures take about 2 min" in text
+    slow = finetune.estimate(0.5, 500, 16, "cpu")
+    assert f"more than this studio's {finetune.LIMITS.gan_minutes} min" in slow
+    assert "stops after about 56 steps" in slow  # 30 min * 0.5 img/s / 16
+
+
+def test_a_run_streams_grids_and_curves_cancels_resumes_and_joins_the_model_list(tmp_path):
+    ui = page()
+    sess = S.new_session(TINY16)
+    files = picture_files(tmp_path / "pics", 12)
+    checked = tab.check.__wrapped__(ui, sess, files, 6, 4, "ada", "crop")
+    estimate = checked[ui.gt_estimate]
+    assert "**12 pictures** ready at 16 px" in estimate and "images/s" in estimate
+    assert "this CPU" in estimate or "CUDA" in estimate
+
+    # Cancel as soon as the first step is done: a checkpoint, a sentence, no model yet.
+    real_train = finetune.fine_tune
+
+    def cancel_after_first_step(cfg, progress=None, cancel=None, on_metrics=None):
+        def metrics(step, m):
+            on_metrics(step, m)
+            sess.jobs.cancel.set()
+        return real_train(cfg, progress, cancel, metrics)
+
+    finetune.fine_tune = cancel_after_first_step
+    try:
+        stopped = run_to_end(ui, sess, files, 6)
+    finally:
+        finetune.fine_tune = real_train
+    assert "cancelled after a checkpoint" in stopped[ui.gt_status]
+    assert ui.gt_model not in stopped and sess.jobs.running is None
+
+    done = run_to_end(ui, sess, files, 6)
+    assert "Done: 24 pictures shown in 6 steps" in done[ui.gt_status], done[ui.gt_status]
+    path = done[ui.gt_model]
+    run = Path(path).parent
+    steps = [r["step"] for r in read_metrics(run / METRICS_NAME)]
+    assert steps == list(range(1, 7))  # resumed after the cancel: no step twice, none lost
+    assert done[ui.gt_samples] and Path(done[ui.gt_samples]).exists()
+    assert set(done[ui.gt_plot]["curve"]) == {"loss_g", "loss_d", "aug_p"}
+    assert (path in [c[1] for c in model_bar.model_choices(ui, sess)])
+    G = backend.generator(path)  # the export loads like any model
+    assert torch.isfinite(G(G.seed_to_z(0))).all()
+
+
+def test_one_long_job_per_session(tmp_path):
+    ui = page()
+    sess = S.new_session(TINY16)
+    sess.jobs.claim("a projection")
+    files = picture_files(tmp_path / "p", 10)
+    with pytest.raises(gr.Error, match="already running a long job"):
+        next(tab.train(ui, sess, files, 2, 2, "ada", False, "crop"))
+    sess.jobs.release()
+    with pytest.raises(gr.Error, match="steps must be between 1 and"):
+        next(tab.train(ui, sess, files, 10_000, 2, "ada", False, "crop"))
+    assert sess.jobs.running is None  # a refused start leaves no job claimed
