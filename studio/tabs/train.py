@@ -11,11 +11,11 @@ import torch
 
 from engine.errors import StudioError
 from studio import backend, finetune, gpu
-from studio.jobs import LANE
+from studio.jobs import LANE, progress_fn
 from studio.limits import LIMITS
 from studio.session import Session
 from studio.tabs.explore import cancel_job
-from studio.ui import UI, bind, capped_slider, checked_file, job_errors, need, progress_fn
+from studio.ui import UI, bind, capped_slider, checked_file, job_errors, need
 
 PICTURE_TYPES = [".zip", ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
 CURVES = ("loss_g", "loss_d", "aug_p")  # what the plot follows, one line each
