@@ -347,27 +347,21 @@ def modulated_epilogue(y: torch.Tensor, pending: torch.Tensor | None,
     """
     inplace = autograd_off(y, *(t for t in (pending, bias, noise) if t is not None))
     n, c = y.shape[:2]
-    offset = None
-    if bias is not None:
-        offset = bias.to(y.dtype).reshape(1, c, 1, 1)
-        if noise is not None:
-            offset = offset + noise.to(y.dtype)   # [N or 1, C, H, W]: 1/N of y's size
-    elif noise is not None:
-        offset = noise.to(y.dtype)
-    if offset is not None and offset.ndim == 4 and offset.shape[2:] == y.shape[2:] \
-            and y.is_contiguous(memory_format=torch.channels_last):
-        # Same layout as y, so the out-of-place results keep y's layout too.
-        offset = offset.contiguous(memory_format=torch.channels_last)
-    # Both branches run the same kernels in the same order, so they agree to the bit.
+    b = None if bias is None else bias.to(y.dtype).reshape(1, c, 1, 1)
+    # Bias and noise are added one at a time: adding them first would make a [N or 1, C, H, W]
+    # tensor (and a layout copy) to save one pass over y. Both branches run the same kernels
+    # in the same order, so they agree to the bit.
     if pending is not None:
         scale = pending.to(y.dtype).reshape(n, c, 1, 1)
-        if offset is not None:
-            y = torch.addcmul(offset, y, scale, out=y) if inplace else torch.addcmul(
-                offset, y, scale)
+        if b is not None:
+            y = torch.addcmul(b, y, scale, out=y) if inplace else torch.addcmul(b, y, scale)
         else:
             y = y.mul_(scale) if inplace else y * scale
-    elif offset is not None:
-        y = y.add_(offset) if inplace else y + offset
+    elif b is not None:
+        y = y.add_(b) if inplace else y + b
+    if noise is not None:
+        noise = noise.to(y.dtype)
+        y = y.add_(noise) if inplace else y + noise
     if lrelu:
         y = F.leaky_relu_(y, LRELU_SLOPE) if inplace else F.leaky_relu(y, LRELU_SLOPE)
     if clamp is not None:
