@@ -2,8 +2,9 @@
 
     python benchmarks/bench_clusters.py [--samples 128] [--k 8] [--model SPEC] [--skip-default]
 
-Prints, per layer: total seconds and its split into rendering up to the layer (the pass
-stops right after it) and descriptor + PCA + KMeans; then the cache-hit time of a repeat.
+Prints, per layer: total seconds (wall, and the process CPU time, steadier on a shared
+machine) and its split into rendering up to the layer (the pass stops right after it) and
+descriptor + PCA + KMeans; then the cache-hit time of a repeat.
 Layers: b16.conv1 of a random 256 px model with 512 channels at 16x16 (channel_base 16384,
 channel_max 512), then every conv layer of --model (a zoo spec; default: the embedded
 default model, skipped while it does not exist yet).
@@ -12,6 +13,7 @@ default model, skipped while it does not exist yet).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -36,17 +38,18 @@ def bench_layer(G: torch.nn.Module, layer: str, samples: int, k: int, cache: Pat
     render = cl.capture_layer
 
     def timed_capture(*args, **kwargs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = render(*args, **kwargs)
         parts["render"] = parts.get("render", 0.0) + time.perf_counter() - t
+        parts["render_cpu"] = parts.get("render_cpu", 0.0) + time.process_time() - c
         return out
 
     cl.capture_layer = timed_capture  # measure the render share without changing the code
     try:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         r = cl.compute_clusters(G, layer, k, samples=samples, seed=0, model_key=f"bench-{id(G)}",
                                 cache_dir=cache)
-        total = time.perf_counter() - t0
+        total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         cl.capture_layer = render
     cl.clear_memory_cache()
@@ -55,13 +58,15 @@ def bench_layer(G: torch.nn.Module, layer: str, samples: int, k: int, cache: Pat
                         cache_dir=cache)
     repeat = time.perf_counter() - t0
     return dict(layer=layer, C=len(r.labels), total=total, render=parts.get("render", 0.0),
-                cluster=total - parts.get("render", 0.0), repeat=repeat,
+                cluster=total - parts.get("render", 0.0), repeat=repeat, total_cpu=total_cpu,
+                render_cpu=parts.get("render_cpu", 0.0),
                 largest=max(r.sizes), sizes=sorted(r.sizes, reverse=True))
 
 
 def report(name: str, row: dict) -> None:
     print(f"{name:28s} {row['layer']:10s} C={row['C']:4d}  total {row['total']:6.2f} s  "
-          f"(render {row['render']:5.2f} s, cluster {row['cluster']:5.2f} s)  "
+          f"(render {row['render']:5.2f} s, cluster {row['cluster']:5.2f} s); process CPU "
+          f"{row['total_cpu']:5.2f} s (render {row['render_cpu']:5.2f} s)  "
           f"repeat {1000 * row['repeat']:6.1f} ms  sizes {row['sizes']}", flush=True)
 
 
@@ -74,7 +79,7 @@ def main() -> None:
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"N={args.samples}, k={args.k}")
+          f"N={args.samples}, k={args.k}, load average {os.getloadavg()[0]:.1f}")
     import sklearn.cluster  # noqa: F401  (import cost is not clustering time)
     import sklearn.decomposition  # noqa: F401
 
