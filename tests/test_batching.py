@@ -27,11 +27,21 @@ def test_grows_while_batches_pay_and_keeps_the_best():
     assert set(sizes[6:-1]) == {8} and sum(sizes) == 100
 
 
-def test_stops_at_once_when_batching_does_not_pay():
+def test_stops_at_once_when_batching_costs():
     sizer = BatchSizer(largest=16)
-    sizes = run_with(lambda n: 1.0 * n, 20, sizer)   # the same time per item at any size
+    sizes = run_with(lambda n: 1.3 * n if n > 1 else 1.0, 20, sizer)  # 30 % slower beyond 1
     assert sizes[:3] == [1, 1, 2] and set(sizes[3:]) == {1}
     assert sizer.best == 1
+
+
+def test_one_noisy_timing_does_not_end_the_probing():
+    # Size 2 measured slower than 1 (a neighbour's load), but the batch pays from 4 on: the
+    # old rule (stop at the first size that is not faster) kept 1 for the whole job.
+    per_item = {1: 1.0, 2: 1.1, 4: 0.6, 8: 0.5, 16: 0.52}
+    sizer = BatchSizer(largest=16)
+    sizes = run_with(lambda n: per_item[n] * n, 100, sizer)
+    assert sizes[:6] == [1, 1, 2, 4, 8, 16]
+    assert sizer.best == 8 and set(sizes[6:-1]) == {8}
 
 
 def test_warm_up_is_not_compared_and_fixed_sizes_are_kept():
