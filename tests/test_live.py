@@ -220,10 +220,11 @@ def _frames(page, kind: int = 0) -> int:
 
 
 def _live_pixels(page) -> np.ndarray:
-    data = page.evaluate("""async () => { const img = document.querySelector('#live-canvas');
-        const b = await (await fetch(img.src)).arrayBuffer();
-        return Array.from(new Uint8Array(b)); }""")
-    return np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB"), dtype=np.float32)
+    """The pixels the live canvas shows (the decoded frame, read back losslessly)."""
+    import base64
+    url = page.evaluate("document.querySelector('#live-canvas').toDataURL('image/png')")
+    data = base64.b64decode(url.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)
 
 
 @pytest.mark.browser

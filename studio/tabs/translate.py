@@ -25,7 +25,7 @@ LIVE_CAM_HTML = """
   <span id="live-cam-stats"></span>
 </div>
 <video id="live-cam-video" autoplay playsinline muted style="display:none"></video>
-<img id="live-cam-out" alt="live translation" style="display:none">
+<canvas id="live-cam-out" role="img" aria-label="live translation" style="display:none"></canvas>
 """
 
 LOSS_POINTS = 2000  # the loss plot shows at most this many recent steps
