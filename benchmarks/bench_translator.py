@@ -227,10 +227,16 @@ def _swd_mean(a: np.ndarray, b: np.ndarray) -> float:
     return swd(a, b, seed=0)["mean"]
 
 
+Setting = tuple[str, float, str]   # (encoder name, domain strength, anchor)
+
+
 def bench_photos(G: Generator, encoders: dict[str, str], strengths: list[float],
                  framing: str = "crop", sheet: str | None = None,
-                 sheet_settings: list[tuple[str, float]] | None = None) -> dict:
-    """Gap closed, layout kept and fidelity per encoder and strength on the photo set."""
+                 sheet_settings: list[Setting] | None = None,
+                 match_strengths: tuple[float, ...] = ()) -> dict:
+    """Gap closed, layout kept and fidelity per encoder, strength and anchor on the photo
+    set: `strengths` blend towards the latent, `match_strengths` towards the anchor
+    (engine/anchors.py)."""
     photos = bench_photos_set()
     names = list(photos)
     n = len(names) * LATENTS_PER_PHOTO
@@ -251,26 +257,29 @@ def bench_photos(G: Generator, encoders: dict[str, str], strengths: list[float],
     report: dict = {"photos": len(names), "translations_per_setting": n, "framing": framing,
                     "swd_floor": round(floor, 2), "swd_photos_vs_samples": round(photo_swd, 2),
                     "settings": []}
-    sheet_tiles: dict[tuple[str, float], dict[str, np.ndarray]] = {}
+    sheet_tiles: dict[Setting, dict[str, np.ndarray]] = {}
+    runs = [(s, "latent") for s in strengths] + [(s, "match") for s in match_strengths]
     for enc_name, tr in translators.items():
-        for strength in strengths:
+        for strength, anchor in runs:
             outs = []
             for i, k in enumerate(names):
                 ws = torch.cat([tr.ws_for(latents[i * LATENTS_PER_PHOTO + j])
                                 for j in range(LATENTS_PER_PHOTO)])
                 pics = [photos[k]] * LATENTS_PER_PHOTO
-                outs.append(tr.translate(pics, ws, framing=framing, strength=strength))
+                outs.append(tr.translate(pics, ws, framing=framing, strength=strength,
+                                         anchor=anchor))
             trans = np.concatenate(outs)
             t_swd = _swd_mean(trans, samples_a)
             row = {"encoder": enc_name, "layer": tr.layer, "strength": strength,
+                   "anchor": anchor,
                    "gap_closed": round(1 - (t_swd - floor) / (photo_swd - floor), 3),
                    "layout_kept": round(layout_kept(framed_rep, trans), 3),
                    "swd": round(t_swd, 2),
-                   "fidelity_psnr_db": round(fidelity_at(G, tr, strength), 2)}
+                   "fidelity_psnr_db": round(fidelity_at(G, tr, strength, anchor), 2)}
             report["settings"].append(row)
             print(row, flush=True)
-            sheet_tiles[(enc_name, strength)] = {k: trans[i * LATENTS_PER_PHOTO]
-                                                 for i, k in enumerate(names)}
+            sheet_tiles[(enc_name, strength, anchor)] = {k: trans[i * LATENTS_PER_PHOTO]
+                                                         for i, k in enumerate(names)}
     if sheet:
         write_sheet(sheet, {k: framed[names.index(k)] for k in SHEET_PHOTOS}, sheet_tiles,
                     sheet_settings or list(sheet_tiles))
@@ -279,20 +288,23 @@ def bench_photos(G: Generator, encoders: dict[str, str], strengths: list[float],
 
 
 @torch.no_grad()
-def fidelity_at(G: Generator, tr: T.Translator, strength: float) -> float:
-    """PSNR of translating the model's own images (held-out seeds) at a strength."""
+def fidelity_at(G: Generator, tr: T.Translator, strength: float, anchor: str = "latent"
+                ) -> float:
+    """PSNR of translating the model's own images (held-out seeds) at a strength, with
+    their own latents (blended towards them, or towards the anchor their layout finds)."""
     from engine.latents import seed_to_z
 
     z = torch.cat([seed_to_z(s, G.cfg.z_dim) for s in HELD_OUT])
     ws = G.mapping(z, None)
     img = G.synthesis(ws)
     act = tr.encode(img)
-    return float(T.psnr(tr.render(act, ws, strength), img).mean())
+    out = tr.render(act, ws, strength, anchor_ws=tr.anchor_for(img, ws, strength, anchor))
+    return float(T.psnr(out, img).mean())
 
 
 def write_sheet(path: str, framed: dict[str, np.ndarray],
-                tiles: dict[tuple[str, float], dict[str, np.ndarray]],
-                settings: list[tuple[str, float]], scale: int = 2) -> None:
+                tiles: dict[Setting, dict[str, np.ndarray]],
+                settings: list[Setting], scale: int = 2) -> None:
     """Rows: photos; columns: the framed photo, then one translation per setting."""
     from PIL import Image, ImageDraw
 
@@ -301,7 +313,8 @@ def write_sheet(path: str, framed: dict[str, np.ndarray],
     cols = 1 + len(settings)
     sheet = Image.new("RGB", (cols * cell, head + len(framed) * cell), "white")
     draw = ImageDraw.Draw(sheet)
-    labels = ["photo (as framed)"] + [f"{e} s={s:g}" for e, s in settings]
+    labels = ["photo (as framed)"] + [f"{e} s={s:g}" + (" match" if a == "match" else "")
+                                      for e, s, a in settings]
     for c, text in enumerate(labels):
         draw.text((c * cell + 3, 2), text, fill="black")
     for r, (name, photo) in enumerate(framed.items()):
@@ -320,6 +333,10 @@ def _encoders_arg(text: str | None) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split(","))
 
 
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--what", default="fps,train,fidelity")
@@ -331,13 +348,16 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--encoders", default=None,
                     help="photos: name=path,... (default: the default model's shipped ones)")
-    ap.add_argument("--strengths", default="1,0.75,0.5,0.25", help="photos: domain strengths")
+    ap.add_argument("--strengths", default="1,0.75,0.5,0.25",
+                    help="photos: domain strengths blending towards the latent")
+    ap.add_argument("--match-strengths", default=f"{T.DEFAULT_STRENGTH:g}",
+                    help="photos: domain strengths blending towards the anchor ('' none)")
     ap.add_argument("--framing", default="crop", choices=T.FRAMINGS)
     ap.add_argument("--training-photos", default=None,
                     help="write the shipped encoders' unlabelled photo folder here")
     ap.add_argument("--sheet", default=None, help="photos: write the picture sheet here")
     ap.add_argument("--sheet-settings", default=None,
-                    help="photos: sheet columns as name:strength,... (default: all)")
+                    help="photos: sheet columns as name:strength[:match],... (default: all)")
     args = ap.parse_args()
     name, G = load_model(args.model)
     what = set(args.what.split(","))
@@ -366,11 +386,12 @@ def main() -> None:
     if "photos" in what:
         columns = None
         if args.sheet_settings:
-            columns = [(c.split(":")[0], float(c.split(":")[1]))
+            columns = [(c.split(":")[0], float(c.split(":")[1]),
+                        c.split(":")[2] if c.count(":") == 2 else "latent")
                        for c in args.sheet_settings.split(",")]
-        report["photos"] = bench_photos(G, _encoders_arg(args.encoders),
-                                        [float(x) for x in args.strengths.split(",")],
-                                        args.framing, args.sheet, columns)
+        report["photos"] = bench_photos(
+            G, _encoders_arg(args.encoders), _floats(args.strengths), args.framing,
+            args.sheet, columns, tuple(_floats(args.match_strengths)))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

@@ -82,6 +82,7 @@ class TranslatorSpec:
     input_size: int | None = None   # resize the picture to this before encoding (None: auto)
     strength: float = 1.0           # domain strength: 1 the picture's layout, 0 the latent's
     framing: str = "crop"           # how the picture becomes a square: crop, fit or pad
+    anchor: str = "latent"          # strength < 1 blends towards: the latent, or "match"
 
 
 @dataclass
@@ -384,9 +385,11 @@ def recipe_problems(recipe: Any, G: Any = None, limits: Limits | None = None) ->
                 out.append(f"translator.input_size: {t.input_size} must be from 16 to 2048")
         if not (isinstance(t.strength, int | float) and 0.0 <= t.strength <= 1.0):
             out.append(f"translator.strength: {t.strength!r} must be from 0 to 1")
-        from engine.translator import FRAMINGS
+        from engine.translator import ANCHORS, FRAMINGS
         if t.framing not in FRAMINGS:
             out.append(f"translator.framing: {t.framing!r} must be one of {', '.join(FRAMINGS)}")
+        if t.anchor not in ANCHORS:
+            out.append(f"translator.anchor: {t.anchor!r} must be one of {', '.join(ANCHORS)}")
     return out
 
 
@@ -530,7 +533,7 @@ def _render_translated(recipe: Recipe, G: Any, ws: torch.Tensor, taps: dict,
     return tr.translate_tensor(image, ws=ws, noise_mode=recipe.latent.noise_mode, taps=taps,
                                weight_taps=weight_taps, noise_generator=gen,
                                input_size=t.input_size, framing=t.framing,
-                               strength=t.strength)
+                               strength=t.strength, anchor=t.anchor)
 
 
 def _resize(img: Any, size: int | None) -> Any:

@@ -1321,7 +1321,9 @@ def centre_crop_resize(img: torch.Tensor, size: int) -> torch.Tensor:
 
 
 FRAMINGS = ("crop", "fit", "pad")   # how a picture becomes the encoder's square input
-DEFAULT_STRENGTH = 0.75             # the page's starting domain strength (see render)
+ANCHORS = ("latent", "match")       # what a strength below 1 blends towards (see render)
+DEFAULT_STRENGTH = 0.3              # the page's starting domain strength ...
+DEFAULT_ANCHOR = "match"            # ... towards the model's image laid out like the picture
 
 
 def _resize_hw(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -1374,6 +1376,14 @@ def noise_maps(G: nn.Module, n: int, generator: torch.Generator, device: torch.d
     return maps
 
 
+def check_anchor(anchor: Any) -> str:
+    """'latent' (blend towards the latent's own activation) or 'match' (towards the model's
+    image laid out most like the picture, engine/anchors.py), or a StudioError."""
+    if anchor not in ANCHORS:
+        raise StudioError(f"blend towards must be one of {', '.join(ANCHORS)}, not {anchor!r}")
+    return str(anchor)
+
+
 def check_strength(strength: Any) -> float:
     """The domain strength as a float in [0, 1], or a StudioError saying so."""
     try:
@@ -1416,6 +1426,7 @@ class Translator:
         self._frame_kwargs: dict[str, Any] = {}
         self._frame_strength = 1.0
         self._framing = "crop"
+        self._frame_anchor = "latent"
 
     @classmethod
     def load(cls, encoder: str | os.PathLike | ActivationEncoder, G: nn.Module,
@@ -1493,17 +1504,20 @@ class Translator:
     def render(self, act: torch.Tensor, ws: torch.Tensor, strength: float = 1.0,
                noise_mode: str = "const", taps: dict | None = None,
                weight_taps: dict | None = None,
-               noise_generator: torch.Generator | None = None) -> torch.Tensor:
+               noise_generator: torch.Generator | None = None,
+               anchor_ws: torch.Tensor | None = None) -> torch.Tensor:
         """The layer's activation `act` (from the encoder) rendered through the rest of G.
 
-        Domain strength s blends the picture with the latent at the start layer:
+        Domain strength s blends the picture with a latent's own activation at the start
+        layer, that of `anchor_ws` when given (engine/anchors.py), else of ws:
 
-            a    = s * act + (1 - s) * a_ws       (a_ws: the latent's own activation there)
-            skip = (1 - s) * img_ws               (the latent's running RGB image before it)
+            a    = s * act + (1 - s) * a_anchor   (its activation there)
+            skip = (1 - s) * img_anchor           (its running RGB image before it)
 
-        s = 1 is the encoder alone (the picture's layout); s = 0 is exactly the latent's own
-        image; in between the picture is drawn more and more in the model's own content.
-        Bends on layers before the start layer act on the latent's part.
+        The layers after the start layer always read ws. s = 1 is the encoder alone (the
+        picture's layout); s = 0 without an anchor is exactly the latent's own image; in
+        between the picture is drawn more and more in the model's own content. Bends on
+        layers before the start layer act on the anchor's (the latent's) part.
         """
         strength = check_strength(strength)
         kw = dict(noise_mode=noise_mode, taps=taps, weight_taps=weight_taps)
@@ -1516,7 +1530,8 @@ class Translator:
             noise = noise_maps(self.G, ws.shape[0], gen, self.device)
         skip_name = start_skip_name(self.layer)
         wanted = [self.layer] + ([skip_name] if skip_name else [])
-        _, own = self.G.synthesis(ws, capture=wanted, noise=noise, **kw)
+        own_ws = ws if anchor_ws is None else anchor_ws
+        _, own = self.G.synthesis(own_ws, capture=wanted, noise=noise, **kw)
         mixed = strength * act + (1 - strength) * own[self.layer]
         start = (self.layer, mixed)
         if skip_name:
@@ -1528,24 +1543,36 @@ class Translator:
                          taps: dict | None = None, weight_taps: dict | None = None,
                          noise_generator: torch.Generator | None = None,
                          input_size: int | None = None, framing: str = "crop",
-                         strength: float = 1.0) -> torch.Tensor:
+                         strength: float = 1.0, anchor: str = "latent") -> torch.Tensor:
         """Pictures -> translated images, float NCHW in [-1, 1] at the model's resolution."""
         x = self.frame(images, framing, input_size)
         act = self.encode(x, input_size)
         ws = self.ws_for(ws, act.shape[0])
-        return self.render(act, ws, strength, noise_mode, taps, weight_taps, noise_generator)
+        return self.render(act, ws, strength, noise_mode, taps, weight_taps, noise_generator,
+                           self.anchor_for(x, ws, strength, anchor))
+
+    def anchor_for(self, pictures: torch.Tensor, ws: torch.Tensor, strength: float,
+                   anchor: str) -> torch.Tensor | None:
+        """The anchor ws render blends towards (None: the latent's own), for framed
+        pictures; none is looked up when the strength leaves nothing to blend."""
+        if check_anchor(anchor) == "latent" or check_strength(strength) >= 1.0:
+            return None
+        from engine import anchors
+
+        return anchors.anchor_ws(self.G, pictures, ws)
 
     def translate(self, images: Any, latent: Any = None, taps: dict | None = None,
                   weight_taps: dict | None = None, noise_mode: str | None = None,
                   noise_seed: int = 0, input_size: int | None = None,
-                  framing: str = "crop", strength: float = 1.0,
+                  framing: str = "crop", strength: float = 1.0, anchor: str = "latent",
                   return_framed: bool = False) -> Any:
         """Pictures (PIL / uint8 HxWx3 / list / NCHW tensor) -> uint8 images.
 
         latent: ws, a LatentSpec, or a seed. One picture in gives HxWx3 out; a batch gives
         [N, H, W, 3]. framing: 'crop', 'fit' or 'pad' (frame_pictures); strength: the
-        domain strength (render). With return_framed, (translations, framed inputs): the
-        second is exactly what the encoder saw, uint8 at its input size.
+        domain strength and anchor what it blends towards (render, ANCHORS). With
+        return_framed, (translations, framed inputs): the second is exactly what the encoder
+        saw, uint8 at its input size.
         """
         from engine.latents import LatentSpec, to_uint8
 
@@ -1560,7 +1587,7 @@ class Translator:
         with torch.inference_mode():
             x = self.frame(images, framing, input_size)
         out = to_uint8(self.translate_tensor(x, latent, noise_mode, taps, weight_taps, gen,
-                                             input_size, strength=strength))
+                                             input_size, strength=strength, anchor=anchor))
         if return_framed:
             seen = to_uint8(x)
             return (out[0], seen[0]) if single else (out, seen)
@@ -1570,9 +1597,11 @@ class Translator:
 
     def set_latent(self, latent: Any, taps: dict | None = None,
                    weight_taps: dict | None = None, noise_mode: str = "const",
-                   strength: float = 1.0, framing: str = "crop") -> None:
-        """Fix the ws (and bends, strength, framing) translate_frame uses until the next
-        call."""
+                   strength: float = 1.0, framing: str = "crop", anchor: str = "latent"
+                   ) -> None:
+        """Fix the ws (and bends, strength, framing, anchor) translate_frame uses until the
+        next call."""
+        self._frame_anchor = check_anchor(anchor)
         if framing not in FRAMINGS:
             raise StudioError(f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")
         with torch.inference_mode():
@@ -1602,8 +1631,9 @@ class Translator:
         x = frame_pictures(x.permute(2, 0, 1)[None].float() / 127.5 - 1, self.input_size,
                            framing)
         act = self.encoder(x)
-        img = self.render(act, self._ws, self._frame_strength,
-                          **self._frame_kwargs)
+        img = self.render(act, self._ws, self._frame_strength, **self._frame_kwargs,
+                          anchor_ws=self.anchor_for(x, self._ws, self._frame_strength,
+                                                    self._frame_anchor))
         out = (img[0] * 127.5 + 128).clamp(0, 255).to(torch.uint8)
         return out.permute(1, 2, 0).cpu().numpy()
 

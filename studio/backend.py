@@ -525,9 +525,11 @@ def save_input_image(sess: Session, image: Any) -> tuple[str, Image.Image]:
 
 
 def set_translator(sess: Session, encoder: str | None, image: str | None,
-                   strength: float = 1.0, framing: str = "crop") -> None:
+                   strength: float = 1.0, framing: str = "crop", anchor: str = "latent"
+                   ) -> None:
     """Point the session's recipe at an encoder and a picture (None turns translation off),
-    with the domain strength and framing (engine.translator.render / frame_pictures)."""
+    with the domain strength, what it blends towards and the framing
+    (engine.translator.render / frame_pictures)."""
     from engine import translator
     if not encoder or not image:
         sess.recipe.translator = None
@@ -538,7 +540,7 @@ def set_translator(sess: Session, encoder: str | None, image: str | None,
         raise StudioError(f"framing must be one of {', '.join(translator.FRAMINGS)}.")
     sess.recipe.translator = recipe.TranslatorSpec(
         encoder=encoder, image=image, strength=translator.check_strength(strength),
-        framing=framing)
+        framing=framing, anchor=translator.check_anchor(anchor))
 
 
 def framed_input(sess: Session) -> Image.Image | None:
@@ -573,10 +575,10 @@ def live_translator(sess: Session, encoder: str) -> Any:
 @gpu(lambda sess, **_: _image_seconds(sess.model, 2),
      cpu_if=lambda sess, **_: _small(sess.model))
 def translate_frame(sess: Session, encoder: str, frame: Any, strength: float = 1.0,
-                    framing: str = "crop") -> np.ndarray:
+                    framing: str = "crop", anchor: str = "latent") -> np.ndarray:
     """One webcam frame through the encoder, with the session's latent and bends, at a domain
-    strength and framing. The frame goes through the same checked reader as every other
-    picture (pixel cap included)."""
+    strength (blending towards `anchor`) and framing. The frame goes through the same
+    checked reader as every other picture (pixel cap included)."""
     from studio import uploads
     frame = np.asarray(uploads.open_image(frame))
     tr = live_translator(sess, encoder)
@@ -584,7 +586,7 @@ def translate_frame(sess: Session, encoder: str, frame: Any, strength: float = 1
     r = sess.recipe
     taps, wtaps = bending.make_taps(m.G, r.bends, r.weight_edits, model_key=m.sha256)
     tr.set_latent(r.latent, taps=taps, weight_taps=wtaps, noise_mode=r.latent.noise_mode,
-                  strength=strength, framing=framing)
+                  strength=strength, framing=framing, anchor=anchor)
     return tr.translate_frame(frame)
 
 

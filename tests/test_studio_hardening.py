@@ -145,7 +145,7 @@ def test_server_files_get_one_sentence_whatever_the_path(server, tmp_path, targe
     frame = tmp_path / "frame.png"
     Image.new("RGB", (16, 16), (9, 99, 9)).save(frame)
     assert queue_call(client, "/translate_frame", [path, upload_file(url, frame), 1.0,
-                                                     "crop"]) == [None]
+                                                     "crop", "match"]) == [None]
     new = (_files(folder / "gradio") | _files(folder / "out")) - seen
     assert not [f for f in new if Path(f).name in ("passwd", "outside.png", "hostname")]
     _still_renders(client, image)
@@ -242,8 +242,9 @@ def test_sessions_see_only_their_own_uploads_and_encoders(server, tmp_path):
     assert _error(lambda: b.predict(trained[0], handle_file(str(photo)),
                                     api_name="/translate")).startswith(REFUSED)
     frame = upload_file(url, photo)
-    assert queue_call(b, "/translate_frame", [trained[0], frame, 1.0, "crop"]) == [None]
-    assert queue_call(a, "/translate_frame", [trained[0], frame, 1.0, "crop"])[0] is not None
+    cam = [trained[0], frame, 1.0, "crop", "match"]
+    assert queue_call(b, "/translate_frame", cam) == [None]
+    assert queue_call(a, "/translate_frame", cam)[0] is not None
     for edit in ({}, {"translator": None, "model": a_model}):
         (tmp_path / "r.json").write_text(json.dumps({**a_recipe, **edit}))
         assert _error(lambda: b.predict(handle_file(str(tmp_path / "r.json")),

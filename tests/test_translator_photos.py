@@ -233,6 +233,113 @@ def test_recipe_carries_strength_and_framing(G, tmp_path):
     assert any("translator.framing" in p for p in problems)
 
 
+# --- anchors: blending towards the model's image laid out like the picture ---------------
+
+
+def test_layouts_are_correlations_of_pooled_luminance():
+    from engine import anchors as A
+
+    x = _images(3)
+    lay = A.layouts(x)
+    assert lay.shape == (3, A.CELLS * A.CELLS)
+    assert torch.allclose(lay.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(lay.mean(1), torch.zeros(3), atol=1e-6)
+    # Brightness and contrast do not change a layout; a left-right flip does.
+    assert torch.allclose(A.layouts(0.5 * x - 0.2), lay, atol=1e-4)
+    assert (A.layouts(x.flip(-1)) * lay).sum(1).max() < 0.9
+    ref = x[:1]
+    lum = (ref * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1)
+    pooled = torch.nn.functional.adaptive_avg_pool2d(lum, A.CELLS).flatten()
+    assert np.isclose(float(lay[0] @ A.layouts(ref)[0]), 1.0, atol=1e-5)
+    corr = np.corrcoef(pooled.numpy(), A.layouts(ref)[0].numpy())[0, 1]
+    assert corr > 0.9999
+
+
+def test_anchor_bank_round_trip_and_lookup(G, tmp_path):
+    from engine import anchors as A
+
+    bank = A.build_bank(G, 24, first_seed=100, batch=10)
+    assert bank.count == 24 and bank.weights_sha256 == T.weights_sha256(G)
+    again = A.AnchorBank.load(bank.save(tmp_path / "bank.safetensors"))
+    assert again.first_seed == 100 and again.weights_sha256 == bank.weights_sha256
+    assert torch.allclose(again.layouts, bank.layouts, atol=2e-3)   # stored as float16
+    (tmp_path / "junk.safetensors").write_bytes(b"nonsense")
+    with pytest.raises(StudioError, match="anchor bank"):
+        A.AnchorBank.load(tmp_path / "junk.safetensors")
+    # A picture that is one of the bank's images finds that seed (one candidate) ...
+    with torch.no_grad():
+        pics = G.synthesis(A.seed_ws(G, [107, 119], psi=1.0))
+    ws = A.seed_ws(G, [3, 4])
+    found = A.anchor_ws(G, pics, ws, bank, candidates=1, psi=0.7)
+    assert torch.allclose(found, A.seed_ws(G, [107, 119], psi=0.7), atol=1e-6)
+    # ... and among several, the one whose w is nearest the user's.
+    top5 = (A.layouts(pics[:1]) @ bank.layouts.T).topk(5).indices[0] + 100
+    pick = int(top5[3])
+    near = A.anchor_ws(G, pics[:1], A.seed_ws(G, [pick], psi=0.7), bank, candidates=5,
+                       psi=0.7)
+    assert torch.allclose(near, A.seed_ws(G, [pick], psi=0.7), atol=1e-6)
+
+
+def test_render_towards_an_anchor_is_style_mixing_at_strength_zero(G, tr):
+    from engine import anchors as A
+
+    ws, anchor = tr.ws_for(3), A.seed_ws(G, [11])
+    act = tr.encode(_images(1))
+    # Layers up to b16.conv1 read ws[:, :w_index[16] + 2]; the latent writes the rest.
+    cut = G.synthesis.w_index[16] + 2
+    with torch.no_grad():
+        mixed = G.synthesis(torch.cat([anchor[:, :cut], ws[:, cut:]], 1))
+        assert torch.allclose(tr.render(act, ws, 0.0, anchor_ws=anchor), mixed, atol=1e-5)
+        assert torch.allclose(tr.render(act, ws, 1.0, anchor_ws=anchor),
+                              tr.render(act, ws, 1.0), atol=1e-6)
+
+
+def test_translate_with_the_match_anchor(G, tr, monkeypatch):
+    from engine import anchors as A
+
+    bank = A.build_bank(G, 16, batch=16)
+    monkeypatch.setattr(A, "bank_for", lambda G_: bank)
+    pic = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    latent = tr.translate(pic, 2, strength=0.3)
+    match = tr.translate(pic, 2, strength=0.3, anchor="match")
+    assert np.abs(latent.astype(int) - match.astype(int)).mean() > 1
+    # At strength 1 there is nothing to blend: no anchor is looked up.
+    monkeypatch.setattr(A, "bank_for", lambda G_: pytest.fail("looked up at strength 1"))
+    assert np.array_equal(tr.translate(pic, 2, anchor="match"), tr.translate(pic, 2))
+    monkeypatch.setattr(A, "bank_for", lambda G_: bank)
+    tr.set_latent(2, strength=0.3, anchor="match")
+    assert np.abs(tr.translate_frame(pic).astype(int) - match.astype(int)).max() <= 1
+    for bad in ("nearest", None, 1):
+        with pytest.raises(StudioError, match="blend towards"):
+            tr.translate(pic, 2, strength=0.3, anchor=bad)
+
+
+def test_recipe_carries_the_anchor(G, tmp_path):
+    from engine import recipe as R
+
+    spec = R.TranslatorSpec(encoder="enc", image=None, strength=0.3, anchor="match")
+    r = R.Recipe(model="tiny", translator=spec)
+    assert R.Recipe.from_json(r.to_json()).translator.anchor == "match"
+    old = json.loads(r.to_json())
+    del old["translator"]["anchor"]                  # a recipe from before anchors
+    assert R.Recipe.from_dict(old).translator.anchor == "latent"
+    bad = R.Recipe(translator=R.TranslatorSpec("enc", None, anchor="nearest"))
+    assert any("translator.anchor" in p for p in R.recipe_problems(bad))
+
+
+def test_the_default_models_shipped_bank_is_its_own():
+    from engine import anchors as A
+    from engine import zoo
+
+    G = zoo.load("default").G
+    bank = A.bank_for(G)
+    assert bank.count == A.BANK_SIZE and bank.weights_sha256 == T.weights_sha256(G)
+    with torch.no_grad():   # bank seed 5 is found from its own image
+        pic = G.synthesis(A.seed_ws(G, [A.FIRST_SEED + 5], psi=1.0))
+    top = (A.layouts(pic) @ bank.layouts.T).argmax()
+    assert int(top) == 5
+
+
 # --- the shipped encoders ----------------------------------------------------------------
 
 

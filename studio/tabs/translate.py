@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from engine.errors import StudioError
-from engine.translator import DEFAULT_STRENGTH, FRAMINGS
+from engine.translator import DEFAULT_ANCHOR, DEFAULT_STRENGTH, FRAMINGS
 from studio import backend, gpu
 from studio.jobs import LANE
 from studio.limits import LIMITS
@@ -62,8 +62,14 @@ def layout(ui: UI) -> None:
         with gr.Column():
             ui.tr_strength = gr.Slider(0.0, 1.0, DEFAULT_STRENGTH, step=0.05,
                                        label="Domain strength", elem_id="tr-strength",
-                                       info="1: the picture's layout; lower: more of the "
-                                            "model's own content (the latent's)")
+                                       info="1: the encoder alone (the picture's layout); "
+                                            "lower: more of the model's own content")
+            ui.tr_anchor = gr.Radio([("the model's image laid out most like the picture",
+                                      "match"), ("the latent's own image", "latent")],
+                                    value=DEFAULT_ANCHOR, label="Below 1, blend towards",
+                                    elem_id="tr-anchor",
+                                    info="the first keeps the picture's layout at low "
+                                         "strength; the latent still draws every later layer")
             ui.tr_framing = gr.Radio(list(FRAMINGS), value="crop", label="Framing",
                                      elem_id="tr-framing",
                                      info="crop the centre square, fit (squeeze) the whole "
@@ -166,7 +172,8 @@ def _train_worker(sess: Session, layer: str, steps: int, batch: int, box: dict) 
 
 @user_errors
 def translate(ui: UI, sess: Session, encoder: str | None, picture: Any,
-              strength: float = DEFAULT_STRENGTH, framing: str = "crop") -> dict[Any, Any]:
+              strength: float = DEFAULT_STRENGTH, framing: str = "crop",
+              anchor: str = DEFAULT_ANCHOR) -> dict[Any, Any]:
     """Translate an uploaded picture through the encoder; latent and bends apply. Before
     shows the picture as the encoder saw it."""
     from studio.ui import pictures
@@ -174,19 +181,21 @@ def translate(ui: UI, sess: Session, encoder: str | None, picture: Any,
     if not encoder:
         raise StudioError("choose or train an encoder first.")
     path, _ = backend.save_input_image(sess, picture)
-    backend.set_translator(sess, encoder, path, strength, framing)
+    backend.set_translator(sess, encoder, path, strength, framing, anchor)
     return pictures(ui, sess)
 
 
 @user_errors
-def restyle(ui: UI, sess: Session, strength: float, framing: str) -> dict[Any, Any]:
-    """A new domain strength or framing for the picture being translated (none: no-op)."""
+def restyle(ui: UI, sess: Session, strength: float, framing: str,
+            anchor: str = DEFAULT_ANCHOR) -> dict[Any, Any]:
+    """A new domain strength, framing or anchor for the picture being translated (none:
+    no-op)."""
     from studio.ui import pictures
     sess = need(sess)
     t = sess.recipe.translator
     if t is None or not t.image:
         return {ui.session: sess}  # not {}: Gradio reads an empty dict as one output value
-    backend.set_translator(sess, t.encoder, t.image, strength, framing)
+    backend.set_translator(sess, t.encoder, t.image, strength, framing, anchor)
     return pictures(ui, sess)
 
 
@@ -199,11 +208,12 @@ def translate_off(ui: UI, sess: Session) -> dict[Any, Any]:
 
 
 def cam_frame(sess: Session | None, encoder: str | None, frame: Any,
-              strength: float = DEFAULT_STRENGTH, framing: str = "crop") -> Any:
+              strength: float = DEFAULT_STRENGTH, framing: str = "crop",
+              anchor: str = DEFAULT_ANCHOR) -> Any:
     if sess is None or frame is None or not encoder:
         return None
     try:
-        return backend.translate_frame(sess, encoder, frame, strength, framing)
+        return backend.translate_frame(sess, encoder, frame, strength, framing, anchor)
     except StudioError as exc:
         gr.Warning(str(exc))
         return None
@@ -218,15 +228,16 @@ def wire(ui: UI) -> None:
     ui.tr_cancel.click(cancel_job, [ui.session], None, api_name="cancel_training")
     outs = [ui.session, ui.output, ui.before]
     ui.tr_on.click(bind(translate, ui), [ui.session, ui.tr_encoder, ui.tr_input,
-                                         ui.tr_strength, ui.tr_framing], outs,
+                                         ui.tr_strength, ui.tr_framing, ui.tr_anchor], outs,
                    api_name="translate", **ui.job())
-    ui.tr_strength.release(bind(restyle, ui), [ui.session, ui.tr_strength, ui.tr_framing],
-                           outs, api_name="translate_style", **ui.job())
-    ui.tr_framing.input(bind(restyle, ui), [ui.session, ui.tr_strength, ui.tr_framing],
-                        outs, api_name=False, **ui.job())
+    style = [ui.session, ui.tr_strength, ui.tr_framing, ui.tr_anchor]
+    ui.tr_strength.release(bind(restyle, ui), style, outs, api_name="translate_style",
+                           **ui.job())
+    ui.tr_framing.input(bind(restyle, ui), style, outs, api_name=False, **ui.job())
+    ui.tr_anchor.input(bind(restyle, ui), style, outs, api_name=False, **ui.job())
     ui.tr_off.click(bind(translate_off, ui), [ui.session], outs, api_name="translate_off",
                     **ui.job())
     ui.cam_in.stream(cam_frame, [ui.session, ui.tr_encoder, ui.cam_in, ui.tr_strength,
-                                 ui.tr_framing], [ui.cam_out],
+                                 ui.tr_framing, ui.tr_anchor], [ui.cam_out],
                      api_name="translate_frame", stream_every=0.1, time_limit=120,
                      concurrency_limit=2, show_progress="hidden")

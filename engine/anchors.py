@@ -1,0 +1,185 @@
+"""The model's own image that is laid out most like a picture: the translator's anchor.
+
+A translation at domain strength s blends the encoder's activation with another one at the
+start layer (engine/translator.py, Translator.render). Blended towards the user's latent,
+a lower s gives more of the model's content but puts the latent's head where the picture
+had something else, so layout and domain trade almost one for one. Blended towards an
+*anchor*, a latent of the model whose image already has the picture's coarse layout, a low
+s keeps the layout and still draws nothing but the model's content.
+
+The anchor is found by look-up, fast enough for every webcam frame: a bank holds the 8x8
+luminance layout of the model's images for `count` fixed seeds; the picture's layout is
+compared with all of them by correlation (the figure bench_translator.py reports as
+"layout kept") and the best is taken (with `candidates` > 1: of that many best, the one
+whose w is nearest the user's, so the latent chooses between good layouts; on the default
+model 16 candidates kept less layout for the same gap, 0.615 vs 0.628 at gap 0.81). It is
+truncated towards w_avg by `psi` (more typical faces: psi 0.8 closed 0.81 of the gap where
+psi 1 closed 0.79, both keeping 0.63 of the layout). The anchor writes the layers up to
+the start layer; the user's latent writes every later one.
+
+The default model ships its bank (`engine/default_model/faces64.anchors.safetensors`, written
+by `python -m engine.anchors --model default --out FILE`); for any other model a smaller one
+is rendered on first use and kept while the model lives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.errors import StudioError
+
+CELLS = 8                    # the layout is the luminance pooled to CELLS x CELLS
+FIRST_SEED = 5_000_000       # bank seeds: FIRST_SEED + i (none of the benchmarks' seeds)
+BANK_SIZE = 4096             # images in a shipped bank
+CANDIDATES = 1               # best layouts among which the latent chooses
+PSI = 0.8                    # truncation of the anchor towards w_avg
+BUILD_PIXELS = 1024 * 64 * 64  # a bank built on first use renders about this many pixels,
+BUILD_RANGE = (256, 1024)      # ... in this many images
+SHIPPED = Path(__file__).resolve().parent / "default_model" / "faces64.anchors.safetensors"
+FORMAT = "activation-studio-anchors"
+_LUMA = (0.299, 0.587, 0.114)  # Rec. 601, as the benchmark's layout figure
+
+
+def layouts(images: torch.Tensor, cells: int = CELLS) -> torch.Tensor:
+    """NCHW RGB images -> [N, cells * cells] luminance layouts, zero mean and unit length
+    (the dot product of two is their Pearson correlation)."""
+    luma = torch.tensor(_LUMA, device=images.device, dtype=torch.float32).view(1, 3, 1, 1)
+    lum = (images.float() * luma).sum(1, keepdim=True)
+    flat = F.adaptive_avg_pool2d(lum, cells).flatten(1)
+    flat = flat - flat.mean(1, keepdim=True)
+    return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-6)
+
+
+@dataclass
+class AnchorBank:
+    """Layouts of the model's images for seeds first_seed .. first_seed + count - 1."""
+    layouts: torch.Tensor          # [count, CELLS * CELLS] float32, as layouts()
+    first_seed: int
+    weights_sha256: str            # the generator's weights (engine.translator.weights_sha256)
+
+    @property
+    def count(self) -> int:
+        return int(self.layouts.shape[0])
+
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        from engine.files import atomic_write
+
+        meta = {"format": FORMAT, "first_seed": str(self.first_seed), "cells": str(CELLS),
+                "base_model_weights_sha256": self.weights_sha256}
+        layouts_ = self.layouts.to(torch.float16).contiguous()
+        atomic_write(Path(path), lambda tmp: save_file({"layouts": layouts_}, str(tmp),
+                                                       metadata=meta))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> AnchorBank:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+                table = f.get_tensor("layouts").float()
+        except (SafetensorError, OSError, KeyError) as exc:
+            raise StudioError(f"{path} is not an anchor bank (python -m engine.anchors "
+                              f"writes one)") from exc
+        if meta.get("format") != FORMAT or int(meta.get("cells", 0)) != CELLS \
+                or table.ndim != 2 or table.shape[1] != CELLS * CELLS:
+            raise StudioError(f"{path} is not an anchor bank of {CELLS}x{CELLS} layouts")
+        return cls(table, int(meta["first_seed"]), meta.get("base_model_weights_sha256", ""))
+
+
+def seed_ws(G: nn.Module, seeds: list[int], psi: float = PSI) -> torch.Tensor:
+    """ws [len(seeds), num_ws, w_dim] of bank seeds, truncated by psi."""
+    from engine.latents import seed_to_z
+
+    z = torch.cat([seed_to_z(s, G.cfg.z_dim) for s in seeds]).to(G.mapping.w_avg.device)
+    return G.mapping(z, None, psi=psi)
+
+
+@torch.no_grad()
+def build_bank(G: nn.Module, count: int, first_seed: int = FIRST_SEED, batch: int = 64,
+               weights_sha256: str | None = None) -> AnchorBank:
+    """Render `count` images of G (psi 1, constant noise) and keep their layouts."""
+    from engine.translator import weights_sha256 as sha_of
+
+    out = []
+    for start in range(0, count, batch):
+        seeds = list(range(first_seed + start, first_seed + min(count, start + batch)))
+        out.append(layouts(G.synthesis(seed_ws(G, seeds, psi=1.0))).cpu())
+    return AnchorBank(torch.cat(out), first_seed, weights_sha256 or sha_of(G))
+
+
+def build_count(G: nn.Module) -> int:
+    """Images in a bank built on first use: fewer for larger models (render time)."""
+    res = int(G.cfg.resolution)
+    return max(BUILD_RANGE[0], min(BUILD_RANGE[1], BUILD_PIXELS // (res * res)))
+
+
+_banks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def bank_for(G: nn.Module) -> AnchorBank:
+    """G's bank: the shipped one when it was made for G's weights, else one rendered now
+    (build_count images) and kept while G lives."""
+    hit = _banks.get(G)
+    if hit is not None:
+        return hit
+    from engine.translator import weights_sha256
+
+    sha = weights_sha256(G)
+    bank = None
+    if SHIPPED.is_file():
+        shipped = AnchorBank.load(SHIPPED)
+        if shipped.weights_sha256 == sha:
+            bank = shipped
+    if bank is None:
+        bank = build_bank(G, build_count(G), weights_sha256=sha)
+    _banks[G] = bank
+    return bank
+
+
+@torch.no_grad()
+def anchor_ws(G: nn.Module, pictures: torch.Tensor, ws: torch.Tensor,
+              bank: AnchorBank | None = None, candidates: int | None = None,
+              psi: float | None = None) -> torch.Tensor:
+    """For each picture (NCHW, [-1, 1], any size) the ws of its anchor: among the
+    `candidates` (CANDIDATES) bank images laid out most like it, the one whose w (its
+    first) is nearest to that picture's ws[:, 0], truncated by psi (PSI)."""
+    bank = bank or bank_for(G)
+    candidates = CANDIDATES if candidates is None else candidates
+    psi = PSI if psi is None else psi
+    table = bank.layouts.to(pictures.device)
+    k = max(1, min(int(candidates), bank.count))
+    top = (layouts(pictures) @ table.T).topk(k, dim=1).indices            # [N, k]
+    seeds = (top + bank.first_seed).flatten().tolist()
+    cand = seed_ws(G, seeds, psi).view(top.shape[0], k, *ws.shape[1:])
+    dist = (cand[:, :, 0] - ws[:, None, 0].to(cand)).pow(2).sum(-1)       # [N, k]
+    return cand[torch.arange(top.shape[0]), dist.argmin(1)].to(ws)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Write a model's anchor bank (the layouts of "
+                                             "its images for fixed seeds).")
+    ap.add_argument("--model", default="default", help="engine.zoo spec")
+    ap.add_argument("--count", type=int, default=BANK_SIZE)
+    ap.add_argument("--out", required=True, help="the .safetensors file to write")
+    args = ap.parse_args(argv)
+    from engine import zoo
+
+    m = zoo.load(args.model)
+    bank = build_bank(m.G, args.count)
+    print(f"{bank.save(args.out)}: {bank.count} layouts of {args.model}")
+
+
+if __name__ == "__main__":
+    main()
+
