@@ -57,7 +57,7 @@ def page(page_url):
         browser = p.chromium.launch(executable_path=chromium_path(), args=[
             *CHROMIUM_ARGS, "--use-fake-ui-for-media-stream",
             "--use-fake-device-for-media-stream"])
-        context = browser.new_context(viewport={"width": 1440, "height": 1100},
+        context = browser.new_context(viewport={"width": 1280, "height": 800},
                                       accept_downloads=True, permissions=["camera"])
         pg = context.new_page()
         pg.set_default_timeout(WAIT_MS)
@@ -158,10 +158,10 @@ def test_rotate_bend_changes_the_image(page):
     assert "Rotate" in page.locator("#stack").inner_text()
     assert "clusters 0,2" in page.locator("#stack").inner_text()
     assert not np.array_equal(pixels(page, before), pixels(page, after))
+    shot(page, "bend")
     # The angle slider is live: dragging it re-renders without a button.
     set_number(page, "#p-slider-0", 120)
     wait_new_src(page, "#canvas", after)
-    shot(page, "bend")
 
 
 def test_translate_an_uploaded_photo(page, tmp_path):
@@ -217,6 +217,23 @@ def test_recipe_download_and_reload_gives_the_same_image(page, tmp_path):
     chooser.value.set_files(str(saved))
     back = wait_new_src(page, "#canvas", moved)
     assert np.array_equal(pixels(page, back), pixels(page, target))
+    page.get_by_text("Recipe", exact=True).first.click()  # folded again: the canvas in view
+
+
+def test_project_a_picture(page, tmp_path):
+    from engine.datasets import render_faces
+
+    tab(page, "Project")
+    picture = tmp_path / "face.png"  # one of the procedural faces the default model learnt
+    Image.fromarray(render_faces([3], 192)[0]).save(picture)
+    page.locator("#pr-input input[type=file]").set_input_files(str(picture))
+    page.wait_for_selector("#pr-input img")
+    set_number(page, "#pr-steps", 100)
+    before = src(page, "#canvas")
+    page.click("#pr-go")
+    wait_new_src(page, "#canvas", before)
+    page.get_by_text("PSNR", exact=False).first.wait_for()
+    shot(page, "project")
 
 
 def test_bad_upload_shows_an_error_and_the_page_keeps_working(page, tmp_path):
@@ -227,7 +244,6 @@ def test_bad_upload_shows_an_error_and_the_page_keeps_working(page, tmp_path):
     error_toast(page, "not an image this studio can read")  # named at upload time
     page.click("#pr-go")
     error_toast(page, "not an image this studio can read")
-    shot(page, "project")
     tab(page, "Explore")
     old = src(page, "#canvas")
     set_number(page, "#seed", 23)

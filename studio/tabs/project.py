@@ -35,7 +35,7 @@ def layout(ui: UI) -> None:
                                     elem_id="pr-input")
         with gr.Column():
             ui.pr_steps = capped_slider(10, LIMITS.projection_steps, 200, step=10,
-                                        label="Steps")
+                                        label="Steps", elem_id="pr-steps")
             ui.pr_wplus = gr.Checkbox(True, label="Fit W+ (one w per layer)")
             with gr.Row():
                 ui.pr_go = gr.Button("Fit", variant="primary", elem_id="pr-go")
