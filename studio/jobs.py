@@ -19,6 +19,7 @@ import functools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from engine.errors import StudioError
@@ -184,3 +185,51 @@ def frames_job(jobs: Jobs, what: str, frames: int, progress: Callable[..., Any],
     with LANE.heavy(jobs, what, line) as cancel:
         return render(progress=lambda i: line((i + 1) / frames, "frames"), cancel=cancel,
                       size=int(size or 0) or None)
+
+
+@dataclass
+class Polled:
+    """A long job running in a thread, as the page's polling event handler sees it."""
+    message: str = "starting…"  # the engine's newest progress line
+    fraction: float = 0.0
+    points: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, metrics)
+    result: Any = None
+    error: str | None = None     # one sentence for the page (also when cancelled)
+    running: bool = True
+
+
+def polled_job(jobs: Jobs, work: Callable[..., Any], cancelled: str, failed: str,
+               every: float = 1.0) -> Iterator[Polled]:
+    """Run work(progress=, cancel=, on_metrics=) in a thread, in a long-job slot (the session's
+    job is already claimed; it is released when the work ends), and yield its state about
+    every `every` seconds, the last time with running=False. The engine's per-step metrics
+    collect in `points`. A StudioError becomes `error`, `cancelled` when the visitor pressed
+    Cancel; any other exception `failed: <it>`, never a traceback."""
+    from studio import gpu
+
+    state = Polled()
+
+    def report(fraction: float, message: str) -> None:
+        state.fraction, state.message = float(fraction), message
+
+    def metrics(step: int, values: dict[str, float]) -> None:
+        state.points.append((step, values))
+
+    def run() -> None:
+        try:
+            with LANE.slot(jobs, report) as cancel:
+                state.result = work(progress=report, cancel=cancel, on_metrics=metrics)
+        except StudioError as exc:
+            state.error = cancelled if jobs.cancel.is_set() else str(exc)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
+            state.error = f"{failed}: {exc}"
+        finally:
+            jobs.release()
+
+    # In the request's context: ZeroGPU charges the GPU time to its visitor.
+    thread = gpu.start_thread(run)
+    while thread.is_alive():
+        thread.join(timeout=every)
+        yield state
+    state.running = False
+    yield state

@@ -136,6 +136,19 @@ def floats(text: str, what: str, limit: int = LIMITS.grid_values) -> list[float]
     return vals
 
 
+def curves(points: list[tuple[int, dict[str, float]]], names: tuple[str, ...],
+           recent: int = 2000) -> Any:
+    """A LinePlot's data (step, curve, value) from the engine's per-step metrics: one curve
+    per name, over the `recent` last steps."""
+    import pandas as pd
+    rows = [(step, name, float(m[name])) for step, m in points[-recent:]
+            for name in names if name in m]
+    return pd.DataFrame({  # typed even when empty, so the axes are numeric
+        "step": pd.Series([r[0] for r in rows], dtype="int64"),
+        "curve": pd.Series([r[1] for r in rows], dtype="object"),
+        "value": pd.Series([r[2] for r in rows], dtype="float64")})
+
+
 def conv_layers(spec: str) -> list[str]:
     return backend.model_info(spec).conv_layers
 

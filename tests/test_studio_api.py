@@ -302,8 +302,8 @@ def test_the_training_loss_curve_is_the_engines_per_step_metrics(server):
     client = studio_client(url)
     client.predict(model, api_name="/load_model")
     _, status, plot, _ = client.predict("b8.conv1", 10, 2, api_name="/train_encoder")
-    rows = plot["data"]
-    step_at, loss_at = plot["columns"].index("step"), plot["columns"].index("loss")
-    assert [r[step_at] for r in rows] == list(range(1, 11))
+    rows = [dict(zip(plot["columns"], row)) for row in plot["data"]]
+    assert [r["step"] for r in rows] == list(range(1, 11))
+    assert {r["curve"] for r in rows} == {"loss"}
     final = float(status.split("final loss ")[1].split(",")[0])
-    assert np.mean([r[loss_at] for r in rows]) == pytest.approx(final, abs=2e-6)
+    assert np.mean([r["value"] for r in rows]) == pytest.approx(final, abs=2e-6)

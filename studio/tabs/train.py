@@ -10,12 +10,12 @@ import gradio as gr
 import torch
 
 from engine.errors import StudioError
-from studio import backend, finetune, gpu
-from studio.jobs import LANE, progress_fn
+from studio import backend, finetune
+from studio.jobs import LANE, polled_job, progress_fn
 from studio.limits import LIMITS
 from studio.session import Session
 from studio.tabs.explore import cancel_job
-from studio.ui import UI, bind, capped_slider, checked_file, job_errors, need
+from studio.ui import UI, bind, capped_slider, checked_file, curves, job_errors, need
 
 PICTURE_TYPES = [".zip", ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
 CURVES = ("loss_g", "loss_d", "aug_p")  # what the plot follows, one line each
@@ -70,14 +70,6 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _plot(points: list[tuple[int, dict[str, float]]]) -> Any:
-    import pandas as pd
-    rows = [(step, name, float(m[name])) for step, m in points for name in CURVES if name in m]
-    return pd.DataFrame({"step": pd.Series([r[0] for r in rows], dtype="int64"),
-                         "curve": pd.Series([r[1] for r in rows], dtype="object"),
-                         "value": pd.Series([r[2] for r in rows], dtype="float64")})
-
-
 def _pictures_and_speed(sess: Session, uploaded: Any, steps: float, batch: float,
                         augment: str, fit: str, measure: bool = True
                         ) -> tuple[finetune.PictureSet, str, bool]:
@@ -121,7 +113,6 @@ def train(ui: UI, sess: Session | None, uploaded: Any, steps: float, batch: floa
         sess.jobs.claim("a fine-tuning")
     except StudioError as exc:
         raise gr.Error(str(exc), print_exception=False) from exc
-    box: dict[str, Any] = {"points": [], "msg": "reading the pictures…"}
     try:
         pics, sentence, _ = _pictures_and_speed(sess, uploaded, steps, batch, augment, fit,
                                                 measure=False)
@@ -135,52 +126,28 @@ def train(ui: UI, sess: Session | None, uploaded: Any, steps: float, batch: floa
         sess.jobs.release()
         raise
     yield {ui.gt_estimate: sentence, ui.gt_status: "starting…"}
-    thread = gpu.start_thread(_worker, sess, cfg, box)
-    while thread.is_alive():
-        thread.join(timeout=1.0)
+    for job in polled_job(
+            sess.jobs, lambda **kw: finetune.fine_tune(cfg, **kw),
+            cancelled="Fine-tuning cancelled after a checkpoint; press Fine-tune / resume "
+                      "with the same pictures and settings to continue.",
+            failed="fine-tuning stopped"):
         grid = finetune.latest_grid(cfg)
-        yield {ui.gt_status: box["msg"], ui.gt_plot: _plot(box["points"]),
-               ui.gt_samples: str(grid) if grid else None}
-    grid = finetune.latest_grid(cfg)
-    shown = str(grid) if grid else None
-    if "error" in box:
-        yield {ui.gt_status: box["error"], ui.gt_plot: _plot(box["points"]),
-               ui.gt_samples: shown}
+        shown = {ui.gt_plot: curves(job.points, CURVES),
+                 ui.gt_samples: str(grid) if grid else None}
+        if job.running or job.error:
+            yield {ui.gt_status: job.error or f"{job.message} ({job.fraction:.0%})", **shown}
+    if job.error:
         return
-    path = str(box["result"])
+    path = str(job.result)
     yield {ui.gt_status: f"Done: {finetune.summary(path)}. The model is in the model list; "
                          f"**Load the fine-tuned model** opens it.",
-           ui.gt_plot: _plot(box["points"]), ui.gt_samples: shown, ui.gt_model: path,
-           ui.gt_load: gr.update(interactive=True),
+           **shown, ui.gt_model: path, ui.gt_load: gr.update(interactive=True),
            ui.model_box: gr.update(choices=_choices(ui, sess))}
 
 
 def _choices(ui: UI, sess: Session) -> list[tuple[str, str]]:
     from studio.tabs import model_bar
     return model_bar.model_choices(ui, sess)
-
-
-def _worker(sess: Session, cfg: Any, box: dict[str, Any]) -> None:
-    """The run itself, in a thread: the page's generator polls `box`."""
-    def report(fraction: float, message: str) -> None:
-        box["msg"] = f"{message} ({fraction:.0%})"
-
-    def metrics(step: int, m: dict[str, float]) -> None:
-        box["points"].append((step, m))
-
-    try:
-        with LANE.slot(sess.jobs, report) as cancel:
-            box["result"] = finetune.fine_tune(cfg, progress=report, cancel=cancel,
-                                               on_metrics=metrics)
-    except StudioError as exc:
-        box["error"] = str(exc)
-        if sess.jobs.cancel.is_set():
-            box["error"] = ("Fine-tuning cancelled after a checkpoint; press Fine-tune / "
-                            "resume with the same pictures and settings to continue.")
-    except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
-        box["error"] = f"fine-tuning stopped: {exc}"
-    finally:
-        sess.jobs.release()
 
 
 def wire(ui: UI, page_outputs: list[Any], load_model: Any) -> None:

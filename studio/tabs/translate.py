@@ -9,12 +9,12 @@ import gradio as gr
 
 from engine.errors import StudioError
 from engine.translator import DEFAULT_ANCHOR, DEFAULT_STRENGTH, FRAMINGS
-from studio import backend, gpu
-from studio.jobs import LANE
+from studio import backend
+from studio.jobs import polled_job
 from studio.limits import LIMITS
 from studio.session import Session
 from studio.tabs.explore import cancel_job
-from studio.ui import UI, bind, capped_slider, checked_image, need, user_errors
+from studio.ui import UI, bind, capped_slider, checked_image, curves, need, user_errors
 
 # The webcam over the live channel (studio/live.js drives it): frames as fast as the engine
 # translates them, with its frame rate and latency. The streaming Webcam box below is the
@@ -27,9 +27,6 @@ LIVE_CAM_HTML = """
 <video id="live-cam-video" autoplay playsinline muted style="display:none"></video>
 <canvas id="live-cam-out" role="img" aria-label="live translation" style="display:none"></canvas>
 """
-
-LOSS_POINTS = 2000  # the loss plot shows at most this many recent steps
-
 
 def layout(ui: UI) -> None:
     gr.Markdown("An encoder writes one layer's activation maps from your picture; the layers "
@@ -50,8 +47,8 @@ def layout(ui: UI) -> None:
             ui.tr_cancel = gr.Button("Cancel", variant="stop")
         ui.tr_status = gr.Markdown("")
         with gr.Row():
-            ui.tr_loss = gr.LinePlot(x="step", y="loss", height=220, label="Training loss",
-                                     x_title="step", y_title="loss")
+            ui.tr_loss = gr.LinePlot(x="step", y="value", color="curve", height=220,
+                                     label="Training loss", x_title="step", y_title="loss")
             ui.tr_preview = gr.Image(label="Preview: input | translation", type="filepath",
                                      interactive=False, elem_id="tr-preview", height=220,
                                      elem_classes="pixelated")
@@ -106,14 +103,6 @@ def refresh_encoders(ui: UI, sess: Session | None, current: str | None) -> Any:
     return gr.update(choices=backend.encoder_options(found), value=value)
 
 
-def _plot(points: list[tuple[int, float]]) -> Any:
-    import pandas as pd
-    recent = points[-LOSS_POINTS:]
-    return pd.DataFrame({  # typed even when empty, so the axes are numeric
-        "step": pd.Series([p[0] for p in recent], dtype="int64"),
-        "loss": pd.Series([p[1] for p in recent], dtype="float64")})
-
-
 def train(ui: UI, sess: Session, layer: str, steps: float, batch: float) -> Iterator[dict]:
     """Train (or resume) an encoder, yielding status, loss curve and preview."""
     try:
@@ -123,51 +112,26 @@ def train(ui: UI, sess: Session, layer: str, steps: float, batch: float) -> Iter
         sess.jobs.claim("an encoder training")
     except StudioError as exc:
         raise gr.Error(str(exc), print_exception=False) from exc
-    box: dict[str, Any] = {"points": []}
-    # In this request's context: ZeroGPU charges the GPU time to its visitor.
-    thread = gpu.start_thread(_train_worker, sess, layer, int(steps), int(batch), box)
     preview = backend.preview_path(sess, layer, int(batch))
-    while thread.is_alive():
-        thread.join(timeout=1.0)
-        yield {ui.tr_status: box.get("msg", "starting…"), ui.tr_loss: _plot(box["points"]),
-               ui.tr_preview: str(preview) if preview.exists() else None}
-    shown = str(preview) if preview.exists() else None
-    if "error" in box:
-        yield {ui.tr_status: box["error"], ui.tr_loss: _plot(box["points"]),
-               ui.tr_preview: shown}
+    for job in polled_job(
+            sess.jobs, lambda **kw: backend.train_encoder(sess, layer, int(steps), int(batch),
+                                                          **kw),
+            cancelled="Training cancelled; press Train / resume with the same steps to "
+                      "continue from its last checkpoint.", failed="training stopped"):
+        shown = {ui.tr_loss: curves(job.points, ("loss",)),
+                 ui.tr_preview: str(preview) if preview.exists() else None}
+        if job.running or job.error:
+            yield {ui.tr_status: job.error or job.message, **shown}
+    if job.error:
         return
-    res = box["result"]
+    res = job.result
     m = res.metrics
     done = (f"Trained {res.steps} steps in {res.seconds:.0f} s ({res.images_per_s:.1f} img/s); "
             f"final loss {m.get('final_loss')}"
             + (f", PSNR on its own images {m['psnr_db_own_images']} dB"
                if "psnr_db_own_images" in m else "") + ".")
     yield {ui.tr_encoder: encoder_update(sess, str(res.path) if res.path else None),
-           ui.tr_status: done, ui.tr_loss: _plot(box["points"]), ui.tr_preview: shown}
-
-
-def _train_worker(sess: Session, layer: str, steps: int, batch: int, box: dict) -> None:
-    """The training itself, in a thread: the page's generator polls `box` for the progress
-    line and the loss curve, (step, loss) as the engine reports them."""
-    def report(fraction: float, message: str) -> None:
-        box["msg"] = message
-
-    def plot(step: int, metrics: dict[str, float]) -> None:
-        box["points"].append((step, metrics["loss"]))
-
-    try:
-        with LANE.slot(sess.jobs, report) as cancel:
-            box["result"] = backend.train_encoder(sess, layer, steps, batch, progress=report,
-                                                  cancel=cancel, on_metrics=plot)
-    except StudioError as exc:
-        box["error"] = str(exc)
-        if sess.jobs.cancel.is_set():
-            box["error"] = ("Training cancelled; press Train / resume with the same steps to "
-                            "continue from its last checkpoint.")
-    except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
-        box["error"] = f"training stopped: {exc}"
-    finally:
-        sess.jobs.release()
+           ui.tr_status: done, **shown}
 
 
 @user_errors
