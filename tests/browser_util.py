@@ -118,6 +118,17 @@ def studio_server(model: str, env: dict[str, str] | None = None,
             log.close()
 
 
+def page_state(page: Any) -> str:
+    """What the page shows that says why a wait failed: error toasts, the busy line, the live
+    channel's status and error, the blend note (for a timed-out wait's message)."""
+    return page.evaluate("""() => {
+        const text = (sel) => [...document.querySelectorAll(sel)]
+            .map((e) => e.innerText.trim()).filter(Boolean).join(' | ');
+        return JSON.stringify({toasts: text('.toast-body'), busy: text('#busy'),
+                               live: text('#live-status'), live_error: text('#live-error'),
+                               blend_note: text('#blend-note')}); }""")
+
+
 def upload_file(url: str, path: str | Path) -> dict[str, Any]:
     """Upload a file the way the page does; returns the FileData payload naming it."""
     import httpx

@@ -25,6 +25,7 @@ from tests.browser_util import (
     DEFAULT_MODEL_FILE,
     REPO,
     chromium_path,
+    page_state,
     studio_server,
     tiny_model_file,
 )
@@ -85,7 +86,7 @@ def wait_new_src(page, selector: str, old: str | None) -> str:
         if now and now != old:
             return now
         page.wait_for_timeout(100)
-    raise AssertionError(f"{selector} did not change from {old}")
+    raise AssertionError(f"{selector} did not change from {old}; the page: {page_state(page)}")
 
 
 def pixels(page, url: str) -> np.ndarray:
