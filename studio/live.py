@@ -128,7 +128,8 @@ def preview(sess: Session, messages: list[dict[str, Any]]) -> Session:
     apply them; the session itself is not touched."""
     with sess.lock:  # never a copy of an edit half done
         tmp = Session(recipe=copy.deepcopy(sess.recipe), clusters=sess.clusters,
-                      selected=list(sess.selected), current=sess.current, token=sess.token)
+                      selected=list(sess.selected), current=sess.current, token=sess.token,
+                      direction_settings=sess.direction_settings)
     apply(tmp, messages)
     return tmp
 
@@ -196,7 +197,9 @@ def _apply_latent(tmp: Session, values: dict[str, Any]) -> None:
     S.set_latent(tmp, seed=seed, psi=_number(values, "psi", lat.psi), cutoff=cutoff or None)
     amounts = values.get("dir")
     if isinstance(amounts, list) and len(amounts) <= 16:
-        old = lat.directions[0] if lat.directions else None
+        # With every amount at 0 the recipe holds no direction: the sliders' settings then
+        # (a trained or uploaded boundary stays in use from the first move).
+        old = lat.directions[0] if lat.directions else tmp.direction_settings
         method = METHODS.get(str(values.get("method")), old.method if old else "sefa")
         if method == "file" and (old is None or not old.path):
             return  # the boundary file is not uploaded yet: nothing to preview

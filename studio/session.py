@@ -48,6 +48,10 @@ class Session:
     uploads: set[str] = field(default_factory=set)  # upload paths this session's events got
     undo: list[Recipe] = field(default_factory=list)  # recipes before each edit, newest last
     redo: list[Recipe] = field(default_factory=list)
+    # What the direction sliders apply with (method, layer range, boundary file), kept while
+    # every amount is 0 and the recipe holds no DirectionEdit: a live channel's value then
+    # still knows the boundary the page shows.
+    direction_settings: DirectionEdit | None = None
     # The live gesture whose undo entry is the newest one: (its key, that entry).
     gesture_entry: tuple[Any, Recipe] | None = field(default=None, repr=False)
     # Held by every edit: the page's events run in Gradio's threads, the live channel's in
@@ -59,7 +63,8 @@ class Session:
         return Session(recipe=copy.deepcopy(self.recipe, memo),
                        clusters=copy.deepcopy(self.clusters, memo),
                        selected=list(self.selected), current=self.current,
-                       projected=copy.deepcopy(self.projected, memo))
+                       projected=copy.deepcopy(self.projected, memo),
+                       direction_settings=copy.deepcopy(self.direction_settings, memo))
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -79,6 +84,7 @@ class Session:
         return {"recipe": copy.deepcopy(self.recipe), "clusters": self.clusters,
                 "selected": list(self.selected), "current": self.current,
                 "projected": self.projected, "uploads": set(self.uploads),
+                "direction_settings": self.direction_settings,
                 "undo": list(self.undo), "redo": list(self.redo)}
 
     def restore(self, snap: dict[str, Any]) -> None:
@@ -218,6 +224,8 @@ def set_directions(sess: Session, method: str, amounts: list[float], start: int,
     """Direction sliders: one DirectionEdit per non-zero amount (a boundary file has one)."""
     if method == "file":
         amounts = amounts[:1] if path else []
+    sess.direction_settings = DirectionEdit(method=method, index=0, amount=0.0,
+                                            layer_start=int(start), layer_end=end, path=path)
     sess.recipe.latent.directions = [
         DirectionEdit(method=method, index=0 if method == "file" else i, amount=float(a),
                       layer_start=int(start), layer_end=end, path=path)

@@ -75,6 +75,21 @@ def test_an_edit_recorded_after_its_sync_still_reaches_the_gradio_canvas() -> No
         live._open.pop(id(sess), None)
 
 
+def test_a_boundary_at_amount_zero_drives_the_first_value_the_channel_gets() -> None:
+    """A trained or uploaded boundary comes with its slider at 0, when the recipe holds no
+    direction to name it; the channel's first value must still use it (it was dropped, so a
+    value typed after training left the canvas as it was)."""
+    sess = S.new_session("default")
+    S.set_directions(sess, "file", [0.0], 2, 6, "/studio/out/bright.npy")
+    assert sess.recipe.latent.directions == []
+    live.apply(sess, [{"kind": "latent", "values": {"dir": ["3", "0", "0", "0", "0"],
+                                                    "method": "file"}}])
+    [d] = sess.recipe.latent.directions
+    assert (d.method, d.amount, d.path, d.layer_start, d.layer_end) == \
+        ("file", 3.0, "/studio/out/bright.npy", 2, 6)
+    assert live.preview(sess, []).direction_settings == sess.direction_settings
+
+
 def _render(sess) -> np.ndarray:
     from studio import backend
     return np.asarray(backend.render(sess))
