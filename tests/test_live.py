@@ -101,9 +101,17 @@ class FakeSocket:
 
     def __init__(self, inbox: list[dict]) -> None:
         self.inbox, self.texts, self.frames = inbox, [], []
+        self.conn: live.Connection | None = None
 
     async def receive(self) -> dict:
-        await asyncio.sleep(0.05)   # let the renderer take each message in turn
+        # One message at a time: the next arrives once the renderer has applied the last, so
+        # "latest wins" merges none of them. (A fixed 50 ms pause was too short on a loaded
+        # machine, where the first render also loads the model: messages merged, the bad one
+        # was never rendered, and its error never came.)
+        for _ in range(3000):
+            if self.conn is None or not self.conn.busy():
+                break
+            await asyncio.sleep(0.01)
         return self.inbox.pop(0) if self.inbox else {"type": "websocket.disconnect"}
 
     async def send_text(self, text: str) -> None:
@@ -120,7 +128,7 @@ def text(t: str) -> dict:
 def _run_channel(ws: FakeSocket, sess: S.Session, last_seq: int) -> None:
     """One connection reads the inbox, then renders until the frame `last_seq` has gone."""
     async def run() -> None:
-        conn = live.Connection(ws, sess)
+        conn = ws.conn = live.Connection(ws, sess)
         renderer = asyncio.get_running_loop().create_task(conn.render())
         await conn.receive()
         for _ in range(200):            # the last render may still be running
