@@ -148,6 +148,21 @@
 
   const drawn = [0, 0];   // newest sequence number drawn, per kind (decodes may overtake)
 
+  // A JPEG as something drawImage takes (and close() frees). WebCodecs' ImageDecoder reads
+  // the bytes as they are; a Blob, which browsers without it (or an insecure origin) need,
+  // costs Chromium a round trip to its blob registry per frame.
+  async function decode(bytes) {
+    if (typeof ImageDecoder === "undefined") {
+      return createImageBitmap(new Blob([bytes], { type: "image/jpeg" }));
+    }
+    const decoder = new ImageDecoder({ data: bytes, type: "image/jpeg" });
+    try {
+      return (await decoder.decode()).image;
+    } finally {
+      decoder.close();
+    }
+  }
+
   async function onFrame(buf) {
     const dv = new DataView(buf);
     const kind = dv.getUint8(0), seq = dv.getUint32(1), renderMs = dv.getFloat32(5);
@@ -162,16 +177,16 @@
     if (!el) return;
     let bitmap;
     try {
-      bitmap = await createImageBitmap(new Blob([new Uint8Array(buf, 9)],
-                                                { type: "image/jpeg" }));
+      bitmap = await decode(new Uint8Array(buf, 9));
     } catch (e) {
       return;   // a frame that does not decode is skipped; the next one follows
     }
     if (seq < drawn[kind]) return bitmap.close();   // a newer one is on screen
     drawn[kind] = seq;
-    if (el.width !== bitmap.width || el.height !== bitmap.height) {
-      el.width = bitmap.width;
-      el.height = bitmap.height;
+    const w = bitmap.displayWidth || bitmap.width, h = bitmap.displayHeight || bitmap.height;
+    if (el.width !== w || el.height !== h) {   // a VideoFrame or an ImageBitmap
+      el.width = w;
+      el.height = h;
     }
     el.getContext("2d").drawImage(bitmap, 0, 0);
     bitmap.close();
