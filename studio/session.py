@@ -131,11 +131,12 @@ def gesture(sess: Session, key: Any) -> Iterator[Session]:
     entry, the recipe from before its first step. Another edit in between (its entry on top,
     or an undo that took ours) makes the next step start a new entry."""
     with sess.lock:
-        before, current = copy.deepcopy(sess.recipe), sess.current
+        before, current, settings = copy.deepcopy(sess.recipe), sess.current, \
+            sess.direction_settings
         try:
             yield sess
         except BaseException:
-            sess.recipe, sess.current = before, current
+            sess.recipe, sess.current, sess.direction_settings = before, current, settings
             raise
         if sess.recipe == before:
             return
