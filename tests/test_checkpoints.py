@@ -740,3 +740,23 @@ def test_uninitialised_build_draws_nothing_and_loads_every_tensor(tiny_generator
         z = torch.randn(2, G.cfg.z_dim, generator=torch.Generator().manual_seed(3))
         with torch.no_grad():
             assert torch.equal(G2(z), G.eval()(z))
+
+
+def test_uninitialised_build_leaves_other_threads_random():
+    """The studio loads models in worker threads: the skipped init must stay in its own."""
+    import threading
+
+    from engine.networks import _UninitialisedRandom
+
+    inside, drawn = threading.Event(), {}
+
+    def other() -> None:
+        inside.wait(5)
+        drawn["x"] = torch.randn(64, generator=torch.Generator().manual_seed(1))
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    with _UninitialisedRandom():
+        inside.set()
+        worker.join(5)
+    assert torch.equal(drawn["x"], torch.randn(64, generator=torch.Generator().manual_seed(1)))
