@@ -389,6 +389,13 @@ def main() -> None:
             columns = [(c.split(":")[0], float(c.split(":")[1]),
                         c.split(":")[2] if c.count(":") == 2 else "latent")
                        for c in args.sheet_settings.split(",")]
+            runs = {(e, st, "latent") for e in _encoders_arg(args.encoders)
+                    for st in _floats(args.strengths)} | {
+                (e, st, "match") for e in _encoders_arg(args.encoders)
+                for st in _floats(args.match_strengths)}
+            missing = [c for c in columns if c not in runs]
+            if missing:
+                ap.error(f"sheet column(s) {missing} are not among the settings run")
         report["photos"] = bench_photos(
             G, _encoders_arg(args.encoders), _floats(args.strengths), args.framing,
             args.sheet, columns, tuple(_floats(args.match_strengths)))
