@@ -11,7 +11,8 @@ that matched the activation exactly would reach when translating a stranger's pi
 Photos (issue #18): real photos that ship with scikit-learn (china, flower) and
 scikit-image (astronaut, chelsea, coffee, rocket), a head-and-shoulders crop of the
 astronaut, and four corner crops of each: 31 pictures, each translated with 4 latents. Per
-encoder layer and domain strength:
+encoder layer, domain strength and what it blends towards (--strengths: the latent's own
+activation; --match-strengths: the anchor, engine/anchors.py):
   gap closed  = 1 - (SWD(translations, samples) - floor) / (SWD(photos, samples) - floor),
                 floor = SWD between two sets of the model's samples (engine/metrics.py);
   layout kept = mean correlation of 8x8-pooled luminance, photo (as framed) vs translation;
@@ -24,7 +25,12 @@ its run (`--model snapshot`), or any zoo spec / file. Target: >= 25 frames/s at 
 
     python benchmarks/bench_translator.py [--what fps,train,fidelity,photos] [--steps 300]
         [--batch 8] [--model default|snapshot|SPEC] [--json out.json]
-        [--encoders b16=PATH,b8=PATH] [--strengths 1,0.75,0.5] [--sheet docs/translations.png]
+        [--encoders b16=PATH,b8=PATH] [--strengths 1,0.75,0.5] [--match-strengths 0.3]
+        [--framing crop|fit|pad] [--sheet docs/translations.png]
+        [--sheet-settings b16:1,b16:0.3:match]
+
+It also prints how far the model's own images alone get (for each photo the 4 bank images
+laid out most like it, no translation).
 """
 
 from __future__ import annotations
@@ -280,11 +286,34 @@ def bench_photos(G: Generator, encoders: dict[str, str], strengths: list[float],
             print(row, flush=True)
             sheet_tiles[(enc_name, strength, anchor)] = {k: trans[i * LATENTS_PER_PHOTO]
                                                          for i, k in enumerate(names)}
+    report["anchors_alone"] = anchors_alone(G, framed, samples_a, floor, photo_swd)
+    print("the bank's images alone:", report["anchors_alone"], flush=True)
     if sheet:
         write_sheet(sheet, {k: framed[names.index(k)] for k in SHEET_PHOTOS}, sheet_tiles,
                     sheet_settings or list(sheet_tiles))
         report["sheet"] = sheet
     return report
+
+
+@torch.no_grad()
+def anchors_alone(G: Generator, framed: np.ndarray, samples: np.ndarray, floor: float,
+                  photo_swd: float) -> dict[str, float]:
+    """No translation: for each photo the LATENTS_PER_PHOTO bank images (engine/anchors.py,
+    psi 1) laid out most like it. How far layout and gap can agree with the model's own
+    images alone."""
+    from engine import anchors
+    from engine.latents import to_uint8
+
+    bank = anchors.bank_for(G)
+    x = torch.from_numpy(framed).permute(0, 3, 1, 2).float() / 127.5 - 1
+    top = (anchors.layouts(x) @ bank.layouts.T).topk(LATENTS_PER_PHOTO, dim=1).indices
+    seeds = (top.flatten() + bank.first_seed).tolist()
+    imgs = np.concatenate([to_uint8(G.synthesis(anchors.seed_ws(G, seeds[i:i + 32], 1.0)))
+                           for i in range(0, len(seeds), 32)])
+    t_swd = _swd_mean(imgs, samples)
+    return {"gap_closed": round(1 - (t_swd - floor) / (photo_swd - floor), 3),
+            "layout_kept": round(layout_kept(np.repeat(framed, LATENTS_PER_PHOTO, 0), imgs),
+                                 3)}
 
 
 @torch.no_grad()
