@@ -40,6 +40,7 @@ FIRST_SEED = 5_000_000       # bank seeds: FIRST_SEED + i (none of the benchmark
 BANK_SIZE = 4096             # images in a shipped bank
 CANDIDATES = 1               # best layouts among which the latent chooses
 PSI = 0.8                    # truncation of the anchor towards w_avg
+STICKY = 0.05                # a kept anchor stays while within this correlation of the best
 BUILD_PIXELS = 1024 * 64 * 64  # a bank built on first use renders about this many pixels,
 BUILD_RANGE = (256, 1024)      # ... in this many images
 SHIPPED = Path(__file__).resolve().parent / "default_model" / "faces64.anchors.safetensors"
@@ -97,12 +98,12 @@ class AnchorBank:
         return cls(table, int(meta["first_seed"]), meta.get("base_model_weights_sha256", ""))
 
 
-def seed_ws(G: nn.Module, seeds: list[int], psi: float = PSI) -> torch.Tensor:
-    """ws [len(seeds), num_ws, w_dim] of bank seeds, truncated by psi."""
+def seed_ws(G: nn.Module, seeds: list[int], psi: float | None = None) -> torch.Tensor:
+    """ws [len(seeds), num_ws, w_dim] of bank seeds, truncated by psi (PSI)."""
     from engine.latents import seed_to_z
 
     z = torch.cat([seed_to_z(s, G.cfg.z_dim) for s in seeds]).to(G.mapping.w_avg.device)
-    return G.mapping(z, None, psi=psi)
+    return G.mapping(z, None, psi=PSI if psi is None else psi)
 
 
 @torch.no_grad()
@@ -148,22 +149,43 @@ def bank_for(G: nn.Module) -> AnchorBank:
 
 
 @torch.no_grad()
+def choose(G: nn.Module, pictures: torch.Tensor, ws: torch.Tensor,
+           bank: AnchorBank | None = None, candidates: int | None = None,
+           psi: float | None = None, keep: torch.Tensor | None = None,
+           margin: float = STICKY) -> torch.Tensor:
+    """Bank indices [N] of the pictures' anchors (NCHW, [-1, 1], any size): among the
+    `candidates` (CANDIDATES) bank images laid out most like each, the one whose w (psi
+    PSI) is nearest to that picture's ws[:, 0]. `keep` (an index per picture, -1 for none)
+    stays chosen while its layout correlates within `margin` of the best one's: webcam
+    frames of one scene then keep one face instead of flickering between near-equals."""
+    bank = bank or bank_for(G)
+    candidates = CANDIDATES if candidates is None else candidates
+    table = bank.layouts.to(pictures.device)
+    score = layouts(pictures) @ table.T                                   # [N, count]
+    k = max(1, min(int(candidates), bank.count))
+    top = score.topk(k, dim=1).indices                                    # [N, k]
+    rows = torch.arange(top.shape[0], device=top.device)
+    best = top[:, 0]
+    if k > 1:
+        cand = seed_ws(G, (top + bank.first_seed).flatten().tolist(), psi)
+        cand = cand.view(top.shape[0], k, *cand.shape[1:])
+        dist = (cand[:, :, 0] - ws[:, None, 0].to(cand)).pow(2).sum(-1)   # [N, k]
+        best = top[rows, dist.argmin(1).to(top.device)]
+    if keep is not None:
+        keep = keep.to(best.device)
+        held = score[rows, keep.clamp(0, bank.count - 1)]
+        stay = (keep >= 0) & (keep < bank.count) & (held >= score[rows, best] - margin)
+        best = torch.where(stay, keep, best)
+    return best
+
+
 def anchor_ws(G: nn.Module, pictures: torch.Tensor, ws: torch.Tensor,
               bank: AnchorBank | None = None, candidates: int | None = None,
               psi: float | None = None) -> torch.Tensor:
-    """For each picture (NCHW, [-1, 1], any size) the ws of its anchor: among the
-    `candidates` (CANDIDATES) bank images laid out most like it, the one whose w (its
-    first) is nearest to that picture's ws[:, 0], truncated by psi (PSI)."""
+    """For each picture the ws of its anchor (choose), truncated by psi (PSI)."""
     bank = bank or bank_for(G)
-    candidates = CANDIDATES if candidates is None else candidates
-    psi = PSI if psi is None else psi
-    table = bank.layouts.to(pictures.device)
-    k = max(1, min(int(candidates), bank.count))
-    top = (layouts(pictures) @ table.T).topk(k, dim=1).indices            # [N, k]
-    seeds = (top + bank.first_seed).flatten().tolist()
-    cand = seed_ws(G, seeds, psi).view(top.shape[0], k, *ws.shape[1:])
-    dist = (cand[:, :, 0] - ws[:, None, 0].to(cand)).pow(2).sum(-1)       # [N, k]
-    return cand[torch.arange(top.shape[0]), dist.argmin(1)].to(ws)
+    idx = choose(G, pictures, ws, bank, candidates, psi)
+    return seed_ws(G, (idx + bank.first_seed).tolist(), psi).to(ws)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1427,6 +1427,7 @@ class Translator:
         self._frame_strength = 1.0
         self._framing = "crop"
         self._frame_anchor = "latent"
+        self._kept_anchor: torch.Tensor | None = None   # translate_frame's last anchor
 
     @classmethod
     def load(cls, encoder: str | os.PathLike | ActivationEncoder, G: nn.Module,
@@ -1631,9 +1632,15 @@ class Translator:
         x = frame_pictures(x.permute(2, 0, 1)[None].float() / 127.5 - 1, self.input_size,
                            framing)
         act = self.encoder(x)
+        anchor = None
+        if self._frame_anchor == "match" and self._frame_strength < 1.0:
+            from engine import anchors
+            # The previous frame's anchor is kept while it still fits (no flicker).
+            self._kept_anchor = anchors.choose(self.G, x, self._ws, keep=self._kept_anchor)
+            bank = anchors.bank_for(self.G)
+            anchor = anchors.seed_ws(self.G, (self._kept_anchor + bank.first_seed).tolist())
         img = self.render(act, self._ws, self._frame_strength, **self._frame_kwargs,
-                          anchor_ws=self.anchor_for(x, self._ws, self._frame_strength,
-                                                    self._frame_anchor))
+                          anchor_ws=anchor)
         out = (img[0] * 127.5 + 128).clamp(0, 255).to(torch.uint8)
         return out.permute(1, 2, 0).cpu().numpy()
 

@@ -278,6 +278,15 @@ def test_anchor_bank_round_trip_and_lookup(G, tmp_path):
     near = A.anchor_ws(G, pics[:1], A.seed_ws(G, [pick], psi=0.7), bank, candidates=5,
                        psi=0.7)
     assert torch.allclose(near, A.seed_ws(G, [pick], psi=0.7), atol=1e-6)
+    # A kept anchor stays while its layout is within the margin of the best one's.
+    score = (A.layouts(pics[:1]) @ bank.layouts.T)[0]
+    best, second = score.topk(2).indices.tolist()
+    gap = float(score[best] - score[second])
+    held = torch.tensor([second])
+    assert A.choose(G, pics[:1], ws[:1], bank, keep=held, margin=gap + 1e-4).tolist() == [
+        second]
+    assert A.choose(G, pics[:1], ws[:1], bank, keep=held, margin=gap / 2).tolist() == [best]
+    assert A.choose(G, pics[:1], ws[:1], bank, keep=torch.tensor([-1])).tolist() == [best]
 
 
 def test_render_towards_an_anchor_is_style_mixing_at_strength_zero(G, tr):
