@@ -80,6 +80,15 @@ def same(a, b) -> None:
     assert a.shape == b.shape and np.array_equal(a, b)
 
 
+def close_floats(a, b) -> None:
+    """Where the CPU picks another algorithm than a GPU for the same maths (3x3 convs over
+    few pixels run as one matrix product on the CPU, engine.ops.conv3x3): float sums differ
+    in the last bits, and a few optimisation steps carry that a little."""
+    a = a.detach().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    b = b.detach().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+    assert a.shape == b.shape and np.allclose(a, b, rtol=1e-5, atol=1e-6), np.abs(a - b).max()
+
+
 def same_weights(got: torch.nn.Module, want: torch.nn.Module) -> None:
     """Trained weights: batched steps run as grouped convs on a GPU, so float sums differ in
     the last bits and training carries that a little further."""
@@ -306,8 +315,8 @@ def test_projection_on_emulated_cuda_equals_the_cpu(G, zero):
     target = latents.render_spec(G, LatentSpec(seed=8))
     run = lambda Gx: projector.project(Gx, target, steps=4, w_plus=True)  # noqa: E731
     a, b = on_cuda(zero, G, run), run(G)
-    same(a.w, b.w)
-    same(a.image, b.image)
+    close_floats(a.w, b.w)
+    within_one_level(a.image, b.image)
 
 
 def test_recipe_replays_the_same_on_emulated_cuda(zero, tmp_path):
@@ -447,7 +456,7 @@ def test_projection_in_time_boxed_calls_equals_one_run(zero, monkeypatch, tmp_pa
     assert zero.calls - calls >= 2
     once = projector.project(m.G, np.asarray(photo), steps=6, w_plus=True,
                              frame_every=1)
-    same(res.w, once.w)
+    close_floats(res.w, once.w)
 
 
 def test_cancel_reaches_the_worker(zero, monkeypatch, tmp_path, tiny_spec):
