@@ -3,8 +3,11 @@ a fixed p (ADA costs nothing while p = 0, so p is pinned to show what augmenting
 
 Each setting trains a few steps through `engine.train_gan.train` (the real loop: G step, D
 step, lazy R1 every 16 steps, EMA) on procedural faces; images/s comes from the per-step
-metrics log and skips the first steps (start-up, first-touch allocations). Settings are
-interleaved round by round, so a busy machine slows them alike.
+metrics log and skips the first steps (start-up, first-touch allocations). Beside it, the
+Train tab's estimate for the same setting (`engine.train_gan.measure_speed`: one timed step
+after a warm-up one, no optimiser or R1), to show how far the page's sentence is from the
+real loop. Settings are interleaved round by round, so a busy machine slows them alike; the
+load average is printed with the figures.
 
     python benchmarks/bench_finetune.py [--rounds 2] [--steps 10] [--batch 16]
 """
@@ -12,16 +15,20 @@ interleaved round by round, so a busy machine slows them alike.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine import zoo  # noqa: E402
 from engine.loop import read_metrics  # noqa: E402
-from engine.train_gan import METRICS_NAME, TrainConfig, train  # noqa: E402
+from engine.train_gan import METRICS_NAME, TrainConfig, measure_speed, train  # noqa: E402
 
 SETTINGS = {
     "no augmentation": dict(augment="none"),
@@ -41,6 +48,11 @@ def run(setting: dict, steps: int, batch: int, folder: Path) -> float:
     return (last["step"] - first["step"]) * batch / (last["time_s"] - first["time_s"])
 
 
+def probe(setting: dict, batch: int) -> float:
+    p = setting.get("aug_p", 0.0) if setting.get("augment") != "none" else 0.0
+    return measure_speed(zoo.load("default").G, batch, aug_p=p, steps=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds per setting")
@@ -48,21 +60,29 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="images per step")
     args = ap.parse_args()
     results: dict[str, list[float]] = {name: [] for name in SETTINGS}
+    probes: dict[str, list[float]] = {name: [] for name in SETTINGS}
     t0 = time.time()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for i, (name, setting) in enumerate(SETTINGS.items()):
                 speed = run(setting, args.steps, args.batch, Path(tmp) / f"r{r}s{i}")
                 results[name].append(speed)
-                print(f"round {r + 1}: {name}: {speed:.2f} img/s", flush=True)
+                probes[name].append(probe(setting, args.batch))
+                print(f"round {r + 1}: {name}: {speed:.2f} img/s (estimate "
+                      f"{probes[name][-1]:.2f})", flush=True)
+    load_after = os.getloadavg()
     print(f"\nfine-tuning the default model (64 px), batch {args.batch}, "
           f"{args.steps - SKIP_STEPS} timed steps x {args.rounds} rounds "
-          f"({time.time() - t0:.0f} s in all):")
+          f"({time.time() - t0:.0f} s in all; {torch.get_num_threads()} threads; 1-min load "
+          f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after on "
+          f"{os.cpu_count()} cores):")
     base = statistics.median(results["no augmentation"])
     for name, values in results.items():
         med = statistics.median(values)
         print(f"  {name:40s} {med:6.2f} img/s  ({med / base:.2f}x; "
-              f"{', '.join(f'{v:.2f}' for v in values)})")
+              f"{', '.join(f'{v:.2f}' for v in values)}); Train tab estimate "
+              f"{statistics.median(probes[name]):.2f} img/s")
 
 
 if __name__ == "__main__":

@@ -1237,6 +1237,10 @@ def _process_main(rank: int, fn: Callable[..., Any], args: tuple, world: int, po
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)  # forked: forget the parent's
+    # One intra-op thread per process, as torchrun sets: the processes already share the
+    # cores, and a child forked from a parent whose OpenMP pool has started (any op with 2+
+    # threads) hangs at its first parallel op unless it runs single-threaded.
+    torch.set_num_threads(1)
     try:
         fn(*args)
     finally:

@@ -1,8 +1,11 @@
 """The GAN trainer: a few steps train and export, a resumed run equals an uninterrupted one,
 and two CPU processes train together through accelerate (gloo)."""
 
+import os
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
 import torch
 
 from engine.checkpoints import load_generator
@@ -42,6 +45,27 @@ def test_two_cpu_processes_train_together(tmp_path):
     run_processes(train, 2, (cfg,))
     G = load_generator(tmp_path / "ddp" / "generator.safetensors")
     assert torch.isfinite(G(G.seed_to_z(1))).all()
+
+
+def _conv_job(out: str) -> None:
+    y = torch.nn.functional.conv2d(torch.ones(8, 16, 64, 64), torch.ones(16, 16, 3, 3))
+    Path(out, f"rank{os.environ['RANK']}").write_text(f"{float(y.sum()):.0f}")
+
+
+@pytest.mark.timeout(120)
+def test_processes_forked_after_multithreaded_work_do_not_hang(tmp_path):
+    """With two intra-op threads, a process that has run a large op (an earlier training)
+    has an OpenMP pool; children forked from it hung at their first large op (GNU OpenMP
+    is not fork-safe) until each child ran single-threaded, as torchrun's children do."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parent = torch.nn.functional.conv2d(torch.ones(8, 16, 64, 64), torch.ones(16, 16, 3, 3))
+        assert parent.shape == (8, 16, 62, 62)
+        run_processes(_conv_job, 2, (str(tmp_path),))
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0", "rank1"]
 
 
 def test_training_leaves_the_global_random_generator_alone(tmp_path) -> None:

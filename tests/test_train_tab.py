@@ -26,6 +26,16 @@ from studio.ui import UI
 TINY16 = str(Path(__file__).parent / "data" / "tiny16" / "generator.safetensors")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """A 16 px model's ops are tiny: on a busy shared CPU a second intra-op thread made
+    these runs several times slower and adds nothing the test looks at."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def picture_files(folder: Path, count: int, first_seed: int = 0) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
