@@ -791,13 +791,15 @@ def _parse_any(text: str, suffix: str) -> Any:
                               ) from exc
     except RecursionError as exc:
         raise StudioError("the file is nested too deeply to read") from exc
+    except ValueError as exc:  # int() refuses over 4300 digits (sys.get_int_max_str_digits)
+        raise StudioError("the file holds a number too long to be a recipe value") from exc
     import yaml
 
     try:
         data = yaml.load(text, Loader=_safe_loader())
         if isinstance(data, list | dict):
             return data
-    except (yaml.YAMLError, RecursionError):
+    except (yaml.YAMLError, RecursionError, ValueError):  # ValueError: a 5000-digit int
         pass
     try:
         return ast.literal_eval(_ASSIGNMENT.sub("", text, count=1).strip())

@@ -124,6 +124,8 @@ class Recipe:
                               ) from exc
         except RecursionError as exc:  # json recurses per bracket: "[" * 10**5 ends here
             raise RecipeError(["recipe: nested too deeply to be a recipe"]) from exc
+        except ValueError as exc:  # int() refuses over 4300 digits (sys.get_int_max_str_digits)
+            raise RecipeError(["recipe: holds a number too long to be a recipe value"]) from exc
         return cls.from_dict(data)
 
     def save(self, path: str | os.PathLike) -> Path:

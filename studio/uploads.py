@@ -157,7 +157,7 @@ def read_json(upload: Any, what: str = "recipe") -> dict[str, Any]:
     _check_size(path, MAX_RECIPE_BYTES, what)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also bad UTF-8 and 5000-digit numbers
         raise StudioError(f"{path.name} is not a JSON {what}; upload a .json file saved by the "
                           f"studio or the command line.") from exc
     if not isinstance(data, dict):

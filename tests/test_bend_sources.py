@@ -768,6 +768,8 @@ def test_load_recipe_file_refuses_other_files_in_one_sentence(tmp_path):
         ("c.yaml", "transform: ablate\nparams: []\n", "sample-strip config"),
         ("d.json", "{nope", "not valid JSON"),
         ("e.yaml", "[" * 100_000, "cannot read|nested too deeply"),
+        ("f.json", '{"latent": {"seed": ' + "9" * 5000 + "}}", "number too long"),
+        ("g.yaml", "latent: {seed: " + "9" * 5000 + "}\n", "cannot read this file"),
     ]:
         (tmp_path / name).write_text(body)
         with pytest.raises(StudioError, match=match):

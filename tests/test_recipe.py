@@ -107,6 +107,9 @@ def test_from_json_reports_unknown_keys_and_wrong_types():
         Recipe.from_json("[1, 2]")
     with pytest.raises(RecipeError, match="nested too deeply"):  # not a RecursionError
         Recipe.from_json("[" * 100_000)
+    # Python refuses to read integers over 4300 digits with a ValueError, not a JSON error.
+    with pytest.raises(RecipeError, match="number too long"):
+        Recipe.from_json('{"latent": {"seed": ' + "9" * 5000 + "}}")
     with pytest.raises(RecipeError, match=r"bends\[0\].layer: required field is missing"):
         Recipe.from_dict({"bends": [{"op": "ablate"}]})
     # Integral floats become ints (some JSON writers keep no integers).

@@ -72,6 +72,10 @@ def test_read_json_refuses_non_json(tmp_path):
     (tmp_path / "l.json").write_text("[1, 2]")
     with pytest.raises(StudioError, match="not a recipe"):
         uploads.read_json(str(tmp_path / "l.json"))
+    for body in (b'{"a": ' + b"9" * 5000 + b"}", b'{"\xff": 1}', b"[" * 100_000):
+        (tmp_path / "odd.json").write_bytes(body)
+        with pytest.raises(StudioError, match="not a JSON recipe"):
+            uploads.read_json(str(tmp_path / "odd.json"))
 
 
 def test_grids_carry_row_and_column_labels(tmp_path):
