@@ -17,6 +17,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+from gradio.data_classes import ListFiles
 
 from engine.errors import StudioError
 from studio import backend, files, live, uploads
@@ -237,7 +238,9 @@ def checked_file(comp: Any) -> Any:
 
     def preprocess(payload: Any) -> Any:
         if payload is not None:
-            for item in payload if isinstance(payload, list) else [payload]:
+            # A multiple-file component's payload is Gradio's ListFiles (iterable, not a list).
+            many = isinstance(payload, list | ListFiles)
+            for item in payload if many else [payload]:
                 path = getattr(item, "path", None)
                 try:
                     files.check_server_file(path if isinstance(path, str) else "")

@@ -311,3 +311,26 @@ def test_the_training_loss_curve_is_the_engines_per_step_metrics(server):
     assert {r["curve"] for r in rows} == {"loss"}
     final = float(status.split("final loss ")[1].split(",")[0])
     assert np.mean([r["value"] for r in rows]) == pytest.approx(final, abs=2e-6)
+
+
+def test_checked_file_takes_several_uploads_in_studio_mode(tmp_path, monkeypatch):
+    """A multiple-file component (the Train tab's pictures) receives Gradio's ListFiles, not a
+    list: each upload is checked, and an upload is accepted, not refused as a server path."""
+    import gradio as gr
+    from gradio.data_classes import FileData, ListFiles
+
+    from studio import files
+    from studio.ui import checked_file
+
+    monkeypatch.setattr(files, "SERVER_FILES", "studio")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    upload = tmp_path / "gradio" / "abc" / "a.png"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"\x89PNG")
+    comp = checked_file(gr.File(file_count="multiple"))
+    assert comp.preprocess(ListFiles(root=[FileData(path=str(upload))])) == [str(upload)]
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes(b"\x89PNG")
+    with pytest.raises(gr.Error, match="only opens files uploaded"):
+        comp.preprocess(ListFiles(root=[FileData(path=str(upload)),
+                                        FileData(path=str(outside))]))
