@@ -131,7 +131,10 @@ def train_boundary(ws: np.ndarray | torch.Tensor, labels: Sequence[Any], *,
     """
     x = ws.detach().cpu().numpy() if isinstance(ws, torch.Tensor) else np.asarray(ws)
     x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] == 0:
+    if x.ndim == 2 and x.shape[0] == 0:  # the page's Train button before any mark
+        raise StudioError(f"Mark at least {MIN_PER_GROUP} samples yes and {MIN_PER_GROUP} "
+                          f"no to train a boundary (got none).")
+    if x.ndim != 2:
         raise StudioError(f"Give the samples' w as [N, w_dim]; got shape {list(x.shape)}.")
     if x.shape[0] > MAX_LABELLED:
         raise StudioError(f"{x.shape[0]} labelled samples is more than {MAX_LABELLED}; "

@@ -98,6 +98,9 @@ def test_too_few_or_bad_labels_are_refused_in_one_sentence(G):
     w = sample_w(G, 6, seed=6)
     with pytest.raises(StudioError, match=r"at least 2 samples yes .* \(got 1 yes, 5 no\)"):
         train_boundary(w, [1, 0, 0, 0, 0, 0])
+    # The page's "Train boundary" before any mark sends no samples at all.
+    with pytest.raises(StudioError, match=r"at least 2 samples yes .* \(got none\)"):
+        train_boundary(np.zeros((0, w.shape[1])), [])
     with pytest.raises(StudioError, match="yes/no"):
         train_boundary(w, [1, 0, 2, 0, 1, 0])
     with pytest.raises(StudioError, match="one label per sample"):
