@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ PICTURES_DIR = "gan-pictures"
 GRID_EVERY = 8               # sample grids per run (plus the one before the first step)
 CHECKPOINTS_EVERY = 10       # checkpoints per run (Cancel keeps the steps since the last one too)
 PAGE_ADA_KIMG = 2.0          # page runs are short: ADA's p may go from 0 to 1 in 2 kimg
+MAX_FILES = 2000             # separate picture files in one upload (a zip may hold more)
 PAGE_LR_G = 0.0005           # a pretrained G takes small steps (README: "The Train tab")
 
 
@@ -76,6 +78,9 @@ def prepare_pictures(sess: Session, uploaded: Any, resolution: int,
     if fit not in FITS:
         raise StudioError(f"square the pictures by one of {', '.join(FITS)}; got {fit!r}.")
     paths = _paths(uploaded)
+    if len(paths) > MAX_FILES:
+        raise StudioError(f"{len(paths)} files are more than {MAX_FILES} at once; put the "
+                          f"pictures into one .zip instead.")
     total = sum(p.stat().st_size for p in paths)
     if total > LIMITS.gan_upload_bytes:
         raise StudioError(f"the pictures are {total / 2**20:.0f} MiB in all, more than the "
@@ -96,8 +101,9 @@ def prepare_pictures(sess: Session, uploaded: Any, resolution: int,
         data = folder / "pictures"
     if not data.exists():
         files.make_room()
-        tmp = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
+        # Written beside the folder and renamed into place: two events storing the same
+        # pictures at once (an upload and a slider) each finish whole, and the first wins.
+        tmp = folder.with_name(f"{folder.name}.{uuid.uuid4().hex[:8]}.partial")
         target = tmp / data.name
         if zips:
             target.parent.mkdir(parents=True)
@@ -106,8 +112,10 @@ def prepare_pictures(sess: Session, uploaded: Any, resolution: int,
             target.mkdir(parents=True)
             for i, p in enumerate(paths):  # our own names: an upload's name never becomes a path
                 shutil.copyfile(p, target / f"{i:05d}{p.suffix.lower()}")
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:  # stored meanwhile by the other event
+            shutil.rmtree(tmp, ignore_errors=True)
     try:
         loaded = datasets.load_pictures(data, resolution, fit=fit)
     except datasets.DatasetError as exc:

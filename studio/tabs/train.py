@@ -10,7 +10,7 @@ import gradio as gr
 import torch
 
 from engine.errors import StudioError
-from studio import backend, finetune
+from studio import backend, finetune, gpu
 from studio.jobs import LANE, polled_job, progress_fn
 from studio.limits import LIMITS
 from studio.session import Session
@@ -75,6 +75,9 @@ def _pictures_and_speed(sess: Session, uploaded: Any, steps: float, batch: float
                         ) -> tuple[finetune.PictureSet, str, bool]:
     """The checked pictures, the sentence saying how long the run will take here, and
     whether the speed is known (without `measure`, only a figure measured before is used)."""
+    if gpu.on_zerogpu():
+        raise StudioError("fine-tuning needs a CPU or a dedicated GPU, and this Space shares "
+                          "ZeroGPU slices; run python -m engine train-gan on your own machine.")
     info = backend.model_info(sess.model)
     pics = finetune.prepare_pictures(sess, uploaded, info.resolution, fit)
     found = f"**{pics.pictures} pictures** ready at {info.resolution} px"
