@@ -516,6 +516,11 @@ def import_notebook_template(obj: Any, G: Any = None) -> tuple[list[Bend], list[
 # Broad's network-bending YAML.
 
 
+# Ids stop at 16 for a 1024 px generator; 2**(id // 2) of a stranger's id such as 1e308
+# would take minutes and gigabytes before any check could refuse the layer.
+MAX_BROAD_LAYER_ID = 32
+
+
 def broad_layer_name(layer_id: int) -> str:
     """Broad's integer layer ids (rosinality generator order) -> our layer names.
 
@@ -524,6 +529,9 @@ def broad_layer_name(layer_id: int) -> str:
     """
     if layer_id < 0:
         raise ValueError(f"layer id {layer_id} is negative")
+    if layer_id > MAX_BROAD_LAYER_ID:
+        raise ValueError(f"layer id {layer_id} is past the last layer of any generator "
+                         f"(at most {MAX_BROAD_LAYER_ID})")
     if layer_id == 0:
         return "b4.conv1"
     res = 2 ** ((layer_id + 1) // 2 + 2)
@@ -686,6 +694,10 @@ def _broad_bend(t: Any, where: str, G: Any, clusters: Any, notes: _Notes, enable
     layer_id = t.get("layer")
     if not _is_number(layer_id) or not float(layer_id).is_integer() or layer_id < 0:
         notes.add(where, f"skipped (layer {layer_id!r} is not a layer id)")
+        return None
+    if layer_id > MAX_BROAD_LAYER_ID:
+        notes.add(where, f"skipped (layer {_short(layer_id)} is past the last layer of any "
+                         f"generator; ids stop at 16 for 1024 px)")
         return None
     layer = broad_layer_name(int(layer_id))
     if G is not None and layer not in G.synthesis.layers:

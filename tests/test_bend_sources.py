@@ -739,6 +739,22 @@ def test_broad_example_on_a_small_model_warns_once_per_transform(broad_clusters)
                            "does not have)")
 
 
+def test_broad_layer_ids_past_any_generator_are_skipped_at_once():
+    """Layer 1e308 made 2**(id // 2) a number of 10**307 bits: minutes and gigabytes, then a
+    bare ValueError when the warning printed it. Now it is one warning line, at once."""
+    import time
+
+    yaml_text = ("transforms:\n- {layer: 2000000000, transform: ablate}\n"
+                 "- {layer: 1.0e+308, transform: ablate}\n- {layer: 3, transform: ablate}\n")
+    start = time.perf_counter()
+    bends, warnings = import_broad_yaml(yaml_text, make_tiny_generator())
+    assert time.perf_counter() - start < 1.0
+    assert [b.layer for b in bends] == ["b16.conv0"]
+    assert warnings[0] == ("transforms[0]: skipped (layer 2000000000 is past the last layer "
+                           "of any generator; ids stop at 16 for 1024 px)")
+    assert warnings[1].startswith("transforms[1]: skipped (layer 1e+308 is past the last")
+
+
 def test_load_recipe_file_reads_every_format(tmp_path):
     from engine.recipe import Recipe
 
