@@ -878,6 +878,11 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+# The longest channel or cluster list a selection may give (a selection built in Python,
+# not read by engine.recipe): more than any layer's channels (StyleGAN3's widest has 1024).
+MAX_SELECTION_ENTRIES = 4096
+
+
 def validate_selection(sel: ChannelSelection, channels: int | None, G: Any = None,
                        where: str = "channels", limits: Limits | None = None) -> list[str]:
     """Problems of a channel selection; `channels` = the layer's channel count if known.
@@ -891,6 +896,9 @@ def validate_selection(sel: ChannelSelection, channels: int | None, G: Any = Non
     if sel.mode == "indices":
         if not isinstance(sel.indices, list) or not sel.indices:
             problems.append(f"{where}.indices: give at least one channel index")
+        elif len(sel.indices) > MAX_SELECTION_ENTRIES:
+            problems.append(f"{where}.indices: {len(sel.indices)} entries are more than any "
+                            f"layer's channels (at most {MAX_SELECTION_ENTRIES})")
         else:
             for i, c in enumerate(sel.indices):
                 if not _is_int(c):
@@ -913,6 +921,9 @@ def validate_selection(sel: ChannelSelection, channels: int | None, G: Any = Non
                             f"{limits.cluster_k} ({ENV_NAMES['cluster_k']})")
         if not isinstance(sel.ids, list) or not sel.ids:
             problems.append(f"{where}.ids: give at least one cluster id")
+        elif len(sel.ids) > MAX_SELECTION_ENTRIES:
+            problems.append(f"{where}.ids: {len(sel.ids)} entries are more than a clustering "
+                            f"has clusters (at most {MAX_SELECTION_ENTRIES})")
         else:
             for i, c in enumerate(sel.ids):
                 if not _is_int(c):

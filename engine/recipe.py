@@ -64,6 +64,13 @@ RECIPE_VERSION = 1
 MIN_OUTPUT_SIZE, MAX_OUTPUT_SIZE = 8, 4096
 
 
+MAX_LISTED_PROBLEMS = 20  # a RecipeError's message lists this many; .problems has them all
+# The longest list a recipe field takes (channel indices, cluster ids, ...): above any
+# layer's channel count, so only a mistake or an attack is refused, before a million-entry
+# list costs seconds of checks and a problem line per entry.
+MAX_LIST_ENTRIES = 4096
+
+
 class RecipeError(StudioError):
     """A recipe that cannot render; `problems` lists every bad field as 'path: reason'."""
 
@@ -71,7 +78,10 @@ class RecipeError(StudioError):
         self.problems = list(problems)
         count = len(self.problems)
         noun = "problem" if count == 1 else "problems"
-        super().__init__(f"{what} has {count} {noun}: " + "; ".join(self.problems))
+        # The message goes to the page as one toast: the first few problems say what to fix.
+        shown = self.problems[:MAX_LISTED_PROBLEMS]
+        more = f"; and {count - len(shown)} more" if count > len(shown) else ""
+        super().__init__(f"{what} has {count} {noun}: " + "; ".join(shown) + more)
 
 
 @dataclass
@@ -221,6 +231,10 @@ def _build(tp: Any, data: Any, path: str, problems: list[str]) -> Any:
         if not isinstance(data, list):
             problems.append(f"{where}: {_short(data)} is not a list")
             return []
+        if len(data) > MAX_LIST_ENTRIES:
+            problems.append(f"{where}: {len(data)} entries are more than a recipe list holds "
+                            f"(at most {MAX_LIST_ENTRIES})")
+            return []
         (item,) = typing.get_args(tp) or (Any,)
         return [_build(item, v, f"{path}[{i}]", problems) for i, v in enumerate(data)]
     if origin is dict:
@@ -288,6 +302,9 @@ def _type_problems(tp: Any, value: Any, path: str) -> list[str]:
     if origin is list:
         if not isinstance(value, list):
             return [f"{where}: {_short(value)} is not a list"]
+        if len(value) > MAX_LIST_ENTRIES:
+            return [f"{where}: {len(value)} entries are more than a recipe list holds "
+                    f"(at most {MAX_LIST_ENTRIES})"]
         (item,) = typing.get_args(tp) or (Any,)
         return [p for i, v in enumerate(value) for p in _type_problems(item, v, f"{path}[{i}]")]
     if origin is dict:

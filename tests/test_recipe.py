@@ -666,3 +666,39 @@ def test_translator_recipe_renders(tmp_path):
     assert img.size == (32, 32)
     r.bends = []
     assert not np.array_equal(np.asarray(render(r, G)), np.asarray(img))
+
+
+def test_a_recipe_with_a_million_bad_channels_is_refused_in_a_short_message():
+    """A 1.3 MB recipe listing 180000 out-of-range channels took 5 s to check and sent a
+    13 MB error to the page. A list longer than any layer is one problem; a message lists
+    the first MAX_LISTED_PROBLEMS problems and counts the rest."""
+    import time
+
+    from engine.bending import MAX_SELECTION_ENTRIES
+    from engine.recipe import MAX_LIST_ENTRIES, MAX_LISTED_PROBLEMS, validate
+
+    G = make_tiny_generator()
+    many = {"bends": [{"op": "ablate", "layer": "b16.conv1",
+                       "channels": {"mode": "indices", "indices": list(range(10**6))}}]}
+    start = time.perf_counter()
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_dict(many)
+    assert time.perf_counter() - start < 1.0
+    assert info.value.problems == [f"bends[0].channels.indices: 1000000 entries are more than "
+                                   f"a recipe list holds (at most {MAX_LIST_ENTRIES})"]
+    # Built in Python, the same list is refused by the selection's own check.
+    built = Recipe(bends=[Bend("b16.conv1", "ablate", {},
+                               ChannelSelection("indices", indices=list(range(10**6))))])
+    start = time.perf_counter()
+    with pytest.raises(RecipeError) as info:
+        validate(built, G)
+    assert time.perf_counter() - start < 1.0
+    assert any(f"at most {MAX_SELECTION_ENTRIES}" in p for p in info.value.problems)
+    bad = {"bends": [{"op": "ablate", "layer": "b16.conv1",
+                      "channels": {"mode": "indices", "indices": list(range(100, 200))}}]}
+    with pytest.raises(RecipeError) as info:
+        validate(Recipe.from_dict(bad), G)
+    message = str(info.value)
+    assert len(info.value.problems) == 100 and message.startswith("The recipe has 100 problems")
+    assert message.count("is out of range") == MAX_LISTED_PROBLEMS
+    assert message.endswith(f"; and {100 - MAX_LISTED_PROBLEMS} more") and len(message) < 3000
