@@ -788,7 +788,12 @@ def _read_capped(path: str | os.PathLike, what: str) -> str:
         raise StudioError(f"{what} not found: {path}")
     regular_file_size(path, what, min(MAX_IMPORT_BYTES, current_limits().upload_bytes))
     with open_regular(path, what) as f:
-        return f.read(MAX_IMPORT_BYTES + 1).decode("utf-8", errors="replace")
+        data = f.read(MAX_IMPORT_BYTES + 1)
+    try:
+        return data.decode("utf-8-sig")  # -sig: a BOM from a Windows editor is not a key
+    except UnicodeDecodeError as exc:
+        raise StudioError(f"the {what} is not UTF-8 text; save it as UTF-8 JSON or YAML and "
+                          f"load it again") from exc
 
 
 def _parse_any(text: str, suffix: str) -> Any:

@@ -773,6 +773,9 @@ def test_load_recipe_file_reads_every_format(tmp_path):
     saved = Recipe(bends=[Bend("b8.conv1", "rotate", {"angle": 30.0})])
     saved.save(tmp_path / "r.json")
     assert load_recipe_file(tmp_path / "r.json") == (saved, [])
+    # Saved by a Windows editor: the byte-order mark is not part of the first key.
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "r.json").read_bytes())
+    assert load_recipe_file(tmp_path / "bom.json") == (saved, [])
     (tmp_path / "t.json").write_text(__import__("json").dumps(SEED_README_TEMPLATE))
     assert len(load_recipe_file(tmp_path / "t.json")[0].bends) == 4
 
@@ -786,8 +789,9 @@ def test_load_recipe_file_refuses_other_files_in_one_sentence(tmp_path):
         ("e.yaml", "[" * 100_000, "cannot read|nested too deeply"),
         ("f.json", '{"latent": {"seed": ' + "9" * 5000 + "}}", "number too long"),
         ("g.yaml", "latent: {seed: " + "9" * 5000 + "}\n", "cannot read this file"),
+        ("h.json", '{"model": "default", "\udcff": 1}', "is not UTF-8 text"),
     ]:
-        (tmp_path / name).write_text(body)
+        (tmp_path / name).write_bytes(body.encode("utf-8", "surrogateescape"))
         with pytest.raises(StudioError, match=match):
             load_recipe_file(tmp_path / name)
     many = tmp_path / "many.yaml"
