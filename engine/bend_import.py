@@ -47,6 +47,33 @@ def _safe_loader() -> Any:
     return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+# Deeper YAML is refused before it is built: libyaml's loader recurses in C per level, and
+# about 25,000 nested "[" overflow a thread's stack and kill the whole server (signal 11)
+# instead of raising RecursionError. Broad's files nest 3 deep.
+MAX_YAML_DEPTH = 100
+
+
+def _load_yaml(text: str, what: str) -> Any:
+    """yaml.load with the safe loader, after a scan (libyaml's scanner does not recurse)
+    shows the nesting stays within MAX_YAML_DEPTH; StudioError if it does not."""
+    import yaml
+
+    loader = _safe_loader()
+    opens = (yaml.BlockSequenceStartToken, yaml.BlockMappingStartToken,
+             yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken)
+    closes = (yaml.BlockEndToken, yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)
+    depth = 0
+    for token in yaml.scan(text, Loader=loader):
+        if isinstance(token, opens):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise StudioError(f"the {what} is nested too deeply to read (more than "
+                                  f"{MAX_YAML_DEPTH} levels)")
+        elif isinstance(token, closes):
+            depth -= 1
+    return yaml.load(text, Loader=loader)
+
+
 class _Notes:
     """Warnings gathered per transform, then written one line per transform."""
 
@@ -110,7 +137,7 @@ def _parse_structured(obj: Any, what: str) -> Any:
         if len(obj) > MAX_IMPORT_BYTES:
             raise StudioError(f"the {what} is larger than {MAX_IMPORT_BYTES // 2**20} MiB")
         try:
-            return yaml.load(obj, Loader=_safe_loader())
+            return _load_yaml(obj, what)
         except yaml.YAMLError as exc:
             raise StudioError(f"cannot read the {what}: {exc}") from exc
         except RecursionError as exc:
@@ -813,7 +840,7 @@ def _parse_any(text: str, suffix: str) -> Any:
     import yaml
 
     try:
-        data = yaml.load(text, Loader=_safe_loader())
+        data = _load_yaml(text, "file")
         if isinstance(data, list | dict):
             return data
     except (yaml.YAMLError, RecursionError, ValueError):  # ValueError: a 5000-digit int

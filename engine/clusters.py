@@ -477,6 +477,9 @@ def layer_from_broad_id(layer_id: int) -> str:
     """Our layer name for Broad's integer layer id (inverse of broad_layer_id)."""
     if layer_id < 0:
         raise StudioError(f"Broad layer ids are 0 or more, got {layer_id}.")
+    if layer_id > 32:  # 16 is a 1024 px model's last; 2**(id // 2) of id 2e9 takes seconds
+        raise StudioError(f"Broad layer id {layer_id} is past the last layer of any "
+                          f"generator (at most 32).")
     if layer_id == 0:
         return "b4.conv1"
     res = 2 ** (2 + (layer_id + 1) // 2)

@@ -790,10 +790,17 @@ def test_load_recipe_file_refuses_other_files_in_one_sentence(tmp_path):
         ("f.json", '{"latent": {"seed": ' + "9" * 5000 + "}}", "number too long"),
         ("g.yaml", "latent: {seed: " + "9" * 5000 + "}\n", "cannot read this file"),
         ("h.json", '{"model": "default", "\udcff": 1}', "is not UTF-8 text"),
+        # Not JSON, so YAML: libyaml's loader overflowed the C stack (signal 11) at ~25000.
+        ("i.yaml", "x: " + "[" * 100_000, "nested too deeply"),
     ]:
         (tmp_path / name).write_bytes(body.encode("utf-8", "surrogateescape"))
         with pytest.raises(StudioError, match=match):
             load_recipe_file(tmp_path / name)
+    # The cluster file of a network-bending YAML goes through the same guard.
+    (tmp_path / "cfg.yaml").write_text("transforms:\n- {layer: 3, transform: ablate}\n")
+    (tmp_path / "deep.yaml").write_text("[" * 100_000)
+    with pytest.raises(StudioError, match="cluster file is nested too deeply"):
+        load_recipe_file(tmp_path / "cfg.yaml", cluster_dict=tmp_path / "deep.yaml")
     many = tmp_path / "many.yaml"
     many.write_text("transforms:\n" + "- {layer: 1, transform: ablate}\n" * 65)
     with pytest.raises(StudioError, match="65 operations, and a recipe holds at most 64"):

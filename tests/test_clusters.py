@@ -184,6 +184,8 @@ def test_broad_layer_ids_map_both_ways():
         assert cl.broad_layer_id(cl.layer_from_broad_id(i)) == i
     with pytest.raises(StudioError):
         cl.broad_layer_id("b16.torgb")
+    with pytest.raises(StudioError, match="past the last layer"):  # not 2**(10**9): seconds
+        cl.layer_from_broad_id(2_000_000_000)
 
 
 def test_yaml_and_json_round_trip(result, tmp_path):
