@@ -55,7 +55,8 @@ MAX_YAML_DEPTH = 100
 
 def _load_yaml(text: str, what: str) -> Any:
     """yaml.load with the safe loader, after a scan (libyaml's scanner does not recurse)
-    shows the nesting stays within MAX_YAML_DEPTH; StudioError if it does not."""
+    shows the nesting stays within MAX_YAML_DEPTH and no alias repeats a part (a few KB
+    of aliases expand to millions of values); StudioError if not."""
     import yaml
 
     loader = _safe_loader()
@@ -64,6 +65,9 @@ def _load_yaml(text: str, what: str) -> Any:
     closes = (yaml.BlockEndToken, yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)
     depth = 0
     for token in yaml.scan(text, Loader=loader):
+        if isinstance(token, yaml.AliasToken):  # 28 KB of '*row' repeats took 22 s to walk
+            raise StudioError(f"the {what} uses YAML aliases (*name), which neither recipes "
+                              f"nor network-bending files need; write the values out")
         if isinstance(token, opens):
             depth += 1
             if depth > MAX_YAML_DEPTH:

@@ -792,6 +792,9 @@ def test_load_recipe_file_refuses_other_files_in_one_sentence(tmp_path):
         ("h.json", '{"model": "default", "\udcff": 1}', "is not UTF-8 text"),
         # Not JSON, so YAML: libyaml's loader overflowed the C stack (signal 11) at ~25000.
         ("i.yaml", "x: " + "[" * 100_000, "nested too deeply"),
+        # 28 KB whose aliases expand to 4096 x 4096 values: 22 s of checks before.
+        ("j.yaml", "a: &r [" + "0.5," * 4095 + "0.5]\nlatent: {w: [" + "*r," * 4095 + "*r]}\n",
+         "uses YAML aliases"),
     ]:
         (tmp_path / name).write_bytes(body.encode("utf-8", "surrogateescape"))
         with pytest.raises(StudioError, match=match):
