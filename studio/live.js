@@ -2,9 +2,9 @@
   // The page side of the live channel (studio/live.py). Sliders send their values over a
   // WebSocket as they move; frames come back as JPEG and are drawn over the canvas, and the
   // server applies each value to the session (one undo entry per gesture). Their Gradio
-  // events fire when a drag ends (`release`, for the API and the fallback; on the fallback
-  // this script fires them on every move), and a hidden "sync" button brings the Gradio
-  // output up to date after a gesture.
+  // events fire when a drag ends (`release`; the seed box's on Enter or blur; for the API
+  // and the fallback, where this script fires them on every move), and a hidden "sync"
+  // button brings the Gradio output up to date after a gesture.
   const L = (window.studioLive = {
     ws: null, key: null, seq: 0, mode: "connecting", sent: new Map(), frames: [],
     errors: [], errorKind: null, cam: null, syncTimer: null, answered: 0, gesture: 0,
@@ -255,12 +255,13 @@
     const id = block && block.id;
     if (!id) return;
     if (!open()) {
-      // The fallback: the slider's Gradio event (wired to `release`) renders every move.
-      // Fired after Gradio has read the new value; the seed box has its own input event.
-      if (id !== "seed") {
-        const t = ev.target;
-        setTimeout(() => t.dispatchEvent(new PointerEvent("pointerup", { bubbles: true })));
-      }
+      // The fallback: the control's Gradio event (a slider's `release`, the seed box's
+      // `submit`) renders every move, fired after Gradio has read the new value.
+      const t = ev.target;
+      const fire = id === "seed"
+        ? () => t.dispatchEvent(new KeyboardEvent("keypress", { key: "Enter", bubbles: true }))
+        : () => t.dispatchEvent(new PointerEvent("pointerup", { bubbles: true }));
+      setTimeout(fire);
       return;
     }
     if (L.control !== id) {

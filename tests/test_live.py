@@ -327,6 +327,10 @@ def test_fallback_when_the_channel_is_off(browser) -> None:
         _slide(page, "psi", -0.5)
         page.wait_for_function(f"document.querySelector('#canvas img').src !== {old!r}",
                                timeout=30_000)
+        old = page.get_attribute("#canvas img", "src")
+        page.locator("#seed input[type=number]").first.fill("9")   # typed, no Enter
+        page.wait_for_function(f"document.querySelector('#canvas img').src !== {old!r}",
+                               timeout=30_000)
         assert _frames(page) == 0
         page.close()
 

@@ -321,6 +321,11 @@ def wire(ui: UI) -> None:
             # Dragged over the live channel, which applies each value: the event fires once,
             # when the drag ends (studio/live.js fires it on every move on the fallback).
             comp.release(setter, inputs, outs, api_name=False, **LIVE)
+        elif comp is ui.seed:
+            # Typed over the live channel too: Enter or leaving the box, not every key (the
+            # fallback's every key: studio/live.js presses Enter for it).
+            for evt in (comp.submit, comp.blur):
+                evt(setter, inputs, outs, api_name=False, **LIVE)
         else:
             comp.input(setter, inputs, outs, api_name=False, **LIVE)
     # One documented endpoint for scripts; the per-control events above share its fn.
