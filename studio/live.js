@@ -2,7 +2,7 @@
   // The page side of the live channel (studio/live.py). Sliders send their values over a
   // WebSocket as they move; frames come back as JPEG and are drawn over the canvas, and the
   // server applies each value to the session (one undo entry per gesture). Their Gradio
-  // events fire when a drag ends (`release`; the seed box's on Enter or blur; for the API
+  // events fire when a drag ends (`release`; the seed box's on Enter; for the API
   // and the fallback, where this script fires them on every move), and a hidden "sync"
   // button brings the Gradio output up to date after a gesture.
   const L = (window.studioLive = {

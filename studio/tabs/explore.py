@@ -322,10 +322,10 @@ def wire(ui: UI) -> None:
             # when the drag ends (studio/live.js fires it on every move on the fallback).
             comp.release(setter, inputs, outs, api_name=False, **LIVE)
         elif comp is ui.seed:
-            # Typed over the live channel too: Enter or leaving the box, not every key (the
-            # fallback's every key: studio/live.js presses Enter for it).
-            for evt in (comp.submit, comp.blur):
-                evt(setter, inputs, outs, api_name=False, **LIVE)
+            # Typed over the live channel too: on Enter, not every key (the fallback's every
+            # key: studio/live.js presses Enter for it). Not on blur: clicking Undo blurs the
+            # box, and that event would type the old value back after the undo.
+            comp.submit(setter, inputs, outs, api_name=False, **LIVE)
         else:
             comp.input(setter, inputs, outs, api_name=False, **LIVE)
     # One documented endpoint for scripts; the per-control events above share its fn.
