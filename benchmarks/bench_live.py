@@ -10,8 +10,8 @@ machine is shared: compare runs made under the same load):
 - webcam translation as displayed: frames/s and camera-to-screen latency p50;
 - N pages at once, each dragging psi (see DRAG_JS for "closed" and "open"): frames/s each,
   frames that were not the page's own newest state (must be 0), and the CPU the server and
-  the browser used per frame shown. The browser runs niced (--nice-browser) in this part:
-  it stands for N visitors' own machines and should not take the server's CPU.
+  the browser used per frame shown. --nice-browser lowers the browser's priority in this
+  part (it stands for N visitors' own machines).
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each timed run")
     ap.add_argument("--drag", default="closed,open",
                     help="how the pages drag (see DRAG_JS): closed, open or both")
-    ap.add_argument("--nice-browser", type=int, default=10,
-                    help="niceness of the browser in the pages run (0: same as the server)")
+    ap.add_argument("--nice-browser", type=int, default=0,
+                    help="niceness of the browser in the pages run (e.g. 10 on a machine busy "
+                         "with other work, so the pages do not take the server's share)")
     ap.add_argument("--only", default="seed,bend,cam,pages",
                     help="comma-separated parts to run: seed, bend, cam, pages")
     args = ap.parse_args()
