@@ -962,13 +962,17 @@ def square_rgb(im: Image.Image, resolution: int, fit: str = "crop") -> np.ndarra
     im = im.convert("RGB")
     w, h = im.size
     if fit == "pad" and w != h:
-        side = max(w, h)
         pixels = np.asarray(im)
         border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
         colour = tuple(int(c) for c in border.mean(0).round())
-        canvas = Image.new("RGB", (side, side), colour)
-        canvas.paste(im, ((side - w) // 2, (side - h) // 2))
-        im = canvas
+        # Resize first, then pad at the target size: padding first would build a
+        # max(w, h)^2 canvas (a 40000x1 picture: 4.8 GB).
+        scale = resolution / max(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        im = im.resize(size, Image.Resampling.LANCZOS)
+        canvas = Image.new("RGB", (resolution, resolution), colour)
+        canvas.paste(im, ((resolution - size[0]) // 2, (resolution - size[1]) // 2))
+        return np.asarray(canvas, dtype=np.uint8).copy()
     else:
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2

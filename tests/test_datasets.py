@@ -163,3 +163,24 @@ def test_make_dataset_faces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     ds = make_dataset("faces", 16, count=5, xflip=True)
     assert len(ds) == 10 and ds[0].shape == (3, 16, 16)
     assert (tmp_path / f"faces-16-0-5-v{datasets.VERSION}.npy").is_file()
+
+
+def test_square_rgb_pad_keeps_the_picture_centred_and_never_builds_the_big_square() -> None:
+    from engine.datasets import square_rgb
+
+    # A 400x100 red strip on a white 1-pixel frame: padded, it sits as a 64x16 band in the
+    # middle of a square filled with the frame's (white) colour.
+    im = Image.new("RGB", (400, 100), (255, 255, 255))
+    im.paste(Image.new("RGB", (398, 98), (200, 0, 0)), (1, 1))
+    out = square_rgb(im, 64, fit="pad")
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert (out[:20] > 240).all() and (out[-20:] > 240).all()
+    assert abs(int(out[32, 32, 0]) - 200) <= 2 and out[32, 32, 1] <= 3
+    # A 40000x1 picture (40 MP, under the pixel cap): padding before resizing built a
+    # 40000^2 canvas (4.8 GB); it now costs about the picture itself.
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    line = square_rgb(Image.new("RGB", (40000, 1), (10, 20, 30)), 64, fit="pad")
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert line.shape == (64, 64, 3) and (line == (10, 20, 30)).all()
+    assert grown_mb < 200, grown_mb
