@@ -58,7 +58,7 @@ def test_an_edit_recorded_after_its_sync_still_reaches_the_gradio_canvas() -> No
     from studio.ui import live_pictures
 
     sess = S.new_session("default")
-    ui = SimpleNamespace(session="session", output="output", before="before")
+    ui = SimpleNamespace(session="session", output="output", before="before", stack="stack")
     live._open[id(sess)] = 1                 # a page holds this session's channel open
     try:
         # The channel applied seed 3 and answered; the sync shows it; the slider's Gradio
@@ -399,3 +399,25 @@ def test_a_session_gets_a_few_live_channels_not_unlimited() -> None:
     assert len(refused) == 1 and "already has" in refused[0].sent[0]
     assert all('"hello"' in s.sent[0] for s in socks if s not in refused)
     assert not live.is_active(sess)                      # every channel counted out
+
+
+def test_the_sync_after_a_live_bend_value_relabels_the_bend_stack() -> None:
+    """A value typed into a bend's number box reaches the session through the channel only;
+    the sync at the end of the gesture brings the stack's label up to that value (it kept
+    showing the old angle while the canvas showed the new one)."""
+    from types import SimpleNamespace
+
+    from engine.bending import ChannelSelection
+    from studio.tabs import canvas
+
+    sess = S.new_session("default")
+    ui = SimpleNamespace(session="session", output="output", before="before", stack="stack")
+    S.add_bend(sess, "b16.conv1", "rotate", ChannelSelection(), {"angle": 45.0})
+    live._open[id(sess)] = 1
+    try:
+        live.commit(sess, [{"kind": "bend", "slot": 0, "value": 120}], ("page", 1))
+        assert sess.recipe.bends[0].params["angle"] == 120
+        labels = canvas.sync(ui, sess)["stack"]["choices"]
+        assert "120" in labels[0][0] and "45" not in labels[0][0], labels
+    finally:
+        live._open.pop(id(sess), None)

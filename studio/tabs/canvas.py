@@ -162,17 +162,22 @@ SHORTCUTS_JS = """
 
 @user_errors
 def sync(ui: UI, sess: Session) -> dict[Any, Any]:
-    """After a live gesture: the Gradio output shows what the live canvas shows."""
+    """After a live gesture: the Gradio output shows what the live canvas shows, and the
+    bend stack's labels the values the channel applied (a value typed into a bend's number
+    box reaches the session through the channel, and no Gradio event of its own relabels)."""
+    from studio.tabs.bend import stack_labels
+
     sess = need(sess)
     shown = copy.deepcopy(sess.recipe)
     out = pictures(ui, sess)
     if sess.recipe != shown:  # an edit landed while rendering: show it, not the older one
         out = pictures(ui, sess)
-    return out
+    return {**out, **stack_labels(ui, sess)}
 
 
 def wire(ui: UI, page_outputs: list[Any]) -> None:
-    ui.live_sync.click(bind(sync, ui), [ui.session], [ui.session, ui.output, ui.before],
+    ui.live_sync.click(bind(sync, ui), [ui.session],
+                       [ui.session, ui.output, ui.before, ui.stack],
                        api_name=False, **LIVE)
     ui.rec_acc.expand(bind(show_recipe, ui), [ui.session], [ui.rec_code],
                       api_name="show_recipe", show_progress="hidden")
