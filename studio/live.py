@@ -384,7 +384,7 @@ class Connection:
             return
         try:
             msg = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # '[' x 100000 overflows the parser's stack
             return
         if not isinstance(msg, dict):
             return
@@ -470,6 +470,16 @@ class Connection:
             pass
 
 
+async def _refuse(ws: Any, sentence: str, code: int) -> None:
+    """Say why and close. A client already gone is not an error: left to Starlette, every
+    connection that hangs up before its refusal logged two tracebacks (a free log flood)."""
+    try:
+        await ws.send_text(json.dumps({"error": sentence}))
+        await ws.close(code=code)
+    except Exception:
+        pass
+
+
 async def endpoint(ws: Any) -> None:
     """The WebSocket route: the first message is the session's key, then the channel."""
     await ws.accept()
@@ -479,17 +489,15 @@ async def endpoint(ws: Any) -> None:
     except Exception:
         sess = None
     if sess is None:
-        await ws.send_text(json.dumps({"error": "unknown session; reload the page."}))
-        await ws.close(code=4401)
+        await _refuse(ws, "unknown session; reload the page.", 4401)
         return
     with _lock:  # a few tabs of one session are fine; more would crowd the render lane
         crowded = _open.get(id(sess), 0) >= MAX_CONNECTIONS
         if not crowded:
             _open[id(sess)] = _open.get(id(sess), 0) + 1
     if crowded:
-        await ws.send_text(json.dumps({"error": f"this session already has {MAX_CONNECTIONS} "
-                                                f"live pages open; close one and reload."}))
-        await ws.close(code=4429)
+        await _refuse(ws, f"this session already has {MAX_CONNECTIONS} live pages open; "
+                          f"close one and reload.", 4429)
         return
     await ws.send_text(json.dumps({"hello": "live"}))
     conn = Connection(ws, sess)

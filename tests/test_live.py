@@ -152,6 +152,7 @@ def test_malformed_messages_get_a_sentence_and_the_channel_keeps_rendering() -> 
                           '"seq":Infinity}'),
                      text('{"kind":"stop"}'),
                      {"type": "websocket.receive", "bytes": big},
+                     text("[" * 100_000),  # overflowed json's parser: a RecursionError
                      text('{"kind":"latent","seq":7,"values":{"seed":3}}')])
 
     _run_channel(ws, sess, 7)
@@ -421,3 +422,28 @@ def test_the_sync_after_a_live_bend_value_relabels_the_bend_stack() -> None:
         assert "120" in labels[0][0] and "45" not in labels[0][0], labels
     finally:
         live._open.pop(id(sess), None)
+
+
+def test_a_client_gone_before_its_refusal_raises_nothing() -> None:
+    """An unkeyed client that hangs up at once: the refusal's send fails, and that must
+    end quietly (left to Starlette, each such connection logged two tracebacks)."""
+    import asyncio
+
+    from starlette.websockets import WebSocketDisconnect
+
+    class Gone:
+        async def accept(self) -> None:
+            pass
+
+        async def receive_text(self) -> str:
+            raise WebSocketDisconnect(1001)
+
+        async def send_text(self, text: str) -> None:
+            raise WebSocketDisconnect(1001)
+
+        async def close(self, code: int) -> None:
+            raise RuntimeError("already closed")
+
+    import concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, live.endpoint(Gone())).result(timeout=30)
