@@ -191,6 +191,7 @@ def test_translate_an_uploaded_photo(page, tmp_path):
 
 def test_webcam_stream_is_translated(page):
     page.get_by_text("Webcam (live)").click()
+    page.get_by_text("Webcam through Gradio events").click()
     page.get_by_text("Click to Access Webcam").click()
     page.locator("#tab-translate button[aria-label='capture photo']").click()
     first = wait_new_src(page, "#cam-out", None)

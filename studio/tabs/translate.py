@@ -76,11 +76,14 @@ def layout(ui: UI) -> None:
             ui.tr_off = gr.Button("Stop translating (back to the latent)")
     with gr.Accordion("Webcam (live)", open=False):
         gr.HTML(LIVE_CAM_HTML, elem_id="live-cam", padding=False)
-        with gr.Row():
-            ui.cam_in = checked_image(sources=["webcam"], streaming=True, type="numpy",
-                                      label="Webcam", height=240)
-            ui.cam_out = gr.Image(label="Translated", type="numpy", streaming=True, height=240,
-                                  elem_classes="pixelated", elem_id="cam-out")
+        # Folded away: beside the live webcam a second, slower webcam read as a duplicate.
+        with gr.Accordion("Webcam through Gradio events (slower; when the live channel is "
+                          "unavailable, or for the API)", open=False, elem_id="cam-fallback"):
+            with gr.Row():
+                ui.cam_in = checked_image(sources=["webcam"], streaming=True, type="numpy",
+                                          label="Webcam", height=240)
+                ui.cam_out = gr.Image(label="Translated", type="numpy", streaming=True,
+                                      height=240, elem_classes="pixelated", elem_id="cam-out")
 
 
 def encoder_update(sess: Session, value: str | None = None) -> Any:
