@@ -77,14 +77,25 @@ def test_directions_are_counted_too():
 
 
 def test_a_huge_recipe_is_refused_before_its_items_are_checked():
+    # Past 4096 entries a list is refused while the recipe is read, one problem per list.
     data = {"bends": [{"layer": "b8.conv1", "op": "rotate", "params": {"angle": 400}}] * 10000,
             "latent": {"layer_edits": [{"op": "swap", "w_index": 0, "seed": 1}] * 20000}}
+    start = time.perf_counter()
+    with pytest.raises(R.RecipeError) as err:
+        R.Recipe.from_dict(data)
+    assert time.perf_counter() - start < 0.5
+    assert err.value.problems == [
+        "bends: 10000 entries are more than a recipe list holds (at most 4096)",
+        "latent.layer_edits: 20000 entries are more than a recipe list holds (at most 4096)"]
+    # Under that, the limits are checked by count before any item is.
+    data = {"bends": data["bends"][:4000], "latent": {"layer_edits": data["latent"][
+        "layer_edits"][:4000]}}
     recipe = R.Recipe.from_dict(data)
     start = time.perf_counter()
     problems = R.recipe_problems(recipe)
     assert time.perf_counter() - start < 0.05
-    assert problems == ["bends: 10000 entries are above the limit of 64 (STUDIO_MAX_BENDS)",
-                        "latent.layer_edits: 20000 entries are above the limit of 64 "
+    assert problems == ["bends: 4000 entries are above the limit of 64 (STUDIO_MAX_BENDS)",
+                        "latent.layer_edits: 4000 entries are above the limit of 64 "
                         "(STUDIO_MAX_LAYER_EDITS)"]
 
 
