@@ -53,6 +53,41 @@ def chromium_path() -> str | None:
     return shutil.which("chromium")
 
 
+def need_chromium() -> str:
+    """Chromium's path; a browser test skips without it (CI installs it, .ci/run)."""
+    path = chromium_path()
+    if path is None:
+        import pytest
+        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run does it)")
+    return path
+
+
+def open_studio_page(playwright: Any, url: str, width: int = 1280, height: int = 800,
+                     timeout_ms: int = 120_000, args: tuple[str, ...] = ()) -> tuple[Any, Any]:
+    """Headless Chromium on the studio at `url`, once its first canvas image is shown:
+    (browser, page). The caller closes the browser."""
+    browser = playwright.chromium.launch(executable_path=need_chromium(),
+                                         args=[*CHROMIUM_ARGS, *args])
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(timeout_ms)
+    page.goto(url)
+    page.wait_for_selector("#canvas img")
+    return browser, page
+
+
+def download_recipe_file(page: Any, button: str, dest: Path) -> Path:
+    """Open the Recipe panel, press `button` (#recipe-save, #recipe-bundle) and save the
+    file it offers to `dest`."""
+    page.get_by_text("Recipe", exact=True).first.click()
+    page.click(button)
+    link = page.locator("#recipe-file a").first
+    link.wait_for()
+    with page.expect_download() as download:
+        link.click()
+    download.value.save_as(dest)
+    return dest
+
+
 def tiny_model_file(folder: Path) -> str:
     """A 32 px random generator saved in our checkpoint format (for fast API tests)."""
     from engine.checkpoints import save_generator

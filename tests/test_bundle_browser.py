@@ -24,6 +24,8 @@ from tests.browser_util import (
     DEFAULT_MODEL_FILE,
     REPO,
     chromium_path,
+    download_recipe_file,
+    need_chromium,
     studio_server,
     tiny_model_file,
 )
@@ -61,21 +63,14 @@ def edit_and_save_a_bundle(page, photo, bundle) -> tuple[np.ndarray, bool]:
     shown = wait_new_src(page, "#canvas", shown)
     set_number(page, "#p-slider-0", 70)
     shown = wait_new_src(page, "#canvas", shown)
-    page.get_by_text("Recipe", exact=True).first.click()
-    page.click("#recipe-bundle")
-    link = page.locator("#recipe-file a").first
-    link.wait_for()
-    with page.expect_download() as download:
-        link.click()
-    download.value.save_as(bundle)
+    download_recipe_file(page, "#recipe-bundle", bundle)
     return pixels(page, src(page, "#canvas")), translated
 
 
 def test_a_bundle_from_one_server_shows_the_same_image_on_a_fresh_one(tmp_path):
     from sklearn.datasets import load_sample_image
 
-    if chromium_path() is None:
-        pytest.skip("Chromium is not installed")
+    need_chromium()
     model = os.environ.get("STUDIO_TEST_MODEL") or (
         "default" if DEFAULT_MODEL_FILE.exists() else tiny_model_file(tmp_path))
     photo, bundle = tmp_path / "flower.jpg", tmp_path / "bundle.zip"

@@ -14,7 +14,12 @@ from PIL import Image
 import engine
 from studio import live
 from studio import session as S
-from tests.browser_util import CHROMIUM_ARGS, chromium_path, studio_server
+from tests.browser_util import (
+    CHROMIUM_ARGS,
+    chromium_path,
+    need_chromium,
+    studio_server,
+)
 
 
 def test_preview_edits_a_copy_and_matches_the_session_edit() -> None:
@@ -212,8 +217,7 @@ CAMERA_ARGS = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-st
 @pytest.fixture(scope="module")
 def browser():
     playwright = pytest.importorskip("playwright.sync_api")
-    if chromium_path() is None:
-        pytest.skip("needs Chromium")
+    need_chromium()
     with playwright.sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS + CAMERA_ARGS)
         yield b

@@ -25,6 +25,8 @@ from tests.browser_util import (
     DEFAULT_MODEL_FILE,
     REPO,
     chromium_path,
+    download_recipe_file,
+    need_chromium,
     page_state,
     studio_server,
     tiny_model_file,
@@ -40,8 +42,7 @@ WAIT_MS = 120_000   # the CI machine may be busy; a render is milliseconds when 
 
 @pytest.fixture(scope="module")
 def page_url(tmp_path_factory):
-    if chromium_path() is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run does it)")
+    need_chromium()
     folder = tmp_path_factory.mktemp("studio-browser")
     model = os.environ.get("STUDIO_TEST_MODEL") or (
         "default" if DEFAULT_MODEL_FILE.exists() else tiny_model_file(folder))
@@ -201,14 +202,7 @@ def test_webcam_stream_is_translated(page):
 
 def test_recipe_download_and_reload_gives_the_same_image(page, tmp_path):
     target = src(page, "#canvas")
-    page.get_by_text("Recipe", exact=True).first.click()
-    page.click("#recipe-save")
-    link = page.locator("#recipe-file a").first
-    link.wait_for()
-    with page.expect_download() as dl:
-        link.click()
-    saved = tmp_path / "recipe.json"
-    dl.value.save_as(saved)
+    saved = download_recipe_file(page, "#recipe-save", tmp_path / "recipe.json")
     assert '"bends"' in saved.read_text()
     # Move away from it, then load it back.
     tab(page, "Explore")

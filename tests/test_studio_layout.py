@@ -13,6 +13,7 @@ from tests.browser_util import (
     CHROMIUM_ARGS,
     DEFAULT_MODEL_FILE,
     chromium_path,
+    need_chromium,
     studio_server,
     tiny_model_file,
 )
@@ -39,8 +40,7 @@ transforms:
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    if chromium_path() is None:
-        pytest.skip("Chromium is not installed")
+    need_chromium()
     folder = tmp_path_factory.mktemp("studio-layout")
     model = os.environ.get("STUDIO_TEST_MODEL") or (
         "default" if DEFAULT_MODEL_FILE.exists() else tiny_model_file(folder))

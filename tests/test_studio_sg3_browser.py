@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser_util import CHROMIUM_ARGS, chromium_path, studio_server
+from tests.browser_util import (
+    need_chromium,
+    open_studio_page,
+    studio_server,
+)
 
 pytestmark = pytest.mark.browser
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -19,8 +23,7 @@ WAIT_MS = 120_000
 
 @pytest.fixture(scope="module")
 def sg3_page(tmp_path_factory):
-    if chromium_path() is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run does it)")
+    need_chromium()
     from engine.checkpoints import save_generator
     from tests.conftest import make_tiny_stylegan3
 
@@ -32,11 +35,7 @@ def sg3_page(tmp_path_factory):
            "ACTIVATION_STUDIO_CACHE": str(folder / "cache")}
     with studio_server(str(model), env=env) as url, \
             playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.set_default_timeout(WAIT_MS)
-        page.goto(url)
-        page.wait_for_selector("#canvas img")
+        browser, page = open_studio_page(p, url, timeout_ms=WAIT_MS)
         yield page
         browser.close()
 

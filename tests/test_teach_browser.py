@@ -16,9 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.browser_util import (
-    CHROMIUM_ARGS,
-    DEFAULT_MODEL_FILE,
-    chromium_path,
+    open_studio_page,
     page_state,
     studio_server,
 )
@@ -30,8 +28,6 @@ WAIT_MS = 120_000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not DEFAULT_MODEL_FILE.exists():
-        pytest.skip("the embedded default model is needed to label real samples")
     from engine import zoo
     from engine.checkpoints import save_generator
     from tests.test_blend import fine_tune_briefly
@@ -47,15 +43,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    if chromium_path() is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run does it)")
     url, _ = server
     with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1280, "height": 1000})
-        pg.set_default_timeout(WAIT_MS)
-        pg.goto(url)
-        pg.wait_for_selector("#canvas img")
+        browser, pg = open_studio_page(p, url, height=1000, timeout_ms=WAIT_MS)
         yield pg
         browser.close()
 

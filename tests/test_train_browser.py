@@ -10,7 +10,11 @@ import pytest
 from PIL import Image
 
 from engine.datasets import render_faces
-from tests.browser_util import CHROMIUM_ARGS, chromium_path, studio_server
+from tests.browser_util import (
+    need_chromium,
+    open_studio_page,
+    studio_server,
+)
 
 pytestmark = pytest.mark.browser
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -21,17 +25,12 @@ WAIT_MS = 120_000
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    if chromium_path() is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run does it)")
+    need_chromium()
     folder = tmp_path_factory.mktemp("train-browser")
     env = {"STUDIO_OUTPUT_DIR": str(folder / "out"),
            "ACTIVATION_STUDIO_CACHE": str(folder / "cache")}
     with studio_server(TINY16, env=env) as url, playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1280, "height": 800})
-        pg.set_default_timeout(WAIT_MS)
-        pg.goto(url)
-        pg.wait_for_selector("#canvas img")
+        browser, pg = open_studio_page(p, url, timeout_ms=WAIT_MS)
         yield pg
         browser.close()
 
