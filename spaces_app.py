@@ -30,5 +30,7 @@ if __name__ == "__main__":
         # Gradio refuses larger uploads while they stream in, before they reach the disk.
         max_file_size=max(LIMITS.checkpoint_bytes, LIMITS.upload_bytes),
         css=CSS, js=JS, footer_links=["api"],
+        # In the served HTML itself: Gradio sets the title only once its scripts have run.
+        head="<title>Activation Studio</title>",
         # The live channel's WebSocket route on the page's own server (studio/live.py).
         app_kwargs={"routes": live.routes()} if live.available() else None)

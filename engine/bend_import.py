@@ -53,12 +53,53 @@ def _safe_loader() -> Any:
 MAX_YAML_DEPTH = 100
 
 
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of YAML flow brackets ([ and {) outside quotes and comments
+    (0 for a text with too few brackets to pass MAX_YAML_DEPTH).
+
+    Counted by hand before any YAML library sees the text: libyaml's scanner reads ahead
+    through flow brackets and, from PyYAML 6.0.4 on, refuses deep nesting with its own
+    ScannerError, so how a file is refused must not depend on which libyaml is installed."""
+    if text.count("[") + text.count("{") <= MAX_YAML_DEPTH:
+        return 0  # too few brackets to nest past the limit (most files end here)
+    depth = deepest = 0
+    quote = ""
+    escaped_until = 0  # a backslash in a double-quoted string escapes the next character
+    for match in _FLOW_MARKS.finditer(text):
+        char, at = match.group(), match.start()
+        if at < escaped_until:
+            continue
+        if quote:
+            if quote == '"' and char == "\\":
+                escaped_until = at + 2
+            elif char == quote:
+                quote = ""
+            continue
+        before = text[at - 1] if at else "\n"
+        if char == "#" and before in " \t\n":
+            quote = "\n"  # a comment runs to the end of the line
+        elif char in "'\"" and before in " \t\n[{,:":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
+_FLOW_MARKS = re.compile(r"[\[\]{}'\"#\\\n]")
+
+
 def _load_yaml(text: str, what: str) -> Any:
     """yaml.load with the safe loader, after a scan (libyaml's scanner does not recurse)
     shows the nesting stays within MAX_YAML_DEPTH and no alias repeats a part (a few KB
     of aliases expand to millions of values); StudioError if not."""
     import yaml
 
+    if _flow_depth(text) > MAX_YAML_DEPTH:
+        raise StudioError(f"the {what} is nested too deeply to read (more than "
+                          f"{MAX_YAML_DEPTH} levels)")
     loader = _safe_loader()
     opens = (yaml.BlockSequenceStartToken, yaml.BlockMappingStartToken,
              yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken)

@@ -780,18 +780,33 @@ def test_load_recipe_file_reads_every_format(tmp_path):
     assert len(load_recipe_file(tmp_path / "t.json")[0].bends) == 4
 
 
+def test_yaml_depth_is_counted_outside_quotes_and_comments():
+    from engine.bend_import import MAX_YAML_DEPTH, _flow_depth, _load_yaml
+
+    many = "\n" + "p: []\n" * (MAX_YAML_DEPTH + 1)  # past the fast path: > 100 brackets
+    assert _flow_depth("a: [[1, 2], {b: [3]}]" + many) == 3
+    assert _flow_depth("a: '[[[[' # [[[[\nb: \"\\\"[[\"" + many) == 1
+    assert _flow_depth("it's: [[1]]" + many) == 2  # an apostrophe inside a word is no quote
+    # Brackets in strings and comments do not count: 150 of each still loads.
+    text = "a: '" + "[" * 150 + "'\nb: \"" + "{" * 150 + "\"  # " + "[" * 150 + "\n"
+    assert _load_yaml(text, "file") == {"a": "[" * 150, "b": "{" * 150}
+    assert _flow_depth("x: " + "[" * 150 + "]" * 150) == 150
+
+
 def test_load_recipe_file_refuses_other_files_in_one_sentence(tmp_path):
     for name, body, match in [
         ("a.yaml", "just: words\n", "not a recipe, a network-bending YAML"),
         ("b.txt", "import os; os.system('true')", "cannot read this file"),
         ("c.yaml", "transform: ablate\nparams: []\n", "sample-strip config"),
         ("d.json", "{nope", "not valid JSON"),
-        ("e.yaml", "[" * 100_000, "cannot read|nested too deeply"),
+        ("e.yaml", "[" * 100_000, "nested too deeply"),
         ("f.json", '{"latent": {"seed": ' + "9" * 5000 + "}}", "number too long"),
         ("g.yaml", "latent: {seed: " + "9" * 5000 + "}\n", "cannot read this file"),
         ("h.json", '{"model": "default", "\udcff": 1}', "is not UTF-8 text"),
-        # Not JSON, so YAML: libyaml's loader overflowed the C stack (signal 11) at ~25000.
-        ("i.yaml", "x: " + "[" * 100_000, "nested too deeply"),
+        # Not JSON, so YAML: libyaml's loader overflowed the C stack (signal 11) at ~25000;
+        # PyYAML 6.0.4's scanner refuses it in its own words. Ours are counted before either.
+        ("i.yaml", "x: " + "[" * 100_000, "nested too deeply to read \\(more than 100 levels\\)"),
+        ("k.yaml", "x: " + "{a: " * 101 + "1" + "}" * 101, "more than 100 levels"),
         # 28 KB whose aliases expand to 4096 x 4096 values: 22 s of checks before.
         ("j.yaml", "a: &r [" + "0.5," * 4095 + "0.5]\nlatent: {w: [" + "*r," * 4095 + "*r]}\n",
          "uses YAML aliases"),

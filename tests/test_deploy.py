@@ -90,6 +90,88 @@ def test_python_version_agrees_with_pyproject_and_the_tests():
         "the tests run on another Python than the Space"
 
 
+def _requirement_lines(name: str) -> list[Requirement]:
+    lines = (REPO / name).read_text().splitlines()
+    return [Requirement(line.split("#")[0].strip()) for line in lines
+            if line.split("#")[0].strip() and not line.startswith("-")]
+
+
+# Declared though nothing imports them, each for a reason a reader can check.
+NOT_IMPORTED = {
+    "websockets": "uvicorn serves the live channel's WebSocket with it",
+    "pytest-timeout": "a pytest plugin (pyproject's timeout)",
+    "pytest-randomly": "a pytest plugin (-p randomly)",
+    "ruff": "the linter, a command",
+}
+
+
+# Imported only by benchmarks that compare against another tool, which the benchmark asks
+# the user to install beside it (never a requirement of the studio or its tests).
+REFERENCE_TOOLS = {
+    "cv2": "bench_bend_sources.py: Broad's operations against OpenCV",
+    "dnnlib": "bench_generator.py: NVlabs' own generator, from a checkout given by path",
+    "training": "bench_generator.py: NVlabs' own generator, from a checkout given by path",
+}
+
+
+def _imported_distributions(folders: list[str]) -> set[str]:
+    """Distributions whose top-level modules the Python files under `folders` import."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    by_module = packages_distributions()
+    local = {"engine", "studio", "tests", "benchmarks", "spaces_app"}
+    found: set[str] = set()
+    for folder in folders:
+        path = REPO / folder
+        for file in [path] if path.is_file() else sorted(path.rglob("*.py")):
+            for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and \
+                    not node.level else []
+                for name in names:
+                    top = name.split(".")[0]
+                    mine = (file.parent / f"{top}.py").exists() or (file.parent / top).is_dir()
+                    if top in sys.stdlib_module_names or top in local or mine or \
+                            top in REFERENCE_TOOLS and folder == "benchmarks":
+                        continue
+                    assert top in by_module, f"{file.name} imports {top}, which is not installed"
+                    found.update(canonicalize_name(d) for d in by_module[top])
+    return found
+
+
+def test_every_requirement_is_pinned_to_the_version_installed_here():
+    from importlib.metadata import version
+
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        for req in _requirement_lines(name):
+            assert len(req.specifier) == 1 and next(iter(req.specifier)).operator == "==", \
+                f"{name}: {req} is not pinned to one version"
+            assert req.specifier.contains(version(req.name), prereleases=True), \
+                f"{name} pins {req} but the suite runs on {version(req.name)}"
+
+
+def test_requirements_declare_what_the_code_imports_and_nothing_more():
+    from importlib.metadata import requires
+
+    from packaging.utils import canonicalize_name
+
+    runtime = {canonicalize_name(r.name) for r in _requirement_lines("requirements.txt")}
+    dev = {canonicalize_name(r.name) for r in _requirement_lines("requirements-dev.txt")}
+    used = _imported_distributions(["engine", "studio", "spaces_app.py"])
+    assert used <= runtime, f"imported but not in requirements.txt: {sorted(used - runtime)}"
+    # Tests and benchmarks may also use what a declared package pins itself (gradio_client).
+    pinned_by_declared = {canonicalize_name(Requirement(r).name) for d in runtime | dev
+                          for r in requires(d) or [] if "extra ==" not in r}
+    used_dev = _imported_distributions(["tests", "benchmarks"])
+    missing = used_dev - runtime - dev - pinned_by_declared
+    assert not missing, f"tests or benchmarks import undeclared packages: {sorted(missing)}"
+    unused = (runtime | dev) - used - used_dev - set(NOT_IMPORTED)
+    assert not unused, f"declared but never imported: {sorted(unused)}"
+
+
 def test_models_and_preloads_match_the_catalogue():
     fm = front_matter()
     entries = zoo.catalogue()
@@ -211,7 +293,7 @@ def test_app_starts_like_a_space_from_a_read_only_checkout(tmp_path):
             except OSError:
                 assert time.monotonic() < deadline, "no page:\n" + log.read_text()[-3000:]
                 time.sleep(0.5)
-        assert "Activation Studio" in page
+        assert "<title>Activation Studio</title>" in page  # before any script runs
         client = studio_client(url)
         shown = client.predict("default", api_name="/load_model")[1]
         pixels = np.asarray(Image.open(shown).convert("RGB"))
