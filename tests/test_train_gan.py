@@ -40,9 +40,46 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         assert torch.allclose(a[key], b[key], atol=1e-6), key
 
 
+def _train_keeping_weights(cfg: TrainConfig, keep: str) -> None:
+    """Train, then save this process's trained weights (G's and D's) to keep/rank{RANK}.pt.
+
+    Only rank 0 writes checkpoints, so the weights are caught where the trainer hands them
+    to all_reduce_grads (the real one still runs): those lists are the live parameters.
+    """
+    from engine import train_gan
+
+    seen: dict[int, list[torch.nn.Parameter]] = {}
+    real = train_gan.all_reduce_grads
+
+    def all_reduce_and_note(params, world):
+        seen.setdefault(id(params), params)
+        real(params, world)
+
+    train_gan.all_reduce_grads = all_reduce_and_note
+    try:
+        train(cfg)
+    finally:
+        train_gan.all_reduce_grads = real
+    weights = {f"{i}.{j}": p.detach().clone()
+               for i, params in enumerate(seen.values()) for j, p in enumerate(params)}
+    torch.save(weights, Path(keep, f"rank{os.environ.get('RANK', '0')}.pt"))
+
+
 def test_two_cpu_processes_train_together(tmp_path):
-    cfg = tiny_config(tmp_path / "ddp")
-    run_processes(train, 2, (cfg,))
+    """Two processes of batch 2 each end with the same weights (gradients are averaged), and
+    those are not what one process trains alone on rank 0's half of the data."""
+    steps = dict(total_kimg=0.008, snapshot_kimg=0.008, sample_kimg=0.008)
+    run_processes(_train_keeping_weights, 2, (tiny_config(tmp_path / "ddp", **steps),
+                                              str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    alone_dir = tmp_path / "alone"
+    alone_dir.mkdir()
+    _train_keeping_weights(tiny_config(tmp_path / "one", batch=2, **steps), str(alone_dir))
+    alone = torch.load(alone_dir / "rank0.pt", weights_only=True)
+    assert ranks[0].keys() == ranks[1].keys() == alone.keys()
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    assert max(float((ranks[0][k] - alone[k]).abs().max()) for k in alone) > 1e-4
     G = load_generator(tmp_path / "ddp" / "generator.safetensors")
     assert torch.isfinite(G(G.seed_to_z(1))).all()
 
