@@ -317,10 +317,24 @@ def test_two_threads_share_one_load(hub, monkeypatch):
     assert heard[0][-1] == heard[1][-1] == 1.0  # both callers hear the load finish
 
 
-def test_failed_load_is_not_cached(hub):
-    for _ in range(2):  # the second attempt runs again rather than hanging or hitting a cache
-        with pytest.raises(StudioError):
-            zoo.load("hf://acme/missing/net.pt")
+def test_failed_load_is_not_cached(hub, tiny, monkeypatch):
+    """A load that failed runs again on the next request: once its cause is fixed (the file
+    is uploaded), the same spec loads, instead of replaying the remembered error."""
+    calls = []
+    real = zoo._load_uncached
+
+    def counted_load(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(zoo, "_load_uncached", counted_load)
+    spec = "hf://acme/missing/net.pt"
+    with pytest.raises(StudioError):
+        zoo.load(spec)
+    hub.add_file("acme/missing", "net.pt", tiny[1])
+    model = zoo.load(spec)
+    assert len(calls) == 2
+    assert _same_images(model.G, tiny[0])
 
 
 def _local_models(folder: Path, n: int) -> list[str]:
