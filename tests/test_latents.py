@@ -11,7 +11,6 @@ from engine.latents import (
     DirectionEdit,
     LatentSpec,
     LayerEdit,
-    apply_direction,
     circle_walk_ws,
     compute_ws,
     ganspace_directions,
@@ -223,8 +222,18 @@ def test_boundary_files(G, tmp_path):
     base = compute_ws(G, LatentSpec(seed=2))
     moved = compute_ws(G, LatentSpec(seed=2, directions=[
         DirectionEdit("file", amount=1.5, path=str(plus))]))
-    expected = apply_direction(base, load_boundary(plus, G), 1.5)
-    assert torch.allclose(moved, expected)
+    # Expected values from the file's numbers alone: each w moves 1.5 along its own row,
+    # scaled to unit length.
+    rows = np.load(plus)
+    unit_rows = torch.from_numpy(rows / np.linalg.norm(rows, axis=1, keepdims=True)).float()
+    assert torch.allclose(moved, base + 1.5 * unit_rows[None], atol=1e-6)
+    ranged = compute_ws(G, LatentSpec(seed=2, directions=[
+        DirectionEdit("file", amount=-2.0, layer_start=2, layer_end=5, path=str(plus))]))
+    assert torch.allclose(ranged[:, 2:5], base[:, 2:5] - 2.0 * unit_rows[None, 2:5], atol=1e-6)
+    assert torch.equal(ranged[:, :2], base[:, :2]) and torch.equal(ranged[:, 5:], base[:, 5:])
+    single = compute_ws(G, LatentSpec(seed=2, directions=[
+        DirectionEdit("file", amount=1.5, path=str(one))]))
+    assert torch.allclose(single, base + 1.5 / np.sqrt(32), atol=1e-6)  # [2]*32, unit length
     problems = validate_latent(LatentSpec(directions=[DirectionEdit("file", path=str(bad))]), G)
     assert problems and problems[0].startswith("latent.directions[0].path")
 
