@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+from starlette.middleware import Middleware
+
 from studio import storage
 
 # Before anything reads HF_HOME, STUDIO_OUTPUT_DIR or ACTIVATION_STUDIO_CACHE.
@@ -20,6 +22,7 @@ storage.configure()
 from studio import live  # noqa: E402
 from studio.app import CSS, JS, build_app  # noqa: E402
 from studio.limits import LIMITS  # noqa: E402
+from studio.page_title import StaticTitle  # noqa: E402
 
 demo = build_app(os.environ.get("STUDIO_MODEL") or None)
 
@@ -30,7 +33,8 @@ if __name__ == "__main__":
         # Gradio refuses larger uploads while they stream in, before they reach the disk.
         max_file_size=max(LIMITS.checkpoint_bytes, LIMITS.upload_bytes),
         css=CSS, js=JS, footer_links=["api"],
-        # In the served HTML itself: Gradio sets the title only once its scripts have run.
-        head="<title>Activation Studio</title>",
-        # The live channel's WebSocket route on the page's own server (studio/live.py).
-        app_kwargs={"routes": live.routes()} if live.available() else None)
+        app_kwargs={
+            # The live channel's WebSocket route on the page's own server (studio/live.py).
+            **({"routes": live.routes()} if live.available() else {}),
+            "middleware": [Middleware(StaticTitle)],  # <title> in the served HTML itself
+        })
