@@ -763,40 +763,69 @@ def _stub_tensors(stub: PersistentStub) -> dict[str, Any]:
     return out
 
 
-def _stub_entries(stub: PersistentStub, prefix: str = "") -> dict[str, Any]:
-    state = stub.state
-    skip = state.get("_non_persistent_buffers_set") or set()
-    out: dict[str, Any] = {}
-    for attr in ("_parameters", "_buffers"):
-        entries = state.get(attr) or {}
-        if not isinstance(entries, Mapping):
-            raise CheckpointError(f"The network {stub.class_name} in this pickle is malformed.")
-        for name, value in entries.items():
-            if value is not None and not (attr == "_buffers" and name in skip):
-                if not isinstance(value, torch.Tensor | np.ndarray):
-                    raise CheckpointError(f"The checkpoint entry {prefix}{name} is a "
-                                          f"{type(value).__name__}, not a tensor.")
-                out[prefix + name] = value
-    children = state.get("_modules") or {}
+# A trained network names each layer once and nests a few levels deep (synthesis.b4.conv0.affine);
+# a pickle can name one object many times through its memo, so a walk that did not record what
+# it has seen would visit fanout**depth layers of a 2 KB file.
+MAX_NETWORK_LAYERS = 20_000
+MAX_NETWORK_DEPTH = 32
+
+
+def _network_nodes(root: Any, children: Any, what: str) -> Iterator[tuple[str, Any]]:
+    """(dotted prefix, node) for `root` and everything below it, depth first in stored order;
+    `children(prefix, node)` gives a node's (name, child) pairs. A node reached twice, a tree
+    deeper than MAX_NETWORK_DEPTH or larger than MAX_NETWORK_LAYERS is refused."""
+    seen: set[int] = set()
+    stack: list[tuple[str, int, Any]] = [("", 0, root)]
+    while stack:
+        prefix, depth, node = stack.pop()
+        if id(node) in seen:
+            raise CheckpointError(f"This {what} uses one layer under several names "
+                                  f"({prefix.rstrip('.') or 'the root'} among them), which a "
+                                  f"trained network never does, so it was not loaded.")
+        seen.add(id(node))
+        if len(seen) > MAX_NETWORK_LAYERS or depth > MAX_NETWORK_DEPTH:
+            raise CheckpointError(f"This {what} has more than {MAX_NETWORK_LAYERS} layers or "
+                                  f"nests them more than {MAX_NETWORK_DEPTH} deep, far beyond "
+                                  f"any StyleGAN network, so it was not loaded.")
+        yield prefix, node
+        pairs = [(f"{prefix}{name}.", child) for name, child in children(prefix, node)]
+        stack.extend((p, depth + 1, child) for p, child in reversed(pairs))
+
+
+def _stub_children(prefix: str, stub: PersistentStub) -> list[tuple[str, PersistentStub]]:
+    children = stub.state.get("_modules") or {}
     if not isinstance(children, Mapping):
         raise CheckpointError(f"The network {stub.class_name} in this pickle is malformed.")
     for name, child in children.items():
-        if child is None:
-            continue
-        if not isinstance(child, PersistentStub):
+        if child is not None and not isinstance(child, PersistentStub):
             raise CheckpointError(f"The layer {prefix}{name} in this pickle is not an NVlabs "
                                   f"network object, so the studio cannot read it.")
-        out.update(_stub_entries(child, f"{prefix}{name}."))
+    return [(str(name), child) for name, child in children.items() if child is not None]
+
+
+def _stub_entries(root: PersistentStub) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for prefix, stub in _network_nodes(root, _stub_children, "network pickle"):
+        state = stub.state
+        skip = state.get("_non_persistent_buffers_set") or set()
+        for attr in ("_parameters", "_buffers"):
+            entries = state.get(attr) or {}
+            if not isinstance(entries, Mapping):
+                raise CheckpointError(f"The network {stub.class_name} in this pickle is "
+                                      f"malformed.")
+            for name, value in entries.items():
+                if value is not None and not (attr == "_buffers" and name in skip):
+                    if not isinstance(value, torch.Tensor | np.ndarray):
+                        raise CheckpointError(f"The checkpoint entry {prefix}{name} is a "
+                                              f"{type(value).__name__}, not a tensor.")
+                    out[prefix + name] = value
     return out
 
 
-def _stub_modules(stub: PersistentStub, prefix: str = "") -> dict[str, PersistentStub]:
+def _stub_modules(root: PersistentStub) -> dict[str, PersistentStub]:
     """Every sub-module stub by dotted name ('' for the root)."""
-    out = {prefix.rstrip("."): stub}
-    for name, child in (stub.state.get("_modules") or {}).items():
-        if isinstance(child, PersistentStub):
-            out.update(_stub_modules(child, f"{prefix}{name}."))
-    return out
+    return {prefix.rstrip("."): stub
+            for prefix, stub in _network_nodes(root, _stub_children, "network pickle")}
 
 
 def _plain(value: Any) -> Any:
@@ -973,21 +1002,24 @@ def _read_nvlabs(data: Mapping[str, Any], want_d: bool) -> LoadedCheckpoint:
 def _tf_params(net: TFNetworkStub) -> dict[str, np.ndarray]:
     """All variables of a TF network and its components, as 'component/Layer/var' names."""
     out: dict[str, np.ndarray] = {}
-
-    def walk(prefix: str, node: Any) -> None:
+    for dotted, node in _network_nodes(net, _tf_components, "TensorFlow pickle"):
         if not isinstance(node, TFNetworkStub):
             raise CheckpointError("A component of this TensorFlow pickle is not a network.")
+        prefix = dotted.replace(".", "/")
         for name, value in getattr(node, "variables", []) or []:
             if not isinstance(value, np.ndarray | np.generic):
                 raise CheckpointError(f"The TensorFlow variable {prefix}{name} is a "
                                       f"{type(value).__name__}, not an array.")
             out[prefix + str(name)] = np.asarray(value)
-        for name, comp in (getattr(node, "components", {}) or {}).items():
-            walk(f"{prefix}{name}/", comp)
-
-    walk("", net)
     _declare(out.values())
     return out
+
+
+def _tf_components(prefix: str, node: Any) -> list[tuple[str, Any]]:
+    components = getattr(node, "components", {}) or {}
+    if not isinstance(components, Mapping):
+        raise CheckpointError("A component of this TensorFlow pickle is not a network.")
+    return list(components.items())
 
 
 def _tf_kwargs(net: TFNetworkStub) -> dict[str, Any]:
@@ -1595,8 +1627,12 @@ def read_checkpoint(path: str | os.PathLike, want_d: bool = False) -> LoadedChec
             raise CheckpointError(f"{path.name} is a truncated or corrupt torch file; download "
                                   f"it again.") from exc
         raise CheckpointError(f"{path.name} could not be read ({_first_line(exc)}).") from exc
-    except MemoryError:
-        raise
+    except MemoryError as exc:
+        # Every size the file declares is checked against its length first, so this is a
+        # claim the checks cannot see (a BINBYTES8 length the unpickler allocates at once).
+        raise CheckpointError(f"{path.name} asks for more memory than the server has while "
+                              f"being read, so it is forged or far too large and was not "
+                              f"loaded.") from exc
     except Exception as exc:
         raise CheckpointError(f"{path.name} could not be read as a StyleGAN2 checkpoint "
                               f"({_first_line(exc)}).") from exc

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -52,6 +53,7 @@ def _text(text: str) -> bytes:
 
 PROTO4 = b"\x80\x04"
 MARK, TUPLE, TUPLE1, TUPLE3, REDUCE, BUILD, STOP = b"(", b"t", b"\x85", b"\x87", b"R", b"b", b"."
+POP = b"0"
 EMPTY_LIST, APPENDS, EMPTY_DICT, SETITEM = b"]", b"e", b"}", b"s"
 
 
@@ -308,4 +310,53 @@ def many_tensors_safetensors(path: Path, count: int = 1_000_000) -> Path:
     raw = ("{" + ",".join(entry % i for i in range(count)) + "}").encode()
     raw += b" " * (-len(raw) % 8)
     path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    return path
+
+
+def _shared_tree(depth: int, fanout: int, node: Callable[[bytes], bytes]) -> bytes:
+    """Pickle opcodes for a tree `depth` levels deep in which every level names the level
+    below `fanout` times through the memo: a few bytes per level, fanout**depth paths."""
+    body = node(b"") + _memo_put(0) + POP  # the leaf
+    for level in range(1, depth + 1):
+        children = b"".join(_text(f"c{i}") + _memo_get(level - 1) for i in range(fanout))
+        body += node(EMPTY_DICT + MARK + children + b"u") + _memo_put(level) + POP
+    return body + _memo_get(depth)
+
+
+def _nvlabs_module(children: bytes) -> bytes:
+    """`_reconstruct_persistent_obj({'type': 'class', 'class_name': 'M', 'state':
+    {'_modules': children}})`, an empty module when `children` is empty."""
+    state = EMPTY_DICT + (_text("_modules") + children + SETITEM if children else b"")
+    meta = (EMPTY_DICT + MARK + _text("type") + _text("class") + _text("class_name")
+            + _text("M") + _text("state") + state + b"u")
+    return (_global("torch_utils.persistence", "_reconstruct_persistent_obj") + meta
+            + TUPLE1 + REDUCE)
+
+
+def nvlabs_shared_module_bomb(path: Path, depth: int = 10, fanout: int = 10) -> Path:
+    """~2 KB NVlabs pickle whose G_ema module tree shares one child `fanout` times per level:
+    a walk without a record of what it has seen visits fanout**depth modules."""
+    tree = _shared_tree(depth, fanout, _nvlabs_module)
+    path.write_bytes(PROTO4 + EMPTY_DICT + _text("G_ema") + tree + SETITEM + STOP)
+    return path
+
+
+def _tf_network(children: bytes) -> bytes:
+    """A `dnnlib.tflib.network.Network` BUILD with `components` = children."""
+    state = EMPTY_DICT + MARK + _text("version") + _int(4)
+    state += (_text("components") + children if children else b"") + b"u"
+    return _global("dnnlib.tflib.network", "Network") + b")" + REDUCE + state + BUILD
+
+
+def tf_shared_component_bomb(path: Path, depth: int = 10, fanout: int = 10) -> Path:
+    """The same for a TensorFlow pickle: (G, D, Gs) whose components share one network."""
+    tree = _shared_tree(depth, fanout, _tf_network)
+    path.write_bytes(PROTO4 + MARK + tree + _memo_get(depth) * 2 + TUPLE + STOP)
+    return path
+
+
+def binbytes8_claim(path: Path, declared: int = 64 << 30) -> Path:
+    """~100 bytes: a BINBYTES8 opcode claiming `declared` bytes with none behind it."""
+    path.write_bytes(PROTO4 + EMPTY_DICT + _text("G_ema") + b"\x8e"
+                     + struct.pack("<Q", declared) + b"\x00" * 16 + SETITEM + STOP)
     return path

@@ -57,6 +57,40 @@ def test_checkpoint_bomb_is_refused_cheaply(measured, name):
     assert peak <= MAX_PEAK_MIB, (name, peak)
 
 
+# ~2 KB pickles naming one layer 10 times per level through the memo, 10 levels deep: a walk
+# with no record of what it has seen visits 10**10 layers (measured before the check: depth 7
+# took 5.7 s and +116 MB, depth 8 36.8 s and +1.1 GB, each level x10).
+SHARED_LAYER_BOMBS = {
+    "NVlabs module tree": H.nvlabs_shared_module_bomb,
+    "TensorFlow component tree": H.tf_shared_component_bomb,
+}
+
+
+def test_a_layer_named_many_times_is_refused_at_once(tmp_path):
+    paths = [make(tmp_path / f"shared{i}.pkl")
+             for i, make in enumerate(SHARED_LAYER_BOMBS.values())]
+    assert all(p.stat().st_size < 3000 for p in paths)
+    # A minute for what would take hours: the probe's process is killed past it.
+    results = H.peak_rss_of_loads([("checkpoint", p) for p in paths], timeout=60)
+    for name, (message, peak) in zip(SHARED_LAYER_BOMBS, results, strict=True):
+        assert message is not None, f"{name} loaded"
+        assert "one layer under several names" in message and "\n" not in message, message
+        assert peak <= MAX_PEAK_MIB, (name, peak)
+
+
+def test_a_pickle_claiming_64_gib_in_one_opcode_gets_one_sentence(tmp_path):
+    from engine.checkpoints import read_checkpoint
+    from engine.errors import StudioError
+
+    path = H.binbytes8_claim(tmp_path / "claim.pkl")
+    assert path.stat().st_size < 200
+    with pytest.raises(StudioError) as err:  # a MemoryError before, which the page showed raw
+        read_checkpoint(path)
+    message = str(err.value)
+    assert "\n" not in message and message.endswith("."), message
+    assert "claim.pkl" in message, message
+
+
 def test_encoder_sidecar_architecture_is_checked_before_building(measured):
     message, peak = measured["wide encoder"]
     assert message is not None and "M parameters" in message and "\n" not in message, message

@@ -80,6 +80,9 @@ def test_hostile_uploads_and_paths_cost_nothing_and_the_server_renders_after(ser
                                             "being read"),
         "deflated zip": (H.deflated_zip_bomb(bombs / "d.pt"), "compressed record"),
         "shared storage": (H.shared_storage_bomb(bombs / "e.pt"), "declare"),
+        "one module shared 10x per level, 10 deep": (
+            H.nvlabs_shared_module_bomb(bombs / "g.pkl"), "one layer under several names"),
+        "a 64 GiB BINBYTES8 claim": (H.binbytes8_claim(bombs / "h.pkl"), "h.pkl"),
     }
     Path(f"/proc/{pid}/clear_refs").write_text("5")
     before = _kib(pid, "VmRSS")
