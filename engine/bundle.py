@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import StudioError
-from engine.limits import LIMITS
+from engine.limits import current_limits
 
 RECIPE_NAME = "recipe.json"
 INPUTS = "inputs"
@@ -113,23 +113,30 @@ def is_bundle(path: str | os.PathLike) -> bool:
 
 def read_bundle(path: str | os.PathLike, into: str | os.PathLike,
                 max_bytes: int | None = None) -> Any:
-    """The bundle's recipe, its files extracted under `into` and named there."""
+    """The bundle's recipe, its files extracted under `into` and named there. Nothing is
+    left under `into` when the bundle is refused."""
     from engine.recipe import Recipe
 
-    limit = LIMITS.checkpoint_bytes + 64 * 2**20 if max_bytes is None else max_bytes
+    limit = current_limits().bundle_bytes if max_bytes is None else max_bytes
     into = Path(into)
+    written: list[Path] = []
     try:
         with zipfile.ZipFile(path) as z:
             infos = _checked_members(z, limit)
-            recipe = Recipe.from_json(_read_member(z, z.getinfo(RECIPE_NAME),
-                                                   MAX_RECIPE_BYTES).decode("utf-8"))
+            recipe = Recipe.from_json(_read_recipe(z).decode("utf-8"))
+            budget = _Budget(limit)
             for info in infos:
                 target = into / info.filename
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(_read_member(z, info, info.file_size))
-    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, OSError) as exc:
+                written.append(target)
+                _extract_member(z, info, target, budget)
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, OSError, EOFError) as exc:
+        _remove(written, into)
         raise StudioError(f"{Path(path).name} is not a recipe bundle this studio can read "
                           f"({type(exc).__name__}); save the bundle again.") from exc
+    except BaseException:
+        _remove(written, into)
+        raise
     for _, get, put in _file_fields_named(recipe):
         name = get()
         if name.startswith(f"{INPUTS}/"):
@@ -138,6 +145,20 @@ def read_bundle(path: str | os.PathLike, into: str | os.PathLike,
                                   f"does not hold.")
             put(str(into / name))
     return recipe
+
+
+def _remove(written: list[Path], into: Path) -> None:
+    """Delete what a refused bundle wrote: its files, then the folders left empty."""
+    for target in written:
+        target.unlink(missing_ok=True)
+    for target in written:
+        for folder in target.parents:
+            if folder == into.parent or not folder.is_relative_to(into):
+                break
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (another member's) or gone already
+                pass
 
 
 def _file_fields_named(recipe: Any) -> list:
@@ -174,16 +195,63 @@ def _checked_members(z: zipfile.ZipFile, limit: int) -> list[zipfile.ZipInfo]:
             raise StudioError(f"the bundle holds {info.filename!r}, which is not where a "
                               f"bundle keeps its files.")
     if sum(i.file_size for i in infos) > limit:
-        raise StudioError(f"the bundle unpacks to more than {limit / 2**30:.1f} GiB.")
+        raise StudioError(f"the bundle unpacks to more than {_gib(limit)}, its limit "
+                          f"(STUDIO_MAX_BUNDLE_BYTES).")
     return inputs
 
 
-def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
-    """A member's bytes, never more than its declared size (nor `limit`)."""
-    if info.file_size > limit:
-        raise StudioError(f"{info.filename} in the bundle is larger than its limit.")
+# A member deflated further than this is refused before reading (a checkpoint deflates about
+# 1.1:1, a picture 1:1; a zip bomb of zeros 1000:1). Small members may compress well.
+MAX_DEFLATE_RATIO = 50
+RATIO_FREE_BYTES = 2**20
+CHUNK_BYTES = 2**20
+
+
+class _Budget:
+    """Bytes a bundle may still unpack, counted as they stream (declarations can lie)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.left = limit, limit
+
+    def take(self, nbytes: int) -> None:
+        self.left -= nbytes
+        if self.left < 0:
+            raise StudioError(f"the bundle unpacks to more than {_gib(self.limit)}, its "
+                              f"limit (STUDIO_MAX_BUNDLE_BYTES).")
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:.1f} MiB"
+
+
+def _read_recipe(z: zipfile.ZipFile) -> bytes:
+    """recipe.json's bytes (small: held in memory), never more than MAX_RECIPE_BYTES."""
+    info = z.getinfo(RECIPE_NAME)
+    if info.file_size > MAX_RECIPE_BYTES:
+        raise StudioError(f"{RECIPE_NAME} in the bundle is larger than its limit.")
     with z.open(info) as f:
         data = f.read(info.file_size + 1)
     if len(data) != info.file_size:
-        raise StudioError(f"{info.filename} in the bundle is not the size it declares.")
+        raise StudioError(f"{RECIPE_NAME} in the bundle is not the size it declares.")
     return data
+
+
+def _extract_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path,
+                    budget: _Budget) -> None:
+    """Stream one member to `target` in chunks: never more than it declares, nor more than
+    the bundle's budget, nor deflated past MAX_DEFLATE_RATIO."""
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > RATIO_FREE_BYTES and ratio > MAX_DEFLATE_RATIO:
+        raise StudioError(f"{info.filename} in the bundle unpacks {ratio:.0f} times larger than "
+                          f"it is stored, which no model or picture does, so the bundle was "
+                          f"not opened.")
+    written = 0
+    with z.open(info) as src, open(target, "wb") as dst:
+        while chunk := src.read(min(CHUNK_BYTES, info.file_size + 1 - written)):
+            written += len(chunk)
+            if written > info.file_size:
+                break
+            budget.take(len(chunk))
+            dst.write(chunk)
+    if written != info.file_size:
+        raise StudioError(f"{info.filename} in the bundle is not the size it declares.")

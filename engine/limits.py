@@ -33,6 +33,7 @@ class Limits:
     image_pixels: int = 40_000_000             # STUDIO_MAX_IMAGE_PIXELS: decoded upload size
     upload_bytes: int = 50 * 2**20             # STUDIO_MAX_UPLOAD_BYTES: image/recipe/boundary
     checkpoint_bytes: int = 4 * 2**30          # STUDIO_MAX_CHECKPOINT_BYTES: uploaded model
+    bundle_bytes: int = 2**30                  # STUDIO_MAX_BUNDLE_BYTES: a bundle, unpacked
     video_frames: int = 240                    # STUDIO_MAX_VIDEO_FRAMES: walk and sweep videos
     video_fps: int = 60                        # STUDIO_MAX_VIDEO_FPS
     grid_values: int = 16                      # STUDIO_MAX_GRID_VALUES: seeds / ψ per list
@@ -62,8 +63,9 @@ class Limits:
 
 ENV_NAMES = {
     "image_pixels": "STUDIO_MAX_IMAGE_PIXELS", "upload_bytes": "STUDIO_MAX_UPLOAD_BYTES",
-    "checkpoint_bytes": "STUDIO_MAX_CHECKPOINT_BYTES", "video_frames": "STUDIO_MAX_VIDEO_FRAMES",
-    "video_fps": "STUDIO_MAX_VIDEO_FPS", "grid_values": "STUDIO_MAX_GRID_VALUES",
+    "checkpoint_bytes": "STUDIO_MAX_CHECKPOINT_BYTES", "bundle_bytes": "STUDIO_MAX_BUNDLE_BYTES",
+    "video_frames": "STUDIO_MAX_VIDEO_FRAMES", "video_fps": "STUDIO_MAX_VIDEO_FPS",
+    "grid_values": "STUDIO_MAX_GRID_VALUES",
     "cluster_samples": "STUDIO_MAX_CLUSTER_SAMPLES", "cluster_k": "STUDIO_MAX_CLUSTER_K",
     "bends": "STUDIO_MAX_BENDS", "weight_edits": "STUDIO_MAX_WEIGHT_EDITS",
     "layer_edits": "STUDIO_MAX_LAYER_EDITS", "directions": "STUDIO_MAX_DIRECTIONS",

@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -245,6 +246,9 @@ for kind, path in zip(sys.argv[1::2], sys.argv[2::2]):
     try:
         if kind == "encoder":
             engine.translator.load_encoder(path)
+        elif kind == "bundle":  # unpacked beside itself, into <path>.unpacked
+            import engine.bundle
+            engine.bundle.read_bundle(path, path + ".unpacked")
         elif kind == "control":  # what a real allocation of that many MiB measures as
             block = bytearray(int(path) << 20)
             del block
@@ -261,9 +265,10 @@ for kind, path in zip(sys.argv[1::2], sys.argv[2::2]):
 def peak_rss_of_loads(loads: list[tuple[str, Path | int]], timeout: float = 300
                       ) -> list[tuple[str | None, float]]:
     """Read each (kind, path) in turn in one fresh Python process: kind 'checkpoint',
-    'encoder', or 'control' (allocate that many MiB). Returns, per load, the refusal
-    sentence (None if it loaded) and the peak RSS during that load above the RSS before it,
-    in MiB (Linux: the peak is reset through /proc/self/clear_refs before each load)."""
+    'encoder', 'bundle' (unpacked into <path>.unpacked), or 'control' (allocate that many
+    MiB). Returns, per load, the refusal sentence (None if it loaded) and the peak RSS
+    during that load above the RSS before it, in MiB (Linux: the peak is reset through
+    /proc/self/clear_refs before each load)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     args = [str(x) for load in loads for x in load]
     proc = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True,
@@ -360,3 +365,48 @@ def binbytes8_claim(path: Path, declared: int = 64 << 30) -> Path:
     path.write_bytes(PROTO4 + EMPTY_DICT + _text("G_ema") + b"\x8e"
                      + struct.pack("<Q", declared) + b"\x00" * 16 + SETITEM + STOP)
     return path
+
+
+def _deflated_zeros(total: int, chunk: int = 4 * MIB) -> tuple[list[bytes], int]:
+    """Raw deflate blocks for `total` zero bytes and their CRC-32, made in well under a second:
+    after a full flush the compressor starts afresh, so every whole chunk past the first
+    deflates to the same bytes and is compressed once."""
+    zeros = b"\x00" * chunk
+    whole, rest = divmod(total, chunk)
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    blocks = [c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH) for _ in range(min(whole, 2))]
+    blocks += blocks[-1:] * max(whole - 2, 0)
+    blocks.append(c.compress(zeros[:rest]) + c.flush())
+    crc = 0
+    for _ in range(whole):
+        crc = zlib.crc32(zeros, crc)
+    return blocks, zlib.crc32(zeros[:rest], crc)
+
+
+def _zip_by_hand(path: Path, members: list[tuple[str, int, int, int, list[bytes]]]) -> Path:
+    """A zip of (name, method, crc, size, data blocks) members written record by record."""
+    central = b""
+    with open(path, "wb") as f:
+        for name, method, crc, size, blocks in members:
+            raw, offset = name.encode(), f.tell()
+            stored = sum(map(len, blocks))
+            f.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0x21, crc,
+                                stored, size, len(raw), 0) + raw)
+            for block in blocks:
+                f.write(block)
+            central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0x21,
+                                   crc, stored, size, len(raw), 0, 0, 0, 0, 0, offset) + raw
+        end = f.tell()
+        f.write(central + struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(members),
+                                      len(members), len(central), end, 0))
+    return path
+
+
+def zeros_bundle(path: Path, member_bytes: int = 2 << 30) -> Path:
+    """A recipe bundle (~2 MB for 2 GiB) whose one input is `member_bytes` zero bytes,
+    deflated; the recipe names it as its model, so every check on names passes."""
+    name = "inputs/0123456789abcdef-model.pkl"
+    recipe = json.dumps({"version": 1, "model": name, "bends": []}).encode()
+    blocks, crc = _deflated_zeros(member_bytes)
+    return _zip_by_hand(path, [("recipe.json", 0, zlib.crc32(recipe), len(recipe), [recipe]),
+                               (name, 8, crc, member_bytes, blocks)])

@@ -98,3 +98,56 @@ def test_hostile_bundles_are_refused(tmp_path, case, words):
     with pytest.raises(StudioError, match=words):
         read_bundle(path, tmp_path / "x")
     assert not (tmp_path.parent / "escape.txt").exists()
+
+
+# A 2 MB zip whose one input is 2 GiB of zeros: read whole into memory before (+4.1 GB on
+# the server, 2 GiB written to the session's folder), now refused before a byte is read.
+@pytest.mark.parametrize("member_mib, words", [
+    (2048, "more than 1.0 GiB"),       # over the default budget by what it declares
+    (512, "times larger than it is stored"),  # under the budget, deflated 1000:1
+])
+def test_a_zip_bomb_bundle_is_refused_unread(tmp_path, member_mib, words):
+    import hostile_files as H
+
+    path = H.zeros_bundle(tmp_path / "bomb.zip", member_mib << 20)
+    assert path.stat().st_size < 3 << 20
+    (message, peak), = H.peak_rss_of_loads([("bundle", path)], timeout=120)
+    assert message is not None and words in message and "\n" not in message, message
+    assert peak < 100, peak
+    unpacked = tmp_path / "bomb.zip.unpacked"
+    assert not unpacked.exists() or not any(unpacked.rglob("*")), list(unpacked.rglob("*"))
+
+
+def test_the_bundle_budget_counts_every_member_and_leaves_nothing(tmp_path, monkeypatch):
+    from engine.limits import current_limits
+
+    assert current_limits().bundle_bytes == 2**30  # the default: far above any StyleGAN file
+    rng = np.random.RandomState(0)
+    path = tmp_path / "two.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("recipe.json", Recipe(model="default").to_json())
+        for i in range(2):  # random bytes: deflate cannot shrink them, so no ratio refusal
+            z.writestr(f"inputs/0123456789abcde{i}-p{i}.png", rng.bytes(3 << 20))
+    read_bundle(path, tmp_path / "fits")  # 6 MiB: well under the default
+    monkeypatch.setenv("STUDIO_MAX_BUNDLE_BYTES", str(5 << 20))
+    with pytest.raises(StudioError, match=r"more than 5\.0 MiB.*STUDIO_MAX_BUNDLE_BYTES"):
+        read_bundle(path, tmp_path / "over")
+    assert not (tmp_path / "over").exists()
+
+
+def test_a_member_longer_than_it_declares_is_refused_and_removed(tmp_path, monkeypatch):
+    from engine import bundle
+
+    monkeypatch.setattr(bundle, "CHUNK_BYTES", 1000)  # several chunks for a small member
+    path = tmp_path / "lies.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("recipe.json", Recipe(model="default").to_json())
+        z.writestr("inputs/0123456789abcdef-p.png", b"x" * 5000)
+    raw = path.read_bytes()
+    # The central directory says 4000 bytes; the data holds 5000.
+    at = raw.rindex(b"PK\x01\x02")
+    raw = raw[:at + 24] + (4000).to_bytes(4, "little") + raw[at + 28:]
+    path.write_bytes(raw)
+    with pytest.raises(StudioError, match="not the size it declares|not a recipe bundle"):
+        read_bundle(path, tmp_path / "x")
+    assert not (tmp_path / "x").exists()

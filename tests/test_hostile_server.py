@@ -116,3 +116,22 @@ def test_hostile_uploads_and_paths_cost_nothing_and_the_server_renders_after(ser
     _, text = client.predict(api_name="/save_recipe")
     expected = np.asarray(recipe.render(recipe.Recipe.from_json(text), zoo.load(model)))
     assert np.array_equal(np.asarray(Image.open(added[0]).convert("RGB")), expected)
+
+
+def test_a_zip_bomb_bundle_costs_nothing_and_leaves_nothing(server):
+    """A 2 MB bundle holding 2 GiB of zeros (before: +4.1 GB and 2 GiB on disk per request)."""
+    from gradio_client import handle_file
+
+    url, model, pid, folder = server
+    client = studio_client(url)
+    client.predict(model, api_name="/load_model")
+    bomb = H.zeros_bundle(folder / "zeros-bundle.zip")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    before = _kib(pid, "VmRSS")
+    message = _refused(client.predict, handle_file(str(bomb)), api_name="/load_recipe")
+    growth_mib = (_kib(pid, "VmHWM") - before) / 1024
+    print(f"server peak growth {growth_mib:.0f} MiB")
+    assert "more than 1.0 GiB" in message, message
+    assert growth_mib < MAX_GROWTH_MIB, growth_mib
+    unpacked = [p for p in (folder / "out").rglob("*") if "bundles" in p.parts and p.is_file()]
+    assert unpacked == [], unpacked
