@@ -130,11 +130,13 @@ _banks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def bank_for(G: nn.Module) -> AnchorBank:
     """G's bank: the shipped one when it was made for G's weights, else one rendered now
-    (build_count images) and kept while G lives."""
+    (build_count images) and kept while G lives with these weights."""
+    from engine.translator import weights_sha256, weights_stamp
+
+    stamp = weights_stamp(G)
     hit = _banks.get(G)
-    if hit is not None:
-        return hit
-    from engine.translator import weights_sha256
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
 
     sha = weights_sha256(G)
     bank = None
@@ -144,7 +146,7 @@ def bank_for(G: nn.Module) -> AnchorBank:
             bank = shipped
     if bank is None:
         bank = build_bank(G, build_count(G), weights_sha256=sha)
-    _banks[G] = bank
+    _banks[G] = (stamp, bank)
     return bank
 
 

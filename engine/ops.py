@@ -197,10 +197,15 @@ class DerivedTensors:
     """Tensors derived from one module's parameters (a weight in the conv's preferred layout,
     its squared kernel sums), kept until the parameter changes.
 
-    One entry per tag: the key is the parameter's storage address and version counter, which
-    every in-place update (optimizer step, load_state_dict) bumps, so a stale entry is never
-    served. Nothing is cached while autograd records the parameter (training), because the
-    derived tensor must then be part of the graph.
+    One entry per tag: the key is the parameter's storage address, version counter, device
+    and dtype, which every in-place update (optimizer step, load_state_dict) and every move
+    change, so a stale entry is never served. Nothing is cached while autograd records the
+    parameter (training), because the derived tensor must then be part of the graph.
+
+    The cache belongs to one module on one device: a deep copy or a pickle of the module
+    starts empty (a copy moved to a GPU must not carry, or deep-copy, CPU tensors made for
+    the original), and the owning module clears it when it moves (`clear`, from `_apply`),
+    so no tensor lingers on the device the module left.
     """
 
     def __init__(self) -> None:
@@ -219,6 +224,18 @@ class DerivedTensors:
             value = derive(source)
         self._entries[tag] = (key, value)
         return value
+
+    def clear(self) -> None:
+        self._entries = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __deepcopy__(self, memo: dict) -> DerivedTensors:
+        return DerivedTensors()
+
+    def __getstate__(self) -> dict:
+        return {"_entries": {}}
 
 
 def kernel_square_sums(weight: torch.Tensor) -> torch.Tensor:

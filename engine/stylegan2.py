@@ -294,6 +294,10 @@ class SynthesisLayer(nn.Module):
             self.noise_strength = nn.Parameter(torch.zeros([]))
         self.derived = DerivedTensors()
 
+    def _apply(self, fn: Callable, recurse: bool = True) -> nn.Module:
+        self.derived.clear()  # .to(), .half(), ...: tensors made for the old place go
+        return super()._apply(fn, recurse)
+
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const",
                 weight_tap: Tap | None = None, fused: bool | None = None, gain: float = 1.0,
                 noise_generator: torch.Generator | None = None,
@@ -355,6 +359,10 @@ class ToRGBLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.weight_gain = 1 / math.sqrt(in_channels)
         self.derived = DerivedTensors()
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> nn.Module:
+        self.derived.clear()
+        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, weight_tap: Tap | None = None,
                 fused: bool | None = None) -> torch.Tensor:

@@ -304,15 +304,23 @@ def make_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | Non
 _weights_sha: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def weights_stamp(G: nn.Module) -> tuple:
+    """What changes whenever G's tensors do: each one's name, place, dtype, storage and
+    version counter (bumped by every in-place write: load_state_dict, optimizer steps)."""
+    return tuple((name, t.device, t.dtype, t.data_ptr(), t._version)
+                 for name, t in (*G.named_parameters(), *G.named_buffers()))
+
+
 def weights_sha256(G: nn.Module) -> str:
-    """sha256 over G's parameters and buffers (names, shapes, float32 bytes); cached per G.
+    """sha256 over G's parameters and buffers (names, shapes, float32 bytes); cached per G
+    until its weights change (weights_stamp).
 
     Only a model held on the CPU is cached: its bytes are what they read. A device model
     is hashed from copies each time (ZeroGPU's stand-in tensors read as empty memory outside
     GPU calls, so a hash of them must never be remembered, nor inherited by its workers)."""
     hit = _weights_sha.get(G)
-    if hit is not None:
-        return hit
+    if hit is not None and hit[0] == weights_stamp(G):
+        return hit[1]
     h = hashlib.sha256()
     on_cpu = True
     for name, t in sorted(G.state_dict().items()):
@@ -322,7 +330,7 @@ def weights_sha256(G: nn.Module) -> str:
         h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     digest = h.hexdigest()
     if on_cpu:
-        _weights_sha[G] = digest
+        _weights_sha[G] = (weights_stamp(G), digest)
     return digest
 
 
@@ -1425,7 +1433,6 @@ class Translator:
                 and not _model_matches(encoder.meta, weights_sha256(G))):
             raise _other_model(encoder.meta, weights_sha256(G))
         self.encoder = encoder.to(_device_of(G)).eval().requires_grad_(False)
-        self.device = _device_of(G)
         self._ws: torch.Tensor | None = None
         self._frame_kwargs: dict[str, Any] = {}
         self._frame_strength = 1.0
@@ -1450,6 +1457,22 @@ class Translator:
     @property
     def input_size(self) -> int:
         return self.encoder.config.input_size
+
+    @property
+    def device(self) -> torch.device:
+        """Where it computes: its generator's device (so a moved copy follows it)."""
+        return _device_of(self.G)
+
+    def to(self, device: torch.device | str) -> Translator:
+        """Move the generator, the encoder and the webcam state to `device`, in place (as
+        nn.Module.to does; give a deep copy to keep this one where it is)."""
+        self.G.to(device)
+        self.encoder.to(device)
+        if self._ws is not None:
+            self._ws = self._ws.to(device)
+        if self._kept_anchor is not None:
+            self._kept_anchor = self._kept_anchor.to(device)
+        return self
 
     # --- latents ---------------------------------------------------------------------
 

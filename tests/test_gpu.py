@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -317,6 +318,83 @@ def test_projection_on_emulated_cuda_equals_the_cpu(G, zero):
     a, b = on_cuda(zero, G, run), run(G)
     close_floats(a.w, b.w)
     within_one_level(a.image, b.image)
+
+
+def test_a_deep_copy_of_a_model_used_on_the_cpu_renders_the_same_on_emulated_cuda(
+        zero, tmp_path):
+    """Issue 28: the caches a CPU render leaves on a model (a layer's square sums and conv
+    layouts, a translator's webcam state) must not travel with a deep copy moved to a GPU.
+    Everything is used on the CPU first, then copied and moved inside a GPU call."""
+    G = make_tiny_generator(1)  # this test's own: its caches are filled here
+    encoder = translator.make_encoder(G, LAYER, width=8, max_width=16,
+                                      generator=torch.Generator().manual_seed(0))
+    tr = translator.Translator(G, encoder)
+    pic = np.asarray(Image.new("RGB", (40, 30), (200, 40, 90)))
+    target = latents.render_spec(G, LatentSpec(seed=8))
+    spec = LatentSpec(seed=2, noise_mode="random", noise_seed=3)
+
+    def use(Gx, tx, where):
+        tx.set_latent(LatentSpec(seed=2))
+        r = clusters.compute_clusters(Gx, LAYER, 3, samples=8, cache_dir=tmp_path / where,
+                                      model_key="tiny-" + where)
+        ws = latents.compute_ws(Gx, LatentSpec(seed=1))
+        return (latents.render_spec(Gx, spec), tx.translate(pic, 3), tx.translate_frame(pic),
+                r.labels, clusters.cluster_overlays(Gx, r, ws[0], tile=32),
+                projector.project(Gx, target, steps=3, w_plus=True).w)
+    on_cpu = use(G, tr, "cpu")
+    assert len(G.synthesis.b16.conv1.derived) > 0  # the CPU render left its caches
+
+    def moved():
+        tc = copy.deepcopy(tr).to("cuda")
+        assert tc.G is not G and tc.device.type == "cuda"
+        assert next(tc.encoder.parameters()).device.type == "cuda"
+        assert not cpu_tensors_in_caches(tc.G), "the copy kept tensors made on the CPU"
+        tc = copy.deepcopy(tc)  # a copy of a device model (blends, training) works too
+        return devices.to_host(use(tc.G, tc, "gpu"))
+    on_gpu = zero.gpu_call(moved)
+    for got, want in zip(on_gpu[:-1], on_cpu[:-1], strict=True):
+        same(got, want)
+    close_floats(on_gpu[-1], on_cpu[-1])
+    # The original still renders on the CPU as before.
+    same(latents.render_spec(G, spec), on_cpu[0])
+
+
+def cpu_tensors_in_caches(G: torch.nn.Module) -> list[str]:
+    """Names of the layers whose derived-tensor caches hold CPU tensors."""
+    return [name for name, m in G.named_modules() if hasattr(m, "derived")
+            and any(v.device.type == "cpu" for _, v in m.derived._entries.values())]
+
+
+def test_derived_tensors_follow_the_module_not_its_copies():
+    G = make_tiny_generator(2)
+    layer = G.synthesis.b16.conv1
+    before = latents.render_spec(G, LatentSpec(seed=4))
+    assert len(layer.derived) > 0
+    assert len(copy.deepcopy(layer).derived) == 0  # a copy starts empty
+    assert len(pickle.loads(pickle.dumps(layer)).derived) == 0
+    G.double()  # a move or a cast drops them: nothing is left on the old device or dtype
+    assert len(layer.derived) == 0
+    G.float()
+    same(latents.render_spec(G, LatentSpec(seed=4)), before)
+    # New weights loaded in place: the caches are recomputed, not served stale.
+    other = make_tiny_generator(3)
+    G.load_state_dict(other.state_dict())
+    same(latents.render_spec(G, LatentSpec(seed=4)), latents.render_spec(other,
+                                                                         LatentSpec(seed=4)))
+
+
+def test_weight_caches_follow_weights_loaded_in_place(monkeypatch):
+    """The model's hash (which encoders it accepts) and its anchor bank are remembered per
+    model: new weights loaded into the same module must not be answered from the old ones."""
+    from engine import anchors
+
+    monkeypatch.setattr(anchors, "BUILD_RANGE", (8, 8))
+    G, other = make_tiny_generator(4), make_tiny_generator(5)
+    first, bank = translator.weights_sha256(G), anchors.bank_for(G)
+    assert anchors.bank_for(G) is bank  # kept while the weights stay
+    G.load_state_dict(other.state_dict())
+    assert translator.weights_sha256(G) == translator.weights_sha256(other) != first
+    assert anchors.bank_for(G).weights_sha256 == translator.weights_sha256(other)
 
 
 def test_recipe_replays_the_same_on_emulated_cuda(zero, tmp_path):
