@@ -466,11 +466,15 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def render_tensor(recipe: Recipe, model: Any = None, seeds: Sequence[float] | None = None,
-                  ws: torch.Tensor | None = None, validated: bool = False) -> torch.Tensor:
+                  ws: torch.Tensor | None = None, validated: bool = False,
+                  **synthesis: Any) -> Any:
     """Render a batch: [N, 3, H, W] in [-1, 1] (before output_size resizing).
 
     The ws come from the recipe's latent, or one per entry of `seeds` (the recipe's latent
     with each seed), or are given directly as `ws` [N, num_ws, w_dim]. Bends apply to all.
+    `synthesis` passes further per-call arguments to G.synthesis (start, stop, capture,
+    block_seconds: engine.incremental's tail renders and previews); with `capture` the
+    answer is (image, captured) as the synthesis network gives it.
     """
     G, key = _load_model(recipe, model)
     if not validated:
@@ -488,10 +492,12 @@ def render_tensor(recipe: Recipe, model: Any = None, seeds: Sequence[float] | No
     taps, weight_taps = make_taps(G, recipe.bends, recipe.weight_edits, key)
     gen = noise_generator(recipe.latent, device=device)
     if recipe.translator is not None:
+        if synthesis:
+            raise ValueError("a translated recipe renders whole: no start, stop or capture")
         return _render_translated(recipe, G, ws, taps, weight_taps, gen)
     return G.synthesis(ws, noise_mode=recipe.latent.noise_mode, taps=taps,
                        weight_taps=weight_taps, noise_generator=gen,
-                       **transform_kwargs(G, recipe.latent))
+                       **transform_kwargs(G, recipe.latent), **synthesis)
 
 
 _TRANSLATORS: collections.OrderedDict[tuple, Any] = collections.OrderedDict()

@@ -14,7 +14,9 @@ architecture), which `capture` can return and `start` can take back.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -495,7 +497,8 @@ class SynthesisNetwork(nn.Module):
                 start: tuple | None = None, fused: bool | None = None,
                 noise_generator: torch.Generator | None = None,
                 noise: Mapping[str, torch.Tensor] | None = None,
-                num_fp16_res: int | None = None
+                num_fp16_res: int | None = None, stop: str | None = None,
+                block_seconds: dict[int, float] | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Render ws; returns the image, or (image, captured) when `capture` is given.
 
@@ -510,6 +513,12 @@ class SynthesisNetwork(nn.Module):
         num_fp16_res: run the top this many block resolutions in fp16, as NVlabs (taps and
                      captures there see fp16; the RGB image stays fp32). None: the model's
                      `num_fp16_res` attribute (0 unless set, e.g. for a GPU deployment).
+        stop:        `b{res}`: end after that block and return its running RGB image
+                     (`b{res}.img`, [N, 3, res, res]; skip architecture): the same model's
+                     picture without the detail the later blocks add, for previews.
+        block_seconds: filled with {res: seconds} spent in each block this call ran (the
+                     start block included, partly run); the device is synchronised per
+                     block, so only pass it when the figures are wanted.
         """
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
@@ -537,14 +546,16 @@ class SynthesisNetwork(nn.Module):
             if start_layer not in self.layers or start_layer.endswith("torgb"):
                 raise KeyError(f"start layer must be a conv layer, got {start_layer!r}")
             start_res = int(start_layer.split(".")[0][1:])
-        blocks = [res for res in self.block_resolutions if res >= start_res]
+        blocks = [res for res in self.block_resolutions
+                  if start_res <= res <= self._stop_resolution(stop, start_res)]
         n = ws.shape[0] if ws is not None else x.shape[0]
         split = self._per_sample_from(call, n, ws if ws is not None else x)
         for res in blocks:
             if res >= split:
                 break
-            x, img = self._block(getattr(self, f"b{res}"), x, img, ws, call, captured,
-                                 start_layer if res == start_res else None)
+            with _timed(block_seconds, res, call.device):
+                x, img = self._block(getattr(self, f"b{res}"), x, img, ws, call, captured,
+                                     start_layer if res == start_res else None)
         rest = [res for res in blocks if res >= split]
         if rest:
             # The high-resolution blocks one sample at a time: each sample's activations stay
@@ -559,8 +570,9 @@ class SynthesisNetwork(nn.Module):
                                            for k, v in call.noise.items()})
                 cap: dict[str, torch.Tensor] = {}
                 for res in rest:
-                    xi, imgi = self._block(getattr(self, f"b{res}"), xi, imgi, wsi, sub, cap,
-                                           start_layer if res == start_res else None)
+                    with _timed(block_seconds, res, call.device):
+                        xi, imgi = self._block(getattr(self, f"b{res}"), xi, imgi, wsi, sub,
+                                               cap, start_layer if res == start_res else None)
                 images.append(imgi)
                 parts.append(cap)
             img = torch.cat(images)
@@ -568,6 +580,20 @@ class SynthesisNetwork(nn.Module):
                 captured[key] = torch.cat([p[key] for p in parts])
         img = img.contiguous()
         return (img, captured) if capture is not None else img
+
+    def _stop_resolution(self, stop: str | None, start_res: int) -> int:
+        """The last block a call with `stop` runs (the output block when None)."""
+        if stop is None:
+            return self.resolution
+        res = int(stop[1:]) if stop[:1] == "b" and stop[1:].isdigit() else 0
+        if res not in self.block_resolutions or res < start_res:
+            raise KeyError(f"stop must name a block from the start on ("
+                           f"{', '.join(f'b{r}' for r in self.block_resolutions)}), "
+                           f"got {stop!r}")
+        if res != self.resolution and self.cfg.architecture != "skip":
+            raise ValueError("stopping early needs the skip architecture, whose blocks each "
+                             "add to a running image")
+        return res
 
     def _per_sample_from(self, call: SynthesisCall, n: int, ref: torch.Tensor) -> int:
         """The first block resolution to render one sample at a time (past the last block
@@ -660,6 +686,31 @@ class SynthesisNetwork(nn.Module):
         if prefix + "img" in call.capture:
             captured[prefix + "img"] = img
         return x, img
+
+
+@contextmanager
+def _timed(seconds: dict[int, float] | None, res: int, device: torch.device) -> Iterator[None]:
+    """Add the time spent inside to seconds[res] (nothing when seconds is None)."""
+    if seconds is None:
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    yield
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds[res] = seconds.get(res, 0.0) + time.perf_counter() - t0
+
+
+def upsample_image(synthesis: SynthesisNetwork, img: torch.Tensor) -> torch.Tensor:
+    """A running image of a lower block ([N, 3, r, r]) brought to the output size the way
+    the skip architecture carries it up: one 2x upsampling (the [1,3,3,1] filter) per block
+    above r. The full image is this plus what the later blocks' ToRGB layers add."""
+    f = make_resample_filter().to(img.device)
+    while img.shape[-1] < synthesis.resolution:
+        img = upsample2d(img, f)
+    return img
 
 
 # ----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from engine import bending, clusters, latents, networks, recipe, zoo
+from engine import bending, clusters, incremental, latents, networks, recipe, zoo
 from engine.errors import StudioError
 from studio import files
 from studio import gpu as gpu_mod
@@ -140,6 +141,31 @@ def render(sess: Session, with_bends: bool = True) -> Image.Image:
 @gpu(lambda r, **_: _image_seconds(r.model), cpu_if=lambda r, **_: _small(r.model))
 def render_recipe(r: recipe.Recipe) -> Image.Image:
     return recipe.render(r, load(r.model))
+
+
+@interactive
+def render_frame(sess: Session, r: recipe.Recipe, budget_s: float, final: bool
+                 ) -> tuple[Image.Image, int]:
+    """A live frame of recipe `r` (the session's, or a copy being previewed): (picture,
+    0 for the full picture or the block whose running image a preview shows).
+
+    In this process (not on ZeroGPU for models it books a GPU for) frames go through the
+    session's kept activations (engine.incremental: an edit re-renders from its layer on),
+    and unless `final` a frame that would not fit budget_s stops at the deepest block that
+    does. The full picture equals recipe.render(r) pixel for pixel."""
+    if gpu_mod.on_zerogpu() and not _small(r.model):
+        return render_recipe(r), 0
+    m = load(r.model)
+    G = getattr(m, "G", m)
+    costs = incremental.costs_for(G)
+    start, changed = sess.tail.plan(r, G)
+    stop = None if final else incremental.preview_block(G, costs, budget_s, start, changed)
+    seconds: dict[int, float] = {}
+    t0 = time.perf_counter()
+    img = sess.tail.render(r, m, stop=stop, block_seconds=seconds)
+    pic = incremental.to_picture(G, img, r)
+    costs.observe(seconds, start, time.perf_counter() - t0)
+    return pic, 0 if stop is None else int(stop[1:])
 
 
 def warm_directions(sess: Session, method: str) -> None:

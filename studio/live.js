@@ -148,14 +148,16 @@
 
   const drawn = [0, 0];   // newest sequence number drawn, per kind (decodes may overtake)
 
-  // A JPEG as something drawImage takes (and close() frees). WebCodecs' ImageDecoder reads
-  // the bytes as they are; a Blob, which browsers without it (or an insecure origin) need,
-  // costs Chromium a round trip to its blob registry per frame.
+  // A JPEG (or the PNG of a rested full frame) as something drawImage takes (and close()
+  // frees). WebCodecs' ImageDecoder reads the bytes as they are; a Blob, which browsers
+  // without it (or an insecure origin) need, costs Chromium a round trip to its blob
+  // registry per frame.
   async function decode(bytes) {
+    const type = bytes[0] === 0x89 ? "image/png" : "image/jpeg";
     if (typeof ImageDecoder === "undefined") {
-      return createImageBitmap(new Blob([bytes], { type: "image/jpeg" }));
+      return createImageBitmap(new Blob([bytes], { type }));
     }
-    const decoder = new ImageDecoder({ data: bytes, type: "image/jpeg" });
+    const decoder = new ImageDecoder({ data: bytes, type });
     try {
       return (await decoder.decode()).image;
     } finally {
@@ -166,6 +168,7 @@
   async function onFrame(buf) {
     const dv = new DataView(buf);
     const kind = dv.getUint8(0), seq = dv.getUint32(1), renderMs = dv.getFloat32(5);
+    const shownRes = dv.getUint16(9);   // 0: the full picture; r: a preview of block r
     const t0 = kind === 0 ? L.sent.get(seq) : L.cam && L.cam.sent.get(seq);
     if (kind === 0) answered(seq);
     if (kind === 1 && L.cam) {
@@ -177,7 +180,7 @@
     if (!el) return;
     let bitmap;
     try {
-      bitmap = await decode(new Uint8Array(buf, 9));
+      bitmap = await decode(new Uint8Array(buf, 11));
     } catch (e) {
       return;   // a frame that does not decode is skipped; the next one follows
     }
@@ -192,8 +195,10 @@
     bitmap.close();
     el.dataset.seq = String(seq);
     el.style.display = "block";
+    if (kind === 0) showLabel(shownRes);
     const shown = performance.now();
-    L.frames.push({ kind, seq, renderMs, latency: t0 ? shown - t0 : null, shown });
+    L.frames.push({ kind, seq, renderMs, latency: t0 ? shown - t0 : null, shown,
+                    preview: shownRes });
     if (L.frames.length > 1000) L.frames.splice(0, 500);
     if (kind === 1) camStats();
     if (L.errorKind === kind) {  // a good frame: the error under the busy line is stale now
@@ -201,6 +206,24 @@
       const err = $("#live-error");
       if (err) err.textContent = "";
     }
+  }
+
+  // Which picture the live canvas shows: a big model's frames while a control moves are the
+  // running image of a block (studio/live.py), the full picture once the hand rests.
+  function showLabel(res) {
+    let el = $("#live-shown");
+    if (!el) {
+      const host = $("#canvas");
+      if (!host) return;
+      el = document.createElement("span");
+      el.id = "live-shown";
+      el.style.cssText = "position:absolute;left:6px;bottom:6px;padding:1px 6px;" +
+        "font-size:11px;border-radius:4px;background:rgba(0,0,0,.55);color:#fff;z-index:5";
+      host.appendChild(el);
+    }
+    el.textContent = res ? `preview b${res}` : "full";
+    el.dataset.res = String(res);
+    el.style.display = "block";
   }
 
   // A picture the Gradio events put on the canvas (a button, undo, a sync) replaces the
@@ -211,6 +234,8 @@
       if (t.tagName === "IMG" && t.closest("#canvas")) {
         const el = $("#live-canvas");
         if (el) el.style.display = "none";
+        const label = $("#live-shown");
+        if (label) label.style.display = "none";
       }
     }
   }).observe(document.body, { subtree: true, attributes: true, attributeFilter: ["src"] });

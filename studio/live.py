@@ -23,10 +23,16 @@ encode and one message.
   render brings the Gradio output (download, recipe JSON) up to date.
 - If the channel cannot connect, nothing changes: the Gradio events render as before, and
   the page says which path it is on.
+- Big models stay live: while a control moves, a frame that would not fit the frame budget
+  (STUDIO_LIVE_BUDGET_MS, measured per block on this machine: engine.incremental) shows
+  the running image of the deepest block that fits, and an edit re-renders only from its
+  layer on (the session's kept activations). When no new value has come for REST_S, the
+  full picture follows, losslessly (PNG): its pixels are engine.render's.
 
 Frames go back as one binary message: 1 byte kind (0 canvas, 1 webcam), 4 bytes sequence
 number of the newest message the frame includes, 4 bytes render milliseconds (float32),
-then the JPEG.
+2 bytes what it shows (0 the full picture, else the resolution of the block whose running
+image a preview shows), then the JPEG (or PNG).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import copy
 import functools
 import json
 import logging
+import os
 import secrets
 import struct
 import threading
@@ -59,12 +66,21 @@ log = logging.getLogger(__name__)
 
 PATH = "/live/ws"
 KIND_CANVAS, KIND_CAM = 0, 1
-HEADER = struct.Struct(">BIf")       # kind, sequence number, render ms
+HEADER = struct.Struct(">BIfH")      # kind, sequence number, render ms, shown block (0 full)
 JPEG_QUALITY = 92                   # small models: artefacts would show at 64 px
 MAX_MESSAGE_BYTES = 4 * 2**20       # one webcam frame or one JSON message
 MAX_CONNECTIONS = 3                 # open live channels per session (tabs of one visitor)
 FLOAT_PARAMS = ("float", "int")     # bend parameter types the editor's sliders show
 JS_FILE = Path(__file__).with_name("live.js")
+REST_S = 0.25                       # no new value this long: the gesture rests, show it whole
+
+
+def budget_s() -> float:
+    """The frame budget while a control moves (STUDIO_LIVE_BUDGET_MS, default 150 ms)."""
+    try:
+        return max(0.0, float(os.environ.get("STUDIO_LIVE_BUDGET_MS", 150))) / 1000
+    except ValueError:
+        return 0.15
 # A "play" button beside a walk or sweep video's controls (studio/live.js reads them).
 PLAY_HTML = ('<button id="live-play-{what}" class="lg secondary live-play" data-what="{what}">'
              '▶ Play live on the canvas</button>')
@@ -129,7 +145,7 @@ def preview(sess: Session, messages: list[dict[str, Any]]) -> Session:
     with sess.lock:  # never a copy of an edit half done
         tmp = Session(recipe=copy.deepcopy(sess.recipe), clusters=sess.clusters,
                       selected=list(sess.selected), current=sess.current, token=sess.token,
-                      direction_settings=sess.direction_settings)
+                      direction_settings=sess.direction_settings, tail=sess.tail)
     apply(tmp, messages)
     return tmp
 
@@ -246,12 +262,28 @@ def render_preview(sess: Session, messages: list[dict[str, Any]]) -> bytes:
     return _jpeg(backend.render(tmp))
 
 
-def render_edit(sess: Session, messages: list[dict[str, Any]], gesture: Any) -> bytes:
-    """render_preview, then the values applied to the session (only once they rendered: a
-    value the engine refuses never reaches the session)."""
-    jpeg = render_preview(sess, messages)
+def render_edit(sess: Session, messages: list[dict[str, Any]], gesture: Any
+                ) -> tuple[bytes, int]:
+    """A frame of the session with `messages` applied, within the frame budget (a preview
+    when the full picture would not fit), then the values applied to the session (only once
+    they rendered: a value the engine refuses never reaches the session). Returns (JPEG,
+    0 for the full picture or the preview's block resolution)."""
+    tmp = preview(sess, messages) if messages else sess
+    pic, shown = backend.render_frame(sess, tmp.recipe, budget_s(), final=False)
     commit(sess, messages, gesture)
-    return jpeg
+    return _jpeg(pic), shown
+
+
+def render_rest(sess: Session) -> tuple[bytes, int]:
+    """The full picture of the session once a gesture rests after previews, as PNG: the
+    page then shows engine.render's pixels, not a JPEG of them."""
+    import io
+    with sess.lock:
+        rec = copy.deepcopy(sess.recipe)
+    pic, _ = backend.render_frame(sess, rec, budget_s(), final=True)
+    out = io.BytesIO()
+    pic.save(out, format="PNG", compress_level=1)   # level 1: ~4x faster, a bit larger
+    return out.getvalue(), 0
 
 
 def translate_cam(sess: Session, encoder: str, jpeg: bytes) -> bytes:
@@ -348,6 +380,7 @@ class Connection:
         self.wake = asyncio.Event()
         self.player: asyncio.Task | None = None       # a walk or sweep playing live
         self.drawing = False                           # a canvas frame is being rendered
+        self.unrested: int | None = None               # seq of a preview not yet made whole
 
     def busy(self) -> bool:
         """Control values received and not yet applied to the session (settle waits)."""
@@ -404,7 +437,12 @@ class Connection:
     async def render(self) -> None:
         """Render whatever is newest, one frame at a time, until the page goes."""
         while True:
-            await self.wake.wait()
+            if self.unrested is None:
+                await self.wake.wait()
+            elif not await self._moved_within(REST_S):
+                seq, self.unrested = self.unrested, None
+                await self._send_frame(KIND_CANVAS, seq, render_rest, self.sess)
+                continue
             self.wake.clear()
             while self.pending or self.cam is not None:
                 if self.pending:
@@ -419,6 +457,14 @@ class Connection:
                 if self.cam is not None:
                     (seq, jpeg), self.cam = self.cam, None
                     await self._webcam(seq, jpeg)
+
+    async def _moved_within(self, seconds: float) -> bool:
+        """Wait for a message at most `seconds`; False when none came (the gesture rests)."""
+        try:
+            await asyncio.wait_for(self.wake.wait(), seconds)
+            return True
+        except TimeoutError:
+            return bool(self.pending)
 
     async def _play(self, msg: dict[str, Any]) -> None:
         """Render a walk or sweep frame by frame at its fps (slower if rendering is)."""
@@ -443,25 +489,31 @@ class Connection:
         its gestures (`g`), and the steps of one share an undo entry."""
         seq = max(_seq(m) for m in messages)
         gesture = (id(self), max(_seq({"seq": m.get("g")}) for m in messages))
-        await self._send_frame(KIND_CANVAS, seq, render_edit, self.sess, messages, gesture)
+        shown = await self._send_frame(KIND_CANVAS, seq, render_edit, self.sess, messages,
+                                       gesture)
+        self.unrested = seq if shown else None   # a preview: the full picture follows
 
     async def _webcam(self, seq: int, jpeg: bytes) -> None:
         await self._send_frame(KIND_CAM, seq, translate_cam, self.sess, self.encoder, jpeg)
 
-    async def _send_frame(self, kind: int, seq: int, fn: Any, *args: Any) -> None:
+    async def _send_frame(self, kind: int, seq: int, fn: Any, *args: Any) -> int | None:
+        """Render fn(*args) (a picture's bytes, or (bytes, shown)) and send it; returns what
+        it shows (0 the full picture, else a preview's block), None after an error."""
         t0 = time.perf_counter()
         try:
-            jpeg = await anyio.to_thread.run_sync(lambda: fn(*args), limiter=_RENDER_SLOTS)
+            out = await anyio.to_thread.run_sync(lambda: fn(*args), limiter=_RENDER_SLOTS)
         except (StudioError, ValueError, TypeError, KeyError) as exc:
             await self._send_text({"error": str(exc), "kind": kind, "seq": seq})
-            return
+            return None
         except Exception:  # a bug must not end the channel; the log keeps the traceback
             log.exception("live render failed")
             await self._send_text({"error": "this frame could not be rendered.",
                                    "kind": kind, "seq": seq})
-            return
+            return None
+        data, shown = out if isinstance(out, tuple) else (out, 0)
         ms = (time.perf_counter() - t0) * 1000
-        await self.ws.send_bytes(HEADER.pack(kind, seq & 0xFFFFFFFF, ms) + jpeg)
+        await self.ws.send_bytes(HEADER.pack(kind, seq & 0xFFFFFFFF, ms, shown) + data)
+        return shown
 
     async def _send_text(self, payload: dict[str, Any]) -> None:
         try:
@@ -524,6 +576,8 @@ async def endpoint(ws: Any) -> None:
                 _open[id(sess)] = left
             else:
                 _open.pop(id(sess), None)
+        if left <= 0:
+            sess.tail.drop()   # the last page went: its kept activations go too
 
 
 def routes() -> list[Any]:

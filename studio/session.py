@@ -25,6 +25,7 @@ from engine.bending import OPERATIONS, WEIGHT_OPERATIONS, Bend, ChannelSelection
 from engine.blend import BlendSpec
 from engine.clusters import ClusterResult
 from engine.errors import StudioError
+from engine.incremental import TailCache
 from engine.latents import DirectionEdit, LatentSpec, LayerEdit
 from engine.recipe import Recipe
 from studio.jobs import Jobs
@@ -54,6 +55,9 @@ class Session:
     direction_settings: DirectionEdit | None = None
     # The live gesture whose undo entry is the newest one: (its key, that entry).
     gesture_entry: tuple[Any, Recipe] | None = field(default=None, repr=False)
+    # Activations the live channel keeps to re-render only the layers after an edit
+    # (engine.incremental): capped in bytes, emptied when idle or when the model changes.
+    tail: TailCache = field(default_factory=TailCache, repr=False, compare=False)
     # Held by every edit: the page's events run in Gradio's threads, the live channel's in
     # its own, and each edit must see the other's whole.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -70,10 +74,11 @@ class Session:
         state = dict(self.__dict__)
         state["live"] = None  # a loaded Translator does not travel between processes
         del state["lock"]     # a lock neither: the copy gets its own
+        state.pop("tail", None)  # nor kept activations (and their lock)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, lock=threading.RLock())
+        self.__dict__.update(state, lock=threading.RLock(), tail=TailCache())
 
     @property
     def model(self) -> str:
@@ -186,6 +191,7 @@ def switch_model(sess: Session, model: str) -> None:
     for name in ("recipe", "clusters", "selected", "current", "projected", "live", "undo",
                  "redo"):
         setattr(sess, name, getattr(fresh, name))
+    sess.tail.drop()
 
 
 def load_recipe(sess: Session, rec: Recipe, merge: bool = False) -> None:
@@ -201,6 +207,7 @@ def load_recipe(sess: Session, rec: Recipe, merge: bool = False) -> None:
         return
     if rec.model != sess.model:
         sess.clusters, sess.selected, sess.projected, sess.live = None, [], None, None
+        sess.tail.drop()
     sess.recipe = rec
     sess.current = 0 if rec.bends else None
 

@@ -185,6 +185,59 @@ def test_channel_edits_reach_the_session_as_one_undo_entry_per_gesture() -> None
     assert S.undo(sess) and sess.recipe.latent.psi == 0.7
 
 
+def test_a_rapid_gesture_on_a_big_model_gets_previews_then_the_full_frame(
+        tmp_path, monkeypatch) -> None:
+    """With no frame fitting the budget, a drag on a b32 bend of a 256 px model is answered
+    by previews (the running image of b32, the cheapest that shows the edit, carried up to
+    256 px);
+    once it rests, the full picture follows as PNG with engine.render's pixels."""
+    from engine.bending import ChannelSelection
+    from engine.checkpoints import save_generator
+    from studio import backend
+    from tests.conftest import make_tiny_generator
+
+    path = tmp_path / "g256.safetensors"
+    save_generator(make_tiny_generator(0, resolution=256, channel_base=2048, channel_max=16),
+                   path, source="random test model")
+    monkeypatch.setenv("STUDIO_LIVE_BUDGET_MS", "0")
+    sess = S.new_session(str(path))
+    S.add_bend(sess, "b32.conv1", "rotate", ChannelSelection(), {"angle": 0.0})
+    ws = PictureSocket([text(json.dumps({"kind": "bend", "seq": i, "g": 1, "slot": 0,
+                                         "value": 10 * i})) for i in range(1, 5)])
+
+    async def run() -> None:
+        conn = ws.conn = live.Connection(ws, sess)
+        renderer = asyncio.get_running_loop().create_task(conn.render())
+        await conn.receive()
+        for _ in range(1200):           # the gesture rests, then its full frame comes
+            if any(f[0][3] == 0 for f in ws.frames):
+                break
+            await asyncio.sleep(0.05)
+        renderer.cancel()
+
+    asyncio.run(run())
+    shown = [(seq, res) for (_, seq, _, res), _ in ws.frames]
+    # (A machine too loaded to send the next value within REST_S shows a rest between.)
+    assert [s for s in shown if s[1]] == [(1, 32), (2, 32), (3, 32), (4, 32)], shown
+    assert shown[-1] == (4, 0), shown
+    preview = np.asarray(Image.open(io.BytesIO(ws.frames[0][1])))
+    assert preview.shape == (256, 256, 3)
+    rested = ws.frames[-1][1]
+    assert rested[:4] == b"\x89PNG"
+    assert sess.recipe.bends[0].params["angle"] == 40
+    want = engine.render(sess.recipe, backend.load(str(path)))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(rested))), np.asarray(want))
+    assert sess.tail.layers() == ["b32.conv1"]
+
+
+class PictureSocket(FakeSocket):
+    """A FakeSocket that keeps each frame's picture bytes beside its header."""
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.frames.append((live.HEADER.unpack(data[:live.HEADER.size]),
+                            data[live.HEADER.size:]))
+
+
 def test_a_gradio_event_waits_until_the_channel_applied_what_it_got() -> None:
     import threading
 
