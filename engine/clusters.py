@@ -12,12 +12,14 @@ Results are cached in memory and on disk as JSON, keyed by everything that fixes
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +149,27 @@ def _recall(key: str) -> ClusterResult | None:
         if result is not None:
             _memory.move_to_end(key)
         return result
+
+
+# A server refuses to compute a clustering where it must answer at once (a render); there a
+# clustering is only read from the cache, and computed as a long job elsewhere.
+_ONLY_CACHED: contextvars.ContextVar[bool] = contextvars.ContextVar("clusters_only_cached",
+                                                                    default=False)
+
+
+class ClusteringNotCached(StudioError):
+    """A clustering was asked for where only cached ones may be used (see only_cached)."""
+
+
+@contextlib.contextmanager
+def only_cached() -> Iterator[None]:
+    """Inside: compute_clusters returns cached results only and refuses, in one sentence,
+    a clustering it would have to compute (seconds to hours, by its samples and model)."""
+    token = _ONLY_CACHED.set(True)
+    try:
+        yield
+    finally:
+        _ONLY_CACHED.reset(token)
 
 
 def clear_memory_cache() -> None:
@@ -370,6 +393,17 @@ def compute_clusters(G: torch.nn.Module, layer: str, k: int, samples: int = 128,
         return cached
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"{key}.json"
+    if _ONLY_CACHED.get():
+        cached = _read_cached(path)
+        if cached is None or cached.layer != layer or len(cached.labels) != C:
+            how = ("compute it on the Clusters tab (a long job you can cancel), then try again"
+                   if seed == 0 and psi == 0.7 and method == "spatial" else
+                   "the studio computes clusterings with cluster_seed 0 only, so set it to 0")
+            raise ClusteringNotCached(f"the clustering of {layer} into {k} clusters from "
+                                      f"{samples} samples (cluster_seed {seed}) has not been "
+                                      f"computed on this server yet; {how}.")
+        _remember(key, cached)
+        return cached
     with _memory_lock:
         key_lock = _key_locks.setdefault(f"{key}|{path}", threading.Lock())
     # A second caller asking for the same clustering (a double click in the studio) waits for

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from engine import clusters
 from engine.errors import StudioError
 from studio.limits import SERVER
 
@@ -156,10 +157,12 @@ LANE = Lane(SERVER.heavy_jobs, SERVER.heavy_waiting)
 
 
 def interactive(fn: Callable) -> Callable:
-    """Decorator: `fn` is an interactive render (see Lane.interactive)."""
+    """Decorator: `fn` is an interactive render (see Lane.interactive). It may use cached
+    clusterings only: one it would compute (a recipe's bend may name any) is refused in a
+    sentence, and computed as a long job on the Clusters tab."""
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        with LANE.interactive():
+        with LANE.interactive(), clusters.only_cached():
             return fn(*args, **kwargs)
     return call
 

@@ -285,3 +285,36 @@ def test_every_bound_handler_refuses_nan_in_one_sentence() -> None:
             handler(None, "swap", bad, 0)
     with pytest.raises(gr.Error, match="loading its model"):  # finite: on to the handler
         handler(None, "swap", 1.0, 0)
+
+
+def test_a_recipe_may_use_cached_clusterings_only(server, tmp_path):
+    """Issue 30 item 3: a recipe whose bend names a clustering this server has not computed
+    (any k, samples or cluster_seed) ran it in the interactive lane, outside the one long job
+    rule and without Cancel (hours at the limits). Now it is refused in one sentence before
+    anything is computed; the Clusters tab (a long job) computes it, then the recipe loads."""
+    from gradio_client import handle_file
+
+    url, model, folder = server
+    client, image = _session(url, model)
+    cache = folder / "cache"
+    cached_before = _files(cache) if cache.exists() else set()
+
+    def recipe_file(seed: int) -> str:
+        path = tmp_path / f"clusters-seed{seed}.json"
+        path.write_text(json.dumps({"version": 1, "model": model, "bends": [
+            {"layer": "b16.conv1", "op": "invert",
+             "channels": {"mode": "clusters", "ids": [0], "k": 3, "samples": 20,
+                          "cluster_seed": seed}}]}))
+        return handle_file(str(path))
+
+    for seed, words in ((7, "with cluster_seed 0 only"), (0, "compute it on the Clusters tab")):
+        message = _error(lambda s=seed: client.predict(recipe_file(s), api_name="/load_recipe"))
+        assert "has not been computed on this server yet" in message and words in message, \
+            message
+        assert "\n" not in message and "Traceback" not in message, message
+    assert (_files(cache) if cache.exists() else set()) == cached_before  # nothing computed
+    _still_renders(client, image)  # the refused recipe left the session as it was
+    assert "3 clusters" in client.predict("b16.conv1", 3, 20, api_name="/compute_clusters")[0]
+    client.predict(recipe_file(0), api_name="/load_recipe")
+    shown = json.loads(client.predict(api_name="/show_recipe"))
+    assert shown["bends"][0]["channels"]["mode"] == "clusters", shown
