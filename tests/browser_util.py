@@ -23,6 +23,9 @@ DEFAULT_MODEL_FILE = REPO / "engine" / "default_model" / "faces64.safetensors"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-dev-shm-usage"]
+# How long a browser test waits for the page: the CI machine may be busy; a render is
+# milliseconds when it is not.
+BROWSER_WAIT_MS = 120_000
 
 
 def free_port() -> int:
@@ -62,17 +65,76 @@ def need_chromium() -> str:
     return path
 
 
+def launch_chromium(playwright: Any, args: tuple[str, ...] = ()) -> Any:
+    """Headless Chromium (skips the test without it); the caller closes it."""
+    return playwright.chromium.launch(executable_path=need_chromium(),
+                                      args=[*CHROMIUM_ARGS, *args])
+
+
+def new_studio_page(browser: Any, url: str, width: int = 1280, height: int = 800,
+                    timeout_ms: int = 120_000, **context_options: Any) -> Any:
+    """A fresh page on the studio at `url` in a browser context of its own, so a Gradio
+    session of its own (nothing left by an earlier test), once its first canvas image is
+    shown. `context_options` go to `browser.new_context` (permissions, accept_downloads).
+    The caller closes `page.context`."""
+    context = browser.new_context(viewport={"width": width, "height": height},
+                                  **context_options)
+    page = context.new_page()
+    page.set_default_timeout(timeout_ms)
+    page.goto(url)
+    page.wait_for_selector("#canvas img")
+    return page
+
+
 def open_studio_page(playwright: Any, url: str, width: int = 1280, height: int = 800,
                      timeout_ms: int = 120_000, args: tuple[str, ...] = ()) -> tuple[Any, Any]:
     """Headless Chromium on the studio at `url`, once its first canvas image is shown:
     (browser, page). The caller closes the browser."""
-    browser = playwright.chromium.launch(executable_path=need_chromium(),
-                                         args=[*CHROMIUM_ARGS, *args])
-    page = browser.new_page(viewport={"width": width, "height": height})
-    page.set_default_timeout(timeout_ms)
-    page.goto(url)
-    page.wait_for_selector("#canvas img")
-    return browser, page
+    browser = launch_chromium(playwright, args)
+    return browser, new_studio_page(browser, url, width, height, timeout_ms)
+
+
+def src(page: Any, selector: str) -> str | None:
+    """The file an image component (`selector`, e.g. '#canvas') shows, or None."""
+    el = page.query_selector(f"{selector} img")
+    return el.get_attribute("src") if el else None
+
+
+def wait_new_src(page: Any, selector: str, old: str | None,
+                 timeout_ms: int = BROWSER_WAIT_MS) -> str:
+    """Wait until the image in `selector` shows a different file (Gradio names files by
+    content hash, so a new src means new pixels)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while time.monotonic() < deadline:
+        now = src(page, selector)
+        if now and now != old:
+            return now
+        page.wait_for_timeout(100)
+    raise AssertionError(f"{selector} did not change from {old}; the page: {page_state(page)}")
+
+
+def pixels(page: Any, url: str) -> Any:
+    """The RGB pixels (uint8 numpy array) of the image the page shows at `url`."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    body = page.request.get(url).body()
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+
+
+def tab(page: Any, name: str) -> None:
+    """Open the studio tab called `name` and wait until its panel is shown."""
+    page.get_by_role("tab", name=name).click()
+    page.locator(f"#tab-{name.lower()}").first.wait_for(state="visible")
+
+
+def set_number(page: Any, selector: str, value: float) -> None:
+    """Type `value` into the number box of `selector` and press Enter (its event fires)."""
+    box = page.locator(f"{selector} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
 
 
 def download_recipe_file(page: Any, button: str, dest: Path) -> Path:

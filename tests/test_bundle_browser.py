@@ -20,16 +20,21 @@ import pytest
 from PIL import Image
 
 from tests.browser_util import (
+    BROWSER_WAIT_MS,
     CHROMIUM_ARGS,
     DEFAULT_MODEL_FILE,
     REPO,
     chromium_path,
     download_recipe_file,
     need_chromium,
+    pixels,
+    set_number,
+    src,
     studio_server,
+    tab,
     tiny_model_file,
+    wait_new_src,
 )
-from tests.test_studio_browser import WAIT_MS, pixels, set_number, src, tab, wait_new_src
 
 pytestmark = pytest.mark.browser
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -38,7 +43,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 def open_page(browser, url: str):
     page = browser.new_context(viewport={"width": 1280, "height": 800},
                                accept_downloads=True).new_page()
-    page.set_default_timeout(WAIT_MS)
+    page.set_default_timeout(BROWSER_WAIT_MS)
     page.goto(url)
     page.wait_for_selector("#canvas img")
     return page

@@ -11,9 +11,7 @@ else a tiny random one (STUDIO_TEST_MODEL overrides both).
 
 from __future__ import annotations
 
-import io
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +19,19 @@ import pytest
 from PIL import Image
 
 from tests.browser_util import (
-    CHROMIUM_ARGS,
     DEFAULT_MODEL_FILE,
     REPO,
-    chromium_path,
     download_recipe_file,
+    launch_chromium,
     need_chromium,
-    page_state,
+    new_studio_page,
+    pixels,
+    set_number,
+    src,
     studio_server,
+    tab,
     tiny_model_file,
+    wait_new_src,
 )
 
 pytestmark = pytest.mark.browser
@@ -37,7 +39,6 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 SHOTS = os.environ.get("STUDIO_SCREENSHOTS") == "1"
 DOCS = REPO / "docs"
-WAIT_MS = 120_000   # the CI machine may be busy; a render is milliseconds when it is not
 
 
 @pytest.fixture(scope="module")
@@ -53,51 +54,25 @@ def page_url(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(page_url):
+def browser():
     with playwright_api.sync_playwright() as p:
         # A fake camera (a moving test pattern) stands in for the webcam.
-        browser = p.chromium.launch(executable_path=chromium_path(), args=[
-            *CHROMIUM_ARGS, "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream"])
-        context = browser.new_context(viewport={"width": 1280, "height": 800},
-                                      accept_downloads=True, permissions=["camera"])
-        pg = context.new_page()
-        pg.set_default_timeout(WAIT_MS)
-        pg.goto(page_url)
-        pg.wait_for_selector("#canvas img")
-        yield pg
-        browser.close()
+        chromium = launch_chromium(p, ("--use-fake-ui-for-media-stream",
+                                       "--use-fake-device-for-media-stream"))
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, page_url):
+    """A fresh page (its own Gradio session) for each test: each sets up what it needs."""
+    pg = new_studio_page(browser, page_url, accept_downloads=True, permissions=["camera"])
+    yield pg
+    pg.context.close()
 
 
 # ----------------------------------------------------------------------------------------
 # Helpers.
-
-
-def src(page, selector: str) -> str | None:
-    el = page.query_selector(f"{selector} img")
-    return el.get_attribute("src") if el else None
-
-
-def wait_new_src(page, selector: str, old: str | None) -> str:
-    """Wait until the image in `selector` shows a different file (Gradio names files by
-    content hash, so a new src means new pixels)."""
-    deadline = time.monotonic() + WAIT_MS / 1000
-    while time.monotonic() < deadline:
-        now = src(page, selector)
-        if now and now != old:
-            return now
-        page.wait_for_timeout(100)
-    raise AssertionError(f"{selector} did not change from {old}; the page: {page_state(page)}")
-
-
-def pixels(page, url: str) -> np.ndarray:
-    body = page.request.get(url).body()
-    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
-
-
-def tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
-    page.wait_for_timeout(300)
 
 
 def shot(page, name: str) -> None:
@@ -107,18 +82,27 @@ def shot(page, name: str) -> None:
         page.screenshot(path=str(DOCS / f"screenshot-{name}.png"), full_page=False)
 
 
-def set_number(page, selector: str, value: float) -> None:
-    box = page.locator(f"{selector} input[type=number]").first
-    box.fill(str(value))
-    box.press("Enter")
-
-
 def error_toast(page, words: str) -> None:
     page.get_by_text(words, exact=False).first.wait_for(state="visible")
 
 
+def select_clusters(page, k: int, picks: tuple[int, ...]) -> None:
+    """On the Clusters tab: compute `k` clusters, then select the tiles `picks`."""
+    tab(page, "Clusters")
+    set_number(page, "#cl-k", k)
+    page.click("#cl-compute")
+    tiles = page.locator("#cl-gallery button.thumbnail-item")
+    tiles.nth(k - 1).wait_for()
+    assert tiles.count() == k
+    for i in picks:
+        page.locator("#cl-gallery button.thumbnail-item").nth(i).click()
+        page.wait_for_function(
+            f"() => document.querySelector(\"#cl-selected input[name='{i}']\")?.checked")
+    assert page.locator("#cl-selected input:checked").count() == len(picks)
+
+
 # ----------------------------------------------------------------------------------------
-# The flow (tests run in file order on one page).
+# The flow, one step per test; each test opens its own page and sets up what it needs.
 
 
 def test_generate(page):
@@ -132,26 +116,12 @@ def test_generate(page):
 
 
 def test_clusters_and_selection(page):
-    tab(page, "Clusters")
-    set_number(page, "#cl-k", 6)
-    page.click("#cl-compute")
-    tiles = page.locator("#cl-gallery button.thumbnail-item")
-    tiles.nth(5).wait_for()
-    assert tiles.count() == 6
-    tiles.nth(0).click()
-    page.locator("#cl-selected input[name='0']").wait_for()
-    page.wait_for_function(
-        "() => document.querySelector(\"#cl-selected input[name='0']\").checked")
-    tiles = page.locator("#cl-gallery button.thumbnail-item")
-    tiles.nth(2).click()
-    page.wait_for_function(
-        "() => document.querySelector(\"#cl-selected input[name='2']\").checked")
-    checked = page.locator("#cl-selected input:checked").count()
-    assert checked == 2
+    select_clusters(page, 6, (0, 2))
     shot(page, "clusters")
 
 
 def test_rotate_bend_changes_the_image(page):
+    select_clusters(page, 6, (0, 2))
     tab(page, "Bend")
     before = src(page, "#canvas")
     page.locator("#add-where").get_by_text("selected clusters").click()
@@ -191,6 +161,7 @@ def test_translate_an_uploaded_photo(page, tmp_path):
 
 
 def test_webcam_stream_is_translated(page):
+    tab(page, "Translate")
     page.get_by_text("Webcam (live)").click()
     page.get_by_text("Webcam through Gradio events").click()
     page.get_by_text("Click to Access Webcam").click()
@@ -201,7 +172,14 @@ def test_webcam_stream_is_translated(page):
 
 
 def test_recipe_download_and_reload_gives_the_same_image(page, tmp_path):
-    target = src(page, "#canvas")
+    # A seed and a bend to carry (a fresh page's recipe would hold no bend).
+    shown = src(page, "#canvas")
+    set_number(page, "#seed", 5)
+    shown = wait_new_src(page, "#canvas", shown)
+    tab(page, "Bend")
+    page.locator("#add-where").get_by_text("all channels").click()
+    page.click("#add-bend")
+    target = wait_new_src(page, "#canvas", shown)
     saved = download_recipe_file(page, "#recipe-save", tmp_path / "recipe.json")
     assert '"bends"' in saved.read_text()
     # Move away from it, then load it back.
@@ -227,9 +205,20 @@ def test_project_a_picture(page, tmp_path):
     set_number(page, "#pr-steps", 100)
     before = src(page, "#canvas")
     page.click("#pr-go")
-    wait_new_src(page, "#canvas", before)
+    after = wait_new_src(page, "#canvas", before)
     page.get_by_text("PSNR", exact=False).first.wait_for()
+    # The projection looks like the picture: much closer to it than the sample it started from.
+    start_db, projected_db = (psnr_to(pixels(page, url), picture) for url in (before, after))
+    assert projected_db > start_db + 3, (start_db, projected_db)
     shot(page, "project")
+
+
+def psnr_to(shown: np.ndarray, picture: Path) -> float:
+    """PSNR in dB of the canvas pixels `shown` against the picture file, at the canvas size."""
+    size = shown.shape[1], shown.shape[0]
+    target = np.asarray(Image.open(picture).convert("RGB").resize(size, Image.LANCZOS))
+    mse = np.mean((shown.astype(np.float64) - target.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)))
 
 
 def test_bad_upload_shows_an_error_and_the_page_keeps_working(page, tmp_path):

@@ -10,14 +10,19 @@ import numpy as np
 import pytest
 
 from tests.browser_util import (
-    CHROMIUM_ARGS,
+    BROWSER_WAIT_MS,
     DEFAULT_MODEL_FILE,
-    chromium_path,
+    launch_chromium,
     need_chromium,
+    new_studio_page,
+    pixels,
+    set_number,
+    src,
     studio_server,
+    tab,
     tiny_model_file,
+    wait_new_src,
 )
-from tests.test_studio_browser import WAIT_MS, pixels, set_number, src, tab, wait_new_src
 
 pytestmark = pytest.mark.browser
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -39,21 +44,31 @@ transforms:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def studio_url(tmp_path_factory):
     need_chromium()
     folder = tmp_path_factory.mktemp("studio-layout")
     model = os.environ.get("STUDIO_TEST_MODEL") or (
         "default" if DEFAULT_MODEL_FILE.exists() else tiny_model_file(folder))
     env = {"STUDIO_OUTPUT_DIR": str(folder / "out"),
            "ACTIVATION_STUDIO_CACHE": str(folder / "cache")}
-    with studio_server(model, env=env) as url, playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        pg = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
-        pg.set_default_timeout(WAIT_MS)
-        pg.goto(url)
-        pg.wait_for_selector("#canvas img")
-        yield pg
-        browser.close()
+    with studio_server(model, env=env) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        chromium = launch_chromium(p)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, studio_url):
+    """A fresh page (its own Gradio session) for each test, so none depends on another."""
+    pg = new_studio_page(browser, studio_url, timeout_ms=BROWSER_WAIT_MS)
+    yield pg
+    pg.context.close()
 
 
 def _in_view(page, selector: str) -> bool:
