@@ -2,8 +2,10 @@
 
 - `prepare_pictures`: the uploaded files (one .zip, or several pictures) are size-checked,
   copied into the session's folder under a name made from their contents (the same pictures
-  give the same folder, so a run on them can resume) and read once by the engine's checked
-  reader, which counts what it can use.
+  give the same folder, so a run on them can resume) by `store_pictures`, and read once by
+  the engine's checked reader, which counts what it can use (`read_pictures`: decoding is
+  the memory a run takes, so it happens inside a long-job slot only, within
+  STUDIO_MAX_PICTURE_BYTES).
 - `estimate`: how long a run will take here, from images/s measured on this machine
   (`engine.train_gan.measure_speed`, cached per model, batch and augmentation), said in one
   sentence before anything starts; on a CPU it says so.
@@ -28,7 +30,7 @@ from engine import datasets
 from engine.errors import StudioError
 from engine.train_gan import MIN_IMAGES, MODEL_NAME, TrainConfig, measure_speed
 from studio import files, uploads
-from studio.limits import LIMITS
+from studio.limits import LIMITS, SERVER
 from studio.session import Session
 
 AUGMENTS = ("ada", "none")   # the page offers adaptive augmentation or none
@@ -71,12 +73,11 @@ def _digest(paths: list[Path]) -> str:
     return h.hexdigest()
 
 
-def prepare_pictures(sess: Session, uploaded: Any, resolution: int,
-                     fit: str = "crop") -> PictureSet:
-    """Check and store the uploaded pictures for a run at `resolution`; one sentence when
-    they cannot be used (too big in all, a zip mixed with pictures, too few readable)."""
-    if fit not in FITS:
-        raise StudioError(f"square the pictures by one of {', '.join(FITS)}; got {fit!r}.")
+def store_pictures(sess: Session, uploaded: Any, resolution: int) -> tuple[Path, str]:
+    """Check the uploaded pictures' sizes and store them in the session's folder, named by
+    their content: (the stored folder or zip, its digest). Nothing is decoded here, so this
+    may run outside a long-job slot; what decoding them would take is checked against
+    SERVER.picture_bytes from their count alone."""
     paths = _paths(uploaded)
     if len(paths) > MAX_FILES:
         raise StudioError(f"{len(paths)} files are more than {MAX_FILES} at once; put the "
@@ -93,12 +94,19 @@ def prepare_pictures(sess: Session, uploaded: Any, resolution: int,
     if not zips and len(paths) < MIN_IMAGES:
         raise StudioError(f"{len(paths)} picture files are too few; fine-tuning needs at least "
                           f"{MIN_IMAGES} (a few hundred is best).")
+    try:
+        count = datasets.zip_entry_count(zips[0]) if zips else len(paths)
+    except datasets.DatasetError as exc:
+        raise StudioError(str(exc)) from exc
+    need = count * resolution * resolution * 3
+    if need > SERVER.picture_bytes:
+        raise StudioError(f"{count} {'files in the zip' if zips else 'pictures'} at "
+                          f"{resolution} px take {need / 2**20:.0f} MiB once read, more "
+                          f"than this studio's {SERVER.picture_bytes / 2**20:.0f} MiB for "
+                          f"one run (STUDIO_MAX_PICTURE_BYTES); upload fewer pictures.")
     digest = _digest(paths)
     folder = files.session_dir(sess.token) / PICTURES_DIR / digest[:16]
-    if zips:
-        data = folder / "pictures.zip"
-    else:
-        data = folder / "pictures"
+    data = folder / ("pictures.zip" if zips else "pictures")
     if not data.exists():
         files.make_room()
         # Written beside the folder and renamed into place: two events storing the same
@@ -116,6 +124,14 @@ def prepare_pictures(sess: Session, uploaded: Any, resolution: int,
             tmp.rename(folder)
         except OSError:  # stored meanwhile by the other event
             shutil.rmtree(tmp, ignore_errors=True)
+    return data, digest
+
+
+def read_pictures(data: Path, digest: str, resolution: int, fit: str = "crop") -> PictureSet:
+    """Decode stored pictures (the memory a run needs): call it inside a long-job slot only,
+    so the server reads one visitor's pictures at a time."""
+    if fit not in FITS:
+        raise StudioError(f"square the pictures by one of {', '.join(FITS)}; got {fit!r}.")
     try:
         loaded = datasets.load_pictures(data, resolution, fit=fit)
     except datasets.DatasetError as exc:
@@ -125,6 +141,17 @@ def prepare_pictures(sess: Session, uploaded: Any, resolution: int,
                           f"fine-tuning needs at least {MIN_IMAGES} (a few hundred is best).")
     return PictureSet(data=data, pictures=len(loaded.images), note=loaded.skipped_sentence(),
                       digest=digest)
+
+
+def prepare_pictures(sess: Session, uploaded: Any, resolution: int,
+                     fit: str = "crop") -> PictureSet:
+    """Check, store and read the uploaded pictures for a run at `resolution` (inside a
+    long-job slot: it decodes them); one sentence when they cannot be used (too big in all,
+    a zip mixed with pictures, too few readable)."""
+    if fit not in FITS:
+        raise StudioError(f"square the pictures by one of {', '.join(FITS)}; got {fit!r}.")
+    data, digest = store_pictures(sess, uploaded, resolution)
+    return read_pictures(data, digest, resolution, fit)
 
 
 def _sentence(text: str) -> str:
@@ -187,8 +214,8 @@ def runs_dir(sess: Session) -> Path:
     return files.session_dir(sess.token) / RUNS_DIR
 
 
-def run_settings(sess: Session, pictures: PictureSet, model_key: str, steps: int, batch: int,
-                 augment: str, xflip: bool, fit: str) -> TrainConfig:
+def run_settings(sess: Session, data: Path, digest: str, model_key: str, steps: int,
+                 batch: int, augment: str, xflip: bool, fit: str) -> TrainConfig:
     """The engine's config for a page run, within the page's limits. The folder is named by
     what a resume must keep (model, pictures, batch, augmentation, x-flips, fit), so pressing
     the button again with more steps continues the same run."""
@@ -202,10 +229,10 @@ def run_settings(sess: Session, pictures: PictureSet, model_key: str, steps: int
     if not 1 <= batch <= LIMITS.gan_batch:
         raise StudioError(f"the batch must be between 1 and {LIMITS.gan_batch} "
                           f"(STUDIO_MAX_GAN_BATCH); got {batch}.")
-    keep = f"{sess.model}|{model_key}|{pictures.digest}|{batch}|{augment}|{xflip}|{fit}"
+    keep = f"{sess.model}|{model_key}|{digest}|{batch}|{augment}|{xflip}|{fit}"
     name = f"{model_key[:10] or 'model'}-{hashlib.sha256(keep.encode()).hexdigest()[:10]}"
     return TrainConfig(
-        base=sess.model, data=str(pictures.data), out=str(runs_dir(sess) / name), fit=fit,
+        base=sess.model, data=str(data), out=str(runs_dir(sess) / name), fit=fit,
         batch=batch, total_kimg=steps * batch / 1000, augment=augment, xflip=bool(xflip),
         lr_g=PAGE_LR_G,
         ada_kimg=PAGE_ADA_KIMG,

@@ -143,3 +143,55 @@ def test_one_long_job_per_session(tmp_path):
     with pytest.raises(gr.Error, match="steps must be between 1 and"):
         next(tab.train(ui, sess, files, 10_000, 2, "ada", False, "crop"))
     assert sess.jobs.running is None  # a refused start leaves no job claimed
+
+
+def test_pictures_are_read_inside_a_long_job_slot_only(tmp_path, monkeypatch):
+    """Issue 30 item 4: the pictures were decoded before the long-job slot was taken (the
+    check and the run's first step, 9 events at once): three 8 MB zips of 50,000 1x1 PNGs
+    cost +1.8 GB. Now only storing them happens outside; every read is inside a slot."""
+    from contextlib import contextmanager
+
+    from studio import jobs
+
+    held: list[int] = []
+    real_slot = jobs.LANE.slot
+
+    @contextmanager
+    def slot(*args, **kwargs):
+        with real_slot(*args, **kwargs) as cancel:
+            held.append(1)
+            try:
+                yield cancel
+            finally:
+                held.pop()
+
+    reads: list[bool] = []
+    real_load = finetune.datasets.load_pictures
+
+    def load(*args, **kwargs):
+        reads.append(bool(held))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(jobs.LANE, "slot", slot)
+    monkeypatch.setattr(finetune.datasets, "load_pictures", load)
+    ui = page()
+    sess = S.new_session(TINY16)
+    files = picture_files(tmp_path / "p", 10)
+    checked = tab.check.__wrapped__(ui, sess, files, 1, 2, "none", "crop")
+    assert "**10 pictures** ready at 16 px" in checked[ui.gt_estimate]
+    done = run_to_end(ui, sess, files, 1, batch=2, augment="none")
+    assert "Done" in done[ui.gt_status] and "**10 pictures**" in done[ui.gt_estimate]
+    assert len(reads) >= 2 and all(reads), reads
+
+
+def test_a_picture_set_over_the_run_budget_is_refused_unread(tmp_path, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setattr(finetune, "SERVER", dataclasses.replace(finetune.SERVER,
+                                                                picture_bytes=9000))
+    monkeypatch.setattr(finetune.datasets, "load_pictures", None)  # any read would fail
+    sess = S.new_session(TINY16)
+    files = picture_files(tmp_path / "p", 12)  # 12 x 16 x 16 x 3 = 9216 bytes once read
+    with pytest.raises(StudioError, match=r"12 pictures at 16 px take .*STUDIO_MAX_PICTURE_"):
+        finetune.store_pictures(sess, files, 16)
+    assert finetune.store_pictures(sess, files[:11], 16)[0].is_dir()

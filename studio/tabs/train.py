@@ -4,6 +4,7 @@ resume; the result joins the model list. The logic is studio/finetune.py (no Gra
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -70,57 +71,64 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _pictures_and_speed(sess: Session, uploaded: Any, steps: float, batch: float,
-                        augment: str, fit: str, measure: bool = True
-                        ) -> tuple[finetune.PictureSet, str, bool]:
-    """The checked pictures, the sentence saying how long the run will take here, and
-    whether the speed is known (without `measure`, only a figure measured before is used)."""
+def _stored(sess: Session, uploaded: Any) -> tuple[Path, str, Any]:
+    """The uploaded pictures checked and stored (nothing decoded: this runs before a slot is
+    taken), and the session model's info."""
     if gpu.on_zerogpu():
         raise StudioError("fine-tuning needs a CPU or a dedicated GPU, and this Space shares "
                           "ZeroGPU slices; run python -m engine train-gan on your own machine.")
     info = backend.model_info(sess.model)
-    pics = finetune.prepare_pictures(sess, uploaded, info.resolution, fit)
+    data, digest = finetune.store_pictures(sess, uploaded, info.resolution)
+    return data, digest, info
+
+
+def _read_and_speed(sess: Session, data: Path, digest: str, info: Any, steps: float,
+                    batch: float, augment: str, fit: str, measure: bool = True) -> str:
+    """Inside a long-job slot: the stored pictures read, and the sentence saying how many
+    there are and how long the run will take here (without `measure`, only a speed measured
+    before is used)."""
+    pics = finetune.read_pictures(data, digest, info.resolution, fit)
     found = f"**{pics.pictures} pictures** ready at {info.resolution} px"
     found += f" ({pics.note.rstrip('.')})." if pics.note else "."
     ips = finetune.speed(backend.generator(sess.model), info.sha256, int(batch), augment,
                          _device(), measure=measure)
     if ips is None:
-        return pics, found, False
-    return pics, f"{found} {finetune.estimate(ips, int(steps), int(batch), _device())}", True
+        return found
+    return f"{found} {finetune.estimate(ips, int(steps), int(batch), _device())}"
 
 
 @job_errors
 def check(ui: UI, sess: Session | None, uploaded: Any, steps: float, batch: float,
           augment: str, fit: str, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
     """Read the uploaded pictures and say how long fine-tuning on them takes here, before
-    any run starts: the first time for a model, batch and augmentation, a training step is
-    timed (in the long-job lane); later answers reuse that figure."""
+    any run starts. Reading them is the memory a run takes, so it waits for a long-job slot
+    (as the speed probe does: the first time for a model, batch and augmentation, a
+    training step is timed); while the session runs a job the estimate stays as it is."""
     sess = need(sess)
     if not uploaded:
         return {ui.gt_estimate: ""}
-    _, sentence, known = _pictures_and_speed(sess, uploaded, steps, batch, augment, fit,
-                                             measure=False)
-    if known or sess.jobs.running is not None:
-        return {ui.gt_estimate: sentence}  # measured before, or a run is going: no probe
-    with LANE.heavy(sess.jobs, "a speed check", progress_fn(progress)):
-        _, sentence, _ = _pictures_and_speed(sess, uploaded, steps, batch, augment, fit)
+    data, digest, info = _stored(sess, uploaded)  # over-size sets refused before waiting
+    if sess.jobs.running is not None:
+        return {}
+    with LANE.heavy(sess.jobs, "reading the pictures", progress_fn(progress)):
+        sentence = _read_and_speed(sess, data, digest, info, steps, batch, augment, fit)
     return {ui.gt_estimate: sentence}
 
 
 def train(ui: UI, sess: Session | None, uploaded: Any, steps: float, batch: float,
           augment: str, xflip: bool, fit: str) -> Iterator[dict[Any, Any]]:
     """Fine-tune (or resume) in a worker thread; yields status, the newest sample grid and
-    the curves while it runs, then the model in the list."""
+    the curves while it runs, then the model in the list. The pictures are read in that
+    thread, inside the long-job slot."""
     try:
         sess = need(sess)
         sess.jobs.claim("a fine-tuning")
     except StudioError as exc:
         raise gr.Error(str(exc), print_exception=False) from exc
     try:
-        pics, sentence, _ = _pictures_and_speed(sess, uploaded, steps, batch, augment, fit,
-                                                measure=False)
+        data, digest, info = _stored(sess, uploaded)
         key = backend.model_key(sess.model) or ""
-        cfg = finetune.run_settings(sess, pics, key, int(steps), int(batch), augment,
+        cfg = finetune.run_settings(sess, data, digest, key, int(steps), int(batch), augment,
                                     bool(xflip), fit)
     except StudioError as exc:
         sess.jobs.release()
@@ -128,15 +136,22 @@ def train(ui: UI, sess: Session | None, uploaded: Any, steps: float, batch: floa
     except BaseException:
         sess.jobs.release()
         raise
-    yield {ui.gt_estimate: sentence, ui.gt_status: "starting…"}
+    said: dict[Any, Any] = {}
+
+    def work(**kw: Any) -> Path:
+        said[ui.gt_estimate] = _read_and_speed(sess, data, digest, info, steps, batch,
+                                               augment, fit, measure=False)
+        return finetune.fine_tune(cfg, **kw)
+
+    yield {ui.gt_status: "starting…"}
     for job in polled_job(
-            sess.jobs, lambda **kw: finetune.fine_tune(cfg, **kw),
+            sess.jobs, work,
             cancelled="Fine-tuning cancelled after a checkpoint; press Fine-tune / resume "
                       "with the same pictures and settings to continue.",
             failed="fine-tuning stopped"):
         grid = finetune.latest_grid(cfg)
         shown = {ui.gt_plot: curves(job.points, CURVES),
-                 ui.gt_samples: str(grid) if grid else None}
+                 ui.gt_samples: str(grid) if grid else None, **said}
         if job.running or job.error:
             yield {ui.gt_status: job.error or f"{job.message} ({job.fraction:.0%})", **shown}
     if job.error:
