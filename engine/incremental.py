@@ -6,9 +6,12 @@ Two tools for a control that moves many times a second (the studio's live channe
   A cache (one per session) keeps the activation entering L and the running RGB image with
   it; the next render whose recipe agrees on everything before L starts there (the synthesis
   network's `start`), so a bend on b256.conv1 of a 1024 px model costs only the blocks from
-  256 on. The same operations run on the same inputs: the result equals a full render bit
-  for bit. Memory is capped per cache (`max_bytes`, least recently used entries go first) and
-  everything is dropped once the cache has been idle `idle_s` seconds (`sweep_idle`).
+  256 on. When only L's bends changed (a bend slider), it keeps L's output before its bends
+  (`capture` of `L.raw`) instead, and a render applies the bends to it and runs on from
+  there: not even L's conv runs again. The same operations run on the same inputs: the
+  result equals a full render bit for bit. Memory is capped per cache (`max_bytes`, least
+  recently used entries go first) and everything is dropped once the cache has been idle
+  `idle_s` seconds (`sweep_idle`).
 - Previews (`BlockCosts`, `preview_block`). In the skip architecture each block adds its
   ToRGB output to a running image; that image after block r (`stop`), carried up to the
   output size by the network's own 2x upsampling, is the full picture without the detail of
@@ -33,7 +36,7 @@ from typing import Any
 import torch
 
 from engine import recipe as R
-from engine.stylegan2 import SynthesisNetwork, upsample_image
+from engine.stylegan2 import RAW, SynthesisNetwork
 
 DEFAULT_MAX_BYTES = 192 * 2**20  # per cache: the input of b512.conv1 at 1024 px is 64 MiB
 DEFAULT_IDLE_S = 120.0           # a cache unused this long is emptied by the next sweep
@@ -114,9 +117,15 @@ class _State:
     base: R.Recipe
     edits: dict[str, list]
 
-    def before(self, layers: list[str], layer: str) -> list:
-        """The edits of every layer before `layer`, in forward order."""
-        return [self.edits.get(name, []) for name in layers[:layers.index(layer)]]
+    def before(self, layers: list[str], layer: str, raw: bool = False) -> list:
+        """What decides the activation a render from `layer` starts with: the edits of
+        every layer before it, in forward order, and with raw=True the weight edits of the
+        layer itself too (its output before its bends)."""
+        out = [self.edits.get(name, []) for name in layers[:layers.index(layer)]]
+        return out + [self.weights(layer)] if raw else out
+
+    def weights(self, layer: str) -> list:
+        return [e for e in self.edits.get(layer, []) if e[0] == "weight"]
 
     def first_change(self, other: _State | None, layers: list[str]) -> str | None:
         """The first layer whose output can differ between self and other (the first layer
@@ -129,13 +138,26 @@ class _State:
 
 @dataclass
 class _Entry:
-    layer: str               # the first layer a render from here runs
+    """Kept activations a render can start from. raw=False: the input of `layer` (a render
+    runs `layer` and on); raw=True: the output of conv `layer` before its bends (a render
+    applies the recipe's bends of `layer` to it and runs on)."""
+    layer: str
+    raw: bool
     model: weakref.ref       # the Generator the activations came from
     base: R.Recipe
-    before: list             # edits of the layers before `layer`
-    start: tuple             # synthesis start: (layer, activation[, running image])
+    before: list             # _State.before(layers, layer, raw) when kept
+    start: tuple             # (start layer, activation[, running image])
     nbytes: int
     used: float
+
+
+def _keep_names(layer: str, raw: bool) -> tuple[str, str | None] | None:
+    """(the captured activation, the captured running image or None) that an entry of this
+    kind at `layer` holds; None when there is nothing to keep (the first layer's input)."""
+    if raw:
+        res = block_of(layer)
+        return layer + RAW, (f"b{res // 2}.img" if res > 4 else None)
+    return entry_point(layer)
 
 
 def _nbytes(*tensors: torch.Tensor | None) -> int:
@@ -147,11 +169,12 @@ def _nbytes(*tensors: torch.Tensor | None) -> int:
 
 class TailCache:
     """One session's kept activations: a render starts from the deepest one still valid for
-    its recipe, and keeps the input of the first layer that changed since the last render."""
+    its recipe, and keeps what the first layer that changed since the last render needs: its
+    output before its bends when only its bends changed (a bend slider), else its input."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, idle_s: float = DEFAULT_IDLE_S):
         self.max_bytes, self.idle_s = int(max_bytes), float(idle_s)
-        self._entries: dict[str, _Entry] = {}   # entry layer -> entry
+        self._entries: dict[tuple[str, bool], _Entry] = {}   # (layer, raw) -> entry
         self._last: _State | None = None        # the recipe rendered last
         self._lock = threading.Lock()
         self.used = time.monotonic()
@@ -164,9 +187,9 @@ class TailCache:
             return sum(e.nbytes for e in self._entries.values())
 
     def layers(self) -> list[str]:
-        """The entry layers kept now, in no particular order."""
+        """The kept entries, 'layer' (its input) or 'layer.raw' (its output before bends)."""
         with self._lock:
-            return list(self._entries)
+            return [layer + (RAW if raw else "") for layer, raw in self._entries]
 
     def drop(self) -> None:
         """Forget every kept activation (a model change, a closed page, idleness)."""
@@ -175,17 +198,20 @@ class TailCache:
             self._last = None
 
     def plan(self, recipe: R.Recipe, G: Any) -> tuple[str | None, str | None]:
-        """(the layer a render of `recipe` would start at, None for the first; the first
-        layer that differs from the last render, None when nothing does or when the recipe
-        always renders whole: a translator, another network)."""
+        """(the layer whose input a render of `recipe` would start with, None for the first
+        layer: for an entry kept before a layer's bends, the layer after it; the first layer
+        that differs from the last render, None when nothing does or when the recipe always
+        renders whole: a translator, another network)."""
         if not can_start(G) or recipe.translator is not None:
             return None, None
+        layers = G.synthesis.layers
         if not repeatable(recipe):
-            return None, G.synthesis.layers[0]   # every frame renders from the start
-        state, layers = _State(_base(recipe), _edits_by_layer(recipe)), G.synthesis.layers
+            return None, layers[0]   # every frame renders from the start
+        state = _State(_base(recipe), _edits_by_layer(recipe))
         with self._lock:
             entry = self._valid_entry(state, G)
-            return (entry.layer if entry else None), state.first_change(self._last, layers)
+            first = None if entry is None else layers[_first_run(entry, layers)]
+            return first, state.first_change(self._last, layers)
 
     def render(self, recipe: R.Recipe, model: Any, stop: str | None = None,
                block_seconds: dict[int, float] | None = None) -> torch.Tensor:
@@ -210,15 +236,17 @@ class TailCache:
             entry = self._valid_entry(state, G)
             if entry is not None:
                 entry.used = time.monotonic()
-            keep = self._what_to_keep(state, G, entry, stop)
+            keep = self._what_to_keep(state, recipe, G, entry, stop)
         if entry is not None:
-            kwargs["start"] = entry.start
+            kwargs["start"] = _start(entry, recipe, model)
         if keep is not None:
-            kwargs["capture"] = {name for name in entry_point(keep) if name}
+            kwargs["capture"] = {name for name in _keep_names(*keep) if name}
         out = R.render_tensor(recipe, model, **kwargs)
         img, captured = out if keep is not None else (out, {})
-        if entry is not None and len(entry.start) > 2:   # the image it started with
-            captured.setdefault(entry_point(entry.layer)[1], entry.start[2])
+        if entry is not None:   # what it started with: the start layer's output and image
+            captured.setdefault(kwargs["start"][0], kwargs["start"][1])
+            if len(entry.start) > 2:
+                captured.setdefault(_start_image(entry), entry.start[2])
         with self._lock:
             self._last = state
             if keep is not None:
@@ -226,56 +254,95 @@ class TailCache:
         return img
 
     def _valid_entry(self, state: _State, G: Any) -> _Entry | None:
-        """The deepest kept entry whose recipe agrees with `state` before its layer."""
+        """The deepest kept entry that agrees with `state` on what it was computed from."""
         layers = G.synthesis.layers
-        best = None
-        for e in self._entries.values():
-            if e.model() is G and e.base == state.base and \
-                    e.before == state.before(layers, e.layer):
-                if best is None or layers.index(e.layer) > layers.index(best.layer):
-                    best = e
-        return best
+        valid = [e for e in self._entries.values()
+                 if e.model() is G and e.base == state.base
+                 and e.before == state.before(layers, e.layer, e.raw)]
+        # (On a tie the input entry: it needs no bend applied first.)
+        return max(valid, key=lambda e: (_first_run(e, layers), not e.raw), default=None)
 
-    def _what_to_keep(self, state: _State, G: Any, entry: _Entry | None,
-                      stop: str | None) -> str | None:
-        """The layer whose input this render should keep: the first one that changed since
-        the last render, when the render computes its input and it is not kept already."""
+    def _what_to_keep(self, state: _State, recipe: R.Recipe, G: Any, entry: _Entry | None,
+                      stop: str | None) -> tuple[str, bool] | None:
+        """(layer, raw) of what this render should keep, for the first layer that changed
+        since the last render; None when nothing new is worth keeping or computed."""
         layers = G.synthesis.layers
+        if self._last is None or self._last.base != state.base:
+            return None                      # everything changed: nothing to keep for
         changed = state.first_change(self._last, layers)
-        if changed is None or entry_point(changed) is None or (
-                entry is not None and entry.layer == changed):
+        if changed is None:
             return None
-        source, image = entry_point(changed)
-        first = layers.index(entry.layer) if entry is not None else 0
-        if layers.index(source) < first:
-            return None                      # starting past it: its input is not computed
-        start_res = block_of(entry.layer) if entry is not None else 4
-        if image is not None and block_of(image) < start_res and \
-                entry_point(entry.layer)[1] != image:   # (the start's own image is there)
+        raw = (recipe.blend is None and
+               not changed.endswith("torgb") and
+               state.weights(changed) == self._last.weights(changed))
+        if _keep_names(changed, raw) is None or (entry is not None and
+                                                 (entry.layer, entry.raw) == (changed, raw)):
             return None
-        if stop is not None and block_of(source) > block_of(stop):
+        x_name, image = _keep_names(changed, raw)
+        first = _first_run(entry, layers) if entry is not None else 0
+        x_layer = x_name[:-len(RAW)] if raw else x_name
+        started_with = not raw and entry is not None and x_name == entry.start[0]
+        if layers.index(x_layer) < first and not started_with:
+            return None                      # the render starts past it
+        if stop is not None and block_of(x_layer) > block_of(stop):
             return None
-        return changed
+        start_res = block_of(entry.start[0]) if entry is not None else 4
+        if image is not None and block_of(image) < start_res and (
+                entry is None or _start_image(entry) != image):
+            return None
+        return changed, raw
 
-    def _keep(self, layer: str, state: _State, G: Any, captured: dict, layers: list[str]
-              ) -> None:
-        source, image = entry_point(layer)
-        x = captured.get(source)
+    def _keep(self, what: tuple[str, bool], state: _State, G: Any, captured: dict,
+              layers: list[str]) -> None:
+        layer, raw = what
+        x_name, image = _keep_names(layer, raw)
+        x = captured.get(x_name)
         img = captured.get(image) if image else None
         if x is None:
             return
         size = _nbytes(x, img)
-        self._entries.pop(layer, None)       # a stale entry at this layer
+        self._entries.pop(what, None)       # a stale entry of this kind here
         if size > self.max_bytes:
             return
         while self._entries and sum(e.nbytes for e in self._entries.values()) + size > \
                 self.max_bytes:
             oldest = min(self._entries.values(), key=lambda e: e.used)
-            del self._entries[oldest.layer]
-        start = (source, x) if img is None else (source, x, img)
-        self._entries[layer] = _Entry(layer, weakref.ref(G), state.base,
-                                      state.before(layers, layer), start, size,
-                                      time.monotonic())
+            del self._entries[(oldest.layer, oldest.raw)]
+        start_layer = layer if raw else x_name
+        start = (start_layer, x) if img is None else (start_layer, x, img)
+        self._entries[what] = _Entry(layer, raw, weakref.ref(G), state.base,
+                                     state.before(layers, layer, raw), start, size,
+                                     time.monotonic())
+
+
+def _first_run(entry: _Entry, layers: list[str]) -> int:
+    """Index of the first layer a render from `entry` runs."""
+    return layers.index(entry.start[0]) + 1
+
+
+def _start_image(entry: _Entry) -> str | None:
+    """The name of the running image an entry starts with (`b{res}.img`), if any."""
+    res = block_of(entry.start[0])
+    if entry.start[0].endswith("conv1") and res == 4:
+        return None
+    return f"b{res // 2}.img"
+
+
+def _start(entry: _Entry, recipe: R.Recipe, model: Any) -> tuple:
+    """The synthesis `start` of an entry for `recipe`: a raw entry gets the recipe's bends
+    of its layer applied now (the same taps a full render applies there)."""
+    if not entry.raw:
+        return entry.start
+    from engine.bending import make_taps
+
+    G, key = R._load_model(recipe, model)
+    taps, _ = make_taps(G, [b for b in recipe.bends if b.layer == entry.layer], (), key)
+    tap = taps.get(entry.layer)
+    if tap is None:
+        return entry.start
+    x = entry.start[1]
+    y = tap(x).to(x.dtype)
+    return (entry.start[0], y, *entry.start[2:])
 
 
 def sweep_idle(now: float | None = None) -> None:
@@ -376,10 +443,17 @@ def preview_block(G: Any, costs: BlockCosts, budget_s: float, start: str | None,
 
 
 def to_picture(G: Any, img: torch.Tensor, recipe: R.Recipe) -> Any:
-    """A render_tensor image, or a preview's running image carried up to the output size,
-    as the recipe's PIL picture (engine.recipe.render's conversion and resize)."""
+    """A render_tensor image as the recipe's PIL picture (engine.recipe.render's conversion
+    and resize); a preview's running image is first brought to the output size.
+
+    The skip architecture carries its image up with the [1,3,3,1] filter, which for one 2x
+    step is bilinear interpolation (weights 3/4, 1/4 at half-pixel centres). PIL's bilinear
+    resize of the uint8 picture in one step is a close stand-in (a little sharper than the
+    repeated steps) at a few ms for 32 -> 1024 px, where five float passes of the filter
+    took ~0.5 s on a loaded 2-core machine."""
     from PIL import Image
 
-    if img.shape[-1] < G.cfg.resolution:
-        img = upsample_image(G.synthesis, img)
-    return R._resize(Image.fromarray(R.to_uint8(img)[0]), recipe.output_size)
+    pic = Image.fromarray(R.to_uint8(img)[0])
+    if pic.size[0] < G.cfg.resolution:
+        pic = pic.resize((G.cfg.resolution, G.cfg.resolution), Image.Resampling.BILINEAR)
+    return R._resize(pic, recipe.output_size)

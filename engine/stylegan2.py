@@ -49,6 +49,7 @@ ARCHITECTURES = ("skip", "orig", "resnet")
 PER_SAMPLE_MIN_ELEMENTS = 1 << 18
 
 Tap = Callable[[torch.Tensor], torch.Tensor]
+RAW = ".raw"  # capture f"{layer}.raw": the layer's output before its taps
 
 
 @dataclass
@@ -504,7 +505,8 @@ class SynthesisNetwork(nn.Module):
 
         taps:        {layer: fn(activation) -> activation} replaces a layer's output.
         weight_taps: {layer: fn(weight) -> weight} edits a conv weight before modulation.
-        capture:     layers (and `b{res}.img`) whose outputs to return, after taps.
+        capture:     layers (and `b{res}.img`) whose outputs to return, after taps;
+                     `{layer}.raw` returns a layer's output before its taps.
         start:       (layer, activation[, skip_image]) skips every layer up to and including
                      `layer` and continues from `activation`; skip_image is the running RGB
                      image after the previous block (`b{res/2}.img`), zeros if left out.
@@ -531,7 +533,8 @@ class SynthesisNetwork(nn.Module):
                              fp16_resolution(self.resolution, num_fp16_res))
         unknown = (set(call.taps) | set(call.weight_taps) | call.capture
                    | set(call.noise)) - set(self.layers) - {
-            f"b{r}.img" for r in self.block_resolutions}
+            f"b{r}.img" for r in self.block_resolutions} - {
+            name + RAW for name in self.layers}
         if unknown:
             raise KeyError(f"unknown layer(s) {sorted(unknown)}; layers are {self.layers}")
         if ws is not None:
@@ -617,6 +620,8 @@ class SynthesisNetwork(nn.Module):
     def _layer(self, name: str, fn: Callable[[], torch.Tensor], call: SynthesisCall,
                captured: dict[str, torch.Tensor]) -> torch.Tensor:
         y = fn()
+        if name + RAW in call.capture:
+            captured[name + RAW] = y
         if name in call.taps:
             shape, dtype = y.shape, y.dtype
             y = call.taps[name](y)
@@ -701,16 +706,6 @@ def _timed(seconds: dict[int, float] | None, res: int, device: torch.device) -> 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds[res] = seconds.get(res, 0.0) + time.perf_counter() - t0
-
-
-def upsample_image(synthesis: SynthesisNetwork, img: torch.Tensor) -> torch.Tensor:
-    """A running image of a lower block ([N, 3, r, r]) brought to the output size the way
-    the skip architecture carries it up: one 2x upsampling (the [1,3,3,1] filter) per block
-    above r. The full image is this plus what the later blocks' ToRGB layers add."""
-    f = make_resample_filter().to(img.device)
-    while img.shape[-1] < synthesis.resolution:
-        img = upsample2d(img, f)
-    return img
 
 
 # ----------------------------------------------------------------------------------------

@@ -37,9 +37,6 @@ def test_stop_returns_the_running_image_of_that_block() -> None:
         assert torch.equal(early, cap["b16.img"]) and early.shape == (2, 3, 16, 16)
         assert sorted(seconds) == [4, 8, 16] and all(s > 0 for s in seconds.values())
         assert torch.equal(G.synthesis(ws, stop="b64"), full)
-        # Carried up by the network's own upsampling: the last block's ToRGB is what is left.
-        up = I.upsample_image(G.synthesis, early)
-        assert up.shape == full.shape
         with pytest.raises(KeyError, match="stop must name a block"):
             G.synthesis(ws, stop="b12")
     orig = _gen(architecture="orig")
@@ -48,10 +45,11 @@ def test_stop_returns_the_running_image_of_that_block() -> None:
 
 
 def test_tail_renders_equal_full_renders_through_a_session_of_edits() -> None:
-    """A drag on b16.conv1 keeps that layer's input on its second frame and starts there
-    from its third; a weight edit added on b32.conv0 starts at b16.conv1 (still valid) and
-    keeps b32.conv0's input; a seed change makes every kept input stale. Every frame is the
-    full render bit for bit."""
+    """A drag of a bend on b16.conv1 keeps that layer's output before its bends on its
+    second frame, and from the third applies the bend to it and runs on from b16.torgb; a
+    weight edit added on b32.conv0 starts there too (still valid) and keeps b32.conv0's
+    input (the tapped start itself); a seed change makes everything kept stale. Every frame
+    is the full render bit for bit."""
     G = _gen()
     cache = I.TailCache()
     rec = _recipe(_rotate("b16.conv1", 5.0))
@@ -75,8 +73,10 @@ def test_tail_renders_equal_full_renders_through_a_session_of_edits() -> None:
         assert torch.equal(tail, R.render_tensor(rec, G)), (what, value)
         if starts[-1] is not None:   # only the start's block and those above it ran
             assert min(seconds) == I.block_of(I.entry_point(starts[-1])[0])
-    assert starts == [None, None, "b16.conv1", "b16.conv1", "b32.conv0", "b16.conv1", None,
+    # (b32.conv0's input is b16.conv1's output: a render from it runs b16.torgb on.)
+    assert starts == [None, None, "b16.torgb", "b16.torgb", "b16.torgb", "b16.torgb", None,
                       None]
+    assert sorted(cache.layers()) == ["b16.conv1.raw", "b32.conv0"]
 
 
 def test_a_preview_frame_is_the_running_image_and_keeps_the_input_of_the_edit() -> None:
@@ -91,8 +91,8 @@ def test_a_preview_frame_is_the_running_image_and_keeps_the_input_of_the_edit() 
         taps, wtaps = __import__("engine").bending.make_taps(G, rec.bends)
         _, cap = G.synthesis(ws, taps=taps, weight_taps=wtaps, capture={"b32.img"})
     assert torch.equal(preview, cap["b32.img"])
-    assert cache.layers() == ["b16.conv1"]         # kept from the preview, used by the rest
-    assert cache.plan(rec, G) == ("b16.conv1", None)
+    assert cache.layers() == ["b16.conv1.raw"]     # kept from the preview, used by the rest
+    assert cache.plan(rec, G) == ("b16.torgb", None)
     assert torch.equal(cache.render(rec, G), R.render_tensor(rec, G))
     pic = np.asarray(I.to_picture(G, preview, rec))
     assert pic.shape == (64, 64, 3) and pic.dtype == np.uint8
@@ -117,8 +117,8 @@ def test_recipes_that_cannot_start_late_render_whole_and_equal() -> None:
 
 def test_kept_activations_stay_under_the_byte_cap_and_go_when_idle() -> None:
     G = _gen()
-    x16 = 32 * 16 * 16 * 4 + 3 * 8 * 8 * 4      # b16.conv0's output + the b8 image
-    cache = I.TailCache(max_bytes=x16 + 100, idle_s=60)
+    x32 = 32 * 32 * 32 * 4 + 3 * 16 * 16 * 4    # b32.conv1's output + the b16 image
+    cache = I.TailCache(max_bytes=x32 + 100, idle_s=60)   # with b16.conv1's, too much
     rec = _recipe(_rotate("b16.conv1", 10.0), _rotate("b32.conv1", 10.0))
     cache.render(rec, G)
     for layer_bend in (0, 1, 0, 1):
@@ -126,7 +126,8 @@ def test_kept_activations_stay_under_the_byte_cap_and_go_when_idle() -> None:
         cache.render(rec, G)
         assert cache.nbytes <= cache.max_bytes
         assert torch.equal(cache.render(rec, G), R.render_tensor(rec, G))
-    assert cache.layers() == ["b32.conv1"] or cache.layers() == ["b16.conv1"]
+        assert len(cache.layers()) == 1       # the other one was dropped to make room
+    assert cache.layers() == ["b32.conv1.raw"]
     small = I.TailCache(max_bytes=1000)             # no entry fits: every frame renders whole
     small.render(rec, G)
     rec.bends[1].params["angle"] += 5
@@ -161,3 +162,24 @@ def test_the_preview_block_follows_the_budget_and_never_hides_the_edit() -> None
     fresh = I.BlockCosts(G)
     fresh.observe({64: 0.03})
     assert fresh.block(128) == pytest.approx(0.03 * fresh.work[128] / fresh.work[64])
+
+
+def test_a_bend_kept_before_its_taps_is_not_reused_once_its_layers_weights_change() -> None:
+    """A raw entry (b16.conv1's output before its bends) holds that layer's weight edit:
+    dragging the bend reuses it, changing the weight edit must not."""
+    G = _gen()
+    ws = G.mapping(torch.randn(1, G.z_dim), None)
+    taps = {"b16.conv1": lambda x: x.flip(-1)}
+    with torch.no_grad():
+        _, cap = G.synthesis(ws, taps=taps, capture={"b16.conv1", "b16.conv1.raw"})
+    assert torch.equal(cap["b16.conv1.raw"].flip(-1), cap["b16.conv1"])
+    cache = I.TailCache()
+    rec = _recipe(_rotate("b16.conv1", 10.0), weight_edits=[WeightEdit(
+        layer="b16.conv1", op="scale", params={"factor": 1.5}, channels=ChannelSelection())])
+    for angle in (20.0, 30.0, 40.0):
+        rec.bends[0].params["angle"] = angle
+        assert torch.equal(cache.render(rec, G), R.render_tensor(rec, G))
+    assert cache.layers() == ["b16.conv1.raw"] and cache.plan(rec, G)[0] == "b16.torgb"
+    rec.weight_edits[0].params["factor"] = 0.5
+    assert cache.plan(rec, G)[0] is None
+    assert torch.equal(cache.render(rec, G), R.render_tensor(rec, G))
