@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.browser_util import CHROMIUM_ARGS, chromium_path, studio_server  # noqa: E402
+from tests.helpers.browser import CHROMIUM_ARGS, chromium_path, studio_server  # noqa: E402
 
 CAMERA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 
@@ -180,7 +180,7 @@ def lower_browser_priority(url: str, nice: int) -> None:
     """Run the browser (the 8 users' machines in this load test) below the server under test:
     on one shared machine each page's own drawing would otherwise take the CPU the server's
     frames need. The server keeps its priority."""
-    from tests.browser_util import SERVER_PIDS
+    from tests.helpers.browser import SERVER_PIDS
     for pid in _cpu_seconds():
         if pid != SERVER_PIDS[url]:
             try:
@@ -192,7 +192,7 @@ def lower_browser_priority(url: str, nice: int) -> None:
 
 def concurrent_pages(browser, url: str, n: int, seconds: float, drag: str,
                      nice: int) -> None:
-    from tests.browser_util import SERVER_PIDS
+    from tests.helpers.browser import SERVER_PIDS
     pages = [open_page(browser, url) for _ in range(n)]
     if nice:
         lower_browser_priority(url, nice)

@@ -3,7 +3,7 @@
 Starts `spaces_app.py` on a loopback port, scripts it with gradio_client exactly as the
 page's slider does (/bend_slider_0 after /add_bend), and times N changes of a rotate bend's
 angle from request to the downloaded image. Prints p50 / p95 / mean in milliseconds
-for tests/browser_util.studio_client (one shared SSL context) and for a default Client(),
+for tests/helpers/browser.studio_client (one shared SSL context) and for a default Client(),
 plus plain HTTP and the server-side render time alone for comparison.
 
     python benchmarks/bench_studio.py                 # the embedded default model
@@ -64,7 +64,7 @@ def main() -> None:
 
     from gradio_client import Client
 
-    from tests.browser_util import studio_client, studio_server
+    from tests.helpers.browser import studio_client, studio_server
 
     folder = Path(tempfile.mkdtemp(prefix="bench-studio-"))
     model = snapshot_model(args.snapshot, folder) if args.snapshot else args.model
@@ -118,7 +118,7 @@ def browser_times(url: str, args: argparse.Namespace) -> list[float]:
     """What a user sees: the page's own websocket-free SSE path, no client polling."""
     from playwright.sync_api import sync_playwright
 
-    from tests.browser_util import CHROMIUM_ARGS, chromium_path
+    from tests.helpers.browser import CHROMIUM_ARGS, chromium_path
 
     times = []
     with sync_playwright() as p:

@@ -1,6 +1,6 @@
 """Isolation under load: N concurrent gradio_client users, each with its own recipe.
 
-Starts `spaces_app.py` on a loopback port (tests/browser_util.py's helper) and opens
+Starts `spaces_app.py` on a loopback port (tests/helpers/browser.py's helper) and opens
 `--clients` sessions at once. Each session sets its own seed, truncation and bend (a
 different operation and layer per client; half of them on their own clusters, a third with a
 weight edit), then sends `--requests` parameter changes through
@@ -74,7 +74,7 @@ def setup_client(url: str, model: str, i: int, layers: list[str]) -> tuple:
     weight edits are all under load at once.
     """
     from engine.recipe import Recipe
-    from tests.browser_util import studio_client
+    from tests.helpers.browser import studio_client
 
     client = studio_client(url)
     client.predict(model, api_name="/load_model")
@@ -161,7 +161,7 @@ def _start_long_jobs(url: str, model: str, layer: str, folder: Path) -> list[tup
     from gradio_client import handle_file
     from PIL import Image
 
-    from tests.browser_util import studio_client
+    from tests.helpers.browser import studio_client
 
     photo = folder / "photo.png"
     Image.fromarray(np.random.RandomState(0).randint(0, 255, (96, 96, 3), np.uint8)).save(photo)
@@ -181,7 +181,7 @@ def _start_long_jobs(url: str, model: str, layer: str, folder: Path) -> list[tup
 
 def fairness(url: str, model: str, layer: str, requests: int, folder: Path) -> dict:
     """One client's render p50 idle, then while four others run long jobs."""
-    from tests.browser_util import studio_client
+    from tests.helpers.browser import studio_client
 
     victim = studio_client(url)
     victim.predict(model, api_name="/load_model")
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from engine import stylegan2, zoo
-    from tests.browser_util import studio_server, tiny_model_file
+    from tests.helpers.browser import studio_server, tiny_model_file
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine.stylegan2 import Generator, GeneratorConfig
+from tests.helpers.nvlabs_pickles import nvlabs_modules  # noqa: F401  (a fixture for every file)
 
 # The suite compares renders bit for bit with CPU renders, so it runs on the CPU even where
 # CUDA exists (STUDIO_DEVICE=cuda runs it there); tests about devices name theirs

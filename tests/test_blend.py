@@ -20,25 +20,7 @@ from engine.blend import (
 from engine.errors import StudioError
 from engine.latents import LatentSpec, compute_ws
 from tests.conftest import make_tiny_generator
-
-
-def fine_tune_briefly(G: torch.nn.Module, steps: int = 2, seed: int = 0) -> torch.nn.Module:
-    """A second model of G's architecture: a few gradient steps on the synthesis network that
-    push the images towards a warmer colour, as a real fine-tune moves a base model.
-    (Adam's per-parameter step size, done by hand: torch.optim's first call costs seconds.)"""
-    H = copy.deepcopy(G).train()
-    params = [p.requires_grad_(True) for n, p in H.named_parameters()
-              if n.startswith("synthesis.")]
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        z = torch.randn(2, H.cfg.z_dim, generator=gen)
-        img = H(z)
-        loss = (img[:, 0] - 1).square().mean() + (img[:, 2] + 1).square().mean()
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                p -= 2e-3 * g.sign()
-    return H.eval().requires_grad_(False)
+from tests.helpers.runs import fine_tune_briefly
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from engine.bundle import read_bundle, save_bundle
 from engine.errors import StudioError
 from engine.latents import LatentSpec
 from engine.recipe import Recipe, TranslatorSpec, render
-from tests.browser_util import REPO
 from tests.conftest import make_tiny_generator
+from tests.helpers.browser import REPO
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_hostile_bundles_are_refused(tmp_path, case, words):
     (512, "times larger than it is stored"),  # under the budget, deflated 1000:1
 ])
 def test_a_zip_bomb_bundle_is_refused_unread(tmp_path, member_mib, words):
-    import hostile_files as H
+    from tests.helpers import hostile as H
 
     path = H.zeros_bundle(tmp_path / "bomb.zip", member_mib << 20)
     assert path.stat().st_size < 3 << 20

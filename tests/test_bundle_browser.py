@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser_util import (
+from tests.helpers.browser import (
     BROWSER_WAIT_MS,
     CHROMIUM_ARGS,
     DEFAULT_MODEL_FILE,

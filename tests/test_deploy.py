@@ -29,7 +29,7 @@ from PIL import Image
 
 from engine import zoo
 from studio import storage
-from tests.browser_util import free_port, studio_client
+from tests.helpers.browser import free_port, studio_client
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT_DESCRIPTION_MAX = 60  # characters the Hub shows on a Space's card

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from engine import ops, stylegan2
 from engine.stylegan2 import layer_names, make_resample_filter
 from tests.conftest import make_tiny_generator
-from tests.golden_stylegan2 import CASES, GOLDEN, render_case
+from tests.helpers.golden import CASES, GOLDEN, render_case
 
 CL = torch.channels_last
 

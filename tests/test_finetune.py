@@ -30,8 +30,8 @@ from engine.train_gan import (
     train,
 )
 from tests.conftest import make_tiny_generator
-from tests.test_checkpoints import nvlabs_modules, write_nvlabs_pickle  # noqa: F401
-from tests.test_kill_resume import (
+from tests.helpers.nvlabs_pickles import write_nvlabs_pickle
+from tests.helpers.runs import (
     engine_cmd,
     kill_after_first_checkpoint,
     run_to_end,
@@ -146,7 +146,7 @@ def test_freeze_d_keeps_the_first_blocks_and_the_base_discriminator_is_used(tmp_
 
 
 def test_finetuning_from_an_nvlabs_pickle_starts_from_its_own_discriminator(
-        tmp_path, nvlabs_modules):  # noqa: F811
+        tmp_path, nvlabs_modules):
     # tiny16's G and D written the way NVlabs' training loop pickles them (persistence
     # records carrying module_src, which must never run), then fine-tuned from that file.
     G = load_generator(TINY16)

@@ -438,7 +438,7 @@ def _session(model: str = "default"):
 
 def test_studio_loads_models_and_finds_encoders_outside_gpu_calls(zero, tmp_path):
     from studio import backend
-    from tests.browser_util import tiny_model_file
+    from tests.helpers.browser import tiny_model_file
 
     other = tiny_model_file(tmp_path)
     # Gradio runs handlers in worker threads: no CUDA there, and no stand-ins to misread.
@@ -485,7 +485,7 @@ def test_small_models_render_here_without_booking_a_gpu(zero, monkeypatch):
 
 @pytest.fixture
 def tiny_spec(tmp_path):
-    from tests.browser_util import tiny_model_file
+    from tests.helpers.browser import tiny_model_file
     return tiny_model_file(tmp_path)
 
 

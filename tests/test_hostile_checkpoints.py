@@ -7,8 +7,9 @@ whose peak RSS is measured, so the test fails if the memory is taken even briefl
 
 from __future__ import annotations
 
-import hostile_files as H
 import pytest
+
+from tests.helpers import hostile as H
 
 # What reading a refused file may cost (the probe's positive control shows that a real
 # allocation of CONTROL_MIB measures as that much).

@@ -10,12 +10,12 @@ import os
 import time
 from pathlib import Path
 
-import hostile_files as H
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser_util import studio_client, studio_server, tiny_model_file
+from tests.helpers import hostile as H
+from tests.helpers.browser import studio_client, studio_server, tiny_model_file
 
 gradio_client = pytest.importorskip("gradio_client")
 if not Path("/proc/self/clear_refs").exists():

@@ -1,7 +1,7 @@
 """hf:// on a public server (studio mode): the size is read from the Hub's metadata before
 any download, the owner's HF_TOKEN reaches only catalogue and allow-listed repositories,
 and the cache of downloads and conversions stays within its limit. Against the loopback Hub
-(tests/hub_server.py); nothing here touches the internet."""
+(tests/helpers/hub.py); nothing here touches the internet."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import json
 import pytest
 import torch
 from conftest import make_tiny_generator
-from hub_server import FakeHub
 
 from engine import translator as T
 from engine import zoo
 from engine.errors import StudioError
+from tests.helpers.hub import FakeHub
 
 OWNER_TOKEN = "hf_owner_secret"
 

@@ -10,58 +10,14 @@ one stays whole until the new one is complete.
 
 from __future__ import annotations
 
-import os
-import random
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.browser_util import REPO, tiny_model_file
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-
-
-def engine_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "engine", *args]
-
-
-def run_to_end(cmd: list[str]) -> str:
-    done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
-
-
-def kill_after_first_checkpoint(cmd: list[str], checkpoint: Path, seed: int) -> float:
-    """Start cmd, wait for its first checkpoint, SIGKILL it a random moment later."""
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not checkpoint.exists():
-            if proc.poll() is not None:
-                raise AssertionError(f"the job ended before its first checkpoint: "
-                                     f"{proc.stderr.read()[-2000:]}")
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.02)
-        delay = random.Random(seed).uniform(0.0, 1.5)
-        time.sleep(delay)
-        assert proc.poll() is None, "the job finished before the kill; give it more steps"
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-    return delay
+from tests.helpers.browser import tiny_model_file
+from tests.helpers.runs import engine_cmd, kill_after_first_checkpoint, run_to_end
 
 
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol=0.0):
@@ -133,7 +89,7 @@ def test_disk_full_during_a_training_checkpoint_keeps_the_previous_one(tmp_path,
     from dataclasses import replace
 
     from engine.train_gan import CHECKPOINT_NAME, train
-    from tests.test_train_gan import tiny_config
+    from tests.helpers.runs import tiny_config
 
     cfg = tiny_config(tmp_path / "run", total_kimg=0.008)
     train(cfg)

@@ -14,7 +14,7 @@ from PIL import Image
 import engine
 from studio import live
 from studio import session as S
-from tests.browser_util import (
+from tests.helpers.browser import (
     CHROMIUM_ARGS,
     chromium_path,
     need_chromium,

@@ -241,7 +241,7 @@ def test_sidecar_config_edit_is_caught_by_the_embedded_config(tmp_path):
 
 
 def test_bit_flipped_rosinality_checkpoints_are_refused(tmp_path):
-    from tests.test_checkpoints import to_rosinality
+    from tests.helpers.nvlabs_pickles import to_rosinality
 
     G = make_tiny_generator(4)
     path = tmp_path / "ros.pt"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from engine.errors import StudioError
 from studio import uploads
-from tests.browser_util import studio_client, studio_server, tiny_model_file
+from tests.helpers.browser import studio_client, studio_server, tiny_model_file
 
 gradio_client = pytest.importorskip("gradio_client")
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser_util import (
+from tests.helpers.browser import (
     DEFAULT_MODEL_FILE,
     REPO,
     download_recipe_file,

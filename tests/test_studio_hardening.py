@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser_util import (
+from tests.helpers.browser import (
     SERVER_PIDS,
     peak_rss_mb,
     queue_call,

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.browser_util import (
+from tests.helpers.browser import (
     BROWSER_WAIT_MS,
     DEFAULT_MODEL_FILE,
     launch_chromium,

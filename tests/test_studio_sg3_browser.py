@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser_util import (
+from tests.helpers.browser import (
     need_chromium,
     open_studio_page,
     studio_server,

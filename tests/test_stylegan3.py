@@ -22,7 +22,7 @@ from engine.stylegan3 import (
     layer_specs,
 )
 from tests.conftest import make_tiny_stylegan3
-from tests.test_checkpoints import Persistent, assert_one_sentence, nvlabs_modules  # noqa: F401
+from tests.helpers.nvlabs_pickles import Persistent, assert_one_sentence
 
 PRESETS = ("stylegan3-t", "stylegan3-r")
 
@@ -267,7 +267,7 @@ def sg3_tree(m: torch.nn.Module, mods, kwargs: dict | None = None) -> Persistent
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_nvlabs_stylegan3_pickle_reads_back_identical(preset, tmp_path,
-                                                     nvlabs_modules):  # noqa: F811
+                                                     nvlabs_modules):
     G = make_tiny_stylegan3(preset, seed=5)
     data = {"G": sg3_tree(G, nvlabs_modules), "D": None, "G_ema": sg3_tree(G, nvlabs_modules),
             "augment_pipe": None, "training_set_kwargs": None}
@@ -290,7 +290,7 @@ def test_nvlabs_stylegan3_pickle_reads_back_identical(preset, tmp_path,
 
 
 def test_nvlabs_stylegan3_pickle_with_inconsistent_config_is_refused(
-        tmp_path, nvlabs_modules):  # noqa: F811
+        tmp_path, nvlabs_modules):
     G = make_tiny_stylegan3("stylegan3-t", seed=6)
     for bad in ({"margin_size": 7}, {"z_dim": "big"}, {"filter_size": 4}):
         tree = sg3_tree(G, nvlabs_modules)

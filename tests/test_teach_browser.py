@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser_util import (
+from tests.helpers.browser import (
     launch_chromium,
     new_studio_page,
     page_state,
@@ -32,7 +32,7 @@ WAIT_MS = 120_000
 def server(tmp_path_factory):
     from engine import zoo
     from engine.checkpoints import save_generator
-    from tests.test_blend import fine_tune_briefly
+    from tests.helpers.runs import fine_tune_briefly
 
     folder = tmp_path_factory.mktemp("teach-browser")
     tuned = folder / "tuned.safetensors"

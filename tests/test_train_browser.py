@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from engine.datasets import render_faces
-from tests.browser_util import (
+from tests.helpers.browser import (
     need_chromium,
     open_studio_page,
     studio_server,

@@ -11,13 +11,7 @@ import torch
 from engine.checkpoints import load_generator
 from engine.train_gan import CHECKPOINT_NAME, TrainConfig, train
 from engine.translator import run_processes
-
-
-def tiny_config(out, **kw) -> TrainConfig:
-    settings = dict(data="faces", out=str(out), resolution=32, channel_base=256,
-                    channel_max=16, z_dim=16, w_dim=16, mapping_layers=2, batch=4, pool=32,
-                    total_kimg=0.016, snapshot_kimg=0.008, sample_kimg=0.008, r1_interval=2)
-    return TrainConfig(**{**settings, **kw})
+from tests.helpers.runs import tiny_config
 
 
 def test_train_exports_a_loadable_generator(tmp_path):

@@ -1,6 +1,6 @@
 """engine.zoo: catalogue, specs, Hub download/convert/cache (through a loopback fake Hub), LRU.
 
-Every Hub test runs the real `huggingface_hub.hf_hub_download` against tests/hub_server.py on
+Every Hub test runs the real `huggingface_hub.hf_hub_download` against tests/helpers/hub.py on
 127.0.0.1 with a fresh HF_HOME, so nothing here touches the internet.
 """
 
@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_generator
-from hub_server import FakeHub
 
 from engine import zoo
 from engine.__main__ import main
 from engine.checkpoints import save_generator, sha256_file, sidecar_path
 from engine.errors import StudioError
+from tests.helpers.hub import FakeHub
 
 REPO = "acme/tiny-gan"
 FILE = "nets/tiny.pt"

@@ -1,8 +1,8 @@
 """Reference outputs of the plain (pre-#16) StyleGAN2 forward, for tests/test_fast_ops.py.
 
 Weights are drawn by sorted state-dict name, so the cases do not depend on the order in which
-modules create their parameters. `python tests/golden_stylegan2.py` rewrote
-tests/data/stylegan2_golden.npz with the generator of commit 8c07525 (before the fast
+modules create their parameters. This file (then tests/golden_stylegan2.py), run as a script,
+rewrote tests/data/stylegan2_golden.npz with the generator of commit 8c07525 (before the fast
 primitives of engine/ops.py); rerunning it now would only copy the fast path onto itself.
 """
 
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.stylegan2 import Generator, GeneratorConfig  # noqa: E402
 
-GOLDEN = Path(__file__).parent / "data" / "stylegan2_golden.npz"
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "stylegan2_golden.npz"
 BASE = dict(z_dim=32, w_dim=32, resolution=32, channel_base=2048, channel_max=64,
             mapping_layers=2)
 # name -> (config overrides, synthesis kwargs, seeds, psi)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 MIB = 1 << 20
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------------------
