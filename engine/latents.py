@@ -376,12 +376,11 @@ def apply_direction(ws: torch.Tensor, direction: np.ndarray | torch.Tensor, amou
     if d.ndim == 1:
         d = d[None]
     d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    end = ws.shape[1] if layer_end is None else layer_end
     out = ws.clone()
     if d.shape[0] == 1:
-        out[:, layer_start:end] += amount * d
+        out[:, layer_start:layer_end] += amount * d  # a slice to None runs to the end
     else:  # a W+ boundary: each w moves along its own row
-        out[:, layer_start:end] += amount * d[layer_start:end]
+        out[:, layer_start:layer_end] += amount * d[layer_start:layer_end]
     return out
 
 

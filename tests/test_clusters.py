@@ -320,3 +320,20 @@ def test_planted_channel_groups_are_recovered_exactly(tmp_path):
     assert _same_partition(res.labels, groups), (res.labels, groups.tolist())
     # The partition check itself can tell partitions apart.
     assert not _same_partition(np.arange(32) % 4, groups)
+
+
+def test_planted_gain_and_offset_do_not_change_a_descriptor():
+    """A channel's descriptor is where it fires: 3 x a channel + 5 has the same descriptor,
+    centred (mean 0) and of unit norm; a dead channel's is zero; a different one differs."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 4, 1, 6, 6, generator=gen)
+    pooled = torch.cat([a, 3 * a + 5, b, torch.full_like(a, 2.0)], dim=1)  # [4, 4, 6, 6]
+    d = cl.spatial_descriptor(pooled)
+    assert d.shape == (4, 4 * 6 * 6)
+    assert torch.allclose(d[1], d[0], atol=1e-6)
+    assert torch.allclose(d[:3].mean(dim=1), torch.zeros(3), atol=1e-6)
+    assert torch.allclose(d[:3].norm(dim=1), torch.ones(3), atol=1e-6)
+    assert torch.equal(d[3], torch.zeros_like(d[3]))
+    centred = a.flatten() - a.mean()
+    assert torch.allclose(d[0], centred / centred.norm(), atol=1e-6)  # plain arithmetic
+    assert (d[2] - d[0]).abs().max() > 0.1
