@@ -17,9 +17,11 @@ Nothing here imports Gradio.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -122,6 +124,32 @@ def new_output_path(token: str | None, stem: str, suffix: str) -> Path:
     fd, name = tempfile.mkstemp(prefix=stem + "-", suffix=suffix, dir=folder)
     os.close(fd)
     return Path(name)
+
+
+def served(path: str | Path | None) -> str | None:
+    """The path to hand Gradio for an output file (a download, a video, a picture).
+
+    Gradio copies an output into its cache, and serves that copy, only from the temp
+    folder, the working folder or its upload folder. With a data folder (STUDIO_DATA_DIR, a
+    Space's /data) the studio's outputs live elsewhere, and naming that folder in
+    `allowed_paths` would let anyone fetch every session's files by path; so each output
+    from there is linked (or copied) into the upload folder under a fresh random folder.
+    Gradio serves it as it serves any output, to the session that got its address, and its
+    delete_cache removes it by age with the uploads."""
+    if path is None:
+        return None
+    real = _resolved(path)
+    if real is None or not _regular(real) or _inside(real, (
+            Path(tempfile.gettempdir()), Path.cwd(), upload_folder())):
+        return str(path)
+    folder = upload_folder() / "studio-outputs" / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    target = folder / real.name
+    try:
+        os.link(real, target)  # no second copy where both folders share a disk
+    except OSError:
+        shutil.copyfile(real, target)
+    return str(target)
 
 
 # ----------------------------------------------------------------------------------------

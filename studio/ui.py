@@ -12,6 +12,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -57,6 +58,19 @@ def finite(args: tuple[Any, ...]) -> None:
                            "number.", print_exception=False)
 
 
+# Components whose value is a file Gradio serves to the browser.
+FILE_OUTPUTS = (gr.File, gr.Video, gr.Image, gr.DownloadButton)
+
+
+def served_files(out: Any) -> Any:
+    """A handler's dict answer with every file output's path made servable from the data
+    folder (studio.files.served); a handler answering positionally calls served itself."""
+    if not isinstance(out, dict):
+        return out
+    return {comp: files.served(value) if isinstance(comp, FILE_OUTPUTS)
+            and isinstance(value, str | Path) else value for comp, value in out.items()}
+
+
 def bind(fn: Callable, ui: UI) -> Callable:
     """`fn(ui, ...)` as the event function `(...)`, keeping its name, docstring and
     signature (less `ui`), and staying a generator function when `fn` is one: Gradio reads
@@ -64,11 +78,12 @@ def bind(fn: Callable, ui: UI) -> Callable:
     if inspect.isgeneratorfunction(fn):
         def bound(*args: Any, **kwargs: Any) -> Any:
             finite(args)
-            yield from fn(ui, *args, **kwargs)
+            for out in fn(ui, *args, **kwargs):
+                yield served_files(out)
     else:
         def bound(*args: Any, **kwargs: Any) -> Any:
             finite(args)
-            return fn(ui, *args, **kwargs)
+            return served_files(fn(ui, *args, **kwargs))
     functools.update_wrapper(bound, fn)
     sig = inspect.signature(fn)
     bound.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])

@@ -319,3 +319,45 @@ def test_app_starts_like_a_space_from_a_read_only_checkout(tmp_path):
         _make_writable(app)
     assert after == before, "the app wrote into its own checkout"
     assert "Permission denied" not in log.read_text()
+
+
+def test_every_file_output_downloads_with_a_data_folder(tmp_path):
+    """Issue 30 item 5: with STUDIO_DATA_DIR (or a Space's /data) outside the temp folder,
+    every file output failed with Gradio's InvalidPathError. Each is downloaded here through
+    a real server whose outputs live in the data folder, and that folder stays closed to a
+    client that names one of its files by path."""
+    import zipfile
+    from urllib.error import HTTPError
+
+    from tests.browser_util import studio_server, tiny_model_file
+
+    data = tmp_path / "data"
+    temp = tmp_path / "server-tmp"  # the server's temp folder: the data folder is outside it
+    temp.mkdir()
+    model = tiny_model_file(tmp_path)
+    env = {"STUDIO_DATA_DIR": str(data), "TMPDIR": str(temp),
+           "GRADIO_TEMP_DIR": str(temp / "gradio"), "STUDIO_SERVER_FILES": "studio"}
+    with studio_server(model, env=env) as url:
+        client = studio_client(url)
+        client.predict(model, api_name="/load_model")
+        got = {
+            "recipe": client.predict(api_name="/save_recipe")[0],
+            "bundle": client.predict(api_name="/save_bundle")[0],
+            "walk": client.predict("0, 1", 2, 8, False, "w", api_name="/render_walk"),
+            "boundary": client.predict("".join(f"{s},{'yes' if s % 3 else 'no'}\n"
+                                               for s in range(30)), 1.0, "deploy",
+                                       api_name="/boundary_from_labels")[0],
+            "encoder preview": client.predict("b8.conv1", 10, 2,
+                                              api_name="/train_encoder")[3],
+        }
+        paths = {k: Path(v["video"] if isinstance(v, dict) else v) for k, v in got.items()}
+        assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values()), paths
+        assert json.loads(paths["recipe"].read_text())["model"] == model
+        assert "recipe.json" in zipfile.ZipFile(paths["bundle"]).namelist()
+        assert np.load(paths["boundary"]).shape[0] == 1
+        written = [p for p in (data / "outputs").rglob("*") if p.is_file()]
+        assert any(p.suffix == ".json" and p.name.startswith("recipe") for p in written)
+        for original in written[:5]:  # the data folder itself is not served
+            with pytest.raises(HTTPError):
+                urllib.request.urlopen(f"{url.rstrip('/')}/gradio_api/file={original}",
+                                       timeout=30)

@@ -8,7 +8,7 @@ import gradio as gr
 
 from engine.bending import OPERATIONS, WEIGHT_OPERATIONS, WeightEdit, undone_by_demodulation
 from engine.errors import StudioError
-from studio import backend, live
+from studio import backend, files, live
 from studio import session as S
 from studio.jobs import frames_job
 from studio.limits import LIMITS
@@ -353,10 +353,11 @@ def render_sweep(ui: UI, sess: Session, param: str, start: float, stop: float, f
     sess = need(sess)
     if sess.current is None or not param:
         raise StudioError("click a bend with a numeric parameter first.")
-    return frames_job(sess.jobs, "a sweep video", int(frames), progress, size,
-                      lambda **job: backend.sweep_video(
-                          sess, f"bends.{sess.current}.params.{param}", float(start),
-                          float(stop), int(frames), float(fps), **job))
+    return files.served(frames_job(
+        sess.jobs, "a sweep video", int(frames), progress, size,
+        lambda **job: backend.sweep_video(sess, f"bends.{sess.current}.params.{param}",
+                                          float(start), float(stop), int(frames), float(fps),
+                                          **job)))
 
 
 def wire(ui: UI) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import backend, uploads
+from studio import backend, files, uploads
 from studio import session as S
 from studio.jobs import frames_job
 from studio.limits import LIMITS
@@ -297,9 +297,10 @@ def render_walk(ui: UI, sess: Session, seeds_t: str, frames: float, fps: float, 
     """An interpolation (or loop) video through keyframe seeds, as mp4."""
     sess = need(sess)
     keys = floats(seeds_t, "keyframe seeds")
-    return frames_job(sess.jobs, "a walk video", int(frames), progress, size,
-                      lambda **job: backend.walk_video(sess, keys, int(frames), bool(loop),
-                                                       space, float(fps), **job))
+    return files.served(frames_job(
+        sess.jobs, "a walk video", int(frames), progress, size,
+        lambda **job: backend.walk_video(sess, keys, int(frames), bool(loop), space,
+                                         float(fps), **job)))
 
 
 def cancel_job(sess: Session | None) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from engine.blend import describe
-from studio import backend, teach, uploads
+from studio import backend, files, teach, uploads
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session
@@ -230,7 +230,7 @@ def boundary_from_labels(ui: UI, sess: Session | None, labels: str, psi: float,
     sess = need(sess)
     tb = teach.train_from_labels(sess.model, labels or "", float(psi), name or "",
                                  owner=sess)
-    return tb.path, tb.summary
+    return files.served(tb.path), tb.summary
 
 
 # ----------------------------------------------------------------------------------------
