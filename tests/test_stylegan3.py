@@ -5,17 +5,19 @@ from __future__ import annotations
 import math
 import pickle
 from collections import OrderedDict
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import networks
+from engine import networks, stylegan3
 from engine.checkpoints import build_generator, read_checkpoint, save_generator
 from engine.errors import CheckpointError
 from engine.stylegan3 import (
     StyleGAN3Config,
+    _filtered_lrelu_reference,
     design_lowpass,
     filtered_lrelu,
     input_transform,
@@ -126,6 +128,63 @@ def test_filtered_lrelu_matches_definition(up, down, pad, radial, clamp):
                                                                                   ::down]
     assert ours.shape == y.shape
     assert torch.allclose(ours, y, atol=1e-12, rtol=0)
+
+
+# (up, down, padding, radial down filter, clamp, slope, size): layers of -t (separable) and
+# -r (radial), their 4x upsampling layers, critically sampled ones (negative padding),
+# up or down alone, ToRGB (no filters, slope 1), odd and non-square sizes.
+FAST_PATH_CASES = [
+    (2, 2, (9, 8, 9, 8), False, 256.0, 0.2, (13, 13)),
+    (2, 2, (11, 10, 11, 10), True, 256.0, 0.2, (13, 11)),
+    (4, 2, (-6, -9, -6, -9), False, 256.0, 0.2, (15, 15)),
+    (4, 2, (-2, -5, -2, -5), True, None, 0.2, (11, 14)),
+    (2, 2, (-11, -12, -11, -12), False, 1.5, 0.2, (27, 27)),
+    (2, 2, (-9, -10, -9, -10), True, None, 0.2, (25, 23)),
+    (2, 1, (0, 0, 3, 3), False, None, 0.2, (7, 9)),
+    (1, 2, (3, 3, 3, 3), True, 0.8, 0.2, (11, 11)),
+    (1, 2, (0, 1, 2, 0), False, None, 0.2, (15, 13)),
+    (1, 1, (0, 0, 0, 0), False, 256.0, 1.0, (8, 8)),
+]
+
+
+@pytest.mark.parametrize("up,down,pad,radial,clamp,slope,size", FAST_PATH_CASES)
+@pytest.mark.parametrize("designed", [True, False])
+def test_filtered_lrelu_matches_reference(up, down, pad, radial, clamp, slope, size,
+                                          designed):
+    """The depthwise channels_last path against the engine's previous implementation, in
+    fp32, with NVlabs-designed (symmetric) filters and with random asymmetric ones (which
+    catch a flipped or transposed kernel); the input is left untouched."""
+    g = torch.Generator().manual_seed(up * 100 + down * 10 + size[1])
+    x = torch.randn(2, 5, *size, generator=g) * 4
+    b = torch.randn(5, generator=g)
+    ku, kd = 6 * up, 6 * down
+    if designed:
+        fu = design_lowpass(ku, 3.0, 2.0, 8.0 * up) if up > 1 else None
+        fd = design_lowpass(kd, 3.0, 2.0, 8.0 * up, radial=radial) if down > 1 else None
+    else:
+        # Unit DC gain like a low-pass filter, so the values keep a real layer's range.
+        fu = torch.rand(ku, generator=g) if up > 1 else None
+        fd = torch.rand(*((kd, kd) if radial else (kd,)), generator=g) if down > 1 else None
+        fu = fu / fu.sum() if fu is not None else None
+        fd = fd / fd.sum() if fd is not None else None
+    gain = 1.0 if slope == 1 else math.sqrt(2)
+    before = x.clone()
+    ours = filtered_lrelu(x, fu, fd, b, up, down, pad, gain, slope, clamp)
+    ref = _filtered_lrelu_reference(x, fu, fd, b, up, down, pad, gain, slope, clamp)
+    assert torch.equal(x, before)
+    assert ours.shape == ref.shape and ours.dtype == torch.float32
+    assert (ours - ref).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_images_match_reference_filtered_lrelu(preset):
+    """Whole renders (-t and -r, every layer kind of the schedule, batch 2) equal those made
+    with the reference filtered leaky ReLU within 1e-5."""
+    G = make_tiny_stylegan3(preset, seed=3)
+    ours = render(G, seeds=(4, 5))
+    with mock.patch.object(stylegan3, "filtered_lrelu", _filtered_lrelu_reference):
+        ref = render(G, seeds=(4, 5))
+    assert (ours - ref).abs().max().item() <= 1e-5
 
 
 # ----------------------------------------------------------------------------------------
