@@ -442,10 +442,13 @@ def encoder_options(paths: list[str]) -> list[tuple[str, str]]:
 
 def _trained_encoders(sess: Session | None) -> list[str]:
     """Encoders trained in this studio that `sess` may see: its own with
-    STUDIO_SERVER_FILES=studio, everyone's on your own machine."""
-    if SERVER_FILES == "any" or sess is None:
+    STUDIO_SERVER_FILES=studio (none before it has a session), everyone's on your own
+    machine."""
+    if SERVER_FILES == "any":
         folders = [OUT_DIR / "sessions", OUT_DIR / "encoders"]
         pattern = "**/encoder.safetensors"
+    elif sess is None:
+        return []
     else:
         folders, pattern = [encoder_dir(sess)], "*/encoder.safetensors"
     return [str(p) for folder in folders if folder.is_dir() for p in sorted(folder.glob(pattern))]

@@ -235,6 +235,9 @@ def test_sessions_see_only_their_own_uploads_and_encoders(server, tmp_path):
     assert trained, a_encoders
     assert not [c for c in b.predict(None, api_name="/list_encoders")["choices"]
                 if "trained here" in c[0]]
+    # Issue 30: a fresh client with no session yet listed every session's encoders.
+    fresh = studio_client(url).predict(None, api_name="/list_encoders")["choices"]
+    assert not [c for c in fresh if "trained here" in c[0] or "sessions" in c[1]], fresh
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.RandomState(2).randint(0, 255, (40, 40, 3), np.uint8)).save(photo)
     a.predict(trained[0], handle_file(str(photo)), api_name="/translate")
