@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from engine.datasets import (
     render_face,
     render_faces,
 )
+from tests.helpers.memory import peak_rss_mb, reset_peak_rss
 
 
 @pytest.fixture(scope="module")
@@ -178,9 +180,8 @@ def test_square_rgb_pad_keeps_the_picture_centred_and_never_builds_the_big_squar
     assert abs(int(out[32, 32, 0]) - 200) <= 2 and out[32, 32, 1] <= 3
     # A 40000x1 picture (40 MP, under the pixel cap): padding before resizing built a
     # 40000^2 canvas (4.8 GB); it now costs about the picture itself.
-    import resource
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = reset_peak_rss(os.getpid())  # an earlier test's peak would hide this one's
     line = square_rgb(Image.new("RGB", (40000, 1), (10, 20, 30)), 64, fit="pad")
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    grown_mb = peak_rss_mb(os.getpid()) - before
     assert line.shape == (64, 64, 3) and (line == (10, 20, 30)).all()
     assert grown_mb < 200, grown_mb

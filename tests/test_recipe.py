@@ -204,11 +204,18 @@ def test_render_tensor_batches_and_bends_apply():
 
 
 def test_cluster_bends_render():
+    """A bend on clusters 0 and 2 ablates exactly those clusters' channels (c % 3 in {0, 2}
+    under fake_clusters): the picture of the same bend on those channels by index."""
     r = Recipe(bends=[Bend("b16.conv0", "ablate", channels=ChannelSelection(
         "clusters", k=3, ids=[0, 2]))])
     with fake_clusters():
         img = render(r, G)
     assert img.size == (32, 32)
+    chosen = [c for c in range(G.layer_shapes()["b16.conv0"][0]) if c % 3 in (0, 2)]
+    by_index = Recipe(bends=[Bend("b16.conv0", "ablate", channels=ChannelSelection(
+        "indices", indices=chosen))])
+    assert np.array_equal(np.asarray(img), np.asarray(render(by_index, G)))
+    assert not np.array_equal(np.asarray(img), np.asarray(render(Recipe(), G)))
 
 
 def test_loaded_model_objects_are_accepted():

@@ -22,13 +22,13 @@ from PIL import Image
 
 from tests.helpers.browser import (
     SERVER_PIDS,
-    peak_rss_mb,
     queue_call,
     studio_client,
     studio_server,
     tiny_model_file,
     upload_file,
 )
+from tests.helpers.memory import peak_rss_mb, reset_peak_rss
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -110,7 +110,7 @@ def test_every_image_input_has_the_pixel_cap(server, tmp_path):
     import base64
     inline = {"url": "data:image/png;base64," + base64.b64encode(bomb.read_bytes()).decode(),
               "meta": {"_type": "gradio.FileData"}}
-    before = peak_rss_mb(SERVER_PIDS[url])
+    before = reset_peak_rss(SERVER_PIDS[url])
     calls = [lambda: client.predict("enc", handle_file(str(bomb)), api_name="/translate_frame"),
              lambda: client.predict("enc", inline, api_name="/translate_frame"),
              lambda: client.predict(handle_file(str(bomb)), 10, True, api_name="/project"),
@@ -348,8 +348,7 @@ def test_training_pictures_over_the_budget_are_refused_unread(server, tmp_path):
     _error(lambda: clients[0].predict([handle_file(str(few))], 10, 4, "ada", "crop",
                                       api_name="/check_pictures"))
     pid = SERVER_PIDS[url]
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak restarts from the present RSS
-    before = peak_rss_mb(pid)
+    before = reset_peak_rss(pid)
     jobs = [c.submit([handle_file(str(archive))], 10, 4, "ada", "crop",
                      api_name="/check_pictures") for c in clients]
     messages = []
@@ -359,7 +358,6 @@ def test_training_pictures_over_the_budget_are_refused_unread(server, tmp_path):
         except Exception as exc:  # noqa: BLE001 - gradio_client's AppError carries the text
             messages.append(str(exc))
     grown = peak_rss_mb(pid) - before
-    print(f"server peak growth {grown:.0f} MiB")
     for message in messages:
         assert "50000 files in the zip at 32 px take 146 MiB once read" in message, message
         assert "STUDIO_MAX_PICTURE_BYTES" in message, message

@@ -165,14 +165,6 @@ def tiny_model_file(folder: Path) -> str:
 SERVER_PIDS: dict[str, int] = {}
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The peak resident memory (VmHWM) of a process so far, in MiB (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc; peak memory needs Linux")
-
-
 @contextmanager
 def studio_server(model: str, env: dict[str, str] | None = None,
                   timeout: float = 90.0) -> Iterator[str]:
