@@ -16,6 +16,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -79,19 +80,21 @@ def open_image(image: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """An uploaded image (path, dict, data URL, bytes, numpy array or PIL image) as an RGB
     PIL image: the one reader every picture a request brings goes through.
 
-    EXIF orientation is applied, alpha is flattened onto white, and only the first frame of
-    an animation is used. Raises StudioError for anything that is not a readable image.
+    EXIF orientation is applied, alpha is flattened onto white, only the first frame of an
+    animation is used, and a picture over WORKING_PIXELS is shrunk as it is read (a JPEG
+    decodes at a reduced scale). Raises StudioError for anything that is not a readable
+    image.
     """
     if image is None:
         raise StudioError("no image was given; upload a picture first.")
     if isinstance(image, Image.Image):
         _check_pixels(*image.size, max_pixels)
-        return _to_rgb(image)
+        return _shrunk(_to_rgb(image))
     if hasattr(image, "shape") and hasattr(image, "dtype"):  # numpy from gr.Image
         if len(image.shape) >= 2:
             _check_pixels(int(image.shape[1]), int(image.shape[0]), max_pixels)
         try:
-            return _to_rgb(Image.fromarray(image))
+            return _shrunk(_to_rgb(Image.fromarray(image)))
         except (TypeError, ValueError) as exc:
             raise StudioError("the picture could not be read; upload a PNG or JPEG.") from exc
     if isinstance(image, str) and image.startswith("data:"):
@@ -106,6 +109,29 @@ def open_image(image: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     path = _path_of(image)
     _check_size(path, MAX_UPLOAD_BYTES, "image")
     return _decode(path, path.name, max_pixels)
+
+
+# What a request's picture is worked on at: nothing the studio makes from one needs more
+# than 1024 px on its short side (encoder inputs, projections, model sides), and a 40 MP
+# photo held as floats costs gigabytes, so bigger pictures are shrunk as they are read.
+WORKING_PIXELS = 2048 * 2048
+WORKING_SHORT_SIDE = 1024
+
+
+def _working_size(w: int, h: int) -> tuple[int, int] | None:
+    """The size a w x h picture is shrunk to on reading, or None to keep it whole."""
+    by_pixels = (WORKING_PIXELS / max(1, w * h)) ** 0.5
+    by_side = WORKING_SHORT_SIDE / max(1, min(w, h))
+    if max(by_pixels, by_side) >= 1:
+        return None
+    if by_pixels >= by_side:  # rounded down: within the pixel count
+        return max(1, int(w * by_pixels)), max(1, int(h * by_pixels))
+    return math.ceil(w * by_side), math.ceil(h * by_side)  # rounded up: the short side kept
+
+
+def _shrunk(im: Image.Image) -> Image.Image:
+    working = _working_size(*im.size)
+    return im if working is None else im.resize(working, Image.Resampling.LANCZOS)
 
 
 def _check_pixels(w: int, h: int, max_pixels: int) -> None:
@@ -123,8 +149,11 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int) -> Image.Imag
             with Image.open(source) as im:
                 _check_pixels(*im.size, max_pixels)
                 im.seek(0)
+                working = _working_size(*im.size)
+                if working is not None:
+                    im.draft("RGB", working)  # a JPEG decodes at 1/2..1/8 scale: less memory
                 im.load()
-                return _to_rgb(im)
+                return _shrunk(_to_rgb(im))
     except StudioError:
         raise
     except Image.DecompressionBombError as exc:
