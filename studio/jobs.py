@@ -224,6 +224,8 @@ def polled_job(jobs: Jobs, work: Callable[..., Any], cancelled: str, failed: str
                 state.result = work(progress=report, cancel=cancel, on_metrics=metrics)
         except StudioError as exc:
             state.error = cancelled if jobs.cancel.is_set() else str(exc)
+        except MemoryError:  # its message is empty: say what happened
+            state.error = f"{failed}: the server ran out of memory; try a smaller setting."
         except Exception as exc:  # noqa: BLE001 - shown to the user, never a traceback
             state.error = f"{failed}: {exc}"
         finally:

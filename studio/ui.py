@@ -90,6 +90,12 @@ def bind(fn: Callable, ui: UI) -> Callable:
     return bound
 
 
+# A request that needed more memory than the server had (a forged size no check caught, or
+# a setting too big for this machine) still gets a sentence, not Gradio's bare "Error".
+OUT_OF_MEMORY = ("the server ran out of memory for this request; try a smaller file or "
+                 "setting, or try again later.")
+
+
 def _as_gr_error(exc: StudioError) -> gr.Error:
     return exc if isinstance(exc, gr.Error) else gr.Error(str(exc), print_exception=False)
 
@@ -108,6 +114,8 @@ def user_errors(fn: Callable) -> Callable:
                 return fn(*args, **kwargs)
         except StudioError as exc:
             raise _as_gr_error(exc) from exc
+        except MemoryError as exc:
+            raise gr.Error(OUT_OF_MEMORY, print_exception=False) from exc
     return wrapper
 
 
@@ -124,6 +132,8 @@ def job_errors(fn: Callable) -> Callable:
             return gr.skip()
         except StudioError as exc:
             raise _as_gr_error(exc) from exc
+        except MemoryError as exc:
+            raise gr.Error(OUT_OF_MEMORY, print_exception=False) from exc
     return wrapper
 
 

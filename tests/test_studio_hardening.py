@@ -362,3 +362,26 @@ def test_training_pictures_over_the_budget_are_refused_unread(server, tmp_path):
         assert "50000 files in the zip at 32 px take 146 MiB once read" in message, message
         assert "STUDIO_MAX_PICTURE_BYTES" in message, message
     assert grown < 100, f"the server's peak memory grew {grown:.0f} MiB"
+
+
+def test_running_out_of_memory_is_one_sentence() -> None:
+    """Issue 30: a MemoryError (a size no check caught) reached the page as Gradio's bare
+    "Error" with a traceback in the log; every handler kind now says what happened."""
+    import gradio as gr
+
+    from studio import jobs
+    from studio.ui import job_errors, user_errors
+
+    def greedy(*_args):
+        raise MemoryError
+
+    for wrap in (user_errors, job_errors):
+        with pytest.raises(gr.Error, match="ran out of memory") as err:
+            wrap(greedy)()
+        assert "\n" not in str(err.value.message) and str(err.value.message).endswith(".")
+    claimed = jobs.Jobs()
+    claimed.claim("a test job")
+    states = list(jobs.polled_job(claimed, lambda **_: greedy(), "cancelled", "the test job "
+                                  "stopped", every=0.05))
+    assert states[-1].error == ("the test job stopped: the server ran out of memory; try a "
+                                "smaller setting."), states[-1].error
