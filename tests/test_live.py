@@ -18,7 +18,9 @@ from tests.helpers.browser import (
     CHROMIUM_ARGS,
     chromium_path,
     need_chromium,
+    src,
     studio_server,
+    wait_new_src,
 )
 
 
@@ -311,6 +313,7 @@ def _live_pixels(page) -> np.ndarray:
 @pytest.mark.browser
 def test_canvas_follows_a_slider_over_the_live_channel(browser, server) -> None:
     page = _open(browser, server)
+    gradio_canvas = src(page, "#canvas")
     assert page.evaluate("window.studioLive.mode") == "live"
     assert "Live channel" in page.inner_text("#live-status")
     page.evaluate("""() => { const L = window.studioLive;    // a refused value first
@@ -330,8 +333,9 @@ def test_canvas_follows_a_slider_over_the_live_channel(browser, server) -> None:
         {"model": "default", "latent": {"seed": 0, "psi": 0.5}}))), dtype=np.float32)
     assert shown.shape == want.shape
     assert np.abs(shown - want).mean() < 3.0   # JPEG at quality 92: the same picture
-    # The gesture's end syncs the Gradio side: the recipe holds the last value.
-    page.wait_for_timeout(1500)
+    # The gesture's end syncs the Gradio side (its canvas is rendered again): the recipe
+    # holds the last value.
+    wait_new_src(page, "#canvas", gradio_canvas, timeout_ms=30_000)
     page.click("#recipe-acc button, #recipe-acc .label-wrap", timeout=10_000)
     page.wait_for_function("document.querySelector('#recipe-code').innerText.includes('0.5')",
                            timeout=30_000)
@@ -347,8 +351,8 @@ def test_webcam_frames_keep_coming(browser, server) -> None:
     page.wait_for_function("window.studioLive.frames.filter(f => f.kind === 1).length >= 15",
                            timeout=90_000)
     first = _frames(page, 1)
-    page.wait_for_timeout(1000)
-    assert _frames(page, 1) > first                        # still coming
+    page.wait_for_function(f"window.studioLive.frames.filter(f => f.kind === 1).length"
+                           f" > {first}", timeout=30_000)  # still coming
     assert "frames/s" in page.inner_text("#live-cam-stats")
     assert page.evaluate("window.studioLive.errors") == []
     page.close()
@@ -360,10 +364,11 @@ def test_two_sessions_streams_stay_apart(browser, server) -> None:
     assert a.evaluate("window.studioLive.key") != b.evaluate("window.studioLive.key")
     n_b = _frames(b)
     n = _frames(a)
+    a_canvas = src(a, "#canvas")
     _slide(a, "psi", -0.4)
     a.wait_for_function(f"window.studioLive.frames.filter(f => f.kind === 0).length > {n}",
                         timeout=30_000)
-    a.wait_for_timeout(1500)  # a's sync has run by now
+    wait_new_src(a, "#canvas", a_canvas, timeout_ms=30_000)  # a's sync has run
     assert _frames(b) == n_b                               # b saw none of a's frames
     n = _frames(b)
     _slide(b, "psi", 1.2)
@@ -402,9 +407,9 @@ def test_a_walk_plays_live_and_pauses(browser, server) -> None:
                            timeout=60_000)
     assert page.inner_text("#live-play-walk").startswith("⏸")
     page.click("#live-play-walk")                     # pause
-    page.wait_for_timeout(800)
+    page.wait_for_function("window.studioLive.inflight.length === 0", timeout=30_000)
     n = _frames(page)
-    page.wait_for_timeout(1000)
+    page.wait_for_timeout(1000)                       # a second to watch for frames: none
     assert _frames(page) <= n + 1                     # at most the frame in flight
     assert page.inner_text("#live-play-walk").startswith("▶")
     page.close()

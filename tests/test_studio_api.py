@@ -16,7 +16,7 @@ from PIL import Image
 
 from engine.errors import StudioError
 from studio import uploads
-from tests.helpers.browser import studio_client, studio_server, tiny_model_file
+from tests.helpers.browser import job_progress, studio_client, studio_server, tiny_model_file
 
 gradio_client = pytest.importorskip("gradio_client")
 
@@ -217,7 +217,9 @@ def test_cancel_stops_a_long_job(server, tmp_path):
     Image.fromarray(np.random.RandomState(1).randint(0, 255, (80, 60, 3), np.uint8)).save(photo)
     t0 = time.monotonic()
     job = client.submit(handle_file(str(photo)), 1000, True, api_name="/project")
-    time.sleep(2)
+    while job_progress(job) == 0.0:  # until the projection reports its first steps
+        assert time.monotonic() - t0 < 60 and not job.done(), job.status()
+        time.sleep(0.05)
     client.predict(api_name="/cancel_projection")
     # A cancelled fit is not an error: the status line says so (issue #24, item 5).
     status = job.result(timeout=120)[2]

@@ -22,6 +22,7 @@ from PIL import Image
 
 from tests.helpers.browser import (
     SERVER_PIDS,
+    job_progress,
     queue_call,
     studio_client,
     studio_server,
@@ -173,7 +174,11 @@ def test_long_jobs_one_per_session_and_one_at_a_time(server, tmp_path):
     assert "already running a long job (a projection)" in msg
     assert "wait for it to finish or press its Cancel button" in msg
     waiting = b.submit("b16.conv1", 3, 16, api_name="/compute_clusters")
-    time.sleep(2)
+    # A's projection moves on 20 more steps: time B's small clustering needs, were it let run.
+    start, deadline = job_progress(job), time.monotonic() + 60
+    while job_progress(job) < start + 0.02:
+        assert time.monotonic() < deadline and not job.done(), job.status()
+        time.sleep(0.05)
     assert not waiting.done(), "B's clustering ran beside A's projection"
     t0 = time.monotonic()
     _still_renders(b, b_image)  # interactive lane: served while A's job holds the slot

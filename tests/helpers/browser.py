@@ -207,6 +207,13 @@ def studio_server(model: str, env: dict[str, str] | None = None,
             log.close()
 
 
+def job_progress(job: Any) -> float:
+    """The share of its work a gradio_client Job has reported done (0 before its first
+    report): a test waits on it instead of sleeping while a long job starts."""
+    units = job.status().progress_data
+    return float(units[0].progress or 0.0) if units else 0.0
+
+
 def page_state(page: Any) -> str:
     """What the page shows that says why a wait failed: error toasts, the busy line, the live
     channel's status and error, the blend note (for a timed-out wait's message)."""
