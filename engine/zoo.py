@@ -461,8 +461,8 @@ def _load_uncached(r: Resolved, progress: Progress, device: str) -> LoadedModel:
     with _cache_lock:
         _reading.add(ours)
     try:
-        if r.kind == "hub":
-            _touch(ours)
+        if r.kind == "hub" or ours != source_path:  # a download or a conversion (uploads'
+            _touch(ours)                            # too): both count toward the bounded cache
             trim_hub_cache()
         try:
             loaded, sidecar = _read_ours(ours)

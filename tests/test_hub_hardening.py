@@ -181,3 +181,22 @@ def test_a_cached_file_still_loads_when_the_hub_does_not_answer(studio, checkpoi
     assert again.sha256 == first.sha256
     with pytest.raises(StudioError, match="Could not reach the Hub"):
         zoo.load("hf://visitor/never-fetched/g.pt")
+
+
+def test_conversions_of_uploaded_checkpoints_are_bounded_too(studio, checkpoints, tmp_path,
+                                                             monkeypatch):
+    """Issue 30: every distinct uploaded checkpoint left a converted copy under HF_HOME,
+    trimmed only when a Hub model loaded; uploads now count toward the same bounded cache."""
+    paths = []
+    for i, data in enumerate(checkpoints):
+        paths.append(tmp_path / f"upload{i}.pt")
+        paths[-1].write_bytes(data)
+    first = zoo.load(str(paths[0])).path
+    per_model = first.stat().st_size + 4096  # the conversion and its sidecar
+    monkeypatch.setenv("STUDIO_MAX_HUB_CACHE_BYTES", str(int(1.5 * per_model)))
+    for path in paths[1:]:
+        zoo.clear_cache()
+        zoo.load(str(path))
+    kept = sorted(zoo.converted_dir().glob("*.safetensors"))
+    assert len(kept) == 1 and sum(size for _, size, _, _ in zoo._cache_items()) \
+        <= 1.5 * per_model, kept
