@@ -11,8 +11,8 @@ same load; the comparisons are interleaved):
   between frames the channel sends while it moves (p50, p95), which block they show, and
   the time from the last value to the full frame (the gesture rests after
   studio.live.REST_S), against one full render;
-- a bend on b256.conv1 of the largest model: a tail render (from its kept input) against a
-  full render, interleaved, and the ratio;
+- a bend (and a weight edit) on b256.conv1 of the largest model: a tail render (from what
+  the cache kept) against a full render, interleaved, and the ratio;
 - the rested frame's pixels against engine.render's (equal or not).
 """
 
@@ -155,36 +155,44 @@ def report_drag(spec: str, res: int, seconds: float, full_s: float) -> None:
           f"engine.render: {np.array_equal(got, want)}  {load()}")
 
 
-def report_tail(spec: str, res: int, runs: int) -> None:
+def report_tail(spec: str, res: int, runs: int, edit: str) -> None:
+    """edit 'bend': a rotate bend's angle (kept: b256.conv1's output before its bends);
+    'weight': a weight edit's factor on that layer (kept: its input)."""
     from engine import incremental as inc
     from engine import recipe as R
-    from engine.bending import Bend, ChannelSelection
+    from engine.bending import Bend, ChannelSelection, WeightEdit
     from studio import backend
     from studio import session as S
 
     m = backend.load(spec)
     G = m.G
     rec = S.new_session(spec).recipe
-    rec.bends = [Bend(layer="b256.conv1", op="rotate", params={"angle": 10.0},
-                      channels=ChannelSelection())]
+    if edit == "bend":
+        rec.bends = [Bend(layer="b256.conv1", op="rotate", params={"angle": 10.0},
+                          channels=ChannelSelection())]
+        params, name, starts_at = rec.bends[0].params, "angle", "b256.torgb"
+    else:
+        rec.weight_edits = [WeightEdit(layer="b256.conv1", op="scale", params={"factor": 1.1},
+                                       channels=ChannelSelection())]
+        params, name, starts_at = rec.weight_edits[0].params, "factor", "b256.conv1"
     cache = inc.TailCache()
     cache.render(rec, m)
-    rec.bends[0].params["angle"] = 20.0
-    cache.render(rec, m)                        # keeps the input of b256.conv1
+    params[name] += 0.5
+    cache.render(rec, m)                        # keeps what this edit needs
     full, tail = [], []
-    for i in range(runs):                        # interleaved: full, tail, full, tail, ...
-        rec.bends[0].params["angle"] = 30.0 + i
+    for _ in range(runs):                        # interleaved: full, tail, full, tail, ...
+        params[name] += 0.5
         t0 = time.perf_counter()
         want = R.render_tensor(rec, m)
         full.append(time.perf_counter() - t0)
-        assert cache.plan(rec, G)[0] == "b256.conv1"
+        assert cache.plan(rec, G)[0] == starts_at, cache.plan(rec, G)
         t0 = time.perf_counter()
         got = cache.render(rec, m)
         tail.append(time.perf_counter() - t0)
         assert torch.equal(got, want)
     f, t = statistics.median(full), statistics.median(tail)
-    print(f"{res} px bend b256.conv1: tail {t:.2f} s vs full {f:.2f} s = {t / f:.0%} of a "
-          f"full render (median of {runs}, interleaved; bit-equal), kept "
+    print(f"{res} px {edit} on b256.conv1: tail from {starts_at} {t:.2f} s vs full {f:.2f} s "
+          f"= {t / f:.0%} of a full render (median of {runs}, interleaved; bit-equal), kept "
           f"{cache.nbytes / 2**20:.0f} MiB  {load()}")
 
 
@@ -209,7 +217,8 @@ def main() -> None:
         print(f"{res} px full render: median {full_s:.2f} s of {args.runs}  {load()}")
         report_drag(specs[res], res, args.drag_seconds, full_s)
     if max(sizes) >= 512:
-        report_tail(specs[max(sizes)], max(sizes), args.runs)
+        for edit in ("bend", "weight"):
+            report_tail(specs[max(sizes)], max(sizes), args.runs, edit)
 
 
 if __name__ == "__main__":

@@ -328,6 +328,7 @@ def test_canvas_follows_a_slider_over_the_live_channel(browser, server) -> None:
     page.wait_for_function("document.querySelector('#live-canvas').dataset.seq == "
                            "String(window.studioLive.seq)", timeout=30_000)
     assert page.inner_text("#live-error").strip() == ""     # good frames cleared the error
+    assert page.inner_text("#live-shown") == "full"         # 64 px: every frame is whole
     shown = _live_pixels(page)
     want = np.asarray(engine.render(engine.recipe.Recipe.from_json(json.dumps(
         {"model": "default", "latent": {"seed": 0, "psi": 0.5}}))), dtype=np.float32)
