@@ -17,6 +17,7 @@ channel. `load_recipe_file` reads any of these files, or a recipe JSON, into a R
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import math
 import os
@@ -926,16 +927,17 @@ def _generator(model: Any) -> Any:
     return model.G
 
 
-def load_recipe_file(path: str | os.PathLike, cluster_dict: Any = None, model: Any = None
-                     ) -> tuple[Any, list[str]]:
+def load_recipe_file(path: str | os.PathLike, cluster_dict: Any = None, model: Any = None,
+                     latent: Any = None) -> tuple[Any, list[str]]:
     """A Recipe from a recipe JSON, Broad's network-bending YAML (with `cluster_dict`: his
     cluster file's path or parsed contents) or the seed notebooks' template (Python literal,
     JSON or YAML). Returns (recipe, warnings).
 
-    An imported file gives a recipe of the default latent with the file's bends, checked
-    against `model` (a Generator, a loaded model or an engine.zoo spec such as 'default';
-    None skips the checks of layers and channel counts): what this model cannot take is
-    dropped with one warning line per transform. A zoo spec also becomes the recipe's model.
+    An imported file gives a recipe of `latent` (a copy; None: the default latent) with the
+    file's bends, checked against `model` (a Generator, a loaded model or an engine.zoo spec
+    such as 'default'; None skips the checks of layers and channel counts): what this model
+    cannot take is dropped with one warning line per transform. A zoo spec also becomes the
+    recipe's model.
     """
     from engine.recipe import Recipe
 
@@ -958,6 +960,8 @@ def load_recipe_file(path: str | os.PathLike, cluster_dict: Any = None, model: A
                                              "cluster file")
         bends, warnings = import_broad_yaml(data, G, cluster_dict)
     recipe = Recipe(bends=bends)
+    if latent is not None:  # a bend file says nothing of the latent: keep the user's
+        recipe.latent = copy.deepcopy(latent)
     if isinstance(model, str):
         recipe.model = model
     return recipe, warnings

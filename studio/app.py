@@ -53,12 +53,18 @@ CSS = """
 .live-play { width: 100%; padding: 6px; border-radius: var(--button-large-radius);
   border: 1px solid var(--button-secondary-border-color);
   background: var(--button-secondary-background-fill); font-weight: 600; cursor: pointer; }
+.pause-glyph { display: inline-block; width: 0.7em; height: 0.8em; vertical-align: -0.05em;
+  box-sizing: border-box; border-left: 0.25em solid currentColor;
+  border-right: 0.25em solid currentColor; }
 #live-cam-start { padding: 6px 14px; border-radius: var(--button-large-radius);
   border: 1px solid var(--button-secondary-border-color);
   background: var(--button-secondary-background-fill); font-weight: 600; cursor: pointer; }
 .live-cam-row { display: flex; gap: 12px; align-items: center; margin: 6px 0; }
+/* Gradio's columns wrap; capped at the window height this one would move what does not fit
+   (the open Recipe panel) into a second column off to the right. It scrolls instead. */
 #canvas-col { position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);
-  overflow-y: auto; }
+  overflow-y: auto; flex-wrap: nowrap !important; }
+#canvas-col > * { flex-shrink: 0; }
 """
 
 # Run once when the page loads: the undo shortcuts, then the live channel's page side.

@@ -396,10 +396,22 @@
   }
 
   // ---- play: walks and sweeps on the canvas ----------------------------------------------
+  // The Pause glyph is drawn by CSS (.pause-glyph): the emoji showed as a box on systems
+  // without an emoji font.
   function playing(what) {
+    const was = L.playing;
     L.playing = what;
     for (const b of document.querySelectorAll(".live-play")) {
-      b.textContent = b.dataset.what === what ? "⏸ Pause" : "▶ Play live on the canvas";
+      b.innerHTML = b.dataset.what === what
+        ? '<span class="pause-glyph" aria-hidden="true"></span> Pause'
+        : "▶ Play live on the canvas";
+    }
+    if (was && !what) {
+      // Paused or played out: the output below shows the session again (a walk or sweep
+      // changes nothing in it), so its frames go, those still on the way included.
+      drawn[0] = Math.max(drawn[0], L.seq + 1);
+      const el = $("#live-canvas");
+      if (el) el.style.display = "none";
     }
   }
 

@@ -259,13 +259,18 @@ def remove_layer_edit(sess: Session, index: int | None = None) -> None:
         edits.pop(_index(edits, index, "layer edit"))
 
 
-def send_projection(sess: Session) -> None:
-    """Use the last projection's W+ as the latent (psi 1, no truncation, no other edits)."""
+def send_projection(sess: Session) -> bool:
+    """Use the last projection's W+ as the latent (psi 1, no truncation, no other edits).
+    A translation is turned off: it would draw over the fitted latent. Returns whether one
+    was on."""
     if sess.projected is None:
         raise StudioError("fit a photo first.")
     lat = sess.recipe.latent
     lat.w, lat.psi, lat.cutoff, lat.mix_seed = copy.deepcopy(sess.projected), 1.0, None, None
     lat.directions, lat.layer_edits = [], []
+    translating = sess.recipe.translator is not None
+    sess.recipe.translator = None
+    return translating
 
 
 # ----------------------------------------------------------------------------------------

@@ -47,6 +47,25 @@ class UI(SimpleNamespace):
         return dict(show_progress_on=[self.busy], **HEAVY_LANE)
 
 
+def cancel_button(**kwargs: Any) -> gr.Button:
+    """A long job's Cancel: greyed out until its job starts (`with_cancel`); an idle red
+    Cancel looked like something to press."""
+    return gr.Button("Cancel", variant="secondary", interactive=False, **kwargs)
+
+
+def with_cancel(trigger: Callable, cancel: gr.Button, fn: Callable, inputs: list[Any],
+                outputs: list[Any], **kwargs: Any) -> Any:
+    """`trigger(fn, inputs, outputs, **kwargs)` (a button's click starting a long job), with
+    `cancel` live and red while the job runs and greyed out again however it ends. Returns
+    the job's event."""
+    started = trigger(lambda: gr.update(interactive=True, variant="stop"), None, [cancel],
+                      api_name=False, show_progress="hidden", queue=False)
+    job = started.then(fn, inputs, outputs, **kwargs)
+    job.then(lambda: gr.update(interactive=False, variant="secondary"), None, [cancel],
+             api_name=False, show_progress="hidden", queue=False)
+    return job
+
+
 def finite(args: tuple[Any, ...]) -> None:
     """Refuse NaN and infinities from an API client in one sentence. Gradio's range check
     lets NaN through (it is neither below a minimum nor above a maximum), and a handler doing
@@ -165,11 +184,14 @@ def floats(text: str, what: str, limit: int = LIMITS.grid_values) -> list[float]
 def curves(points: list[tuple[int, dict[str, float]]], names: tuple[str, ...],
            recent: int = 2000) -> Any:
     """A LinePlot's data (step, curve, value) from the engine's per-step metrics: one curve
-    per name, over the `recent` last steps."""
+    per name, over the `recent` last steps; None before the first step. (A LinePlot with
+    `color=` that was first sent an empty frame draws every later line without a stroke.)"""
     import pandas as pd
     rows = [(step, name, float(m[name])) for step, m in points[-recent:]
             for name in names if name in m]
-    return pd.DataFrame({  # typed even when empty, so the axes are numeric
+    if not rows:
+        return None
+    return pd.DataFrame({
         "step": pd.Series([r[0] for r in rows], dtype="int64"),
         "curve": pd.Series([r[1] for r in rows], dtype="object"),
         "value": pd.Series([r[2] for r in rows], dtype="float64")})
@@ -183,6 +205,15 @@ def default_layer(layers: list[str]) -> str:
     """A middle layer: coarse enough to hold parts of the face, fine enough to bend."""
     pref = [n for n in layers if n.startswith("b16.")]
     return pref[-1] if pref else layers[len(layers) // 2]
+
+
+def note_if_scaled_up(size: tuple[int, int], needed: int, reader: str) -> None:
+    """A picture smaller than what reads it is scaled up and looks blurred: say so, rather
+    than let a 16×16 picture pass silently."""
+    width, height = size
+    if min(width, height) < needed:
+        gr.Warning(f"The picture is {width}×{height} px, smaller than the {needed} px "
+                   f"{reader}: it is scaled up, so it looks blurred.")
 
 
 def before_image(sess: Session) -> Any:

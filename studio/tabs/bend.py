@@ -19,12 +19,14 @@ from studio.ui import (
     LIVE,
     UI,
     bind,
+    cancel_button,
     capped_slider,
     job_errors,
     live_pictures,
     need,
     pictures,
     user_errors,
+    with_cancel,
 )
 
 WHERE_CHOICES = ["selected clusters", "all channels", "random fraction"]
@@ -53,11 +55,15 @@ def layout(ui: UI) -> None:
                                     label="Random fraction")
         ui.add_btn = gr.Button("Add bend", variant="primary", elem_id="add-bend")
     ui.stack = gr.Radio([], type="index", label="Bend stack (click to edit)", elem_id="stack")
+    # Greyed out until a bend is picked: they act on the picked bend (editor()).
     with gr.Row():
-        ui.bend_enabled = gr.Checkbox(True, label="Enabled", elem_id="bend-enabled")
-        ui.up_btn = gr.Button("Move up", size="sm")
-        ui.down_btn = gr.Button("Move down", size="sm")
-        ui.remove_btn = gr.Button("Remove", size="sm", variant="stop")
+        ui.bend_enabled = gr.Checkbox(True, label="Enabled", elem_id="bend-enabled",
+                                      interactive=False)
+        ui.up_btn = gr.Button("Move up", size="sm", elem_id="bend-up", interactive=False)
+        ui.down_btn = gr.Button("Move down", size="sm", elem_id="bend-down",
+                                interactive=False)
+        ui.remove_btn = gr.Button("Remove", size="sm", variant="stop", elem_id="bend-remove",
+                                  interactive=False)
     ui.bend_help = gr.Markdown("")
     ui.p_sliders = [gr.Slider(0, 1, 0, label=f"param {i}", visible=False,
                               elem_id=f"p-slider-{i}") for i in range(N_SLIDERS)]
@@ -108,7 +114,7 @@ def _sweep_layout(ui: UI) -> None:
             ui.sw_size = gr.Dropdown([("model size", "0"), ("256 px", "256"), ("512 px", "512")],
                                      value="256", label="Video size")
             ui.sw_btn = gr.Button("Render sweep")
-            ui.sw_cancel = gr.Button("Cancel", variant="stop")
+            ui.sw_cancel = cancel_button(elem_id="sw-cancel")
         gr.HTML(PLAY_HTML.format(what="sweep"), padding=False)
 
 
@@ -140,7 +146,10 @@ def editor(ui: UI, sess: Session) -> dict[Any, Any]:
     for kind, comps in pools.items():
         for comp in comps[used[kind]:]:
             out[comp] = gr.update(visible=False)
-    out[ui.bend_enabled] = gr.update(value=b.enabled if b is not None else True)
+    picked = b is not None
+    out[ui.bend_enabled] = gr.update(value=b.enabled if picked else True, interactive=picked)
+    for btn in (ui.up_btn, ui.down_btn, ui.remove_btn):
+        out[btn] = gr.update(interactive=picked)
     out[ui.bend_help] = (f"**{op.title}** — {op.help}" if op.help else f"**{op.title}**") \
         if op else ""
     out[ui.sw_param] = gr.update(choices=numeric, value=numeric[0] if numeric else None)
@@ -160,8 +169,8 @@ def _control(spec: Any, value: Any) -> Any:
 
 
 def editor_outputs(ui: UI) -> list[Any]:
-    return [ui.stack, ui.bend_enabled, ui.bend_help, *ui.p_sliders, *ui.p_choices,
-            *ui.p_checks, ui.sw_param]
+    return [ui.stack, ui.bend_enabled, ui.up_btn, ui.down_btn, ui.remove_btn, ui.bend_help,
+            *ui.p_sliders, *ui.p_choices, *ui.p_checks, ui.sw_param]
 
 
 def weight_list(ui: UI, sess: Session, selected: int | None = None) -> dict[Any, Any]:
@@ -363,9 +372,9 @@ def render_sweep(ui: UI, sess: Session, param: str, start: float, stop: float, f
 def wire(ui: UI) -> None:
     _wire_bends(ui)
     _wire_weights(ui)
-    ui.sw_btn.click(bind(render_sweep, ui),
-                    [ui.session, ui.sw_param, ui.sw_from, ui.sw_to, ui.sw_frames, ui.sw_fps,
-                     ui.sw_size], [ui.video], api_name="render_sweep", **ui.heavy())
+    with_cancel(ui.sw_btn.click, ui.sw_cancel, bind(render_sweep, ui),
+                [ui.session, ui.sw_param, ui.sw_from, ui.sw_to, ui.sw_frames, ui.sw_fps,
+                 ui.sw_size], [ui.video], api_name="render_sweep", **ui.heavy())
     ui.sw_cancel.click(cancel_job, [ui.session], None, api_name="cancel_sweep")
 
 

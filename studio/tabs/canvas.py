@@ -111,11 +111,20 @@ def load_recipe(ui: UI, sess: Session, file: Any, clusters: Any = None) -> dict[
     if clusters is not None:
         cluster_path = uploads.upload_path(clusters, "cluster file",
                                            limit=uploads.MAX_RECIPE_BYTES)
-    rec, warnings = bend_import.load_recipe_file(path, cluster_path, model=sess.model)
+    rec, warnings = bend_import.load_recipe_file(path, cluster_path, model=sess.model,
+                                                 latent=sess.recipe.latent)
     if warnings:
-        gr.Warning(f"{len(warnings)} transform(s) left out: " + "; ".join(warnings[:8])
-                   + (" …" if len(warnings) > 8 else ""))
+        gr.Warning(import_note(warnings))
     return apply_recipe(ui, sess, rec)
+
+
+def import_note(warnings: list[str]) -> str:
+    """One toast for an imported bend file's warning lines (one per transform or note): only
+    the lines that say a transform was skipped count as left out; the others were imported
+    with a change, or are notes about the file."""
+    left = sum("skipped (" in line for line in warnings)
+    head = f"{left} transform(s) left out" if left else "Imported with notes"
+    return (f"{head}: " + "; ".join(warnings[:8]) + (" …" if len(warnings) > 8 else ""))
 
 
 @user_errors
@@ -147,8 +156,15 @@ def _history(ui: UI, sess: Session, step: Any, empty: str) -> dict[Any, Any]:
 
 
 # Ctrl+Z / Ctrl+Shift+Z (Cmd on a Mac) press the Undo / Redo buttons, except while typing.
+# Enter in a slider's number box applies the value typed, as it does in the seed box:
+# Gradio's slider fires its `release` when the box loses focus, not on Enter.
 SHORTCUTS_JS = """
 () => {
+  document.addEventListener('keydown', (e) => {
+    const t = e.target;
+    if (e.key !== 'Enter' || !t || t.tagName !== 'INPUT' || t.type !== 'number') return;
+    if ((t.getAttribute('aria-label') || '').startsWith('number input for')) t.blur();
+  });
   document.addEventListener('keydown', (e) => {
     if (!(e.ctrlKey || e.metaKey) || e.key.toLowerCase() !== 'z') return;
     const t = e.target;

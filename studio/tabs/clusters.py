@@ -12,7 +12,16 @@ from studio.jobs import LANE, progress_fn
 from studio.limits import LIMITS
 from studio.session import Session
 from studio.tabs.explore import cancel_job
-from studio.ui import UI, bind, capped_slider, job_errors, need, user_errors
+from studio.ui import (
+    UI,
+    bind,
+    cancel_button,
+    capped_slider,
+    job_errors,
+    need,
+    user_errors,
+    with_cancel,
+)
 
 GALLERY_COLUMNS = 4     # cluster tiles per row (each ~150 px wide at 1280 px)
 TILE_ROW_PX = 170       # gallery height per row of tiles
@@ -28,7 +37,7 @@ def layout(ui: UI) -> None:
     with gr.Row():
         ui.cl_suggest = gr.Button("Suggest k (and compute)")
         ui.cl_compute = gr.Button("Compute clusters", variant="primary", elem_id="cl-compute")
-        ui.cl_cancel = gr.Button("Cancel", variant="stop")
+        ui.cl_cancel = cancel_button(elem_id="cl-cancel")
     ui.cl_status = gr.Markdown("")
     gr.Markdown("Each tile shows where a cluster's channels fire on the current image. Click "
                 "tiles to select clusters for bending (orange frame); click again to drop one.")
@@ -124,12 +133,20 @@ def wire(ui: UI) -> None:
     compute_in = [ui.session, ui.cl_layer, ui.cl_k, ui.cl_samples]
     compute_out = [ui.session, ui.cl_status, ui.cl_gallery, ui.cl_selected, ui.add_layer,
                    ui.cl_ablation]
-    ui.cl_compute.click(bind(compute_clusters, ui), compute_in, compute_out,
-                        api_name="compute_clusters", **ui.heavy())
-    found = ui.cl_suggest.click(bind(suggest, ui), [ui.session, ui.cl_layer, ui.cl_samples],
-                                [ui.cl_k, ui.cl_status], api_name="suggest_k", **ui.heavy())
-    found.success(bind(compute_clusters, ui), compute_in, compute_out, api_name=False,
-                  **ui.heavy())
+    with_cancel(ui.cl_compute.click, ui.cl_cancel, bind(compute_clusters, ui), compute_in,
+                compute_out, api_name="compute_clusters", **ui.heavy())
+    # Suggest, then cluster with the k found: Cancel stays live through both.
+    found = ui.cl_suggest.click(lambda: gr.update(interactive=True, variant="stop"), None,
+                                [ui.cl_cancel], api_name=False, show_progress="hidden",
+                                queue=False).then(
+        bind(suggest, ui), [ui.session, ui.cl_layer, ui.cl_samples], [ui.cl_k, ui.cl_status],
+        api_name="suggest_k", **ui.heavy())
+    computed = found.success(bind(compute_clusters, ui), compute_in, compute_out,
+                             api_name=False, **ui.heavy())
+    idle = dict(fn=lambda: gr.update(interactive=False, variant="secondary"), inputs=None,
+                outputs=[ui.cl_cancel], api_name=False, show_progress="hidden", queue=False)
+    found.failure(**idle)
+    computed.then(**idle)
     ui.cl_cancel.click(cancel_job, [ui.session], None, api_name="cancel_clusters")
     select_out = [ui.session, ui.cl_gallery, ui.cl_selected, ui.cl_ablation, ui.add_where]
     ui.cl_gallery.select(bind(click_tile, ui), [ui.session], select_out, api_name=False,

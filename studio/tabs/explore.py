@@ -20,6 +20,7 @@ from studio.ui import (
     LIVE,
     UI,
     bind,
+    cancel_button,
     capped_slider,
     checked_file,
     floats,
@@ -28,6 +29,7 @@ from studio.ui import (
     need,
     pictures,
     user_errors,
+    with_cancel,
 )
 
 N_DIRECTIONS = 5  # direction sliders shown (top components of SeFa / GANSpace)
@@ -138,7 +140,7 @@ def _grids_layout(ui: UI) -> None:
             ui.walk_space = gr.Radio(["z", "w"], value="z", label="Interpolate in",
                                      elem_id="walk-space")
             ui.walk_btn = gr.Button("Render walk video")
-            ui.walk_cancel = gr.Button("Cancel", variant="stop")
+            ui.walk_cancel = cancel_button(elem_id="walk-cancel")
         gr.HTML(PLAY_HTML.format(what="walk"), padding=False)
 
 
@@ -169,7 +171,8 @@ def show(ui: UI, sess: Session) -> dict[Any, Any]:
             amounts[slot] = d.amount
         method, start, end = d.method, d.layer_start, d.layer_end
     base = int(lat.seed // 1)
-    out = {ui.seed: base, ui.seed_frac: round(lat.seed - base, 4), ui.psi: lat.psi,
+    out = {ui.seed: gr.update(value=base, label=seed_label(sess)),
+           ui.seed_frac: round(lat.seed - base, 4), ui.psi: lat.psi,
            ui.cutoff: gr.update(maximum=n, value=lat.cutoff or 0),
            ui.noise_mode: lat.noise_mode, ui.noise_seed: lat.noise_seed,
            ui.mix_on: lat.mix_seed is not None,
@@ -200,6 +203,14 @@ def shown(ui: UI) -> list[Any]:
 def reset(ui: UI) -> dict[Any, Any]:
     """A new model: the old model's grid, boundary file, marks and trained boundaries go."""
     return {ui.grid_out: None, ui.boundary: None, **explore_teach.reset(ui)}
+
+
+def seed_label(sess: Session | None) -> str:
+    """The seed box's label: it says so while the latent is a fitted one (Project), whose
+    seed box still holds the old seed."""
+    if sess is not None and sess.recipe.latent.w is not None:
+        return "Seed (Explore shows the latent fitted in Project; type a seed to go back)"
+    return "Seed"
 
 
 def layer_edit_list(sess: Session) -> str:
@@ -326,7 +337,9 @@ def wire(ui: UI) -> None:
             # Typed over the live channel too: on Enter, not every key (the fallback's every
             # key: studio/live.js presses Enter for it). Not on blur: clicking Undo blurs the
             # box, and that event would type the old value back after the undo.
-            comp.submit(setter, inputs, outs, api_name=False, **LIVE)
+            comp.submit(setter, inputs, outs, api_name=False, **LIVE).then(
+                lambda sess: gr.update(label=seed_label(sess)), [ui.session], [ui.seed],
+                api_name=False, show_progress="hidden")
         else:
             comp.input(setter, inputs, outs, api_name=False, **LIVE)
     # One documented endpoint for scripts; the per-control events above share its fn.
@@ -351,10 +364,10 @@ def wire(ui: UI) -> None:
     ui.grid_btn.click(bind(render_grid, ui), [ui.session, ui.grid_seeds, ui.grid_psis,
                                               ui.grid_kind], [ui.grid_out],
                       api_name="render_grid", **ui.job())
-    ui.walk_btn.click(bind(render_walk, ui),
-                      [ui.session, ui.walk_seeds, ui.walk_frames, ui.walk_fps, ui.walk_loop,
-                       ui.walk_space, ui.walk_size], [ui.video], api_name="render_walk",
-                      **ui.heavy())
+    with_cancel(ui.walk_btn.click, ui.walk_cancel, bind(render_walk, ui),
+                [ui.session, ui.walk_seeds, ui.walk_frames, ui.walk_fps, ui.walk_loop,
+                 ui.walk_space, ui.walk_size], [ui.video], api_name="render_walk",
+                **ui.heavy())
     ui.walk_cancel.click(cancel_job, [ui.session], None, api_name="cancel_walk")
     explore_teach.wire(ui, lambda event: event.then(setter, inputs, outs, api_name=False,
                                                      **LIVE))

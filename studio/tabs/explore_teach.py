@@ -214,13 +214,37 @@ def train(ui: UI, sess: Session | None, book: teach.LabelBook, page: list[int],
     trained = {**trained, label: tb.path}
     out = {ui.teach_book: book, ui.teach_trained: trained,
            ui.teach_result: f"**{label}**: {tb.summary}. It now drives the first direction "
-                            f"slider.",
+                            f"slider." + _replaced_note(sess) + _few_marks_note(book),
            ui.teach_file: tb.path, ui.teach_labels: _labels_file(sess, book),
            ui.teach_hold: gr.update(choices=list(trained), value=[]),
            ui.dir_method: "file", ui.boundary: gr.update(value=tb.path, visible=True)}
     for i, slider in enumerate(ui.dir_sliders):
         out[slider] = gr.update(value=0.0, visible=i == 0)
     return out
+
+
+# Fewer marks of either kind than this and the cross-validated accuracy is mostly chance.
+ENOUGH_MARKS = 10
+
+
+def _replaced_note(sess: Session) -> str:
+    """The direction amounts the new boundary replaces (the sliders then drive it alone)."""
+    names = {"sefa": "SeFa", "ganspace": "GANSpace", "file": "boundary"}
+    used = [f"{names.get(d.method, d.method)} direction {d.index} at {d.amount:g}"
+            for d in sess.recipe.latent.directions if d.amount]
+    if not used:
+        return ""
+    return (f" The directions in use ({', '.join(used)}) are set to 0; Ctrl+Z brings them "
+            f"back.")
+
+
+def _few_marks_note(book: teach.LabelBook) -> str:
+    yes = sum(bool(v) for v in book.marks.values())
+    no = len(book.marks) - yes
+    if min(yes, no) >= ENOUGH_MARKS:
+        return ""
+    return (f" With {yes} marked yes and {no} no this is a rough guess: mark at least "
+            f"{ENOUGH_MARKS} of each (Next page shows more samples).")
 
 
 @job_errors

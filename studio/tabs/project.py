@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from engine.latents import ws_to_list
-from studio import backend
+from studio import backend, uploads
 from studio import session as S
 from studio.jobs import LANE, progress_fn
 from studio.limits import LIMITS
@@ -17,12 +17,15 @@ from studio.tabs.explore import cancel_job
 from studio.ui import (
     UI,
     bind,
+    cancel_button,
     capped_slider,
     checked_image,
     job_errors,
     need,
+    note_if_scaled_up,
     pictures,
     user_errors,
+    with_cancel,
 )
 
 
@@ -39,7 +42,7 @@ def layout(ui: UI) -> None:
             ui.pr_wplus = gr.Checkbox(True, label="Fit W+ (one w per layer)")
             with gr.Row():
                 ui.pr_go = gr.Button("Fit", variant="primary", elem_id="pr-go")
-                ui.pr_cancel = gr.Button("Cancel", variant="stop")
+                ui.pr_cancel = cancel_button(elem_id="pr-cancel")
     ui.pr_status = gr.Markdown("")
     with gr.Row():
         ui.pr_send = gr.Button("Send latent to Explore", elem_id="pr-send")
@@ -57,6 +60,9 @@ def fit(ui: UI, sess: Session, photo: Any, steps: float, w_plus: bool,
     """Project a photo into the model's latent space (W or W+). A cancelled fit is not an
     error: the status says so and the page stays as it was."""
     sess = need(sess)
+    if photo is not None:
+        note_if_scaled_up(uploads.open_image(photo).size,
+                          backend.model_info(sess.model).resolution, "the model draws")
     report = progress_fn(progress)
     with LANE.heavy(sess.jobs, "a projection", report) as cancel:
         try:
@@ -80,16 +86,19 @@ def fit(ui: UI, sess: Session, photo: Any, steps: float, w_plus: bool,
 def send_to_explore(ui: UI, sess: Session) -> dict[Any, Any]:
     """Use the fitted latent as the session's latent (psi 1, no truncation)."""
     sess = need(sess)
-    S.send_projection(sess)
+    translation_off = S.send_projection(sess)
     gr.Info("Explore now shows the fitted latent (W+), not a seed; the fitted noise maps stay "
-            "behind, so fine detail can differ a little. Typing a seed goes back to seeds.")
+            "behind, so fine detail can differ a little. Typing a seed goes back to seeds."
+            + (" The translation is off (it drew over the latent)." if translation_off
+               else ""))
     return {**pictures(ui, sess), **explore.show(ui, sess), ui.tabs: gr.Tabs(selected="explore")}
 
 
 def wire(ui: UI) -> None:
-    ui.pr_go.click(bind(fit, ui), [ui.session, ui.pr_input, ui.pr_steps, ui.pr_wplus],
-                   [ui.session, ui.output, ui.before, ui.pr_status, ui.pr_file, ui.video],
-                   api_name="project", **ui.heavy())
+    with_cancel(ui.pr_go.click, ui.pr_cancel, bind(fit, ui),
+                [ui.session, ui.pr_input, ui.pr_steps, ui.pr_wplus],
+                [ui.session, ui.output, ui.before, ui.pr_status, ui.pr_file, ui.video],
+                api_name="project", **ui.heavy())
     # The flag alone stops the fit (at its next step), so the handler answers "cancelled"
     # in the status line instead of the event ending in an error.
     ui.pr_cancel.click(cancel_job, [ui.session], None, api_name="cancel_projection")

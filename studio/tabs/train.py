@@ -16,7 +16,17 @@ from studio.jobs import LANE, polled_job, progress_fn
 from studio.limits import LIMITS
 from studio.session import Session
 from studio.tabs.explore import cancel_job
-from studio.ui import UI, bind, capped_slider, checked_file, curves, job_errors, need
+from studio.ui import (
+    UI,
+    bind,
+    cancel_button,
+    capped_slider,
+    checked_file,
+    curves,
+    job_errors,
+    need,
+    with_cancel,
+)
 
 PICTURE_TYPES = [".zip", ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
 CURVES = ("loss_g", "loss_d", "aug_p")  # what the plot follows, one line each
@@ -45,7 +55,7 @@ def layout(ui: UI) -> None:
     ui.gt_estimate = gr.Markdown("", elem_id="gt-estimate")
     with gr.Row():
         ui.gt_go = gr.Button("Fine-tune / resume", variant="primary", elem_id="gt-go")
-        ui.gt_cancel = gr.Button("Cancel", variant="stop", elem_id="gt-cancel")
+        ui.gt_cancel = cancel_button(elem_id="gt-cancel")
     ui.gt_status = gr.Markdown("", elem_id="gt-status")
     with gr.Row():
         ui.gt_samples = gr.Image(label="Samples (the same seeds every time)", type="filepath",
@@ -175,10 +185,11 @@ def wire(ui: UI, page_outputs: list[Any], load_model: Any) -> None:
     for comp in (ui.gt_steps, ui.gt_batch):
         comp.release(bind(check, ui), [ui.session, *settings], [ui.gt_estimate],
                      api_name=False, **ui.heavy())
-    ui.gt_go.click(bind(train, ui), [ui.session, ui.gt_files, ui.gt_steps, ui.gt_batch,
-                                     ui.gt_augment, ui.gt_xflip, ui.gt_fit],
-                   [ui.gt_estimate, ui.gt_status, ui.gt_plot, ui.gt_samples, ui.gt_model,
-                    ui.gt_load, ui.model_box], api_name="fine_tune", **ui.heavy())
+    with_cancel(ui.gt_go.click, ui.gt_cancel, bind(train, ui),
+                [ui.session, ui.gt_files, ui.gt_steps, ui.gt_batch, ui.gt_augment,
+                 ui.gt_xflip, ui.gt_fit],
+                [ui.gt_estimate, ui.gt_status, ui.gt_plot, ui.gt_samples, ui.gt_model,
+                 ui.gt_load, ui.model_box], api_name="fine_tune", **ui.heavy())
     ui.gt_cancel.click(cancel_job, [ui.session], None, api_name="cancel_fine_tune")
     ui.gt_load.click(bind(load_model, ui), [ui.session, ui.gt_model], page_outputs,
                      api_name=False, **ui.job())

@@ -14,7 +14,18 @@ from studio.jobs import polled_job
 from studio.limits import LIMITS
 from studio.session import Session
 from studio.tabs.explore import cancel_job
-from studio.ui import UI, bind, capped_slider, checked_image, curves, need, user_errors
+from studio.ui import (
+    UI,
+    bind,
+    cancel_button,
+    capped_slider,
+    checked_image,
+    curves,
+    need,
+    note_if_scaled_up,
+    user_errors,
+    with_cancel,
+)
 
 # The webcam over the live channel (studio/live.js drives it): frames as fast as the engine
 # translates them, with its frame rate and latency. The streaming Webcam box below is the
@@ -28,13 +39,18 @@ LIVE_CAM_HTML = """
 <canvas id="live-cam-out" role="img" aria-label="live translation" style="display:none"></canvas>
 """
 
+ENCODER_INFO = "shipped, trained here, a path or hf://"
+NO_ENCODER_INFO = ("this model has no encoder yet: train one under \"Train an encoder\" "
+                   "below (or name one: a path or hf://)")
+
+
 def layout(ui: UI) -> None:
     gr.Markdown("An encoder writes one layer's activation maps from your picture; the layers "
                 "after it still follow the latent (Explore) and the bends (Bend).")
     with gr.Row():
         ui.tr_encoder = gr.Dropdown([], label="Encoder", scale=3, allow_custom_value=True,
                                     elem_id="tr-encoder",
-                                    info="shipped, trained here, a path or hf://")
+                                    info=ENCODER_INFO)
         ui.tr_refresh = gr.Button("Refresh list", size="sm", scale=1)
     with gr.Accordion("Train an encoder", open=False):
         with gr.Row():
@@ -44,7 +60,7 @@ def layout(ui: UI) -> None:
             ui.tr_batch = capped_slider(1, LIMITS.train_batch, 8, label="Batch")
         with gr.Row():
             ui.tr_train = gr.Button("Train / resume", variant="primary")
-            ui.tr_cancel = gr.Button("Cancel", variant="stop")
+            ui.tr_cancel = cancel_button(elem_id="tr-cancel")
         ui.tr_status = gr.Markdown("")
         with gr.Row():
             ui.tr_loss = gr.LinePlot(x="step", y="value", color="curve", height=220,
@@ -86,10 +102,13 @@ def layout(ui: UI) -> None:
                                       height=240, elem_classes="pixelated", elem_id="cam-out")
 
 
-def encoder_update(sess: Session, value: str | None = None) -> Any:
-    found = backend.encoder_choices(sess, sess.model)
+def encoder_update(sess: Session | None, value: str | None = None) -> Any:
+    """The encoder list for the session's model; when it has none (a fine-tuned or
+    uploaded model), the box says so before Translate fails."""
+    found = backend.encoder_choices(sess, sess.model if sess else None)
     return gr.update(choices=backend.encoder_options(found),
-                     value=value if value else (found[0] if found else None))
+                     value=value if value else (found[0] if found else None),
+                     info=ENCODER_INFO if found else NO_ENCODER_INFO)
 
 
 def reset(ui: UI, sess: Session, layers: list[str], layer: str) -> dict[Any, Any]:
@@ -101,9 +120,7 @@ def reset(ui: UI, sess: Session, layers: list[str], layer: str) -> dict[Any, Any
 
 @user_errors
 def refresh_encoders(ui: UI, sess: Session | None, current: str | None) -> Any:
-    found = backend.encoder_choices(sess, sess.model if sess else None)
-    value = current if current else (found[0] if found else None)
-    return gr.update(choices=backend.encoder_options(found), value=value)
+    return encoder_update(sess, current)
 
 
 def train(ui: UI, sess: Session, layer: str, steps: float, batch: float) -> Iterator[dict]:
@@ -147,8 +164,11 @@ def translate(ui: UI, sess: Session, encoder: str | None, picture: Any,
     sess = need(sess)
     if not encoder:
         raise StudioError("choose or train an encoder first.")
-    path, _ = backend.save_input_image(sess, picture)
+    path, pic = backend.save_input_image(sess, picture)
     backend.set_translator(sess, encoder, path, strength, framing, anchor)
+    seen = backend.framed_input(sess)
+    if seen is not None:
+        note_if_scaled_up(pic.size, min(seen.size), "the encoder reads")
     return pictures(ui, sess)
 
 
@@ -189,9 +209,10 @@ def cam_frame(sess: Session | None, encoder: str | None, frame: Any,
 def wire(ui: UI) -> None:
     ui.tr_refresh.click(bind(refresh_encoders, ui), [ui.session, ui.tr_encoder],
                         [ui.tr_encoder], api_name="list_encoders")
-    ui.tr_train.click(bind(train, ui), [ui.session, ui.tr_layer, ui.tr_steps, ui.tr_batch],
-                      [ui.tr_encoder, ui.tr_status, ui.tr_loss, ui.tr_preview],
-                      api_name="train_encoder", **ui.heavy())
+    with_cancel(ui.tr_train.click, ui.tr_cancel, bind(train, ui),
+                [ui.session, ui.tr_layer, ui.tr_steps, ui.tr_batch],
+                [ui.tr_encoder, ui.tr_status, ui.tr_loss, ui.tr_preview],
+                api_name="train_encoder", **ui.heavy())
     ui.tr_cancel.click(cancel_job, [ui.session], None, api_name="cancel_training")
     outs = [ui.session, ui.output, ui.before]
     ui.tr_on.click(bind(translate, ui), [ui.session, ui.tr_encoder, ui.tr_input,
