@@ -15,13 +15,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser_util import (
-    CHROMIUM_ARGS,
+from tests.helpers.browser import (
     DEFAULT_MODEL_FILE,
+    launch_chromium,
     need_chromium,
+    new_studio_page,
     page_state,
+    set_number,
+    src,
     studio_server,
+    tab,
     tiny_model_file,
+    wait_new_src,
 )
 
 pytestmark = pytest.mark.browser
@@ -47,55 +52,22 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(server):
     with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=need_chromium(), args=CHROMIUM_ARGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 
 
 @pytest.fixture
 def page(server, browser):
-    """A new page (a new session) at 1280x800, once its first canvas image is shown."""
+    """A new page (a new session of its own) at 1280x800, its first canvas image shown."""
     url, _ = server
-    context = browser.new_context(viewport={"width": 1280, "height": 800},
-                                  accept_downloads=True)
-    pg = context.new_page()
-    pg.set_default_timeout(WAIT_MS)
-    pg.goto(url)
-    pg.wait_for_selector("#canvas img")
+    pg = new_studio_page(browser, url, timeout_ms=WAIT_MS, accept_downloads=True)
     yield pg
-    context.close()
+    pg.context.close()
 
 
 # ----------------------------------------------------------------------------------------
 # Helpers.
-
-def src(page, selector: str) -> str | None:
-    el = page.query_selector(f"{selector} img")
-    return el.get_attribute("src") if el else None
-
-
-def wait_new_src(page, selector: str, old: str | None) -> str:
-    try:
-        page.wait_for_function("([sel, old]) => { const i = document.querySelector(sel + ' img');"
-                               " return i && i.getAttribute('src') !== old; }",
-                               arg=[selector, old])
-    except playwright_api.TimeoutError as exc:
-        raise AssertionError(f"{selector} did not change; the page: {page_state(page)}") \
-            from exc
-    return src(page, selector)
-
-
-def tab(page, name: str) -> None:
-    page.get_by_role("tab", name=name).click()
-    page.locator(f"#tab-{name.lower()}").wait_for()
-
-
-def number(page, selector: str, value: float) -> None:
-    """Type a value into a number box (a slider's or a gr.Number) and press Enter."""
-    box = page.locator(f"{selector} input[type=number]").first
-    box.fill(str(value))
-    box.press("Enter")
-
 
 def toast(page, words: str) -> str:
     el = page.locator(".toast-body", has_text=words).first
@@ -126,7 +98,7 @@ def translate_picture(page, path: Path) -> str:
     page.locator("#tr-input input[type=file]").set_input_files(str(path))
     page.locator("#tr-input img").first.wait_for()
     page.click("#tr-go")
-    return wait_new_src(page, "#canvas", old)
+    return wait_new_src(page, "#canvas", old, WAIT_MS)
 
 
 def in_view(page, selector: str) -> bool:
@@ -164,7 +136,7 @@ def test_item1_recipe_panel_stays_in_the_canvas_column(page):
 def test_item2_encoder_loss_curve_is_drawn(page):
     tab(page, "Translate")
     page.get_by_text("Train an encoder").click()
-    number(page, "#tr-steps", 10)
+    set_number(page, "#tr-steps", 10)
     page.locator("#tr-steps input[type=number]").blur()
     page.get_by_role("button", name="Train / resume").click()
     page.get_by_text("Trained 10 steps").first.wait_for()
@@ -187,21 +159,21 @@ def test_item3_send_to_explore_turns_the_translation_off(page, tmp_path):
     page.locator("#pr-input input[type=file]").set_input_files(
         str(picture(tmp_path / "other.png", 64)))
     page.locator("#pr-input img").first.wait_for()
-    number(page, "#pr-steps", 10)
+    set_number(page, "#pr-steps", 10)
     page.locator("#pr-steps input[type=number]").blur()
     page.click("#pr-go")
     page.get_by_text("PSNR", exact=False).first.wait_for()
     fitted = src(page, "#canvas")
     page.click("#pr-send")
     toast(page, "The translation is off")
-    wait_new_src(page, "#canvas", fitted)
+    wait_new_src(page, "#canvas", fitted, WAIT_MS)
     page.wait_for_function("() => !document.querySelector('#before img')")  # no translation
     label = page.locator("#seed").inner_text()
     assert "fitted in Project" in label, label
     # Typing a seed goes back to seeds, and the label with it.
     old = src(page, "#canvas")
-    number(page, "#seed", 5)
-    wait_new_src(page, "#canvas", old)
+    set_number(page, "#seed", 5)
+    wait_new_src(page, "#canvas", old, WAIT_MS)
     page.wait_for_function("() => !document.querySelector('#seed').innerText"
                            ".includes('fitted')")
 
@@ -250,7 +222,7 @@ def test_item13_cancel_is_greyed_out_until_its_job_runs(page):
         assert "Cancel" in page.locator(cancel).inner_text()
     # Translate's accordion is open: an encoder training of 3000 steps runs for minutes.
     tab(page, "Translate")
-    number(page, "#tr-steps", 3000)
+    set_number(page, "#tr-steps", 3000)
     page.locator("#tr-steps input[type=number]").blur()
     page.get_by_role("button", name="Train / resume").click()
     page.wait_for_function("() => !document.querySelector('#tr-cancel').disabled")
@@ -266,7 +238,7 @@ def test_item13_bend_controls_wait_for_a_bend(page):
         assert page.locator(sel).is_disabled(), sel
     old = src(page, "#canvas")
     page.click("#add-bend")
-    wait_new_src(page, "#canvas", old)
+    wait_new_src(page, "#canvas", old, WAIT_MS)
     for sel in controls:
         page.wait_for_function("(s) => !document.querySelector(s).disabled", arg=sel)
     page.click("#bend-remove")
@@ -291,7 +263,7 @@ def test_item6_domain_strength_applies_on_enter(page, tmp_path):
     box = page.locator("#tr-strength input[type=number]")
     box.fill("0.8")  # the starting strength is 0.3
     box.press("Enter")
-    wait_new_src(page, "#canvas", shown)
+    wait_new_src(page, "#canvas", shown, WAIT_MS)
     assert page.evaluate("() => document.activeElement.getAttribute('type')") != "number"
 
 
@@ -314,10 +286,10 @@ def test_item10_model_without_encoder_says_so(page, server):
 
 def test_item8_teach_names_replaced_directions_and_asks_for_more_marks(page):
     old = src(page, "#canvas")
-    number(page, "#dir-0", 5)
-    wait_new_src(page, "#canvas", old)
+    set_number(page, "#dir-0", 5)
+    wait_new_src(page, "#canvas", old, WAIT_MS)
     page.get_by_text("Teach a direction by example").click()
-    number(page, "#teach-count", 6)
+    set_number(page, "#teach-count", 6)
     page.click("#teach-show")
     page.wait_for_function("() => document.querySelectorAll('#teach-yes input').length === 6")
     captions = [t.strip() for t in page.locator("#teach-yes label").all_inner_texts()]
@@ -355,8 +327,8 @@ notes: "a key Broad's generate.py does not read"
 
 def test_item5_broad_yaml_keeps_the_latent_and_counts_what_was_left_out(page, tmp_path):
     old = src(page, "#canvas")
-    number(page, "#seed", 7)
-    seven = wait_new_src(page, "#canvas", old)
+    set_number(page, "#seed", 7)
+    seven = wait_new_src(page, "#canvas", old, WAIT_MS)
     config = tmp_path / "config.yaml"
     config.write_text(BROAD_YAML)
     page.get_by_text("Recipe", exact=True).first.click()
@@ -366,7 +338,7 @@ def test_item5_broad_yaml_keeps_the_latent_and_counts_what_was_left_out(page, tm
     text = toast(page, "left out")
     left = re.search(r"(\d+) transform\(s\) left out", text)
     assert left and left.group(1) == "1", text  # the ignored key is a note, not a transform
-    wait_new_src(page, "#canvas", seven)
+    wait_new_src(page, "#canvas", seven, WAIT_MS)
     assert page.locator("#seed input[type=number]").input_value() == "7"
     assert '"seed": 7' in page.locator("#recipe-code").inner_text()
 
@@ -384,7 +356,7 @@ def test_canvas_before_and_progress_stay_in_view_while_tabs_scroll(page, size):
     width, height = size
     page.set_viewport_size({"width": width, "height": height})
     page.get_by_text("Grids and walks").click()
-    number(page, "#walk-frames", 240)
+    set_number(page, "#walk-frames", 240)
     page.locator("#walk-frames input[type=number]").blur()
     page.locator("#tab-explore input[aria-label='Video size']").first.click()
     page.get_by_role("option", name="512 px").click()
@@ -418,7 +390,7 @@ def test_screenshots_of_every_tab_at_both_sizes(page):
     tab(page, "Bend")
     old = src(page, "#canvas")
     page.click("#add-bend")
-    wait_new_src(page, "#canvas", old)
+    wait_new_src(page, "#canvas", old, WAIT_MS)
     page.locator("#before img").wait_for()
     for width, height in SIZES:
         page.set_viewport_size({"width": width, "height": height})
