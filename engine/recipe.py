@@ -59,6 +59,7 @@ from engine.errors import StudioError
 from engine.files import atomic_write_text
 from engine.latents import LatentSpec
 from engine.limits import Limits, above_limit, current_limits
+from engine.translator import DEFAULTS as TRANSLATE_DEFAULTS
 
 RECIPE_VERSION = 1
 MIN_OUTPUT_SIZE, MAX_OUTPUT_SIZE = 8, 4096
@@ -90,9 +91,14 @@ class TranslatorSpec:
     encoder: str = ""               # encoder file path or id
     image: str | None = None        # input picture path (None: the caller supplies one)
     input_size: int | None = None   # resize the picture to this before encoding (None: auto)
-    strength: float = 1.0           # domain strength: 1 the picture's layout, 0 the latent's
-    framing: str = "crop"           # how the picture becomes a square: crop, fit or pad
-    anchor: str = "latent"          # strength < 1 blends towards: the latent, or "match"
+    # The defaults are engine.translator.DEFAULTS: the page's, the CLI's and the API's.
+    strength: float = TRANSLATE_DEFAULTS.strength  # 1 the picture's layout, lower the model's
+    framing: str = TRANSLATE_DEFAULTS.framing      # how the picture becomes a square
+    anchor: str = TRANSLATE_DEFAULTS.anchor        # strength < 1 blends towards: latent/match
+    # A recipe file written before a field existed meant this by leaving it out, so it
+    # renders as it did then (the defaults above may change; what a file meant may not).
+    ABSENT_IN_FILE: typing.ClassVar[dict[str, Any]] = {
+        "strength": 1.0, "framing": "crop", "anchor": "latent"}
 
 
 @dataclass
@@ -226,6 +232,8 @@ def _build(tp: Any, data: Any, path: str, problems: list[str]) -> Any:
         for name in missing:
             problems.append(f"{_join(path, name)}: required field is missing")
             kwargs[name] = None
+        for name, value in getattr(tp, "ABSENT_IN_FILE", {}).items():
+            kwargs.setdefault(name, value)
         return tp(**kwargs)
     if origin is list:
         if not isinstance(data, list):

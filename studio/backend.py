@@ -21,6 +21,7 @@ from PIL import Image, ImageOps
 
 from engine import bending, clusters, incremental, latents, networks, recipe, zoo
 from engine.errors import StudioError
+from engine.translator import DEFAULTS as TRANSLATE_DEFAULTS
 from studio import files
 from studio import gpu as gpu_mod
 from studio.gpu import gpu, gpu_job
@@ -554,8 +555,9 @@ def save_input_image(sess: Session, image: Any) -> tuple[str, Image.Image]:
 
 
 def set_translator(sess: Session, encoder: str | None, image: str | None,
-                   strength: float = 1.0, framing: str = "crop", anchor: str = "latent"
-                   ) -> None:
+                   strength: float = TRANSLATE_DEFAULTS.strength,
+                   framing: str = TRANSLATE_DEFAULTS.framing,
+                   anchor: str = TRANSLATE_DEFAULTS.anchor) -> None:
     """Point the session's recipe at an encoder and a picture (None turns translation off),
     with the domain strength, what it blends towards and the framing
     (engine.translator.render / frame_pictures)."""
@@ -603,8 +605,10 @@ def live_translator(sess: Session, encoder: str) -> Any:
 @interactive
 @gpu(lambda sess, **_: _image_seconds(sess.model, 2),
      cpu_if=lambda sess, **_: _small(sess.model))
-def translate_frame(sess: Session, encoder: str, frame: Any, strength: float = 1.0,
-                    framing: str = "crop", anchor: str = "latent") -> np.ndarray:
+def translate_frame(sess: Session, encoder: str, frame: Any,
+                    strength: float = TRANSLATE_DEFAULTS.strength,
+                    framing: str = TRANSLATE_DEFAULTS.framing,
+                    anchor: str = TRANSLATE_DEFAULTS.anchor) -> np.ndarray:
     """One webcam frame through the encoder, with the session's latent and bends, at a domain
     strength (blending towards `anchor`) and framing. The frame goes through the same
     checked reader as every other picture (pixel cap included)."""

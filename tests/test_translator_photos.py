@@ -174,12 +174,12 @@ def test_strength_zero_is_the_latents_own_image_and_one_the_encoders(G, tr):
 
 def test_strength_through_translate_and_frames(tr):
     pic = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    own = tr.translate(pic, 2, strength=0.0)
+    own = tr.translate(pic, 2, strength=0.0, anchor="latent")
     from engine.latents import to_uint8
 
     with torch.no_grad():
         assert np.array_equal(own, to_uint8(tr.G.synthesis(tr.ws_for(2)))[0])
-    tr.set_latent(2, strength=0.0)
+    tr.set_latent(2, strength=0.0, anchor="latent")
     assert np.array_equal(tr.translate_frame(pic), own)
     for bad in (-0.1, 1.5, float("nan"), "lots"):
         with pytest.raises(StudioError, match="strength"):
@@ -218,7 +218,8 @@ def test_recipe_carries_strength_and_framing(G, tmp_path):
     pic = tmp_path / "pic.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 50, 3), dtype=np.uint8)
                     ).save(pic)
-    spec = R.TranslatorSpec(encoder=str(path), image=str(pic), strength=0.0, framing="pad")
+    spec = R.TranslatorSpec(encoder=str(path), image=str(pic), strength=0.0, framing="pad",
+                            anchor="latent")
     r = R.Recipe(model="tiny", latent=LatentSpec(seed=4), translator=spec)
     assert R.Recipe.from_json(r.to_json()).translator == spec
     plain = R.render(R.Recipe(model="tiny", latent=LatentSpec(seed=4)), G)
@@ -309,12 +310,13 @@ def test_translate_with_the_match_anchor(G, tr, monkeypatch):
     bank = A.build_bank(G, 16, batch=16)
     monkeypatch.setattr(A, "bank_for", lambda G_: bank)
     pic = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    latent = tr.translate(pic, 2, strength=0.3)
+    latent = tr.translate(pic, 2, strength=0.3, anchor="latent")
     match = tr.translate(pic, 2, strength=0.3, anchor="match")
     assert np.abs(latent.astype(int) - match.astype(int)).mean() > 1
     # At strength 1 there is nothing to blend: no anchor is looked up.
     monkeypatch.setattr(A, "bank_for", lambda G_: pytest.fail("looked up at strength 1"))
-    assert np.array_equal(tr.translate(pic, 2, anchor="match"), tr.translate(pic, 2))
+    assert np.array_equal(tr.translate(pic, 2, strength=1.0, anchor="match"),
+                          tr.translate(pic, 2, strength=1.0, anchor="latent"))
     monkeypatch.setattr(A, "bank_for", lambda G_: bank)
     tr.set_latent(2, strength=0.3, anchor="match")
     assert np.abs(tr.translate_frame(pic).astype(int) - match.astype(int)).max() <= 1
@@ -363,3 +365,55 @@ def test_shipped_encoders_load_and_reach_their_psnr(folder):
     meta = tr.encoder.meta
     assert meta["layer"] == folder.split("_")[1] + ".conv1"
     assert meta["training"]["augment"], "the shipped encoders are trained for photos"
+
+
+# --- one set of defaults (issue 36) ------------------------------------------------------
+
+
+def _page_translate_controls() -> dict[str, object]:
+    """The Translate tab's controls as a new page shows them."""
+    import gradio as gr
+
+    from studio.tabs import translate as tab
+    from studio.ui import UI
+
+    ui = UI()
+    with gr.Blocks():
+        tab.layout(ui)
+    return {"strength": ui.tr_strength.value, "anchor": ui.tr_anchor.value,
+            "framing": ui.tr_framing.value}
+
+
+def test_page_cli_and_library_give_the_same_picture_with_defaults(tmp_path):
+    """The same photo through the page (its controls' starting values, a new session, the
+    backend's render), the CLI with no options and Translator.translate with no options."""
+    from skimage import data
+
+    from engine import zoo
+    from engine.__main__ import main
+    from studio import backend
+    from studio.session import new_session
+
+    photo = data.chelsea()
+    encoder = SHIPPED / "encoder_b16"
+    m = zoo.load("default")
+    library = T.Translator.load(encoder, m.G, model_sha256=m.sha256).translate(photo)
+
+    Image.fromarray(photo).save(tmp_path / "cat.png")
+    assert main(["translate", str(tmp_path / "cat.png"), "--encoder", str(encoder),
+                 "--out", str(tmp_path / "cli.png")]) == 0
+    cli = np.asarray(Image.open(tmp_path / "cli.png").convert("RGB"))
+
+    sess = new_session("default")
+    controls = _page_translate_controls()
+    assert controls == {"strength": T.DEFAULTS.strength, "anchor": T.DEFAULTS.anchor,
+                        "framing": T.DEFAULTS.framing}
+    path, _ = backend.save_input_image(sess, Image.fromarray(photo))
+    backend.set_translator(sess, str(encoder), path, **controls)
+    page = np.asarray(backend.render(sess).convert("RGB"))
+
+    assert library.shape == cli.shape == page.shape == (64, 64, 3)
+    assert np.array_equal(library, cli) and np.array_equal(library, page)
+    # Not trivially equal: the defaults draw the model's content, not the encoder alone.
+    encoder_alone = T.Translator.load(encoder, m.G).translate(photo, strength=1.0)
+    assert np.abs(library.astype(int) - encoder_alone).mean() > 5

@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from engine.errors import StudioError
-from engine.translator import DEFAULT_ANCHOR, DEFAULT_STRENGTH, FRAMINGS
+from engine.translator import DEFAULT_ANCHOR, DEFAULT_FRAMING, DEFAULT_STRENGTH, FRAMINGS
 from studio import backend
 from studio.jobs import polled_job
 from studio.limits import LIMITS
@@ -83,7 +83,7 @@ def layout(ui: UI) -> None:
                                     elem_id="tr-anchor",
                                     info="the first keeps the picture's layout at low "
                                          "strength; the latent still draws every later layer")
-            ui.tr_framing = gr.Radio(list(FRAMINGS), value="crop", label="Framing",
+            ui.tr_framing = gr.Radio(list(FRAMINGS), value=DEFAULT_FRAMING, label="Framing",
                                      elem_id="tr-framing",
                                      info="crop the centre square, fit (squeeze) the whole "
                                           "picture, or pad it; Before shows what the encoder "
@@ -156,7 +156,7 @@ def train(ui: UI, sess: Session, layer: str, steps: float, batch: float) -> Iter
 
 @user_errors
 def translate(ui: UI, sess: Session, encoder: str | None, picture: Any,
-              strength: float = DEFAULT_STRENGTH, framing: str = "crop",
+              strength: float = DEFAULT_STRENGTH, framing: str = DEFAULT_FRAMING,
               anchor: str = DEFAULT_ANCHOR) -> dict[Any, Any]:
     """Translate an uploaded picture through the encoder; latent and bends apply. Before
     shows the picture as the encoder saw it."""
@@ -195,7 +195,7 @@ def translate_off(ui: UI, sess: Session) -> dict[Any, Any]:
 
 
 def cam_frame(sess: Session | None, encoder: str | None, frame: Any,
-              strength: float = DEFAULT_STRENGTH, framing: str = "crop",
+              strength: float = DEFAULT_STRENGTH, framing: str = DEFAULT_FRAMING,
               anchor: str = DEFAULT_ANCHOR) -> Any:
     if sess is None or frame is None or not encoder:
         return None
