@@ -187,7 +187,7 @@ def anchor_ws(G: nn.Module, pictures: torch.Tensor, ws: torch.Tensor,
     """For each picture the ws of its anchor (choose), truncated by psi (PSI)."""
     bank = bank or bank_for(G)
     idx = choose(G, pictures, ws, bank, candidates, psi)
-    return seed_ws(G, (idx + bank.first_seed).tolist(), psi).to(ws)
+    return seed_ws(G, (idx + bank.first_seed).tolist(), psi).to(device=ws.device, dtype=ws.dtype)
 
 
 def main(argv: list[str] | None = None) -> None:
