@@ -158,6 +158,8 @@ def render_frame(sess: Session, r: recipe.Recipe, budget_s: float, final: bool
         return render_recipe(r), 0
     m = load(r.model)
     G = getattr(m, "G", m)
+    if not incremental.can_start(G):    # StyleGAN3: every frame whole, as render_recipe
+        return recipe.render(r, m), 0
     costs = incremental.costs_for(G)
     start, changed = sess.tail.plan(r, G)
     stop = None if final else incremental.preview_block(G, costs, budget_s, start, changed)

@@ -232,6 +232,24 @@ def test_a_rapid_gesture_on_a_big_model_gets_previews_then_the_full_frame(
     assert sess.tail.layers() == ["b32.conv1.raw"]   # kept before the bend
 
 
+def test_live_frames_of_a_stylegan3_model_are_whole_and_equal_engine_render(tmp_path) -> None:
+    """No previews or kept activations for StyleGAN3 (no running image, no start): its
+    frames are full renders, equal to engine.render's."""
+    from engine.checkpoints import save_generator
+    from studio import backend
+    from tests.conftest import make_tiny_stylegan3
+
+    path = tmp_path / "sg3.safetensors"
+    save_generator(make_tiny_stylegan3(), path, source="random test model")
+    sess = S.new_session(str(path))
+    for psi in (0.5, 0.6):
+        S.set_latent(sess, psi=psi)
+        pic, shown = backend.render_frame(sess, sess.recipe, 0.0, final=False)
+        want = engine.render(sess.recipe, backend.load(str(path)))
+        assert shown == 0 and np.array_equal(np.asarray(pic), np.asarray(want))
+    assert sess.tail.layers() == []
+
+
 class PictureSocket(FakeSocket):
     """A FakeSocket that keeps each frame's picture bytes beside its header."""
 
