@@ -3,8 +3,8 @@ loads, and running the same command again resumes and ends exactly where an unin
 run ends. A full disk while a checkpoint is written leaves the previous one intact.
 
 Each job runs as a real `python -m engine ...` process that saves its state every step; the
-SIGKILL lands at a random moment after the first checkpoint, so it can hit a step, a save or
-the rename. Checkpoints are written beside the target and renamed into place, so the old
+SIGKILL lands as soon as the job has logged a given number of steps (drawn per test from a
+fixed seed), wherever the next step is then: a step, a save or the rename. Checkpoints are written beside the target and renamed into place, so the old
 one stays whole until the new one is complete.
 """
 
@@ -17,7 +17,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests.helpers.browser import tiny_model_file
-from tests.helpers.runs import engine_cmd, kill_after_first_checkpoint, run_to_end
+from tests.helpers.runs import (
+    checkpoint_step,
+    engine_cmd,
+    kill_after_steps,
+    kill_step,
+    logged_steps,
+    run_to_end,
+)
 
 
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol=0.0):
@@ -34,8 +41,10 @@ def test_gan_training_killed_resumes_to_the_uninterrupted_result(tmp_path):
     run_to_end(engine_cmd("train-gan", "--out", str(tmp_path / "whole"), *flags))
 
     killed = tmp_path / "killed"
-    kill_after_first_checkpoint(engine_cmd("train-gan", "--out", str(killed), *flags),
-                                killed / "checkpoint.pt", 0)
+    # 40 steps of 4 images, a checkpoint after each: killed 2 to 20 steps in.
+    kill_after_steps(engine_cmd("train-gan", "--out", str(killed), *flags),
+                     killed / "checkpoint.pt", logged_steps(killed / "log.jsonl"),
+                     kill_step(0, 2, 20))
     state = torch.load(killed / "checkpoint.pt", weights_only=True)  # whole, not torn
     assert 0 < state["nimg"] < 160
     assert not (killed / "generator.safetensors").exists()
@@ -53,8 +62,9 @@ def test_encoder_training_killed_resumes_to_the_uninterrupted_result(tmp_path):
     run_to_end(engine_cmd("train-encoder", "--out", str(tmp_path / "whole"), *flags))
 
     killed = tmp_path / "killed"
-    kill_after_first_checkpoint(engine_cmd("train-encoder", "--out", str(killed), *flags),
-                                killed / "checkpoint.pt", 1)
+    kill_after_steps(engine_cmd("train-encoder", "--out", str(killed), *flags),
+                     killed / "checkpoint.pt", checkpoint_step(killed / "checkpoint.pt"),
+                     kill_step(1, 2, 30))
     step = torch.load(killed / "checkpoint.pt", weights_only=True)["step"]
     assert 0 < step < 60
     run_to_end(engine_cmd("train-encoder", "--out", str(killed), *flags))
@@ -73,8 +83,9 @@ def test_projection_killed_resumes_to_the_uninterrupted_result(tmp_path):
     run_to_end(engine_cmd("project", "--out", str(tmp_path / "whole"), *flags))
 
     killed = tmp_path / "killed"
-    kill_after_first_checkpoint(engine_cmd("project", "--out", str(killed), *flags),
-                                killed / "projection_state.pt", 2)
+    state = killed / "projection_state.pt"
+    kill_after_steps(engine_cmd("project", "--out", str(killed), *flags), state,
+                     checkpoint_step(state), kill_step(2, 2, 75))
     step = torch.load(killed / "projection_state.pt", weights_only=True)["step"]
     assert 0 < step < 150
     out = run_to_end(engine_cmd("project", "--out", str(killed), *flags))

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -30,29 +31,56 @@ def run_to_end(cmd: list[str]) -> str:
     return done.stdout
 
 
-def kill_after_first_checkpoint(cmd: list[str], checkpoint: Path, seed: int) -> float:
-    """Start cmd, wait for its first checkpoint, SIGKILL it a random moment later."""
+def kill_after_steps(cmd: list[str], checkpoint: Path, steps_done: Callable[[], int],
+                     at_step: int) -> int:
+    """Start cmd; SIGKILL it once its first checkpoint exists and steps_done() (its own
+    record of the steps it took: logged_steps, checkpoint_step) reaches `at_step`. The kill
+    lands at the same point of the run on a fast CPU or a slow one, where a wall-clock delay
+    would not. Returns steps_done() at the kill."""
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
-        while not checkpoint.exists():
+        while not checkpoint.exists() or steps_done() < at_step:
             if proc.poll() is not None:
-                raise AssertionError(f"the job ended before its first checkpoint: "
+                raise AssertionError(f"the job ended before step {at_step}: "
                                      f"{proc.stderr.read()[-2000:]}")
-            assert time.monotonic() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.02)
-        delay = random.Random(seed).uniform(0.0, 1.5)
-        time.sleep(delay)
-        assert proc.poll() is None, "the job finished before the kill; give it more steps"
+            assert time.monotonic() < deadline, f"not at step {at_step} within 240 s"
+            time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
+        assert proc.wait(timeout=30) == -signal.SIGKILL, "the job finished before the kill"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         proc.stderr.close()
-    return delay
+    return steps_done()
+
+
+def logged_steps(log: Path) -> Callable[[], int]:
+    """The number of steps a JSON-lines metrics log (one line a step) holds so far."""
+    def count() -> int:
+        try:
+            return log.read_bytes().count(b"\n")
+        except FileNotFoundError:
+            return 0
+    return count
+
+
+def checkpoint_step(path: Path) -> Callable[[], int]:
+    """The step a checkpoint (written whole, replaced atomically) was saved at; 0 before
+    the first."""
+    def step() -> int:
+        try:
+            return int(torch.load(path, weights_only=True)["step"])
+        except FileNotFoundError:
+            return 0
+    return step
+
+
+def kill_step(seed: int, low: int, high: int) -> int:
+    """A step in [low, high] drawn from `seed`: where a killed-and-resumed test kills."""
+    return random.Random(seed).randint(low, high)
 
 
 def tiny_config(out, **kw) -> TrainConfig:
