@@ -4,8 +4,9 @@ run ends. A full disk while a checkpoint is written leaves the previous one inta
 
 Each job runs as a real `python -m engine ...` process that saves its state every step; the
 SIGKILL lands as soon as the job has logged a given number of steps (drawn per test from a
-fixed seed), wherever the next step is then: a step, a save or the rename. Checkpoints are written beside the target and renamed into place, so the old
-one stays whole until the new one is complete.
+fixed seed), wherever the next step is then: a step, a save or the rename. Checkpoints are
+written beside the target and renamed into place, so the old one stays whole until the new
+one is complete.
 """
 
 from __future__ import annotations
