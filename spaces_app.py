@@ -27,6 +27,9 @@ from studio.page_title import StaticTitle  # noqa: E402
 demo = build_app(os.environ.get("STUDIO_MODEL") or None)
 
 if __name__ == "__main__":
+    from studio import files
+
+    files.start_sweeper()  # the output and upload folders' byte ceilings, between requests
     demo.queue(default_concurrency_limit=LIMITS.concurrency, max_size=LIMITS.queue_size).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),

@@ -10,7 +10,8 @@ so the answer tells nothing about which files exist.
 
 Disk is bounded too: outputs older than STUDIO_FILE_MAX_AGE are deleted and the output
 folder is kept under STUDIO_MAX_OUTPUT_BYTES, oldest first (Gradio's own delete_cache does the
-same age rule for the upload folder, see studio/app.py).
+same age rule for the upload folder, see studio/app.py, and the upload folder is kept under
+STUDIO_MAX_UPLOADS_BYTES the same way, by a sweeper thread as well as before writes).
 Nothing here imports Gradio.
 """
 
@@ -196,6 +197,38 @@ def sweep(now: float | None = None, max_age_s: float = SERVER.file_age_s,
     return freed
 
 
+def sweep_uploads(max_bytes: int = SERVER.uploads_bytes) -> int:
+    """Delete the oldest files in Gradio's upload folder (uploads, and the outputs it serves)
+    until it holds at most max_bytes: an upload needs no event, so without this a client
+    could fill the disk with 4 GiB files that wait a day for Gradio's age rule. Returns the
+    bytes freed."""
+    found = sorted(_files_under(upload_folder()))
+    total = sum(size for _, size, _ in found)
+    freed = 0
+    for _, size, p in found:  # oldest first
+        if total - freed <= max_bytes:
+            break
+        freed += _unlink(p, size)
+    return freed
+
+
+def start_sweeper(every_s: float = _SWEEP_EVERY_S) -> threading.Thread:
+    """A daemon thread keeping the output and upload folders within their ceilings between
+    requests (make_room runs only before the studio writes, and uploads run no studio code)."""
+    def run() -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                sweep()
+                sweep_uploads()
+            except OSError:  # a folder vanished under the walk: the next round sees it
+                pass
+
+    thread = threading.Thread(target=run, name="studio-sweeper", daemon=True)
+    thread.start()
+    return thread
+
+
 def _unlink(p: Path, size: int) -> int:
     try:
         p.unlink()
@@ -212,6 +245,7 @@ def make_room() -> None:
             return
         _last_sweep[0] = time.monotonic()
         sweep()
+        sweep_uploads()
 
 
 def discard_upload(path: str | Path) -> None:

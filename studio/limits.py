@@ -21,6 +21,7 @@ class ServerLimits:
     boundary_bytes: int = 2**20                # STUDIO_MAX_BOUNDARY_BYTES: direction .npy upload
     output_bytes: int = 2 * 2**30              # STUDIO_MAX_OUTPUT_BYTES: output folder, in all
     file_age_s: int = 24 * 3600                # STUDIO_FILE_MAX_AGE: uploads/outputs kept (s)
+    uploads_bytes: int = 10 * 2**30            # STUDIO_MAX_UPLOADS_BYTES: upload folder, in all
     picture_bytes: int = 2 * 2**30             # STUDIO_MAX_PICTURE_BYTES: a run's pictures, read
 
     @classmethod
@@ -33,7 +34,7 @@ SERVER_ENV_NAMES = {
     "heavy_jobs": "STUDIO_HEAVY_JOBS", "heavy_waiting": "STUDIO_HEAVY_WAITING",
     "recipe_bytes": "STUDIO_MAX_RECIPE_BYTES", "boundary_bytes": "STUDIO_MAX_BOUNDARY_BYTES",
     "output_bytes": "STUDIO_MAX_OUTPUT_BYTES", "file_age_s": "STUDIO_FILE_MAX_AGE",
-    "picture_bytes": "STUDIO_MAX_PICTURE_BYTES",
+    "picture_bytes": "STUDIO_MAX_PICTURE_BYTES", "uploads_bytes": "STUDIO_MAX_UPLOADS_BYTES",
 }
 
 SERVER = ServerLimits.from_env()

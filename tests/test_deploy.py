@@ -329,7 +329,7 @@ def test_every_file_output_downloads_with_a_data_folder(tmp_path):
     import zipfile
     from urllib.error import HTTPError
 
-    from tests.browser_util import studio_server, tiny_model_file
+    from tests.helpers.browser import studio_server, tiny_model_file
 
     data = tmp_path / "data"
     temp = tmp_path / "server-tmp"  # the server's temp folder: the data folder is outside it

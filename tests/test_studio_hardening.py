@@ -390,3 +390,29 @@ def test_running_out_of_memory_is_one_sentence() -> None:
                                   "stopped", every=0.05))
     assert states[-1].error == ("the test job stopped: the server ran out of memory; try a "
                                 "smaller setting."), states[-1].error
+
+
+def test_the_upload_folder_has_a_byte_ceiling(tmp_path):
+    """Issue 30: /gradio_api/upload keeps any file up to 4 GiB for a day with no event
+    attached. A server whose upload folder may hold 3 MiB gets five 1 MiB uploads and no
+    event: its sweeper deletes the oldest until the folder fits."""
+    folder = tmp_path / "gradio"
+    model = tiny_model_file(tmp_path)
+    env = {"GRADIO_TEMP_DIR": str(folder), "STUDIO_OUTPUT_DIR": str(tmp_path / "out"),
+           "STUDIO_MAX_UPLOADS_BYTES": str(3 << 20)}
+    with studio_server(model, env=env) as url:
+        sent = []
+        for i in range(5):
+            blob = tmp_path / f"blob{i}.bin"
+            blob.write_bytes(bytes([i]) * (1 << 20))
+            sent.append(Path(upload_file(url, blob)["path"]))
+            time.sleep(0.05)  # distinct modification times: "oldest" is well defined
+        deadline = time.monotonic() + 120  # the sweeper runs every 30 s
+
+        def held() -> int:
+            return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+        while held() > 3 << 20:
+            assert time.monotonic() < deadline, f"the upload folder still holds {held()} bytes"
+            time.sleep(1)
+        assert not sent[0].exists() and sent[-1].exists()
