@@ -1677,7 +1677,10 @@ class Translator:
             side = min(h, w)
             top, left = (h - side) // 2, (w - side) // 2
             arr = arr[top:top + side, left:left + side]
-        x = torch.from_numpy(np.ascontiguousarray(arr[..., :3])).to(self.device)
+        # A frame is often read-only (np.asarray of a PIL picture): torch warns on a tensor
+        # built on it, so such a frame is copied (a cropped one is copied anyway).
+        x = torch.from_numpy(np.require(arr[..., :3], requirements=["C", "W"]))
+        x = x.to(self.device)
         x = frame_pictures(x.permute(2, 0, 1)[None].float() / 127.5 - 1, self.input_size,
                            framing)
         act = self.encoder(x)

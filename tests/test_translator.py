@@ -152,6 +152,36 @@ def test_encoder_for_another_model_is_refused(G, tmp_path):
         T.load_encoder(tmp_path / "missing")
 
 
+def test_a_read_only_frame_is_translated_without_a_numpy_warning(G, tmp_path, photo):
+    """np.asarray of a PIL picture is read-only; a tensor built on it without a copy makes
+    torch warn 'The given NumPy array is not writable' (once per process, so a fresh one
+    runs this with that warning as an error)."""
+    import subprocess
+    import sys
+
+    from engine.checkpoints import save_generator
+
+    model = tmp_path / "g.safetensors"
+    save_generator(G, model, source="random tiny test model")
+    encoder = _saved(G, tmp_path / "enc")
+    np.save(tmp_path / "frame.npy", photo)
+    code = "\n".join([
+        "import warnings", "import numpy as np",
+        "warnings.filterwarnings('error', message='.*not writable')",
+        "from engine import translator as T",
+        "from engine.checkpoints import load_generator",
+        f"tr = T.Translator.load({str(encoder)!r}, load_generator({str(model)!r}))",
+        "tr.set_latent(1)",
+        f"frame = np.load({str(tmp_path / 'frame.npy')!r})",
+        "frame.flags.writeable = False",
+        "for framing in ('crop', 'pad'):",
+        "    tr.set_latent(1, framing=framing)",
+        "    assert tr.translate_frame(frame).shape == (32, 32, 3)"])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_translate_photo_shapes_latent_and_bends(G, tmp_path, photo):
     tr = T.Translator.load(_saved(G, tmp_path / "enc"), G)
     one = tr.translate(photo, 1)
