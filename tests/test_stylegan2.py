@@ -1,5 +1,6 @@
 """The generator: shapes, seeds, noise modes, truncation and the per-call taps."""
 
+import math
 import threading
 
 import numpy as np
@@ -171,10 +172,35 @@ def test_model_is_not_mutated_and_threads_are_isolated(G):
 @torch.no_grad()
 @pytest.mark.parametrize("arch", ["orig", "resnet"])
 def test_other_architectures(arch):
+    """NVlabs' synthesis blocks: 'orig' and 'resnet' have a toRGB in the last block only (the
+    picture is that layer's output, nothing summed from earlier blocks); 'resnet' adds a 1x1
+    skip conv and each block outputs (skip(x) + conv1(...)) * sqrt(1/2)."""
     G = tiny(arch)
-    img, acts = G(G.seed_to_z(0), capture=["b16.conv1"])
+    z = G.seed_to_z(0)
+    img, acts = G(z, capture=["b16.conv1"])
     assert img.shape == (1, 3, 32, 32) and acts["b16.conv1"].shape == (1, 32, 16, 16)
-    assert "synthesis.b16.torgb.weight" not in G.state_dict() or arch != "orig"
+    keys = G.state_dict()
+    assert "synthesis.b16.torgb.weight" not in keys and "synthesis.b32.torgb.weight" in keys
+    assert ("synthesis.b16.skip.weight" in keys) == (arch == "resnet")
+    ws = G.mapping(z)
+    if arch == "orig":  # with the last toRGB's weight zero, the picture is its bias alone
+        G.synthesis.b32.torgb.weight.zero_()
+        flat = G.synthesis(ws, noise_mode="const")
+        bias = G.synthesis.b32.torgb.bias.view(1, 3, 1, 1).expand_as(flat)
+        assert torch.allclose(flat, bias, atol=1e-6)
+        return
+    # resnet with the skip convs zeroed is 'orig' with each block's output scaled by sqrt(1/2)
+    orig = tiny("orig")
+    orig.load_state_dict({k: v for k, v in keys.items() if ".skip." not in k})
+    with_skip = G.synthesis(ws, noise_mode="const")
+    for name, p in G.named_parameters():
+        if name.endswith("skip.weight"):
+            p.zero_()
+    without = G.synthesis(ws, noise_mode="const")
+    assert not torch.allclose(with_skip, without, atol=1e-3)  # the skip path counts
+    halve = {f"b{r}.conv1": lambda t: t * math.sqrt(0.5) for r in G.cfg.block_resolutions[1:]}
+    assert torch.allclose(without, orig.synthesis(ws, noise_mode="const", taps=halve),
+                          atol=1e-5)
 
 
 def test_conditional_needs_label():

@@ -398,6 +398,21 @@ def test_recipe_translate_rotate_bends_and_weight_edits(sg3_file):
     assert out.shape == a.shape and not torch.allclose(out, a)
     G.synthesis(G.mapping(G.seed_to_z(3)), taps={layer: lambda t: seen.append(t.shape) or t})
     assert seen[0][-1] == G.layer_shapes()[layer][-1] > G.resolution
+    # The bend turns exactly the chosen channels' whole grid: torch.rot90 of them in a tap.
+    chosen = [0, 2, 5]
+    turned = render_tensor(Recipe(model=str(path), latent=plain.latent, bends=[
+        Bend(layer, "rotate", {"angle": 90.0}, ChannelSelection("indices", indices=chosen))]),
+        G)
+
+    def rot90_chosen(t):
+        t = t.clone()
+        t[:, chosen] = torch.rot90(t[:, chosen], 1, dims=(-2, -1))
+        return t
+
+    with torch.no_grad():
+        want = G.synthesis(G.mapping(G.seed_to_z(3), psi=0.7), noise_mode="const",
+                           taps={layer: rot90_chosen})
+    assert torch.allclose(turned, want, atol=1e-5)
     edited = Recipe(model=str(path), latent=plain.latent,
                     weight_edits=[WeightEdit(layer, "zero", channels=ChannelSelection(
                         "indices", indices=[0, 1]))])
