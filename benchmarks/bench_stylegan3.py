@@ -1,17 +1,25 @@
-"""StyleGAN3 render time per image on this machine (CPU unless --device cuda).
+"""StyleGAN3 render time per image beside StyleGAN2's at the same resolution (CPU unless
+--device cuda).
 
-Builds NVlabs-sized stylegan3-t and -r generators with random weights (no download; the
-time does not depend on the weights) and prints the median seconds per 256 px image, and
-the share of it spent in the filtered leaky ReLU, for the tiled-matmul implementation and
-for a direct one (zero stuffing + depthwise convolutions, the textbook reading), run
-interleaved so machine load hits both alike.
+Builds NVlabs-sized stylegan3-t and -r generators and a StyleGAN2 config-f one with random
+weights (no download; the time does not depend on the weights), then renders one batch
+from each in turn, repeatedly (SG2, SG3-t, SG3-r, SG2, ...), so load from other processes
+hits all of them alike. Prints the load average before and after, and per generator the
+median wall and CPU (time.process_time) seconds per image and the ratio to StyleGAN2's.
 
-    python benchmarks/bench_stylegan3.py [--resolution 256] [--repeats 3] [--batch 1]
+--profile adds, per StyleGAN3 layer, the CPU time of its convolution and of its filtered
+leaky ReLU (one render). --reference also renders with the previous filtered leaky ReLU
+(engine.stylegan3._filtered_lrelu_reference; minutes per -r image at 256 px) and prints its
+time and the max abs difference of the images.
+
+    python benchmarks/bench_stylegan3.py [--resolution 256] [--repeats 5] [--batch 1]
+        [--profile] [--reference]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -20,88 +28,118 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import stylegan3  # noqa: E402
-from engine.stylegan3 import Generator, StyleGAN3Config  # noqa: E402
+from engine import stylegan2, stylegan3  # noqa: E402
+from engine.stylegan3 import StyleGAN3Config  # noqa: E402
 
 
-def direct_filtered_lrelu(x, fu, fd, b, up=1, down=1, padding=(0, 0, 0, 0), gain=2 ** 0.5,
-                          slope=0.2, clamp=None):
-    """The textbook order: zero stuffing, padding, depthwise convolutions, subsampling."""
-    n, c, h, w = x.shape
-    x = x + b.reshape(1, -1, 1, 1)
-    if up > 1:
-        y = x.new_zeros(n, c, h * up, w * up)
-        y[:, :, ::up, ::up] = x
-        x = y
-    x = F.pad(x, padding)
-    if fu is not None:
-        k = torch.outer(fu, fu) if fu.ndim == 1 else fu
-        x = F.conv2d(x, (k * up * up).flip([0, 1])[None, None].repeat(c, 1, 1, 1), groups=c)
-    x = F.leaky_relu(x, slope) * gain if slope != 1 else x * gain
-    if clamp is not None:
-        x = x.clamp(-clamp, clamp)
-    if fd is not None:
-        k = torch.outer(fd, fd) if fd.ndim == 1 else fd
-        x = F.conv2d(x, k.flip([0, 1])[None, None].repeat(c, 1, 1, 1), groups=c)
-    return x[:, :, ::down, ::down]
+def build(name: str, resolution: int, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == "stylegan2":   # config-f: the GeneratorConfig defaults
+        G = stylegan2.Generator(stylegan2.GeneratorConfig(resolution=resolution))
+    else:
+        G = stylegan3.Generator(StyleGAN3Config.preset(name, resolution=resolution))
+    return G.eval().to(device)
+
+
+def timed(G: torch.nn.Module, z: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """(wall seconds, process CPU seconds, image) of one forward pass."""
+    with torch.no_grad():
+        t0, c0 = time.perf_counter(), time.process_time()
+        img = G(z)
+        if z.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0, time.process_time() - c0, img
+
+
+def load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def profile(G: stylegan3.Generator, z: torch.Tensor) -> None:
+    """CPU ms per layer: the whole layer and its filtered leaky ReLU (the rest is the
+    modulated convolution)."""
+    inside: dict[str, float] = {}
+    spent: dict[str, float] = {}
+    current = [""]
+    impl = stylegan3.filtered_lrelu
+
+    def counted(*a, **kw):
+        c0 = time.process_time()
+        out = impl(*a, **kw)
+        inside[current[0]] = time.process_time() - c0
+        return out
+
+    def before(m, _):
+        current[0] = m.spec.name
+        spent[m.spec.name] = time.process_time()
+
+    def after(m, _, __):
+        spent[m.spec.name] = time.process_time() - spent[m.spec.name]
+
+    hooks = []
+    for name in G.synthesis.layers:
+        layer = getattr(G.synthesis, name)
+        hooks += [layer.register_forward_pre_hook(before), layer.register_forward_hook(after)]
+    with mock.patch.object(stylegan3, "filtered_lrelu", counted):
+        timed(G, z)
+    for h in hooks:
+        h.remove()
+    for name in G.synthesis.layers:
+        s = getattr(G.synthesis, name).spec
+        kind = "radial" if s.down_radial else "separable"
+        print(f"  {name:<14} up {s.up} down {s.down} {kind:<9}  conv "
+              f"{1000 * (spent[name] - inside[name]):6.0f} ms  filtered lrelu "
+              f"{1000 * inside[name]:6.0f} ms CPU")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resolution", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--skip-direct", action="store_true", help="time only our implementation")
+    ap.add_argument("--profile", action="store_true", help="per-layer CPU time of StyleGAN3")
+    ap.add_argument("--reference", action="store_true",
+                    help="also time the previous filtered leaky ReLU and diff the images")
     args = ap.parse_args()
     device = torch.device(args.device)
+    names = ("stylegan2", *stylegan3.CONFIGS)
+    models = {n: build(n, args.resolution, device) for n in names}
+    z = torch.randn(args.batch, 512, device=device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), device {device}, "
-          f"batch {args.batch}")
-    for preset in stylegan3.CONFIGS:
-        torch.manual_seed(0)
-        G = Generator(StyleGAN3Config.preset(preset, resolution=args.resolution)).eval()
-        G = G.to(device)
-        z = torch.randn(args.batch, G.z_dim, device=device)
-        run(G, z, stylegan3.filtered_lrelu)  # warm-up
-        ours, direct = [], []
-        for _ in range(args.repeats):
-            ours.append(run(G, z, stylegan3.filtered_lrelu))
-            if not args.skip_direct:
-                direct.append(run(G, z, direct_filtered_lrelu))
-        params = sum(p.numel() for p in G.parameters()) / 1e6
-        for name, rows in (("tiled (engine)", ours), ("direct", direct)):
-            if not rows:
-                continue
-            total = statistics.median(r[0] for r in rows) / args.batch
-            cpu = statistics.median(r[2] for r in rows) / args.batch
-            share = statistics.median(r[1] / r[0] for r in rows)
-            print(f"{preset} {args.resolution}px ({params:.1f} M params) {name:>15}: "
-                  f"{total:.2f} s/image wall, {cpu:.2f} s CPU, filtered lrelu "
-                  f"{100 * share:.0f} %", flush=True)
+          f"{args.resolution} px, batch {args.batch}, load average {load()} (1/5/15 min)")
+    for G in models.values():
+        timed(G, z)   # warm-up
+    rows: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for _ in range(args.repeats):
+        for n, G in models.items():
+            rows[n].append(timed(G, z)[:2])
+    wall = {n: statistics.median(r[0] for r in rows[n]) / args.batch for n in names}
+    cpu = {n: statistics.median(r[1] for r in rows[n]) / args.batch for n in names}
+    print(f"interleaved x{args.repeats}, medians per image; load average after {load()}")
+    for n in names:
+        print(f"{n:<12} {wall[n]:7.2f} s wall {cpu[n]:7.2f} s CPU   / stylegan2: "
+              f"{wall[n] / wall['stylegan2']:5.2f} wall {cpu[n] / cpu['stylegan2']:5.2f} CPU",
+              flush=True)
+    for n in stylegan3.CONFIGS:
+        if args.profile:
+            print(f"{n} per layer (one render):")
+            profile(models[n], z)
+        if args.reference:
+            compare_reference(n, models[n], z)
 
 
-def run(G: Generator, z: torch.Tensor, impl: Callable) -> tuple[float, float, float]:
-    """(wall seconds for one forward pass, seconds of it inside filtered_lrelu, process CPU
-    seconds) with `impl`. On a shared machine the CPU time is the steadier figure."""
-    spent = [0.0]
-
-    def counted(*a, **kw):
-        t0 = time.perf_counter()
-        out = impl(*a, **kw)
-        spent[0] += time.perf_counter() - t0
-        return out
-
-    with torch.no_grad(), mock.patch.object(stylegan3, "filtered_lrelu", counted):
-        t0, c0 = time.perf_counter(), time.process_time()
-        G(z)
-        if z.device.type == "cuda":
-            torch.cuda.synchronize()
-        total, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return total, spent[0], cpu
+def compare_reference(name: str, G: torch.nn.Module, z: torch.Tensor) -> None:
+    ref_impl: Callable = stylegan3._filtered_lrelu_reference
+    wall, cpu, img = timed(G, z)
+    with mock.patch.object(stylegan3, "filtered_lrelu", ref_impl):
+        ref_wall, ref_cpu, ref = timed(G, z)
+    print(f"{name} previous filtered lrelu: {ref_wall:.2f} s wall {ref_cpu:.2f} s CPU "
+          f"(engine {wall:.2f} / {cpu:.2f}); max abs image difference "
+          f"{(img - ref).abs().max().item():.2e}, load average {load()}", flush=True)
 
 
 if __name__ == "__main__":
