@@ -131,3 +131,36 @@ def test_the_cli_and_the_studio_share_the_check(tmp_path):
     assert "output_size: 4096 is above the limit of 2048 (STUDIO_MAX_OUTPUT_SIZE)" in \
         proc.stderr + proc.stdout
     assert not (tmp_path / "o.png").exists()
+
+
+def test_the_long_job_lane_answers_busy_past_its_waiting_room():
+    """STUDIO_HEAVY_JOBS=1, STUDIO_HEAVY_WAITING=1: a second visitor's long job waits, a
+    third is told in a sentence that the studio is busy; the waiting one runs afterwards."""
+    import threading
+    import time
+
+    from engine.errors import StudioError
+    from studio.jobs import Jobs, Lane
+
+    lane = Lane(1, 1)
+    ran = threading.Event()
+
+    def second_visitor() -> None:
+        with lane.heavy(Jobs(), "a projection"):
+            ran.set()
+
+    with lane.heavy(Jobs(), "a projection"):
+        waiter = threading.Thread(target=second_visitor)
+        waiter.start()
+        deadline = time.monotonic() + 30
+        while lane._waiting == 0:  # until the second visitor waits for the slot
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(StudioError, match="the studio is busy with other visitors' long "
+                                              "jobs; try again in a few minutes.") as err:
+            with lane.heavy(Jobs(), "a projection"):
+                pass
+        assert "\n" not in str(err.value)
+        assert not ran.is_set()
+    waiter.join(timeout=30)
+    assert ran.is_set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -362,3 +363,56 @@ def test_checked_file_takes_several_uploads_in_studio_mode(tmp_path, monkeypatch
     with pytest.raises(gr.Error, match="only opens files uploaded"):
         comp.preprocess(ListFiles(root=[FileData(path=str(upload)),
                                         FileData(path=str(outside))]))
+
+
+def test_each_server_limit_refuses_one_over_with_a_sentence(tmp_path):
+    """STUDIO_MAX_TRAIN_STEPS / _TRAIN_BATCH / _PROJECTION_STEPS / _VIDEO_FPS /
+    _BOUNDARY_BYTES / _GAN_UPLOAD_BYTES: a request one over each is refused in a sentence
+    that names it, and the server keeps serving."""
+    from gradio_client import handle_file
+
+    model = tiny_model_file(tmp_path)
+    env = {"STUDIO_OUTPUT_DIR": str(tmp_path / "out"), "STUDIO_MAX_TRAIN_STEPS": "20",
+           "STUDIO_MAX_TRAIN_BATCH": "2", "STUDIO_MAX_PROJECTION_STEPS": "20",
+           "STUDIO_MAX_VIDEO_FPS": "5", "STUDIO_MAX_BOUNDARY_BYTES": "1000",
+           "STUDIO_MAX_GAN_UPLOAD_BYTES": "1000"}
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.RandomState(1).randint(0, 255, (40, 40, 3), np.uint8)).save(photo)
+    boundary = tmp_path / "boundary.npy"
+    np.save(boundary, np.ones((1, 32)))  # 384 bytes: under the 1000 byte limit
+    big_boundary = tmp_path / "big.npy"
+    np.save(big_boundary, np.ones((8, 32)))  # 2176 bytes
+    pictures = tmp_path / "pictures.zip"
+    with zipfile.ZipFile(pictures, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("a.png", photo.read_bytes())  # about 5 KB: over 1000 bytes
+    calls = {
+        "train steps": (lambda c: c.predict("b16.conv1", 21, 2, api_name="/train_encoder"),
+                        "21 is greater than maximum value 20"),
+        "train batch": (lambda c: c.predict("b16.conv1", 20, 3, api_name="/train_encoder"),
+                        "3 is greater than maximum value 2"),
+        "projection steps": (lambda c: c.predict(handle_file(str(photo)), 21, True,
+                                                 api_name="/project"),
+                             "21 is greater than maximum value 20"),
+        "video fps": (lambda c: c.predict("0, 1", 4, 6, False, "w", api_name="/render_walk"),
+                      "6 is greater than maximum value 5"),
+        "boundary bytes": (lambda c: c.predict(
+            0, 0, 0.7, 0, "const", 0, False, 1, 0, 8, "file", handle_file(str(big_boundary)),
+            0, 0, 0, 0, 0, 0, 8, api_name="/set_latent"), "uploaded boundary is"),
+        "GAN upload bytes": (lambda c: c.predict([handle_file(str(pictures))], 10, 4, "ada",
+                                                 "crop", api_name="/check_pictures"),
+                             "uploaded picture is"),
+    }
+    with studio_server(model, env=env) as url:
+        client = studio_client(url)
+        client.predict(model, api_name="/load_model")
+        for name, (call, words) in calls.items():
+            with pytest.raises(Exception) as err:
+                call(client)
+            message = str(err.value)
+            assert words in message and "Traceback" not in message, (name, message)
+        # Under the limits the same calls are served: a small boundary, a walk at 5 fps.
+        assert client.predict(0, 0, 0.7, 0, "const", 0, False, 1, 0, 8, "file",
+                              handle_file(str(boundary)), 0, 0, 0, 0, 0, 0, 8,
+                              api_name="/set_latent")[0]
+        assert _video_frames(client.predict("0, 1", 4, 5, False, "w",
+                                            api_name="/render_walk")) == 4
