@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -337,3 +338,16 @@ def test_planted_gain_and_offset_do_not_change_a_descriptor():
     centred = a.flatten() - a.mean()
     assert torch.allclose(d[0], centred / centred.norm(), atol=1e-6)  # plain arithmetic
     assert (d[2] - d[0]).abs().max() > 0.1
+
+
+def test_empty_clusters_take_the_last_ids():
+    """Channels that coincide leave KMeans clusters empty: the filled ones are numbered by
+    their first channel (0, 1), the empty ones after them, so ids never skip a number."""
+    x = np.zeros((10, 3))
+    x[9] = 5.0  # two distinct descriptors, asked for 6 clusters
+    with warnings.catch_warnings():  # sklearn: fewer distinct clusters than n_clusters
+        warnings.simplefilter("ignore")
+        labels, centres = cl._kmeans(x, 6, seed=0)
+    assert labels.tolist() == [0] * 9 + [1]
+    assert centres.shape == (6, 3)
+    assert np.allclose(centres[0], 0.0) and np.allclose(centres[1], 5.0)
