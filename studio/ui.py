@@ -54,12 +54,15 @@ def cancel_button(**kwargs: Any) -> gr.Button:
 
 
 def with_cancel(trigger: Callable, cancel: gr.Button, fn: Callable, inputs: list[Any],
-                outputs: list[Any], **kwargs: Any) -> Any:
+                outputs: list[Any], starting: dict[Any, Any] | None = None,
+                **kwargs: Any) -> Any:
     """`trigger(fn, inputs, outputs, **kwargs)` (a button's click starting a long job), with
-    `cancel` live and red while the job runs and greyed out again however it ends. Returns
+    `cancel` live and red while the job runs and greyed out again however it ends; the
+    `starting` updates (the previous run's results going stale) land as it starts. Returns
     the job's event."""
-    started = trigger(lambda: gr.update(interactive=True, variant="stop"), None, [cancel],
-                      api_name=False, show_progress="hidden", queue=False)
+    starting = {cancel: gr.update(interactive=True, variant="stop"), **(starting or {})}
+    started = trigger(lambda: starting, None, list(starting), api_name=False,
+                      show_progress="hidden", queue=False)
     job = started.then(fn, inputs, outputs, **kwargs)
     job.then(lambda: gr.update(interactive=False, variant="secondary"), None, [cancel],
              api_name=False, show_progress="hidden", queue=False)

@@ -179,6 +179,30 @@ def test_item3_send_to_explore_turns_the_translation_off(page, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------
+# 7. While a new fit runs, the previous fit's figures, file and Send are not offered.
+
+def test_item7_a_new_fit_hides_the_previous_ones_results(page, tmp_path):
+    tab(page, "Project")
+    assert page.locator("#pr-send").is_disabled()  # nothing fitted yet
+    page.locator("#pr-input input[type=file]").set_input_files(
+        str(picture(tmp_path / "photo.png", 64)))
+    page.locator("#pr-input img").first.wait_for()
+    set_number(page, "#pr-steps", 10)
+    page.locator("#pr-steps input[type=number]").blur()
+    page.click("#pr-go")
+    page.get_by_text("PSNR", exact=False).first.wait_for()
+    page.wait_for_function("() => !document.querySelector('#pr-send').disabled")
+    set_number(page, "#pr-steps", 1000)
+    page.locator("#pr-steps input[type=number]").blur()
+    page.click("#pr-go")
+    page.wait_for_function("() => document.querySelector('#pr-send').disabled")
+    page.get_by_text("Fitting…").first.wait_for()
+    assert page.get_by_text("PSNR", exact=False).count() == 0
+    page.click("#pr-cancel")
+    page.get_by_text("Projection cancelled").first.wait_for()
+
+
+# ----------------------------------------------------------------------------------------
 # 4 and 13 (the Pause glyph). A paused live walk leaves the output as it is.
 
 def test_item4_paused_live_walk_leaves_no_frame_over_the_output(page):

@@ -56,6 +56,15 @@ def test_fine_tune_cancel_resume_and_load(page, tmp_path):
     page.locator("#gt-status").get_by_text("kimg").wait_for()  # running: steps reported
     page.click("#gt-cancel")
     page.locator("#gt-status").get_by_text("cancelled after a checkpoint").wait_for()
+    # Issue #33 item 2: the loss curves have strokes (a plot first sent an empty frame drew
+    # none).
+    page.wait_for_function("""() => document.querySelector(
+        '#tab-train .vega-embed path[aria-roledescription="line mark"]') !== null""")
+    strokes = page.evaluate("""() => [...document.querySelectorAll(
+            '#tab-train .vega-embed path[aria-roledescription="line mark"]')]
+        .map((p) => p.getAttribute('stroke'))""")
+    assert strokes and all(s not in (None, "", "none", "transparent") for s in strokes), \
+        strokes
 
     steps.fill("8")  # fewer steps than already done: resuming exports at once
     steps.press("Enter")
@@ -70,3 +79,6 @@ def test_fine_tune_cancel_resume_and_load(page, tmp_path):
         assert time.monotonic() < deadline, box.input_value()
         page.wait_for_timeout(200)
     page.locator("#canvas img").wait_for()
+    # Issue #33 item 13: the card is headed by the model's name, not its file name.
+    page.locator("#model-card").get_by_text("fine-tuned here").wait_for()
+    assert page.locator("#model-card strong").first.inner_text().startswith("fine-tuned")

@@ -4,6 +4,7 @@ previous model are cleared."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import gradio as gr
@@ -41,12 +42,21 @@ def show_session(ui: UI, sess: Session, model_changed: bool) -> dict[Any, Any]:
         info = backend.model_info(sess.model)
         layers = conv_layers(sess.model)
         layer = default_layer(layers)
-        out.update({ui.model_card: backend.card(info), ui.live_key: live.key_html(sess),
+        out.update({ui.model_card: model_card(ui, sess, info),
+                    ui.live_key: live.key_html(sess),
             ui.model_box: gr.update(value=sess.model, choices=model_choices(ui, sess)),
             ui.video: None, **explore.reset(ui), **clusters.reset(ui, layers, layer),
             **bend.reset(ui, layers, layer), **translate.reset(ui, sess, layers, layer),
             **project.reset(ui), **train.reset(ui)})
     return out
+
+
+def model_card(ui: UI, sess: Session, info: backend.ModelInfo) -> str:
+    """The model card, a fine-tuned model's headed by its name in the model list: its own
+    title is its file name, generator.safetensors, the same for every run."""
+    names = {path: label for label, path in finetune.trained_models(sess)}
+    name = names.get(sess.model)
+    return backend.card(dataclasses.replace(info, title=name) if name else info)
 
 
 def model_choices(ui: UI, sess: Session) -> list[tuple[str, str]]:

@@ -45,7 +45,7 @@ def layout(ui: UI) -> None:
                 ui.pr_cancel = cancel_button(elem_id="pr-cancel")
     ui.pr_status = gr.Markdown("")
     with gr.Row():
-        ui.pr_send = gr.Button("Send latent to Explore", elem_id="pr-send")
+        ui.pr_send = gr.Button("Send latent to Explore", elem_id="pr-send", interactive=False)
         ui.pr_file = gr.File(label="Fitted latent (.npy)", interactive=False, height=80)
 
 
@@ -78,7 +78,7 @@ def fit(ui: UI, sess: Session, photo: Any, steps: float, w_plus: bool,
            f"from {res.init}). Send it to Explore to edit.")
     return {ui.session: sess, ui.output: backend._pil(res.image),
             ui.before: backend._pil(res.target), ui.pr_status: msg,
-            ui.pr_file: backend.save_latent(sess, res.w),
+            ui.pr_file: backend.save_latent(sess, res.w), ui.pr_send: gr.update(interactive=True),
             ui.video: backend.frames_video(sess, res.frames, "projection")}
 
 
@@ -95,10 +95,13 @@ def send_to_explore(ui: UI, sess: Session) -> dict[Any, Any]:
 
 
 def wire(ui: UI) -> None:
+    # While a new fit runs, the previous fit's figures, file and Send are stale: they go.
+    stale = {ui.pr_status: "Fitting… (progress above the image)", ui.pr_file: None,
+             ui.pr_send: gr.update(interactive=False)}
     with_cancel(ui.pr_go.click, ui.pr_cancel, bind(fit, ui),
                 [ui.session, ui.pr_input, ui.pr_steps, ui.pr_wplus],
-                [ui.session, ui.output, ui.before, ui.pr_status, ui.pr_file, ui.video],
-                api_name="project", **ui.heavy())
+                [ui.session, ui.output, ui.before, ui.pr_status, ui.pr_file, ui.video,
+                 ui.pr_send], starting=stale, api_name="project", **ui.heavy())
     # The flag alone stops the fit (at its next step), so the handler answers "cancelled"
     # in the status line instead of the event ending in an error.
     ui.pr_cancel.click(cancel_job, [ui.session], None, api_name="cancel_projection")
