@@ -2,6 +2,7 @@
 the live channel (studio/live.py driven in-process, as tests/test_live.py does).
 
     python benchmarks/bench_live_big.py [--sizes 512,1024] [--drag-seconds 5] [--runs 3]
+        [--parts channel,chromium,tail]
 
 For random-weight config-f generators (channel_base 32768, channel_max 512) it prints, with
 the load average beside each figure (the machine is shared: compare runs made under the
@@ -13,7 +14,11 @@ same load; the comparisons are interleaved):
   studio.live.REST_S), against one full render;
 - a bend (and a weight edit) on b256.conv1 of the largest model: a tail render (from what
   the cache kept) against a full render, interleaved, and the ratio;
-- the rested frame's pixels against engine.render's (equal or not).
+- the rested frame's pixels against engine.render's (equal or not);
+- with --parts chromium, the same drag in headless Chromium through `spaces_app.py`
+  (frames drawn on the canvas; the rested canvas read back against engine.render of the
+  page's session: the default recipe with a rotate bend on b32.conv1 at the slider's
+  value). The server runs with OMP_NUM_THREADS=1 (tests.helpers.browser).
 """
 
 from __future__ import annotations
@@ -196,11 +201,89 @@ def report_tail(spec: str, res: int, runs: int, edit: str) -> None:
           f"{cache.nbytes / 2**20:.0f} MiB  {load()}")
 
 
+# A hand dragging the bend editor's first slider: a new angle every 20 ms for `ms`.
+DRAG_JS = """([ms]) => new Promise((done) => { let i = 0; const t0 = performance.now();
+    const r = document.querySelector('#p-slider-0 input[type=range]');
+    const timer = setInterval(() => {
+        r.value = 5 + (i++ % 60); r.dispatchEvent(new Event('input', {bubbles: true}));
+        if (performance.now() - t0 > ms) { clearInterval(timer); done([t0, performance.now()]); }
+    }, 20); })"""
+
+
+def chromium(spec: str, res: int, seconds: float) -> None:
+    """The same drag in headless Chromium through a real server: frames drawn while the
+    slider moves (interval between them, p50 / p95), then the rested full frame's pixels
+    read back from the canvas against engine.render."""
+    import base64
+
+    from playwright.sync_api import sync_playwright
+
+    import engine
+    from studio import backend
+    from tests.helpers.browser import CHROMIUM_ARGS, chromium_path, studio_server
+
+    with studio_server(spec, timeout=300) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(url)
+        page.wait_for_function("window.studioLive && window.studioLive.mode === 'live'",
+                               timeout=300_000)
+        page.get_by_role("tab", name="Bend").click()
+        page.click("#add-layer input")
+        page.fill("#add-layer input", "b32.conv1")
+        page.get_by_role("option", name="b32.conv1", exact=True).click()
+        page.click("#add-bend")
+        page.wait_for_selector("#p-slider-0 input[type=range]", state="visible",
+                               timeout=300_000)
+        page.wait_for_timeout(3000)
+        t0, t1 = page.evaluate(DRAG_JS, [seconds * 1000])
+        page.wait_for_function("window.studioLive.frames.length && "
+                               "window.studioLive.frames.at(-1).preview === 0 && "
+                               "window.studioLive.frames.at(-1).seq === window.studioLive.seq",
+                               timeout=600_000)
+        frames = page.evaluate(f"window.studioLive.frames.filter(f => f.kind === 0 && "
+                               f"f.shown >= {t0} && f.shown <= {t1})")
+        gaps = [b["shown"] - a["shown"] for a, b in zip(frames, frames[1:])]
+        shows = sorted({f["preview"] for f in frames})
+        data = page.evaluate("document.querySelector('#live-canvas').toDataURL('image/png')")
+        got = np.asarray(Image.open(io.BytesIO(base64.b64decode(data.split(",", 1)[1])))
+                         .convert("RGB"))
+        angle = float(page.evaluate(
+            "document.querySelector('#p-slider-0 input[type=range]').value"))
+        browser.close()
+    print(f"{res} px Chromium drag b32.conv1 {seconds:.0f} s: {len(frames)} frames drawn, "
+          f"between frames p50 {p(gaps, .5) if gaps else 0:.0f} ms "
+          f"p95 {p(gaps, .95) if gaps else 0:.0f} ms, blocks shown {shows}  {load()}")
+    # The page's session: the default recipe, the default bend (rotate, all channels) added
+    # on b32.conv1, its first slider at the value the page shows.
+    from engine.bending import ChannelSelection
+    from studio import live
+    from studio import session as S
+
+    sess = S.new_session(spec)
+    S.add_bend(sess, "b32.conv1", "rotate", ChannelSelection())
+    live.apply(sess, [{"kind": "bend", "slot": 0, "value": angle}])
+    rec = sess.recipe
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # as the server: a conv's sums in another order differ in ulps
+    try:
+        want = np.asarray(engine.render(rec, backend.load(spec)))
+    finally:
+        torch.set_num_threads(threads)
+    diff = np.abs(got.astype(int) - want)
+    print(f"  rested canvas pixels equal engine.render of the page's recipe: "
+          f"{np.array_equal(got, want)} ({(diff > 0).sum()} of {diff.size} values differ, "
+          f"by at most {diff.max()})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="512,1024")
     ap.add_argument("--drag-seconds", type=float, default=5.0)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--parts", default="channel,tail",
+                    help="comma-separated: channel (in-process drag), chromium (the drag in "
+                         "headless Chromium through a real server), tail (b256.conv1 edits)")
     ap.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "bench_live_big"))
     args = ap.parse_args()
     folder = Path(args.folder)
@@ -210,13 +293,16 @@ def main() -> None:
           f"{os.environ.get('STUDIO_LIVE_BUDGET_MS', '150')} ms  {load()}")
     sizes = [int(s) for s in args.sizes.split(",")]
     specs = {res: make_model(folder, res) for res in sizes}
-    for res in sizes:
+    parts = set(args.parts.split(","))
+    for res in sizes if "channel" in parts else []:
         full_render_s(specs[res])                # load and warm up
         full = [full_render_s(specs[res]) for _ in range(args.runs)]
         full_s = statistics.median(full)
         print(f"{res} px full render: median {full_s:.2f} s of {args.runs}  {load()}")
         report_drag(specs[res], res, args.drag_seconds, full_s)
-    if max(sizes) >= 512:
+    for res in sizes if "chromium" in parts else []:
+        chromium(specs[res], res, args.drag_seconds)
+    if "tail" in parts and max(sizes) >= 512:
         for edit in ("bend", "weight"):
             report_tail(specs[max(sizes)], max(sizes), args.runs, edit)
 
