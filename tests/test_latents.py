@@ -11,6 +11,7 @@ from engine.latents import (
     DirectionEdit,
     LatentSpec,
     LayerEdit,
+    apply_direction,
     circle_walk_ws,
     compute_ws,
     ganspace_directions,
@@ -295,3 +296,17 @@ def test_walk_video_frames_can_be_resized(G, tmp_path):
     out = write_walk(G, [0, 1], 3, tmp_path / "walk.mp4", fps=10, size=96)
     frames = list(read_video_frames(out))
     assert len(frames) == 3 and all(f.shape[:2] == (96, 96) for f in frames)
+
+
+def test_apply_direction_moves_along_the_unit_direction():
+    """A direction of any length moves each w by amount x the unit vector: a [w_dim] vector
+    for every w in the range, a [num_ws, w_dim] array row by row (plain arithmetic below)."""
+    ws = torch.from_numpy(np.random.RandomState(1).randn(2, 5, 4)).float()
+    vec = np.array([3.0, 0.0, 4.0, 0.0])  # length 5
+    moved = apply_direction(ws, vec, 2.0, 1, 3)
+    step = torch.tensor([0.6, 0.0, 0.8, 0.0]) * 2.0
+    assert torch.allclose(moved[:, 1:3], ws[:, 1:3] + step, atol=1e-6)
+    assert torch.equal(moved[:, :1], ws[:, :1]) and torch.equal(moved[:, 3:], ws[:, 3:])
+    rows = np.random.RandomState(2).randn(5, 4) * 7.0
+    unit = torch.from_numpy(rows / np.linalg.norm(rows, axis=1, keepdims=True)).float()
+    assert torch.allclose(apply_direction(ws, rows, -1.5), ws - 1.5 * unit, atol=1e-6)
