@@ -176,7 +176,8 @@
       L.cam.sent.delete(seq);
       pumpCam();
     }
-    const el = kind === 0 ? overlay() : $("#live-cam-out");
+    // A webcam frame that arrives after Stop is not shown.
+    const el = kind === 0 ? overlay() : L.cam ? $("#live-cam-out") : null;
     if (!el) return;
     let bitmap;
     try {
@@ -191,6 +192,7 @@
       el.width = w;
       el.height = h;
     }
+    if (kind === 1 && !L.cam) return bitmap.close();   // stopped while it decoded
     el.getContext("2d").drawImage(bitmap, 0, 0);
     bitmap.close();
     el.dataset.seq = String(seq);
@@ -357,12 +359,15 @@
     pumpCam();
   }
 
+  // Stopped, the last translated frame and the frame rate would read as still running.
   function stopCam() {
     if (!L.cam) return;
     L.cam.on = false;
     L.cam.stream.getTracks().forEach((t) => t.stop());
     L.cam = null;
     $("#live-cam-start").textContent = "Start live webcam";
+    $("#live-cam-stats").textContent = "";
+    $("#live-cam-out").style.display = "none";
   }
 
   function pumpCam() {

@@ -368,6 +368,35 @@ def test_item5_broad_yaml_keeps_the_latent_and_counts_what_was_left_out(page, tm
 
 
 # ----------------------------------------------------------------------------------------
+# 11. Stopping the live webcam takes its last frame and frame rate away.
+
+def test_item11_stopped_webcam_leaves_no_frame_or_frame_rate(server):
+    url, _ = server
+    with playwright_api.sync_playwright() as p:
+        # A fake camera (a moving test pattern) stands in for the webcam.
+        cam = launch_chromium(p, ("--use-fake-ui-for-media-stream",
+                                  "--use-fake-device-for-media-stream"))
+        try:
+            page = new_studio_page(cam, url, timeout_ms=WAIT_MS, permissions=["camera"])
+            tab(page, "Translate")
+            page.get_by_text("Webcam (live)").click()
+            page.wait_for_function("() => window.studioLive.mode === 'live'")
+            page.click("#live-cam-start")
+            page.locator("#live-cam-stats").get_by_text("frames/s").wait_for()
+            page.wait_for_function("() => document.querySelector('#live-cam-out')"
+                                   ".style.display === 'block'")
+            page.click("#live-cam-start")  # now "Stop live webcam"
+            page.wait_for_function("() => document.querySelector('#live-cam-out')"
+                                   ".style.display === 'none'")
+            page.wait_for_timeout(1000)  # frames on their way when it stopped stay unshown
+            assert page.locator("#live-cam-stats").inner_text() == ""
+            assert page.evaluate("() => document.querySelector('#live-cam-out')"
+                                 ".style.display") == "none"
+        finally:
+            cam.close()
+
+
+# ----------------------------------------------------------------------------------------
 # Layout: the canvas, Before and a running job's progress stay in view while any tab's
 # controls scroll, at 1280x800 and 1920x1080; with STUDIO_SCREENSHOTS=1 each tab's
 # screenshot at both sizes goes to docs/.
