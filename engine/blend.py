@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -177,6 +178,14 @@ def blend_generators(GA: torch.nn.Module, GB: torch.nn.Module, alphas: Mapping[i
 # blend weights, so re-rendering the same blend costs nothing.
 
 _lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _cache: OrderedDict[tuple, tuple[weakref.ref, weakref.ref, torch.nn.Module]] = OrderedDict()
 
 

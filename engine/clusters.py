@@ -98,6 +98,16 @@ _memory_lock = threading.Lock()
 _key_locks: dict[str, threading.Lock] = {}  # one computation per key at a time
 
 
+def _after_fork_in_child() -> None:
+    """Locks held by other threads at fork time (a ZeroGPU worker) would stay held here."""
+    global _memory_lock
+    _memory_lock = threading.Lock()
+    _key_locks.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def default_cache_dir() -> Path:
     """~/.cache/activation-studio/clusters, or $ACTIVATION_STUDIO_CACHE/clusters."""
     root = os.environ.get("ACTIVATION_STUDIO_CACHE")

@@ -131,6 +131,14 @@ _seeded: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _seeded_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    global _seeded_lock
+    _seeded_lock = threading.Lock()  # another thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def seeded(kind: str, shape: tuple[int, ...], seed: int, device: torch.device | str,
            dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """torch.randn (kind 'normal') or torch.rand ('uniform') of `shape` from a CPU generator

@@ -173,6 +173,14 @@ def seed_to_ws(G: torch.nn.Module, seed: float, psi: float = 1.0, cutoff: int | 
 # model's id reused by a new one never returns stale results.
 
 _cache_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _cache_lock
+    _cache_lock = threading.Lock()  # another thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _cache: OrderedDict[Hashable, tuple[weakref.ref, Any]] = OrderedDict()
 
 
@@ -652,12 +660,13 @@ def image_grid(images: Sequence[np.ndarray], cols: int, pad: int = 2,
 
 def psi_grid(G: torch.nn.Module, seeds: Sequence[float], psis: Sequence[float],
              cutoff: int | None = None, noise_mode: str = "const",
-             class_index: int | None = None) -> np.ndarray:
-    """Rows: seeds; columns: truncation psi. One uint8 image."""
+             class_index: int | None = None, noise_seed: int = 0) -> np.ndarray:
+    """Rows: seeds; columns: truncation psi. One uint8 image; random noise (one draw per
+    row) from noise_seed."""
     images = []
     for seed in seeds:
         ws = torch.cat([seed_to_ws(G, seed, psi, cutoff, class_index) for psi in psis])
-        images.extend(render_ws(G, ws, noise_mode))
+        images.extend(render_ws(G, ws, noise_mode, noise_seed))
     return image_grid(images, cols=len(psis))
 
 
@@ -671,9 +680,11 @@ def default_mix_ranges(num_ws: int) -> list[tuple[int, int]]:
 
 def mix_grid(G: torch.nn.Module, seeds: Sequence[float], mix_seed: float,
              ranges: Sequence[tuple[int, int]] | None = None, psi: float = 1.0,
-             noise_mode: str = "const", class_index: int | None = None) -> np.ndarray:
+             noise_mode: str = "const", class_index: int | None = None,
+             noise_seed: int = 0) -> np.ndarray:
     """Rows: seeds; columns: the seed, then ws[a:b] taken from mix_seed for each range,
-    then mix_seed itself. One uint8 image."""
+    then mix_seed itself. One uint8 image; random noise (one draw per row) from
+    noise_seed."""
     ranges = list(ranges) if ranges else default_mix_ranges(G.num_ws)
     other = seed_to_ws(G, mix_seed, psi, None, class_index)
     images = []
@@ -685,7 +696,7 @@ def mix_grid(G: torch.nn.Module, seeds: Sequence[float], mix_seed: float,
             mixed[:, a:b] = other[:, a:b]
             row.append(mixed)
         row.append(other)
-        images.extend(render_ws(G, torch.cat(row), noise_mode))
+        images.extend(render_ws(G, torch.cat(row), noise_mode, noise_seed))
     return image_grid(images, cols=len(ranges) + 2)
 
 

@@ -20,6 +20,7 @@ with less memory traffic:
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -77,6 +78,13 @@ class _KernelCache:
 
 
 _kernels = _KernelCache(_KERNEL_CACHE_SIZE)
+
+
+def _after_fork_in_child() -> None:
+    _kernels.lock = threading.Lock()  # another thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def depthwise_kernel(f: torch.Tensor, channels: int, gain: float, dtype: torch.dtype,

@@ -441,7 +441,7 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
             for name, buf in noise.items():
                 buf.copy_(saved["noise"][name])
         opt.load_state_dict(saved["opt"])
-        frames.extend(f.numpy() for f in saved["frames"])
+        frames.extend(f.cpu().numpy() for f in saved["frames"])  # loaded to device
 
     for step in loop:
         t = step / steps

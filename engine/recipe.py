@@ -510,6 +510,14 @@ def render_tensor(recipe: Recipe, model: Any = None, seeds: Sequence[float] | No
 
 _TRANSLATORS: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 _TRANSLATORS_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _TRANSLATORS_LOCK
+    _TRANSLATORS_LOCK = threading.Lock()  # another thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 TRANSLATOR_CACHE_SIZE = 4
 
 

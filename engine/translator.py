@@ -646,15 +646,19 @@ def colour_jitter(x: torch.Tensor, gen: torch.Generator, amount: float, hue: flo
     (Rodrigues' rotation of the RGB vector about (1, 1, 1) / sqrt(3)).
     """
     n = x.shape[0]
+
+    def factors(count: int, lo: float, hi: float) -> torch.Tensor:
+        # Drawn on the CPU (the same on every device), used where the images are.
+        return _uniform(gen, count, lo, hi).to(x.device)
     u = (x + 1) / 2
-    u = u * _uniform(gen, n, 1 - amount, 1 + amount).view(n, 1, 1, 1)
-    u = u * _uniform(gen, 3 * n, 1 - amount / 2, 1 + amount / 2).view(n, 3, 1, 1)
+    u = u * factors(n, 1 - amount, 1 + amount).view(n, 1, 1, 1)
+    u = u * factors(3 * n, 1 - amount / 2, 1 + amount / 2).view(n, 3, 1, 1)
     grey = u.mean(1, keepdim=True)
     mean = grey.mean((2, 3), keepdim=True)
-    u = mean + (u - mean) * _uniform(gen, n, 1 - amount, 1 + amount).view(n, 1, 1, 1)
+    u = mean + (u - mean) * factors(n, 1 - amount, 1 + amount).view(n, 1, 1, 1)
     grey = u.mean(1, keepdim=True)
-    u = grey + (u - grey) * _uniform(gen, n, 1 - amount, 1 + amount).view(n, 1, 1, 1)
-    angle = _uniform(gen, n, -hue, hue) * 2 * math.pi
+    u = grey + (u - grey) * factors(n, 1 - amount, 1 + amount).view(n, 1, 1, 1)
+    angle = _uniform(gen, n, -hue, hue) * 2 * math.pi  # the rotation is built on the CPU
     k = torch.ones(3) / math.sqrt(3)
     cross = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
     rot = (torch.cos(angle).view(n, 1, 1) * torch.eye(3)
@@ -927,14 +931,24 @@ def _sample_ws(G: nn.Module, n: int, gen: torch.Generator, psi: float,
     return G.mapping(z, c, psi=psi, cutoff=cutoff)
 
 
+def _shared_noise(G: nn.Module, noise_mode: str, n: int, gen: torch.Generator,
+                  device: torch.device) -> dict[str, torch.Tensor]:
+    """Noise maps for a render and its re-render from a layer: drawn from the seeded CPU
+    generator `gen` for noise_mode 'random' (never the device's global RNG), else none."""
+    if noise_mode != "random" or networks.is_stylegan3(G):
+        return {}
+    return noise_maps(G, n, gen, device)
+
+
 @torch.no_grad()
 def _activation_stats(G: nn.Module, layer: str, s: TrainSettings, samples: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of the layer over `samples` generator draws."""
     acts = []
     for i in range(0, samples, 32):
-        ws = _sample_ws(G, min(32, samples - i), _rng(s.seed, "stats", i), s.psi, s.cutoff)
-        _, cap = G.synthesis(ws, noise_mode=s.noise_mode, capture=[layer])
+        gen = _rng(s.seed, "stats", i)
+        ws = _sample_ws(G, min(32, samples - i), gen, s.psi, s.cutoff)
+        _, cap = G.synthesis(ws, noise_mode=s.noise_mode, capture=[layer], noise_generator=gen)
         acts.append(cap[layer].transpose(0, 1).flatten(1))
     a = torch.cat(acts, 1)
     return a.mean(1), a.std(1).clamp_min(1e-4)
@@ -983,15 +997,19 @@ def _lr_at(s: TrainSettings, step: int) -> float:
 
 def _training_batch(G: nn.Module, enc_cfg: EncoderConfig, s: TrainSettings, step: int,
                     rank: int, photos: PhotoSet | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ws, target image, encoder input, target activation) for one step on one process.
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """(ws, target image, encoder input, target activation, noise maps) for one step on one
+    process. With noise_mode 'random' the maps are drawn from the step's seeded generator
+    (the same on every device, whatever the global RNG), for the target and its re-render.
 
     With augmentations, the chosen images are first moved (zoom, shift, flip: the target
     image and activation move with them), then disturbed in the input only."""
     gen = _rng(s.seed, "step", step, rank)
     ws = _sample_ws(G, s.batch, gen, s.psi, s.cutoff)
+    noise = _shared_noise(G, s.noise_mode, s.batch, gen, ws.device)
     with torch.no_grad():
-        img, cap = G.synthesis(ws, noise_mode=s.noise_mode, capture=[enc_cfg.layer])
+        img, cap = G.synthesis(ws, noise_mode=s.noise_mode, capture=[enc_cfg.layer],
+                               noise=noise)
     act = cap[enc_cfg.layer]
     shifts = _jitter(gen, s.batch, s.jitter)
     img = _roll(img, shifts, networks.layer_scale(G, enc_cfg.layer))
@@ -1006,7 +1024,7 @@ def _training_batch(G: nn.Module, enc_cfg: EncoderConfig, s: TrainSettings, step
             img, act, x = warp(img, theta), warp(act, theta), warp(x, theta)
         with torch.no_grad():
             x = augment(x, gen, a, photos)
-    return ws, img, x, act
+    return ws, img, x, act, noise
 
 
 @torch.no_grad()
@@ -1018,10 +1036,13 @@ def _preview(G: nn.Module, encoder: ActivationEncoder, s: TrainSettings, path: P
 
     was_training = encoder.training
     encoder.eval()
-    ws = _sample_ws(G, PREVIEW_COUNT, _rng(s.seed, "preview"), s.psi, s.cutoff)
-    img = G.synthesis(ws, noise_mode=s.noise_mode)
+    gen = _rng(s.seed, "preview")
+    ws = _sample_ws(G, PREVIEW_COUNT, gen, s.psi, s.cutoff)
+    noise = _shared_noise(G, s.noise_mode, PREVIEW_COUNT, gen, ws.device)
+    img = G.synthesis(ws, noise_mode=s.noise_mode, noise=noise)
     pred = encoder(resize_images(img, encoder.config.input_size))
-    out = G.synthesis(ws, noise_mode=s.noise_mode, start=(encoder.config.layer, pred))
+    out = G.synthesis(ws, noise_mode=s.noise_mode, start=(encoder.config.layer, pred),
+                      noise=noise)
     encoder.train(was_training)
     tiles = [t for pair in zip(to_uint8(img), to_uint8(out)) for t in pair]
     grid = image_grid(tiles, cols=2)
@@ -1048,9 +1069,11 @@ def fidelity_psnr(G: nn.Module, encoder: ActivationEncoder, seeds: Sequence[int]
     for i in range(0, len(seeds), batch):
         z = torch.cat([seed_to_z(int(sd), G.cfg.z_dim) for sd in seeds[i:i + batch]])
         ws = G.mapping(z.to(device), None, psi=psi)
-        img = G.synthesis(ws, noise_mode=noise_mode)
+        noise = _shared_noise(G, noise_mode, ws.shape[0], _rng("fidelity", i), device)
+        img = G.synthesis(ws, noise_mode=noise_mode, noise=noise)
         pred = encoder(resize_images(img, encoder.config.input_size))
-        out = G.synthesis(ws, noise_mode=noise_mode, start=(encoder.config.layer, pred))
+        out = G.synthesis(ws, noise_mode=noise_mode, start=(encoder.config.layer, pred),
+                          noise=noise)
         values.append(psnr(out, img))
     return float(torch.cat(values).mean())
 
@@ -1162,7 +1185,7 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
     model.train()
 
     for step in loop:
-        ws, img, x, act = _training_batch(G, enc_cfg, s, step, rank, photo_set)
+        ws, img, x, act, noise = _training_batch(G, enc_cfg, s, step, rank, photo_set)
         for g in opt.param_groups:
             g["lr"] = _lr_at(s, step)
         pred = model(x)
@@ -1172,7 +1195,8 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
             parts["act"] = F.mse_loss(encoder.standardise(pred), encoder.standardise(act))
             loss = loss + s.act_weight * parts["act"]
         if s.image_weight > 0:
-            rendered = G.synthesis(ws, noise_mode=s.noise_mode, start=(layer, pred))
+            rendered = G.synthesis(ws, noise_mode=s.noise_mode, start=(layer, pred),
+                                   noise=noise)
             parts["img"] = image_loss(rendered, img)
             loss = loss + s.image_weight * parts["img"]
         if photo_set is not None and (s.stats_weight or s.round_trip_weight):
@@ -1185,7 +1209,7 @@ def train_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | No
             if s.round_trip_weight:
                 ws_photo = _sample_ws(G, s.photo_batch, gen, s.psi, s.cutoff)
                 rendered = G.synthesis(ws_photo, noise_mode=s.noise_mode,
-                                       start=(layer, pred_photo))
+                                       start=(layer, pred_photo), noise_generator=gen)
                 parts["trip"] = round_trip_loss(rendered, photo)
                 loss = loss + s.round_trip_weight * parts["trip"]
         opt.zero_grad(set_to_none=True)
@@ -1456,6 +1480,7 @@ class Translator:
         self._frame_strength = DEFAULTS.strength
         self._framing = DEFAULTS.framing
         self._frame_anchor = DEFAULTS.anchor
+        self._noise_seed = 0
         self._kept_anchor: torch.Tensor | None = None   # translate_frame's last anchor
 
     @classmethod
@@ -1647,10 +1672,14 @@ class Translator:
     def set_latent(self, latent: Any, taps: dict | None = None,
                    weight_taps: dict | None = None, noise_mode: str = DEFAULTS.noise_mode,
                    strength: float = DEFAULT_STRENGTH, framing: str = DEFAULT_FRAMING,
-                   anchor: str = DEFAULT_ANCHOR
-                   ) -> None:
+                   anchor: str = DEFAULT_ANCHOR, noise_seed: int | None = None) -> None:
         """Fix the ws (and bends, strength, framing, anchor) translate_frame uses until the
-        next call."""
+        next call. Random noise is drawn from `noise_seed` (default: the LatentSpec's, else
+        0) for every frame, as engine.render draws it for that recipe."""
+        from engine.latents import LatentSpec
+
+        if noise_seed is None:
+            noise_seed = latent.noise_seed if isinstance(latent, LatentSpec) else 0
         self._frame_anchor = check_anchor(anchor)
         if framing not in FRAMINGS:
             raise StudioError(f"framing must be one of {', '.join(FRAMINGS)}, not {framing!r}")
@@ -1659,6 +1688,7 @@ class Translator:
         self._frame_kwargs = dict(taps=taps, weight_taps=weight_taps, noise_mode=noise_mode)
         self._frame_strength = check_strength(strength)
         self._framing = framing
+        self._noise_seed = int(noise_seed)
 
     @torch.inference_mode()
     def translate_frame(self, frame: np.ndarray) -> np.ndarray:
@@ -1691,8 +1721,11 @@ class Translator:
             self._kept_anchor = anchors.choose(self.G, x, self._ws, keep=self._kept_anchor)
             bank = anchors.bank_for(self.G)
             anchor = anchors.seed_ws(self.G, (self._kept_anchor + bank.first_seed).tolist())
+        gen = None
+        if self._frame_kwargs.get("noise_mode") == "random":  # CPU: device-independent
+            gen = torch.Generator().manual_seed(self._noise_seed)
         img = self.render(act, self._ws, self._frame_strength, **self._frame_kwargs,
-                          anchor_ws=anchor)
+                          noise_generator=gen, anchor_ws=anchor)
         out = (img[0] * 127.5 + 128).clamp(0, 255).to(torch.uint8)
         return out.permute(1, 2, 0).cpu().numpy()
 

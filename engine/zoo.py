@@ -311,6 +311,18 @@ _models: OrderedDict[str, LoadedModel] = OrderedDict()
 _pending: dict[str, _Pending] = {}
 
 
+def _after_fork_in_child() -> None:
+    """A forked process (a ZeroGPU worker) starts as a copy of this one taken at any moment:
+    a load another thread was running there never finishes here, and a lock a thread held
+    stays held. So: fresh locks, no loads in flight (the models already loaded stay)."""
+    global _lock, _cache_lock
+    _lock, _cache_lock = threading.Lock(), threading.Lock()
+    _pending.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _device(device: str | torch.device | None) -> str:
     """The canonical name ('cuda' -> 'cuda:0'), so one model is cached once per device;
     None means where models are kept (engine.devices: STUDIO_DEVICE; the CPU on ZeroGPU)."""

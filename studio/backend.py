@@ -190,7 +190,8 @@ def warm_directions(sess: Session, method: str) -> None:
 def psi_grid(sess: Session, seeds: list[float], psis: list[float]) -> Image.Image:
     G = generator(sess.model)
     lat = sess.recipe.latent
-    grid = latents.psi_grid(G, seeds, psis, lat.cutoff, lat.noise_mode)
+    grid = latents.psi_grid(G, seeds, psis, lat.cutoff, lat.noise_mode,
+                            noise_seed=lat.noise_seed)
     return labelled_grid(grid, [f"seed {_num(s)}" for s in seeds],
                          [f"psi {_num(p)}" for p in psis])
 
@@ -201,7 +202,8 @@ def psi_grid(sess: Session, seeds: list[float], psis: list[float]) -> Image.Imag
 def mix_grid(sess: Session, seeds: list[float], mix_seed: float) -> Image.Image:
     G = generator(sess.model)
     grid = latents.mix_grid(G, seeds, mix_seed, psi=sess.recipe.latent.psi,
-                            noise_mode=sess.recipe.latent.noise_mode)
+                            noise_mode=sess.recipe.latent.noise_mode,
+                            noise_seed=sess.recipe.latent.noise_seed)
     cols = ["seed"] + [f"w{a}-{b - 1} from {_num(mix_seed)}"
                        for a, b in latents.default_mix_ranges(G.num_ws)] + \
         [f"seed {_num(mix_seed)}"]

@@ -195,6 +195,19 @@ def test_emulation_catches_mixing_and_cuda_outside_gpu_calls(G):
         # A CUDA tensor in a result cannot come back to the main process.
         with pytest.raises((AssertionError, RuntimeError)):
             zg.gpu_call(lambda: torch.ones(2).to("cuda"))
+        # As strict as a GPU: no numpy view of device memory; .to(tensor) moves.
+        with pytest.raises(TypeError, match="numpy"):
+            zg.gpu_call(lambda: torch.ones(2).to("cuda").numpy())
+        assert zg.gpu_call(lambda: torch.ones(2).to(torch.ones(1).to("cuda")).device.type
+                           ) == "cuda"
+        # ... and as lenient: a 0-dim CPU tensor is a scalar to CUDA work.
+        got = zg.gpu_call(lambda: (torch.ones(2).to("cuda") * torch.tensor(3.0)).cpu())
+        assert torch.equal(got, torch.full((2,), 3.0))
+        # accelerate finds the device inside GPU calls, as on a Space.
+        from accelerate import Accelerator
+        reset_accelerate()
+        assert zg.gpu_call(lambda: str(Accelerator().device)).startswith("cuda")
+        reset_accelerate()
 
 
 # ----------------------------------------------------------------------------------------
@@ -312,6 +325,22 @@ def test_translator_and_its_training_on_emulated_cuda_equal_the_cpu(G, zero, tmp
     within_one_level(frame_gpu, frame_cpu)
 
 
+def test_photo_augmented_training_on_emulated_cuda_equals_the_cpu(G, zero, tmp_path):
+    """Issue 31.2: how the shipped encoders were trained (`--augment photo`); the colour
+    jitter's factors were drawn on the CPU and multiplied into device images."""
+    settings = dict(layer=LAYER, steps=2, batch=2, seed=1, stat_samples=8, eval_seeds=[0],
+                    width=8, max_width=16, preview_every=0, checkpoint_every=0,
+                    augment={**translator.PHOTO_AUGMENTATIONS, "p": 1.0})
+
+    def train(Gx, where):
+        assert devices.module_device(Gx).type == ("cuda" if where == "gpu" else "cpu")
+        return translator.train_encoder(Gx, out_dir=tmp_path / where, **settings).encoder
+    reset_accelerate()
+    on_gpu = on_cuda(zero, G, lambda Gc: train(Gc, "gpu"))
+    reset_accelerate()
+    same_weights(on_gpu, train(G, "cpu"))
+
+
 def test_projection_on_emulated_cuda_equals_the_cpu(G, zero):
     target = latents.render_spec(G, LatentSpec(seed=8))
     run = lambda Gx: projector.project(Gx, target, steps=4, w_plus=True)  # noqa: E731
@@ -397,6 +426,30 @@ def test_weight_caches_follow_weights_loaded_in_place(monkeypatch):
     assert anchors.bank_for(G).weights_sha256 == translator.weights_sha256(other)
 
 
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_webcam_frames_with_random_noise_equal_the_recipe_render(zero, tmp_path, strength):
+    """Issue 31.3: a frame's random noise is the recipe's noise_seed, on the CPU and in a
+    GPU call alike (at strength 1 it came from the device's global RNG, below 1 from seed
+    0), so a frame equals engine.render of the same recipe."""
+    model = zoo.load("default", device="cpu")
+    shipped = Path(translator.__file__).parent / "default_model" / "encoder_b16"
+    pic = Image.fromarray(latents.render_spec(model.G, LatentSpec(seed=30)))
+    pic.save(tmp_path / "pic.png")
+    r = recipe.Recipe(model="default")
+    r.latent = LatentSpec(seed=5, noise_mode="random", noise_seed=11)
+    r.translator = recipe.TranslatorSpec(encoder=str(shipped / "encoder.safetensors"),
+                                         image=str(tmp_path / "pic.png"), strength=strength)
+    want = np.asarray(recipe.render(r, model))
+
+    def frame(G):
+        tr = translator.Translator.load(shipped / "encoder.safetensors", G)
+        tr.set_latent(r.latent, noise_mode="random", strength=strength)
+        torch.manual_seed(123)  # the global RNG must not matter
+        return tr.translate_frame(np.asarray(pic))
+    same(frame(model.G), want)
+    same(zero.gpu_call(lambda: frame(zoo.load("default", device="cuda").G)), want)
+
+
 def test_recipe_replays_the_same_on_emulated_cuda(zero, tmp_path):
     """One recipe touching every random draw: the CPU and the emulated GPU give one image."""
     r = recipe.Recipe(model="default")
@@ -474,6 +527,22 @@ def test_studio_renders_translates_and_makes_videos_in_gpu_calls(zero, tmp_path)
     assert video.endswith(".mp4")
 
 
+def test_psi_and_mix_grids_draw_their_noise_from_the_noise_seed(zero):
+    """Issue 31.3: the grids' random noise is the session's noise_seed, in a GPU call too."""
+    from studio import backend
+
+    sess = _session()
+    sess.recipe.latent = dataclasses.replace(sess.recipe.latent, noise_mode="random")
+    grids = {}
+    for noise_seed in (3, 4):
+        sess.recipe.latent = dataclasses.replace(sess.recipe.latent, noise_seed=noise_seed)
+        psi = np.asarray(in_thread(lambda: backend.psi_grid(sess, [1, 2], [0.5, 1.0])))
+        mix = np.asarray(in_thread(lambda: backend.mix_grid(sess, [1], 5)))
+        grids[noise_seed] = psi, mix
+    assert not np.array_equal(grids[3][0], grids[4][0])
+    assert not np.array_equal(grids[3][1], grids[4][1])
+
+
 def test_small_models_render_here_without_booking_a_gpu(zero, monkeypatch):
     from studio import backend
 
@@ -543,6 +612,50 @@ def test_cancel_reaches_the_worker(zero, monkeypatch, tmp_path, tiny_spec):
     monkeypatch.setattr(files, "OUT_DIR", tmp_path / "out")
     with pytest.raises(translator.TrainingCancelled, match="resume"):
         backend.train_encoder(_session(tiny_spec), LAYER, 500, 2, cancel=lambda: True)
+
+
+def test_a_worker_forked_during_a_load_loads_for_itself(monkeypatch, tmp_path, tiny_spec):
+    """Issue 31.4: a ZeroGPU worker is forked from the main process at any moment. Forked
+    while another thread loads a model (and holds the kernel and cluster locks), it must
+    load that model itself, not wait for a load that never runs in it."""
+    import os
+    import signal
+    import threading
+
+    from engine import ops
+
+    monkeypatch.setenv("ACTIVATION_STUDIO_CACHE", str(tmp_path / "cache"))
+    zoo.clear_cache()
+    parent, started, release = os.getpid(), threading.Event(), threading.Event()
+    real_load = zoo._load_uncached
+
+    def slow_load(*args, **kwargs):
+        if os.getpid() == parent:  # the main process's load is held until after the fork
+            started.set()
+            release.wait()
+        return real_load(*args, **kwargs)
+    monkeypatch.setattr(zoo, "_load_uncached", slow_load)
+    loader = threading.Thread(target=zoo.load, args=(tiny_spec,), kwargs={"device": "cpu"})
+    loader.start()
+    try:
+        assert started.wait(60)
+        with ops._kernels.lock, clusters._memory_lock:
+            pid = os.fork()
+            if pid == 0:  # the worker: a hang ends by the alarm, with a failing status
+                signal.alarm(60)
+                try:
+                    G = zoo.load(tiny_spec, device="cpu").G
+                    latents.render_spec(G, LatentSpec(seed=1))  # kernels (ops' lock)
+                    clusters.clear_memory_cache()
+                    os._exit(0)
+                except BaseException:
+                    os._exit(3)
+    finally:
+        release.set()
+        loader.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked worker hung or failed"
+    zoo.clear_cache()
 
 
 def test_threads_started_for_jobs_keep_the_request_context():

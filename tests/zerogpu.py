@@ -24,6 +24,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.overrides import resolve_name
+from torch.utils._pytree import tree_map_only
+
+
+def _cuda_backend(*args: Any, **kwargs: Any) -> tuple[str, Any]:
+    return "cuda", torch.cuda
 
 
 def _no_cuda() -> None:
@@ -44,6 +50,58 @@ def _import_patching() -> Any:
     finally:
         torch.version.cuda = restore_version
     return patching
+
+
+def _strict_mode_class(patching: Any) -> type:
+    """`spaces`' torch function mode, made as strict as a real GPU where it is lenient and
+    as lenient where it is strict:
+
+    - `.numpy()` of a CUDA tensor raises (the stand-in would read its CPU original);
+    - `x.to(other)` moves x to other's device and dtype (the stand-in's own device is the
+      CPU, so x stayed there);
+    - a 0-dim CPU tensor mixed into CUDA work acts as a scalar, as CUDA allows (the
+      emulation refused it)."""
+    aliases = patching.cuda_aliases
+
+    def stand_in(t: torch.Tensor) -> torch.Tensor:
+        fake = patching.empty_fake(t)
+        aliases[fake] = t
+        return fake
+
+    # What moves, copies or rebinds tensors: the 0-dim rule is about kernels' inputs only.
+    moves_or_writes = {torch.Tensor.data.__set__, torch.Tensor.to, torch.Tensor.cuda,
+                       torch.Tensor.cpu, torch.Tensor.copy_, torch.Tensor.set_,
+                       torch.Tensor.__deepcopy__, torch.Tensor.__setitem__}
+
+    class StrictMode(patching.ZeroGPUFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = {} if kwargs is None else kwargs
+            if func is torch.Tensor.numpy and args and args[0] in aliases:
+                raise TypeError("can't convert cuda:0 device type tensor to numpy. Use "
+                                "Tensor.cpu() to copy the tensor to host memory first.")
+            if func is torch.Tensor.to and len(args) > 1 and isinstance(args[1], torch.Tensor):
+                other = args[1]
+                device = "cuda" if other in aliases else "cpu"
+                args = (args[0], device, other.dtype, *args[2:])
+            tensors = [a for a in _flat(args, kwargs) if isinstance(a, torch.Tensor)]
+            if func not in moves_or_writes and any(t in aliases for t in tensors):
+                inplace = str(resolve_name(func) or "").endswith("_")
+                keep = args[0] if inplace and args else None  # the CPU tensor written to
+
+                def scalar_to_cuda(t: torch.Tensor) -> torch.Tensor:
+                    if t is keep or t in aliases or t.dim() != 0 or t.device.type != "cpu":
+                        return t
+                    return stand_in(t)
+                args = tree_map_only(torch.Tensor, scalar_to_cuda, args)
+                kwargs = tree_map_only(torch.Tensor, scalar_to_cuda, kwargs)
+            return super().__torch_function__(func, types, args, kwargs)
+
+    return StrictMode
+
+
+def _flat(args: Any, kwargs: Any) -> list:
+    from torch.utils._pytree import tree_leaves
+    return tree_leaves((args, kwargs))
 
 
 def in_thread(fn: Callable[[], Any], enter: Callable[[], None] | None = None) -> Any:
@@ -74,11 +132,21 @@ class ZeroGPU:
         self.calls = 0
 
     def __enter__(self) -> ZeroGPU:
+        self._lenient_mode = self.patching.function_mode
+        self.patching.function_mode = _strict_mode_class(self.patching)()
+        # accelerate asks torch which accelerator the build has (none on a CPU build):
+        # it must find the (stand-in) CUDA, as it would on a Space.
+        import accelerate.state
+        self._accelerator_backend = accelerate.state.get_torch_accelerator_backend
+        accelerate.state.get_torch_accelerator_backend = _cuda_backend
         self.patching.patch()
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        import accelerate.state
         self.patching.unpatch()
+        self.patching.function_mode = self._lenient_mode
+        accelerate.state.get_torch_accelerator_backend = self._accelerator_backend
 
     def gpu_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """fn(*args, **kwargs) as in a ZeroGPU worker: the arguments go there and the result
