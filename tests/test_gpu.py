@@ -447,7 +447,8 @@ def test_webcam_frames_with_random_noise_equal_the_recipe_render(zero, tmp_path,
         torch.manual_seed(123)  # the global RNG must not matter
         return tr.translate_frame(np.asarray(pic))
     same(frame(model.G), want)
-    same(zero.gpu_call(lambda: frame(zoo.load("default", device="cuda").G)), want)
+    # The device may sum in another order (batched anchor renders): the stated policy.
+    within_one_level(zero.gpu_call(lambda: frame(zoo.load("default", device="cuda").G)), want)
 
 
 def test_recipe_replays_the_same_on_emulated_cuda(zero, tmp_path):
@@ -642,7 +643,9 @@ def test_a_worker_forked_during_a_load_loads_for_itself(monkeypatch, tmp_path, t
         with ops._kernels.lock, clusters._memory_lock:
             pid = os.fork()
             if pid == 0:  # the worker: a hang ends by the alarm, with a failing status
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)  # even when stuck in C
                 signal.alarm(60)
+                torch.set_num_threads(1)  # OpenMP's pool does not survive a fork
                 try:
                     G = zoo.load(tiny_spec, device="cpu").G
                     latents.render_spec(G, LatentSpec(seed=1))  # kernels (ops' lock)
