@@ -650,7 +650,9 @@ def train_latent_encoder(G: nn.Module, steps: int = 2000, batch: int = 16,
     so a resumed run equals an uninterrupted one.
     """
     from accelerate import Accelerator
-    acc = Accelerator()
+
+    from engine import devices
+    acc = Accelerator(cpu=devices.default_device().type != "cuda")  # STUDIO_DEVICE decides
     device = acc.device
     # A private frozen copy: the image loss backpropagates through G, and the shared model
     # must neither move device nor collect .grad.

@@ -340,8 +340,11 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
     from engine.datasets import make_dataset
 
     _check_config(cfg)
-    # cpu=True without CUDA lets a multi-process CPU launch form a gloo group.
-    acc = Accelerator(cpu=not torch.cuda.is_available())
+    from engine import devices
+
+    # STUDIO_DEVICE decides; cpu=True (also without CUDA) lets a multi-process CPU launch
+    # form a gloo group.
+    acc = Accelerator(cpu=devices.default_device().type != "cuda")
     device, rank, world = acc.device, acc.process_index, acc.num_processes
     out = Path(cfg.out)
     if acc.is_main_process:

@@ -661,6 +661,25 @@ def test_a_worker_forked_during_a_load_loads_for_itself(monkeypatch, tmp_path, t
     zoo.clear_cache()
 
 
+def test_latent_encoder_training_honours_studio_device(G, zero, monkeypatch, tmp_path):
+    """Issue 31: accelerate picked CUDA whenever it existed, whatever STUDIO_DEVICE said."""
+    import accelerate
+
+    used = []
+
+    class Spy(accelerate.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            used.append(self.device.type)
+    monkeypatch.setattr(accelerate, "Accelerator", Spy)
+    monkeypatch.setenv("STUDIO_DEVICE", "cpu")
+    reset_accelerate()
+    path = projector.train_latent_encoder(G, steps=1, batch=2, out_dir=tmp_path / "enc",
+                                          checkpoint_every=0)
+    reset_accelerate()
+    assert used == ["cpu"] and Path(path).is_file()
+
+
 def test_threads_started_for_jobs_keep_the_request_context():
     import contextvars
 
