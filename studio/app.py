@@ -33,7 +33,9 @@ CSS = """
 #canvas img, #before img, #cam-out img, #tr-preview img {
   width: 100%; height: 100%; object-fit: contain; }
 #model-card { font-size: 0.92em; }
-#busy { min-height: 30px; }
+/* The busy line leaves the top right to the live channel's label (#live-bar): a long
+   progress text ran under it. */
+#busy { min-height: 30px; width: calc(100% - 250px) !important; }
 #intro { font-size: 0.95em; }
 /* The canvas column stays in view while the controls scroll (at 1280x800 too); Gradio's
    container hides overflow, which would stop position: sticky, and clip does not. */
@@ -46,7 +48,7 @@ CSS = """
 /* The channel's status sits at the top right of the canvas column, beside the busy line,
    so it costs the sticky column no height. */
 #live-bar { position: absolute; top: 2px; right: 6px; z-index: 6; font-size: 0.8em;
-  color: var(--body-text-color-subdued); min-height: 0; max-width: 60%; text-align: right; }
+  color: var(--body-text-color-subdued); min-height: 0; max-width: 240px; text-align: right; }
 #live-key, #live-sync { display: none !important; }
 #live-error { color: var(--error-text-color); }
 #live-cam-out { width: 100%; max-height: 320px; object-fit: contain; image-rendering: pixelated; }

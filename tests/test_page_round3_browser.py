@@ -202,6 +202,18 @@ def test_item7_a_new_fit_hides_the_previous_ones_results(page, tmp_path):
     page.get_by_text("Projection cancelled").first.wait_for()
 
 
+def test_item7_progress_line_and_live_label_do_not_overlap(page):
+    for width, height in SIZES:
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(200)  # a layout pass
+        busy, label = page.evaluate("""() => ['#busy', '#live-bar'].map((s) => {
+            const r = document.querySelector(s).getBoundingClientRect();
+            return [r.left, r.right, r.top, r.bottom]; })""")
+        apart = busy[1] <= label[0] or label[1] <= busy[0] or busy[3] <= label[2] \
+            or label[3] <= busy[2]
+        assert apart, (width, busy, label)
+
+
 # ----------------------------------------------------------------------------------------
 # 4 and 13 (the Pause glyph). A paused live walk leaves the output as it is.
 
