@@ -31,12 +31,27 @@ its run (`--model snapshot`), or any zoo spec / file. Target: >= 25 frames/s at 
 
 It also prints how far the model's own images alone get (for each photo the 4 bank images
 laid out most like it, no translation).
+
+Halves (issue 36, `--what halves`): the photos split into a tuning half and a held-out half
+(TUNING_PHOTOS, HELD_OUT_PHOTOS: faces and non-faces in both; every photo the shipped
+encoders were trained on is in the tuning half); per half and setting, with the same 4
+latents for every photo: gap closed and layout kept as above, and
+  colour kept = mean correlation of the 8x8 mean colours (192 numbers), photo vs translation;
+  variety     = mean pairwise RMS distance of the photos' translations with one latent, over
+                that of the model's own samples (different seeds), averaged over the latents;
+  fidelity    = as above, at the setting's strength and anchor.
+Defaults are chosen on the tuning half only; the sheet (--sheet) shows the held-out half.
+
+    python benchmarks/bench_translator.py --what halves [--halves tuning,held_out]
+        [--settings b16:default,b16:1,b16:0.3:match:blend=1:latent=2]   (knobs: blend,
+        sharp, latent, psi set engine.anchors' BLEND, BLEND_SHARPNESS, LATENT_BLOCKS, PSI)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -295,6 +310,162 @@ def bench_photos(G: Generator, encoders: dict[str, str], strengths: list[float],
     return report
 
 
+# ----------------------------------------------------------------------------------------
+# Issue 36: a tuning half and a held-out half, and two more figures.
+#
+# Base photos (each with its four 0.6 corner crops) split by hand, deterministically, with
+# faces and non-faces in both halves. Every photo the shipped encoders were trained on
+# (TRAINING_PHOTOS: camera, coins, immunohistochemistry, hubble_deep_field) is in the tuning
+# half, so the held-out half is new to the encoders as well as to the defaults.
+# (skimage.data.cat() is chelsea: one of them only.)
+
+TUNING_PHOTOS = ("chelsea", "camera", "coins", "immunohistochemistry", "hubble_deep_field",
+                 "flower", "rocket")            # faces: a cat, a man behind a camera
+HELD_OUT_PHOTOS = ("astronaut", "china", "coffee", "motorcycle")  # face: the astronaut
+
+
+def _package_photo(name: str) -> np.ndarray:
+    """uint8 HxWx3 of a photo shipped by scikit-learn or scikit-image."""
+    from skimage import data
+    from sklearn.datasets import load_sample_image
+
+    if name in ("china", "flower"):
+        img = load_sample_image(f"{name}.jpg")
+    elif name == "motorcycle":
+        img = data.stereo_motorcycle()[0]
+    else:
+        img = getattr(data, name)()
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, -1)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def eval_photos(half: str) -> dict[str, np.ndarray]:
+    """'tuning' or 'held_out': name -> uint8 photo, each base photo with its corner crops
+    (and, held out, the astronaut's head-and-shoulders crop)."""
+    out: dict[str, np.ndarray] = {}
+    for name in {"tuning": TUNING_PHOTOS, "held_out": HELD_OUT_PHOTOS}[half]:
+        img = _package_photo(name)
+        out[name] = img
+        if name == "astronaut":
+            out["astronaut_portrait"] = img[0:360, 45:405]
+        h, w = img.shape[:2]
+        side = int(min(h, w) * 0.6)
+        for tag, (top, left) in {"tl": (0, 0), "tr": (0, w - side), "bl": (h - side, 0),
+                                 "br": (h - side, w - side)}.items():
+            out[f"{name}_{tag}"] = img[top:top + side, left:left + side]
+    return out
+
+
+def colour_layout(images: np.ndarray, cells: int = 8) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> [N, cells * cells * 3] mean colour per cell."""
+    t = torch.from_numpy(images).float().permute(0, 3, 1, 2)
+    return torch.nn.functional.adaptive_avg_pool2d(t, cells).flatten(1).numpy()
+
+
+def _row_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    return float(((a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1) + 1e-12)).mean())
+
+
+def colour_kept(photos: np.ndarray, translations: np.ndarray) -> float:
+    """Mean Pearson correlation of the 8x8 mean colours (all 192 numbers: where the light,
+    the dark and each hue sit), photo i vs translation i."""
+    return _row_correlation(colour_layout(photos), colour_layout(translations))
+
+
+def mean_pairwise_distance(images: np.ndarray) -> float:
+    """Mean RMS difference (pixels in [0, 1]) over all pairs of a set."""
+    x = torch.from_numpy(images).float().flatten(1) / 255
+    d = torch.cdist(x, x) / math.sqrt(x.shape[1])
+    n = len(images)
+    return float(d.sum() / (n * (n - 1)))
+
+
+def variety(by_latent: list[np.ndarray], samples: np.ndarray) -> float:
+    """How different the translations of different photos are: for each latent, the mean
+    pairwise distance of all photos' translations with that latent, over the mean pairwise
+    distance of the model's own samples (different seeds); averaged over the latents."""
+    own = mean_pairwise_distance(samples)
+    return float(np.mean([mean_pairwise_distance(t) for t in by_latent]) / own)
+
+
+def bench_halves(G: Generator, encoders: dict[str, str], settings: list[str],
+                 framing: str = T.DEFAULT_FRAMING, sheet: str | None = None,
+                 halves: tuple[str, ...] = ("tuning", "held_out")) -> dict:
+    """Per half and setting ('b16:0.3:match', 'b16:default'): gap closed, layout kept,
+    colour kept, variety, fidelity. The sheet shows the held-out half."""
+    translators = {name: T.Translator.load(path, G) for name, path in encoders.items()}
+    report: dict = {"framing": framing}
+    for half in halves:
+        photos = eval_photos(half)
+        names = list(photos)
+        n = len(names) * LATENTS_PER_PHOTO
+        samples_a = model_samples(G, [3_000_000 + i for i in range(n)])
+        samples_b = model_samples(G, [4_000_000 + i for i in range(n)])
+        floor = _swd_mean(samples_b, samples_a)
+        any_tr = next(iter(translators.values()))
+        framed = np.stack([any_tr.translate(photos[k], 0, framing=framing, strength=1.0,
+                                            return_framed=True)[1] for k in names])
+        framed_rep = np.repeat(framed, LATENTS_PER_PHOTO, 0)
+        photo_swd = _swd_mean(framed_rep, samples_a)
+        rows, tiles = [], {}
+        latents = [2_000_000 + j for j in range(LATENTS_PER_PHOTO)]   # the same for all
+        for setting in settings:
+            enc, rest = setting.split(":", 1)
+            tr = translators[enc]
+            kw = _setting_kwargs(rest)
+            by_latent = [tr.translate([photos[k] for k in names], lat, framing=framing, **kw)
+                         for lat in latents]
+            trans = np.stack(by_latent, 1).reshape(n, *by_latent[0].shape[1:])
+            t_swd = _swd_mean(trans, samples_a)
+            row = {"half": half, "setting": setting, "photos": len(names),
+                   "gap_closed": round(1 - (t_swd - floor) / (photo_swd - floor), 3),
+                   "layout_kept": round(layout_kept(framed_rep, trans), 3),
+                   "colour_kept": round(colour_kept(framed_rep, trans), 3),
+                   "variety": round(variety(by_latent, samples_a), 3),
+                   "fidelity_psnr_db": round(fidelity_at(
+                       G, tr, kw.get("strength", T.DEFAULTS.strength),
+                       kw.get("anchor", T.DEFAULTS.anchor)), 2)}
+            rows.append(row)
+            print(row, flush=True)
+            tiles[setting] = {k: by_latent[0][i] for i, k in enumerate(names)}
+        report[half] = {"swd_floor": round(floor, 2), "swd_photos": round(photo_swd, 2),
+                        "settings": rows}
+        if sheet and half == "held_out":
+            shown = [k for k in names if not k.endswith(("_tr", "_bl"))]
+            write_sheet(sheet, {k: framed[names.index(k)] for k in shown},
+                        {(s, 0.0, ""): v for s, v in tiles.items()},
+                        [(s, 0.0, "") for s in settings], label=lambda key: key[0])
+    return report
+
+
+ANCHOR_KNOBS = {"blend": "BLEND", "sharp": "BLEND_SHARPNESS", "latent": "LATENT_BLOCKS",
+                "psi": "PSI"}   # setting 'b16:0.3:match:blend=1:latent=2' -> engine.anchors
+
+
+def _setting_kwargs(text: str) -> dict:
+    """'default' -> {} (the library's defaults); '0.3:match' -> strength and anchor; any
+    'knob=value' after them sets that engine.anchors constant for this setting."""
+    from engine import anchors
+
+    parts = text.split(":")
+    knobs = dict(p.split("=") for p in parts if "=" in p)
+    parts = [p for p in parts if "=" not in p]
+    for name, const in ANCHOR_KNOBS.items():   # back to the shipped values, then the knobs
+        setattr(anchors, const, _SHIPPED_KNOBS.setdefault(const, getattr(anchors, const)))
+        if name in knobs:
+            setattr(anchors, const, type(getattr(anchors, const))(float(knobs[name])))
+    if parts == ["default"]:
+        return {}
+    return {"strength": float(parts[0]), "anchor": parts[1] if len(parts) > 1 else "latent"}
+
+
+_SHIPPED_KNOBS: dict[str, float] = {}
+
+
 @torch.no_grad()
 def anchors_alone(G: Generator, framed: np.ndarray, samples: np.ndarray, floor: float,
                   photo_swd: float) -> dict[str, float]:
@@ -333,7 +504,7 @@ def fidelity_at(G: Generator, tr: T.Translator, strength: float, anchor: str = "
 
 def write_sheet(path: str, framed: dict[str, np.ndarray],
                 tiles: dict[Setting, dict[str, np.ndarray]],
-                settings: list[Setting], scale: int = 2) -> None:
+                settings: list[Setting], scale: int = 2, label=None) -> None:
     """Rows: photos; columns: the framed photo, then one translation per setting."""
     from PIL import Image, ImageDraw
 
@@ -342,8 +513,10 @@ def write_sheet(path: str, framed: dict[str, np.ndarray],
     cols = 1 + len(settings)
     sheet = Image.new("RGB", (cols * cell, head + len(framed) * cell), "white")
     draw = ImageDraw.Draw(sheet)
-    labels = ["photo (as framed)"] + [f"{e} s={s:g}" + (" match" if a == "match" else "")
-                                      for e, s, a in settings]
+    labels = ["photo (as framed)"] + [
+        label(key) if label else f"{key[0]} s={key[1]:g}" + (" match" if key[2] == "match"
+                                                            else "")
+        for key in settings]
     for c, text in enumerate(labels):
         draw.text((c * cell + 3, 2), text, fill="black")
     for r, (name, photo) in enumerate(framed.items()):
@@ -381,7 +554,12 @@ def main() -> None:
                     help="photos: domain strengths blending towards the latent")
     ap.add_argument("--match-strengths", default=f"{T.DEFAULT_STRENGTH:g}",
                     help="photos: domain strengths blending towards the anchor ('' none)")
-    ap.add_argument("--framing", default="crop", choices=T.FRAMINGS)
+    ap.add_argument("--framing", default=T.DEFAULT_FRAMING, choices=T.FRAMINGS)
+    ap.add_argument("--halves", default="tuning,held_out",
+                    help="halves: which halves to run (choose defaults on tuning only)")
+    ap.add_argument("--settings", default="b16:default,b16:1,b16:0.3:match,b16:0.5:latent",
+                    help="halves: encoder:default (the library's defaults) or "
+                         "encoder:strength[:anchor], comma-separated")
     ap.add_argument("--training-photos", default=None,
                     help="write the shipped encoders' unlabelled photo folder here")
     ap.add_argument("--sheet", default=None, help="photos: write the picture sheet here")
@@ -428,6 +606,10 @@ def main() -> None:
         report["photos"] = bench_photos(
             G, _encoders_arg(args.encoders), _floats(args.strengths), args.framing,
             args.sheet, columns, tuple(_floats(args.match_strengths)))
+    if "halves" in what:
+        report["halves"] = bench_halves(G, _encoders_arg(args.encoders),
+                                        args.settings.split(","), args.framing, args.sheet,
+                                        tuple(args.halves.split(",")))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
 

@@ -39,6 +39,10 @@ CELLS = 8                    # the layout is the luminance pooled to CELLS x CEL
 FIRST_SEED = 5_000_000       # bank seeds: FIRST_SEED + i (none of the benchmarks' seeds)
 BANK_SIZE = 4096             # images in a shipped bank
 CANDIDATES = 1               # best layouts among which the latent chooses
+BLEND = 4                    # the anchor is the similarity-weighted mean w of this many best
+BLEND_SHARPNESS = 40.0       # softmax(correlation * this) weighs them (0: a plain mean)
+LATENT_BLOCKS = 1            # the user's latent writes this many last (finest) blocks; the
+                             # anchor every earlier one (its colours and coarse shapes)
 PSI = 0.8                    # truncation of the anchor towards w_avg
 STICKY = 0.05                # a kept anchor stays while within this correlation of the best
 BUILD_PIXELS = 1024 * 64 * 64  # a bank built on first use renders about this many pixels,
@@ -46,6 +50,15 @@ BUILD_RANGE = (256, 1024)      # ... in this many images
 SHIPPED = Path(__file__).resolve().parent / "default_model" / "faces64.anchors.safetensors"
 FORMAT = "activation-studio-anchors"
 _LUMA = (0.299, 0.587, 0.114)  # Rec. 601, as the benchmark's layout figure
+
+
+def colour_layouts(images: torch.Tensor, cells: int = CELLS) -> torch.Tensor:
+    """NCHW RGB images -> [N, cells * cells * 3] mean colours per cell, zero mean and unit
+    length over all of them: the dot product of two is the correlation that
+    bench_translator.py reports as "colour kept" (where light, dark and each hue sit)."""
+    flat = F.adaptive_avg_pool2d(images.float(), cells).flatten(1)
+    flat = flat - flat.mean(1, keepdim=True)
+    return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-6)
 
 
 def layouts(images: torch.Tensor, cells: int = CELLS) -> torch.Tensor:
@@ -64,6 +77,7 @@ class AnchorBank:
     layouts: torch.Tensor          # [count, CELLS * CELLS] float32, as layouts()
     first_seed: int
     weights_sha256: str            # the generator's weights (engine.translator.weights_sha256)
+    colours: torch.Tensor | None = None  # [count, CELLS * CELLS * 3], as colour_layouts()
 
     @property
     def count(self) -> int:
@@ -76,9 +90,10 @@ class AnchorBank:
 
         meta = {"format": FORMAT, "first_seed": str(self.first_seed), "cells": str(CELLS),
                 "base_model_weights_sha256": self.weights_sha256}
-        layouts_ = self.layouts.to(torch.float16).contiguous()
-        atomic_write(Path(path), lambda tmp: save_file({"layouts": layouts_}, str(tmp),
-                                                       metadata=meta))
+        tensors = {"layouts": self.layouts.to(torch.float16).contiguous()}
+        if self.colours is not None:
+            tensors["colours"] = self.colours.to(torch.float16).contiguous()
+        atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
         return Path(path)
 
     @classmethod
@@ -89,13 +104,18 @@ class AnchorBank:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
                 table = f.get_tensor("layouts").float()
+                colours = (f.get_tensor("colours").float() if "colours" in f.keys()
+                           else None)
         except (SafetensorError, OSError, KeyError) as exc:
             raise StudioError(f"{path} is not an anchor bank (python -m engine.anchors "
                               f"writes one)") from exc
         if meta.get("format") != FORMAT or int(meta.get("cells", 0)) != CELLS \
                 or table.ndim != 2 or table.shape[1] != CELLS * CELLS:
             raise StudioError(f"{path} is not an anchor bank of {CELLS}x{CELLS} layouts")
-        return cls(table, int(meta["first_seed"]), meta.get("base_model_weights_sha256", ""))
+        if colours is not None and colours.shape != (table.shape[0], CELLS * CELLS * 3):
+            raise StudioError(f"{path}: its colour layouts do not match its layouts")
+        return cls(table, int(meta["first_seed"]), meta.get("base_model_weights_sha256", ""),
+                   colours)
 
 
 def seed_ws(G: nn.Module, seeds: list[int], psi: float | None = None) -> torch.Tensor:
@@ -112,11 +132,14 @@ def build_bank(G: nn.Module, count: int, first_seed: int = FIRST_SEED, batch: in
     """Render `count` images of G (psi 1, constant noise) and keep their layouts."""
     from engine.translator import weights_sha256 as sha_of
 
-    out = []
+    out, colours = [], []
     for start in range(0, count, batch):
         seeds = list(range(first_seed + start, first_seed + min(count, start + batch)))
-        out.append(layouts(G.synthesis(seed_ws(G, seeds, psi=1.0))).cpu())
-    return AnchorBank(torch.cat(out), first_seed, weights_sha256 or sha_of(G))
+        img = G.synthesis(seed_ws(G, seeds, psi=1.0))
+        out.append(layouts(img).cpu())
+        colours.append(colour_layouts(img).cpu())
+    return AnchorBank(torch.cat(out), first_seed, weights_sha256 or sha_of(G),
+                      torch.cat(colours))
 
 
 def build_count(G: nn.Module) -> int:
@@ -142,7 +165,7 @@ def bank_for(G: nn.Module) -> AnchorBank:
     bank = None
     if SHIPPED.is_file():
         shipped = AnchorBank.load(SHIPPED)
-        if shipped.weights_sha256 == sha:
+        if shipped.weights_sha256 == sha and shipped.colours is not None:
             bank = shipped
     if bank is None:
         bank = build_bank(G, build_count(G), weights_sha256=sha)
@@ -162,8 +185,7 @@ def choose(G: nn.Module, pictures: torch.Tensor, ws: torch.Tensor,
     frames of one scene then keep one face instead of flickering between near-equals."""
     bank = bank or bank_for(G)
     candidates = CANDIDATES if candidates is None else candidates
-    table = bank.layouts.to(pictures.device)
-    score = layouts(pictures) @ table.T                                   # [N, count]
+    score = similarity(pictures, bank)                                    # [N, count]
     k = max(1, min(int(candidates), bank.count))
     top = score.topk(k, dim=1).indices                                    # [N, k]
     rows = torch.arange(top.shape[0], device=top.device)
@@ -181,13 +203,59 @@ def choose(G: nn.Module, pictures: torch.Tensor, ws: torch.Tensor,
     return best
 
 
+def similarity(pictures: torch.Tensor, bank: AnchorBank) -> torch.Tensor:
+    """[N, count] how alike each picture and each bank image are: the correlation of their
+    8x8 colours (light, dark and hue together) when the bank holds them, else of their
+    luminance layouts."""
+    if bank.colours is not None:
+        return colour_layouts(pictures) @ bank.colours.to(pictures.device).T
+    return layouts(pictures) @ bank.layouts.to(pictures.device).T
+
+
+@torch.no_grad()
+def blended_ws(G: nn.Module, pictures: torch.Tensor, bank: AnchorBank | None = None,
+               count: int = BLEND, sharpness: float = BLEND_SHARPNESS,
+               psi: float | None = None) -> torch.Tensor:
+    """For each picture the mean w of its `count` most alike bank images, weighted by
+    softmax(similarity * sharpness), truncated by psi (PSI): [N, num_ws, w_dim]. A mean of
+    a few near neighbours in W is still the model's own image, closer to the picture than
+    any one of them, and different pictures get different anchors."""
+    bank = bank or bank_for(G)
+    score = similarity(pictures, bank)
+    k = max(1, min(int(count), bank.count))
+    top = score.topk(k, dim=1)
+    weight = torch.softmax(top.values * sharpness, dim=1)                 # [N, k]
+    cand = seed_ws(G, (top.indices + bank.first_seed).flatten().tolist(), psi)
+    cand = cand.view(top.indices.shape[0], k, *cand.shape[1:])
+    return (weight.to(cand)[:, :, None, None] * cand).sum(1)
+
+
 def anchor_ws(G: nn.Module, pictures: torch.Tensor, ws: torch.Tensor,
               bank: AnchorBank | None = None, candidates: int | None = None,
-              psi: float | None = None) -> torch.Tensor:
-    """For each picture the ws of its anchor (choose), truncated by psi (PSI)."""
+              psi: float | None = None, blend: int | None = None) -> torch.Tensor:
+    """For each picture the ws of its anchor: the blend of its `blend` (BLEND) most alike
+    bank images (blended_ws), or with blend 1 the one choose() picks; truncated by psi."""
     bank = bank or bank_for(G)
-    idx = choose(G, pictures, ws, bank, candidates, psi)
-    return seed_ws(G, (idx + bank.first_seed).tolist(), psi).to(device=ws.device, dtype=ws.dtype)
+    blend = BLEND if blend is None else int(blend)
+    if blend > 1:
+        out = blended_ws(G, pictures, bank, count=blend, psi=psi)
+    else:
+        idx = choose(G, pictures, ws, bank, candidates, psi)
+        out = seed_ws(G, (idx + bank.first_seed).tolist(), psi)
+    return out.to(device=ws.device, dtype=ws.dtype)
+
+
+def with_latent(G: nn.Module, anchor: torch.Tensor, ws: torch.Tensor,
+                latent_blocks: int | None = None) -> torch.Tensor:
+    """The ws a translation's later layers read: the user's latent's for the last
+    `latent_blocks` (LATENT_BLOCKS) blocks, the anchor's for every earlier one."""
+    blocks = LATENT_BLOCKS if latent_blocks is None else int(latent_blocks)
+    index = getattr(G.synthesis, "w_index", {})
+    first = int(G.cfg.resolution) >> max(blocks - 1, 0)
+    if blocks < 1 or first not in index:   # (StyleGAN3 has no blocks: the latent's ws)
+        return ws
+    cut = index[first]
+    return torch.cat([anchor[:, :cut], ws[:, cut:]], 1)
 
 
 def main(argv: list[str] | None = None) -> None:

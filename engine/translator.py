@@ -1585,10 +1585,12 @@ class Translator:
             a    = s * act + (1 - s) * a_anchor   (its activation there)
             skip = (1 - s) * img_anchor           (its running RGB image before it)
 
-        The layers after the start layer always read ws. s = 1 is the encoder alone (the
-        picture's layout); s = 0 without an anchor is exactly the latent's own image; in
-        between the picture is drawn more and more in the model's own content. Bends on
-        layers before the start layer act on the anchor's (the latent's) part.
+        The layers after the start layer read ws; with an anchor, all but the last
+        anchors.LATENT_BLOCKS blocks read the anchor's ws (its colours and coarse shapes),
+        those the latent's. s = 1 is the encoder alone (the picture's layout); s = 0 without
+        an anchor is exactly the latent's own image; in between the picture is drawn more
+        and more in the model's own content. Bends on layers before the start layer act on
+        the anchor's (the latent's) part.
         """
         strength = check_strength(strength)
         kw = dict(noise_mode=noise_mode, taps=taps, weight_taps=weight_taps)
@@ -1607,6 +1609,10 @@ class Translator:
         start = (self.layer, mixed)
         if skip_name:
             start = (self.layer, mixed, (1 - strength) * own[skip_name])
+        if anchor_ws is not None:  # the anchor also draws the coarse later blocks (colour)
+            from engine import anchors
+
+            ws = anchors.with_latent(self.G, anchor_ws, ws)
         return self.G.synthesis(ws, start=start, noise=noise, **kw)
 
     @torch.inference_mode()
@@ -1716,11 +1722,7 @@ class Translator:
         act = self.encoder(x)
         anchor = None
         if self._frame_anchor == "match" and self._frame_strength < 1.0:
-            from engine import anchors
-            # The previous frame's anchor is kept while it still fits (no flicker).
-            self._kept_anchor = anchors.choose(self.G, x, self._ws, keep=self._kept_anchor)
-            bank = anchors.bank_for(self.G)
-            anchor = anchors.seed_ws(self.G, (self._kept_anchor + bank.first_seed).tolist())
+            anchor = self._frame_anchor_ws(x)
         gen = None
         if self._frame_kwargs.get("noise_mode") == "random":  # CPU: device-independent
             gen = torch.Generator().manual_seed(self._noise_seed)
@@ -1728,6 +1730,18 @@ class Translator:
                           noise_generator=gen, anchor_ws=anchor)
         out = (img[0] * 127.5 + 128).clamp(0, 255).to(torch.uint8)
         return out.permute(1, 2, 0).cpu().numpy()
+
+    def _frame_anchor_ws(self, x: torch.Tensor) -> torch.Tensor:
+        """A webcam frame's anchor: the blend translate() uses (its weights move smoothly
+        from frame to frame), or with one anchor the previous frame's while it still fits
+        (no flicker between near-equal faces)."""
+        from engine import anchors
+
+        if anchors.BLEND > 1:
+            return anchors.anchor_ws(self.G, x, self._ws)
+        self._kept_anchor = anchors.choose(self.G, x, self._ws, keep=self._kept_anchor)
+        bank = anchors.bank_for(self.G)
+        return anchors.seed_ws(self.G, (self._kept_anchor + bank.first_seed).tolist())
 
     # --- folders and videos ----------------------------------------------------------
 

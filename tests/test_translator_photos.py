@@ -264,6 +264,7 @@ def test_anchor_bank_round_trip_and_lookup(G, tmp_path):
     again = A.AnchorBank.load(bank.save(tmp_path / "bank.safetensors"))
     assert again.first_seed == 100 and again.weights_sha256 == bank.weights_sha256
     assert torch.allclose(again.layouts, bank.layouts, atol=2e-3)   # stored as float16
+    assert torch.allclose(again.colours, bank.colours, atol=2e-3)
     (tmp_path / "junk.safetensors").write_bytes(b"nonsense")
     with pytest.raises(StudioError, match="anchor bank"):
         A.AnchorBank.load(tmp_path / "junk.safetensors")
@@ -271,16 +272,16 @@ def test_anchor_bank_round_trip_and_lookup(G, tmp_path):
     with torch.no_grad():
         pics = G.synthesis(A.seed_ws(G, [107, 119], psi=1.0))
     ws = A.seed_ws(G, [3, 4])
-    found = A.anchor_ws(G, pics, ws, bank, candidates=1, psi=0.7)
+    found = A.anchor_ws(G, pics, ws, bank, candidates=1, psi=0.7, blend=1)
     assert torch.allclose(found, A.seed_ws(G, [107, 119], psi=0.7), atol=1e-6)
     # ... and among several, the one whose w is nearest the user's.
-    top5 = (A.layouts(pics[:1]) @ bank.layouts.T).topk(5).indices[0] + 100
+    top5 = A.similarity(pics[:1], bank).topk(5).indices[0] + 100
     pick = int(top5[3])
     near = A.anchor_ws(G, pics[:1], A.seed_ws(G, [pick], psi=0.7), bank, candidates=5,
-                       psi=0.7)
+                       psi=0.7, blend=1)
     assert torch.allclose(near, A.seed_ws(G, [pick], psi=0.7), atol=1e-6)
     # A kept anchor stays while its layout is within the margin of the best one's.
-    score = (A.layouts(pics[:1]) @ bank.layouts.T)[0]
+    score = A.similarity(pics[:1], bank)[0]
     best, second = score.topk(2).indices.tolist()
     gap = float(score[best] - score[second])
     held = torch.tensor([second])
@@ -295,8 +296,8 @@ def test_render_towards_an_anchor_is_style_mixing_at_strength_zero(G, tr):
 
     ws, anchor = tr.ws_for(3), A.seed_ws(G, [11])
     act = tr.encode(_images(1))
-    # Layers up to b16.conv1 read ws[:, :w_index[16] + 2]; the latent writes the rest.
-    cut = G.synthesis.w_index[16] + 2
+    # The anchor writes every block but the last A.LATENT_BLOCKS; the latent writes those.
+    cut = G.synthesis.w_index[G.cfg.resolution >> (A.LATENT_BLOCKS - 1)]
     with torch.no_grad():
         mixed = G.synthesis(torch.cat([anchor[:, :cut], ws[:, cut:]], 1))
         assert torch.allclose(tr.render(act, ws, 0.0, anchor_ws=anchor), mixed, atol=1e-5)
@@ -417,3 +418,30 @@ def test_page_cli_and_library_give_the_same_picture_with_defaults(tmp_path):
     # Not trivially equal: the defaults draw the model's content, not the encoder alone.
     encoder_alone = T.Translator.load(encoder, m.G).translate(photo, strength=1.0)
     assert np.abs(library.astype(int) - encoder_alone).mean() > 5
+
+
+def test_anchors_are_matched_on_colour_and_blended_by_similarity(G):
+    """Two pictures with one luminance layout but other colours find other anchors; the
+    anchor is the softmax-weighted mean w of the most alike bank images."""
+    from engine import anchors as A
+
+    bank = A.build_bank(G, 64, first_seed=200, batch=32)
+    grey = torch.linspace(-0.8, 0.8, 32).view(1, 1, 1, 32).expand(1, 3, 32, 32)
+    luma = torch.tensor(A._LUMA).view(1, 3, 1, 1)
+    tint = torch.tensor([0.6, -0.4, 0.3]).view(1, 3, 1, 1)
+    tint = tint - (tint * luma).sum(1, keepdim=True)      # no change in luminance
+    red, cyan = (grey + tint).clamp(-1, 1), (grey - tint).clamp(-1, 1)
+    pics = torch.cat([red, cyan])
+    assert torch.allclose(A.layouts(red), A.layouts(cyan), atol=0.05)
+    assert A.similarity(pics, bank).argmax(1).unique().numel() == 2
+    score = A.similarity(pics, bank)
+    top = score.topk(3, dim=1)
+    ws = A.seed_ws(G, (top.indices[0] + 200).tolist())
+    weight = torch.softmax(top.values[0] * 10.0, 0)
+    expect = (weight[:, None, None] * ws).sum(0)
+    got = A.blended_ws(G, pics, bank, count=3, sharpness=10.0)
+    assert torch.allclose(got[0], expect, atol=1e-5)
+    assert not torch.allclose(got[0], got[1], atol=1e-3)
+    # Without colours (an older bank) the luminance layouts decide.
+    old = A.AnchorBank(bank.layouts, bank.first_seed, bank.weights_sha256)
+    assert torch.equal(A.similarity(pics, old), A.layouts(pics) @ bank.layouts.T)

@@ -81,8 +81,9 @@ def layout(ui: UI) -> None:
                                       "match"), ("the latent's own image", "latent")],
                                     value=DEFAULT_ANCHOR, label="Below 1, blend towards",
                                     elem_id="tr-anchor",
-                                    info="the first keeps the picture's layout at low "
-                                         "strength; the latent still draws every later layer")
+                                    info="the first keeps the picture's layout and "
+                                         "colours at low strength; the latent draws the "
+                                         "finest layers")
             ui.tr_framing = gr.Radio(list(FRAMINGS), value=DEFAULT_FRAMING, label="Framing",
                                      elem_id="tr-framing",
                                      info="crop the centre square, fit (squeeze) the whole "
