@@ -227,7 +227,8 @@ def blended_ws(G: nn.Module, pictures: torch.Tensor, bank: AnchorBank | None = N
     weight = torch.softmax(top.values * sharpness, dim=1)                 # [N, k]
     cand = seed_ws(G, (top.indices + bank.first_seed).flatten().tolist(), psi)
     cand = cand.view(top.indices.shape[0], k, *cand.shape[1:])
-    return (weight.to(cand)[:, :, None, None] * cand).sum(1)
+    weight = weight.to(device=cand.device, dtype=cand.dtype)   # (.to(tensor): CPU on ZeroGPU)
+    return (weight[:, :, None, None] * cand).sum(1)
 
 
 def anchor_ws(G: nn.Module, pictures: torch.Tensor, ws: torch.Tensor,
