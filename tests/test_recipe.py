@@ -31,6 +31,7 @@ from engine.recipe import (
     render_tensor,
     set_field,
     sweep,
+    sweep_values,
     validate,
 )
 
@@ -238,6 +239,15 @@ def test_translator_recipe_without_image_is_a_user_error():
 
 # ----------------------------------------------------------------------------------------
 # Sweeps.
+
+
+def test_sweep_values_run_from_start_to_stop():
+    """frames values evenly spaced, both ends included; one frame is the start alone."""
+    assert sweep_values(0.5, 2.0, 2).tolist() == [0.5, 2.0]
+    assert np.allclose(sweep_values(-1.0, 1.0, 5), [-1.0, -0.5, 0.0, 0.5, 1.0])
+    assert sweep_values(3.0, 9.0, 1).tolist() == [3.0]
+    with pytest.raises(RecipeError, match="frames: 0 must be 1 or more"):
+        sweep_values(0.0, 1.0, 0)
 
 
 def test_set_field_paths():
