@@ -50,11 +50,16 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(server):
+def playwright(server):
     with playwright_api.sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    b = launch_chromium(playwright)
+    yield b
+    b.close()
 
 
 @pytest.fixture
@@ -382,30 +387,29 @@ def test_item5_broad_yaml_keeps_the_latent_and_counts_what_was_left_out(page, tm
 # ----------------------------------------------------------------------------------------
 # 11. Stopping the live webcam takes its last frame and frame rate away.
 
-def test_item11_stopped_webcam_leaves_no_frame_or_frame_rate(server):
+def test_item11_stopped_webcam_leaves_no_frame_or_frame_rate(server, playwright):
     url, _ = server
-    with playwright_api.sync_playwright() as p:
-        # A fake camera (a moving test pattern) stands in for the webcam.
-        cam = launch_chromium(p, ("--use-fake-ui-for-media-stream",
-                                  "--use-fake-device-for-media-stream"))
-        try:
-            page = new_studio_page(cam, url, timeout_ms=WAIT_MS, permissions=["camera"])
-            tab(page, "Translate")
-            page.get_by_text("Webcam (live)").click()
-            page.wait_for_function("() => window.studioLive.mode === 'live'")
-            page.click("#live-cam-start")
-            page.locator("#live-cam-stats").get_by_text("frames/s").wait_for()
-            page.wait_for_function("() => document.querySelector('#live-cam-out')"
-                                   ".style.display === 'block'")
-            page.click("#live-cam-start")  # now "Stop live webcam"
-            page.wait_for_function("() => document.querySelector('#live-cam-out')"
-                                   ".style.display === 'none'")
-            page.wait_for_timeout(1000)  # frames on their way when it stopped stay unshown
-            assert page.locator("#live-cam-stats").inner_text() == ""
-            assert page.evaluate("() => document.querySelector('#live-cam-out')"
-                                 ".style.display") == "none"
-        finally:
-            cam.close()
+    # A browser of its own: a fake camera (a moving test pattern) is the webcam.
+    cam = launch_chromium(playwright, ("--use-fake-ui-for-media-stream",
+                                       "--use-fake-device-for-media-stream"))
+    try:
+        page = new_studio_page(cam, url, timeout_ms=WAIT_MS, permissions=["camera"])
+        tab(page, "Translate")
+        page.get_by_text("Webcam (live)").click()
+        page.wait_for_function("() => window.studioLive.mode === 'live'")
+        page.click("#live-cam-start")
+        page.locator("#live-cam-stats").get_by_text("frames/s").wait_for()
+        page.wait_for_function("() => document.querySelector('#live-cam-out')"
+                               ".style.display === 'block'")
+        page.click("#live-cam-start")  # now "Stop live webcam"
+        page.wait_for_function("() => document.querySelector('#live-cam-out')"
+                               ".style.display === 'none'")
+        page.wait_for_timeout(1000)  # frames on their way when it stopped stay unshown
+        assert page.locator("#live-cam-stats").inner_text() == ""
+        assert page.evaluate("() => document.querySelector('#live-cam-out').style.display") \
+            == "none"
+    finally:
+        cam.close()
 
 
 # ----------------------------------------------------------------------------------------
