@@ -476,3 +476,23 @@ def test_operations_on_cuda_match_cpu():
         gpu = apply_operation(op, xc, params, sel)
         assert gpu.device.type == "cuda"
         assert torch.allclose(cpu, gpu.cpu(), atol=1e-4), (name, given)
+
+
+def test_shuffle_of_a_selection_moves_only_selected_channels_among_themselves():
+    """source 'selected': the selected maps trade places (all of them kept, not all in
+    place); source 'all': each selected channel takes some channel of the whole layer."""
+    sel = torch.tensor([0, 2, 3, 5])
+    for seed in range(3):
+        y = run("shuffle", selected=sel, seed=seed)
+        assert torch.equal(y[:, [1, 4]], X[:, [1, 4]])
+        taken = [next(j for j in sel.tolist() if torch.equal(y[:, i], X[:, j]))
+                 for i in sel.tolist()]
+        assert sorted(taken) == sel.tolist()
+    moved = [run("shuffle", selected=sel, seed=s) for s in range(3)]
+    assert any(not torch.equal(m[:, sel], X[:, sel]) for m in moved)
+    from_all = [run("shuffle", selected=sel, seed=s, source="all") for s in range(6)]
+    for y in from_all:
+        assert torch.equal(y[:, [1, 4]], X[:, [1, 4]])
+        assert all(any(torch.equal(y[:, i], X[:, j]) for j in range(6)) for i in sel.tolist())
+    assert any(any(torch.equal(y[:, i], X[:, j]) for i in sel.tolist() for j in (1, 4))
+               for y in from_all)  # the whole layer is the source
