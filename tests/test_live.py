@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -132,6 +133,15 @@ def text(t: str) -> dict:
     return {"type": "websocket.receive", "text": t}
 
 
+def _run_async(coroutine, timeout: float = 120) -> Any:
+    """asyncio.run in a thread of its own: the module's Playwright (sync API) keeps an event
+    loop running in the main thread once a browser test has run, in any test order."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result(timeout=timeout)
+
+
 def _run_channel(ws: FakeSocket, sess: S.Session, last_seq: int) -> None:
     """One connection reads the inbox, then renders until the frame `last_seq` has gone."""
     async def run() -> None:
@@ -144,7 +154,7 @@ def _run_channel(ws: FakeSocket, sess: S.Session, last_seq: int) -> None:
             await asyncio.sleep(0.05)
         renderer.cancel()
 
-    asyncio.run(run())
+    _run_async(run())
 
 
 def test_malformed_messages_get_a_sentence_and_the_channel_keeps_rendering() -> None:
@@ -217,7 +227,7 @@ def test_a_rapid_gesture_on_a_big_model_gets_previews_then_the_full_frame(
             await asyncio.sleep(0.05)
         renderer.cancel()
 
-    asyncio.run(run())
+    _run_async(run(), timeout=300)
     shown = [(seq, res) for (_, seq, _, res), _ in ws.frames]
     # (A machine too loaded to send the next value within REST_S shows a rest between.)
     assert [s for s in shown if s[1]] == [(1, 32), (2, 32), (3, 32), (4, 32)], shown
@@ -474,10 +484,7 @@ def test_a_session_gets_a_few_live_channels_not_unlimited() -> None:
         await asyncio.gather(*tasks)
         return socks
 
-    # In a thread of its own: the module's Playwright keeps an event loop in this one.
-    import concurrent.futures
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        socks = pool.submit(asyncio.run, run()).result(timeout=60)
+    socks = _run_async(run(), timeout=60)
     refused = [s for s in socks if s.closed == 4429]
     assert len(refused) == 1 and "already has" in refused[0].sent[0]
     assert all('"hello"' in s.sent[0] for s in socks if s not in refused)
@@ -509,7 +516,6 @@ def test_the_sync_after_a_live_bend_value_relabels_the_bend_stack() -> None:
 def test_a_client_gone_before_its_refusal_raises_nothing() -> None:
     """An unkeyed client that hangs up at once: the refusal's send fails, and that must
     end quietly (left to Starlette, each such connection logged two tracebacks)."""
-    import asyncio
 
     from starlette.websockets import WebSocketDisconnect
 
@@ -526,6 +532,4 @@ def test_a_client_gone_before_its_refusal_raises_nothing() -> None:
         async def close(self, code: int) -> None:
             raise RuntimeError("already closed")
 
-    import concurrent.futures
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, live.endpoint(Gone())).result(timeout=30)
+    _run_async(live.endpoint(Gone()), timeout=30)

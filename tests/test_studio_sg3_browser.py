@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from tests.helpers.browser import (
+    launch_chromium,
     need_chromium,
-    open_studio_page,
+    new_studio_page,
     studio_server,
 )
 
@@ -22,7 +23,8 @@ WAIT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
-def sg3_page(tmp_path_factory):
+def sg3_browser(tmp_path_factory):
+    """One server on a tiny StyleGAN3 model and one Chromium for the module: (browser, url)."""
     need_chromium()
     from engine.checkpoints import save_generator
     from tests.conftest import make_tiny_stylegan3
@@ -35,9 +37,19 @@ def sg3_page(tmp_path_factory):
            "ACTIVATION_STUDIO_CACHE": str(folder / "cache")}
     with studio_server(str(model), env=env) as url, \
             playwright_api.sync_playwright() as p:
-        browser, page = open_studio_page(p, url, timeout_ms=WAIT_MS)
-        yield page
+        browser = launch_chromium(p)
+        yield browser, url
         browser.close()
+
+
+@pytest.fixture
+def sg3_page(sg3_browser):
+    """A fresh page (its own Gradio session) per test: nothing left by another test's tab
+    or bends, in any order."""
+    browser, url = sg3_browser
+    page = new_studio_page(browser, url, timeout_ms=WAIT_MS)
+    yield page
+    page.context.close()
 
 
 def src(page) -> str | None:
