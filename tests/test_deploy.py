@@ -29,7 +29,7 @@ from PIL import Image
 
 from engine import zoo
 from studio import storage
-from tests.helpers.browser import free_port, studio_client
+from tests.helpers.browser import free_port, stop_process, studio_client
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT_DESCRIPTION_MAX = 60  # characters the Hub shows on a Space's card
@@ -309,12 +309,7 @@ def test_app_starts_like_a_space_from_a_read_only_checkout(tmp_path):
         assert saved["model"] == "default"
         assert any((data / "outputs").rglob("recipe*")), "the recipe is not under /data"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         after = _listing(app)
         _make_writable(app)
     assert after == before, "the app wrote into its own checkout"

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import pickle
 import sys
-import types
 from collections import OrderedDict
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import torch
 from safetensors import safe_open
 
 from engine.checkpoints import build_generator, load_generator, read_checkpoint
+from tests.helpers.nvlabs_pickles import install_nvlabs_modules
 
 DATA = Path(__file__).resolve().parent / "data" / "nvlabs"
 MODELS = ["sg2ada_32_skip", "sg2ada_64_resnet", "sg2_flat_32_orig", "sg3t_16", "sg3r_16"]
@@ -65,24 +65,10 @@ class _Persistent:
 @pytest.fixture
 def nvlabs_names(monkeypatch):
     """`torch_utils.persistence` and `dnnlib.util.EasyDict` for pickling under their names."""
-    persistence = types.ModuleType("torch_utils.persistence")
-
     def _reconstruct_persistent_obj(meta):  # pragma: no cover - never unpickled with it
         raise AssertionError("the studio must not call NVlabs' reconstructor")
 
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    torch_utils = types.ModuleType("torch_utils")
-    torch_utils.persistence = persistence
-    util = types.ModuleType("dnnlib.util")
-    util.EasyDict = type("EasyDict", (dict,), {"__module__": "dnnlib.util"})
-    dnnlib = types.ModuleType("dnnlib")
-    dnnlib.util = util
-    for name, mod in [("torch_utils", torch_utils), ("torch_utils.persistence", persistence),
-                      ("dnnlib", dnnlib), ("dnnlib.util", util)]:
-        monkeypatch.setitem(sys.modules, name, mod)
-    return util.EasyDict
+    return install_nvlabs_modules(monkeypatch, _reconstruct_persistent_obj).EasyDict
 
 
 def _decode(value, tensors: dict[str, torch.Tensor], easy_dict: type):

@@ -165,6 +165,16 @@ def tiny_model_file(folder: Path) -> str:
 SERVER_PIDS: dict[str, int] = {}
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if the process has not ended within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def studio_server(model: str, env: dict[str, str] | None = None,
                   timeout: float = 90.0) -> Iterator[str]:
@@ -197,12 +207,7 @@ def studio_server(model: str, env: dict[str, str] | None = None,
         yield url
     finally:
         SERVER_PIDS.pop(url, None)
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         if log is not subprocess.DEVNULL:
             log.close()
 

@@ -38,22 +38,14 @@ class Evil:
         return self.fn, self.args
 
 
-@pytest.fixture
-def nvlabs_modules(monkeypatch, tmp_path):
-    """Install fake `torch_utils.persistence`, `dnnlib.util` and `dnnlib.tflib.network`.
-
-    The fake `_reconstruct_persistent_obj` behaves like NVlabs' (it executes `module_src`),
-    so a control test can show the payload is live under an unrestricted unpickler.
-    """
+def install_nvlabs_modules(monkeypatch, reconstruct) -> types.SimpleNamespace:
+    """Install fake `torch_utils.persistence` (whose `_reconstruct_persistent_obj` is
+    `reconstruct`), `dnnlib.util` and `dnnlib.tflib.network`, so objects pickle under
+    NVlabs' names: (persistence, EasyDict, Network)."""
     persistence = types.ModuleType("torch_utils.persistence")
-
-    def _reconstruct_persistent_obj(meta):
-        exec(meta["module_src"], {})  # what NVlabs does; only the control test gets here
-        return meta["state"]
-
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    persistence._reconstruct_persistent_obj = _reconstruct_persistent_obj
+    reconstruct.__module__ = "torch_utils.persistence"
+    reconstruct.__qualname__ = "_reconstruct_persistent_obj"
+    persistence._reconstruct_persistent_obj = reconstruct
     torch_utils = types.ModuleType("torch_utils")
     torch_utils.persistence = persistence
 
@@ -80,9 +72,23 @@ def nvlabs_modules(monkeypatch, tmp_path):
                       ("dnnlib", dnnlib), ("dnnlib.util", util), ("dnnlib.tflib", tflib),
                       ("dnnlib.tflib.network", network)]:
         monkeypatch.setitem(sys.modules, name, mod)
+    return types.SimpleNamespace(persistence=persistence, EasyDict=easy, Network=Network)
+
+
+@pytest.fixture
+def nvlabs_modules(monkeypatch, tmp_path):
+    """Install fake `torch_utils.persistence`, `dnnlib.util` and `dnnlib.tflib.network`.
+
+    The fake `_reconstruct_persistent_obj` behaves like NVlabs' (it executes `module_src`),
+    so a control test can show the payload is live under an unrestricted unpickler.
+    """
+    def _reconstruct_persistent_obj(meta):
+        exec(meta["module_src"], {})  # what NVlabs does; only the control test gets here
+        return meta["state"]
+
+    fakes = install_nvlabs_modules(monkeypatch, _reconstruct_persistent_obj)
     marker = tmp_path / "module_src_ran"
-    return types.SimpleNamespace(persistence=persistence, EasyDict=easy, Network=Network,
-                                 marker=marker, module_src=payload_src(marker))
+    return types.SimpleNamespace(**vars(fakes), marker=marker, module_src=payload_src(marker))
 
 
 def payload_src(marker: Path) -> str:
