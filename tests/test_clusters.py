@@ -101,13 +101,38 @@ def test_repeat_is_a_cache_hit(G, tmp_path, monkeypatch):
         cl.compute_clusters(G, LAYER, 4, samples=SAMPLES, psi=0.5, cache_dir=tmp_path)
 
 
+class _WatchedLock:
+    """A key lock that counts the callers waiting at its door."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock, self.arrived = lock, 0
+
+    def __enter__(self) -> None:
+        self.arrived += 1
+        self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+class _WatchedLocks(dict):
+    def setdefault(self, key, default=None):
+        return super().setdefault(key, _WatchedLock(default))
+
+
 def test_concurrent_requests_compute_once(G, tmp_path, monkeypatch):
     calls = []
     real = cl._descriptors
+    locks = _WatchedLocks()
+    monkeypatch.setattr(cl, "_key_locks", locks)
 
     def counted(*args, **kwargs):
         calls.append(1)
-        time.sleep(0.2)  # keep the second caller waiting on the first
+        # Compute only once the second caller stands at the key's lock (polled, not timed).
+        deadline = time.monotonic() + 60
+        while sum(lock.arrived for lock in locks.values()) < 2:
+            assert time.monotonic() < deadline, "the second caller never came"
+            time.sleep(0.005)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(cl, "_descriptors", counted)

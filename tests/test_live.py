@@ -427,6 +427,33 @@ def test_fallback_when_the_channel_is_off(browser) -> None:
         page.close()
 
 
+def test_stop_ends_a_walk_playing_live_for_good() -> None:
+    """Pause sends "stop": the player task is cancelled and over, so no frame can follow (a
+    fact of the task, not a window watched for frames that do not come)."""
+    sess = S.new_session("default")
+    ws = FakeSocket([])
+
+    async def run() -> tuple[asyncio.Task, int, int]:
+        conn = live.Connection(ws, sess)
+        conn._message_in(json.dumps({"kind": "play", "what": "walk", "seeds": "0, 1",
+                                     "frames": 48, "fps": 60, "loop": True, "seq": 5}))
+        player = conn.player
+        for _ in range(12000):
+            if len(ws.frames) >= 2:
+                break
+            await asyncio.sleep(0.005)
+        conn._message_in(json.dumps({"kind": "stop", "seq": 6}))
+        at_stop = len(ws.frames)
+        await asyncio.wait([player], timeout=60)
+        return player, at_stop, len(ws.frames)
+
+    player, at_stop, at_end = _run_async(run())
+    assert at_stop >= 2
+    assert player.done() and player.cancelled()
+    assert at_end - at_stop <= 1                       # at most the frame in flight
+    assert not any("played" in t for t in ws.texts)
+
+
 @pytest.mark.browser
 def test_a_walk_plays_live_and_pauses(browser, server) -> None:
     page = _open(browser, server)
@@ -436,11 +463,20 @@ def test_a_walk_plays_live_and_pauses(browser, server) -> None:
                            timeout=60_000)
     assert page.inner_text("#live-play-walk").strip() == "Pause"   # its glyph is CSS
     assert page.locator("#live-play-walk .pause-glyph").count() == 1
+    walk_seq = page.evaluate("window.studioLive.frames.filter(f => f.kind === 0).at(-1).seq")
     page.click("#live-play-walk")                     # pause
     page.wait_for_function("window.studioLive.inflight.length === 0", timeout=30_000)
-    n = _frames(page)
-    page.wait_for_timeout(1000)                       # a second to watch for frames: none
-    assert _frames(page) <= n + 1                     # at most the frame in flight
+    n = page.evaluate("window.studioLive.frames.length")
+    # An edit as a barrier, not a watch window: the channel answers in order, so once the
+    # edit's frame is here, any walk frame still being made would have come before it (the
+    # walk renders at its fps while the edit renders). At most the one in flight may.
+    page.locator("#seed input[type=number]").first.fill("9")
+    page.wait_for_function(f"window.studioLive.frames.slice({n}).some(f => f.kind === 0 "
+                           f"&& f.seq !== {walk_seq})", timeout=60_000)
+    after = page.evaluate(f"window.studioLive.frames.slice({n}).map(f => f.seq)")
+    edit_at = next(i for i, seq in enumerate(after) if seq != walk_seq)
+    assert after[:edit_at].count(walk_seq) <= 1, after   # at most the frame in flight
+    assert walk_seq not in after[edit_at:], after
     assert page.inner_text("#live-play-walk").startswith("▶")
     page.close()
 
@@ -478,7 +514,10 @@ def test_a_session_gets_a_few_live_channels_not_unlimited() -> None:
         leave = asyncio.Event()
         socks = [Socket(leave) for _ in range(live.MAX_CONNECTIONS + 1)]
         tasks = [asyncio.create_task(live.endpoint(s)) for s in socks]
-        await asyncio.sleep(0.2)
+        for _ in range(6000):  # until each has its answer: a hello, or the refusal
+            if all(s.sent for s in socks):
+                break
+            await asyncio.sleep(0.005)
         assert live.is_active(sess)
         leave.set()
         await asyncio.gather(*tasks)

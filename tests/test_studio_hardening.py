@@ -401,12 +401,12 @@ def test_the_upload_folder_has_a_byte_ceiling(tmp_path):
     env = {"GRADIO_TEMP_DIR": str(folder), "STUDIO_OUTPUT_DIR": str(tmp_path / "out"),
            "STUDIO_MAX_UPLOADS_BYTES": str(3 << 20)}
     with studio_server(model, env=env) as url:
-        sent = []
+        sent, start = [], time.time() - 60
         for i in range(5):
             blob = tmp_path / f"blob{i}.bin"
             blob.write_bytes(bytes([i]) * (1 << 20))
             sent.append(Path(upload_file(url, blob)["path"]))
-            time.sleep(0.05)  # distinct modification times: "oldest" is well defined
+            os.utime(sent[-1], (start + i, start + i))  # distinct times: "oldest" is defined
         deadline = time.monotonic() + 120  # the sweeper runs every 30 s
 
         def held() -> int:

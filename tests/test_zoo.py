@@ -292,7 +292,11 @@ def test_two_threads_share_one_load(hub, monkeypatch):
 
     def slow_load(*args, **kwargs):
         calls.append(threading.get_ident())
-        time.sleep(0.3)  # hold the load open so the second caller arrives meanwhile
+        # Hold the load open until the second caller has joined it (polled, not timed).
+        deadline = time.monotonic() + 60
+        while sum(len(p.listeners) for p in list(zoo._pending.values())) < 2:
+            assert time.monotonic() < deadline, "the second caller never joined the load"
+            time.sleep(0.005)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(zoo, "_load_uncached", slow_load)
