@@ -43,6 +43,7 @@ class Limits:
     weight_edits: int = 64                     # STUDIO_MAX_WEIGHT_EDITS: weight edits in one
     layer_edits: int = 64                      # STUDIO_MAX_LAYER_EDITS: latent per-layer edits
     directions: int = 32                       # STUDIO_MAX_DIRECTIONS: latent direction edits
+    mappings: int = 64                         # STUDIO_MAX_MAPPINGS: live-control mappings
     output_size: int = 2048                    # STUDIO_MAX_OUTPUT_SIZE: output resize, px a side
     translator_input_size: int = 1024          # STUDIO_MAX_TRANSLATOR_INPUT: encoder input, px
     hub_cache_bytes: int = 20 * 2**30          # STUDIO_MAX_HUB_CACHE_BYTES: studio mode's cache
@@ -69,6 +70,7 @@ ENV_NAMES = {
     "cluster_samples": "STUDIO_MAX_CLUSTER_SAMPLES", "cluster_k": "STUDIO_MAX_CLUSTER_K",
     "bends": "STUDIO_MAX_BENDS", "weight_edits": "STUDIO_MAX_WEIGHT_EDITS",
     "layer_edits": "STUDIO_MAX_LAYER_EDITS", "directions": "STUDIO_MAX_DIRECTIONS",
+    "mappings": "STUDIO_MAX_MAPPINGS",
     "output_size": "STUDIO_MAX_OUTPUT_SIZE",
     "translator_input_size": "STUDIO_MAX_TRANSLATOR_INPUT",
     "hub_cache_bytes": "STUDIO_MAX_HUB_CACHE_BYTES",

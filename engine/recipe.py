@@ -112,6 +112,8 @@ class Recipe:
     translator: TranslatorSpec | None = None
     output_size: int | None = None  # resize the output to this many pixels a side
     blend: BlendSpec | None = None  # mix the model with another of the same architecture
+    # Live controls bound to numeric fields (engine.mappings): plain JSON objects.
+    mappings: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -342,7 +344,8 @@ def _generator_of(model: Any) -> Any:
 def _count_problems(recipe: Recipe, limits: Limits) -> list[str]:
     """How many bends and edits a recipe holds, against the limits: checked first, so a
     recipe with ten thousand bends is refused before any of them is looked at."""
-    counts = {"bends": recipe.bends, "weight_edits": recipe.weight_edits}
+    counts = {"bends": recipe.bends, "weight_edits": recipe.weight_edits,
+              "mappings": recipe.mappings}
     latent = recipe.latent
     if isinstance(latent, LatentSpec):
         counts.update({"latent.layer_edits": latent.layer_edits,
@@ -398,6 +401,10 @@ def recipe_problems(recipe: Any, G: Any = None, limits: Limits | None = None) ->
                 out += [f"weight_edits[{i}].{p}" for p in validate_weight_edit(e, G, limits)]
     if recipe.blend is not None and clean("blend"):
         out += [f"blend.{p}" for p in blend_problems(recipe.blend, G)]
+    if recipe.mappings and clean("mappings"):
+        from engine.mappings import mapping_problems  # lazy: it imports this module
+
+        out += mapping_problems(recipe, limits)
     t = recipe.translator
     if t is not None and clean("translator"):
         if not t.encoder.strip():

@@ -27,7 +27,14 @@ def clusters(**kw) -> ChannelSelection:
 def cases(limits: Limits) -> dict[str, tuple[R.Recipe, R.Recipe, str]]:
     bend, edit = Bend("b8.conv1", "identity"), WeightEdit("b8.conv1", "zero")
     layer_edit = LayerEdit("swap", 0, 1)
+
+    def knobs(count: int) -> list[dict]:
+        return [{"name": f"k{i}", "target": "latent.psi", "out": [0, 1],
+                 "source": {"kind": "midi", "type": "cc", "number": i % 128}}
+                for i in range(count)]
     return {
+        "mappings": (R.Recipe(mappings=knobs(limits.mappings)),
+                     R.Recipe(mappings=knobs(limits.mappings + 1)), "mappings"),
         "bends": (R.Recipe(bends=[bend] * limits.bends),
                   R.Recipe(bends=[bend] * (limits.bends + 1)), "bends"),
         "weight_edits": (R.Recipe(weight_edits=[edit] * limits.weight_edits),

@@ -97,7 +97,7 @@ def test_from_json_reports_unknown_keys_and_wrong_types():
         Recipe.from_dict(d)
     p = err.value.problems
     assert "colour: unknown field (known: version, model, latent, bends, weight_edits, " \
-           "translator, output_size, blend)" in p
+           "translator, output_size, blend, mappings)" in p
     assert any(x.startswith("bends[0].spin: unknown field") for x in p)
     assert "bends[1].channels.k: 2.5 is not a whole number" in p
     assert "latent.seed: 'seven' is not a number" in p
