@@ -30,6 +30,8 @@ if __name__ == "__main__":
     from studio import files
 
     files.start_sweeper()  # the output and upload folders' byte ceilings, between requests
+    from studio import osc
+    osc.start()  # OSC over UDP into the live channel (STUDIO_OSC; off on a Space)
     demo.queue(default_concurrency_limit=LIMITS.concurrency, max_size=LIMITS.queue_size).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),

@@ -19,6 +19,7 @@ from studio.tabs import (
     clusters,
     explore,
     model_bar,
+    perform,
     project,
     train,
     translate,
@@ -69,8 +70,10 @@ CSS = """
 #canvas-col > * { flex-shrink: 0; }
 """
 
-# Run once when the page loads: the undo shortcuts, then the live channel's page side.
-JS = f"() => {{ ({canvas.SHORTCUTS_JS.strip()})(); ({live.page_js().strip()})(); }}"
+# Run once when the page loads: the undo shortcuts, the live channel's page side, then the
+# Performance panel's (on the live channel).
+JS = (f"() => {{ ({canvas.SHORTCUTS_JS.strip()})(); ({live.page_js().strip()})(); "
+      f"({perform.page_js().strip()})(); }}")
 
 INTRO = ("**Activation Studio** takes a StyleGAN2 apart: explore its latents, group a layer's "
          "channels into clusters, bend them (the image on the right follows every change), "

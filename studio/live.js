@@ -50,7 +50,12 @@
     ws.onmessage = (ev) => {
       if (typeof ev.data !== "string") return onFrame(ev.data);
       const m = JSON.parse(ev.data);
-      if (m.hello) setMode("live", "Live channel (WebSocket)");
+      if (m.hello) {
+        L.osc = m.osc || null;   // where OSC messages go (studio/osc.py), null when off
+        setMode("live", "Live channel (WebSocket)");
+        document.dispatchEvent(new CustomEvent("studio-live-hello"));
+      }
+      if (m.outside !== undefined) scheduleSync();   // OSC moved a field: recipe catches up
       if (m.played !== undefined) playing(null);
       if (m.dropped !== undefined && L.cam) L.cam.inflight = Math.max(0, L.cam.inflight - 1);
       if (m.error) {

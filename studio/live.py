@@ -57,7 +57,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import StudioError
-from studio import backend
+from studio import backend, osc, sources
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session
@@ -170,6 +170,8 @@ def apply(sess: Session, messages: list[dict[str, Any]]) -> None:
             index = _index(msg, "index")
             S.set_weight_edit(sess, index, **{_weight_param(sess, index):
                                               _number({"v": msg["value"]}, "v", 0.0)})
+        elif kind == "field":   # OSC, MIDI, the microphone, keys (studio/sources.py)
+            sources.set_field(sess, msg.get("path"), msg.get("value"))
 
 
 def _number(values: dict[str, Any], name: str, default: float) -> float:
@@ -381,6 +383,8 @@ class Connection:
         self.player: asyncio.Task | None = None       # a walk or sweep playing live
         self.drawing = False                           # a canvas frame is being rendered
         self.unrested: int | None = None               # seq of a preview not yet made whole
+        self.loop: asyncio.AbstractEventLoop | None = None  # set once it receives
+        self.last_seq = 0                              # the page's newest sequence number
 
     def busy(self) -> bool:
         """Control values received and not yet applied to the session (settle waits)."""
@@ -388,6 +392,7 @@ class Connection:
 
     async def receive(self) -> None:
         """Read messages until the page goes; keep only the newest of each kind."""
+        self.loop = asyncio.get_running_loop()
         while True:
             msg = await self.ws.receive()
             if msg["type"] == "websocket.disconnect":
@@ -421,8 +426,20 @@ class Connection:
             return
         if not isinstance(msg, dict):
             return
+        self.last_seq = max(self.last_seq, _seq(msg))
+        self.take(msg)
+
+    def push(self, msg: dict[str, Any]) -> None:
+        """A control value from outside the page (OSC), shown as the page's newest frame:
+        it carries the page's newest sequence number."""
+        self.take({**msg, "seq": self.last_seq, "outside": True})
+        self.wake.set()
+
+    def take(self, msg: dict[str, Any]) -> None:
+        """Keep `msg` as the newest of its kind (or start or stop what it asks)."""
         kind = msg.get("kind")
-        if kind in ("latent", "bend", "weight", "play", "stop") and self.player is not None:
+        if kind in ("latent", "bend", "weight", "field", "play", "stop") \
+                and self.player is not None:
             self.player.cancel()   # an edit, a new play or stop ends the one playing
             self.player = None
         if kind == "play":
@@ -433,6 +450,8 @@ class Connection:
             self.pending[str(kind)] = msg
         elif kind == "bend":
             self.pending[f"bend-{msg.get('slot')}"] = msg
+        elif kind == "field":
+            self.pending[f"field-{str(msg.get('path'))[:sources.MAX_PATH]}"] = msg
 
     async def render(self) -> None:
         """Render whatever is newest, one frame at a time, until the page goes."""
@@ -491,6 +510,8 @@ class Connection:
         gesture = (id(self), max(_seq({"seq": m.get("g")}) for m in messages))
         shown = await self._send_frame(KIND_CANVAS, seq, render_edit, self.sess, messages,
                                        gesture)
+        if any(m.get("outside") for m in messages):  # the page's recipe view catches up
+            await self._send_text({"outside": seq})
         self.unrested = seq if shown else None   # a preview: the full picture follows
 
     async def _webcam(self, seq: int, jpeg: bytes) -> None:
@@ -551,7 +572,7 @@ async def endpoint(ws: Any) -> None:
         await _refuse(ws, f"this session already has {MAX_CONNECTIONS} live pages open; "
                           f"close one and reload.", 4429)
         return
-    await ws.send_text(json.dumps({"hello": "live"}))
+    await ws.send_text(json.dumps({"hello": "live", **osc.describe()}))
     conn = Connection(ws, sess)
     with _settled:
         _conns.setdefault(id(sess), set()).add(conn)
@@ -578,6 +599,21 @@ async def endpoint(ws: Any) -> None:
                 _open.pop(id(sess), None)
         if left <= 0:
             sess.tail.drop()   # the last page went: its kept activations go too
+
+
+def push(sess: Session, msg: dict[str, Any]) -> int:
+    """Hand a control value from another thread (the OSC listener) to every live page of
+    `sess`; returns how many pages got it (0: none is open, the value goes nowhere)."""
+    with _settled:
+        conns = [c for c in _conns.get(id(sess), ()) if c.loop is not None]
+    reached = 0
+    for conn in conns:
+        try:
+            conn.loop.call_soon_threadsafe(conn.push, msg)
+            reached += 1
+        except RuntimeError:  # its loop closed: the page is going
+            pass
+    return reached
 
 
 def routes() -> list[Any]:

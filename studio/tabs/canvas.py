@@ -14,6 +14,7 @@ from studio import backend, uploads
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session
+from studio.tabs import perform
 from studio.ui import (
     LIVE,
     UI,
@@ -64,6 +65,7 @@ def layout(ui: UI) -> None:
             file_types=[".json", ".yaml", ".yml"], height=70, elem_id="recipe-clusters"))
         ui.rec_file = gr.File(label="Recipe file", interactive=False, elem_id="recipe-file",
                               height=70)
+    perform.layout(ui)   # OSC, MIDI, microphone, keys, full window, recorder
 
 
 @user_errors
