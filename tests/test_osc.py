@@ -91,7 +91,7 @@ def test_hostile_packets_are_dropped_with_a_logged_sentence_and_the_listener_goe
             raw.sendto(bundle.build().dgram, (host, port))
             client.send_message("/studio/not-a-key/latent/psi", 0.2)
             client.send_message(f"/studio/{key}/latent/psi", "x")
-            client.send_message(f"/studio/{key}/latent/psi", 0.25)   # the one good one (float32: exact)
+            client.send_message(f"/studio/{key}/latent/psi", 0.25)   # good (exact in float32)
             client.send_message(f"/studio/{key}/map/knob", 0.75)
             _until(lambda: len(pushed) == 2)
         logged = caplog.text
