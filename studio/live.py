@@ -172,6 +172,12 @@ def apply(sess: Session, messages: list[dict[str, Any]]) -> None:
                                               _number({"v": msg["value"]}, "v", 0.0)})
         elif kind == "field":   # OSC, MIDI, the microphone, keys (studio/sources.py)
             sources.set_field(sess, msg.get("path"), msg.get("value"))
+        elif kind == "fields":  # the mappings' values at one frame
+            sources.set_fields(sess, msg.get("values"))
+        elif kind == "learn":
+            sources.learn(sess, msg)
+        elif kind == "unmap":
+            sources.unmap(sess, msg.get("name"))
 
 
 def _number(values: dict[str, Any], name: str, default: float) -> float:
@@ -385,6 +391,8 @@ class Connection:
         self.unrested: int | None = None               # seq of a preview not yet made whole
         self.loop: asyncio.AbstractEventLoop | None = None  # set once it receives
         self.last_seq = 0                              # the page's newest sequence number
+        self.stage = sources.Stage()                   # mappings played, the recorder
+        self.stage_gesture = 0x50000000                # undo entry of the mappings' frames
 
     def busy(self) -> bool:
         """Control values received and not yet applied to the session (settle waits)."""
@@ -438,6 +446,8 @@ class Connection:
     def take(self, msg: dict[str, Any]) -> None:
         """Keep `msg` as the newest of its kind (or start or stop what it asks)."""
         kind = msg.get("kind")
+        if kind in ("source", "record"):
+            return self._source(msg)
         if kind in ("latent", "bend", "weight", "field", "play", "stop") \
                 and self.player is not None:
             self.player.cancel()   # an edit, a new play or stop ends the one playing
@@ -452,17 +462,52 @@ class Connection:
             self.pending[f"bend-{msg.get('slot')}"] = msg
         elif kind == "field":
             self.pending[f"field-{str(msg.get('path'))[:sources.MAX_PATH]}"] = msg
+        elif kind in ("learn", "unmap"):
+            self.pending[str(kind)] = msg
+
+    def _source(self, msg: dict[str, Any]) -> None:
+        """Source events (MIDI, microphone, keys, OSC map values) feed the mappings; the
+        recorder starts or stops (stopping hands the page the performance)."""
+        now = time.monotonic()
+        try:
+            if msg.get("kind") == "source":
+                self.stage.feed(self.sess, msg.get("events"), now)
+                return
+            perf = self.stage.record(self.sess, bool(msg.get("on")), now)
+        except StudioError as exc:
+            self._later(self._send_text({"error": str(exc), "kind": KIND_CANVAS}))
+            return
+        if perf is not None:
+            self._recorded(perf)
+
+    def _recorded(self, perf: dict[str, Any]) -> None:
+        self.sess.performance = perf   # the Performance panel's "Render to mp4" reads it
+        self._later(self._send_text({"recorded": {
+            "seconds": perf["seconds"], "events": len(perf["events"]), "performance": perf}}))
+
+    def _later(self, coroutine: Any) -> None:
+        asyncio.get_running_loop().create_task(coroutine)
+
+    def _perform(self) -> None:
+        """The mappings' values now, as the newest "fields" message (when they moved)."""
+        values = self.stage.frame(time.monotonic())
+        if values:
+            self.pending["perform"] = {"kind": "fields", "values": values,
+                                       "seq": self.last_seq, "g": self.stage_gesture,
+                                       "outside": True}
 
     async def render(self) -> None:
         """Render whatever is newest, one frame at a time, until the page goes."""
         while True:
-            if self.unrested is None:
-                await self.wake.wait()
-            elif not await self._moved_within(REST_S):
+            gliding = self.stage.moving()   # a mapping's value glides: frames come on their own
+            wait = sources.FRAME_S if gliding else REST_S if self.unrested is not None else None
+            if not await self._moved_within(wait) and self.unrested is not None \
+                    and not gliding:
                 seq, self.unrested = self.unrested, None
                 await self._send_frame(KIND_CANVAS, seq, render_rest, self.sess)
                 continue
             self.wake.clear()
+            self._perform()
             while self.pending or self.cam is not None:
                 if self.pending:
                     self.drawing = True
@@ -477,8 +522,12 @@ class Connection:
                     (seq, jpeg), self.cam = self.cam, None
                     await self._webcam(seq, jpeg)
 
-    async def _moved_within(self, seconds: float) -> bool:
-        """Wait for a message at most `seconds`; False when none came (the gesture rests)."""
+    async def _moved_within(self, seconds: float | None) -> bool:
+        """Wait for a message at most `seconds` (None: until one comes); False when none
+        came (the gesture rests)."""
+        if seconds is None:
+            await self.wake.wait()
+            return True
         try:
             await asyncio.wait_for(self.wake.wait(), seconds)
             return True
@@ -512,6 +561,8 @@ class Connection:
                                        gesture)
         if any(m.get("outside") for m in messages):  # the page's recipe view catches up
             await self._send_text({"outside": seq})
+        if not self.stage.shown(self.sess, time.monotonic()):   # the longest recording
+            self._recorded(self.stage.record(self.sess, False, time.monotonic()))
         self.unrested = seq if shown else None   # a preview: the full picture follows
 
     async def _webcam(self, seq: int, jpeg: bytes) -> None:

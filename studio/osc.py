@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import StudioError
+from engine.mappings import OSC_MAP_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +185,8 @@ class Listener:
         if msg.path is not None:
             out = {"kind": "field", "path": msg.path, "value": msg.value}
         else:
-            out = {"kind": "source", "values": {msg.name: msg.value}}
+            out = {"kind": "source", "events": [{"kind": "osc", "value": msg.value,
+                                                 "address": OSC_MAP_PREFIX + msg.name}]}
         out["g"] = self.gesture(msg.key)
         if live.push(sess, out) == 0:
             raise StudioError("that session has no live page open.")

@@ -8,6 +8,8 @@ slider's value does (studio/live.py: previewed on a copy, applied once its frame
 
 from __future__ import annotations
 
+import copy
+import math
 import re
 from typing import Any
 
@@ -47,3 +49,132 @@ def set_field(sess: Session, path: Any, value: Any) -> None:
         sess.recipe = recipe_set_field(sess.recipe, path, value)
     except RecipeError as exc:
         raise StudioError(f"{exc.problems[0]}.") from None
+
+
+def set_fields(sess: Session, values: Any) -> None:
+    """Set several fields at once, each clamped to its valid range (a mapping's frame)."""
+    from engine import mappings
+    if not isinstance(values, dict) or len(values) > MAX_FIELDS:
+        raise StudioError(f"send at most {MAX_FIELDS} field values at once.")
+    clean = {check_path(p): number(v, str(p)) for p, v in values.items()}
+    sess.recipe = mappings.set_fields(sess.recipe, clean)
+
+
+def learn(sess: Session, msg: dict[str, Any]) -> None:
+    """Bind the source of the event the page saw last to the field clicked ("learn"); a
+    mapping of the same name or source is replaced."""
+    from engine import mappings
+    event, name = msg.get("event"), msg.get("name")
+    if not isinstance(event, dict) or event.get("kind") not in mappings.SOURCE_KINDS:
+        raise StudioError("move a MIDI control or press a key first, then click a field.")
+    out = msg.get("out")
+    if out is not None:
+        out = [number(v, "the range") for v in out][:2] if isinstance(out, list) else None
+    sess.recipe = mappings.learn(sess.recipe, event, check_path(msg.get("target")),
+                                 str(name)[:64], out)
+
+
+def unmap(sess: Session, name: Any) -> None:
+    """Remove the mapping called `name` (nothing when there is none)."""
+    sess.recipe.mappings = [m for m in sess.recipe.mappings if m.get("name") != name]
+
+
+# ----------------------------------------------------------------------------------------
+# One live page's sources: the mappings played over time, and the recorder.
+
+MAX_FIELDS = 64           # fields in one message
+MAX_EVENTS = 256          # source events in one message
+FRAME_S = 1 / 30          # while a smoothed value glides, a frame every this long
+SETTLED = 1e-6            # a glide that moved less than this (relative) in a frame has ended
+RECORD_MAX_S = 600.0      # longest recording
+
+
+class Stage:
+    """The mappings of a session's recipe played from the source events one page sends
+    (MIDI, microphone features, keys; OSC map values), and what the page records."""
+
+    def __init__(self) -> None:
+        self.performer: Any = None
+        self.mappings: list[dict[str, Any]] | None = None  # those it was built for
+        self.sent: dict[str, float] = {}      # field values of the last frame message
+        self.fed = False                      # events since the last frame message
+        self.recording: dict[str, Any] | None = None
+        self.record_t0 = 0.0
+        self.record_last: dict[str, Any] = {}
+
+    def feed(self, sess: Session, events: Any, now: float) -> int:
+        """Take a message's source events ([{kind, ..., value}]); returns how many moved a
+        mapping. A recipe whose mappings changed gets a new performer first."""
+        from engine import mappings
+        if not isinstance(events, list) or len(events) > MAX_EVENTS:
+            raise StudioError(f"send at most {MAX_EVENTS} source events at once.")
+        self._performer_for(sess)
+        if self.performer is None:
+            return 0
+        moved = 0
+        for event in events:
+            if isinstance(event, dict) and event.get("kind") in mappings.SOURCE_KINDS:
+                value = number(event.get("value"), "a source event")
+                moved += bool(self.performer.feed({**event, "value": value}))
+        self.fed = self.fed or moved > 0
+        return moved
+
+    def _performer_for(self, sess: Session) -> None:
+        from engine import mappings
+        with sess.lock:
+            current = [dict(m) for m in sess.recipe.mappings]
+            if current != self.mappings:
+                self.mappings, self.sent = current, {}
+                self.performer = mappings.Performer(copy.deepcopy(sess.recipe)) \
+                    if current else None
+
+    def frame(self, now: float) -> dict[str, float] | None:
+        """The driven fields' values now, when they differ from the last frame's."""
+        p = self.performer
+        if p is None or not (self.fed or self.sent):
+            return None
+        values = p.values(now)
+        driven = {m["target"] for m in p.mappings
+                  if m["name"] in p.inputs or p.offsets.get(m["name"])}
+        values = {k: v for k, v in values.items() if k in driven}
+        self.fed = False
+        if not values or all(abs(v - self.sent.get(k, math.inf)) <= SETTLED * max(1, abs(v))
+                             for k, v in values.items()):
+            self.sent = {}     # nothing glides: no more frames until the next event
+            return None
+        self.sent = values
+        return values
+
+    def moving(self) -> bool:
+        """Whether a frame is due without a new event (a glide or a rate mapping)."""
+        return bool(self.sent)
+
+    # ---- the recorder ------------------------------------------------------------------
+    def record(self, sess: Session, on: bool, now: float) -> dict[str, Any] | None:
+        """Start (on) or stop recording; stopping returns the performance."""
+        from engine.performance import FORMAT
+        if on:
+            with sess.lock:
+                base = sess.recipe.to_dict()
+            self.recording = {"format": FORMAT, "version": 1, "recipe": base, "events": []}
+            self.record_t0, self.record_last = now, base
+            return None
+        perf, self.recording = self.recording, None
+        if perf is not None:
+            perf["seconds"] = round(now - self.record_t0, 4)
+        return perf
+
+    def shown(self, sess: Session, now: float) -> bool:
+        """A frame of the session was shown: note what changed. False once the recording
+        has reached its longest (it then stops)."""
+        from engine.performance import MAX_EVENTS, changes
+        if self.recording is None:
+            return True
+        t = now - self.record_t0
+        with sess.lock:
+            after = sess.recipe.to_dict()
+        event = changes(self.record_last, after)
+        if event is not None:
+            self.recording["events"].append({"t": round(t, 4), **event})
+            self.record_last = after
+        return t < RECORD_MAX_S and len(self.recording["events"]) < MAX_EVENTS

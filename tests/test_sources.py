@@ -1,0 +1,189 @@
+"""Sources on the live channel (studio/sources.py): MIDI, microphone features and keys drive
+the recipe's mappings (engine/mappings.py) through the channel's edit path; "learn" binds a
+source to a field; the recorder keeps the stream of field values and renders it to mp4
+(engine/performance.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+import engine
+from engine import performance
+from engine.bending import ChannelSelection
+from engine.errors import StudioError
+from studio import live
+from studio import session as S
+from tests.test_live import FakeSocket, _run_async, text
+
+CC7 = {"kind": "midi", "type": "cc", "channel": 0, "number": 7}
+
+
+def _bent_session(**mapping) -> S.Session:
+    sess = S.new_session("default")
+    S.add_bend(sess, "b16.conv1", "rotate", ChannelSelection(), {"angle": 45.0})
+    sess.recipe.mappings = [{"name": "knob", "target": "bends.0.params.angle",
+                             "source": CC7, "in": [0, 127], "out": [0, 180], **mapping}]
+    return sess
+
+
+def _source(seq: int, *events: dict) -> dict:
+    return text(json.dumps({"kind": "source", "seq": seq, "events": list(events)}))
+
+
+class PacedSocket(FakeSocket):
+    """A FakeSocket whose inbox holds (frames shown before it, message) pairs."""
+
+    async def receive(self) -> dict:
+        if self.inbox:
+            for _ in range(3000):
+                if len(self.frames) >= self.inbox[0][0]:
+                    break
+                await asyncio.sleep(0.01)
+            return self.inbox.pop(0)[1]
+        return {"type": "websocket.disconnect"}
+
+
+def _play(sess: S.Session, inbox: list, until, seconds: float = 120,
+          socket: type = FakeSocket) -> FakeSocket:
+    """A connection reads the inbox, then renders until `until(ws)` holds."""
+    ws = socket(inbox)
+
+    async def run() -> None:
+        conn = ws.conn = live.Connection(ws, sess)
+        renderer = asyncio.get_running_loop().create_task(conn.render())
+        await conn.receive()
+        for _ in range(int(seconds / 0.02)):
+            if until(ws):
+                break
+            await asyncio.sleep(0.02)
+        renderer.cancel()
+
+    _run_async(run(), timeout=seconds + 30)
+    return ws
+
+
+def test_a_midi_control_change_drives_a_mapped_bend_through_the_channel() -> None:
+    sess = _bent_session()
+    ws = _play(sess, [_source(1, {**CC7, "value": 127})],
+               lambda ws: {"outside": 1} in ws.texts)
+    assert sess.recipe.bends[0].params["angle"] == 180       # out's top: the session has it
+    assert ws.frames and ws.frames[-1][1] == 1               # the page's newest seq
+    assert {"outside": 1} in ws.texts                        # the page's recipe catches up
+    assert S.undo(sess) and sess.recipe.bends[0].params["angle"] == 45
+
+
+def test_an_unmapped_source_changes_nothing_and_a_bad_event_gets_a_sentence() -> None:
+    sess = _bent_session()
+    other = {"kind": "midi", "type": "cc", "channel": 0, "number": 8, "value": 64}
+    ws = _play(sess, [_source(1, other), _source(2, {**CC7, "value": "loud"})],
+               lambda ws: ws.texts, seconds=10)
+    assert ws.texts == [{"error": "a source event needs a finite number, got 'loud'.",
+                         "kind": 0}]
+    assert ws.frames == [] and sess.recipe.bends[0].params["angle"] == 45
+
+
+def test_attack_glides_over_several_frames_to_the_mapped_value() -> None:
+    """With attack 0.3 s a knob turned to the top reaches 180 over frames that come on
+    their own (no further events), each nearer; then the frames stop."""
+    from studio import backend
+    sess = _bent_session(attack=0.3)
+    backend.render(sess)          # the model loaded: frames take milliseconds, not seconds
+    seen: list[float] = []
+
+    def done(ws: FakeSocket) -> bool:
+        angle = sess.recipe.bends[0].params["angle"]
+        if not seen or seen[-1] != angle:
+            seen.append(angle)
+        return ws.conn is not None and not ws.conn.stage.moving() and len(seen) > 2
+
+    _play(sess, [_source(1, {**CC7, "value": 127})], done)
+    assert len(seen) >= 3, seen
+    assert all(b > a for a, b in zip(seen, seen[1:])), seen    # rising, never past
+    assert 179.99 < seen[-1] <= 180.0
+
+
+@pytest.mark.parametrize("event, source", [
+    ({"kind": "audio", "feature": "bass", "value": 0.5}, {"kind": "audio", "feature": "bass"}),
+    ({"kind": "key", "key": "a", "value": 1}, {"kind": "key", "key": "a"}),
+    ({"kind": "midi", "type": "pitchbend", "channel": 2, "value": 16383},
+     {"kind": "midi", "type": "pitchbend", "channel": 2}),
+    ({"kind": "midi", "type": "note", "channel": 0, "number": 60, "value": 100},
+     {"kind": "midi", "type": "note", "channel": 0, "number": 60}),
+])
+def test_learn_binds_the_last_source_to_the_clicked_field(event, source) -> None:
+    """The page's learn: move a control, click a field; the next event of that source
+    sets the field through the mapping's range (psi here, out 0..1)."""
+    sess = _bent_session()
+    learn = {"kind": "learn", "seq": 1, "event": source, "target": "latent.psi",
+             "name": "m1", "out": [0, 1]}
+    ws = _play(sess, [text(json.dumps(learn)), _source(2, event)],
+               lambda ws: sess.recipe.latent.psi != 0.7)
+    [m] = [m for m in sess.recipe.mappings if m["name"] == "m1"]
+    assert (m["name"], m["target"], m["source"]) == ("m1", "latent.psi", source)
+    assert sess.recipe.latent.psi == pytest.approx(
+        engine.mappings.map_value(m, event["value"]))
+    assert not [t for t in ws.texts if "error" in t]
+
+
+def test_learn_without_a_source_gets_one_sentence() -> None:
+    sess = _bent_session()
+    with pytest.raises(StudioError, match="move a MIDI control or press a key first"):
+        live.apply(sess, [{"kind": "learn", "event": None, "target": "latent.psi",
+                           "name": "m"}])
+    with pytest.raises(StudioError, match="not a recipe field path"):
+        live.apply(sess, [{"kind": "field", "path": "bends[0]", "value": 1}])
+
+
+def test_a_recorded_performance_replays_the_field_values_and_renders_to_mp4(
+        tmp_path) -> None:
+    sess = _bent_session()
+    # Each message once the frames before it are shown (a page playing by hand).
+    inbox = [(0, text(json.dumps({"kind": "record", "on": True}))),
+             (0, _source(1, {**CC7, "value": 0})),
+             (1, _source(2, {**CC7, "value": 127})),
+             (2, text(json.dumps({"kind": "record", "on": False})))]
+    ws = _play(sess, inbox, lambda ws: any("recorded" in t for t in ws.texts),
+               socket=PacedSocket)
+    [rec] = [t["recorded"] for t in ws.texts if "recorded" in t]
+    perf = rec["performance"]
+    assert perf is sess.performance or perf == sess.performance
+    angles = [e["values"]["bends.0.params.angle"] for e in perf["events"]]
+    assert angles == [0.0, 180.0], perf["events"]
+    assert perf["recipe"]["bends"][0]["params"]["angle"] == 45
+    # Every frame of the video is the recipe at its time: 45 before the first event.
+    fps = 10
+    recipes = list(performance.recipes(perf, fps))
+    assert len(recipes) == performance.frame_count(perf, fps)
+    t1 = perf["events"][1]["t"]
+    for i, r in enumerate(recipes):
+        t = i / fps
+        want = 45.0 if t < perf["events"][0]["t"] else 0.0 if t < t1 else 180.0
+        assert r.bends[0].params["angle"] == want, (i, t)
+    out = performance.write_performance(perf, tmp_path / "perf.mp4", fps=fps)
+    import imageio_ffmpeg
+    reader = imageio_ffmpeg.read_frames(str(out))
+    meta = next(reader)
+    frames = [np.frombuffer(f, np.uint8).reshape(*meta["size"][::-1], 3) for f in reader]
+    assert len(frames) == len(recipes)
+    last = np.asarray(engine.render(recipes[-1]), dtype=np.float32)
+    assert np.abs(frames[-1] - last).mean() < 4.0            # x264 at quality 8
+
+
+def test_a_hostile_performance_gets_one_sentence() -> None:
+    good = {"format": performance.FORMAT, "recipe": {"model": "default"}, "events": []}
+    assert performance.check(good) is good
+    for bad, says in [({}, "not a recorded performance"),
+                      ({**good, "events": [{"t": 2}, {"t": 1}]}, "in order"),
+                      ({**good, "events": [{"t": 0, "values": {"a": float("nan")}}]},
+                       "finite numbers"),
+                      ({**good, "events": [{"t": 0}] * (performance.MAX_EVENTS + 1)},
+                       "at most")]:
+        with pytest.raises(StudioError, match=says):
+            performance.check(bad)
+    with pytest.raises(StudioError, match="does not have"):
+        list(performance.recipes({**good, "events": [{"t": 0, "values": {"nope.x": 1}}]},
+                                 10))
