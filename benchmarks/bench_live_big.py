@@ -70,12 +70,12 @@ def make_model(folder: Path, res: int) -> str:
 
 def full_render_s(spec: str) -> float:
     import engine
-    from studio import backend
+    from studio import models
     from studio import session as S
 
     rec = S.new_session(spec).recipe
     t0 = time.perf_counter()
-    engine.render(rec, backend.load(spec))
+    engine.render(rec, models.load(spec))
     return time.perf_counter() - t0
 
 
@@ -135,7 +135,7 @@ def drag(spec: str, layer: str, seconds: float) -> tuple[DragSocket, object]:
 
 def report_drag(spec: str, res: int, seconds: float, full_s: float) -> None:
     import engine
-    from studio import backend
+    from studio import models
 
     ws, sess = drag(spec, "b32.conv1", seconds)
     if ws.texts:
@@ -152,7 +152,7 @@ def report_drag(spec: str, res: int, seconds: float, full_s: float) -> None:
           f"p50 {p(gaps, .5):.0f} ms p95 {p(gaps, .95):.0f} ms, shown {shows}, "
           f"preview render p50 {p([f[3] for f in moving if f[2]] or [0], .5):.0f} ms  "
           f"{load()}")
-    want = np.asarray(engine.render(sess.recipe, backend.load(spec)))
+    want = np.asarray(engine.render(sess.recipe, models.load(spec)))
     got = np.asarray(Image.open(io.BytesIO(rest[4])).convert("RGB"))
     print(f"{res} px rest: last value -> full frame {to_full:.2f} s = "
           f"{to_full / full_s:.2f}x one full render ({full_s:.2f} s; includes the "
@@ -166,10 +166,10 @@ def report_tail(spec: str, res: int, runs: int, edit: str) -> None:
     from engine import incremental as inc
     from engine import recipe as R
     from engine.bending import Bend, ChannelSelection, WeightEdit
-    from studio import backend
+    from studio import models
     from studio import session as S
 
-    m = backend.load(spec)
+    m = models.load(spec)
     G = m.G
     rec = S.new_session(spec).recipe
     if edit == "bend":
@@ -219,7 +219,7 @@ def chromium(spec: str, res: int, seconds: float) -> None:
     from playwright.sync_api import sync_playwright
 
     import engine
-    from studio import backend
+    from studio import models
     from tests.helpers.browser import CHROMIUM_ARGS, chromium_path, studio_server
 
     with studio_server(spec, timeout=300) as url, sync_playwright() as pw:
@@ -267,7 +267,7 @@ def chromium(spec: str, res: int, seconds: float) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # as the server: a conv's sums in another order differ in ulps
     try:
-        want = np.asarray(engine.render(rec, backend.load(spec)))
+        want = np.asarray(engine.render(rec, models.load(spec)))
     finally:
         torch.set_num_threads(threads)
     diff = np.abs(got.astype(int) - want)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gradio as gr
 
 from engine.errors import StudioError
-from studio import backend, live
+from studio import live, models
 from studio.limits import SERVER
 from studio.tabs import (
     bend,
@@ -84,13 +84,13 @@ INTRO = ("**Activation Studio** takes a StyleGAN2 apart: explore its latents, gr
 def _model_list(default_model: str) -> tuple[list[tuple[str, str]], int]:
     """The model dropdown's choices and the number of ws of the model a session opens on."""
     try:
-        choices = backend.catalogue_choices()
+        choices = models.catalogue_choices()
     except StudioError:
         choices = []
     if default_model not in [c[1] for c in choices]:
         choices = [(default_model, default_model)] + choices
     try:  # size the w-index sliders for the model a session opens on
-        n_ws = backend.model_info(default_model).num_ws
+        n_ws = models.model_info(default_model).num_ws
     except StudioError:
         n_ws = 18
     return choices, n_ws
@@ -98,7 +98,7 @@ def _model_list(default_model: str) -> tuple[list[tuple[str, str]], int]:
 
 def build_app(default_model: str | None = None) -> gr.Blocks:
     """The whole page; `default_model` is the spec a new session opens on."""
-    default_model = default_model or backend.DEFAULT_MODEL
+    default_model = default_model or models.DEFAULT_MODEL
     choices, n_ws = _model_list(default_model)
     ui = UI(model_choices=choices)
     # Gradio deletes uploads and its copies of outputs by the same age rule as studio.files.

@@ -5,7 +5,7 @@ each call books a GPU for at most its `duration`, runs in a forked worker and pi
 result back to the main process, which has no CUDA. The rules here follow from that:
 
 - Models live on the CPU between calls (engine.devices.storage_device) and are copied to
-  the GPU inside a call (`model_device()` tells backend.load which one it wants).
+  the GPU inside a call (`model_device()` tells studio.models.load which one it wants).
 - A call's result is moved to the CPU before it leaves (`engine.devices.to_host`): a CUDA
   tensor or module could not be unpickled by the main process.
 - Durations come from the job's size (`duration` may be a function of the call's arguments)
@@ -347,3 +347,45 @@ def start_thread(target: Callable[..., Any], *args: Any, **kwargs: Any) -> threa
                               daemon=True)
     thread.start()
     return thread
+
+
+PAUSED = "paused"  # what a time-boxed chunk of a resumable job returns when its time was up
+
+
+def is_paused(result: Any) -> bool:
+    return isinstance(result, str) and result == PAUSED
+
+
+@gpu_job(lambda seconds, **_: seconds)
+def _resumable_whole(seconds: float, run: Callable[..., Any], args: tuple,
+                     progress: Any = None, cancel: Any = None, on_metrics: Any = None) -> Any:
+    return run(*args, progress=progress, cancel=cancel, on_metrics=on_metrics)
+
+
+@gpu(lambda **_: max_call_seconds())
+def _resumable_chunk(run: Callable[..., Any], args: tuple, stopped: type[BaseException],
+                     relay: Relay) -> Any:
+    try:
+        return run(*args, progress=relay.progress, cancel=relay.start(),
+                   on_metrics=relay.metrics)
+    except stopped:
+        return PAUSED  # checkpoint written; the next call resumes
+
+
+def run_resumable(run: Callable[..., Any], args: tuple, *, folder: str | os.PathLike,
+                  seconds: float, stopped: type[BaseException],
+                  progress: Callable[..., Any] | None = None, cancel: Any = None,
+                  on_metrics: Callable[[int, dict], Any] | None = None) -> Any:
+    """Run a job that checkpoints and resumes (encoder training, projection).
+
+    run(*args, progress=, cancel=, on_metrics=) is the job, a module-level function (a
+    ZeroGPU worker finds it by name); `stopped` is the exception it raises when cancelled
+    after writing its checkpoint. Where calls are not time-boxed: one GPU call of `seconds`
+    (a cancel raises `stopped`). On ZeroGPU: a series of time-boxed calls, each resuming
+    from the checkpoint the last one wrote under `folder` (run_in_chunks); the answer is
+    PAUSED (is_paused) when it stopped before the end."""
+    if not chunked():
+        return _resumable_whole(seconds, run, args, progress=progress, cancel=cancel,
+                                on_metrics=on_metrics)
+    return run_in_chunks(lambda relay: _resumable_chunk(run, args, stopped, relay), folder,
+                         progress, cancel, is_paused=is_paused, on_metrics=on_metrics)

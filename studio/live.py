@@ -57,7 +57,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import StudioError
-from studio import backend, osc, sources
+from studio import models, osc, render, sources, translation
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session
@@ -267,7 +267,7 @@ def _jpeg(pic: Image.Image | np.ndarray) -> bytes:
 def render_preview(sess: Session, messages: list[dict[str, Any]]) -> bytes:
     """JPEG of the session with `messages` applied (the newest state of its controls)."""
     tmp = preview(sess, messages) if messages else sess
-    return _jpeg(backend.render(tmp))
+    return _jpeg(render.render(tmp))
 
 
 def render_edit(sess: Session, messages: list[dict[str, Any]], gesture: Any
@@ -277,7 +277,7 @@ def render_edit(sess: Session, messages: list[dict[str, Any]], gesture: Any
     they rendered: a value the engine refuses never reaches the session). Returns (JPEG,
     0 for the full picture or the preview's block resolution)."""
     tmp = preview(sess, messages) if messages else sess
-    pic, shown = backend.render_frame(sess, tmp.recipe, budget_s(), final=False)
+    pic, shown = render.render_frame(sess, tmp.recipe, budget_s(), final=False)
     commit(sess, messages, gesture)
     return _jpeg(pic), shown
 
@@ -288,7 +288,7 @@ def render_rest(sess: Session) -> tuple[bytes, int]:
     import io
     with sess.lock:
         rec = copy.deepcopy(sess.recipe)
-    pic, _ = backend.render_frame(sess, rec, budget_s(), final=True)
+    pic, _ = render.render_frame(sess, rec, budget_s(), final=True)
     out = io.BytesIO()
     pic.save(out, format="PNG", compress_level=1)   # level 1: ~4x faster, a bit larger
     return out.getvalue(), 0
@@ -296,7 +296,7 @@ def render_rest(sess: Session) -> tuple[bytes, int]:
 
 def translate_cam(sess: Session, encoder: str, jpeg: bytes) -> bytes:
     """One webcam frame (JPEG bytes, through the one checked reader) translated, as JPEG."""
-    return _jpeg(backend.translate_frame(sess, _encoder_path(sess, encoder), jpeg))
+    return _jpeg(translation.translate_frame(sess, _encoder_path(sess, encoder), jpeg))
 
 
 def play_frames(sess: Session, msg: dict[str, Any]
@@ -319,7 +319,7 @@ def play_frames(sess: Session, msg: dict[str, Any]
     if msg.get("what") == "walk":
         seeds = _seeds(str(msg.get("seeds") or ""))
         lat = sess.recipe.latent
-        G = backend.generator(sess.model)
+        G = models.generator(sess.model)
         for ws in latents.interpolate_ws(G, seeds, frames, space=str(msg.get("space") or "z"),
                                          loop=loop, psi=lat.psi, cutoff=lat.cutoff):
             out.append(functools.partial(_walk_frame, sess, ws.detach().cpu()))
@@ -365,7 +365,7 @@ def _seeds(text: str) -> list[float]:
 
 def _encoder_path(sess: Session, shown: str) -> str:
     """The encoder the page's dropdown shows (its label or its value)."""
-    options = backend.encoder_options(backend.encoder_choices(sess))
+    options = translation.encoder_options(translation.encoder_choices(sess))
     for label, path in options:
         if shown in (label, path):
             return path

@@ -27,7 +27,10 @@ from engine.clusters import ClusterResult
 from engine.errors import StudioError
 from engine.incremental import TailCache
 from engine.latents import DirectionEdit, LatentSpec, LayerEdit
-from engine.recipe import Recipe
+from engine.recipe import Recipe, TranslatorSpec
+from engine.translator import DEFAULTS as TRANSLATE_DEFAULTS
+from engine.zoo import HF_PREFIX
+from studio import files
 from studio.jobs import Jobs
 
 UNDO_DEPTH = 50   # recipes kept for undo (a recipe is a few KB; a W+ latent ~40 KB)
@@ -271,6 +274,44 @@ def send_projection(sess: Session) -> bool:
     translating = sess.recipe.translator is not None
     sess.recipe.translator = None
     return translating
+
+
+# ----------------------------------------------------------------------------------------
+# Translation.
+
+def set_translator(sess: Session, encoder: str | None, image: str | None,
+                   strength: float = TRANSLATE_DEFAULTS.strength,
+                   framing: str = TRANSLATE_DEFAULTS.framing,
+                   anchor: str = TRANSLATE_DEFAULTS.anchor) -> None:
+    """Point the session's recipe at an encoder and a picture (None turns translation off),
+    with the domain strength, what it blends towards and the framing
+    (engine.translator.render / frame_pictures)."""
+    from engine import translator
+    if not encoder or not image:
+        sess.recipe.translator = None
+        return
+    if not encoder.startswith(HF_PREFIX):
+        files.check_session_file(encoder, sess.token, sess.uploads)
+    if framing not in translator.FRAMINGS:
+        raise StudioError(f"framing must be one of {', '.join(translator.FRAMINGS)}.")
+    sess.recipe.translator = TranslatorSpec(
+        encoder=encoder, image=image, strength=translator.check_strength(strength),
+        framing=framing, anchor=translator.check_anchor(anchor))
+
+
+def live_translator(sess: Session, encoder: str, model: Any) -> Any:
+    """The session's Translator for webcam frames on the loaded `model` (kept in the
+    session, not globally)."""
+    from engine import translator
+    cache = sess.live
+    # Only while it is built on the model loaded now: one the zoo evicted must not live on.
+    if cache is not None and cache[0] == (sess.model, encoder) and cache[1].G is model.G:
+        return cache[1]
+    if not encoder.startswith(HF_PREFIX):
+        files.check_session_file(encoder, sess.token, sess.uploads)
+    tr = translator.Translator.load(encoder, model.G, model_sha256=model.sha256)
+    sess.live = ((sess.model, encoder), tr)
+    return tr
 
 
 # ----------------------------------------------------------------------------------------

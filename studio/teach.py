@@ -18,7 +18,7 @@ from PIL import Image
 from engine import boundaries, latents
 from engine.blend import BLEND_MODES, MAPPING_SOURCES, BlendSpec
 from engine.errors import StudioError
-from studio import backend
+from studio import files, models
 
 MAX_PAGE = 24          # samples on one page of the label grid
 MAX_CONDITIONS = 4     # boundaries held fixed at once
@@ -79,7 +79,7 @@ def sample_page(model: str, seeds: list[int], psi: float) -> list[tuple[Image.Im
     """The samples of a label page, plain (no bends or directions), captioned by seed."""
     import torch
 
-    G = backend.generator(model)
+    G = models.generator(model)
     ws = torch.cat([latents.seed_to_ws(G, s, psi) for s in seeds])
     images = latents.render_ws(G, ws)
     return [(Image.fromarray(im), f"seed {s}") for s, im in zip(seeds, images)]
@@ -104,15 +104,16 @@ def train(model: str, book: LabelBook, psi: float, name: str = "",
     conditions = list(conditions or [])
     if len(conditions) > MAX_CONDITIONS:
         raise StudioError(f"Hold at most {MAX_CONDITIONS} boundaries fixed at once.")
-    G = backend.generator(model)
+    G = models.generator(model)
     held = []
     for path in conditions:
-        backend.check_server_file(path, "boundary file")
+        files.check_server_file(path)
         held.append(latents.load_boundary(path, G))
     seeds = sorted(book.marks)
     fit = boundaries.boundary_from_seeds(G, seeds, [book.marks[s] for s in seeds], psi=psi,
                                          conditions=held)
-    path = backend.new_output_path(owner, f"boundary-{_slug(name)}", ".npy")
+    path = files.new_output_path(owner.token if owner is not None else None,
+                                 f"boundary-{_slug(name)}", ".npy")
     boundaries.save_boundary(path, fit.boundary, G)
     return TrainedBoundary(name=name.strip() or Path(path).stem, path=str(path),
                            summary=fit.summary())
@@ -142,8 +143,8 @@ def blend_spec(enabled: bool, other: str, mode: str, swap_res: Any, alpha: float
         raise StudioError("Name model B to blend with (an id, hf://..., or upload one).")
     if mode not in BLEND_MODES or mapping not in MAPPING_SOURCES:
         raise StudioError("Choose how to blend (swap or interpolate) and which mapping to use.")
-    if backend.is_local_model(other):
-        backend.check_server_file(other, "model file to blend with")
+    if models.is_path_spec(other):
+        files.check_server_file(other)
     res = int(str(swap_res).lstrip("b")) if swap_res not in (None, "") else 16
     per_block = None
     if (alphas or "").strip():

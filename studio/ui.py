@@ -21,7 +21,7 @@ import numpy as np
 from gradio.data_classes import ListFiles
 
 from engine.errors import StudioError
-from studio import backend, files, live, uploads
+from studio import files, live, models, render, translation, uploads
 from studio import session as S
 from studio.jobs import JobCancelled
 from studio.limits import LIMITS, SERVER
@@ -201,7 +201,7 @@ def curves(points: list[tuple[int, dict[str, float]]], names: tuple[str, ...],
 
 
 def conv_layers(spec: str) -> list[str]:
-    return backend.model_info(spec).conv_layers
+    return models.model_info(spec).conv_layers
 
 
 def default_layer(layers: list[str]) -> str:
@@ -226,17 +226,17 @@ def before_image(sess: Session) -> Any:
     r = sess.recipe
     if r.translator is not None and r.translator.image:
         try:
-            return backend.framed_input(sess)
+            return translation.framed_input(sess)
         except StudioError:
             return None
     if r.bends or r.weight_edits:
-        return backend.render(sess, with_bends=False)
+        return render.render(sess, with_bends=False)
     return None
 
 
 def pictures(ui: UI, sess: Session) -> dict[Any, Any]:
     """The session, its output image and its 'before' image."""
-    return {ui.session: sess, ui.output: backend.render(sess), ui.before: before_image(sess)}
+    return {ui.session: sess, ui.output: render.render(sess), ui.before: before_image(sess)}
 
 
 def live_pictures(ui: UI, sess: Session, changed: bool = True) -> dict[Any, Any]:

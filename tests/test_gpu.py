@@ -491,65 +491,66 @@ def _session(model: str = "default"):
 
 
 def test_studio_loads_models_and_finds_encoders_outside_gpu_calls(zero, tmp_path):
-    from studio import backend
+    from studio import models, translation
     from tests.helpers.browser import tiny_model_file
 
     other = tiny_model_file(tmp_path)
     # Gradio runs handlers in worker threads: no CUDA there, and no stand-ins to misread.
-    info = in_thread(lambda: backend.model_info(other))
+    info = in_thread(lambda: models.model_info(other))
     assert info.resolution == 32
     assert all(m.device == "cpu" for m in zoo.loaded_models())
-    found = in_thread(lambda: backend.encoder_choices(None, "default"))
+    found = in_thread(lambda: translation.encoder_choices(None, "default"))
     assert any("encoder_b16" in p for p in found), "the shipped encoder was refused"
-    assert backend.encoder_choices(None, "default") == found  # the main thread agrees
+    assert translation.encoder_choices(None, "default") == found  # the main thread agrees
 
 
 def test_studio_renders_translates_and_makes_videos_in_gpu_calls(zero, tmp_path):
-    from studio import backend
+    from studio import render, translation, videos
+    from studio import session as S
 
     sess = _session()
     calls = zero.calls
-    plain = in_thread(lambda: backend.render(sess))
+    plain = in_thread(lambda: render.render(sess))
     assert zero.calls == calls + 1  # a GPU call, not a render here
     assert {m.device for m in zoo.loaded_models()} == {"cpu", "cuda:0"}  # it used a GPU copy
     cpu = recipe.render(sess.recipe, zoo.load("default", device="cpu"))
     same(np.asarray(plain), np.asarray(cpu))
     # Translating with the shipped encoder, its picture uploaded as the page does.
-    encoder = backend.encoder_choices(sess, "default")[0]
+    encoder = translation.encoder_choices(sess, "default")[0]
     pic = Image.fromarray(latents.render_spec(zoo.load("default", device="cpu").G,
                                               LatentSpec(seed=30)))
-    path, _ = backend.save_input_image(sess, pic)
-    backend.set_translator(sess, encoder, path)
-    same(np.asarray(in_thread(lambda: backend.render(sess))),
+    path, _ = translation.save_input_image(sess, pic)
+    S.set_translator(sess, encoder, path)
+    same(np.asarray(in_thread(lambda: render.render(sess))),
          np.asarray(recipe.render(sess.recipe, zoo.load("default", device="cpu"))))
-    frame = backend.translate_frame(sess, encoder, np.asarray(pic))
+    frame = translation.translate_frame(sess, encoder, np.asarray(pic))
     assert frame.shape == (64, 64, 3)
-    video = in_thread(lambda: backend.walk_video(sess, [1, 2], 4, False, "z", 10))
+    video = in_thread(lambda: videos.walk_video(sess, [1, 2], 4, False, "z", 10))
     assert video.endswith(".mp4")
 
 
 def test_psi_and_mix_grids_draw_their_noise_from_the_noise_seed(zero):
     """Issue 31.3: the grids' random noise is the session's noise_seed, in a GPU call too."""
-    from studio import backend
+    from studio import render
 
     sess = _session()
     sess.recipe.latent = dataclasses.replace(sess.recipe.latent, noise_mode="random")
     grids = {}
     for noise_seed in (3, 4):
         sess.recipe.latent = dataclasses.replace(sess.recipe.latent, noise_seed=noise_seed)
-        psi = np.asarray(in_thread(lambda: backend.psi_grid(sess, [1, 2], [0.5, 1.0])))
-        mix = np.asarray(in_thread(lambda: backend.mix_grid(sess, [1], 5)))
+        psi = np.asarray(in_thread(lambda: render.psi_grid(sess, [1, 2], [0.5, 1.0])))
+        mix = np.asarray(in_thread(lambda: render.mix_grid(sess, [1], 5)))
         grids[noise_seed] = psi, mix
     assert not np.array_equal(grids[3][0], grids[4][0])
     assert not np.array_equal(grids[3][1], grids[4][1])
 
 
 def test_small_models_render_here_without_booking_a_gpu(zero, monkeypatch):
-    from studio import backend
+    from studio import render
 
     monkeypatch.setenv("STUDIO_CPU_MAX_RESOLUTION", "64")
     calls = zero.calls
-    backend.render(_session())
+    render.render(_session())
     assert zero.calls == calls
 
 
@@ -560,7 +561,7 @@ def tiny_spec(tmp_path):
 
 
 def test_training_in_time_boxed_calls_equals_one_run(zero, monkeypatch, tmp_path, tiny_spec):
-    from studio import backend
+    from studio import translation
     from studio.jobs import Jobs
 
     monkeypatch.setattr(files, "OUT_DIR", tmp_path / "out")
@@ -569,7 +570,7 @@ def test_training_in_time_boxed_calls_equals_one_run(zero, monkeypatch, tmp_path
     seen: list[tuple] = []
     steps: list[tuple[int, float]] = []
     calls = zero.calls
-    result = in_thread(lambda: backend.train_encoder(
+    result = in_thread(lambda: translation.train_encoder(
         sess, LAYER, 4, 2, progress=lambda *a: seen.append(a), cancel=Jobs().cancel,
         on_metrics=lambda step, m: steps.append((step, m["loss"]))))
     assert zero.calls - calls >= 2, "the run was not split into calls"
@@ -593,14 +594,14 @@ def test_training_in_time_boxed_calls_equals_one_run(zero, monkeypatch, tmp_path
 
 def test_projection_in_time_boxed_calls_equals_one_run(zero, monkeypatch, tmp_path,
                                                       tiny_spec):
-    from studio import backend
+    from studio import projection
 
     monkeypatch.setattr(files, "OUT_DIR", tmp_path / "out")
     monkeypatch.setenv("STUDIO_GPU_CHUNK_SECONDS", "0.05")
     m = zoo.load(tiny_spec, device="cpu")
     photo = Image.fromarray(latents.render_spec(m.G, LatentSpec(seed=12)))
     calls = zero.calls
-    res = in_thread(lambda: backend.project(_session(tiny_spec), photo, 6, True))
+    res = in_thread(lambda: projection.project(_session(tiny_spec), photo, 6, True))
     assert zero.calls - calls >= 2
     once = projector.project(m.G, np.asarray(photo), steps=6, w_plus=True,
                              frame_every=1)
@@ -608,11 +609,11 @@ def test_projection_in_time_boxed_calls_equals_one_run(zero, monkeypatch, tmp_pa
 
 
 def test_cancel_reaches_the_worker(zero, monkeypatch, tmp_path, tiny_spec):
-    from studio import backend
+    from studio import translation
 
     monkeypatch.setattr(files, "OUT_DIR", tmp_path / "out")
     with pytest.raises(translator.TrainingCancelled, match="resume"):
-        backend.train_encoder(_session(tiny_spec), LAYER, 500, 2, cancel=lambda: True)
+        translation.train_encoder(_session(tiny_spec), LAYER, 500, 2, cancel=lambda: True)
 
 
 def test_a_worker_forked_during_a_load_loads_for_itself(monkeypatch, tmp_path, tiny_spec):
@@ -693,14 +694,14 @@ def test_threads_started_for_jobs_keep_the_request_context():
 
 
 def test_durations_grow_with_the_job_and_stay_bookable(zero, monkeypatch):
-    from studio import backend, gpu
+    from studio import gpu, render, videos
 
     sess = _session()
-    small = backend.walk_video.seconds(sess, [1, 2], 4, False, "z", 10)
-    big = backend.walk_video.seconds(sess, [1, 2], 10_000_000, False, "z", 10)
+    small = videos.walk_video.seconds(sess, [1, 2], 4, False, "z", 10)
+    big = videos.walk_video.seconds(sess, [1, 2], 10_000_000, False, "z", 10)
     assert 5 <= small < big == gpu.max_call_seconds()
     monkeypatch.setenv("STUDIO_GPU_MAX_SECONDS", "30")
-    assert backend.render_recipe.seconds(sess.recipe) <= 30
+    assert render.render_recipe.seconds(sess.recipe) <= 30
 
 
 def test_an_evicted_model_is_not_kept_by_cached_translators(monkeypatch):

@@ -99,8 +99,8 @@ def test_a_boundary_at_amount_zero_drives_the_first_value_the_channel_gets() -> 
 
 
 def _render(sess) -> np.ndarray:
-    from studio import backend
-    return np.asarray(backend.render(sess))
+    from studio import render
+    return np.asarray(render.render(sess))
 
 
 
@@ -205,7 +205,7 @@ def test_a_rapid_gesture_on_a_big_model_gets_previews_then_the_full_frame(
     once it rests, the full picture follows as PNG with engine.render's pixels."""
     from engine.bending import ChannelSelection
     from engine.checkpoints import save_generator
-    from studio import backend
+    from studio import models
     from tests.conftest import make_tiny_generator
 
     path = tmp_path / "g256.safetensors"
@@ -237,7 +237,7 @@ def test_a_rapid_gesture_on_a_big_model_gets_previews_then_the_full_frame(
     rested = ws.frames[-1][1]
     assert rested[:4] == b"\x89PNG"
     assert sess.recipe.bends[0].params["angle"] == 40
-    want = engine.render(sess.recipe, backend.load(str(path)))
+    want = engine.render(sess.recipe, models.load(str(path)))
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(rested))), np.asarray(want))
     assert sess.tail.layers() == ["b32.conv1.raw"]   # kept before the bend
 
@@ -246,7 +246,7 @@ def test_live_frames_of_a_stylegan3_model_are_whole_and_equal_engine_render(tmp_
     """No previews or kept activations for StyleGAN3 (no running image, no start): its
     frames are full renders, equal to engine.render's."""
     from engine.checkpoints import save_generator
-    from studio import backend
+    from studio import models, render
     from tests.conftest import make_tiny_stylegan3
 
     path = tmp_path / "sg3.safetensors"
@@ -254,8 +254,8 @@ def test_live_frames_of_a_stylegan3_model_are_whole_and_equal_engine_render(tmp_
     sess = S.new_session(str(path))
     for psi in (0.5, 0.6):
         S.set_latent(sess, psi=psi)
-        pic, shown = backend.render_frame(sess, sess.recipe, 0.0, final=False)
-        want = engine.render(sess.recipe, backend.load(str(path)))
+        pic, shown = render.render_frame(sess, sess.recipe, 0.0, final=False)
+        want = engine.render(sess.recipe, models.load(str(path)))
         assert shown == 0 and np.array_equal(np.asarray(pic), np.asarray(want))
     assert sess.tail.layers() == []
 

@@ -315,11 +315,11 @@ def _rss_mb() -> float:
 
 
 def test_200_sessions_leave_memory_flat(tmp_path, monkeypatch):
-    """Sessions as the studio makes them (session.new_session), rendered through the backend
+    """Sessions as the studio makes them (session.new_session), rendered through studio.render
     and the zoo's LRU, then dropped: RSS after 200 must stay near RSS after a warm-up."""
     from engine import zoo
     from engine.bending import Bend, ChannelSelection
-    from studio import backend
+    from studio import render
     from studio.session import new_session
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -337,8 +337,8 @@ def test_200_sessions_leave_memory_flat(tmp_path, monkeypatch):
                                       params=dict(params),
                                       channels=ChannelSelection(mode="random", fraction=0.5,
                                                                 seed=i)))
-        assert backend.render(sess).size == (32, 32)
-        assert backend.render(sess, with_bends=False).size == (32, 32)
+        assert render.render(sess).size == (32, 32)
+        assert render.render(sess, with_bends=False).size == (32, 32)
 
     try:
         for i in range(30):  # warm up allocator, model LRU and caches

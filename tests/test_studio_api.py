@@ -107,11 +107,11 @@ def test_read_json_refuses_non_json(tmp_path):
 
 def test_grids_carry_row_and_column_labels(tmp_path):
     """Issue #24 item 7: seeds x psi and style-mix grids name their rows and columns."""
-    from studio import backend
+    from studio import render
     from studio.session import new_session
 
     sess = new_session(tiny_model_file(tmp_path))
-    for img in (backend.psi_grid(sess, [0, 1], [1.0, 0.5]), backend.mix_grid(sess, [0, 1], 5)):
+    for img in (render.psi_grid(sess, [0, 1], [1.0, 0.5]), render.mix_grid(sess, [0, 1], 5)):
         arr = np.asarray(img)
         assert arr.shape[0] > 2 * 128 and arr.shape[1] > 2 * 128  # 32 px tiles enlarged
         assert (arr[:, :80] < 100).any() and (arr[:20, 84:] < 100).any()  # text in margins

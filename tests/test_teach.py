@@ -7,7 +7,7 @@ import pytest
 
 from engine.errors import StudioError
 from engine.latents import load_boundary
-from studio import backend, teach
+from studio import files, models, teach
 
 
 def _truth(w_dim: int) -> np.ndarray:
@@ -42,7 +42,7 @@ def test_page_seeds_and_samples():
 def test_train_writes_a_boundary_that_the_directions_use():
     from engine.boundaries import seeds_to_w
 
-    G = backend.generator("default")
+    G = models.generator("default")
     seeds = list(range(300))
     truth = _truth(G.cfg.w_dim)
     w = seeds_to_w(G, seeds)
@@ -51,7 +51,7 @@ def test_train_writes_a_boundary_that_the_directions_use():
     book.mark(seeds, yes=[s for s, y in zip(seeds, yes) if y],
               no=[s for s, y in zip(seeds, yes) if not y])
     trained = teach.train("default", book, 1.0, name="my attribute!")
-    assert backend.is_studio_file(trained.path) and "boundary-my-attribute" in trained.path
+    assert files.is_output(trained.path) and "boundary-my-attribute" in trained.path
     b = load_boundary(trained.path, G)
     assert float(b[0] @ truth) > 0.6 and "cross-validated accuracy" in trained.summary
     other = teach.LabelBook()

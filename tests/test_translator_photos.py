@@ -387,12 +387,13 @@ def _page_translate_controls() -> dict[str, object]:
 
 def test_page_cli_and_library_give_the_same_picture_with_defaults(tmp_path):
     """The same photo through the page (its controls' starting values, a new session, the
-    backend's render), the CLI with no options and Translator.translate with no options."""
+    studio.render's render), the CLI with no options and Translator.translate with no options."""
     from skimage import data
 
     from engine import zoo
     from engine.__main__ import main
-    from studio import backend
+    from studio import render, translation
+    from studio import session as S
     from studio.session import new_session
 
     photo = data.chelsea()
@@ -409,9 +410,9 @@ def test_page_cli_and_library_give_the_same_picture_with_defaults(tmp_path):
     controls = _page_translate_controls()
     assert controls == {"strength": T.DEFAULTS.strength, "anchor": T.DEFAULTS.anchor,
                         "framing": T.DEFAULTS.framing}
-    path, _ = backend.save_input_image(sess, Image.fromarray(photo))
-    backend.set_translator(sess, str(encoder), path, **controls)
-    page = np.asarray(backend.render(sess).convert("RGB"))
+    path, _ = translation.save_input_image(sess, Image.fromarray(photo))
+    S.set_translator(sess, str(encoder), path, **controls)
+    page = np.asarray(render.render(sess).convert("RGB"))
 
     assert library.shape == cli.shape == page.shape == (64, 64, 3)
     assert np.array_equal(library, cli) and np.array_equal(library, page)

@@ -8,7 +8,7 @@ import gradio as gr
 
 from engine.bending import OPERATIONS, WEIGHT_OPERATIONS, WeightEdit, undone_by_demodulation
 from engine.errors import StudioError
-from studio import backend, files, live
+from studio import files, live, render, videos
 from studio import session as S
 from studio.jobs import frames_job
 from studio.limits import LIMITS
@@ -207,7 +207,7 @@ def add_bend(ui: UI, sess: Session, op: str, layer: str, where: str,
     """Append a bend (operation on a layer's selected channels) and edit it."""
     sess = need(sess)
     S.add_bend(sess, layer, op, S.selection_for(sess, where, fraction))
-    backend.check_bend(sess, sess.recipe.bends[-1])
+    render.check_bend(sess, sess.recipe.bends[-1])
     return {**pictures(ui, sess), **editor(ui, sess)}
 
 
@@ -255,7 +255,7 @@ def toggle_bend(ui: UI, sess: Session, on: bool) -> dict[Any, Any]:
 
 def _set_param(sess: Session, index: int, name: str, value: Any) -> None:
     S.set_bend_param(sess, index, name, value)
-    backend.check_bend(sess, sess.recipe.bends[index])
+    render.check_bend(sess, sess.recipe.bends[index])
 
 
 def slot_handler(kind: str, slot: int) -> Any:
@@ -277,7 +277,7 @@ def slot_handler(kind: str, slot: int) -> Any:
         # value than the picture does. A value the live channel already applied (and
         # showed) needs no render here.
         same = live.is_active(sess) and sess.recipe.bends[sess.current].params == params
-        shown = {} if same else {ui.output: backend.render(sess)}
+        shown = {} if same else {ui.output: render.render(sess)}
         return {ui.session: sess, **shown, **stack_labels(ui, sess)}
     handler.__name__ = f"bend_{kind}_{slot}"
     return handler
@@ -289,7 +289,7 @@ def set_bend_param(ui: UI, sess: Session, index: float, name: str,
     """Scripting: set parameter `name` of bend `index` (0-based) and render."""
     sess = need(sess)
     _set_param(sess, int(index), name, value)
-    return {ui.session: sess, ui.output: backend.render(sess)}
+    return {ui.session: sess, ui.output: render.render(sess)}
 
 
 # ----------------------------------------------------------------------------------------
@@ -318,7 +318,7 @@ def add_weight_edit(ui: UI, sess: Session, op: str, layer: str, axis: str, amoun
                           "change nothing; scale some input channels (axis 'in' with a "
                           "random fraction or clusters) or use the Multiply bend.")
     index = S.add_weight_edit(sess, edit)
-    backend.check_weight_edit(sess, edit)
+    render.check_weight_edit(sess, edit)
     return {**pictures(ui, sess), **weight_list(ui, sess, index)}
 
 
@@ -335,7 +335,7 @@ def change_weight_edit(ui: UI, sess: Session, index: int | None,
         return {ui.session: sess}
     params = dict(e.params)
     S.set_weight_edit(sess, int(index), **{numeric[0]: amount})
-    backend.check_weight_edit(sess, e)
+    render.check_weight_edit(sess, e)
     return {**live_pictures(ui, sess, e.params != params), **weight_list(ui, sess, int(index))}
 
 
@@ -364,7 +364,7 @@ def render_sweep(ui: UI, sess: Session, param: str, start: float, stop: float, f
         raise StudioError("click a bend with a numeric parameter first.")
     return files.served(frames_job(
         sess.jobs, "a sweep video", int(frames), progress, size,
-        lambda **job: backend.sweep_video(sess, f"bends.{sess.current}.params.{param}",
+        lambda **job: videos.sweep_video(sess, f"bends.{sess.current}.params.{param}",
                                           float(start), float(stop), int(frames), float(fps),
                                           **job)))
 

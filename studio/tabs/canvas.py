@@ -8,9 +8,9 @@ from typing import Any
 
 import gradio as gr
 
-from engine import bend_import
+from engine import bend_import, recipe
 from engine.errors import StudioError
-from studio import backend, uploads
+from studio import files, models, recipe_files, uploads
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session
@@ -78,14 +78,14 @@ def save_bundle(ui: UI, sess: Session) -> dict[Any, Any]:
     """Write the recipe and every file it names (picture, encoder, uploaded model) to a
     zip that renders the same image on any machine (engine/bundle.py)."""
     sess = need(sess)
-    return {ui.rec_file: str(backend.save_bundle(sess)), ui.rec_code: sess.recipe.to_json()}
+    return {ui.rec_file: str(recipe_files.save_bundle(sess)), ui.rec_code: sess.recipe.to_json()}
 
 
 @user_errors
 def save_recipe(ui: UI, sess: Session) -> dict[Any, Any]:
     """Write the current recipe to a JSON file for download."""
     sess = need(sess)
-    path = backend.new_output_path(sess, "recipe", ".json")
+    path = files.new_output_path(sess.token, "recipe", ".json")
     sess.recipe.save(path)
     return {ui.rec_file: str(path), ui.rec_code: sess.recipe.to_json()}
 
@@ -93,8 +93,8 @@ def save_recipe(ui: UI, sess: Session) -> dict[Any, Any]:
 def apply_recipe(ui: UI, sess: Session, rec: Any) -> dict[Any, Any]:
     """Check a recipe's files and fields, make it the session's, and show it everywhere."""
     from studio.tabs import model_bar
-    backend.check_recipe_files(sess, rec)
-    backend.validate(rec)
+    recipe_files.check_recipe_files(sess, rec)
+    recipe.validate(rec, models.load(rec.model))
     model_changed = rec.model != sess.model
     S.load_recipe(sess, rec)
     return model_bar.show_session(ui, sess, model_changed)
@@ -107,7 +107,7 @@ def load_recipe(ui: UI, sess: Session, file: Any, clusters: Any = None) -> dict[
     sess = need(sess)
     if str(getattr(file, "name", file) or "").lower().endswith(".zip"):
         path = uploads.upload_path(file, "recipe bundle", limit=LIMITS.checkpoint_bytes)
-        return apply_recipe(ui, sess, backend.open_bundle(sess, path))
+        return apply_recipe(ui, sess, recipe_files.open_bundle(sess, path))
     path = uploads.upload_path(file, "recipe", limit=uploads.MAX_RECIPE_BYTES)
     cluster_path = None
     if clusters is not None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import backend
+from studio import clustering
 from studio import session as S
 from studio.jobs import LANE, progress_fn
 from studio.limits import LIMITS
@@ -52,7 +52,7 @@ def layout(ui: UI) -> None:
 
 def view(ui: UI, sess: Session) -> dict[Any, Any]:
     """The tiles (selection drawn into them) and the checkbox list of the clustering."""
-    tiles = [tile for tile, _ in backend.overlay_tiles(sess)]
+    tiles = [tile for tile, _ in clustering.overlay_tiles(sess)]
     c = sess.clusters
     choices = [(f"#{i} ({c.sizes[i]} ch)", i) for i in range(c.k)] if c else []
     rows = -(-len(tiles) // GALLERY_COLUMNS) if tiles else 1
@@ -83,7 +83,7 @@ def compute_clusters(ui: UI, sess: Session, layer: str, k: float, samples: float
     sess = need(sess)
     report = progress_fn(progress)
     with LANE.heavy(sess.jobs, "a clustering", report) as cancel:
-        result = backend.compute_clusters(sess, layer, int(k), int(samples), progress=report,
+        result = clustering.compute_clusters(sess, layer, int(k), int(samples), progress=report,
                                           cancel=cancel)
     S.set_clusters(sess, result)
     msg = (f"{result.k} clusters of {result.num_channels} channels on **{result.layer}** "
@@ -99,7 +99,7 @@ def suggest(ui: UI, sess: Session, layer: str, samples: float,
     sess = need(sess)
     report = progress_fn(progress)
     with LANE.heavy(sess.jobs, "a search for k", report) as cancel:
-        best = backend.suggest_k(sess, layer, int(samples), progress=report, cancel=cancel)
+        best = clustering.suggest_k(sess, layer, int(samples), progress=report, cancel=cancel)
     return {ui.cl_k: best, ui.cl_status: f"Suggested k = **{best}** (best silhouette "
                                          f"score); computing its clusters…"}
 
@@ -109,7 +109,7 @@ def click_tile(ui: UI, sess: Session, evt: gr.SelectData) -> dict[Any, Any]:
     sess = need(sess)
     cid = int(evt.index)
     S.toggle_cluster(sess, cid)
-    return {ui.session: sess, **view(ui, sess), ui.cl_ablation: backend.ablation(sess, cid),
+    return {ui.session: sess, **view(ui, sess), ui.cl_ablation: clustering.ablation(sess, cid),
             **_where_after_selection(ui, sess)}
 
 
@@ -120,7 +120,7 @@ def select_clusters(ui: UI, sess: Session, ids: list[int]) -> dict[Any, Any]:
     added = S.select_clusters(sess, ids)
     out = {ui.session: sess, **view(ui, sess), **_where_after_selection(ui, sess)}
     if added:
-        out[ui.cl_ablation] = backend.ablation(sess, added[-1])
+        out[ui.cl_ablation] = clustering.ablation(sess, added[-1])
     return out
 
 

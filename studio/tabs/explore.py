@@ -9,7 +9,8 @@ from typing import Any
 
 import gradio as gr
 
-from studio import backend, files, uploads
+from engine import latents
+from studio import files, models, render, uploads, videos
 from studio import session as S
 from studio.jobs import frames_job
 from studio.limits import LIMITS
@@ -162,7 +163,7 @@ def live_sliders(ui: UI) -> list[Any]:
 def show(ui: UI, sess: Session) -> dict[Any, Any]:
     """Every latent control set to the session's latent, and its layer-edit list."""
     lat = sess.recipe.latent
-    info = backend.model_info(sess.model)
+    info = models.model_info(sess.model)
     n = info.num_ws
     amounts, method, start, end = [0.0] * N_DIRECTIONS, "sefa", 0, None
     for d in lat.directions:
@@ -241,7 +242,7 @@ def set_latent(ui: UI, sess: Session, seed_v: float, frac: float, psi_v: float, 
     if method == "file" and boundary_file is not None:
         path = str(uploads.upload_path(boundary_file, "boundary"))
         sess.uploads.add(path)
-        backend.check_boundary(sess, path)
+        latents.load_boundary(path, models.generator(sess.model))
     S.set_directions(sess, method, [float(a) for a in rest[:N_DIRECTIONS]], int(rest[-2]),
                      int(rest[-1]), path)
     return live_pictures(ui, sess, sess.recipe.latent != before)
@@ -268,7 +269,7 @@ def pick_method(ui: UI, sess: Session | None, method: str,
     """Show the boundary upload (and one slider) for 'file'; compute GANSpace's PCA once."""
     if sess is not None and method == "ganspace":
         progress(0.1, desc="GANSpace: principal axes of 10,000 sampled w")
-        backend.warm_directions(sess, method)
+        render.warm_directions(sess, method)
     out = {ui.boundary: gr.update(visible=method == "file")}
     for i, slider in enumerate(ui.dir_sliders):
         out[slider] = gr.update(visible=method != "file" or i == 0)
@@ -297,9 +298,9 @@ def render_grid(ui: UI, sess: Session, seeds_t: str, psis_t: str, kind: str) -> 
     sess = need(sess)
     seeds = floats(seeds_t, "seeds")
     if kind == "seeds × ψ":
-        return backend.psi_grid(sess, seeds, floats(psis_t, "ψ values"))
+        return render.psi_grid(sess, seeds, floats(psis_t, "ψ values"))
     mix = sess.recipe.latent.mix_seed
-    return backend.mix_grid(sess, seeds, float(mix if mix is not None else 1))
+    return render.mix_grid(sess, seeds, float(mix if mix is not None else 1))
 
 
 @job_errors
@@ -310,7 +311,7 @@ def render_walk(ui: UI, sess: Session, seeds_t: str, frames: float, fps: float, 
     keys = floats(seeds_t, "keyframe seeds")
     return files.served(frames_job(
         sess.jobs, "a walk video", int(frames), progress, size,
-        lambda **job: backend.walk_video(sess, keys, int(frames), bool(loop), space,
+        lambda **job: videos.walk_video(sess, keys, int(frames), bool(loop), space,
                                          float(fps), **job)))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from engine.blend import describe
-from studio import backend, files, teach, uploads
+from studio import files, models, teach, uploads
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session
@@ -98,7 +98,7 @@ def _blend_layout(ui: UI) -> None:
 
 def _blocks(sess: Session) -> list[str]:
     """The model's blocks (StyleGAN2); none for StyleGAN3, which blending does not cover."""
-    synthesis = backend.generator(sess.model).synthesis
+    synthesis = models.generator(sess.model).synthesis
     return [f"b{r}" for r in getattr(synthesis, "block_resolutions", [])]
 
 
@@ -117,7 +117,7 @@ def show(ui: UI, sess: Session) -> dict[Any, Any]:
             ui.blend_res: gr.update(choices=blocks, value=f"b{spec.swap_res}"),
             ui.blend_alpha: spec.alpha, ui.blend_mapping: spec.mapping,
             ui.blend_alphas: ", ".join(f"{a:g}" for a in spec.alphas or []),
-            ui.blend_note: describe(spec, backend.generator(sess.model))}
+            ui.blend_note: describe(spec, models.generator(sess.model))}
 
 
 def shown(ui: UI) -> list[Any]:
@@ -146,7 +146,7 @@ def cleared(ui: UI) -> list[Any]:
 def _labels_file(sess: Session, book: teach.LabelBook) -> str | None:
     if not book.marks:
         return None
-    path = backend.new_output_path(sess, "labels", ".csv")
+    path = files.new_output_path(sess.token, "labels", ".csv")
     path.write_text(book.to_csv(), encoding="utf-8")
     return str(path)
 
@@ -208,7 +208,7 @@ def train(ui: UI, sess: Session | None, book: teach.LabelBook, page: list[int],
     book.mark(page, yes or [], no or [])
     conditions = [trained[h] for h in (hold or []) if h in trained]
     for path in conditions:
-        backend.check_session_file(sess, path)
+        files.check_session_file(path, sess.token, sess.uploads)
     tb = teach.train(sess.model, book, float(psi), name or "", conditions, owner=sess)
     label = tb.name if tb.name not in trained else f"{tb.name} ({len(trained) + 1})"
     trained = {**trained, label: tb.path}
@@ -268,11 +268,11 @@ def set_blend(ui: UI, sess: Session, on: bool, other: str, mode: str, res: str,
     sess = need(sess)
     spec = teach.blend_spec(on, other, mode, res, alpha, mapping, alphas)
     if spec is not None:
-        if backend.is_path_spec(spec.model):
-            backend.check_session_file(sess, spec.model)
-        backend.load(spec.model, lambda f, m: progress(f, desc=m))
+        if models.is_path_spec(spec.model):
+            files.check_session_file(spec.model, sess.token, sess.uploads)
+        models.load(spec.model, lambda f, m: progress(f, desc=m))
     S.set_blend(sess, spec)
-    note = "" if spec is None else describe(spec, backend.generator(sess.model))
+    note = "" if spec is None else describe(spec, models.generator(sess.model))
     return {**pictures(ui, sess), ui.blend_note: note}
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio import backend, finetune, live, uploads
+from studio import files, finetune, live, models, uploads
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session, successor
@@ -39,7 +39,7 @@ def show_session(ui: UI, sess: Session, model_changed: bool) -> dict[Any, Any]:
     out = {**pictures(ui, sess), **explore.show(ui, sess), **bend.show(ui, sess),
            **clusters.show(ui, sess)}
     if model_changed:
-        info = backend.model_info(sess.model)
+        info = models.model_info(sess.model)
         layers = conv_layers(sess.model)
         layer = default_layer(layers)
         out.update({ui.model_card: model_card(ui, sess, info),
@@ -51,12 +51,12 @@ def show_session(ui: UI, sess: Session, model_changed: bool) -> dict[Any, Any]:
     return out
 
 
-def model_card(ui: UI, sess: Session, info: backend.ModelInfo) -> str:
+def model_card(ui: UI, sess: Session, info: models.ModelInfo) -> str:
     """The model card, a fine-tuned model's headed by its name in the model list: its own
     title is its file name, generator.safetensors, the same for every run."""
     names = {path: label for label, path in finetune.trained_models(sess)}
     name = names.get(sess.model)
-    return backend.card(dataclasses.replace(info, title=name) if name else info)
+    return models.card(dataclasses.replace(info, title=name) if name else info)
 
 
 def model_choices(ui: UI, sess: Session) -> list[tuple[str, str]]:
@@ -84,9 +84,9 @@ def load_model(ui: UI, sess: Session | None, spec: str,
     """Load a model (catalogue id, hf://..., path) and start afresh on it."""
     from studio.jobs import progress_fn
     new = successor(sess, spec)
-    if (spec or "").strip() and backend.is_path_spec(spec):
-        backend.check_session_file(new, spec.strip())
-    backend.model_info(spec, progress_fn(progress))
+    if (spec or "").strip() and models.is_path_spec(spec):
+        files.check_session_file(spec.strip(), new.token, new.uploads)
+    models.model_info(spec, progress_fn(progress))
     if sess is not None:
         S.switch_model(sess, spec)  # the same object: a running job's Cancel still works
         new = sess

@@ -7,7 +7,7 @@ from typing import Any
 import gradio as gr
 
 from engine.latents import ws_to_list
-from studio import backend, uploads
+from studio import models, projection, render, uploads, videos
 from studio import session as S
 from studio.jobs import LANE, progress_fn
 from studio.limits import LIMITS
@@ -62,11 +62,11 @@ def fit(ui: UI, sess: Session, photo: Any, steps: float, w_plus: bool,
     sess = need(sess)
     if photo is not None:
         note_if_scaled_up(uploads.open_image(photo).size,
-                          backend.model_info(sess.model).resolution, "the model draws")
+                          models.model_info(sess.model).resolution, "the model draws")
     report = progress_fn(progress)
     with LANE.heavy(sess.jobs, "a projection", report) as cancel:
         try:
-            res = backend.project(sess, photo, int(steps), bool(w_plus), progress=report,
+            res = projection.project(sess, photo, int(steps), bool(w_plus), progress=report,
                                   cancel=cancel)
         except Exception:
             if not sess.jobs.cancel.is_set():
@@ -76,10 +76,11 @@ def fit(ui: UI, sess: Session, photo: Any, steps: float, w_plus: bool,
     sess.projected = ws_to_list(res.w)
     msg = (f"PSNR **{res.psnr:.2f} dB** after {res.steps} steps (loss: {res.loss_name}; "
            f"from {res.init}). Send it to Explore to edit.")
-    return {ui.session: sess, ui.output: backend._pil(res.image),
-            ui.before: backend._pil(res.target), ui.pr_status: msg,
-            ui.pr_file: backend.save_latent(sess, res.w), ui.pr_send: gr.update(interactive=True),
-            ui.video: backend.frames_video(sess, res.frames, "projection")}
+    return {ui.session: sess, ui.output: render.pil(res.image),
+            ui.before: render.pil(res.target), ui.pr_status: msg,
+            ui.pr_file: projection.save_latent(sess, res.w),
+            ui.pr_send: gr.update(interactive=True),
+            ui.video: videos.frames_video(sess, res.frames, "projection")}
 
 
 @user_errors

@@ -11,7 +11,7 @@ import gradio as gr
 import torch
 
 from engine.errors import StudioError
-from studio import backend, finetune, gpu
+from studio import finetune, gpu, models
 from studio.jobs import LANE, polled_job, progress_fn
 from studio.limits import LIMITS
 from studio.session import Session
@@ -87,7 +87,7 @@ def _stored(sess: Session, uploaded: Any) -> tuple[Path, str, Any]:
     if gpu.on_zerogpu():
         raise StudioError("fine-tuning needs a CPU or a dedicated GPU, and this Space shares "
                           "ZeroGPU slices; run python -m engine train-gan on your own machine.")
-    info = backend.model_info(sess.model)
+    info = models.model_info(sess.model)
     data, digest = finetune.store_pictures(sess, uploaded, info.resolution)
     return data, digest, info
 
@@ -100,7 +100,7 @@ def _read_and_speed(sess: Session, data: Path, digest: str, info: Any, steps: fl
     pics = finetune.read_pictures(data, digest, info.resolution, fit)
     found = f"**{pics.pictures} pictures** ready at {info.resolution} px"
     found += f" ({pics.note.rstrip('.')})." if pics.note else "."
-    ips = finetune.speed(backend.generator(sess.model), info.sha256, int(batch), augment,
+    ips = finetune.speed(models.generator(sess.model), info.sha256, int(batch), augment,
                          _device(), measure=measure)
     if ips is None:
         return found
@@ -137,7 +137,7 @@ def train(ui: UI, sess: Session | None, uploaded: Any, steps: float, batch: floa
         raise gr.Error(str(exc), print_exception=False) from exc
     try:
         data, digest, info = _stored(sess, uploaded)
-        key = backend.model_key(sess.model) or ""
+        key = models.model_key(sess.model) or ""
         cfg = finetune.run_settings(sess, data, digest, key, int(steps), int(batch), augment,
                                     bool(xflip), fit)
     except StudioError as exc:

@@ -9,7 +9,8 @@ import gradio as gr
 
 from engine.errors import StudioError
 from engine.translator import DEFAULT_ANCHOR, DEFAULT_FRAMING, DEFAULT_STRENGTH, FRAMINGS
-from studio import backend
+from studio import session as S
+from studio import translation
 from studio.jobs import polled_job
 from studio.limits import LIMITS
 from studio.session import Session
@@ -106,8 +107,8 @@ def layout(ui: UI) -> None:
 def encoder_update(sess: Session | None, value: str | None = None) -> Any:
     """The encoder list for the session's model; when it has none (a fine-tuned or
     uploaded model), the box says so before Translate fails."""
-    found = backend.encoder_choices(sess, sess.model if sess else None)
-    return gr.update(choices=backend.encoder_options(found),
+    found = translation.encoder_choices(sess, sess.model if sess else None)
+    return gr.update(choices=translation.encoder_options(found),
                      value=value if value else (found[0] if found else None),
                      info=ENCODER_INFO if found else NO_ENCODER_INFO)
 
@@ -133,9 +134,9 @@ def train(ui: UI, sess: Session, layer: str, steps: float, batch: float) -> Iter
         sess.jobs.claim("an encoder training")
     except StudioError as exc:
         raise gr.Error(str(exc), print_exception=False) from exc
-    preview = backend.preview_path(sess, layer, int(batch))
+    preview = translation.preview_path(sess, layer, int(batch))
     for job in polled_job(
-            sess.jobs, lambda **kw: backend.train_encoder(sess, layer, int(steps), int(batch),
+            sess.jobs, lambda **kw: translation.train_encoder(sess, layer, int(steps), int(batch),
                                                           **kw),
             cancelled="Training cancelled; press Train / resume with the same steps to "
                       "continue from its last checkpoint.", failed="training stopped"):
@@ -165,9 +166,9 @@ def translate(ui: UI, sess: Session, encoder: str | None, picture: Any,
     sess = need(sess)
     if not encoder:
         raise StudioError("choose or train an encoder first.")
-    path, pic = backend.save_input_image(sess, picture)
-    backend.set_translator(sess, encoder, path, strength, framing, anchor)
-    seen = backend.framed_input(sess)
+    path, pic = translation.save_input_image(sess, picture)
+    S.set_translator(sess, encoder, path, strength, framing, anchor)
+    seen = translation.framed_input(sess)
     if seen is not None:
         note_if_scaled_up(pic.size, min(seen.size), "the encoder reads")
     return pictures(ui, sess)
@@ -183,7 +184,7 @@ def restyle(ui: UI, sess: Session, strength: float, framing: str,
     t = sess.recipe.translator
     if t is None or not t.image:
         return {ui.session: sess}  # not {}: Gradio reads an empty dict as one output value
-    backend.set_translator(sess, t.encoder, t.image, strength, framing, anchor)
+    S.set_translator(sess, t.encoder, t.image, strength, framing, anchor)
     return pictures(ui, sess)
 
 
@@ -191,7 +192,7 @@ def restyle(ui: UI, sess: Session, strength: float, framing: str,
 def translate_off(ui: UI, sess: Session) -> dict[Any, Any]:
     from studio.ui import pictures
     sess = need(sess)
-    backend.set_translator(sess, None, None)
+    S.set_translator(sess, None, None)
     return pictures(ui, sess)
 
 
@@ -201,7 +202,7 @@ def cam_frame(sess: Session | None, encoder: str | None, frame: Any,
     if sess is None or frame is None or not encoder:
         return None
     try:
-        return backend.translate_frame(sess, encoder, frame, strength, framing, anchor)
+        return translation.translate_frame(sess, encoder, frame, strength, framing, anchor)
     except StudioError as exc:
         gr.Warning(str(exc))
         return None

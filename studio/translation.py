@@ -1,0 +1,166 @@
+"""Translation for the studio: the encoders a session may use, training one, the framed
+input picture, and webcam frames through an encoder.
+
+Gradio-free (the tab is studio/tabs/translate.py); pointing a session's recipe at an
+encoder is a session edit (studio.session.set_translator). No model maths here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from engine import bending, recipe
+from engine.translator import DEFAULTS as TRANSLATE_DEFAULTS
+from studio import files, uploads
+from studio import gpu as gpu_mod
+from studio import session as S
+from studio.gpu import gpu
+from studio.jobs import interactive
+from studio.limits import SERVER_FILES
+from studio.models import image_seconds, load, small
+from studio.session import Session
+
+ENCODER_GLOBS = ("engine/default_model/**/encoder.safetensors",
+                 "engine/default_model/*encoder*.safetensors")
+
+
+def encoder_options(paths: list[str]) -> list[tuple[str, str]]:
+    """(label, path) pairs for the encoder dropdown: where it came from, its layer, steps."""
+    from engine import translator
+
+    options = []
+    for path in paths:
+        p = Path(path)
+        origin = (f"trained here ({p.parent.name})" if p.is_relative_to(files.OUT_DIR)
+                  else "shipped")
+        info = translator.list_encoder(p)
+        detail = p.name
+        if info is not None:
+            detail = f"{info.layer}, {info.steps} steps"
+            if info.saved_at:
+                detail += f", {info.saved_at[:16].replace('T', ' ')}"
+        options.append((f"{origin}: {detail}", path))
+    return options
+
+
+def _trained_encoders(sess: Session | None) -> list[str]:
+    """Encoders trained in this studio that `sess` may see: its own with
+    STUDIO_SERVER_FILES=studio (none before it has a session), everyone's on your own
+    machine."""
+    if SERVER_FILES == "any":
+        folders = [files.OUT_DIR / "sessions", files.OUT_DIR / "encoders"]
+        pattern = "**/encoder.safetensors"
+    elif sess is None:
+        return []
+    else:
+        folders, pattern = [encoder_dir(sess)], "*/encoder.safetensors"
+    return [str(p) for folder in folders if folder.is_dir() for p in sorted(folder.glob(pattern))]
+
+
+def encoder_choices(sess: Session | None, spec: str | None = None) -> list[str]:
+    """Encoders on disk (shipped ones, then those trained here that the session may see);
+    with `spec`, only those trained for that model (by the sha256 recorded beside each)."""
+    from engine import translator
+
+    found: list[str] = []
+    for pattern in ENCODER_GLOBS:
+        found += sorted(str(p) for p in files.REPO.glob(pattern))
+    found = list(dict.fromkeys(found + _trained_encoders(sess)))
+    if spec is None:
+        return found
+    m = load(spec)
+    shas = {m.sha256, translator.weights_sha256(m.G)}
+    return [path for path in found
+            if (info := translator.list_encoder(path)) is not None and info.model_shas & shas]
+
+
+def encoder_dir(sess: Session) -> Path:
+    return files.session_dir(sess.token) / "encoders"
+
+
+def train_encoder(sess: Session, layer: str, steps: int, batch: int,
+                  progress: Callable[[float, str], None] | None = None, cancel: Any = None,
+                  on_metrics: Callable[[int, dict], Any] | None = None) -> Any:
+    """Train (or resume) an encoder for `layer`; saved under this session's folder. The
+    folder is named by layer and batch only, so a cancelled run resumes even when the step
+    count changed (the engine lets steps grow). on_metrics(step, {"loss": ...}) hears every
+    step (engine.translator.train_encoder). On ZeroGPU the run is a series of time-boxed
+    GPU calls (studio.gpu.run_resumable); elsewhere one call."""
+    from engine import translator
+
+    files.make_room()
+    out = encoder_dir(sess) / f"{layer}-b{batch}"
+    result = gpu_mod.run_resumable(
+        _train_encoder_now, (sess.model, layer, int(steps), int(batch), str(out)), folder=out,
+        seconds=gpu_mod.max_call_seconds(), stopped=translator.TrainingCancelled,
+        progress=progress, cancel=cancel, on_metrics=on_metrics)
+    if gpu_mod.is_paused(result):
+        raise translator.TrainingCancelled(f"encoder training stopped before step {steps}; "
+                                           f"run it again to resume")
+    return result
+
+
+def _train_encoder_now(spec: str, layer: str, steps: int, batch: int, out: str,
+                       progress: Any, cancel: Any, on_metrics: Any) -> Any:
+    from engine import translator
+
+    m = load(spec)
+    return translator.train_encoder(m.G, layer=layer, steps=steps, batch=batch,
+                                    out_dir=out, progress=progress, cancel=cancel,
+                                    on_metrics=on_metrics,
+                                    preview_every=max(10, steps // 10),
+                                    checkpoint_every=max(10, steps // 10),
+                                    model_sha256=m.sha256, model_id=m.id,
+                                    eval_seeds=range(4))
+
+
+def preview_path(sess: Session, layer: str, batch: int) -> Path:
+    from engine import translator
+    return encoder_dir(sess) / f"{layer}-b{batch}" / translator.PREVIEW_FILE
+
+
+def save_input_image(sess: Session, image: Any) -> tuple[str, Image.Image]:
+    """Check an uploaded picture and keep a clean RGB PNG copy, in the session's folder,
+    that its recipe can name."""
+    pic = uploads.open_image(image)
+    pic.thumbnail((1024, 1024))  # the encoder sees at most the model's size anyway
+    path = files.new_output_path(sess.token, "input", ".png")
+    pic.save(path, format="PNG")
+    return str(path), pic
+
+
+def framed_input(sess: Session) -> Image.Image | None:
+    """The translated picture exactly as the encoder reads it (framed, at its input size),
+    or None when the session is not translating."""
+    from engine.latents import to_uint8
+    t = sess.recipe.translator
+    if t is None or not t.image:
+        return None
+    tr = recipe.cached_translator(t.encoder, load(sess.model).G)
+    x = tr.frame(uploads.open_image(t.image), t.framing, t.input_size)
+    return Image.fromarray(to_uint8(x)[0])
+
+
+@interactive
+@gpu(lambda sess, **_: image_seconds(sess.model, 2),
+     cpu_if=lambda sess, **_: small(sess.model))
+def translate_frame(sess: Session, encoder: str, frame: Any,
+                    strength: float = TRANSLATE_DEFAULTS.strength,
+                    framing: str = TRANSLATE_DEFAULTS.framing,
+                    anchor: str = TRANSLATE_DEFAULTS.anchor) -> np.ndarray:
+    """One webcam frame through the encoder, with the session's latent and bends, at a domain
+    strength (blending towards `anchor`) and framing. The frame goes through the same
+    checked reader as every other picture (pixel cap included)."""
+    frame = np.asarray(uploads.open_image(frame))
+    tr = S.live_translator(sess, encoder, load(sess.model))
+    m = load(sess.model)
+    r = sess.recipe
+    taps, wtaps = bending.make_taps(m.G, r.bends, r.weight_edits, model_key=m.sha256)
+    tr.set_latent(r.latent, taps=taps, weight_taps=wtaps, noise_mode=r.latent.noise_mode,
+                  strength=strength, framing=framing, anchor=anchor)
+    return tr.translate_frame(frame)

@@ -1,0 +1,57 @@
+"""Videos for the studio: latent walks, recipe sweeps and a job's frames, as mp4 files in
+the session's own folder. Gradio-free; the frames come from engine (latents, recipe,
+video), long renders run as studio.gpu jobs that report progress and can be cancelled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from engine import latents, recipe
+from studio import files
+from studio.gpu import gpu_job
+from studio.models import generator, image_seconds, load, small
+from studio.session import Session
+
+
+@gpu_job(lambda sess, frames, **_: image_seconds(sess.model, frames),
+         cpu_if=lambda sess, **_: small(sess.model))
+def walk_video(sess: Session, seeds: list[float], frames: int, loop: bool, space: str,
+               fps: float, progress: Callable[[int], Any] | None = None,
+               cancel: Any = None, size: int | None = None) -> str:
+    G = generator(sess.model)
+    out = files.new_output_path(sess.token, "walk", ".mp4")
+    latents.write_walk(G, seeds, frames, out, fps=fps, loop=loop, space=space,
+                       psi=sess.recipe.latent.psi, noise_mode=sess.recipe.latent.noise_mode,
+                       noise_seed=sess.recipe.latent.noise_seed, progress=progress, cancel=cancel,
+                       size=size)
+    return str(out)
+
+
+@gpu_job(lambda sess, frames, **_: image_seconds(sess.model, frames),
+         cpu_if=lambda sess, **_: small(sess.model))
+def sweep_video(sess: Session, path: str, start: float, stop: float, frames: int, fps: float,
+                progress: Callable[[int], Any] | None = None, cancel: Any = None,
+                size: int | None = None) -> str:
+    """Animate a numeric recipe field into an mp4 (engine.recipe.sweep); `size` scales
+    the frames (the recipe's output_size), so a 64 px model gives a watchable video."""
+    out = files.new_output_path(sess.token, "sweep", ".mp4")
+    r = dataclasses.replace(sess.recipe, output_size=int(size)) if size else sess.recipe
+    recipe.sweep(r, path, start, stop, frames, out, fps=fps, model=load(sess.model),
+                 progress=progress, cancel=cancel)
+    return str(out)
+
+
+def frames_video(sess: Session, frames: list[np.ndarray], stem: str,
+                 fps: float = 20) -> str | None:
+    """A job's frames (a projection's steps) as an mp4, or None when there are none."""
+    if not frames:
+        return None
+    from engine.video import write_video
+    out = files.new_output_path(sess.token, stem, ".mp4")
+    write_video(frames, out, fps=fps)
+    return str(out)
