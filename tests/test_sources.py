@@ -89,9 +89,9 @@ def test_an_unmapped_source_changes_nothing_and_a_bad_event_gets_a_sentence() ->
 def test_attack_glides_over_several_frames_to_the_mapped_value() -> None:
     """With attack 0.3 s a knob turned to the top reaches 180 over frames that come on
     their own (no further events), each nearer; then the frames stop."""
-    from studio import backend
+    from studio import render
     sess = _bent_session(attack=0.3)
-    backend.render(sess)          # the model loaded: frames take milliseconds, not seconds
+    render.render(sess)          # the model loaded: frames take milliseconds, not seconds
     seen: list[float] = []
 
     def done(ws: FakeSocket) -> bool:
