@@ -17,6 +17,7 @@ VERB_MODULES = {
     "generate": "engine.cli_models",
     "cluster": "engine.clusters",
     "render": "engine.recipe",
+    "music-video": "engine.music",
     "sweep": "engine.recipe",
     "project": "engine.projector",
     "train-latent-encoder": "engine.projector",

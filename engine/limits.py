@@ -36,6 +36,9 @@ class Limits:
     bundle_bytes: int = 2**30                  # STUDIO_MAX_BUNDLE_BYTES: a bundle, unpacked
     video_frames: int = 240                    # STUDIO_MAX_VIDEO_FRAMES: walk and sweep videos
     video_fps: int = 60                        # STUDIO_MAX_VIDEO_FPS
+    music_video_frames: int = 1800             # STUDIO_MAX_MUSIC_VIDEO_FRAMES: a music video
+    audio_bytes: int = 100 * 2**20             # STUDIO_MAX_AUDIO_BYTES: an audio file
+    audio_seconds: int = 600                   # STUDIO_MAX_AUDIO_SECONDS: audio decoded
     grid_values: int = 16                      # STUDIO_MAX_GRID_VALUES: seeds / ψ per list
     cluster_samples: int = 256                 # STUDIO_MAX_CLUSTER_SAMPLES: latents per k-means
     cluster_k: int = 16                        # STUDIO_MAX_CLUSTER_K: clusters per layer
@@ -66,6 +69,8 @@ ENV_NAMES = {
     "image_pixels": "STUDIO_MAX_IMAGE_PIXELS", "upload_bytes": "STUDIO_MAX_UPLOAD_BYTES",
     "checkpoint_bytes": "STUDIO_MAX_CHECKPOINT_BYTES", "bundle_bytes": "STUDIO_MAX_BUNDLE_BYTES",
     "video_frames": "STUDIO_MAX_VIDEO_FRAMES", "video_fps": "STUDIO_MAX_VIDEO_FPS",
+    "music_video_frames": "STUDIO_MAX_MUSIC_VIDEO_FRAMES",
+    "audio_bytes": "STUDIO_MAX_AUDIO_BYTES", "audio_seconds": "STUDIO_MAX_AUDIO_SECONDS",
     "grid_values": "STUDIO_MAX_GRID_VALUES",
     "cluster_samples": "STUDIO_MAX_CLUSTER_SAMPLES", "cluster_k": "STUDIO_MAX_CLUSTER_K",
     "bends": "STUDIO_MAX_BENDS", "weight_edits": "STUDIO_MAX_WEIGHT_EDITS",
