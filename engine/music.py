@@ -104,6 +104,8 @@ def _audio_recipe(recipe: Any) -> Any:
 
 def _frame_count(track: audio.AudioTrack, fps: float, start: float,
                  frames: int | None) -> tuple[int, bool]:
+    """(frames to render, whether the limit cut the track short): `frames` (default: the
+    rest of the track from `start`), never past the track's end."""
     limit = current_limits().music_video_frames
     if frames is not None:
         why = above_limit("music_video_frames", frames)
@@ -111,11 +113,12 @@ def _frame_count(track: audio.AudioTrack, fps: float, start: float,
             raise StudioError(f"frames: {why}")
         if frames < 1:
             raise StudioError(f"frames: {frames} must be 1 or more")
-        return frames, False
     whole = int(math.ceil((track.duration - start) * fps - 1e-9))
     if whole < 1:
         raise StudioError(f"start: {start:g} s is at or past the end of the track "
                           f"({track.duration:.2f} s)")
+    if frames is not None:
+        return min(frames, whole), False
     return min(whole, limit), whole > limit
 
 

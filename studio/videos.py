@@ -55,3 +55,19 @@ def frames_video(sess: Session, frames: list[np.ndarray], stem: str,
     out = files.new_output_path(sess.token, stem, ".mp4")
     write_video(frames, out, fps=fps)
     return str(out)
+
+
+@gpu_job(lambda sess, frames, **_: image_seconds(sess.model, frames),
+         cpu_if=lambda sess, **_: small(sess.model))
+def music_video(sess: Session, track: str, frames: int, fps: float, start: float = 0.0,
+                progress: Callable[[int], Any] | None = None, cancel: Any = None,
+                size: int | None = None) -> str:
+    """The session's recipe played by an audio track (engine.music): its audio mappings, or
+    a walk on loudness and beats and its bends on the bands; the track's stretch from
+    `start` muxed in. At most `frames` frames, fewer where the track ends first."""
+    from engine import music
+
+    out = files.new_output_path(sess.token, "music", ".mp4")
+    music.music_video(sess.recipe, track, out, fps=fps, frames=frames, start=start,
+                      model=load(sess.model), progress=progress, cancel=cancel, size=size)
+    return str(out)

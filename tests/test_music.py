@@ -154,6 +154,10 @@ def test_command_line(tone, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     assert len(list(read_video_frames(out))) == 4
     assert audio.decode(out).duration == pytest.approx(0.5, abs=0.03)
+    # More frames than the track has: the video stops with the track.
+    made = music.music_video(recipe, tone, tmp_path / "end.mp4", fps=4, frames=100,
+                             start=SECONDS - 1.0)
+    assert made.frames == 4 and not made.cut
     (tmp_path / "bad.json").write_text(json.dumps({"mappings": [{"name": "x"}]}))
     assert main(["music-video", str(tone), "--recipe", str(tmp_path / "bad.json"),
                  "--out", str(tmp_path / "bad.mp4")]) == 2

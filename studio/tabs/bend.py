@@ -14,6 +14,7 @@ from studio.jobs import frames_job
 from studio.limits import LIMITS
 from studio.live import PLAY_HTML
 from studio.session import Session, bend_label
+from studio.tabs import music
 from studio.tabs.explore import cancel_job
 from studio.ui import (
     LIVE,
@@ -73,6 +74,7 @@ def layout(ui: UI) -> None:
                    for i in range(N_CHECKS)]
     _weights_layout(ui)
     _sweep_layout(ui)
+    music.layout(ui)
     # API-only: set one parameter of one bend by name (gradio_client).
     ui.api_index = gr.Number(0, precision=0, visible=False)
     ui.api_name_box = gr.Textbox("", visible=False)
@@ -376,6 +378,7 @@ def wire(ui: UI) -> None:
                 [ui.session, ui.sw_param, ui.sw_from, ui.sw_to, ui.sw_frames, ui.sw_fps,
                  ui.sw_size], [ui.video], api_name="render_sweep", **ui.heavy())
     ui.sw_cancel.click(cancel_job, [ui.session], None, api_name="cancel_sweep")
+    music.wire(ui)
 
 
 def _wire_bends(ui: UI) -> None:
