@@ -14,18 +14,12 @@ from engine.errors import StudioError
 from studio import live, models
 from studio.limits import SERVER
 from studio.tabs import (
-    bend,
     canvas,
-    clusters,
-    explore,
     model_bar,
     perform,
-    project,
-    train,
-    translate,
 )
 from studio.tabs.explore import draw_seed
-from studio.ui import UI
+from studio.ui import UI, Page, bind
 
 __all__ = ["CSS", "JS", "build_app", "draw_seed"]
 
@@ -100,7 +94,7 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
     """The whole page; `default_model` is the spec a new session opens on."""
     default_model = default_model or models.DEFAULT_MODEL
     choices, n_ws = _model_list(default_model)
-    ui = UI(model_choices=choices)
+    ui = UI(model_choices=choices, n_ws=n_ws)
     # Gradio deletes uploads and its copies of outputs by the same age rule as studio.files.
     age = SERVER.file_age_s
     with gr.Blocks(title="Activation Studio", delete_cache=(min(3600, age), age)) as demo:
@@ -109,28 +103,14 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
         model_bar.layout(ui, choices, default_model)
         with gr.Row():
             with gr.Column(scale=3):
-                _tabs(ui, n_ws)
+                with gr.Tabs(elem_id="tabs") as ui.tabs:
+                    for tab in model_bar.TABS:
+                        with gr.Tab(tab.LABEL, id=tab.ID, elem_id=f"tab-{tab.ID}"):
+                            tab.layout(ui)
             with gr.Column(scale=2, elem_id="canvas-col"):
                 canvas.layout(ui)
-        for tab in (explore, clusters, bend, translate, project):
-            tab.wire(ui)
-        train.wire(ui, model_bar.page_outputs(ui), model_bar.load_model)
-        canvas.wire(ui, model_bar.page_outputs(ui))
-        model_bar.wire(ui, demo)
+        page = Page(demo=demo, outputs=model_bar.page_outputs(ui),
+                    load_model=bind(model_bar.load_model, ui))
+        for part in (*model_bar.TABS, canvas, model_bar):
+            part.wire(ui, page)
     return demo
-
-
-def _tabs(ui: UI, n_ws: int) -> None:
-    with gr.Tabs(elem_id="tabs") as ui.tabs:
-        with gr.Tab("Explore", id="explore", elem_id="tab-explore"):
-            explore.layout(ui, n_ws)
-        with gr.Tab("Clusters", id="clusters", elem_id="tab-clusters"):
-            clusters.layout(ui)
-        with gr.Tab("Bend", id="bend", elem_id="tab-bend"):
-            bend.layout(ui)
-        with gr.Tab("Translate", id="translate", elem_id="tab-translate"):
-            translate.layout(ui)
-        with gr.Tab("Project", id="project", elem_id="tab-project"):
-            project.layout(ui)
-        with gr.Tab("Train", id="train", elem_id="tab-train"):
-            train.layout(ui)

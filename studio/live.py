@@ -57,7 +57,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import StudioError
-from studio import models, osc, render, sources, translation
+from studio import models, render, sources, translation
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session
@@ -88,6 +88,10 @@ PLAY_HTML = ('<button id="live-play-{what}" class="lg secondary live-play" data-
 # The renders of every live connection share the interactive lane's width, so many open
 # pages cannot take more threads than the Gradio events would.
 _RENDER_SLOTS = anyio.CapacityLimiter(LIMITS.concurrency)
+
+# What a connection's hello tells the page besides the greeting, from modules that feed the
+# channel (studio.osc adds where OSC listens); they register here, so live imports none.
+HELLO_PARTS: list[Callable[[], dict[str, Any]]] = []
 
 _keys: dict[str, weakref.ref[Session]] = {}  # live key -> its session
 _open: dict[int, int] = {}                   # id(session) -> open connections
@@ -623,7 +627,10 @@ async def endpoint(ws: Any) -> None:
         await _refuse(ws, f"this session already has {MAX_CONNECTIONS} live pages open; "
                           f"close one and reload.", 4429)
         return
-    await ws.send_text(json.dumps({"hello": "live", **osc.describe()}))
+    hello: dict[str, Any] = {"hello": "live"}
+    for part in HELLO_PARTS:
+        hello.update(part())
+    await ws.send_text(json.dumps(hello))
     conn = Connection(ws, sess)
     with _settled:
         _conns.setdefault(id(sess), set()).add(conn)

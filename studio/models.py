@@ -14,7 +14,7 @@ from typing import Any
 
 from engine import networks, zoo
 from engine.errors import StudioError
-from studio import files
+from studio import files, finetune
 from studio import gpu as gpu_mod
 from studio.limits import SERVER_FILES
 
@@ -92,6 +92,19 @@ def card(info: ModelInfo) -> str:
     kind = "StyleGAN3 (alias-free), " if info.alias_free else ""
     return (f"**{info.title}** — {kind}{info.resolution}×{info.resolution} px, {len(convs)} "
             f"conv layers, {info.num_ws} ws × {info.w_dim}  \n<small>channels: {chans}</small>")
+
+
+CHECKPOINT_TYPES = (".pkl", ".pt", ".pth", ".safetensors")
+
+
+def session_choices(known: list[tuple[str, str]], sess: Any) -> list[tuple[str, str]]:
+    """The model list (`known`: (label, spec) pairs) plus the session's own uploaded
+    checkpoints and fine-tuned models (one click away, and seen by nobody else)."""
+    known = list(known)
+    mine = sorted(p for p in sess.uploads if p.endswith(CHECKPOINT_TYPES))
+    tuned = [c for c in finetune.trained_models(sess) if c[1] not in [k[1] for k in known]]
+    return tuned + [(f"uploaded: {p.rsplit('/', 1)[-1]}", p) for p in mine
+                    if p not in [c[1] for c in known]] + known
 
 
 def image_seconds(spec: str, images: float = 1) -> float:

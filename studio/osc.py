@@ -32,6 +32,7 @@ from typing import Any
 
 from engine.errors import StudioError
 from engine.mappings import OSC_MAP_PREFIX
+from studio import live
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,6 @@ class Listener:
                 self.drop(str(exc))
 
     def deliver(self, msg: Message) -> None:
-        from studio import live
         sess = live.session_for(msg.key)
         if sess is None:
             raise StudioError("no session has that key (reload the page for its key).")
@@ -241,3 +241,6 @@ def describe() -> dict[str, Any]:
         return {}
     host, port = _listener.address
     return {"osc": f"{host}:{port}"}
+
+
+live.HELLO_PARTS.append(describe)  # the page's hello says where to send

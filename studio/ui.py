@@ -12,6 +12,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -33,6 +34,16 @@ INTERACTIVE = dict(concurrency_id="interactive", concurrency_limit=LIMITS.concur
 HEAVY_LANE = dict(concurrency_id="heavy",
                   concurrency_limit=SERVER.heavy_jobs + SERVER.heavy_waiting)
 LIVE = dict(trigger_mode="always_last", show_progress="hidden", **INTERACTIVE)
+
+
+@dataclass
+class Page:
+    """What a tab's wire() may use of the page beyond its own controls: the Blocks, every
+    component that showing a whole session changes, and the model bar's load handler
+    (bound to the page; a tab that opens a model calls it instead of importing the bar)."""
+    demo: gr.Blocks
+    outputs: list[Any]
+    load_model: Callable[..., Any]
 
 
 class UI(SimpleNamespace):
@@ -202,6 +213,12 @@ def curves(points: list[tuple[int, dict[str, float]]], names: tuple[str, ...],
 
 def conv_layers(spec: str) -> list[str]:
     return models.model_info(spec).conv_layers
+
+
+def layer_update(sess: Session) -> Any:
+    """A layer dropdown for the session's model: its conv layers, the default chosen."""
+    layers = conv_layers(sess.model)
+    return gr.update(choices=layers, value=default_layer(layers))
 
 
 def default_layer(layers: list[str]) -> str:

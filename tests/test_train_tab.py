@@ -19,7 +19,6 @@ from engine.loop import read_metrics
 from engine.train_gan import METRICS_NAME
 from studio import finetune, models
 from studio import session as S
-from studio.tabs import model_bar
 from studio.tabs import train as tab
 from studio.ui import UI
 
@@ -127,7 +126,7 @@ def test_a_run_streams_grids_and_curves_cancels_resumes_and_joins_the_model_list
     assert steps == list(range(1, 7))  # resumed after the cancel: no step twice, none lost
     assert done[ui.gt_samples] and Path(done[ui.gt_samples]).exists()
     assert set(done[ui.gt_plot]["curve"]) == {"loss_g", "loss_d", "aug_p"}
-    assert (path in [c[1] for c in model_bar.model_choices(ui, sess)])
+    assert (path in [c[1] for c in models.session_choices(ui.model_choices, sess)])
     G = models.generator(path)  # the export loads like any model
     assert torch.isfinite(G(G.seed_to_z(0))).all()
 

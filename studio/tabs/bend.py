@@ -19,10 +19,12 @@ from studio.tabs.explore import cancel_job
 from studio.ui import (
     LIVE,
     UI,
+    Page,
     bind,
     cancel_button,
     capped_slider,
     job_errors,
+    layer_update,
     live_pictures,
     need,
     pictures,
@@ -32,6 +34,8 @@ from studio.ui import (
 
 WHERE_CHOICES = ["selected clusters", "all channels", "random fraction"]
 KINDS = {"float": ("float", "int"), "choice": ("choice",), "bool": ("bool",)}
+
+LABEL, ID = "Bend", "bend"  # the tab's title and id (its element: tab-bend)
 
 
 def _most(kinds: tuple[str, ...]) -> int:
@@ -191,13 +195,14 @@ def show(ui: UI, sess: Session) -> dict[Any, Any]:
     return {**editor(ui, sess), **weight_list(ui, sess)}
 
 
-def shown(ui: UI) -> list[Any]:
-    return [*editor_outputs(ui), ui.w_list]
+def reset(ui: UI, sess: Session) -> dict[Any, Any]:
+    """A new model: its layers in both layer lists."""
+    return {ui.add_layer: layer_update(sess), ui.w_layer: layer_update(sess)}
 
 
-def reset(ui: UI, layers: list[str], layer: str) -> dict[Any, Any]:
-    return {ui.add_layer: gr.update(choices=layers, value=layer),
-            ui.w_layer: gr.update(choices=layers, value=layer)}
+def outputs(ui: UI) -> list[Any]:
+    """Every component show() and reset() change."""
+    return [*editor_outputs(ui), ui.w_list, ui.add_layer, ui.w_layer]
 
 
 # ----------------------------------------------------------------------------------------
@@ -371,7 +376,7 @@ def render_sweep(ui: UI, sess: Session, param: str, start: float, stop: float, f
                                           **job)))
 
 
-def wire(ui: UI) -> None:
+def wire(ui: UI, page: Page) -> None:
     _wire_bends(ui)
     _wire_weights(ui)
     with_cancel(ui.sw_btn.click, ui.sw_cancel, bind(render_sweep, ui),

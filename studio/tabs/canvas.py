@@ -14,10 +14,11 @@ from studio import files, models, recipe_files, uploads
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session
-from studio.tabs import perform
+from studio.tabs import model_bar, perform
 from studio.ui import (
     LIVE,
     UI,
+    Page,
     bind,
     checked_file,
     job_errors,
@@ -92,7 +93,6 @@ def save_recipe(ui: UI, sess: Session) -> dict[Any, Any]:
 
 def apply_recipe(ui: UI, sess: Session, rec: Any) -> dict[Any, Any]:
     """Check a recipe's files and fields, make it the session's, and show it everywhere."""
-    from studio.tabs import model_bar
     recipe_files.check_recipe_files(sess, rec)
     recipe.validate(rec, models.load(rec.model))
     model_changed = rec.model != sess.model
@@ -150,7 +150,6 @@ def redo(ui: UI, sess: Session) -> dict[Any, Any]:
 
 
 def _history(ui: UI, sess: Session, step: Any, empty: str) -> dict[Any, Any]:
-    from studio.tabs import model_bar
     model = sess.model
     if not step(sess):
         raise StudioError(empty)
@@ -193,7 +192,7 @@ def sync(ui: UI, sess: Session) -> dict[Any, Any]:
     return {**out, **stack_labels(ui, sess)}
 
 
-def wire(ui: UI, page_outputs: list[Any]) -> None:
+def wire(ui: UI, page: Page) -> None:
     ui.live_sync.click(bind(sync, ui), [ui.session],
                        [ui.session, ui.output, ui.before, ui.stack],
                        api_name=False, **LIVE)
@@ -208,8 +207,8 @@ def wire(ui: UI, page_outputs: list[Any]) -> None:
     ui.rec_bundle.click(bind(save_bundle, ui), [ui.session], [ui.rec_file, ui.rec_code],
                         api_name="save_bundle", **ui.job())
     ui.rec_load.upload(bind(load_recipe, ui), [ui.session, ui.rec_load, ui.rec_clusters],
-                       page_outputs, api_name="load_recipe", **ui.job())
-    ui.rec_apply.click(bind(apply_json, ui), [ui.session, ui.rec_code], page_outputs,
+                       page.outputs, api_name="load_recipe", **ui.job())
+    ui.rec_apply.click(bind(apply_json, ui), [ui.session, ui.rec_code], page.outputs,
                        api_name="apply_recipe_json", **ui.job())
-    ui.undo_btn.click(bind(undo, ui), [ui.session], page_outputs, api_name="undo", **ui.job())
-    ui.redo_btn.click(bind(redo, ui), [ui.session], page_outputs, api_name="redo", **ui.job())
+    ui.undo_btn.click(bind(undo, ui), [ui.session], page.outputs, api_name="undo", **ui.job())
+    ui.redo_btn.click(bind(redo, ui), [ui.session], page.outputs, api_name="redo", **ui.job())

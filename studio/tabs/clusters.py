@@ -14,10 +14,12 @@ from studio.session import Session
 from studio.tabs.explore import cancel_job
 from studio.ui import (
     UI,
+    Page,
     bind,
     cancel_button,
     capped_slider,
     job_errors,
+    layer_update,
     need,
     user_errors,
     with_cancel,
@@ -25,6 +27,8 @@ from studio.ui import (
 
 GALLERY_COLUMNS = 4     # cluster tiles per row (each ~150 px wide at 1280 px)
 TILE_ROW_PX = 170       # gallery height per row of tiles
+
+LABEL, ID = "Clusters", "clusters"  # the tab's title and id (its element: tab-clusters)
 
 
 def layout(ui: UI) -> None:
@@ -66,14 +70,14 @@ def show(ui: UI, sess: Session) -> dict[Any, Any]:
     return view(ui, sess)
 
 
-def shown(ui: UI) -> list[Any]:
-    return [ui.cl_gallery, ui.cl_selected]
-
-
-def reset(ui: UI, layers: list[str], layer: str) -> dict[Any, Any]:
+def reset(ui: UI, sess: Session) -> dict[Any, Any]:
     """A new model: its layers, and nothing left of the old model's clustering."""
-    return {ui.cl_layer: gr.update(choices=layers, value=layer), ui.cl_status: "",
-            ui.cl_ablation: None}
+    return {ui.cl_layer: layer_update(sess), ui.cl_status: "", ui.cl_ablation: None}
+
+
+def outputs(ui: UI) -> list[Any]:
+    """Every component show() and reset() change."""
+    return [ui.cl_gallery, ui.cl_selected, ui.cl_layer, ui.cl_status, ui.cl_ablation]
 
 
 @job_errors
@@ -129,7 +133,7 @@ def _where_after_selection(ui: UI, sess: Session) -> dict[Any, Any]:
     return {ui.add_where: gr.update(value="selected clusters")} if sess.selected else {}
 
 
-def wire(ui: UI) -> None:
+def wire(ui: UI, page: Page) -> None:
     compute_in = [ui.session, ui.cl_layer, ui.cl_k, ui.cl_samples]
     compute_out = [ui.session, ui.cl_status, ui.cl_gallery, ui.cl_selected, ui.add_layer,
                    ui.cl_ablation]

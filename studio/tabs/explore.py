@@ -20,6 +20,7 @@ from studio.tabs import explore_teach
 from studio.ui import (
     LIVE,
     UI,
+    Page,
     bind,
     cancel_button,
     capped_slider,
@@ -39,13 +40,16 @@ N_DIRECTIONS = 5  # direction sliders shown (top components of SeFa / GANSpace)
 # training, a library) can make the seeds it offers predictable or the same for every user.
 _SEED_RNG = random.SystemRandom()
 
+LABEL, ID = "Explore", "explore"  # the tab's title and id (its element: tab-explore)
+
 
 def draw_seed() -> int:
     """A seed for the "Random seed" button, from the OS's randomness."""
     return _SEED_RNG.randrange(0, 100000)
 
 
-def layout(ui: UI, n_ws: int) -> None:
+def layout(ui: UI) -> None:
+    n_ws = ui.n_ws  # the w-index sliders fit the model a session opens on
     """The Explore tab's controls, built into `ui`."""
     with gr.Row():
         ui.seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed",
@@ -194,16 +198,17 @@ def show(ui: UI, sess: Session) -> dict[Any, Any]:
     return {**out, **explore_teach.show(ui, sess)}
 
 
-def shown(ui: UI) -> list[Any]:
+def outputs(ui: UI) -> list[Any]:
+    """Every component show() and reset() change."""
     return [ui.seed, ui.seed_frac, ui.psi, ui.cutoff, ui.noise_mode, ui.noise_seed, ui.mix_on,
             ui.mix_seed, ui.mix_start, ui.mix_end, ui.dir_method, ui.boundary, *ui.dir_sliders,
             ui.dir_start, ui.dir_end, ui.le_index, ui.le_list, ui.move_box, ui.move_x,
-            ui.move_y, ui.move_rot, *explore_teach.shown(ui), *explore_teach.cleared(ui)]
+            ui.move_y, ui.move_rot, *explore_teach.outputs(ui), ui.grid_out]
 
 
-def reset(ui: UI) -> dict[Any, Any]:
+def reset(ui: UI, sess: Session) -> dict[Any, Any]:
     """A new model: the old model's grid, boundary file, marks and trained boundaries go."""
-    return {ui.grid_out: None, ui.boundary: None, **explore_teach.reset(ui)}
+    return {ui.grid_out: None, ui.boundary: None, **explore_teach.reset(ui, sess)}
 
 
 def seed_label(sess: Session | None) -> str:
@@ -321,7 +326,7 @@ def cancel_job(sess: Session | None) -> None:
         sess.jobs.cancel.set()
 
 
-def wire(ui: UI) -> None:
+def wire(ui: UI, page: Page) -> None:
     """The Explore tab's events."""
     inputs, outs = [ui.session, *latent_inputs(ui)], [ui.session, ui.output, ui.before]
     setter = bind(set_latent, ui)

@@ -21,7 +21,6 @@ from studio.ui import LIVE, UI, bind, checked_file, job_errors, need, pictures, 
 
 DEFAULT_PAGE = 12
 GRID_COLUMNS = 6
-CHECKPOINT_TYPES = [".pkl", ".pt", ".pth", ".safetensors"]
 
 
 def layout(ui: UI) -> None:
@@ -78,7 +77,8 @@ def _blend_layout(ui: UI) -> None:
             ui.blend_model = gr.Textbox("", label="Model B (id, hf://..., or upload)",
                                         elem_id="blend-model")
             ui.blend_upload = checked_file(gr.UploadButton(
-                "Upload B", file_types=CHECKPOINT_TYPES, size="sm", elem_id="blend-upload"))
+                "Upload B", file_types=list(models.CHECKPOINT_TYPES), size="sm",
+                elem_id="blend-upload"))
         with gr.Row():
             ui.blend_mode = gr.Radio([("Layer swap", "swap"), ("Interpolate", "interpolate")],
                                      value="swap", label="How", elem_id="blend-mode")
@@ -120,12 +120,7 @@ def show(ui: UI, sess: Session) -> dict[Any, Any]:
             ui.blend_note: describe(spec, models.generator(sess.model))}
 
 
-def shown(ui: UI) -> list[Any]:
-    return [ui.blend_on, ui.blend_model, ui.blend_mode, ui.blend_res, ui.blend_alpha,
-            ui.blend_mapping, ui.blend_alphas, ui.blend_note]
-
-
-def reset(ui: UI) -> dict[Any, Any]:
+def reset(ui: UI, sess: Session) -> dict[Any, Any]:
     """A new model: marks and boundaries belong to the old model's W."""
     empty = gr.update(choices=[], value=[])
     return {ui.teach_book: teach.LabelBook(), ui.teach_shown: [], ui.teach_trained: {},
@@ -134,8 +129,11 @@ def reset(ui: UI) -> dict[Any, Any]:
             ui.teach_hold: empty}
 
 
-def cleared(ui: UI) -> list[Any]:
-    return [ui.teach_book, ui.teach_shown, ui.teach_trained, ui.teach_grid, ui.teach_yes,
+def outputs(ui: UI) -> list[Any]:
+    """Every component show() and reset() change."""
+    return [ui.blend_on, ui.blend_model, ui.blend_mode, ui.blend_res, ui.blend_alpha,
+            ui.blend_mapping, ui.blend_alphas, ui.blend_note, ui.teach_book,
+            ui.teach_shown, ui.teach_trained, ui.teach_grid, ui.teach_yes,
             ui.teach_no, ui.teach_status, ui.teach_result, ui.teach_file, ui.teach_labels,
             ui.teach_hold]
 

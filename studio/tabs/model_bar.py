@@ -1,6 +1,11 @@
 """The model bar (model list, upload, card) and showing a whole session on the page: after a
 model switch, a loaded recipe, undo or redo every tab shows the session, and panels of the
-previous model are cleared."""
+previous model are cleared.
+
+Every tab in TABS keeps one contract: LABEL and ID (its place in the tab strip), `layout(ui)`,
+`wire(ui, page)`, `show(ui, sess)` (its controls showing a session), `reset(ui, sess)` (after a
+model switch: the new model's choices, the old model's panels cleared) and `outputs(ui)` (every
+component those two change). A new tab is a new module in TABS; nothing here changes."""
 
 from __future__ import annotations
 
@@ -14,9 +19,9 @@ from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session, successor
 from studio.tabs import bend, clusters, explore, project, train, translate
-from studio.ui import UI, bind, checked_file, conv_layers, default_layer, pictures, user_errors
+from studio.ui import UI, Page, bind, checked_file, pictures, user_errors
 
-CHECKPOINT_TYPES = (".pkl", ".pt", ".pth", ".safetensors")
+TABS = (explore, clusters, bend, translate, project, train)  # in the tab strip's order
 
 
 def layout(ui: UI, choices: list[tuple[str, str]], default_model: str) -> None:
@@ -29,25 +34,23 @@ def layout(ui: UI, choices: list[tuple[str, str]], default_model: str) -> None:
             # Not the page's primary button: the model in the box is already loaded.
             ui.load_btn = gr.Button("Load model", variant="secondary", elem_id="load-model")
             ui.ckpt_upload = checked_file(gr.UploadButton(
-                "Upload checkpoint", size="sm", file_types=list(CHECKPOINT_TYPES)))
+                "Upload checkpoint", size="sm", file_types=list(models.CHECKPOINT_TYPES)))
         ui.model_card = gr.Markdown("Loading the model…", elem_id="model-card")
 
 
 def show_session(ui: UI, sess: Session, model_changed: bool) -> dict[Any, Any]:
     """Every control showing `sess`; with model_changed, the model's layers, encoders and
     limits too, and every panel that showed the previous model cleared."""
-    out = {**pictures(ui, sess), **explore.show(ui, sess), **bend.show(ui, sess),
-           **clusters.show(ui, sess)}
+    out = pictures(ui, sess)
+    for tab in TABS:
+        out.update(tab.show(ui, sess))
     if model_changed:
-        info = models.model_info(sess.model)
-        layers = conv_layers(sess.model)
-        layer = default_layer(layers)
-        out.update({ui.model_card: model_card(ui, sess, info),
+        out.update({ui.model_card: model_card(ui, sess, models.model_info(sess.model)),
                     ui.live_key: live.key_html(sess),
-            ui.model_box: gr.update(value=sess.model, choices=model_choices(ui, sess)),
-            ui.video: None, **explore.reset(ui), **clusters.reset(ui, layers, layer),
-            **bend.reset(ui, layers, layer), **translate.reset(ui, sess, layers, layer),
-            **project.reset(ui), **train.reset(ui)})
+                    ui.model_box: gr.update(value=sess.model, choices=model_choices(ui, sess)),
+                    ui.video: None})
+        for tab in TABS:
+            out.update(tab.reset(ui, sess))
     return out
 
 
@@ -60,22 +63,13 @@ def model_card(ui: UI, sess: Session, info: models.ModelInfo) -> str:
 
 
 def model_choices(ui: UI, sess: Session) -> list[tuple[str, str]]:
-    """The model list plus this session's own uploaded checkpoints and fine-tuned models
-    (one click away, and seen by nobody else)."""
-    known = list(ui.model_choices)
-    mine = sorted(p for p in sess.uploads if p.endswith(CHECKPOINT_TYPES))
-    tuned = [c for c in finetune.trained_models(sess) if c[1] not in [k[1] for k in known]]
-    return tuned + [(f"uploaded: {p.rsplit('/', 1)[-1]}", p) for p in mine
-                    if p not in [c[1] for c in known]] + known
+    return models.session_choices(ui.model_choices, sess)
 
 
 def page_outputs(ui: UI) -> list[Any]:
     """Everything show_session may change; the first four are load_model's API answer."""
     return [ui.session, ui.model_card, ui.output, ui.before, ui.model_box, ui.video,
-            *explore.shown(ui), ui.grid_out, *bend.shown(ui), *clusters.shown(ui),
-            ui.cl_layer, ui.cl_status, ui.cl_ablation, ui.add_layer, ui.w_layer, ui.tr_layer,
-            ui.tr_encoder, ui.tr_status, ui.tr_preview, ui.cam_out, ui.pr_status, ui.pr_file,
-            ui.live_key, *train.cleared(ui)]
+            ui.live_key, *[c for tab in TABS for c in tab.outputs(ui)]]
 
 
 @user_errors
@@ -103,8 +97,8 @@ def upload_checkpoint(ui: UI, sess: Session | None, file: Any,
     return load_model.__wrapped__(ui, sess, path, progress)  # one undoable edit, not two
 
 
-def wire(ui: UI, demo: gr.Blocks) -> None:
-    outs = page_outputs(ui)
+def wire(ui: UI, page: Page) -> None:
+    outs = page.outputs
     loading = ui.load_btn.click(bind(load_model, ui), [ui.session, ui.model_box], outs,
                                 api_name="load_model", **ui.job())
     # A load that failed must not leave the box naming it: it goes back to the model loaded.
@@ -113,5 +107,5 @@ def wire(ui: UI, demo: gr.Blocks) -> None:
     ui.ckpt_upload.upload(bind(upload_checkpoint, ui), [ui.session, ui.ckpt_upload],
                           [ui.model_box, *[o for o in outs if o is not ui.model_box]],
                           api_name="upload_checkpoint", **ui.job())
-    demo.load(bind(load_model, ui), [ui.session, ui.model_box], outs, api_name=False,
+    page.demo.load(bind(load_model, ui), [ui.session, ui.model_box], outs, api_name=False,
               **ui.job())

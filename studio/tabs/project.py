@@ -16,6 +16,7 @@ from studio.tabs import explore
 from studio.tabs.explore import cancel_job
 from studio.ui import (
     UI,
+    Page,
     bind,
     cancel_button,
     capped_slider,
@@ -27,6 +28,8 @@ from studio.ui import (
     user_errors,
     with_cancel,
 )
+
+LABEL, ID = "Project", "project"  # the tab's title and id (its element: tab-project)
 
 
 def layout(ui: UI) -> None:
@@ -49,9 +52,19 @@ def layout(ui: UI) -> None:
         ui.pr_file = gr.File(label="Fitted latent (.npy)", interactive=False, height=80)
 
 
-def reset(ui: UI) -> dict[Any, Any]:
+def show(ui: UI, sess: Session) -> dict[Any, Any]:
+    """Nothing here follows an undo or a recipe (a fit belongs to its photo)."""
+    return {}
+
+
+def reset(ui: UI, sess: Session) -> dict[Any, Any]:
     """A new model: the old model's fit and its latent file go."""
     return {ui.pr_status: "", ui.pr_file: None}
+
+
+def outputs(ui: UI) -> list[Any]:
+    """Every component show() and reset() change."""
+    return [ui.pr_status, ui.pr_file]
 
 
 @job_errors
@@ -95,7 +108,7 @@ def send_to_explore(ui: UI, sess: Session) -> dict[Any, Any]:
     return {**pictures(ui, sess), **explore.show(ui, sess), ui.tabs: gr.Tabs(selected="explore")}
 
 
-def wire(ui: UI) -> None:
+def wire(ui: UI, page: Page) -> None:
     # While a new fit runs, the previous fit's figures, file and Send are stale: they go.
     stale = {ui.pr_status: "Fitting… (progress above the image)", ui.pr_file: None,
              ui.pr_send: gr.update(interactive=False)}
@@ -106,6 +119,8 @@ def wire(ui: UI) -> None:
     # The flag alone stops the fit (at its next step), so the handler answers "cancelled"
     # in the status line instead of the event ending in an error.
     ui.pr_cancel.click(cancel_job, [ui.session], None, api_name="cancel_projection")
+    # Explore's controls (its grid is only cleared by a model switch: not an output here).
+    explore_controls = [c for c in explore.outputs(ui) if c is not ui.grid_out]
     ui.pr_send.click(bind(send_to_explore, ui), [ui.session],
-                     [ui.session, ui.output, ui.before, ui.tabs, *explore.shown(ui)],
+                     [ui.session, ui.output, ui.before, ui.tabs, *explore_controls],
                      api_name="send_to_explore", **ui.job())

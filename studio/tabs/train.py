@@ -18,6 +18,7 @@ from studio.session import Session
 from studio.tabs.explore import cancel_job
 from studio.ui import (
     UI,
+    Page,
     bind,
     cancel_button,
     capped_slider,
@@ -30,6 +31,8 @@ from studio.ui import (
 
 PICTURE_TYPES = [".zip", ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"]
 CURVES = ("loss_g", "loss_d", "aug_p")  # what the plot follows, one line each
+
+LABEL, ID = "Train", "train"  # the tab's title and id (its element: tab-train)
 
 
 def layout(ui: UI) -> None:
@@ -68,13 +71,19 @@ def layout(ui: UI) -> None:
     ui.gt_load = gr.Button("Load the fine-tuned model", elem_id="gt-load", interactive=False)
 
 
-def cleared(ui: UI) -> list[Any]:
-    """What a model switch clears here (the estimate and the grids were for the old model)."""
-    return [ui.gt_estimate, ui.gt_status, ui.gt_samples]
+def show(ui: UI, sess: Session) -> dict[Any, Any]:
+    """Nothing here follows an undo or a recipe (a run belongs to its pictures)."""
+    return {}
 
 
-def reset(ui: UI) -> dict[Any, Any]:
+def reset(ui: UI, sess: Session) -> dict[Any, Any]:
+    """A model switch clears the estimate and the grids (they were for the old model)."""
     return {ui.gt_estimate: "", ui.gt_status: "", ui.gt_samples: None}
+
+
+def outputs(ui: UI) -> list[Any]:
+    """Every component show() and reset() change."""
+    return [ui.gt_estimate, ui.gt_status, ui.gt_samples]
 
 
 def _device() -> str:
@@ -174,11 +183,10 @@ def train(ui: UI, sess: Session | None, uploaded: Any, steps: float, batch: floa
 
 
 def _choices(ui: UI, sess: Session) -> list[tuple[str, str]]:
-    from studio.tabs import model_bar
-    return model_bar.model_choices(ui, sess)
+    return models.session_choices(ui.model_choices, sess)
 
 
-def wire(ui: UI, page_outputs: list[Any], load_model: Any) -> None:
+def wire(ui: UI, page: Page) -> None:
     settings = [ui.gt_files, ui.gt_steps, ui.gt_batch, ui.gt_augment, ui.gt_fit]
     ui.gt_files.upload(bind(check, ui), [ui.session, *settings], [ui.gt_estimate],
                        api_name="check_pictures", **ui.heavy())
@@ -191,5 +199,5 @@ def wire(ui: UI, page_outputs: list[Any], load_model: Any) -> None:
                 [ui.gt_estimate, ui.gt_status, ui.gt_plot, ui.gt_samples, ui.gt_model,
                  ui.gt_load, ui.model_box], api_name="fine_tune", **ui.heavy())
     ui.gt_cancel.click(cancel_job, [ui.session], None, api_name="cancel_fine_tune")
-    ui.gt_load.click(bind(load_model, ui), [ui.session, ui.gt_model], page_outputs,
+    ui.gt_load.click(page.load_model, [ui.session, ui.gt_model], page.outputs,
                      api_name=False, **ui.job())

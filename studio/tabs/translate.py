@@ -17,11 +17,13 @@ from studio.session import Session
 from studio.tabs.explore import cancel_job
 from studio.ui import (
     UI,
+    Page,
     bind,
     cancel_button,
     capped_slider,
     checked_image,
     curves,
+    layer_update,
     need,
     note_if_scaled_up,
     user_errors,
@@ -43,6 +45,8 @@ LIVE_CAM_HTML = """
 ENCODER_INFO = "shipped, trained here, a path or hf://"
 NO_ENCODER_INFO = ("this model has no encoder yet: train one under \"Train an encoder\" "
                    "below (or name one: a path or hf://)")
+
+LABEL, ID = "Translate", "translate"  # the tab's title and id (its element: tab-translate)
 
 
 def layout(ui: UI) -> None:
@@ -113,11 +117,20 @@ def encoder_update(sess: Session | None, value: str | None = None) -> Any:
                      info=ENCODER_INFO if found else NO_ENCODER_INFO)
 
 
-def reset(ui: UI, sess: Session, layers: list[str], layer: str) -> dict[Any, Any]:
+def show(ui: UI, sess: Session) -> dict[Any, Any]:
+    """Nothing here follows an undo or a recipe (the picture and encoder are the page's)."""
+    return {}
+
+
+def reset(ui: UI, sess: Session) -> dict[Any, Any]:
     """A new model: its layers and encoders; the old model's training panel goes."""
-    return {ui.tr_layer: gr.update(choices=layers, value=layer),
-            ui.tr_encoder: encoder_update(sess), ui.tr_status: "", ui.tr_preview: None,
-            ui.cam_out: None}
+    return {ui.tr_layer: layer_update(sess), ui.tr_encoder: encoder_update(sess),
+            ui.tr_status: "", ui.tr_preview: None, ui.cam_out: None}
+
+
+def outputs(ui: UI) -> list[Any]:
+    """Every component show() and reset() change."""
+    return [ui.tr_layer, ui.tr_encoder, ui.tr_status, ui.tr_preview, ui.cam_out]
 
 
 @user_errors
@@ -208,7 +221,7 @@ def cam_frame(sess: Session | None, encoder: str | None, frame: Any,
         return None
 
 
-def wire(ui: UI) -> None:
+def wire(ui: UI, page: Page) -> None:
     ui.tr_refresh.click(bind(refresh_encoders, ui), [ui.session, ui.tr_encoder],
                         [ui.tr_encoder], api_name="list_encoders")
     with_cancel(ui.tr_train.click, ui.tr_cancel, bind(train, ui),
