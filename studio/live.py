@@ -70,7 +70,6 @@ HEADER = struct.Struct(">BIfH")      # kind, sequence number, render ms, shown b
 JPEG_QUALITY = 92                   # small models: artefacts would show at 64 px
 MAX_MESSAGE_BYTES = 4 * 2**20       # one webcam frame or one JSON message
 MAX_CONNECTIONS = 3                 # open live channels per session (tabs of one visitor)
-FLOAT_PARAMS = ("float", "int")     # bend parameter types the editor's sliders show
 JS_FILE = Path(__file__).with_name("live.js")
 REST_S = 0.25                       # no new value this long: the gesture rests, show it whole
 
@@ -168,12 +167,13 @@ def apply(sess: Session, messages: list[dict[str, Any]]) -> None:
         kind = msg.get("kind")
         if kind == "latent":
             _apply_latent(sess, msg.get("values") or {})
-        elif kind == "bend":
-            _apply_bend_slot(sess, _index(msg, "slot"), msg.get("value"))
+        elif kind == "bend":  # the bend editor's slot-th slider
+            S.set_bend_slot(sess, "float", _index(msg, "slot"),
+                            _number({"v": msg.get("value")}, "v", 0.0))
         elif kind == "weight":
-            index = _index(msg, "index")
-            S.set_weight_edit(sess, index, **{_weight_param(sess, index):
-                                              _number({"v": msg["value"]}, "v", 0.0)})
+            amount = _number({"v": msg.get("value")}, "v", 0.0)
+            if not S.set_weight_amount(sess, _index(msg, "index"), amount):
+                raise StudioError("this weight edit has no amount to set.")
         elif kind == "field":   # OSC, MIDI, the microphone, keys (studio/sources.py)
             sources.set_field(sess, msg.get("path"), msg.get("value"))
         elif kind == "fields":  # the mappings' values at one frame
@@ -195,10 +195,6 @@ def _number(values: dict[str, Any], name: str, default: float) -> float:
     return value
 
 
-METHODS = {"sefa": "sefa", "ganspace": "ganspace", "file": "file", "SeFa": "sefa",
-           "GANSpace": "ganspace", "Boundary file": "file"}
-
-
 def _seq(msg: dict[str, Any]) -> int:
     """The message's sequence number; anything that is not a finite number counts as 0, so a
     malformed message cannot end the connection's render loop."""
@@ -218,47 +214,15 @@ def _index(msg: dict[str, Any], name: str) -> int:
 
 
 def _apply_latent(tmp: Session, values: dict[str, Any]) -> None:
+    """The Explore sliders' values (numbers checked here, mapped to edits in the session)."""
     lat = tmp.recipe.latent
-    seed = int(_number(values, "seed", lat.seed // 1)) + _number(values, "seed-frac",
-                                                                   lat.seed % 1)
-    cutoff = int(_number(values, "cutoff", lat.cutoff or 0))
-    S.set_latent(tmp, seed=seed, psi=_number(values, "psi", lat.psi), cutoff=cutoff or None)
+    S.set_seed_controls(tmp, _number(values, "seed", lat.seed // 1),
+                        _number(values, "seed-frac", lat.seed % 1),
+                        _number(values, "psi", lat.psi), _number(values, "cutoff", lat.cutoff or 0))
     amounts = values.get("dir")
     if isinstance(amounts, list) and len(amounts) <= 16:
-        # With every amount at 0 the recipe holds no direction: the sliders' settings then
-        # (a trained or uploaded boundary stays in use from the first move).
-        old = lat.directions[0] if lat.directions else tmp.direction_settings
-        method = METHODS.get(str(values.get("method")), old.method if old else "sefa")
-        if method == "file" and (old is None or not old.path):
-            return  # the boundary file is not uploaded yet: nothing to preview
-        S.set_directions(tmp, method, [_number({"a": a}, "a", 0.0) for a in amounts],
-                         old.layer_start if old else 0, old.layer_end if old else None,
-                         old.path if old else None)
-
-
-def _apply_bend_slot(tmp: Session, slot: int, value: Any) -> None:
-    """The slot-th numeric slider of the bend editor sets that parameter of the bend being
-    edited (the same slot order as studio.tabs.bend)."""
-    if tmp.current is None or not 0 <= tmp.current < len(tmp.recipe.bends):
-        return
-    from engine.bending import OPERATIONS
-    op = OPERATIONS[tmp.recipe.bends[tmp.current].op]
-    names = [p.name for p in op.params if p.type in FLOAT_PARAMS]
-    if 0 <= slot < len(names):
-        S.set_bend_param(tmp, tmp.current, names[slot], _number({"v": value}, "v", 0.0))
-
-
-def _weight_param(tmp: Session, index: int) -> str:
-    """The parameter the weight editor's amount slider sets (factor, or a noise std)."""
-    from engine.bending import WEIGHT_OPERATIONS
-    edits = tmp.recipe.weight_edits
-    if not 0 <= index < len(edits):
-        raise StudioError(f"there is no weight edit {index}.")
-    names = [p.name for p in WEIGHT_OPERATIONS[edits[index].op].params
-             if p.type == "float"]  # as the editor's amount slider (bend.change_weight_edit)
-    if not names:
-        raise StudioError("this weight edit has no amount to set.")
-    return names[0]
+        S.move_directions(tmp, values.get("method"), [_number({"a": a}, "a", 0.0)
+                                                      for a in amounts])
 
 
 def _jpeg(pic: Image.Image | np.ndarray) -> bytes:
@@ -321,7 +285,7 @@ def play_frames(sess: Session, msg: dict[str, Any]
     loop = bool(msg.get("loop", True))
     out = []
     if msg.get("what") == "walk":
-        seeds = _seeds(str(msg.get("seeds") or ""))
+        seeds = S.numbers(str(msg.get("seeds") or ""), "keyframe seeds", LIMITS.grid_values)
         lat = sess.recipe.latent
         G = models.generator(sess.model)
         for ws in latents.interpolate_ws(G, seeds, frames, space=str(msg.get("space") or "z"),
@@ -355,16 +319,6 @@ def _sweep_frame(sess: Session, path: str, value: float) -> Session:
     tmp = preview(sess, [])
     tmp.recipe = set_field(tmp.recipe, path, value)
     return tmp
-
-
-def _seeds(text: str) -> list[float]:
-    try:
-        seeds = [float(t) for t in text.replace(";", ",").split(",") if t.strip()]
-    except ValueError as exc:
-        raise StudioError("the keyframe seeds must be numbers separated by commas.") from exc
-    if not 1 <= len(seeds) <= LIMITS.grid_values:
-        raise StudioError(f"give 1 to {LIMITS.grid_values} keyframe seeds.")
-    return seeds
 
 
 def _encoder_path(sess: Session, shown: str) -> str:

@@ -230,6 +230,31 @@ def set_latent(sess: Session, **fields: Any) -> None:
         setattr(lat, name, copy.deepcopy(value))
 
 
+DIRECTION_METHODS = {"sefa": "sefa", "ganspace": "ganspace", "file": "file", "SeFa": "sefa",
+                     "GANSpace": "ganspace", "Boundary file": "file"}  # value or label -> method
+
+
+def set_seed_controls(sess: Session, seed: float, frac: float, psi: float,
+                      cutoff: float) -> None:
+    """The seed box, its fraction slider, psi and the cutoff slider (0: no cutoff)."""
+    set_latent(sess, seed=float(int(seed or 0)) + float(frac or 0), psi=float(psi),
+               cutoff=int(cutoff) or None)
+
+
+def move_directions(sess: Session, method: Any, amounts: list[float]) -> None:
+    """The direction sliders moved (the live channel): `method` is the dropdown's value or
+    label; the layer range and boundary file stay the session's (a trained or uploaded
+    boundary stays in use from the first move). With every amount at 0 the recipe holds no
+    direction, so the settings come from beside it (Session.direction_settings)."""
+    lat = sess.recipe.latent
+    old = lat.directions[0] if lat.directions else sess.direction_settings
+    method = DIRECTION_METHODS.get(str(method), old.method if old else "sefa")
+    if method == "file" and (old is None or not old.path):
+        return  # the boundary file is not uploaded yet: nothing to preview
+    set_directions(sess, method, [float(a) for a in amounts], old.layer_start if old else 0,
+                   old.layer_end if old else None, old.path if old else None)
+
+
 def set_directions(sess: Session, method: str, amounts: list[float], start: int,
                    end: int | None, path: str | None = None) -> None:
     """Direction sliders: one DirectionEdit per non-zero amount (a boundary file has one)."""
@@ -395,6 +420,49 @@ def set_bend_param(sess: Session, index: int, name: str, value: Any) -> None:
     sess.current = index
 
 
+PARAM_KINDS = {"float": ("float", "int"), "choice": ("choice",), "bool": ("bool",)}
+# The bend editor's controls by kind (sliders, dropdowns, checkboxes): the slot-th control of
+# a kind sets the slot-th parameter of those types of the bend being edited.
+
+
+def slot_param(sess: Session, kind: str, slot: int) -> str | None:
+    """The parameter the slot-th `kind` control of the bend editor sets, or None (no bend
+    being edited, or a slot its operation does not use)."""
+    if sess.current is None or not 0 <= sess.current < len(sess.recipe.bends):
+        return None
+    op = OPERATIONS[sess.recipe.bends[sess.current].op]
+    names = [p.name for p in op.params if p.type in PARAM_KINDS[kind]]
+    return names[slot] if 0 <= slot < len(names) else None
+
+
+def set_bend_slot(sess: Session, kind: str, slot: int, value: Any) -> bool:
+    """Set what the slot-th `kind` control of the bend editor sets; False when nothing."""
+    name = slot_param(sess, kind, slot)
+    if name is None:
+        return False
+    set_bend_param(sess, sess.current, name, value)
+    return True
+
+
+def weight_amount_param(sess: Session, index: int) -> str | None:
+    """The parameter the weight editor's amount slider sets on edit `index` (its first float:
+    a factor, or a noise std), or None when the operation has none."""
+    edits = sess.recipe.weight_edits
+    if not 0 <= index < len(edits):
+        raise StudioError(f"there is no weight edit {index}.")
+    names = [p.name for p in WEIGHT_OPERATIONS[edits[index].op].params if p.type == "float"]
+    return names[0] if names else None
+
+
+def set_weight_amount(sess: Session, index: int, amount: float) -> bool:
+    """The amount slider on weight edit `index`; False when the edit has no amount."""
+    name = weight_amount_param(sess, index)
+    if name is None:
+        return False
+    set_weight_edit(sess, index, **{name: amount})
+    return True
+
+
 def set_weight_edit(sess: Session, index: int, **params: Any) -> None:
     """Change parameters of weight edit `index` (axis, factor, std, ...)."""
     e = sess.recipe.weight_edits[_index(sess.recipe.weight_edits, index, "weight edit")]
@@ -484,6 +552,19 @@ def _parse(text: str) -> Any:
 
 # ----------------------------------------------------------------------------------------
 # Labels the page shows.
+
+def numbers(text: str, what: str, limit: int) -> list[float]:
+    """Comma-separated numbers typed in a box (seeds, psi values), 1 to `limit` of them."""
+    try:
+        vals = [float(t) for t in str(text).replace(";", ",").split(",") if t.strip()]
+    except ValueError as exc:
+        raise StudioError(f"{what} must be numbers separated by commas, like 1, 2, 3.") from exc
+    if not vals:
+        raise StudioError(f"give at least one value for {what}.")
+    if len(vals) > limit:
+        raise StudioError(f"give at most {limit} values for {what}.")
+    return vals
+
 
 def bend_label(i: int, b: Bend) -> str:
     """One line naming a bend in the stack list."""

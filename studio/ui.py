@@ -183,16 +183,8 @@ def capped_slider(low: int, limit: int, value: int, step: int = 1, **kwargs: Any
 
 
 def floats(text: str, what: str, limit: int = LIMITS.grid_values) -> list[float]:
-    """Comma-separated numbers typed in a box, at most `limit` of them."""
-    try:
-        vals = [float(t) for t in str(text).replace(";", ",").split(",") if t.strip()]
-    except ValueError as exc:
-        raise StudioError(f"{what} must be numbers separated by commas, like 1, 2, 3.") from exc
-    if not vals:
-        raise StudioError(f"give at least one value for {what}.")
-    if len(vals) > limit:
-        raise StudioError(f"give at most {limit} values for {what}.")
-    return vals
+    """Comma-separated numbers typed in a box, at most `limit` of them (session.numbers)."""
+    return S.numbers(text, what, limit)
 
 
 def curves(points: list[tuple[int, dict[str, float]]], names: tuple[str, ...],

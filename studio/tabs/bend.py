@@ -33,7 +33,7 @@ from studio.ui import (
 )
 
 WHERE_CHOICES = ["selected clusters", "all channels", "random fraction"]
-KINDS = {"float": ("float", "int"), "choice": ("choice",), "bool": ("bool",)}
+KINDS = S.PARAM_KINDS  # the editor's control kinds and the parameter types each shows
 
 LABEL, ID = "Bend", "bend"  # the tab's title and id (its element: tab-bend)
 
@@ -272,14 +272,11 @@ def slot_handler(kind: str, slot: int) -> Any:
         sess = need(sess)
         # Nothing to set (no bend picked, or a slot this op does not use: a late event after
         # Remove). Not {}: Gradio reads an empty dict as one output value and fails.
-        if sess.current is None:
-            return {ui.session: sess}
-        op = OPERATIONS[sess.recipe.bends[sess.current].op]
-        names = [p.name for p in op.params if p.type in KINDS[kind]]
-        if slot >= len(names):
+        if S.slot_param(sess, kind, slot) is None:
             return {ui.session: sess}
         params = dict(sess.recipe.bends[sess.current].params)
-        _set_param(sess, sess.current, names[slot], value)
+        S.set_bend_slot(sess, kind, slot, value)
+        render.check_bend(sess, sess.recipe.bends[sess.current])
         # The stack's labels come back with each image, so the list never shows an older
         # value than the picture does. A value the live channel already applied (and
         # showed) needs no render here.
@@ -337,11 +334,9 @@ def change_weight_edit(ui: UI, sess: Session, index: int | None,
     if index is None:  # the slider moved before any edit was added: it only sets the amount
         return {ui.session: sess}
     e = sess.recipe.weight_edits[int(index)]
-    numeric = [p.name for p in WEIGHT_OPERATIONS[e.op].params if p.type == "float"]
-    if not numeric:
-        return {ui.session: sess}
     params = dict(e.params)
-    S.set_weight_edit(sess, int(index), **{numeric[0]: amount})
+    if not S.set_weight_amount(sess, int(index), amount):
+        return {ui.session: sess}
     render.check_weight_edit(sess, e)
     return {**live_pictures(ui, sess, e.params != params), **weight_list(ui, sess, int(index))}
 

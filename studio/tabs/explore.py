@@ -240,9 +240,8 @@ def set_latent(ui: UI, sess: Session, seed_v: float, frac: float, psi_v: float, 
     # the first event after a live drag an edit of its own (an undo step that shows nothing).
     mixing = dict(mix_seed=int(mseed or 0), mix_start=int(mstart), mix_end=int(mend)) \
         if mix else dict(mix_seed=None)
-    S.set_latent(sess, seed=float(int(seed_v or 0)) + float(frac or 0), psi=float(psi_v),
-                 cutoff=int(cut) or None, noise_mode=nmode, noise_seed=int(nseed or 0),
-                 **mixing)
+    S.set_seed_controls(sess, seed_v, frac, psi_v, cut)
+    S.set_latent(sess, noise_mode=nmode, noise_seed=int(nseed or 0), **mixing)
     path = None
     if method == "file" and boundary_file is not None:
         path = str(uploads.upload_path(boundary_file, "boundary"))
