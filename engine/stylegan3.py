@@ -413,6 +413,10 @@ def _depthwise(f: torch.Tensor, channels: int, gain: float, like: torch.Tensor,
 def _crop(x: torch.Tensor, start: int, length: int, dim: int) -> torch.Tensor:
     """x[start:start + length] along dim (-1 or -2), with zeros where that leaves x."""
     right = length - (x.shape[dim] - start)
+    if start >= 0 and right <= 0:
+        # Inside x: a view. On channels_last a crop of rows (N == 1) stays contiguous, so the
+        # largest tensor of a layer is not copied (F.pad copies even when it only crops).
+        return x.narrow(dim, start, length)
     pads = (-start, right, 0, 0) if dim == -1 else (0, 0, -start, right)
     if pads == (0, 0, 0, 0):
         return x
