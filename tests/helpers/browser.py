@@ -177,7 +177,7 @@ def stop_process(proc: subprocess.Popen) -> None:
 
 @contextmanager
 def studio_server(model: str, env: dict[str, str] | None = None,
-                  timeout: float = 90.0) -> Iterator[str]:
+                  timeout: float = 240.0) -> Iterator[str]:
     """Run `python spaces_app.py` on a free port; yields its URL, stops it afterwards."""
     port = free_port()
     child_env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1",
