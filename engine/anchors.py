@@ -19,21 +19,30 @@ the start layer; the user's latent writes every later one.
 
 The default model ships its bank (`engine/default_model/faces64.anchors.safetensors`, written
 by `python -m engine.anchors --model default --out FILE`); for any other model a smaller one
-is rendered on first use and kept while the model lives.
+(build_count images) is rendered on first use, with progress and cancel, kept while the model
+lives and on disk by its weights' sha256 (bank_cache_dir), so it is rendered once per model.
+An interactive call (a translate or a webcam frame in the studio: `only_ready`) never renders
+one: it is refused in a sentence and the studio makes it as a long job.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import contextvars
+import os
+import threading
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.errors import StudioError
+from engine.errors import StudioError, cancel_requested
 
 CELLS = 8                    # the layout is the luminance pooled to CELLS x CELLS
 FIRST_SEED = 5_000_000       # bank seeds: FIRST_SEED + i (none of the benchmarks' seeds)
@@ -126,18 +135,32 @@ def seed_ws(G: nn.Module, seeds: list[int], psi: float | None = None) -> torch.T
     return G.mapping(z, None, psi=PSI if psi is None else psi)
 
 
+class BankCancelled(StudioError):
+    """The user cancelled the rendering of an anchor bank."""
+
+
 @torch.no_grad()
 def build_bank(G: nn.Module, count: int, first_seed: int = FIRST_SEED, batch: int = 64,
-               weights_sha256: str | None = None) -> AnchorBank:
-    """Render `count` images of G (psi 1, constant noise) and keep their layouts."""
+               weights_sha256: str | None = None,
+               progress: Callable[[float, str], None] | None = None, cancel: Any = None
+               ) -> AnchorBank:
+    """Render `count` images of G (psi 1, constant noise) and keep their layouts, as the
+    file stores them (float16), so a bank read back chooses as the one built. progress
+    (fraction, message) after each batch; `cancel` (engine.errors.cancel_requested) is
+    checked before each and raises BankCancelled."""
     from engine.translator import weights_sha256 as sha_of
 
     out, colours = [], []
     for start in range(0, count, batch):
+        if cancel_requested(cancel):
+            raise BankCancelled("making the anchor bank was cancelled.")
         seeds = list(range(first_seed + start, first_seed + min(count, start + batch)))
         img = G.synthesis(seed_ws(G, seeds, psi=1.0))
-        out.append(layouts(img).cpu())
-        colours.append(colour_layouts(img).cpu())
+        out.append(layouts(img).cpu().half().float())
+        colours.append(colour_layouts(img).cpu().half().float())
+        if progress is not None:
+            done = start + len(seeds)
+            progress(done / count, f"anchor bank: {done} of {count} images")
     return AnchorBank(torch.cat(out), first_seed, weights_sha256 or sha_of(G),
                       torch.cat(colours))
 
@@ -149,31 +172,86 @@ def build_count(G: nn.Module) -> int:
 
 
 _banks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_banks_lock = threading.Lock()
+_ONLY_READY: contextvars.ContextVar[bool] = contextvars.ContextVar("anchors_only_ready",
+                                                                   default=False)
 
 
-def bank_for(G: nn.Module) -> AnchorBank:
-    """G's bank: the shipped one when it was made for G's weights, else one rendered now
-    (build_count images) and kept while G lives with these weights."""
+def bank_cache_dir() -> Path:
+    """~/.cache/activation-studio/anchors, or $ACTIVATION_STUDIO_CACHE/anchors."""
+    root = os.environ.get("ACTIVATION_STUDIO_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "activation-studio"
+    return base / "anchors"
+
+
+def _cached_path(sha: str) -> Path:
+    return bank_cache_dir() / f"{sha}.anchors.safetensors"
+
+
+@contextlib.contextmanager
+def only_ready() -> Iterator[None]:
+    """Inside: bank_for returns a bank that is ready (shipped, kept or on disk) and refuses,
+    in one sentence, one it would have to render (seconds to minutes by the model)."""
+    token = _ONLY_READY.set(True)
+    try:
+        yield
+    finally:
+        _ONLY_READY.reset(token)
+
+
+def ready_bank(G: nn.Module) -> AnchorBank | None:
+    """G's bank when it needs no rendering: kept for G, shipped for its weights, or on disk
+    (bank_cache_dir) from an earlier build for its weights; None otherwise."""
     from engine.translator import weights_sha256, weights_stamp
 
     stamp = weights_stamp(G)
-    hit = _banks.get(G)
+    with _banks_lock:
+        hit = _banks.get(G)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-
     sha = weights_sha256(G)
     bank = None
-    if SHIPPED.is_file():
-        shipped = AnchorBank.load(SHIPPED)
-        if shipped.weights_sha256 == sha and shipped.colours is not None:
-            bank = shipped
-    if bank is None:
-        bank = build_bank(G, build_count(G), weights_sha256=sha)
-    _banks[G] = (stamp, bank)
+    for path in (SHIPPED, _cached_path(sha)):
+        if path.is_file():
+            try:
+                found = AnchorBank.load(path)
+            except StudioError:
+                continue   # a damaged cache file: rendered again
+            if found.weights_sha256 == sha and found.colours is not None:
+                bank = found
+                break
+    if bank is not None:
+        with _banks_lock:
+            _banks[G] = (stamp, bank)
     return bank
 
 
-@torch.no_grad()
+def bank_for(G: nn.Module, progress: Callable[[float, str], None] | None = None,
+             cancel: Any = None) -> AnchorBank:
+    """G's bank: a ready one (ready_bank), else one rendered now (build_count images, with
+    progress and cancel as build_bank), kept for G and written to bank_cache_dir. Inside
+    only_ready() a bank that is not ready is refused in a sentence instead."""
+    from engine.translator import weights_sha256, weights_stamp
+
+    bank = ready_bank(G)
+    if bank is not None:
+        return bank
+    if _ONLY_READY.get():
+        raise StudioError(
+            "this model has no anchor bank yet (the images 'blend towards: match' picks "
+            "from): translate a picture once to make it (a long job with progress), or "
+            "blend towards the latent.")
+    stamp, sha = weights_stamp(G), weights_sha256(G)
+    bank = build_bank(G, build_count(G), weights_sha256=sha, progress=progress, cancel=cancel)
+    try:
+        bank.save(_cached_path(sha))
+    except OSError:
+        pass   # a read-only cache: the bank still lives with G
+    with _banks_lock:
+        _banks[G] = (stamp, bank)
+    return bank
+
+
 def choose(G: nn.Module, pictures: torch.Tensor, ws: torch.Tensor,
            bank: AnchorBank | None = None, candidates: int | None = None,
            psi: float | None = None, keep: torch.Tensor | None = None,

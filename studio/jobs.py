@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from engine import clusters
+from engine import anchors, clusters
 from engine.errors import StudioError
 from studio.limits import SERVER
 
@@ -159,10 +159,11 @@ LANE = Lane(SERVER.heavy_jobs, SERVER.heavy_waiting)
 def interactive(fn: Callable) -> Callable:
     """Decorator: `fn` is an interactive render (see Lane.interactive). It may use cached
     clusterings only: one it would compute (a recipe's bend may name any) is refused in a
-    sentence, and computed as a long job on the Clusters tab."""
+    sentence, and computed as a long job on the Clusters tab; the same for a model's anchor
+    bank (engine.anchors), made as a long job by the Translate button."""
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        with LANE.interactive(), clusters.only_cached():
+        with LANE.interactive(), clusters.only_cached(), anchors.only_ready():
             return fn(*args, **kwargs)
     return call
 

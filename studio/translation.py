@@ -146,6 +146,26 @@ def framed_input(sess: Session) -> Image.Image | None:
     return Image.fromarray(to_uint8(x)[0])
 
 
+def needs_anchor_bank(sess: Session) -> bool:
+    """Whether the session's translation blends towards the model's images ('match') and
+    the model's anchor bank is not ready (engine.anchors.ready_bank): it must be made, as a
+    long job, before an interactive render can use it."""
+    from engine import anchors
+    from engine.translator import check_strength
+    t = sess.recipe.translator
+    if t is None or t.anchor != "match" or check_strength(t.strength) >= 1.0:
+        return False
+    return anchors.ready_bank(load(sess.model).G) is None
+
+
+def make_anchor_bank(sess: Session, progress: Callable[[float, str], None] | None = None,
+                     cancel: Any = None) -> None:
+    """Render the model's anchor bank (engine.anchors.bank_for: kept with the model and on
+    disk), with progress and cancel; run it in the long-job lane."""
+    from engine import anchors
+    anchors.bank_for(load(sess.model).G, progress=progress, cancel=cancel)
+
+
 @interactive
 @gpu(lambda sess, **_: image_seconds(sess.model, 2),
      cpu_if=lambda sess, **_: small(sess.model))

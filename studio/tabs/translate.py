@@ -11,7 +11,7 @@ from engine.errors import StudioError
 from engine.translator import DEFAULT_ANCHOR, DEFAULT_FRAMING, DEFAULT_STRENGTH, FRAMINGS
 from studio import session as S
 from studio import translation
-from studio.jobs import polled_job
+from studio.jobs import LANE, polled_job, progress_fn
 from studio.limits import LIMITS
 from studio.session import Session
 from studio.tabs.explore import cancel_job
@@ -169,10 +169,21 @@ def train(ui: UI, sess: Session, layer: str, steps: float, batch: float) -> Iter
            ui.tr_status: done, **shown}
 
 
+def anchor_bank_job(sess: Session, progress: Any) -> None:
+    """Make the model's anchor bank first when the translation needs one that is not ready:
+    a long job (its slot, progress on the busy line, the session's Cancel), never inside the
+    interactive render that follows."""
+    if translation.needs_anchor_bank(sess):
+        report = progress_fn(progress)
+        with LANE.heavy(sess.jobs, "an anchor bank", report) as cancel:
+            translation.make_anchor_bank(sess, progress=report, cancel=cancel)
+
+
 @user_errors
 def translate(ui: UI, sess: Session, encoder: str | None, picture: Any,
               strength: float = DEFAULT_STRENGTH, framing: str = DEFAULT_FRAMING,
-              anchor: str = DEFAULT_ANCHOR) -> dict[Any, Any]:
+              anchor: str = DEFAULT_ANCHOR, progress: gr.Progress = gr.Progress()
+              ) -> dict[Any, Any]:
     """Translate an uploaded picture through the encoder; latent and bends apply. Before
     shows the picture as the encoder saw it."""
     from studio.ui import pictures
@@ -181,6 +192,7 @@ def translate(ui: UI, sess: Session, encoder: str | None, picture: Any,
         raise StudioError("choose or train an encoder first.")
     path, pic = translation.save_input_image(sess, picture)
     S.set_translator(sess, encoder, path, strength, framing, anchor)
+    anchor_bank_job(sess, progress)
     seen = translation.framed_input(sess)
     if seen is not None:
         note_if_scaled_up(pic.size, min(seen.size), "the encoder reads")
@@ -189,7 +201,8 @@ def translate(ui: UI, sess: Session, encoder: str | None, picture: Any,
 
 @user_errors
 def restyle(ui: UI, sess: Session, strength: float, framing: str,
-            anchor: str = DEFAULT_ANCHOR) -> dict[Any, Any]:
+            anchor: str = DEFAULT_ANCHOR, progress: gr.Progress = gr.Progress()
+            ) -> dict[Any, Any]:
     """A new domain strength, framing or anchor for the picture being translated (none:
     no-op)."""
     from studio.ui import pictures
@@ -198,6 +211,7 @@ def restyle(ui: UI, sess: Session, strength: float, framing: str,
     if t is None or not t.image:
         return {ui.session: sess}  # not {}: Gradio reads an empty dict as one output value
     S.set_translator(sess, t.encoder, t.image, strength, framing, anchor)
+    anchor_bank_job(sess, progress)
     return pictures(ui, sess)
 
 
