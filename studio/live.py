@@ -232,12 +232,6 @@ def _jpeg(pic: Image.Image | np.ndarray) -> bytes:
     return simplejpeg.encode_jpeg(arr, quality=JPEG_QUALITY, colorspace="RGB")
 
 
-def render_preview(sess: Session, messages: list[dict[str, Any]]) -> bytes:
-    """JPEG of the session with `messages` applied (the newest state of its controls)."""
-    tmp = preview(sess, messages) if messages else sess
-    return _jpeg(render.render(tmp))
-
-
 def render_edit(sess: Session, messages: list[dict[str, Any]], gesture: Any
                 ) -> tuple[bytes, int]:
     """A frame of the session with `messages` applied, within the frame budget (a preview
@@ -260,6 +254,15 @@ def render_rest(sess: Session) -> tuple[bytes, int]:
     out = io.BytesIO()
     pic.save(out, format="PNG", compress_level=1)   # level 1: ~4x faster, a bit larger
     return out.getvalue(), 0
+
+
+def render_play(make: Callable[[], Session]) -> tuple[bytes, int]:
+    """A frame of a walk or sweep playing live, within the frame budget as a drag's: a
+    preview (an earlier block's running image) when the full picture would not fit. The
+    page labels it; (JPEG, 0 for the full picture or the preview's block resolution)."""
+    tmp = make()
+    pic, shown = render.render_frame(tmp, tmp.recipe, budget_s(), final=False)
+    return _jpeg(pic), shown
 
 
 def translate_cam(sess: Session, encoder: str, jpeg: bytes) -> bytes:
@@ -504,7 +507,7 @@ class Connection:
         while True:
             for make in frames:
                 t0 = time.perf_counter()
-                await self._send_frame(KIND_CANVAS, seq, lambda m=make: render_preview(m(), []))
+                await self._send_frame(KIND_CANVAS, seq, render_play, make)
                 await asyncio.sleep(max(0.0, 1 / fps - (time.perf_counter() - t0)))
             if not loop:
                 break

@@ -242,6 +242,41 @@ def test_a_rapid_gesture_on_a_big_model_gets_previews_then_the_full_frame(
     assert sess.tail.layers() == ["b32.conv1.raw"]   # kept before the bend
 
 
+def _play_walk(sess, seq: int) -> list:
+    """The frames (header, picture) a non-looping 3-frame walk played live sends."""
+    ws = PictureSocket([])
+
+    async def run() -> None:
+        conn = live.Connection(ws, sess)
+        conn._message_in(json.dumps({"kind": "play", "what": "walk", "seeds": "1, 2",
+                                     "frames": 3, "fps": 60, "loop": False, "seq": seq}))
+        await asyncio.wait([conn.player], timeout=240)
+
+    _run_async(run(), timeout=300)
+    assert {"played": seq} in ws.texts, ws.texts
+    return ws.frames
+
+
+def test_a_walk_played_live_on_a_big_model_comes_as_previews_within_the_budget(
+        tmp_path, monkeypatch) -> None:
+    """As a drag: with no frame fitting the frame budget a walk's frames are the running
+    image of b32 carried up to 256 px (the page labels them 'preview b32'); with room for
+    the whole picture they are whole."""
+    from engine.checkpoints import save_generator
+    from tests.conftest import make_tiny_generator
+
+    path = tmp_path / "g256.safetensors"
+    save_generator(make_tiny_generator(0, resolution=256, channel_base=2048, channel_max=16),
+                   path, source="random test model")
+    sess = S.new_session(str(path))
+    monkeypatch.setenv("STUDIO_LIVE_BUDGET_MS", "0")
+    frames = _play_walk(sess, 7)
+    assert [res for (_, seq, _, res), _ in frames] == [32, 32, 32]
+    assert np.asarray(Image.open(io.BytesIO(frames[0][1]))).shape == (256, 256, 3)
+    monkeypatch.setenv("STUDIO_LIVE_BUDGET_MS", "1000000")
+    assert [res for (_, seq, _, res), _ in _play_walk(sess, 8)] == [0, 0, 0]
+
+
 def test_live_frames_of_a_stylegan3_model_are_whole_and_equal_engine_render(tmp_path) -> None:
     """No previews or kept activations for StyleGAN3 (no running image, no start): its
     frames are full renders, equal to engine.render's."""
