@@ -22,7 +22,7 @@ import re
 import threading
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -594,9 +594,14 @@ def _resize(img: Any, size: int | None) -> Any:
 
 def render(recipe: Recipe, model: Any = None) -> Any:
     """The recipe's image as a PIL.Image (RGB)."""
+    return _picture(recipe, model)
+
+
+def _picture(recipe: Recipe, model: Any = None, validated: bool = False) -> Any:
+    """The one way a recipe becomes a picture (render, and every frame of walks and sweeps)."""
     from PIL import Image
 
-    img = render_tensor(recipe, model)
+    img = render_tensor(recipe, model, validated=validated)
     return _resize(Image.fromarray(to_uint8(img)[0]), recipe.output_size)
 
 
@@ -683,33 +688,99 @@ def _step(obj: Any, part: str | int, so_far: list, path: str) -> Any:
         raise RecipeError([f"{path}: no such field {where!r}"], "The sweep") from None
 
 
-def sweep_values(start: float, stop: float, frames: int) -> np.ndarray:
+def sweep_values(start: float, stop: float, frames: int, loop: bool = False) -> np.ndarray:
+    """The swept values, start..stop; with loop, back again without repeating either end
+    (so playing it on repeat has no jump)."""
     if frames < 1:
         raise RecipeError([f"frames: {frames} must be 1 or more"], "The sweep")
-    return np.linspace(start, stop, frames) if frames > 1 else np.array([start])
+    values = np.linspace(start, stop, frames) if frames > 1 else np.array([start])
+    return np.concatenate([values, values[-2:0:-1]]) if loop else values
 
 
-def sweep_frames(recipe: Recipe, path: str, start: float, stop: float, frames: int,
-                 model: Any = None) -> Iterator[np.ndarray]:
-    """Render one uint8 HxWx3 frame per value of the field at `path`, start..stop."""
-    from PIL import Image
-
+def _model_for(recipe: Recipe, model: Any) -> Any:
     if model is None:
         from engine import zoo
 
         model = zoo.load(recipe.model)
+    return model
+
+
+def sweep_recipes(recipe: Recipe, path: str, start: float, stop: float, frames: int,
+                  loop: bool = False) -> Iterator[Recipe]:
+    """One recipe per frame of a sweep: the field at `path` from start to stop (with loop,
+    back again: sweep_values)."""
+    for v in sweep_values(start, stop, frames, loop):
+        yield set_field(recipe, path, float(v))
+
+
+def walk_ws(recipe: Recipe, G: Any, seeds: Sequence[float], frames: int, loop: bool = False,
+            space: str = "z", radius: float = 0.5) -> Iterator[torch.Tensor]:
+    """The ws [1, num_ws, w_dim] of each frame of a walk through keyframe seeds, mapped with
+    the recipe's psi, cutoff and class. One seed with loop is a circle walk around it
+    (engine.latents.circle_walk_ws: a seamless loop of `frames`); otherwise the keyframes
+    are interpolated in Z (slerp) or W (lerp), back to the first with loop."""
+    from engine.latents import circle_walk_ws, interpolate_ws
+
+    lat = recipe.latent
+    if len(seeds) == 1 and loop:
+        return circle_walk_ws(G, float(seeds[0]), frames, radius=radius, psi=lat.psi,
+                              cutoff=lat.cutoff, class_index=lat.class_index)
+    return interpolate_ws(G, list(seeds), frames, space=space, loop=loop, psi=lat.psi,
+                          cutoff=lat.cutoff, class_index=lat.class_index)
+
+
+def at_ws(recipe: Recipe, ws: torch.Tensor) -> Recipe:
+    """A copy of the recipe showing `ws` (a walk's frame): its latent's w is set (psi 1 and
+    no cutoff: walk_ws applied them); bends, weight edits, mixing, layer edits, directions
+    and the translator stay and apply to the frame as to the picture."""
+    from engine.latents import ws_to_list
+
+    r = copy.deepcopy(recipe)
+    r.latent.w = ws_to_list(ws)
+    r.latent.psi, r.latent.cutoff = 1.0, None
+    return r
+
+
+def walk_recipes(recipe: Recipe, seeds: Sequence[float], frames: int, model: Any = None,
+                 loop: bool = False, space: str = "z", radius: float = 0.5
+                 ) -> Iterator[Recipe]:
+    """One recipe per frame of a walk through keyframe seeds (walk_ws, at_ws)."""
+    G = _generator_of(_model_for(recipe, model))
+    for ws in walk_ws(recipe, G, seeds, frames, loop=loop, space=space, radius=radius):
+        yield at_ws(recipe, ws)
+
+
+def recipe_frames(recipes: Iterable[Recipe], model: Any = None) -> Iterator[np.ndarray]:
+    """Each recipe rendered to a uint8 HxWx3 frame, its output_size applied: exactly
+    np.asarray(render(r)). The one renderer of walks and sweeps, for the video files and the
+    studio's live playback alike. The first recipe is validated; the others differ from it
+    by a w the model made or by a swept value between checked ends."""
+    first = True
+    for r in recipes:
+        model = _model_for(r, model)
+        yield np.asarray(_picture(r, model, validated=not first))
+        first = False
+
+
+def walk_frames(recipe: Recipe, seeds: Sequence[float], frames: int, model: Any = None,
+                loop: bool = False, space: str = "z", radius: float = 0.5
+                ) -> Iterator[np.ndarray]:
+    """The frames of a walk through keyframe seeds with everything the recipe does."""
+    model = _model_for(recipe, model)
+    return recipe_frames(walk_recipes(recipe, seeds, frames, model, loop=loop, space=space,
+                                      radius=radius), model)
+
+
+def sweep_frames(recipe: Recipe, path: str, start: float, stop: float, frames: int,
+                 model: Any = None, loop: bool = False) -> Iterator[np.ndarray]:
+    """Render one uint8 HxWx3 frame per value of the field at `path`, start..stop."""
+    model = _model_for(recipe, model)
     G = _generator_of(model)
     values = sweep_values(start, stop, frames)
     # Check both ends before rendering anything: a bad range fails at once, not mid-video.
     for v in (values[0], values[-1]):
         validate(set_field(recipe, path, float(v)), G)
-    for v in values:
-        r = set_field(recipe, path, float(v))
-        img = render_tensor(r, model, validated=True)
-        frame = to_uint8(img)[0]
-        if r.output_size is not None:
-            frame = np.asarray(_resize(Image.fromarray(frame), r.output_size))
-        yield frame
+    return recipe_frames(sweep_recipes(recipe, path, start, stop, frames, loop=loop), model)
 
 
 def sweep(recipe: Recipe, path: str, start: float, stop: float, frames: int,
@@ -718,12 +789,20 @@ def sweep(recipe: Recipe, path: str, start: float, stop: float, frames: int,
     """Animate a numeric field into a .mp4 or .gif; returns the written path."""
     from engine.video import write_video
 
-    if model is None:
-        from engine import zoo
-
-        model = zoo.load(recipe.model)
     return write_video(sweep_frames(recipe, path, start, stop, frames, model), out, fps=fps,
                        progress=progress, cancel=cancel)
+
+
+def walk(recipe: Recipe, seeds: Sequence[float], frames: int, out: str | os.PathLike,
+         fps: float = 30, model: Any = None, loop: bool = False, space: str = "z",
+         radius: float = 0.5, progress: Callable[[int], Any] | None = None,
+         cancel: Any = None) -> Path:
+    """A walk through keyframe seeds (walk_frames: bends and all) into a .mp4 or .gif."""
+    from engine.video import write_video
+
+    return write_video(walk_frames(recipe, seeds, frames, model, loop=loop, space=space,
+                                   radius=radius), out, fps=fps, progress=progress,
+                       cancel=cancel, total=frames)
 
 
 # ----------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ import anyio
 import numpy as np
 from PIL import Image
 
+from engine import recipe
 from engine.errors import StudioError
 from studio import models, render, sources, translation
 from studio import session as S
@@ -275,52 +276,45 @@ def play_frames(sess: Session, msg: dict[str, Any]
     """A walk or a sweep played live: one maker per frame of the frame's session (made when
     it is shown, so a long walk of a big model holds only its ws), its fps and loop.
 
-    walk: the Explore keyframe seeds, interpolated as the walk video does (z or w), with the
-    session's bends on every frame. sweep: one parameter of the bend being edited, from ->
-    to. Limits are the video limits (frames, fps)."""
-    from engine import latents
-    from engine.recipe import set_field
+    walk: the Explore keyframe seeds, the walk video's frames (engine.recipe.walk_ws and
+    at_ws: interpolated in z or w, one looped seed circling around it) with everything the
+    session's recipe does. sweep: one parameter of the bend being edited, from -> to (and
+    back with loop: engine.recipe.sweep_values). Limits are the video limits (frames, fps)."""
     frames = int(_number(msg, "frames", 48))
     fps = _number(msg, "fps", 24)
     if not 2 <= frames <= LIMITS.video_frames or not 0 < fps <= LIMITS.video_fps:
         raise StudioError(f"play at most {LIMITS.video_frames} frames at up to "
                           f"{LIMITS.video_fps} frames/s.")
     loop = bool(msg.get("loop", True))
-    out = []
     if msg.get("what") == "walk":
         seeds = S.numbers(str(msg.get("seeds") or ""), "keyframe seeds", LIMITS.grid_values)
-        lat = sess.recipe.latent
         G = models.generator(sess.model)
-        for ws in latents.interpolate_ws(G, seeds, frames, space=str(msg.get("space") or "z"),
-                                         loop=loop, psi=lat.psi, cutoff=lat.cutoff):
-            out.append(functools.partial(_walk_frame, sess, ws.detach().cpu()))
+        # The frames of the walk video (engine.recipe.walk_ws / at_ws), each made when shown.
+        walk = recipe.walk_ws(sess.recipe, G, seeds, frames, loop=loop,
+                              space=str(msg.get("space") or "z"))
+        out = [functools.partial(_walk_frame, sess, ws.detach().cpu()) for ws in walk]
     elif msg.get("what") == "sweep":
         if sess.current is None:
             raise StudioError("click a bend with a numeric parameter first.")
         path = f"bends.{sess.current}.params.{msg.get('param')}"
         lo, hi = _number(msg, "from", 0.0), _number(msg, "to", 1.0)
-        values = np.linspace(lo, hi, frames)
-        if loop:  # there and back, so playing on repeat has no jump
-            values = np.concatenate([values, values[-2:0:-1]])
-        set_field(sess.recipe, path, float(lo))  # a bad parameter fails before playing
-        out = [functools.partial(_sweep_frame, sess, path, float(v)) for v in values]
+        recipe.set_field(sess.recipe, path, float(lo))  # a bad parameter fails before playing
+        out = [functools.partial(_sweep_frame, sess, path, float(v))
+               for v in recipe.sweep_values(lo, hi, frames, loop)]
     else:
         raise StudioError("play a walk or a sweep.")
     return out, fps, loop
 
 
 def _walk_frame(sess: Session, ws: Any) -> Session:
-    from engine import latents
     tmp = preview(sess, [])
-    tmp.recipe.latent.w = latents.ws_to_list(ws)
-    tmp.recipe.latent.psi, tmp.recipe.latent.cutoff = 1.0, None
+    tmp.recipe = recipe.at_ws(tmp.recipe, ws)
     return tmp
 
 
 def _sweep_frame(sess: Session, path: str, value: float) -> Session:
-    from engine.recipe import set_field
     tmp = preview(sess, [])
-    tmp.recipe = set_field(tmp.recipe, path, value)
+    tmp.recipe = recipe.set_field(tmp.recipe, path, value)
     return tmp
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from engine import latents, recipe
+from engine import recipe
 from studio import files
 from studio.gpu import gpu_job
-from studio.models import generator, image_seconds, load, small
+from studio.models import image_seconds, load, small
 from studio.session import Session
 
 
@@ -23,12 +23,13 @@ from studio.session import Session
 def walk_video(sess: Session, seeds: list[float], frames: int, loop: bool, space: str,
                fps: float, progress: Callable[[int], Any] | None = None,
                cancel: Any = None, size: int | None = None) -> str:
-    G = generator(sess.model)
+    """A walk through keyframe seeds as an mp4, with everything the session's recipe does
+    (bends, weight edits, directions): engine.recipe.walk, the frames live playback shows;
+    `size` scales the frames (the recipe's output_size)."""
     out = files.new_output_path(sess.token, "walk", ".mp4")
-    latents.write_walk(G, seeds, frames, out, fps=fps, loop=loop, space=space,
-                       psi=sess.recipe.latent.psi, noise_mode=sess.recipe.latent.noise_mode,
-                       noise_seed=sess.recipe.latent.noise_seed, progress=progress, cancel=cancel,
-                       size=size)
+    r = dataclasses.replace(sess.recipe, output_size=int(size)) if size else sess.recipe
+    recipe.walk(r, seeds, frames, out, fps=fps, model=load(sess.model), loop=loop, space=space,
+                progress=progress, cancel=cancel)
     return str(out)
 
 
