@@ -218,9 +218,10 @@ def w_stats(G: torch.nn.Module, samples: int = W_STATS_SAMPLES, seed: int = 0
 
 
 @torch.no_grad()
-def sample_w(G: torch.nn.Module, samples: int, seed: int = 0, batch: int = 1000
-             ) -> np.ndarray:
-    """[samples, w_dim] untruncated w from z ~ N(0, I) (conditional: random classes)."""
+def sample_w(G: torch.nn.Module, samples: int, seed: int = 0, batch: int = 1000,
+             progress: Callable[[int], Any] | None = None) -> np.ndarray:
+    """[samples, w_dim] untruncated w from z ~ N(0, I) (conditional: random classes);
+    progress(w sampled so far) after each batch."""
     gen = torch.Generator().manual_seed(seed)
     device = model_device(G)
     out = []
@@ -232,6 +233,8 @@ def sample_w(G: torch.nn.Module, samples: int, seed: int = 0, batch: int = 1000
             idx = torch.randint(0, G.cfg.c_dim, (n,), generator=gen)
             c = torch.nn.functional.one_hot(idx, G.cfg.c_dim).float().to(device)
         out.append(G.mapping(z, c)[:, 0].cpu().numpy())
+        if progress is not None:
+            progress(start + n)
     return np.concatenate(out).astype(np.float32)
 
 
@@ -299,11 +302,17 @@ def _check_top(top: int, limit: int) -> int:
 
 
 def ganspace_directions(G: torch.nn.Module, samples: int = 10000, top: int = 10,
-                        seed: int = 0) -> np.ndarray:
-    """GANSpace: principal axes [top, w_dim] of sampled w (scikit-learn PCA); cached."""
+                        seed: int = 0, progress: Callable[[float, str], Any] | None = None
+                        ) -> np.ndarray:
+    """GANSpace: principal axes [top, w_dim] of sampled w (scikit-learn PCA); cached.
+    progress(fraction, message) at each stage and sampled batch when it is computed."""
     def make() -> np.ndarray:
+        say = progress or (lambda fraction, message: None)
+        say(0.0, "GANSpace: loading scikit-learn")
         from sklearn.decomposition import PCA  # lazy: scikit-learn is slow to import
-        w = sample_w(G, samples, seed)
+        w = sample_w(G, samples, seed, progress=lambda done: say(
+            0.1 + 0.6 * done / samples, f"GANSpace: {done:,} of {samples:,} w sampled"))
+        say(0.7, f"GANSpace: principal axes of the {samples:,} w (PCA)")
         n = min(w.shape[1], samples)
         pca = PCA(n_components=n, svd_solver="full", random_state=seed).fit(w)
         comps = pca.components_.astype(np.float32)

@@ -368,7 +368,8 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
             f"Training stopped at {loop.done / 1000:.2f} kimg; run it again with the same "
             f"output folder to resume."),
         progress=progress, on_metrics=on_metrics, metrics_path=out / METRICS_NAME,
-        describe=lambda loop, m: (f"{loop.done / 1000:.2f} of {total / 1000:g} kimg, "
+        describe=lambda loop, m: (f"step {loop.step} of {loop.total_steps} "
+                                  f"({loop.done / 1000:.2f} of {total / 1000:g} kimg), "
                                   f"augmentation p {m['aug_p']:.3f}"),
         bar="training", bar_keys=("loss_g", "loss_d", "aug_p", "img_per_s"))
     state = loop.resume(device)

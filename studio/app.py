@@ -28,6 +28,18 @@ CSS = """
 #canvas img, #before img, #cam-out img, #tr-preview img {
   width: 100%; height: 100%; object-fit: contain; }
 #model-card { font-size: 0.92em; }
+/* Image labels sit above the picture, not over its top (Before's pad band, the top row of
+   the Train samples); the picture gets the rest of the block's height. (The output image
+   has no label: its live layers cover the whole block.) */
+#before > label.float, #gt-samples > label.float,
+#grid-out > label.float { position: static !important; }
+#before .image-container, #gt-samples .image-container,
+#grid-out .image-container { height: calc(100% - 28px) !important; }
+/* The cluster file's drop zone as tall as its words (a fixed height cut them off). */
+#recipe-clusters { height: auto !important; }
+/* Teach's gallery is as tall as its rows: Gradio gave it a fixed 450 px (~230 px blank). */
+#teach-grid .grid-wrap { min-height: 0 !important; height: auto !important;
+  max-height: none !important; }
 /* The busy line leaves the top right to the live channel's label (#live-bar): a long
    progress text ran under it. */
 #busy { min-height: 30px; width: calc(100% - 250px) !important; }
@@ -35,8 +47,10 @@ CSS = """
 /* The canvas column stays in view while the controls scroll (at 1280x800 too); Gradio's
    container hides overflow, which would stop position: sticky, and clip does not. */
 .gradio-container { overflow: clip !important; }
-/* The live channel's frames are drawn over the output image (studio/live.js). */
-#canvas { position: relative; }
+/* The live channel's frames are drawn over the output image (studio/live.js). The output
+   grows with the window: the canvas column (busy line, output, undo, Before, Recipe) fits
+   its height from 800 px up, so Before stays in view. */
+#canvas { position: relative; height: clamp(380px, calc(100vh - 420px), 720px) !important; }
 #live-canvas { position: absolute; left: 0; right: 0; bottom: 0; top: 0; width: 100%;
   height: 100%; object-fit: contain; image-rendering: pixelated; pointer-events: none;
   background: var(--block-background-fill); z-index: 5; display: none; }
@@ -46,7 +60,13 @@ CSS = """
   color: var(--body-text-color-subdued); min-height: 0; max-width: 240px; text-align: right; }
 #live-key, #live-sync { display: none !important; }
 #live-error { color: var(--error-text-color); }
-#live-cam-out { width: 100%; max-height: 320px; object-fit: contain; image-rendering: pixelated; }
+/* The live webcam: its translation over the output, the camera's picture over Before. */
+#before { position: relative; }
+#live-cam-out, #live-cam-video { position: absolute; left: 0; right: 0; bottom: 0; top: 0;
+  width: 100%; height: 100%; object-fit: contain; pointer-events: none;
+  background: var(--block-background-fill); display: none; }
+#live-cam-out { z-index: 6; image-rendering: pixelated; }
+#live-cam-video { z-index: 6; }
 .live-play { width: 100%; padding: 6px; border-radius: var(--button-large-radius);
   border: 1px solid var(--button-secondary-border-color);
   background: var(--button-secondary-background-fill); font-weight: 600; cursor: pointer; }
@@ -100,9 +120,11 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
     with gr.Blocks(title="Activation Studio", delete_cache=(min(3600, age), age)) as demo:
         ui.session = gr.State(None)
         gr.Markdown(INTRO, elem_id="intro")
-        model_bar.layout(ui, choices, default_model)
         with gr.Row():
+            # The model bar heads the controls' column, not the page: the canvas column
+            # then starts at the top, and the output and Before fit a 1280x800 window.
             with gr.Column(scale=3):
+                model_bar.layout(ui, choices, default_model)
                 with gr.Tabs(elem_id="tabs") as ui.tabs:
                     for tab in model_bar.TABS:
                         with gr.Tab(tab.LABEL, id=tab.ID, elem_id=f"tab-{tab.ID}"):

@@ -192,12 +192,47 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} hours"
 
 
-def estimate(images_per_s: float, steps: int, batch: int, device: str) -> str:
+def remember_speed(model_key: str, batch: int, augment: str, device: str,
+                   images_per_s: float) -> None:
+    """A run's own measured speed replaces the probe's for the next estimate: the run's
+    includes its sample grids and checkpoints, which a one-step probe leaves out."""
+    if images_per_s > 0:
+        with _speeds_lock:
+            _speeds[(model_key, int(batch), augment, device)] = float(images_per_s)
+
+
+def run_speed(points: list[tuple[int, dict[str, float]]], batch: int) -> float | None:
+    """Images/s of a running job from its per-step metrics (step, {'time_s': seconds since
+    the run started, ...}): the steps between its first and newest report over the time
+    between them, so the set-up before the first step does not count. None before two."""
+    timed = [(step, m["time_s"]) for step, m in points if "time_s" in m]
+    if len(timed) < 2 or timed[-1][1] <= timed[0][1]:
+        return None
+    (s0, t0), (s1, t1) = timed[0], timed[-1]
+    return (s1 - s0) * batch / (t1 - t0)
+
+
+def run_estimate(points: list[tuple[int, dict[str, float]]], steps: int,
+                 batch: int) -> str | None:
+    """While a run goes: its step, its own measured speed and the time left at that speed
+    (None before it has measured one)."""
+    ips = run_speed(points, batch)
+    if ips is None or ips <= 0:
+        return None
+    step = points[-1][0]
+    left = max(0, steps - step) * batch / ips
+    return (f"Step {step} of {steps}: this run measures {ips:.1f} images/s, so about "
+            f"{duration(left)} left.")
+
+
+def estimate(images_per_s: float, steps: int, batch: int, device: str,
+             model: str = "") -> str:
     """One sentence: the measured speed, the run's length and whether it fits the limit."""
     where = "this CPU (no GPU here)" if device == "cpu" else f"this machine's {device.upper()}"
     seconds = steps * batch / max(images_per_s, 1e-9)
-    text = (f"On {where} fine-tuning runs at about {images_per_s:.1f} images/s (measured just "
-            f"now): {steps} steps of {batch} pictures take about {duration(seconds)}")
+    what = f"fine-tuning {model}" if model else "fine-tuning"
+    text = (f"On {where} {what} runs at about {images_per_s:.1f} images/s (measured here): "
+            f"{steps} steps of {batch} pictures take about {duration(seconds)}")
     limit_s = LIMITS.gan_minutes * 60
     if seconds > limit_s:
         fit_steps = int(limit_s * images_per_s / batch)

@@ -182,7 +182,8 @@
       pumpCam();
     }
     // A webcam frame that arrives after Stop is not shown.
-    const el = kind === 0 ? overlay() : L.cam ? $("#live-cam-out") : null;
+    const el = kind === 0 ? overlay() : L.cam ? camLayer("#canvas", "canvas", "live-cam-out")
+      : null;
     if (!el) return;
     let bitmap;
     try {
@@ -340,6 +341,23 @@
   const CAM_SIDE = 256;   // frames travel at most this big; the encoder's input is smaller
   const IN_FLIGHT = 2;    // one rendering, one on the way: the server drops the rest
 
+  // The webcam's layers in the canvas column: the translation over the output image
+  // (#live-cam-out in #canvas), the camera's picture over Before (#live-cam-video in #before),
+  // so both stay in view whichever controls scroll. Made once, on first use.
+  function camLayer(host, tag, id) {
+    let el = document.getElementById(id);
+    if (el) return el;
+    const parent = $(host);
+    if (!parent) return null;
+    el = document.createElement(tag);
+    el.id = id;
+    if (tag === "video") Object.assign(el, { autoplay: true, playsInline: true, muted: true });
+    el.setAttribute("role", "img");
+    el.setAttribute("aria-label", tag === "video" ? "camera" : "live translation");
+    parent.appendChild(el);
+    return el;
+  }
+
   async function startCam() {
     if (L.cam) return stopCam();
     if (!open()) {
@@ -348,9 +366,10 @@
       return;
     }
     const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
-    const video = $("#live-cam-video");
+    const video = camLayer("#before", "video", "live-cam-video");
     video.srcObject = stream;
     await video.play();
+    video.style.display = "block";
     const scale = Math.min(1, CAM_SIDE / Math.max(video.videoWidth, video.videoHeight));
     const canvas = document.createElement("canvas");
     canvas.width = Math.round(video.videoWidth * scale);
@@ -372,7 +391,10 @@
     L.cam = null;
     $("#live-cam-start").textContent = "Start live webcam";
     $("#live-cam-stats").textContent = "";
-    $("#live-cam-out").style.display = "none";
+    for (const id of ["live-cam-out", "live-cam-video"]) {
+      const el = document.getElementById(id);
+      if (el) el.style.display = "none";
+    }
   }
 
   function pumpCam() {

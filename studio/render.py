@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -69,15 +70,17 @@ def render_frame(sess: Session, r: recipe.Recipe, budget_s: float, final: bool
     return pic, 0 if stop is None else int(stop[1:])
 
 
-def warm_directions(sess: Session, method: str) -> None:
+def warm_directions(sess: Session, method: str,
+                    progress: Callable[[float, str], Any] | None = None) -> None:
     """Compute (and cache in engine.latents) a model's directions before the first drag.
 
     Not a GPU call: SeFa is an eigen-decomposition of weights and GANSpace maps latents
     only, both quick on a CPU, and done here they stay in this process's cache instead
-    of dying with a ZeroGPU worker."""
+    of dying with a ZeroGPU worker. `progress(fraction, message)` follows GANSpace's
+    stages (its sampling and PCA take seconds on a busy CPU)."""
     G = generator(sess.model)
     if method == "ganspace":
-        latents.ganspace_directions(G)
+        latents.ganspace_directions(G, progress=progress)
     elif method == "sefa":
         latents.sefa_directions(G)
 
@@ -113,14 +116,18 @@ def _num(v: float) -> str:
 
 
 GRID_LABEL_MIN_TILE = 128  # tiles are enlarged (nearest) to at least this, so labels fit
+# Label letters as a share of the grid's longer side: a grid is shown about 300 px tall,
+# so its labels stay 12-15 px on screen however many tiles it holds.
+GRID_LABEL_SHARE = 0.05
 
 
 def labelled_grid(grid: np.ndarray, rows: list[str], cols: list[str],
                   pad: int = 2) -> Image.Image:
     """A grid from engine.latents.image_grid with its row and column names drawn in a
-    margin (the tiles enlarged with nearest-neighbour first when they are small). PIL's
-    built-in font is ASCII only, hence "psi", not the Greek letter."""
-    from PIL import ImageDraw
+    white margin outside the tiles (the tiles enlarged with nearest-neighbour first when
+    they are small), in letters sized to the grid so they stay readable when the page
+    shrinks it. PIL's built-in font is ASCII only, hence "psi", not the Greek letter."""
+    from PIL import ImageDraw, ImageFont
 
     h_tile = (grid.shape[0] + pad) // len(rows) - pad
     scale = max(1, -(-GRID_LABEL_MIN_TILE // max(1, h_tile)))
@@ -129,15 +136,31 @@ def labelled_grid(grid: np.ndarray, rows: list[str], cols: list[str],
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     pitch_y = img.height / len(rows) + pad * scale / len(rows)
     pitch_x = img.width / len(cols) + pad * scale / len(cols)
-    left, top = 84, 22
+    font = ImageFont.load_default(size=max(11, round(GRID_LABEL_SHARE
+                                                     * max(img.width, img.height))))
+    gap = max(3, font.size // 4)
+    widths = [font.getlength(name) for name in rows]
+    left, top = int(max(widths, default=0)) + 2 * gap, font.size + 2 * gap
     out = Image.new("RGB", (img.width + left, img.height + top), (255, 255, 255))
     out.paste(img, (left, top))
     draw = ImageDraw.Draw(out)
     for i, name in enumerate(rows):
-        draw.text((4, top + int(i * pitch_y + pitch_y / 2) - 6), name[:13], fill=(0, 0, 0))
+        draw.text((gap, top + (i + 0.5) * pitch_y), name, fill=(0, 0, 0), font=font,
+                  anchor="lm")
+    col_font = _fitting_font(font, cols, pitch_x - gap)
     for j, name in enumerate(cols):
-        draw.text((left + int(j * pitch_x) + 3, 5), name[:int(pitch_x // 6)], fill=(0, 0, 0))
+        draw.text((left + (j + 0.5) * pitch_x, top - gap), name, fill=(0, 0, 0),
+                  font=col_font, anchor="md")
     return out
+
+
+def _fitting_font(font: Any, names: list[str], width: float) -> Any:
+    """`font`, or a smaller size of it (not under 11 px) in which every name fits `width`
+    pixels, so column names do not run into each other."""
+    longest = max((font.getlength(n) for n in names), default=0.0)
+    if longest <= width:
+        return font
+    return font.font_variant(size=max(11, int(font.size * width / longest)))
 
 
 def check_bend(sess: Session, bend: Any) -> None:

@@ -21,6 +21,7 @@ from tests.helpers.browser import (
     need_chromium,
     new_studio_page,
     page_state,
+    pixels,
     set_number,
     src,
     studio_server,
@@ -106,12 +107,32 @@ def translate_picture(page, path: Path) -> str:
     return wait_new_src(page, "#canvas", old, WAIT_MS)
 
 
+IN_VIEW_JS = """(sel) => { const e = document.querySelector(sel);
+    if (!e) return false;
+    const r = e.getBoundingClientRect();
+    return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight
+           && r.left >= 0 && r.right <= window.innerWidth; }"""
+
+
 def in_view(page, selector: str) -> bool:
-    return page.evaluate("""(sel) => { const e = document.querySelector(sel);
-        if (!e) return false;
-        const r = e.getBoundingClientRect();
-        return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight
-               && r.left >= 0 && r.right <= window.innerWidth; }""", selector)
+    return page.evaluate(IN_VIEW_JS, selector)
+
+
+def scrolled(page, wheel: int) -> None:
+    """Turn the mouse wheel by `wheel` and wait until the page has moved, or could not (at
+    its end)."""
+    y = page.evaluate("() => window.scrollY")
+    page.mouse.wheel(0, wheel)
+    page.wait_for_function("""(y) => window.scrollY !== y || window.scrollY
+        + window.innerHeight >= document.documentElement.scrollHeight - 1""", arg=y)
+
+
+def wait_in_view(page, selector: str, why: str, timeout_ms: int = 10_000) -> None:
+    """Poll until `selector` is wholly in the window (a scroll may still be settling)."""
+    try:
+        page.wait_for_function(IN_VIEW_JS, arg=selector, timeout=timeout_ms)
+    except playwright_api.TimeoutError as exc:
+        raise AssertionError(why) from exc
 
 
 # ----------------------------------------------------------------------------------------
@@ -385,9 +406,12 @@ def test_item5_broad_yaml_keeps_the_latent_and_counts_what_was_left_out(page, tm
 
 
 # ----------------------------------------------------------------------------------------
-# 11. Stopping the live webcam takes its last frame and frame rate away.
+# 11. The live webcam shows the camera and its translation in the canvas column (the
+# translation on the output image, the camera over Before), and Stop takes both and the
+# frame rate away.
 
-def test_item11_stopped_webcam_leaves_no_frame_or_frame_rate(server, playwright):
+def test_item11_webcam_feed_and_translation_on_the_canvas_and_stop_clears(server,
+                                                                         playwright):
     url, _ = server
     # A browser of its own: a fake camera (a moving test pattern) is the webcam.
     cam = launch_chromium(playwright, ("--use-fake-ui-for-media-stream",
@@ -399,17 +423,187 @@ def test_item11_stopped_webcam_leaves_no_frame_or_frame_rate(server, playwright)
         page.wait_for_function("() => window.studioLive.mode === 'live'")
         page.click("#live-cam-start")
         page.locator("#live-cam-stats").get_by_text("frames/s").wait_for()
-        page.wait_for_function("() => document.querySelector('#live-cam-out')"
-                               ".style.display === 'block'")
+        page.wait_for_function("() => { const e = document.querySelector('#live-cam-out');"
+                               " return e && e.style.display === 'block'; }")
+        # The translation is drawn on the output image, the camera's picture over Before,
+        # both in view while the Translate controls are scrolled to the webcam's button.
+        page.locator("#live-cam-start").scroll_into_view_if_needed()
+        assert page.evaluate("() => !!document.querySelector('#canvas #live-cam-out')")
+        page.wait_for_function("() => { const v = document.querySelector('#before "
+                               "#live-cam-video'); return v && v.style.display === 'block'"
+                               " && v.videoWidth > 0; }")
+        for layer, host in (("#live-cam-out", "#canvas"), ("#live-cam-video", "#before")):
+            assert in_view(page, layer), layer
+            assert covers(page, layer, host), (layer, host)
         page.click("#live-cam-start")  # now "Stop live webcam"
-        page.wait_for_function("() => document.querySelector('#live-cam-out')"
-                               ".style.display === 'none'")
+        page.wait_for_function("() => ['#live-cam-out', '#live-cam-video'].every((s) =>"
+                               " document.querySelector(s).style.display === 'none')")
         page.wait_for_timeout(1000)  # frames on their way when it stopped stay unshown
         assert page.locator("#live-cam-stats").inner_text() == ""
         assert page.evaluate("() => document.querySelector('#live-cam-out').style.display") \
             == "none"
     finally:
         cam.close()
+
+
+def covers(page, inner: str, outer: str) -> bool:
+    """Whether `inner`'s box lies inside `outer`'s (to the pixel) and fills most of it."""
+    return page.evaluate("""([a, b]) => {
+        const i = document.querySelector(a).getBoundingClientRect();
+        const o = document.querySelector(b).getBoundingClientRect();
+        return i.left >= o.left - 1 && i.right <= o.right + 1 && i.top >= o.top - 1
+               && i.bottom <= o.bottom + 1 && i.width * i.height > 0.6 * o.width * o.height;
+        }""", [inner, outer])
+
+
+# ----------------------------------------------------------------------------------------
+# 9. Train: progress in steps (the unit the user sets), an estimate from the speed this run
+# measures as it goes, and an estimate made again after a model switch.
+
+def train_pictures(folder: Path) -> list[str]:
+    from engine.datasets import render_faces
+
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, face in enumerate(render_faces(range(12), 32)):
+        paths.append(str(folder / f"face{i}.png"))
+        Image.fromarray(face).save(paths[-1])
+    return paths
+
+
+def test_item9_train_reports_steps_and_estimates_from_the_run_and_the_model(page, server,
+                                                                            tmp_path):
+    _, folder = server
+    tab(page, "Train")
+    set_number(page, "#gt-steps", 150)
+    set_number(page, "#gt-batch", 2)
+    page.locator("#gt-files input[type=file]").set_input_files(train_pictures(tmp_path / "p"))
+    estimate = page.locator("#gt-estimate")
+    first_title = page.locator("#model-card strong").first.inner_text().strip()
+    estimate.get_by_text(first_title).wait_for()  # the estimate names the model it timed
+    assert "images/s" in estimate.inner_text()
+    # A model switch: the old model's estimate goes, and one for the new model comes.
+    card = page.locator("#model-card").inner_text()
+    page.locator("#model-bar input[type=file]").set_input_files(tiny_model_file(folder))
+    page.wait_for_function("(old) => document.querySelector('#model-card').innerText !== old",
+                           arg=card)
+    title = page.locator("#model-card strong").first.inner_text().strip()
+    assert title != first_title
+    estimate.get_by_text(title).wait_for()
+    assert first_title not in estimate.inner_text()
+    assert "150 steps of 2 pictures" in estimate.inner_text()
+    set_number(page, "#gt-steps", 500)  # a run that is still going when it is cancelled
+    estimate.get_by_text("500 steps of 2 pictures").wait_for()
+    # The run says steps (kimg only beside them) and the time left at its own speed.
+    page.click("#gt-go")
+    try:
+        status = page.locator("#gt-status")
+        status.get_by_text(re.compile(r"step \d+ of 500")).wait_for()
+        estimate.get_by_text("this run measures").wait_for()
+        assert re.search(r"Step \d+ of 500: this run measures [\d.]+ images/s, so about "
+                         r"\d+ (s|min) left", estimate.inner_text()), estimate.inner_text()
+        # 12. The samples' label sits above the grid, not over its top row.
+        page.locator("#gt-samples img").wait_for()
+        assert label_above_picture(page, "#gt-samples")
+    finally:
+        page.evaluate("() => { const b = document.querySelector('#gt-cancel');"
+                      " if (b && !b.disabled) b.click(); }")
+    page.wait_for_function("() => document.querySelector('#gt-cancel').disabled")
+
+
+def label_above_picture(page, block: str) -> bool:
+    """Whether the label of the image block `block` ends above its picture's top."""
+    return page.evaluate("""(sel) => {
+        const label = document.querySelector(sel + ' label[data-testid="block-label"]');
+        const img = document.querySelector(sel + ' img');
+        return label.getBoundingClientRect().bottom <= img.getBoundingClientRect().top + 0.5;
+        }""", block)
+
+
+# ----------------------------------------------------------------------------------------
+# 12. Grid labels readable at the size shown; labels above pictures, not over them; Before
+# in view without scrolling; no blank band under Teach's samples; the cluster-file drop
+# zone whole.
+
+def test_item12_grid_labels_are_readable_at_the_size_shown(page):
+    page.get_by_text("Grids and walks").click()
+    page.get_by_role("button", name="Render grid").click()
+    page.locator("#grid-out img").wait_for()
+    page.locator("#grid-out").scroll_into_view_if_needed()
+    shown = page.evaluate("""() => { const i = document.querySelector('#grid-out img');
+        const r = i.getBoundingClientRect();
+        return Math.min(r.width / i.naturalWidth, r.height / i.naturalHeight); }""")
+    grid = pixels(page, src(page, "#grid-out"))
+    # The column labels: the dark rows above the first row of tiles (white margin).
+    ink_rows = np.flatnonzero((grid.min(axis=2) < 100).any(axis=1))
+    tiles_top = np.flatnonzero((np.abs(grid.astype(int) - 255).sum(axis=2) > 60)
+                               .mean(axis=1) > 0.5)[0]
+    letters = ink_rows[ink_rows < tiles_top]
+    assert letters.size, "no column labels above the tiles"
+    on_screen = (letters.max() - letters.min() + 1) * shown
+    assert on_screen >= 9, f"labels {on_screen:.1f} px tall on screen"
+    assert label_above_picture(page, "#grid-out")
+
+
+def test_item12_before_in_view_without_scrolling_and_its_label_above_it(page):
+    tab(page, "Bend")
+    old = src(page, "#canvas")
+    page.click("#add-bend")
+    wait_new_src(page, "#canvas", old, WAIT_MS)
+    page.locator("#before img").wait_for()
+    for width, height in SIZES:
+        page.set_viewport_size({"width": width, "height": height})
+        assert page.evaluate("() => window.scrollY") == 0
+        for sel in ("#canvas", "#before"):  # polled: a layout pass follows the resize
+            wait_in_view(page, sel, f"{sel} is not in view at {width}x{height}")
+        assert label_above_picture(page, "#before"), (width, height)
+
+
+def test_item12_teach_gallery_leaves_no_blank_band(page):
+    page.get_by_text("Teach a direction by example").click()
+    page.click("#teach-show")
+    page.wait_for_function("() => document.querySelectorAll('#teach-grid img').length >= 12")
+    page.locator("#teach-grid").scroll_into_view_if_needed()
+    blank = page.evaluate("""() => {
+        const g = document.querySelector('#teach-grid').getBoundingClientRect();
+        const last = Math.max(...[...document.querySelectorAll('#teach-grid img')]
+                              .map((i) => i.getBoundingClientRect().bottom));
+        return g.bottom - last; }""")
+    assert blank < 40, f"{blank:.0f} px blank under the samples"
+
+
+def test_item12_cluster_file_drop_zone_is_whole(page):
+    page.get_by_text("Recipe", exact=True).first.click()
+    zone = page.locator("#recipe-clusters")
+    zone.scroll_into_view_if_needed()
+    words = zone.get_by_text("Click to Upload")
+    words.wait_for()
+    box, text = zone.bounding_box(), words.bounding_box()
+    overflow = page.evaluate("() => { const z = document.querySelector('#recipe-clusters');"
+                             " return z.scrollHeight - z.clientHeight; }")
+    assert overflow <= 1 and text["y"] + text["height"] <= box["y"] + box["height"], \
+        (overflow, box, text)
+
+
+# ----------------------------------------------------------------------------------------
+# 13. GANSpace's progress moves as it samples and fits (it sat at 10% for 10 s). The only
+# test of this module to pick GANSpace: its directions are cached per model afterwards.
+
+def test_item13_ganspace_progress_moves_through_its_stages(page):
+    page.evaluate("""() => { window.busyTexts = [];
+        new MutationObserver(() => {
+            const t = document.querySelector('#busy').innerText.trim();
+            if (t && window.busyTexts[window.busyTexts.length - 1] !== t)
+                window.busyTexts.push(t);
+        }).observe(document.querySelector('#busy'),
+                   {subtree: true, childList: true, characterData: true}); }""")
+    page.get_by_label("GANSpace").check()
+    page.wait_for_function("() => window.busyTexts.some((t) => t.includes('PCA'))")
+    page.wait_for_function("() => !document.querySelector('#busy [role=progressbar]')")
+    texts = page.evaluate("() => window.busyTexts")
+    sampled = [t for t in texts if "w sampled" in t]
+    percents = {m for t in texts for m in re.findall(r"([\d.]+)%", t)}
+    assert sampled and len(percents) >= 3, texts
 
 
 # ----------------------------------------------------------------------------------------
@@ -438,14 +632,14 @@ def test_canvas_before_and_progress_stay_in_view_while_tabs_scroll(page, size):
             for acc in page.locator("#tabs .label-wrap").all():  # open every accordion
                 if acc.is_visible() and "open" not in (acc.get_attribute("class") or ""):
                     acc.click()
-            for wheel in (400, 20_000):  # part way, then to the bottom
+            for wheel in (0, 400, 20_000):  # at the top, part way, then to the bottom
                 page.mouse.move(width * 0.3, height / 2)  # over the controls
-                page.mouse.wheel(0, wheel)
-                page.wait_for_timeout(300)
+                if wheel:
+                    scrolled(page, wheel)
                 running = page.locator(progress).count() > 0
                 for sel in ("#canvas", "#before", "#busy") + ((progress,) if running else ()):
-                    assert in_view(page, sel), f"{sel} left the view on {name} at {size}"
-            page.mouse.wheel(0, -40_000)
+                    wait_in_view(page, sel, f"{sel} left the view on {name} at {size}")
+            scrolled(page, -40_000)
     finally:
         page.evaluate("() => { const b = document.querySelector('#walk-cancel');"
                       " if (b && !b.disabled) b.click(); }")

@@ -71,10 +71,9 @@ def page(browser, studio_url):
     pg.context.close()
 
 
-def _in_view(page, selector: str) -> bool:
-    return page.evaluate("""(sel) => {
-        const r = document.querySelector(sel).getBoundingClientRect();
-        return r.top >= 0 && r.bottom <= window.innerHeight && r.height > 0; }""", selector)
+IN_VIEW_JS = """(sel) => {
+    const r = document.querySelector(sel).getBoundingClientRect();
+    return r.top >= 0 && r.bottom <= window.innerHeight && r.height > 0; }"""
 
 
 def test_undo_and_redo_with_buttons_and_keys(page):
@@ -99,10 +98,15 @@ def test_canvas_and_progress_line_stay_in_view_at_1280x800(page):
         for acc in page.locator("#tabs .label-wrap").all():  # open every accordion
             if acc.is_visible():
                 acc.click()
+        y = page.evaluate("() => window.scrollY")
         page.mouse.wheel(0, 20_000)
-        page.wait_for_timeout(300)
-        assert _in_view(page, "#canvas"), f"the canvas left the view on {name}"
-        assert _in_view(page, "#busy"), f"the progress line left the view on {name}"
+        page.wait_for_function("""(y) => window.scrollY !== y || window.scrollY
+            + window.innerHeight >= document.documentElement.scrollHeight - 1""", arg=y)
+        for sel, what in (("#canvas", "the canvas"), ("#busy", "the progress line")):
+            try:  # polled: the scroll may still be settling
+                page.wait_for_function(IN_VIEW_JS, arg=sel, timeout=10_000)
+            except playwright_api.TimeoutError as exc:
+                raise AssertionError(f"{what} left the view on {name}") from exc
     page.mouse.wheel(0, -20_000)
 
 

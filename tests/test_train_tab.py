@@ -194,3 +194,17 @@ def test_a_picture_set_over_the_run_budget_is_refused_unread(tmp_path, monkeypat
     with pytest.raises(StudioError, match=r"12 pictures at 16 px take .*STUDIO_MAX_PICTURE_"):
         finetune.store_pictures(sess, files, 16)
     assert finetune.store_pictures(sess, files[:11], 16)[0].is_dir()
+
+
+def test_a_running_estimate_comes_from_the_runs_own_speed_and_is_kept():
+    """Issue #33 item 9: the time left follows the speed the run measures (the set-up before
+    its first report not counted), and the next estimate for the model starts from it."""
+    points = [(1, {"time_s": 9.0}), (3, {"time_s": 10.0}), (5, {"time_s": 11.0})]
+    assert finetune.run_speed(points, 2) == 4.0  # 4 steps of 2 pictures in 2 s
+    assert finetune.run_estimate(points, 100, 2) == (
+        "Step 5 of 100: this run measures 4.0 images/s, so about 48 s left.")
+    assert finetune.run_speed(points[:1], 2) is None
+    assert finetune.run_estimate(points[:1], 100, 2) is None
+    finetune.remember_speed("model-sha-for-the-test", 2, "ada", "cpu", 4.0)
+    assert finetune.speed(None, "model-sha-for-the-test", 2, "ada", "cpu",
+                          measure=False) == 4.0

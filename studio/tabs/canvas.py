@@ -41,8 +41,10 @@ def layout(ui: UI) -> None:
             elem_id="live-bar")
     ui.live_key = gr.HTML("", elem_id="live-key", container=False, padding=False)
     ui.live_sync = gr.Button("sync", visible="hidden", elem_id="live-sync")
-    ui.output = gr.Image(label="Output", type="pil", format="png", height=380,
-                         interactive=False, elem_id="canvas", buttons=["download", "fullscreen"])
+    # No label over the output: its live layers (studio/live.js) cover the whole block.
+    ui.output = gr.Image(label="Output", show_label=False, type="pil", format="png",
+                         height=380, interactive=False, elem_id="canvas",
+                         buttons=["download", "fullscreen"])
     with gr.Row():
         ui.undo_btn = gr.Button("↶ Undo", size="sm", elem_id="undo")
         ui.redo_btn = gr.Button("↷ Redo", size="sm", elem_id="redo")
@@ -63,7 +65,7 @@ def layout(ui: UI) -> None:
                 "Load recipe / YAML", file_types=RECIPE_TYPES, elem_id="recipe-load"))
         ui.rec_clusters = checked_file(gr.File(
             label="Cluster file for a network-bending YAML (optional, upload before it)",
-            file_types=[".json", ".yaml", ".yml"], height=70, elem_id="recipe-clusters"))
+            file_types=[".json", ".yaml", ".yml"], elem_id="recipe-clusters"))
         ui.rec_file = gr.File(label="Recipe file", interactive=False, elem_id="recipe-file",
                               height=70)
     perform.layout(ui)   # OSC, MIDI, microphone, keys, full window, recorder

@@ -12,7 +12,7 @@ import gradio as gr
 from engine import latents
 from studio import files, models, render, uploads, videos
 from studio import session as S
-from studio.jobs import frames_job
+from studio.jobs import frames_job, progress_fn
 from studio.limits import LIMITS
 from studio.live import PLAY_HTML
 from studio.session import Session
@@ -131,7 +131,7 @@ def _grids_layout(ui: UI) -> None:
                                     label="Grid")
         ui.grid_btn = gr.Button("Render grid")
         ui.grid_out = gr.Image(label="Grid", type="pil", format="png", interactive=False,
-                               elem_classes="pixelated", height=300)
+                               elem_classes="pixelated", height=300, elem_id="grid-out")
         with gr.Row():
             ui.walk_seeds = gr.Textbox("0, 1, 2", label="Keyframe seeds", elem_id="walk-seeds")
             ui.walk_frames = capped_slider(2, LIMITS.video_frames, 60, label="Frames",
@@ -272,8 +272,7 @@ def pick_method(ui: UI, sess: Session | None, method: str,
                 progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
     """Show the boundary upload (and one slider) for 'file'; compute GANSpace's PCA once."""
     if sess is not None and method == "ganspace":
-        progress(0.1, desc="GANSpace: principal axes of 10,000 sampled w")
-        render.warm_directions(sess, method)
+        render.warm_directions(sess, method, progress_fn(progress))
     out = {ui.boundary: gr.update(visible=method == "file")}
     for i, slider in enumerate(ui.dir_sliders):
         out[slider] = gr.update(visible=method != "file" or i == 0)

@@ -35,7 +35,9 @@ def layout(ui: UI, choices: list[tuple[str, str]], default_model: str) -> None:
             ui.load_btn = gr.Button("Load model", variant="secondary", elem_id="load-model")
             ui.ckpt_upload = checked_file(gr.UploadButton(
                 "Upload checkpoint", size="sm", file_types=list(models.CHECKPOINT_TYPES)))
-        ui.model_card = gr.Markdown("Loading the model…", elem_id="model-card")
+    # Under the bar, the whole column wide: beside it in the controls' column it wrapped
+    # into six narrow lines.
+    ui.model_card = gr.Markdown("Loading the model…", elem_id="model-card")
 
 
 def show_session(ui: UI, sess: Session, model_changed: bool) -> dict[Any, Any]:
@@ -104,8 +106,11 @@ def wire(ui: UI, page: Page) -> None:
     # A load that failed must not leave the box naming it: it goes back to the model loaded.
     loading.failure(lambda sess: sess.model if sess is not None else gr.update(),
                     [ui.session], [ui.model_box], api_name=False, show_progress="hidden")
-    ui.ckpt_upload.upload(bind(upload_checkpoint, ui), [ui.session, ui.ckpt_upload],
-                          [ui.model_box, *[o for o in outs if o is not ui.model_box]],
-                          api_name="upload_checkpoint", **ui.job())
+    uploaded = ui.ckpt_upload.upload(
+        bind(upload_checkpoint, ui), [ui.session, ui.ckpt_upload],
+        [ui.model_box, *[o for o in outs if o is not ui.model_box]],
+        api_name="upload_checkpoint", **ui.job())
+    for event in (loading, uploaded):  # Train's estimate is made again for the new model
+        train.estimate_again(ui, event)
     page.demo.load(bind(load_model, ui), [ui.session, ui.model_box], outs, api_name=False,
               **ui.job())

@@ -113,7 +113,7 @@ def _read_and_speed(sess: Session, data: Path, digest: str, info: Any, steps: fl
                          _device(), measure=measure)
     if ips is None:
         return found
-    return f"{found} {finetune.estimate(ips, int(steps), int(batch), _device())}"
+    return f"{found} {finetune.estimate(ips, int(steps), int(batch), _device(), info.title)}"
 
 
 @job_errors
@@ -129,8 +129,11 @@ def check(ui: UI, sess: Session | None, uploaded: Any, steps: float, batch: floa
     data, digest, info = _stored(sess, uploaded)  # over-size sets refused before waiting
     if sess.jobs.running is not None:
         return {}
+    model = sess.model
     with LANE.heavy(sess.jobs, "reading the pictures", progress_fn(progress)):
         sentence = _read_and_speed(sess, data, digest, info, steps, batch, augment, fit)
+    if sess.model != model:  # switched while it waited: the estimate was the old model's
+        return {}
     return {ui.gt_estimate: sentence}
 
 
@@ -171,8 +174,15 @@ def train(ui: UI, sess: Session | None, uploaded: Any, steps: float, batch: floa
         grid = finetune.latest_grid(cfg)
         shown = {ui.gt_plot: curves(job.points, CURVES),
                  ui.gt_samples: str(grid) if grid else None, **said}
+        # The estimate follows the speed this run measures (the probe's was a guess).
+        so_far = finetune.run_estimate(job.points, int(steps), int(batch))
+        if so_far and ui.gt_estimate in said:
+            shown[ui.gt_estimate] = f"{said[ui.gt_estimate]}\n\n{so_far}"
         if job.running or job.error:
             yield {ui.gt_status: job.error or f"{job.message} ({job.fraction:.0%})", **shown}
+    ips = finetune.run_speed(job.points, int(batch))
+    if ips:  # the next estimate for this model starts from this run's speed
+        finetune.remember_speed(info.sha256, int(batch), augment, _device(), ips)
     if job.error:
         return
     path = str(job.result)
@@ -186,8 +196,19 @@ def _choices(ui: UI, sess: Session) -> list[tuple[str, str]]:
     return models.session_choices(ui.model_choices, sess)
 
 
+def estimate_again(ui: UI, loaded: Any) -> None:
+    """After the model-loading event `loaded` succeeds, the estimate is made again for the
+    new model when pictures are waiting (the switch cleared the old model's)."""
+    loaded.success(bind(check, ui), [ui.session, *_settings(ui)], [ui.gt_estimate],
+                   api_name=False, **ui.heavy())
+
+
+def _settings(ui: UI) -> list[Any]:
+    return [ui.gt_files, ui.gt_steps, ui.gt_batch, ui.gt_augment, ui.gt_fit]
+
+
 def wire(ui: UI, page: Page) -> None:
-    settings = [ui.gt_files, ui.gt_steps, ui.gt_batch, ui.gt_augment, ui.gt_fit]
+    settings = _settings(ui)
     ui.gt_files.upload(bind(check, ui), [ui.session, *settings], [ui.gt_estimate],
                        api_name="check_pictures", **ui.heavy())
     for comp in (ui.gt_steps, ui.gt_batch):
@@ -199,5 +220,5 @@ def wire(ui: UI, page: Page) -> None:
                 [ui.gt_estimate, ui.gt_status, ui.gt_plot, ui.gt_samples, ui.gt_model,
                  ui.gt_load, ui.model_box], api_name="fine_tune", **ui.heavy())
     ui.gt_cancel.click(cancel_job, [ui.session], None, api_name="cancel_fine_tune")
-    ui.gt_load.click(page.load_model, [ui.session, ui.gt_model], page.outputs,
-                     api_name=False, **ui.job())
+    estimate_again(ui, ui.gt_load.click(page.load_model, [ui.session, ui.gt_model],
+                                        page.outputs, api_name=False, **ui.job()))

@@ -31,15 +31,15 @@ from studio.ui import (
 )
 
 # The webcam over the live channel (studio/live.js drives it): frames as fast as the engine
-# translates them, with its frame rate and latency. The streaming Webcam box below is the
-# Gradio path (and the API's translate_frame).
+# translates them, with its frame rate and latency. While it runs the translation is drawn
+# over the output image and the camera's own picture over Before (the input), both in the
+# canvas column that stays in view. The streaming Webcam box below is the Gradio path (and
+# the API's translate_frame).
 LIVE_CAM_HTML = """
 <div class="live-cam-row">
   <button id="live-cam-start" class="lg secondary">Start live webcam</button>
   <span id="live-cam-stats"></span>
 </div>
-<video id="live-cam-video" autoplay playsinline muted style="display:none"></video>
-<canvas id="live-cam-out" role="img" aria-label="live translation" style="display:none"></canvas>
 """
 
 ENCODER_INFO = "shipped, trained here, a path or hf://"
