@@ -48,9 +48,9 @@ CSS = """
    container hides overflow, which would stop position: sticky, and clip does not. */
 .gradio-container { overflow: clip !important; }
 /* The live channel's frames are drawn over the output image (studio/live.js). The output
-   grows with the window: the canvas column (busy line, output, undo, Before, Recipe) fits
-   its height from 800 px up, so Before stays in view. */
-#canvas { position: relative; height: clamp(380px, calc(100vh - 420px), 720px) !important; }
+   grows with the window: the canvas column (busy line, output, undo, Before, the Recipe
+   and Performance headers) fits its height from 800 px up, so Before stays in view. */
+#canvas { position: relative; height: clamp(300px, calc(100vh - 460px), 700px) !important; }
 #live-canvas { position: absolute; left: 0; right: 0; bottom: 0; top: 0; width: 100%;
   height: 100%; object-fit: contain; image-rendering: pixelated; pointer-events: none;
   background: var(--block-background-fill); z-index: 5; display: none; }
@@ -79,7 +79,9 @@ CSS = """
 .live-cam-row { display: flex; gap: 12px; align-items: center; margin: 6px 0; }
 /* Gradio's columns wrap; capped at the window height this one would move what does not fit
    (the open Recipe panel) into a second column off to the right. It scrolls instead. */
-#canvas-col { position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 16px);
+/* At most the window less the page's footer (~55 px): a sticky column taller than what its
+   row leaves above the footer was pushed up out of view at the end of the page. */
+#canvas-col { position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 72px);
   overflow-y: auto; flex-wrap: nowrap !important; }
 #canvas-col > * { flex-shrink: 0; }
 """

@@ -50,9 +50,9 @@ def layout(ui: UI) -> None:
         ui.redo_btn = gr.Button("↷ Redo", size="sm", elem_id="redo")
     with gr.Row():
         ui.before = gr.Image(label="Before (no bends, or the input)", type="pil", format="png",
-                             interactive=False, height=170, elem_id="before",
+                             interactive=False, height=150, elem_id="before",
                              buttons=["download"])
-        ui.video = gr.Video(label="Video", height=170, interactive=False, elem_id="video")
+        ui.video = gr.Video(label="Video", height=150, interactive=False, elem_id="video")
     with gr.Accordion("Recipe", open=False, elem_id="recipe-acc") as ui.rec_acc:
         ui.rec_code = gr.Code(language="json", label="Recipe JSON (edit, then Apply)",
                               interactive=True, elem_id="recipe-code")
