@@ -30,9 +30,14 @@ def _bent_session() -> S.Session:
 
 def _played(sess: S.Session, msg: dict) -> list[np.ndarray]:
     """The pictures live playback shows (before the JPEG): each maker's session rendered as
-    the channel renders it (live.render_preview -> studio.render.render)."""
+    the channel renders it (live.render_play -> studio.render.render_frame), whole (a frame
+    that fits the frame budget; a preview is an earlier block's image, labelled as such)."""
     makers, _, _ = live.play_frames(sess, msg)
-    return [np.asarray(render.render(make())) for make in makers]
+    return [np.asarray(_whole(make())) for make in makers]
+
+
+def _whole(tmp: S.Session) -> object:
+    return render.render_frame(tmp, tmp.recipe, 0.0, final=True)[0]
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -85,5 +90,5 @@ def test_a_looped_sweep_plays_the_written_values_there_and_back():
     assert angles == [0.0, 30.0, 60.0, 90.0, 60.0, 30.0]
     written = list(recipe.sweep_frames(sess.recipe, "bends.0.params.angle", 0, 90, 4,
                                        models.load("default")))
-    played = [np.asarray(render.render(make())) for make in makers[:4]]
+    played = [np.asarray(_whole(make())) for make in makers[:4]]
     assert all(np.array_equal(a, b) for a, b in zip(played, written))
