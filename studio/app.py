@@ -84,7 +84,7 @@ CSS = """
 #canvas-col { position: sticky; top: 8px; align-self: flex-start; max-height: calc(100vh - 72px);
   overflow-y: auto; flex-wrap: nowrap !important; }
 #canvas-col > * { flex-shrink: 0; }
-"""
+""" + perform.CSS
 
 # Run once when the page loads: the undo shortcuts, the live channel's page side, then the
 # Performance panel's (on the live channel).
@@ -135,6 +135,6 @@ def build_app(default_model: str | None = None) -> gr.Blocks:
                 canvas.layout(ui)
         page = Page(demo=demo, outputs=model_bar.page_outputs(ui),
                     load_model=bind(model_bar.load_model, ui))
-        for part in (*model_bar.TABS, canvas, model_bar):
+        for part in (*model_bar.TABS, canvas, perform, model_bar):
             part.wire(ui, page)
     return demo

@@ -56,6 +56,7 @@
         document.dispatchEvent(new CustomEvent("studio-live-hello"));
       }
       if (m.outside !== undefined) scheduleSync();   // OSC moved a field: recipe catches up
+      document.dispatchEvent(new CustomEvent("studio-live-message", { detail: m }));
       if (m.played !== undefined) playing(null);
       if (m.dropped !== undefined && L.cam) L.cam.inflight = Math.max(0, L.cam.inflight - 1);
       if (m.error) {
@@ -89,6 +90,7 @@
   setMode("connecting", "Connecting the live channel…");
 
   function open() { return L.ws && L.ws.readyState === 1 && L.mode === "live"; }
+  L.open = open;   // for the Performance panel's script (studio/perform.js)
 
   function send(msg, since) {
     msg.seq = ++L.seq;
@@ -138,6 +140,7 @@
   // Frames are decoded with createImageBitmap and drawn on a <canvas>: about half the
   // browser's work per frame of an <img> whose src is a new blob URL each time (that goes
   // through the browser's resource loading), which matters with several live pages open.
+  L.overlay = () => overlay();
   function overlay() {
     let el = $("#live-canvas");
     if (el) return el;
@@ -321,6 +324,8 @@
   // (a frame or an error each). The server applies a value to the session before it
   // answers, so the sync then renders it. A channel that stays silent for 5 s is not waited
   // for.
+  L.send = (msg) => send(msg);
+  L.scheduleSync = () => scheduleSync();
   function scheduleSync() {
     clearTimeout(L.syncTimer);
     const since = performance.now();

@@ -183,6 +183,8 @@ def apply(sess: Session, messages: list[dict[str, Any]]) -> None:
             sources.learn(sess, msg)
         elif kind == "unmap":
             sources.unmap(sess, msg.get("name"))
+        elif kind == "jump":    # a key's saved state (studio/sources.py)
+            sources.jump(sess, msg.get("values") or {})
 
 
 def _number(values: dict[str, Any], name: str, default: float) -> float:
@@ -401,7 +403,7 @@ class Connection:
     def take(self, msg: dict[str, Any]) -> None:
         """Keep `msg` as the newest of its kind (or start or stop what it asks)."""
         kind = msg.get("kind")
-        if kind in ("source", "record"):
+        if kind in ("source", "record", "state"):
             return self._source(msg)
         if kind in ("latent", "bend", "weight", "field", "play", "stop") \
                 and self.player is not None:
@@ -427,6 +429,11 @@ class Connection:
         try:
             if msg.get("kind") == "source":
                 self.stage.feed(self.sess, msg.get("events"), now)
+                return
+            if msg.get("kind") == "state":
+                jump = self.stage.state(self.sess, msg)
+                if jump is not None:
+                    self.pending["jump"] = {**jump, "seq": _seq(msg), "g": msg.get("g")}
                 return
             perf = self.stage.record(self.sess, bool(msg.get("on")), now)
         except StudioError as exc:

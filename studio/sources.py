@@ -16,6 +16,9 @@ from typing import Any
 from engine.errors import StudioError
 from engine.recipe import RecipeError
 from engine.recipe import set_field as recipe_set_field
+from studio import files
+from studio.gpu import gpu_job
+from studio.models import image_seconds, load, small
 from studio.session import Session
 
 MAX_PATH = 200
@@ -70,8 +73,48 @@ def learn(sess: Session, msg: dict[str, Any]) -> None:
     out = msg.get("out")
     if out is not None:
         out = [number(v, "the range") for v in out][:2] if isinstance(out, list) else None
-    sess.recipe = mappings.learn(sess.recipe, event, check_path(msg.get("target")),
-                                 str(name)[:64], out)
+    sess.recipe = mappings.learn(sess.recipe, event, _target(sess, msg), str(name)[:64],
+                                 out)
+
+
+def _target(sess: Session, msg: dict[str, Any]) -> str:
+    """The field a learn message names: a path, the bend editor's slider `slot` (the bend
+    being edited) or the weight editor's amount of edit `weight`."""
+    from engine.bending import OPERATIONS, WEIGHT_OPERATIONS
+    if msg.get("slot") is not None:
+        cur = sess.current
+        if cur is None or not 0 <= cur < len(sess.recipe.bends):
+            raise StudioError("click a bend first, then its slider.")
+        names = [p.name for p in OPERATIONS[sess.recipe.bends[cur].op].params
+                 if p.type in ("float", "int")]
+        slot = msg.get("slot")
+        if not isinstance(slot, int) or not 0 <= slot < len(names):
+            raise StudioError("that slider is not one of this bend's numbers.")
+        return f"bends.{cur}.params.{names[slot]}"
+    if msg.get("weight") is not None:
+        index, edits = msg.get("weight"), sess.recipe.weight_edits
+        if not isinstance(index, int) or not 0 <= index < len(edits):
+            raise StudioError("choose a weight edit first, then its amount.")
+        names = [p.name for p in WEIGHT_OPERATIONS[edits[index].op].params
+                 if p.type == "float"]
+        if not names:
+            raise StudioError("this weight edit has no amount to map.")
+        return f"weight_edits.{index}.params.{names[0]}"
+    return check_path(msg.get("target"))
+
+
+def jump(sess: Session, values: Any) -> None:
+    """Back to a saved state: its numeric fields (engine.performance.numbers) set again."""
+    from engine.performance import _assign
+    from engine.recipe import Recipe
+    data = sess.recipe.to_dict()
+    try:
+        for path, value in values.items():
+            _assign(data, path, value)
+    except StudioError:
+        raise StudioError("that saved state no longer fits the recipe (a bend or edit was "
+                          "added or removed since); save it again.") from None
+    sess.recipe = Recipe.from_dict(data)
 
 
 def unmap(sess: Session, name: Any) -> None:
@@ -98,6 +141,7 @@ class Stage:
         self.mappings: list[dict[str, Any]] | None = None  # those it was built for
         self.sent: dict[str, float] = {}      # field values of the last frame message
         self.fed = False                      # events since the last frame message
+        self.states: dict[int, dict[str, float]] = {}   # key 1..9 -> saved field values
         self.recording: dict[str, Any] | None = None
         self.record_t0 = 0.0
         self.record_last: dict[str, Any] = {}
@@ -149,6 +193,21 @@ class Stage:
         """Whether a frame is due without a new event (a glide or a rate mapping)."""
         return bool(self.sent)
 
+    def state(self, sess: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """Save the session's numeric fields as state n (1..9), or the message that jumps
+        back to it (None when saving)."""
+        from engine.performance import numbers
+        n = msg.get("n")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 9:
+            raise StudioError("saved states are numbered 1 to 9.")
+        if msg.get("save"):
+            with sess.lock:
+                self.states[n] = numbers(sess.recipe.to_dict())
+            return None
+        if n not in self.states:
+            raise StudioError(f"no state {n} is saved yet (Shift+{n} saves one).")
+        return {"kind": "jump", "values": self.states[n]}
+
     # ---- the recorder ------------------------------------------------------------------
     def record(self, sess: Session, on: bool, now: float) -> dict[str, Any] | None:
         """Start (on) or stop recording; stopping returns the performance."""
@@ -178,3 +237,21 @@ class Stage:
             self.recording["events"].append({"t": round(t, 4), **event})
             self.record_last = after
         return t < RECORD_MAX_S and len(self.recording["events"]) < MAX_EVENTS
+
+
+def _video_seconds(sess: Session, perf: dict[str, Any], fps: float, **_: Any) -> float:
+    from engine.performance import frame_count
+    return image_seconds(sess.model, frame_count(perf, fps))
+
+
+@gpu_job(_video_seconds, cpu_if=lambda sess, *_, **__: small(sess.model))
+def performance_video(sess: Session, perf: dict[str, Any], fps: float,
+                      progress: Any = None, cancel: Any = None, size: int | None = None
+                      ) -> str:
+    """A recorded performance as an mp4 in the session's folder, each frame rendered in
+    full by engine.render (engine/performance.py)."""
+    from engine.performance import write_performance
+    out = files.new_output_path(sess.token, "performance", ".mp4")
+    write_performance(perf, out, fps=fps, model=load(sess.model), size=size,
+                      progress=progress, cancel=cancel)
+    return str(out)

@@ -1,0 +1,93 @@
+"""The Performance panel in Chromium (studio/perform.js): a fake Web MIDI device and the fake
+microphone drive the live canvas through learned mappings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import engine
+from tests.helpers.browser import launch_chromium, studio_server, tab
+from tests.test_live import _live_pixels
+
+# A MIDIAccess with one input whose messages the test sends (window.__midi([status, a, b])).
+FAKE_MIDI = """
+window.__midiInput = { name: "Fake knobs", onmidimessage: null };
+navigator.requestMIDIAccess = async () => ({
+  inputs: new Map([["fake", window.__midiInput]]), outputs: new Map(), onstatechange: null });
+window.__midi = (bytes) => window.__midiInput.onmidimessage({ data: new Uint8Array(bytes) });
+"""
+MEDIA = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+
+
+def _full_frame_after(page, n: int) -> None:
+    """Wait for a full (not preview) canvas frame after the first n frames."""
+    page.wait_for_function(f"window.studioLive.frames.slice({n})"
+                           ".some(f => f.kind === 0 && f.preview === 0)")
+
+
+def _frames(page) -> int:
+    return page.evaluate("window.studioLive.frames.length")
+
+
+@pytest.mark.browser
+def test_midi_and_microphone_drive_the_canvas_through_learned_mappings() -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    with studio_server("default", env={"STUDIO_OSC": "off"}) as url, \
+            playwright.sync_playwright() as p:
+        browser = launch_chromium(p, tuple(MEDIA))
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.add_init_script(FAKE_MIDI)
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        page.wait_for_function("window.studioLive && window.studioLive.mode === 'live'")
+        page.get_by_text("Performance: OSC").click()
+        page.click("#perf-midi")
+        page.wait_for_function("document.querySelector('#perf-status').textContent"
+                               ".includes('Fake knobs')")
+
+        # MIDI learn: move CC 7, click ψ; then CC 7 at 127 sets ψ to the slider's top (2).
+        page.click("#perf-learn")
+        page.evaluate("window.__midi([0xB0, 7, 0])")
+        n = _frames(page)
+        page.click("#psi input[type=range]")
+        assert "Mapped CC 7 ch1 to psi" in page.inner_text("#perf-status")
+        page.wait_for_function(f"window.studioLive.frames.length > {n}")   # learn answered
+        for value, psi in ((127, 2.0), (64, -1 + 3 * 64 / 127)):
+            n = _frames(page)
+            page.evaluate(f"window.__midi([0xB0, 7, {value}])")
+            _full_frame_after(page, n)
+            want = engine.render(engine.recipe.Recipe.from_json(json.dumps(
+                {"model": "default", "latent": {"seed": 0, "psi": psi}})))
+            shown = _live_pixels(page)
+            assert np.abs(shown - np.asarray(want, dtype=np.float32)).mean() < 3.0, value
+        level = page.get_attribute('#perf-meters [data-source="CC 7 ch1"]', "data-level")
+        assert float(level) == pytest.approx(64 / 127, abs=1e-3)    # the meter shows it
+
+        # The microphone (Chromium's fake device beeps): its loudness, learned onto a
+        # bend's angle by a click on its meter, keeps the canvas moving.
+        tab(page, "Bend")
+        page.click("#add-bend")
+        page.wait_for_selector("#p-slider-0 input[type=range]", state="visible")
+        page.click("#perf-mic")
+        page.wait_for_selector('#perf-meters [data-source="mic loudness"]')
+        page.click('#perf-meters span[data-learn="mic loudness"]')
+        page.click("#p-slider-0 input[type=range]")
+        assert "Mapped mic loudness to p-slider-0" in page.inner_text("#perf-status")
+        page.wait_for_function("window.studioPerform.features && "
+                               "window.studioPerform.features.loudness > 0.2")
+        n = _frames(page)
+        seen = []
+        for _ in range(40):
+            page.wait_for_function(f"window.studioLive.frames.length > {n}")
+            n = _frames(page)
+            seen.append(_live_pixels(page))
+            if len(seen) >= 2 and np.abs(seen[-1] - seen[0]).mean() > 2.0:
+                break
+        assert np.abs(seen[-1] - seen[0]).mean() > 2.0, "the canvas did not follow the mic"
+        page.click("#perf-mic")                                  # stop
+        assert page.evaluate("window.studioPerform.mic") is None
+        browser.close()
