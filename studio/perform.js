@@ -359,9 +359,26 @@
                        " · render it to mp4 below.");
   });
 
+  // The panel floats (studio/tabs/perform.py); a button after the intro line opens it
+  // (in the page's flow: a floating button would cover controls other tests click).
+  function placeOpener() {
+    const intro = $("#intro");
+    if (!intro || $("#perf-open")) return;
+    const b = document.createElement("button");
+    b.id = "perf-open";
+    b.textContent = "Perform: OSC, MIDI, microphone, keys…";
+    b.title = "Play the canvas: OSC, MIDI, microphone, keys, full window, recorder";
+    (intro.querySelector("p:last-of-type") || intro).append(" ", b);
+  }
+  placeOpener();
+  setInterval(placeOpener, 1000);   // the intro may be drawn after this script runs
+
   document.addEventListener("click", (ev) => {
     const id = ev.target && ev.target.id;
-    if (id === "perf-midi") startMidi();
+    if (id === "perf-open" || id === "perf-close") {
+      $("#perf-acc").classList.toggle("perf-open", id === "perf-open");
+      showOsc();
+    } else if (id === "perf-midi") startMidi();
     else if (id === "perf-mic") startMic().catch((e) => status(`The microphone could not start: ${e.message || e}`));
     else if (id === "perf-learn") setLearning(!P.learning);
     else if (id === "perf-full") enterStage();

@@ -177,7 +177,7 @@ def test_a_python_osc_client_moves_a_bend_on_the_live_canvas(tmp_path) -> None:
         recipe = Recipe.load(download_recipe_file(page, "#recipe-save",
                                                   tmp_path / "page.json"))
         assert recipe.bends and recipe.bends[0].params["angle"] == 45
-        page.get_by_text("Performance: OSC").click()
+        page.click("#perf-open")
         key = page.evaluate("window.studioLive.key")
         page.wait_for_function(f"document.querySelector('#perf-osc').dataset.key === {key!r}")
         assert f"/studio/{key}/" in page.inner_text("#perf-osc")    # the page shows its key

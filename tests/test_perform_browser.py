@@ -44,7 +44,7 @@ def test_midi_and_microphone_drive_the_canvas_through_learned_mappings() -> None
         page.set_default_timeout(120_000)
         page.goto(url)
         page.wait_for_function("window.studioLive && window.studioLive.mode === 'live'")
-        page.get_by_text("Performance: OSC").click()
+        page.click("#perf-open")
         page.click("#perf-midi")
         page.wait_for_function("document.querySelector('#perf-status').textContent"
                                ".includes('Fake knobs')")

@@ -22,6 +22,8 @@ from studio.ui import UI, Page, bind, cancel_button, capped_slider, job_errors, 
 
 PANEL_HTML = """
 <div id="perf-panel">
+  <div class="perf-row"><b>Performance</b><span style="flex:1"></span>
+    <button id="perf-close" class="perf-btn" aria-label="close">✕</button></div>
   <p id="perf-osc">OSC: waiting for the live channel…</p>
   <div class="perf-row">
     <button id="perf-midi" class="perf-btn">Connect MIDI</button>
@@ -42,6 +44,15 @@ PANEL_HTML = """
 """
 
 CSS = """
+#perf-acc { position: fixed !important; right: 16px; bottom: 16px; width: 480px;
+  max-width: calc(100vw - 32px); max-height: calc(100vh - 64px); overflow-y: auto;
+  z-index: 900; padding: 10px; background: var(--background-fill-primary);
+  border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg);
+  box-shadow: 0 4px 24px rgba(0, 0, 0, .25); }
+#perf-acc:not(.perf-open) { display: none !important; }
+#perf-open { padding: 0 8px; border-radius: 4px; cursor: pointer; font-weight: 600;
+  border: 1px solid var(--button-secondary-border-color);
+  background: var(--button-secondary-background-fill); }
 .perf-row { display: flex; flex-wrap: wrap; gap: 8px; align-items: center; margin: 6px 0; }
 .perf-btn { padding: 4px 10px; border-radius: var(--button-large-radius);
   border: 1px solid var(--button-secondary-border-color);
@@ -66,8 +77,9 @@ body.perf-learning [id^="dir-"], body.perf-learning #w-amount {
 
 
 def layout(ui: UI) -> None:
-    with gr.Accordion("Performance: OSC, MIDI, microphone, keys", open=False,
-                      elem_id="perf-acc"):
+    # A floating panel (fixed position, opened by the "Perform" button the script puts in
+    # the live bar): it takes no room from the canvas column, which must fit at 1280x800.
+    with gr.Column(elem_id="perf-acc", elem_classes=["perf-dialog"]):
         gr.HTML(PANEL_HTML, elem_id="perf-html", container=False, padding=False)
         with gr.Row():
             ui.perf_fps = capped_slider(1, LIMITS.video_fps, 24, label="Recording video fps",
