@@ -4,6 +4,7 @@ are refused in one sentence."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,37 @@ def test_a_bundle_renders_the_same_image_without_the_originals(recipe_with_files
                            str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert np.array_equal(np.asarray(Image.open(out).convert("RGB")), want)
+
+
+def test_a_boundary_file_and_odd_file_names_travel_in_the_bundle(tmp_path):
+    """A direction read from a boundary file is one of the files a bundle carries, and file
+    names are stored made safe (spaces, brackets -> '_', at most 120 characters)."""
+    from engine.boundaries import save_boundary
+    from engine.checkpoints import save_generator
+    from engine.latents import DirectionEdit
+
+    src = tmp_path / "a"
+    src.mkdir()
+    G = make_tiny_generator(0)
+    model = src / "my model (v2).safetensors"
+    save_generator(G, model, source="bundle test")
+    boundary = src / ("smile " + "x" * 200 + ".npy")
+    save_boundary(boundary, np.random.RandomState(1).randn(1, G.cfg.w_dim), G)
+    edit = DirectionEdit(method="file", path=str(boundary), amount=4.0)
+    r = Recipe(model=str(model), latent=LatentSpec(seed=3, psi=0.7, directions=[edit]))
+    want = np.asarray(render(r))
+    assert not np.array_equal(want, np.asarray(render(Recipe(
+        model=str(model), latent=LatentSpec(seed=3, psi=0.7)))))  # the direction shows
+    bundle = save_bundle(r, tmp_path / "b.zip")
+    inputs = sorted(n for n in zipfile.ZipFile(bundle).namelist() if n != "recipe.json")
+    assert sorted(n[len("inputs/") + 17:] for n in inputs) == \
+        ["my_model__v2_.safetensors", "smile_" + "x" * 114], inputs
+    assert all(re.fullmatch(r"inputs/[0-9a-f]{16}-.+", n) for n in inputs), inputs
+    shutil.rmtree(src)
+    got = read_bundle(bundle, tmp_path / "x")
+    assert got.latent.directions[0].path.startswith(str(tmp_path / "x"))
+    assert got.model.startswith(str(tmp_path / "x"))
+    assert np.array_equal(np.asarray(render(got)), want)
 
 
 def test_render_input_supplies_the_picture(recipe_with_files, tmp_path):
