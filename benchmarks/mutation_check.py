@@ -2,7 +2,7 @@
 
     pip install --target /tmp/mutlib mutmut==2.4.5    # not a project requirement
     PYTHONPATH=/tmp/mutlib python benchmarks/mutation_check.py [--module clusters ...]
-        [--tests-from REV] [--all-functions] [--all-tests]
+        [--tests-from REV] [--functions F ...] [--all-functions] [--all-tests] [-k EXPR]
 
 For each module, one at a time, mutmut 2.4.5 changes one thing in the module (an operator, a
 number, a comparison, ...) and runs that module's own tests; a mutant the tests still pass
@@ -105,6 +105,7 @@ def run_module(name: str, args: argparse.Namespace) -> dict:
         (work / "mutmut_config.py").write_text(HOOK.format(ranges=json.dumps(ranges)))
         runner = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:randomly",
                   "-p", "no:cacheprovider", *tests]
+        k_expr = args.k or k_expr
         if k_expr and not args.all_tests:
             runner += ["-k", repr(k_expr)]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -141,6 +142,7 @@ def main() -> None:
     ap.add_argument("--functions", nargs="+", help="mutate these functions instead")
     ap.add_argument("--all-functions", action="store_true", help="mutate the whole module")
     ap.add_argument("--all-tests", action="store_true", help="run all of the module's tests")
+    ap.add_argument("-k", help="run the module's tests that match this -k expression instead")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
     figures = {}
