@@ -1076,19 +1076,23 @@ def _compose_weight(steps: Sequence[tuple[Operation, dict[str, Any], torch.Tenso
 
 
 def make_taps(G: Any, bends: Iterable[Bend] = (), weight_edits: Iterable[WeightEdit] = (),
-              model_key: str | None = None
+              model_key: str | None = None, validated: bool = False
               ) -> tuple[dict[str, Callable], dict[str, Callable]]:
     """Per-call (taps, weight_taps) for G.synthesis; bends on one layer compose in order.
 
-    Raises BendError listing every problem when a bend or edit is invalid. Channel
-    selections (including clusters) are resolved here, once, not at every forward pass.
+    Raises BendError listing every problem when a bend or edit is invalid, unless the caller
+    `validated` them already (engine.recipe.render_tensor: a recipe is validated once, where
+    it renders). Channel selections (including clusters) are resolved here, once, not at
+    every forward pass.
     """
     bends, weight_edits = list(bends), list(weight_edits)
-    problems = [f"bends[{i}].{p}" for i, b in enumerate(bends) for p in validate_bend(b, G)]
-    problems += [f"weight_edits[{i}].{p}" for i, e in enumerate(weight_edits)
-                 for p in validate_weight_edit(e, G)]
-    if problems:
-        raise BendError("invalid bends: " + "; ".join(problems))
+    if not validated:
+        problems = [f"bends[{i}].{p}" for i, b in enumerate(bends)
+                    for p in validate_bend(b, G)]
+        problems += [f"weight_edits[{i}].{p}" for i, e in enumerate(weight_edits)
+                     for p in validate_weight_edit(e, G)]
+        if problems:
+            raise BendError("invalid bends: " + "; ".join(problems))
     shapes = G.layer_shapes()
     steps: dict[str, list] = {}
     for b in bends:

@@ -504,7 +504,10 @@ def render_tensor(recipe: Recipe, model: Any = None, seeds: Sequence[float] | No
             dataclasses.replace(recipe.latent, seed=float(s)) for s in seeds]
         ws = torch.cat([compute_ws(G, s) for s in specs])
     ws = ws.to(device)
-    taps, weight_taps = make_taps(G, recipe.bends, recipe.weight_edits, key)
+    # Validated just above: the taps need not check the bends again. A caller that validated
+    # (a sweep's ends, a music video's base recipe) still has each frame's bends checked.
+    taps, weight_taps = make_taps(G, recipe.bends, recipe.weight_edits, key,
+                                  validated=not validated)
     gen = noise_generator(recipe.latent, device=device)
     if recipe.translator is not None:
         if synthesis:

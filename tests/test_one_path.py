@@ -54,3 +54,27 @@ def test_the_weight_amount_slider_sets_the_same_parameter_live_and_in_the_tab():
     assert sessions[0].recipe.weight_edits[0].params["factor"] == 0.5
     with pytest.raises(StudioError, match="there is no weight edit 3"):
         live.apply(sessions[0], [{"kind": "weight", "index": 3, "value": "1"}])
+
+
+def test_a_render_validates_its_bends_once(monkeypatch):
+    """recipe.render checks the recipe where it renders, and the taps do not check again
+    (they did: recipe.validate, then bending.make_taps)."""
+    from engine import bending, recipe
+    from studio import models
+
+    sess = _bent("threshold")
+    seen = []
+    real = bending.validate_bend
+
+    def counting(bend, G, *args, **kwargs):
+        seen.append(bend.op)
+        return real(bend, G, *args, **kwargs)
+
+    monkeypatch.setattr(bending, "validate_bend", counting)
+    monkeypatch.setattr(recipe, "validate_bend", counting)
+    recipe.render(sess.recipe, models.load("default"))
+    assert seen == ["threshold"]
+    bad = sess.recipe
+    bad.bends[0].params["threshold"] = float("nan")
+    with pytest.raises(StudioError, match=r"bends\[0\]\.params\.threshold"):
+        recipe.render(bad, models.load("default"))
