@@ -11,6 +11,13 @@ and matmuls as IEEE fp32 (TF32 off; torch 2.13 turns TF32 convolutions on by def
 moves ~6 % of pixels by one level). Then a GPU render matches the CPU render of the same
 recipe to within one level per pixel (different summation orders round differently), and
 equals itself on the same device. `STUDIO_TF32=1` trades that for TF32's speed.
+"Equals itself" also needs one convolution algorithm per shape in every process: cuDNN's
+autotuner (`cudnn.benchmark`) times candidates on a shape's first call and keeps the fastest
+for that process, and its pick can change with the timing noise (PyTorch's reproducibility
+notes: set benchmark off and `cudnn.deterministic` on for repeatable results). A ZeroGPU
+worker is a new process every so often, so the policy turns the autotuner off and asks for
+deterministic algorithms; `STUDIO_CUDNN_BENCHMARK=1` trades that for the tuned speed
+(benchmarks). Not measured on a GPU here (none was lent): settled from the documentation.
 
 Randomness: random draws that a recipe names by seed (noise bends, weight noise, jitter,
 noise_mode "random") come from a seeded CPU generator, never the device's own (CUDA's Philox
@@ -32,6 +39,7 @@ from engine.errors import StudioError
 
 ENV_DEVICE = "STUDIO_DEVICE"
 ENV_TF32 = "STUDIO_TF32"
+ENV_CUDNN_BENCHMARK = "STUDIO_CUDNN_BENCHMARK"
 ENV_ZERO_GPU = "SPACES_ZERO_GPU"
 SEEDED_CACHE_BYTES = 256 * 2 ** 20  # seeded draws kept on their devices, all together
 
@@ -102,9 +110,23 @@ def tf32_allowed() -> bool:
     return _truthy(os.environ.get(ENV_TF32))
 
 
+def cudnn_autotune_allowed() -> bool:
+    return _truthy(os.environ.get(ENV_CUDNN_BENCHMARK))
+
+
+def apply_cudnn_policy() -> bool:
+    """cuDNN's algorithm choice: fixed and deterministic (a render equals itself in every
+    process), or autotuned with STUDIO_CUDNN_BENCHMARK=1; returns whether it autotunes."""
+    tune = cudnn_autotune_allowed()
+    torch.backends.cudnn.benchmark = tune
+    torch.backends.cudnn.deterministic = not tune
+    return tune
+
+
 def apply_precision_policy() -> str:
     """Set CUDA fp32 convs and matmuls to IEEE fp32 ('ieee'), or TF32 with STUDIO_TF32=1;
     returns the mode set. Process-wide (torch's flags are global); cheap to call again."""
+    apply_cudnn_policy()
     mode = "tf32" if tf32_allowed() else "ieee"
     backends = torch.backends
     if hasattr(backends.cudnn, "conv") and hasattr(backends.cudnn.conv, "fp32_precision"):

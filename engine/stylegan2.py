@@ -762,13 +762,15 @@ class Generator(GeneratorCalls, nn.Module):
 def prepare_for_device(G: nn.Module) -> nn.Module:
     """Process-wide settings that make rendering on G's device fast; returns G.
 
-    CUDA: cuDNN autotuning (torch.backends.cudnn.benchmark). A render's shapes repeat, so
-    the search on a shape's first call pays for itself from the second; fp16 stays opt-in
-    (`num_fp16_res` per call, or G.synthesis.num_fp16_res for a deployment).
+    CUDA: the engine's precision and cuDNN policy (engine.devices.apply_precision_policy:
+    IEEE fp32, one deterministic algorithm per shape in every process, so a replay equals
+    itself; STUDIO_CUDNN_BENCHMARK=1 autotunes); fp16 stays opt-in (`num_fp16_res` per call,
+    or G.synthesis.num_fp16_res for a deployment).
     """
     device = next(G.parameters()).device
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        from engine import devices
+        devices.apply_precision_policy()
     return G
 
 

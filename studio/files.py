@@ -158,6 +158,16 @@ def served(path: str | Path | None) -> str | None:
 
 _SWEEP_EVERY_S = 30.0
 _sweep_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A ZeroGPU worker is a fork taken at any moment: a lock another thread held then stays
+    held in the child, where no thread will release it."""
+    global _sweep_lock
+    _sweep_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _last_sweep = [0.0]
 
 

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import threading
 import uuid
@@ -164,6 +165,15 @@ def _sentence(text: str) -> str:
 
 _speeds: dict[tuple[str, int, str, str], float] = {}
 _speeds_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A fork (a ZeroGPU worker) must not inherit a lock held by a thread it lacks."""
+    global _speeds_lock
+    _speeds_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def speed(G: Any, model_key: str, batch: int, augment: str, device: str = "cpu",

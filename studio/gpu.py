@@ -29,6 +29,7 @@ import functools
 import inspect
 import json
 import os
+import pickle
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +78,19 @@ def chunk_seconds() -> float:
         return float(max(1, max_call_seconds() - SETUP_S))
 
 
+def chunk_box(work_seconds: float) -> float:
+    """The time box of each call of a long job of about `work_seconds` of GPU work: the
+    work with a margin when it fits one call (a short job books a short call, which ZeroGPU
+    queues first and charges less quota), else chunk_seconds()."""
+    return min(chunk_seconds(), max(1.0, 1.5 * work_seconds))
+
+
+def chunk_call_seconds(relay: Relay) -> int:
+    """The booked duration of one time-boxed call: its box plus the setup."""
+    box = relay.seconds if relay.seconds is not None else chunk_seconds()
+    return capped(box + SETUP_S)
+
+
 def cpu_max_resolution() -> int:
     try:
         return int(os.environ.get(ENV_CPU_MAX_RESOLUTION, DEFAULT_CPU_MAX_RESOLUTION))
@@ -115,6 +129,45 @@ def capped(seconds: float) -> int:
     return int(min(max(5, round(seconds)), max_call_seconds()))
 
 
+# ----------------------------------------------------------------------------------------
+# One entry point. spaces.GPU keeps a pool of forked workers per decorated function: one
+# decoration per studio function meant up to 8 workers for one visitor, each with its own
+# model copies. Every studio GPU function is registered here by name instead, and ZeroGPU
+# runs one function, `_run`, which looks the job up in the worker (a fork of this process,
+# so it has every registered job) and runs it: calls of any kind reuse one worker.
+
+_JOBS: dict[str, Callable[..., Any]] = {}       # name -> the job as a GPU call runs it
+_SECONDS: dict[str, Callable[..., int]] = {}    # name -> its booked seconds, from its args
+
+
+def register(name: str, job: Callable[..., Any], seconds: Callable[..., int]) -> str:
+    """Make `job` callable in GPU calls as `name` (at import: workers forked later have it)."""
+    _JOBS[name] = job
+    _SECONDS[name] = seconds
+    return name
+
+
+def _run(name: str, args: tuple, kwargs: dict) -> Any:
+    """The one function ZeroGPU runs in its workers: the registered job `name`."""
+    return _JOBS[name](*args, **kwargs)
+
+
+def _duration(name: str, args: tuple, kwargs: dict) -> int:
+    """ZeroGPU's duration for a call of `_run`: the job's own, from its arguments."""
+    return _SECONDS[name](*args, **kwargs)
+
+
+def book(name: str, args: tuple, kwargs: dict) -> Any:
+    """Run the registered job `name` in a GPU call: spaces.GPU's one wrapper of `_run` (it
+    decides when called whether this is ZeroGPU, and keeps one wrapper per function, so one
+    worker pool), or the runner tests set."""
+    if _runner is not None:
+        return _runner(_run, name, args, kwargs)
+    if spaces is None:  # pragma: no cover - spaces is in requirements.txt
+        return _run(name, args, kwargs)
+    return spaces.GPU(duration=_duration)(_run)(name, args, kwargs)
+
+
 def gpu(duration: int | Callable[..., float] = 60,
         cpu_if: Callable[..., bool] | None = None) -> Callable[[Callable], Callable]:
     """Run fn in a GPU call (spaces.GPU on ZeroGPU), its result moved to the CPU.
@@ -147,7 +200,7 @@ def gpu(duration: int | Callable[..., float] = 60,
         def small(args: tuple, kwargs: dict) -> bool:
             return cpu_if is not None and on_zerogpu() and bool(cpu_if(**named(args, kwargs)))
 
-        booked = spaces.GPU(duration=seconds)(inside) if spaces is not None else inside
+        name = register(f"{fn.__module__}.{fn.__qualname__}", inside, seconds)
 
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -155,12 +208,16 @@ def gpu(duration: int | Callable[..., float] = 60,
                 return fn(*args, **kwargs)
             if small(args, kwargs):
                 return fn(*args, **kwargs)
-            if _runner is not None:
-                return _runner(inside, *args, **kwargs)
-            return booked(*args, **kwargs)
+            held = _holding.get()
+            if held is not None and chunked():  # a live gesture's call is open: use it
+                return held.run(name, args, kwargs)
+            if _runner is None and not on_zerogpu():
+                return inside(*args, **kwargs)
+            return book(name, args, kwargs)
 
         call.seconds = seconds  # type: ignore[attr-defined]
         call.small = small      # type: ignore[attr-defined]
+        call.job_name = name    # type: ignore[attr-defined]
         return call
     return deco
 
@@ -339,6 +396,195 @@ def run_in_chunks(call: Callable[[Relay], Any], folder: str | os.PathLike,
         relay.clear()
 
 
+# ----------------------------------------------------------------------------------------
+# Held calls: one GPU call for a whole live gesture or webcam run (issue 34).
+
+ENV_HOLD_S = "STUDIO_GPU_HOLD_SECONDS"
+ENV_HOLD_IDLE_S = "STUDIO_GPU_HOLD_IDLE_SECONDS"
+DEFAULT_HOLD_S = 60       # booked per held call (capped); a gesture longer books another
+DEFAULT_HOLD_IDLE_S = 2.0  # no new value this long: the held call ends, the GPU goes back
+POLL_S = 0.002            # how often both sides look for the other's newest file
+
+_holding: contextvars.ContextVar[Hold | None] = contextvars.ContextVar(
+    "studio_gpu_holding", default=None)
+
+
+def _setting(name: str, default: float) -> float:
+    try:
+        return max(0.0, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def hold_seconds() -> int:
+    return capped(_setting(ENV_HOLD_S, DEFAULT_HOLD_S))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _read_pickle(path: Path) -> Any:
+    try:
+        return pickle.loads(path.read_bytes())
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return None
+
+
+class Hold:
+    """A GPU call held open while a page's live channel works (a drag, a webcam run).
+
+    On ZeroGPU every live frame as a call of its own paid the booking, a worker hand-over
+    and the model's copy to the GPU each time. Under a Hold, the GPU functions the channel
+    calls (`gpu()`, while `holding` is set) go to one booked call instead: this process
+    writes the newest request into the Hold's folder (the relay's way: files, since the
+    worker is a fork), the call runs it as soon as it sees it and writes the answer back,
+    and waits for the next. The call ends when no request comes for
+    STUDIO_GPU_HOLD_IDLE_SECONDS, near its booked STUDIO_GPU_HOLD_SECONDS, or on close();
+    the next request then books a new one. Requests are answered in turn (one at a time)."""
+
+    REQUEST, ANSWER, CLOSED = "request.pkl", "answer.pkl", "closed"
+
+    def __init__(self) -> None:
+        self.folder = ""                     # made on first use (only ZeroGPU uses it)
+        self.seq = 0
+        self.calls = 0                       # GPU calls booked for this hold
+        self._lock = threading.Lock()
+        self._call: threading.Thread | None = None
+        self._failed: list[BaseException] = []
+        self._closed = False
+
+    def run(self, name: str, args: tuple, kwargs: dict) -> Any:
+        """The registered job `name` run in the held call (booked if none is open)."""
+        with self._lock:
+            if not self.folder:
+                self.folder = str(_job_folder())
+            self.seq += 1
+            folder = Path(self.folder)
+            Path(folder, self.CLOSED).unlink(missing_ok=True)
+            _write_atomic(folder / self.REQUEST, pickle.dumps((self.seq, name, args, kwargs)))
+            while True:
+                answer = _read_pickle(folder / self.ANSWER)
+                if answer is not None and answer[0] == self.seq:
+                    ok, value = answer[1], answer[2]
+                    if ok:
+                        return value
+                    raise value
+                if self._call is None or not self._call.is_alive():
+                    if self._failed:    # the booking itself failed (quota, worker error)
+                        raise self._failed.pop()
+                    # It ended (idle, its time, closed) without this answer, unless it
+                    # wrote it just before ending: book the next call.
+                    answer = _read_pickle(folder / self.ANSWER)
+                    if answer is None or answer[0] != self.seq:
+                        self._book()
+                    continue
+                time.sleep(POLL_S)
+
+    def _book(self) -> None:
+        self.calls += 1
+
+        def call() -> None:
+            _holding.set(None)  # the held call itself is booked, not routed to this hold
+            try:
+                serve(self.folder, hold_seconds(), _setting(ENV_HOLD_IDLE_S,
+                                                            DEFAULT_HOLD_IDLE_S))
+            except BaseException as exc:  # handed to the waiting run()
+                self._failed.append(exc)
+            finally:
+                if self._closed:
+                    self._remove()
+        self._call = start_thread(call)
+
+    def close(self) -> None:
+        """End the held call now (the page went); its folder goes when the call has ended.
+        Does not wait (the live channel closes from its event loop)."""
+        self._closed = True
+        if not self.folder:
+            return
+        Path(self.folder, self.CLOSED).touch()
+        if self._call is None or not self._call.is_alive():
+            self._remove()
+
+    def _remove(self) -> None:
+        import shutil
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _answerable(exc: BaseException) -> BaseException:
+    """An error as it can cross back: itself when it pickles, else its sentence."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(str(exc))
+
+
+@gpu(lambda folder, seconds, idle_s: seconds)
+def serve(folder: str, seconds: float, idle_s: float) -> int:
+    """The held call (in the worker): run each new request as it comes, newest only, until
+    idle for idle_s, `seconds` less the setup are over, or the hold is closed; returns how
+    many it answered. A model used here is copied to the GPU once for the whole call."""
+    folder_path = Path(folder)
+    deadline = time.monotonic() + max(1.0, seconds - SETUP_S)
+    answered = _read_pickle(folder_path / Hold.ANSWER)
+    last = answered[0] if answered is not None else 0
+    count, idle_since = 0, time.monotonic()
+    while time.monotonic() < deadline and not Path(folder, Hold.CLOSED).exists():
+        request = _read_pickle(folder_path / Hold.REQUEST)
+        if request is None or request[0] <= last:
+            if time.monotonic() - idle_since > idle_s:
+                break
+            time.sleep(POLL_S)
+            continue
+        seq, name, args, kwargs = request
+        try:
+            answer = (seq, True, _JOBS[name](*args, **kwargs))
+        except Exception as exc:  # the channel says it in a sentence
+            answer = (seq, False, _answerable(exc))
+        _write_atomic(folder_path / Hold.ANSWER, pickle.dumps(answer))
+        last, count, idle_since = seq, count + 1, time.monotonic()
+    return count
+
+
+def holding(hold: Hold | None) -> contextvars.Token:
+    """Route this context's GPU functions to `hold` (None: book each call)."""
+    return _holding.set(hold)
+
+
+ZEROGPU_HEADERS = ("x-ip-token",)  # what a page may add to its handshake's headers
+
+
+def set_visitor(handshake: Any, page: Any = None) -> None:
+    """Charge the GPU calls made from this context to the visitor of a live channel.
+
+    ZeroGPU reads the visitor's quota token (X-IP-Token) from the Gradio request it finds in
+    the caller's context; a WebSocket is no Gradio event, so it found none and charged the
+    Space. The request here holds the handshake's headers, and the page's ZeroGPU headers
+    (a browser cannot set headers on a WebSocket, so the page sends the ones Gradio's client
+    gets from huggingface.co in its first message): only X-IP-Token, a token ZeroGPU checks
+    itself, so a page gains nothing by sending another."""
+    import gradio as gr
+    from gradio.context import LocalContext
+
+    headers = {str(k).lower(): str(v) for k, v in dict(handshake or {}).items()}
+    if isinstance(page, dict):
+        headers.update({k: str(page[k])[:4096] for k in ZEROGPU_HEADERS
+                        if isinstance(page.get(k), str)})
+    LocalContext.request.set(gr.Request(headers=headers))
+
+
+def open_channel(handshake: Any, page: Any = None) -> Hold:
+    """For a live channel, in its context: its visitor (set_visitor) and a Hold, so the GPU
+    work of its gestures and webcam frames runs in one call at a time. close() it at the end."""
+    set_visitor(handshake, page)
+    hold = Hold()
+    holding(hold)
+    return hold
+
+
 def start_thread(target: Callable[..., Any], *args: Any, **kwargs: Any) -> threading.Thread:
     """A daemon thread running target in a copy of the caller's context: ZeroGPU finds the
     Gradio request (the visitor whose quota a GPU call is charged to) there."""
@@ -362,7 +608,7 @@ def _resumable_whole(seconds: float, run: Callable[..., Any], args: tuple,
     return run(*args, progress=progress, cancel=cancel, on_metrics=on_metrics)
 
 
-@gpu(lambda **_: max_call_seconds())
+@gpu(lambda relay, **_: chunk_call_seconds(relay))
 def _resumable_chunk(run: Callable[..., Any], args: tuple, stopped: type[BaseException],
                      relay: Relay) -> Any:
     try:
@@ -382,10 +628,12 @@ def run_resumable(run: Callable[..., Any], args: tuple, *, folder: str | os.Path
     ZeroGPU worker finds it by name); `stopped` is the exception it raises when cancelled
     after writing its checkpoint. Where calls are not time-boxed: one GPU call of `seconds`
     (a cancel raises `stopped`). On ZeroGPU: a series of time-boxed calls, each resuming
-    from the checkpoint the last one wrote under `folder` (run_in_chunks); the answer is
-    PAUSED (is_paused) when it stopped before the end."""
+    from the checkpoint the last one wrote under `folder` (run_in_chunks), each booking its
+    box (chunk_box: the job's `seconds` when they fit one call) plus the setup; the answer
+    is PAUSED (is_paused) when it stopped before the end."""
     if not chunked():
         return _resumable_whole(seconds, run, args, progress=progress, cancel=cancel,
                                 on_metrics=on_metrics)
     return run_in_chunks(lambda relay: _resumable_chunk(run, args, stopped, relay), folder,
-                         progress, cancel, is_paused=is_paused, on_metrics=on_metrics)
+                         progress, cancel, is_paused=is_paused, on_metrics=on_metrics,
+                         box_seconds=chunk_box(seconds))

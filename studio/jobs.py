@@ -16,6 +16,7 @@ Nothing here imports Gradio.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -154,6 +155,15 @@ class Lane:
 
 
 LANE = Lane(SERVER.heavy_jobs, SERVER.heavy_waiting)
+
+
+def _after_fork_in_child() -> None:
+    """A ZeroGPU worker is a fork taken at any moment: its lane starts empty and unlocked
+    (the slots and the condition's lock belong to the parent's threads)."""
+    LANE.__init__(SERVER.heavy_jobs, SERVER.heavy_waiting)  # in place: modules hold LANE
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def interactive(fn: Callable) -> Callable:

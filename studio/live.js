@@ -32,6 +32,22 @@
     return u;
   }
 
+  // On a ZeroGPU Space, GPU calls are charged to the visitor by a token Gradio's client asks
+  // huggingface.co for and sends as a header; a browser cannot add headers to a WebSocket,
+  // so the page asks the same way and sends it with the key (studio.gpu.set_visitor).
+  function zerogpuHeaders() {
+    const host = window.location.hostname.endsWith(".hf.space") ? "https://huggingface.co" : null;
+    if (!host || window.parent === window || !window.supports_zerogpu_headers) {
+      return Promise.resolve(null);
+    }
+    return new Promise((resolve) => {
+      const channel = new MessageChannel();
+      channel.port1.onmessage = ({ data }) => { channel.port1.close(); resolve(data); };
+      window.parent.postMessage("zerogpu-headers", host, [channel.port2]);
+      setTimeout(() => resolve(null), 2000);
+    });
+  }
+
   function connect(key) {
     if (L.ws) L.ws.close();
     const url = new URL("live/ws", pageBase());
@@ -46,7 +62,7 @@
     ws.binaryType = "arraybuffer";
     L.ws = ws;
     L.inflight = [];
-    ws.onopen = () => ws.send(JSON.stringify({ key }));
+    ws.onopen = () => zerogpuHeaders().then((headers) => ws.send(JSON.stringify({ key, headers })));
     ws.onmessage = (ev) => {
       if (typeof ev.data !== "string") return onFrame(ev.data);
       const m = JSON.parse(ev.data);

@@ -58,7 +58,7 @@ from PIL import Image
 
 from engine import recipe
 from engine.errors import StudioError
-from studio import models, render, sources, translation
+from studio import gpu, models, render, sources, translation
 from studio import session as S
 from studio.limits import LIMITS
 from studio.session import Session
@@ -99,6 +99,16 @@ _lock = threading.Lock()
 _conns: dict[int, set[Connection]] = {}      # id(session) -> its open connections
 _settled = threading.Condition()             # notified when a connection has nothing left
 SETTLE_S = 1.0                               # longest a Gradio event waits for the channel
+
+
+def _after_fork_in_child() -> None:
+    """A ZeroGPU worker is a fork taken at any moment: fresh locks, none held by a thread
+    that does not exist there."""
+    global _lock, _settled
+    _lock, _settled = threading.Lock(), threading.Condition()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def key_for(sess: Session) -> str:
@@ -570,8 +580,8 @@ async def endpoint(ws: Any) -> None:
     """The WebSocket route: the first message is the session's key, then the channel."""
     await ws.accept()
     try:
-        first = await asyncio.wait_for(ws.receive_text(), timeout=10)
-        sess = session_for(json.loads(first).get("key"))
+        first = json.loads(await asyncio.wait_for(ws.receive_text(), timeout=10))
+        sess = session_for(first.get("key"))
     except Exception:
         sess = None
     if sess is None:
@@ -590,6 +600,9 @@ async def endpoint(ws: Any) -> None:
         hello.update(part())
     await ws.send_text(json.dumps(hello))
     conn = Connection(ws, sess)
+    # Before the tasks start (they copy this context): the visitor ZeroGPU charges, and one
+    # held GPU call for this page's frames (studio.gpu.Hold).
+    hold = gpu.open_channel(getattr(ws, "headers", None), first.get("headers"))
     with _settled:
         _conns.setdefault(id(sess), set()).add(conn)
     renderer = asyncio.get_running_loop().create_task(conn.render())
@@ -601,6 +614,7 @@ async def endpoint(ws: Any) -> None:
         renderer.cancel()
         if conn.player is not None:
             conn.player.cancel()
+        hold.close()
         with _settled:  # a page gone has nothing left to apply
             mine = _conns.get(id(sess), set())
             mine.discard(conn)

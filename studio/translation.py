@@ -97,12 +97,19 @@ def train_encoder(sess: Session, layer: str, steps: int, batch: int,
     out = encoder_dir(sess) / f"{layer}-b{batch}"
     result = gpu_mod.run_resumable(
         _train_encoder_now, (sess.model, layer, int(steps), int(batch), str(out)), folder=out,
-        seconds=gpu_mod.max_call_seconds(), stopped=translator.TrainingCancelled,
+        seconds=train_seconds(sess.model, int(steps), int(batch)),
+        stopped=translator.TrainingCancelled,
         progress=progress, cancel=cancel, on_metrics=on_metrics)
     if gpu_mod.is_paused(result):
         raise translator.TrainingCancelled(f"encoder training stopped before step {steps}; "
                                            f"run it again to resume")
     return result
+
+
+def train_seconds(spec: str, steps: int, batch: int) -> float:
+    """GPU work of an encoder training: each step renders its batch and back-propagates
+    through the encoder (about three renders' worth of work an image)."""
+    return image_seconds(spec, 3 * steps * batch)
 
 
 def _train_encoder_now(spec: str, layer: str, steps: int, batch: int, out: str,

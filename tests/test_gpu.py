@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import pickle
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from engine.errors import StudioError
 from engine.latents import DirectionEdit, LatentSpec, LayerEdit
 from studio import files
 from tests.conftest import make_tiny_generator
-from tests.zerogpu import ZeroGPU, in_thread
+from tests.zerogpu import ForkedZeroGPU, ZeroGPU, in_thread
 
 pytest.importorskip("spaces")
 
@@ -37,26 +38,47 @@ def G():
     return make_tiny_generator(0)
 
 
-@pytest.fixture
-def zero(monkeypatch, tmp_path):
-    """The emulation on, the studio told it runs on ZeroGPU, GPU calls run as workers."""
-    from studio import gpu
-
+def _zero_settings(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     monkeypatch.setenv("STUDIO_DEVICE", "auto")  # CUDA "exists": inside GPU calls only
     monkeypatch.setenv("STUDIO_CPU_MAX_RESOLUTION", "0")  # every model takes the GPU path
     monkeypatch.setenv("ACTIVATION_STUDIO_CACHE", str(tmp_path / "cache"))
     zoo.clear_cache()
     devices.clear_seeded()
+
+
+def _zero_teardown() -> None:
+    zoo.clear_cache()
+    devices.clear_seeded()
+    reset_accelerate()
+
+
+@pytest.fixture
+def zero(monkeypatch, tmp_path):
+    """The emulation on, the studio told it runs on ZeroGPU, GPU calls run as `spaces` runs
+    them: forked workers, reused while the emulated GPU is idle (tests/zerogpu.py)."""
+    _zero_settings(monkeypatch, tmp_path)
+    with ForkedZeroGPU(tmp_path / "workers") as zg:
+        try:
+            yield zg
+        finally:
+            _zero_teardown()
+
+
+@pytest.fixture
+def zero_threads(monkeypatch, tmp_path):
+    """The emulation with GPU calls run in threads of this process: only where a fork
+    cannot go (a test that checks state the call leaves in this process)."""
+    from studio import gpu
+
+    _zero_settings(monkeypatch, tmp_path)
     with ZeroGPU() as zg:
         gpu.set_runner(zg.gpu_call)
         try:
             yield zg
         finally:
             gpu.set_runner(None)
-            zoo.clear_cache()
-            devices.clear_seeded()
-            reset_accelerate()
+            _zero_teardown()
 
 
 def reset_accelerate() -> None:
@@ -512,7 +534,8 @@ def test_studio_renders_translates_and_makes_videos_in_gpu_calls(zero, tmp_path)
     calls = zero.calls
     plain = in_thread(lambda: render.render(sess))
     assert zero.calls == calls + 1  # a GPU call, not a render here
-    assert {m.device for m in zoo.loaded_models()} == {"cpu", "cuda:0"}  # it used a GPU copy
+    # The GPU copy lived in the worker: this process, like a Space's, keeps CPU models only.
+    assert {m.device for m in zoo.loaded_models()} == {"cpu"}
     cpu = recipe.render(sess.recipe, zoo.load("default", device="cpu"))
     same(np.asarray(plain), np.asarray(cpu))
     # Translating with the shipped encoder, its picture uploaded as the page does.
@@ -721,3 +744,250 @@ def test_an_evicted_model_is_not_kept_by_cached_translators(monkeypatch):
     zoo.clear_cache()
     gc.collect()
     assert alive() is None, "a cached translator kept the evicted model in memory"
+
+
+# ----------------------------------------------------------------------------------------
+# spaces' worker pool: one entry point, reused workers and fresh ones.
+
+
+def test_a_sessions_different_gpu_calls_reuse_one_worker(zero):
+    """Issue 31: spaces.GPU keeps a worker pool per decorated function, and the studio had
+    one per function (8 workers for one visitor, each with its own model copies). All go
+    through one entry point now: renders, grids, overlays of one session share one worker."""
+    from studio import render
+
+    sess = _session()
+    renders = [in_thread(lambda: render.render(sess)),
+               in_thread(lambda: render.psi_grid(sess, [1, 2], [0.5, 1.0])),
+               in_thread(lambda: render.mix_grid(sess, [1], 5)),
+               in_thread(lambda: render.render(sess, with_bends=False))]
+    assert zero.calls == 4 and all(r is not None for r in renders)
+    assert len(zero.api.worker_pids()) == 1, "each kind of call forked its own worker"
+    assert len({s["task_id"] for s in zero.api.schedules}) == 1
+
+
+def test_fresh_workers_give_the_same_pictures_as_a_reused_one(zero):
+    """A GPU that was not idle gets a freshly forked worker (its caches and cuDNN state
+    new): the pictures are the same."""
+    from studio import render
+
+    sess = _session()
+    reused = [np.asarray(in_thread(lambda: render.render(sess))) for _ in range(2)]
+    zero.api.reuse = False
+    fresh = [np.asarray(in_thread(lambda: render.render(sess))) for _ in range(2)]
+    assert len(zero.api.worker_pids()) == 3  # one reused twice, then one per call
+    for pic in reused[1:] + fresh:
+        same(pic, reused[0])
+    same(reused[0], np.asarray(recipe.render(sess.recipe, zoo.load("default", device="cpu"))))
+
+
+# ----------------------------------------------------------------------------------------
+# Durations booked from the job's size.
+
+
+def test_time_boxed_calls_book_durations_from_the_jobs_size(zero, monkeypatch, tmp_path,
+                                                            tiny_spec):
+    """Issue 31: training and projection chunks booked the longest call (120 s) whatever
+    their size. A short projection books a short call; a long job's chunks book the most."""
+    from studio import gpu, models, projection, translation
+
+    monkeypatch.setattr(files, "OUT_DIR", tmp_path / "out")
+    m = zoo.load(tiny_spec, device="cpu")
+    photo = Image.fromarray(latents.render_spec(m.G, LatentSpec(seed=12)))
+    in_thread(lambda: projection.project(_session(tiny_spec), photo, 3, True))
+    booked = [s["duration"] for s in zero.api.schedules]
+    assert booked and all(5 <= d < gpu.max_call_seconds() for d in booked), booked
+    # The booked duration is the call's time box plus its setup, so the box fits inside it.
+    short = gpu.chunk_box(models.image_seconds(tiny_spec, 3 * 3))
+    assert booked[0] == gpu.capped(short + gpu.SETUP_S)
+    # Long jobs: each call books the longest, and its box leaves the setup time.
+    long_train = gpu.chunk_box(translation.train_seconds(tiny_spec, 10**6, 8))
+    assert long_train == gpu.chunk_seconds()
+    chunk = gpu._resumable_chunk.seconds
+    assert chunk(None, (), StudioError, gpu.Relay(tmp_path, long_train)) \
+        == gpu.max_call_seconds()
+    small = gpu.Relay(tmp_path, gpu.chunk_box(translation.train_seconds(tiny_spec, 4, 2)))
+    assert 5 <= chunk(None, (), StudioError, small) < gpu.max_call_seconds()
+
+
+# ----------------------------------------------------------------------------------------
+# cuDNN: one algorithm per shape in every process.
+
+
+def test_cudnn_choice_is_fixed_and_deterministic_unless_autotuning_is_asked_for(
+        G, monkeypatch):
+    """Issue 31: stylegan2 turned cuDNN's autotuner on for every CUDA model, and its pick
+    (per process, timed) may differ between ZeroGPU workers, so a replay need not equal
+    itself. Settled from PyTorch's reproducibility notes (no GPU was lent to measure)."""
+    from engine.stylegan2 import prepare_for_device
+
+    before = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    try:
+        monkeypatch.delenv("STUDIO_CUDNN_BENCHMARK", raising=False)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+        with ZeroGPU() as zg:
+            flags = zg.gpu_call(lambda: (
+                prepare_for_device(copy.deepcopy(G).to("cuda")) is not None,
+                torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic))
+        assert flags == (True, False, True)
+        monkeypatch.setenv("STUDIO_CUDNN_BENCHMARK", "1")
+        assert devices.apply_cudnn_policy() is True
+        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) \
+            == (True, False)
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before
+
+
+# ----------------------------------------------------------------------------------------
+# Locks and a fork: studio's module locks are fresh in a forked worker.
+
+
+def test_a_worker_forked_while_studio_locks_are_held_proceeds():
+    """Issue 31: a ZeroGPU worker is a fork taken at any moment; a lock another thread held
+    then stays held in the child for ever (files' sweep, finetune's speeds, the live
+    channel's keys and settle condition, the job lane)."""
+    import os
+    import signal
+
+    from studio import files as studio_files
+    from studio import finetune, jobs, live
+
+    sess = _session()
+    held = [studio_files._sweep_lock, finetune._speeds_lock, live._lock, live._settled,
+            jobs.LANE._cond]
+    for lock in held:
+        lock.acquire()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the worker: a hang ends by the alarm, with a failing status
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)  # even when stuck in C
+            signal.alarm(30)
+            try:
+                studio_files.make_room()
+                assert finetune.speed(None, "m", 1, "none", measure=False) is None
+                assert live.session_for(live.key_for(sess)) is sess
+                assert live.settle(sess, timeout=0.01)
+                with jobs.LANE.interactive():
+                    pass
+                os._exit(0)
+            except BaseException:
+                os._exit(3)
+    finally:
+        for lock in held:
+            lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked worker hung or failed"
+
+
+# ----------------------------------------------------------------------------------------
+# The live channel on ZeroGPU: one held call, the visitor's token (issue 34, issue 31).
+
+
+class DragSocket:
+    """A page on the live channel: its key (and ZeroGPU headers), a first canvas value and
+    webcam frame (the worker's start), then a drag of the psi slider for `seconds`, a value
+    every 20 ms and a webcam frame every 4th message; counts the frames that come back."""
+
+    def __init__(self, sess, seconds: float, token: str | None = None,
+                 jpeg: bytes | None = None) -> None:
+        from studio import live
+        self.live, self.key = live, live.key_for(sess)
+        self.headers = {"host": "studio", "x-ip-token": "handshake.e30.sig"}
+        self.token, self.seconds, self.jpeg = token, seconds, jpeg
+        self.frames: list[tuple[float, int, int]] = []   # (time, kind, seq)
+        self.errors: list[str] = []
+        self.texts: list[dict] = []
+        self.seq, self.drag_from, self.drag_seqs = 0, None, []
+
+    async def accept(self) -> None:
+        pass
+
+    async def receive_text(self) -> str:
+        return json.dumps({"key": self.key, "headers": {"x-ip-token": self.token}})
+
+    async def receive(self) -> dict:
+        import asyncio
+        import struct
+        import time
+
+        if self.seq == 0:
+            self.seq = 1
+            return {"type": "websocket.receive", "text": json.dumps({"kind": "cam"})}
+        warm_up = 3 if self.jpeg is not None else 2   # a canvas frame and a webcam frame
+        if self.seq == warm_up:  # the worker's start (fork, model and encoder) is not the drag
+            while {f[1] for f in self.frames} != ({0, 1} if self.jpeg is not None else {0}):
+                await asyncio.sleep(0.01)
+            self.drag_from = time.monotonic()
+        if self.drag_from is not None and time.monotonic() - self.drag_from > self.seconds:
+            while not any(f[2] >= self.drag_seqs[-1] for f in self.frames):
+                await asyncio.sleep(0.01)         # the last value's frame, then the page goes
+            return {"type": "websocket.disconnect"}
+        await asyncio.sleep(0.02 if self.seq > warm_up else 0)  # the drag: a value each 20 ms
+        self.seq += 1
+        self.drag_seqs.append(self.seq)
+        if self.jpeg is not None and self.seq % 4 == 3:
+            return {"type": "websocket.receive",
+                    "bytes": bytes([self.live.KIND_CAM]) + struct.pack(">I", self.seq) + self.jpeg}
+        psi = 0.5 + 0.4 * (self.seq % 20) / 20
+        return {"type": "websocket.receive", "text": json.dumps(
+            {"kind": "latent", "seq": self.seq, "g": 1, "values": {"psi": psi}})}
+
+    async def send_text(self, text: str) -> None:
+        msg = json.loads(text)
+        self.texts.append(msg)
+        if "error" in msg:
+            self.errors.append(msg["error"])
+
+    async def send_bytes(self, data: bytes) -> None:
+        import time
+        kind, seq, _, _ = self.live.HEADER.unpack(data[:self.live.HEADER.size])
+        self.frames.append((time.monotonic(), kind, seq))
+
+    async def close(self, code: int) -> None:
+        pass
+
+
+def _run_live(sock: DragSocket) -> None:
+    import asyncio
+    import concurrent.futures
+
+    from studio import live
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, live.endpoint(sock)).result(timeout=600)
+
+
+def test_a_five_second_live_drag_with_the_webcam_is_at_most_two_gpu_calls(zero, tmp_path):
+    """Issue 34: on ZeroGPU every live frame and webcam frame was a GPU call of its own (a
+    booking, a worker hand-over, the model copied to the GPU). A gesture now holds one call:
+    the worker takes each newest value as it comes and sends frames back as they are made."""
+    import io
+
+    sess = _session()
+    pic = Image.fromarray(latents.render_spec(zoo.load("default", device="cpu").G,
+                                              LatentSpec(seed=30)))
+    jpeg = io.BytesIO()
+    pic.save(jpeg, format="JPEG")
+    sock = DragSocket(sess, 5.0, token="visitor.e30.sig", jpeg=jpeg.getvalue())
+    _run_live(sock)
+    assert not sock.errors, sock.errors
+    assert 1 <= zero.calls <= 2, f"{zero.calls} GPU calls for one drag"
+    # Frames keep coming while the values do, in each half of the drag (the emulated GPU
+    # runs torch through spaces' Python function mode: ~1 s a 64 px frame under load here).
+    during = [f for f in sock.frames if f[0] <= sock.drag_from + sock.seconds]
+    half = sock.drag_from + sock.seconds / 2
+    halves = sum(f[0] < half for f in during), sum(f[0] >= half for f in during)
+    assert min(halves) >= 1 and sum(halves) >= 3, (halves, len(sock.frames), sock.seq)
+    assert {f[1] for f in sock.frames} == {0, 1}, "canvas and webcam frames both come"
+
+
+def test_live_channel_gpu_calls_carry_the_visitors_token(zero):
+    """Issue 31: the live channel booked GPU calls with no Gradio request, so ZeroGPU saw no
+    visitor's quota token. The page's token (sent with its key: a browser cannot add
+    headers to a WebSocket) reaches spaces' schedule call; a handshake header too."""
+    sess = _session()
+    _run_live(DragSocket(sess, 0.1, token="visitor.e30.sig"))
+    assert zero.calls >= 1
+    assert {s["token"] for s in zero.api.schedules} == {"visitor.e30.sig"}
+    zero.api.schedules.clear()
+    _run_live(DragSocket(sess, 0.1, token=None))   # no page token: the handshake's
+    assert {s["token"] for s in zero.api.schedules} == {"handshake.e30.sig"}

@@ -17,10 +17,15 @@ the stand-ins read as empty memory and `.to("cuda")` raises.
 
 from __future__ import annotations
 
+import os
 import pickle
+import signal
 import threading
+import uuid
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -163,3 +168,131 @@ class ZeroGPU:
     @staticmethod
     def is_stand_in(t: torch.Tensor) -> bool:
         return t.device.type == "cuda"
+
+
+# ----------------------------------------------------------------------------------------
+# The `spaces` package's own ZeroGPU path: its decorator, forked workers and queues.
+
+
+class DeviceAPI:
+    """ZeroGPU's device API (schedule, allow, release), answered here instead of over HTTP.
+
+    Everything between it and the studio is the `spaces` package's own code: the decorator,
+    `client.schedule` (which reads the visitor's X-IP-Token from the Gradio request in the
+    caller's context), the forked workers with their argument and result queues, and their
+    reuse. `reuse`: whether a schedule finds the GPU idle, so the last worker is reused (else
+    every call forks a fresh one). Workers announce their pid through `allow`, into files
+    (they are other processes), so `close` can end them."""
+
+    def __init__(self, folder: Path, reuse: bool = True) -> None:
+        self.folder, self.reuse = folder, reuse
+        self.schedules: list[dict[str, Any]] = []   # one per GPU call booked
+        self.failed_releases = 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def schedule(self, cgroup_path: str, task_id: int = 0, token: str | None = None,
+                 token_version: int = 1, duration_seconds: int | None = None,
+                 enable_queue: bool = True, gpu_size: str | None = None) -> tuple:
+        from spaces.zero.api import ScheduleMetadata, ScheduleResponse
+
+        self.schedules.append({"task_id": task_id, "token": token,
+                               "duration": duration_seconds})
+        return ScheduleResponse(idle=self.reuse, nvidiaIndex=0, nvidiaUUID="emulated",
+                                allowToken=uuid.uuid4().hex), ScheduleMetadata()
+
+    def allow(self, allow_token: str, pid: int) -> Any:
+        import httpx
+        (self.folder / str(pid)).touch()
+        return httpx.codes.OK
+
+    def release(self, allow_token: str, fail: bool = False) -> Any:
+        import httpx
+        self.failed_releases += bool(fail)
+        return httpx.codes.OK
+
+    def worker_pids(self) -> list[int]:
+        return sorted(int(p.name) for p in self.folder.iterdir() if p.name.isdigit())
+
+    def close(self) -> None:
+        for pid in self.worker_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class ForkedZeroGPU(ZeroGPU):
+    """The emulation with `spaces`' real workers: a GPU call is `spaces.GPU`'s wrapper, which
+    forks a worker process (or reuses the last one), pickles the arguments to it through its
+    queue and the result back. Two things a CPU lacks are stood in for: the device API
+    (DeviceAPI) and the worker's CUDA start (`spaces.zero.torch.init`: here the worker enters
+    the strict stand-in CUDA instead, in every thread that runs a task, and its torch runs on
+    one thread, since OpenMP's pool does not survive a fork). The studio's GPU functions run
+    through studio.gpu's one entry point, as on a Space."""
+
+    def __init__(self, folder: Path, reuse: bool = True) -> None:
+        super().__init__()
+        self.api = DeviceAPI(folder, reuse)
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    @property
+    def calls(self) -> int:  # type: ignore[override]
+        return len(self.api.schedules)
+
+    @calls.setter
+    def calls(self, value: int) -> None:  # ZeroGPU.__init__ sets it
+        pass
+
+    def _set(self, obj: Any, name: str, value: Any) -> None:
+        self._saved.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    def __enter__(self) -> ForkedZeroGPU:
+        super().__enter__()
+        import spaces.zero.torch as zero_torch
+        from spaces.config import Config
+        from spaces.zero import client, wrappers
+
+        patching = self.patching
+
+        def init_in_worker(nvidia_uuid: str) -> None:
+            torch.set_num_threads(1)
+            patching.patch()  # the stand-in CUDA (spaces' worker start had left it)
+
+        def executor(*args: Any, **kwargs: Any) -> ThreadPoolExecutor:
+            if wrappers.forked:  # a worker's task thread: CUDA "works" there
+                kwargs.setdefault("initializer", patching.enter_mode)
+            return ThreadPoolExecutor(*args, **kwargs)
+
+        self._set(Config, "zero_gpu", True)
+        self._set(client, "api_client", lambda: self.api)
+        self._set(zero_torch, "init", init_in_worker)
+        self._set(zero_torch, "size", lambda: 0)
+        self._set(zero_torch, "move", lambda callback=None: None)
+        self._set(wrappers, "ThreadPoolExecutor", executor)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        from spaces.zero import decorator
+
+        self.api.close()
+        from studio import gpu
+        decorator.decorated_cache.pop(gpu._run, None)  # the next one starts a fresh pool
+        for obj, name, value in reversed(self._saved):
+            setattr(obj, name, value)
+        self._saved.clear()
+        super().__exit__(*exc)
+
+    def gpu_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """fn(*args, **kwargs) in a GPU call through studio.gpu's entry point, in a freshly
+        forked worker (one forked now has fn, which need not pickle; its arguments and result
+        cross by pickle)."""
+        from studio import gpu
+
+        name = gpu.register(f"tests.zerogpu.{uuid.uuid4().hex}", fn, lambda *a, **k: 3600)
+        reuse, self.api.reuse = self.api.reuse, False
+        try:
+            return in_thread(lambda: gpu.book(name, args, kwargs))
+        finally:
+            self.api.reuse = reuse
+            del gpu._JOBS[name], gpu._SECONDS[name]
