@@ -196,6 +196,25 @@ def test_ganspace_directions_and_cache(G):
     assert np.array_equal(ganspace_directions(G, samples=500, top=4), d)
 
 
+def test_ganspace_reports_each_stage_and_sampled_batch_once_computed(tiny_generator):
+    """Issue #33 item 13: GANSpace's progress moves through loading, every 1000 w sampled
+    and its PCA (the page sat at 10% for 10 s), and reporting changes no direction."""
+    H = tiny_generator(5)  # a model of its own: directions are cached per model
+    said: list[tuple[float, str]] = []
+    d = ganspace_directions(H, samples=2500, top=3,
+                            progress=lambda f, m: said.append((f, m)))
+    assert [m for _, m in said] == [
+        "GANSpace: loading scikit-learn", "GANSpace: 1,000 of 2,500 w sampled",
+        "GANSpace: 2,000 of 2,500 w sampled", "GANSpace: 2,500 of 2,500 w sampled",
+        "GANSpace: principal axes of the 2,500 w (PCA)"]
+    fractions = [f for f, _ in said]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] < 1.0
+    assert np.array_equal(ganspace_directions(tiny_generator(5), samples=2500, top=3), d)
+    said.clear()  # cached: nothing to report
+    ganspace_directions(H, samples=2500, top=3, progress=lambda f, m: said.append((f, m)))
+    assert said == []
+
+
 def test_direction_edit_moves_only_its_layers(G):
     base = compute_ws(G, LatentSpec(seed=2))
     spec = LatentSpec(seed=2, directions=[DirectionEdit("sefa", 1, 3.0, 2, 6)])
