@@ -187,3 +187,56 @@ def test_a_hostile_performance_gets_one_sentence() -> None:
     with pytest.raises(StudioError, match="does not have"):
         list(performance.recipes({**good, "events": [{"t": 0, "values": {"nope.x": 1}}]},
                                  10))
+
+
+def test_the_panel_renders_the_sessions_recording_and_refuses_without_one(tmp_path) -> None:
+    """'Render the recording to mp4': the session's last recording, every frame through
+    engine.render, in the long-job lane; one sentence without a recording or over the
+    frame limit."""
+    import gradio as gr
+    import imageio_ffmpeg
+
+    from studio.limits import LIMITS
+    from studio.tabs import perform
+
+    sess = _bent_session()
+    ui = object()
+    with pytest.raises(gr.Error, match="record a performance first"):
+        perform.render_recording(ui, sess, 10, "0", progress=lambda *a, **k: None)
+    base = sess.recipe.to_dict()
+    sess.performance = {"format": performance.FORMAT, "version": 1, "recipe": base,
+                        "seconds": 0.5, "events": [
+                            {"t": 0.25, "values": {"bends.0.params.angle": 90.0}}]}
+    out = perform.render_recording(ui, sess, 10, "0", progress=lambda *a, **k: None)
+    reader = imageio_ffmpeg.read_frames(out)
+    meta = next(reader)
+    frames = [np.frombuffer(f, np.uint8).reshape(*meta["size"][::-1], 3) for f in reader]
+    assert len(frames) == 6                              # 0, 0.1, ... 0.5 s
+    for i, angle in ((0, 45.0), (5, 90.0)):
+        sess.recipe.bends[0].params["angle"] = angle
+        want = np.asarray(engine.render(sess.recipe), dtype=np.float32)
+        assert np.abs(frames[i] - want).mean() < 4.0, i
+    sess.performance["seconds"] = LIMITS.video_frames      # one frame a second too many
+    with pytest.raises(gr.Error, match="STUDIO_MAX_VIDEO_FRAMES"):
+        perform.render_recording(ui, sess, 1, "0", progress=lambda *a, **k: None)
+
+
+def test_a_saved_state_comes_back_on_its_key() -> None:
+    """Shift+1 saves the state, 1 jumps back to it (through the channel's edit path); a
+    state never saved, or one that no longer fits the recipe, gets one sentence."""
+    sess = _bent_session()
+
+    def msg(**m) -> dict:
+        return text(json.dumps(m))
+
+    inbox = [(0, msg(kind="state", n=1, save=True)),
+             (0, msg(kind="field", seq=1, path="latent.psi", value=0.2)),
+             (1, msg(kind="field", seq=2, path="bends.0.params.angle", value=10)),
+             (2, msg(kind="state", seq=3, n=1)),
+             (3, msg(kind="state", seq=4, n=2))]
+    ws = _play(sess, inbox, lambda ws: len(ws.frames) >= 3 and ws.texts, socket=PacedSocket)
+    assert (sess.recipe.latent.psi, sess.recipe.bends[0].params["angle"]) == (0.7, 45.0)
+    assert ws.texts == [{"error": "no state 2 is saved yet (Shift+2 saves one).", "kind": 0}]
+    sess.recipe.bends.clear()
+    with pytest.raises(StudioError, match="no longer fits"):
+        live.apply(sess, [{"kind": "jump", "values": {"bends.0.params.angle": 45.0}}])
