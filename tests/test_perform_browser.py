@@ -67,6 +67,37 @@ def test_midi_and_microphone_drive_the_canvas_through_learned_mappings() -> None
         level = page.get_attribute('#perf-meters [data-source="CC 7 ch1"]', "data-level")
         assert float(level) == pytest.approx(64 / 127, abs=1e-3)    # the meter shows it
 
+        # The recorder: the page's MIDI moves between Record and Stop come back as the
+        # performance (the stream of ψ values), offered as a JSON file.
+        page.click("#perf-record")
+        for value in (0, 127):
+            n = _frames(page)
+            page.evaluate(f"window.__midi([0xB0, 7, {value}])")
+            page.wait_for_function(f"window.studioLive.frames.length > {n}")
+        page.click("#perf-record")
+        page.wait_for_function("window.studioPerform.performance !== null")
+        perf = page.evaluate("window.studioPerform.performance")
+        psis = [e["values"]["latent.psi"] for e in perf["events"] if "values" in e]
+        assert psis[-2:] == [-1.0, 2.0], perf["events"]
+        assert "Recorded" in page.inner_text("#perf-recorded")
+        assert page.get_attribute("#perf-recorded a", "download") == "performance.json"
+
+        # Full window: the canvas and the meters fill the screen; Esc puts them back.
+        page.click("#perf-full")
+        page.wait_for_selector("#perf-stage #live-canvas")
+        assert page.locator("#perf-stage #perf-meters").count() == 1
+        box = page.locator("#perf-stage").bounding_box()
+        assert box["width"] == 1280 and box["height"] == 900
+        page.keyboard.press("Escape")
+        page.wait_for_selector("#perf-stage", state="detached")
+        assert page.locator("#canvas #live-canvas").count() == 1
+        assert page.locator("#perf-panel #perf-meters").count() == 1
+
+        # A browser without Web MIDI is told so.
+        page.evaluate("navigator.requestMIDIAccess = undefined")
+        page.click("#perf-midi")
+        assert "This browser has no Web MIDI" in page.inner_text("#perf-status")
+
         # The microphone (Chromium's fake device beeps): its loudness, learned onto a
         # bend's angle by a click on its meter, keeps the canvas moving.
         tab(page, "Bend")
