@@ -4,7 +4,7 @@
 
 Host and port follow Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; STUDIO_MODEL picks
 the model a session opens on (catalogue id, hf://... or a local checkpoint path). The
-STUDIO_MAX_* limits are in engine/limits.py and README.md. With persistent storage (/data on
+STUDIO_MAX_* limits are in engine/base/limits.py and README.md. With persistent storage (/data on
 a Space, or STUDIO_DATA_DIR) the caches and outputs live there: studio/storage.py.
 """
 

@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.bend_import import import_broad_yaml  # noqa: E402
-from engine.bending import OPERATIONS, apply_operation, resolve_params  # noqa: E402
+from engine.recipes.bend_import import import_broad_yaml  # noqa: E402
+from engine.tools.bending import OPERATIONS, apply_operation, resolve_params  # noqa: E402
 
 # Runs under the TensorFlow interpreter: each seed Block operation on the transposed maps.
 TF_SCRIPT = r'''

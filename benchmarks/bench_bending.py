@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.bending import Bend, ChannelSelection  # noqa: E402
-from engine.recipe import Recipe, render_tensor  # noqa: E402
-from engine.stylegan2 import Generator, GeneratorConfig  # noqa: E402
+from engine.gan.stylegan2 import Generator, GeneratorConfig  # noqa: E402
+from engine.recipes.recipe import Recipe, render_tensor  # noqa: E402
+from engine.tools.bending import Bend, ChannelSelection  # noqa: E402
 
 SNAPSHOT = Path("/work/runs/faces64/checkpoint.pt")
 FACES64 = dict(z_dim=128, w_dim=128, resolution=64, channel_base=2048, channel_max=128,
@@ -32,7 +32,7 @@ FACES64 = dict(z_dim=128, w_dim=128, resolution=64, channel_base=2048, channel_m
 
 
 def default_model(device: str) -> tuple[str, Generator] | None:
-    from engine import zoo
+    from engine.models import zoo
 
     if zoo.DEFAULT_MODEL_PATH.exists():
         return "default (faces64)", zoo.load("default", device=device).G

@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import clusters as cl  # noqa: E402
-from engine.stylegan2 import Generator, GeneratorConfig  # noqa: E402
+from engine.gan.stylegan2 import Generator, GeneratorConfig  # noqa: E402
+from engine.tools import clusters as cl  # noqa: E402
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engine" / "default_model" / \
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engine" / "models" / "default_model" / \
     "faces64.safetensors"
 
 
@@ -100,7 +100,7 @@ def main() -> None:
         if args.model == "default" and not DEFAULT_MODEL.exists():
             print(f"default model: {DEFAULT_MODEL} does not exist yet, skipped")
             return
-        from engine import zoo
+        from engine.models import zoo
         model = zoo.load(args.model)
         rows = []
         for layer, (C, _, _) in model.G.layer_shapes().items():

@@ -18,10 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import zoo  # noqa: E402
-from engine.datasets import render_faces  # noqa: E402
-from engine.metrics import swd  # noqa: E402
-from engine.stylegan2 import Generator  # noqa: E402
+from engine.base.metrics import swd  # noqa: E402
+from engine.gan.stylegan2 import Generator  # noqa: E402
+from engine.models import zoo  # noqa: E402
+from engine.training.datasets import render_faces  # noqa: E402
 
 
 def generate(G: Generator, count: int, first_seed: int, psi: float = 1.0) -> np.ndarray:

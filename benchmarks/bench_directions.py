@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import zoo  # noqa: E402
-from engine.blend import BlendSpec, blend_generators, block_alphas  # noqa: E402
-from engine.boundaries import seeds_to_w, train_boundary  # noqa: E402
-from engine.latents import clear_caches, sefa_directions, sefa_layer_names  # noqa: E402
-from engine.stylegan2 import Generator, GeneratorConfig  # noqa: E402
+from engine.gan.stylegan2 import Generator, GeneratorConfig  # noqa: E402
+from engine.models import zoo  # noqa: E402
+from engine.tools.blend import BlendSpec, blend_generators, block_alphas  # noqa: E402
+from engine.tools.boundaries import seeds_to_w, train_boundary  # noqa: E402
+from engine.tools.latents import clear_caches, sefa_directions, sefa_layer_names  # noqa: E402
 
 
 def _affine(G: torch.nn.Module, name: str) -> np.ndarray:

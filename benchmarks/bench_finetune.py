@@ -1,10 +1,10 @@
 """Images/s of fine-tuning the default model, without augmentation and with ADA's pipeline at
 a fixed p (ADA costs nothing while p = 0, so p is pinned to show what augmenting costs).
 
-Each setting trains a few steps through `engine.train_gan.train` (the real loop: G step, D
+Each setting trains a few steps through `engine.training.train_gan.train` (the real loop: G step, D
 step, lazy R1 every 16 steps, EMA) on procedural faces; images/s comes from the per-step
 metrics log and skips the first steps (start-up, first-touch allocations). Beside it, the
-Train tab's estimate for the same setting (`engine.train_gan.measure_speed`: one timed step
+Train tab's estimate for the same setting (`engine.training.train_gan.measure_speed`: one timed step
 after a warm-up one, no optimiser or R1), to show how far the page's sentence is from the
 real loop. Settings are interleaved round by round, so a busy machine slows them alike; the
 load average is printed with the figures.
@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import zoo  # noqa: E402
-from engine.loop import read_metrics  # noqa: E402
-from engine.train_gan import METRICS_NAME, TrainConfig, measure_speed, train  # noqa: E402
+from engine.models import zoo  # noqa: E402
+from engine.training.loop import read_metrics  # noqa: E402
+from engine.training.train_gan import METRICS_NAME, TrainConfig, measure_speed, train  # noqa: E402
 
 SETTINGS = {
     "no augmentation": dict(augment="none"),

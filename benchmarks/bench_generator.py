@@ -3,14 +3,14 @@
 Rows, timed interleaved (every repetition runs each implementation in turn, so load from
 other processes hits all of them alike) and reported as medians:
 
-- engine.stylegan2 (this tree);
-- the plain generator at `--baseline` (engine/stylegan2.py from git history, default
-  8c07525, the last commit before engine/ops.py);
+- engine.gan.stylegan2 (this tree);
+- the plain generator at `--baseline` (engine/gan/stylegan2.py from git history, default
+  8c07525, the last commit before engine/gan/ops.py);
 - NVlabs stylegan2-ada-pytorch `training.networks.Generator` when `--nvlabs DIR` points at
   a checkout (on CPU its bias_act / upfirdn2d run their reference implementations).
 
 Each row gives ms per image at batch 1 and 8, achieved GFLOP/s (analytic multiply-adds of
-what engine.stylegan2 runs, see count_macs) and the max abs difference of its images from
+what engine.gan.stylegan2 runs, see count_macs) and the max abs difference of its images from
 ours. A profile of our batch-1 forward splits the time into the 3x3/1x1 convs and the rest.
 
 `--cli` also times whole processes on one NVlabs pickle of those weights: `python -m engine
@@ -42,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.stylegan2 import Generator, GeneratorConfig  # noqa: E402
+from engine.gan.stylegan2 import Generator, GeneratorConfig  # noqa: E402
 
 MODELS = {
     "256": dict(z_dim=512, w_dim=512, resolution=256, channel_base=16384, channel_max=512,
@@ -60,7 +60,7 @@ def count_macs(cfg: GeneratorConfig) -> dict[str, int]:
     conv:     3x3 convs; conv0 is a stride-2 transposed conv, (res/2)^2 * Cin * Cout * 9.
     modulate: affine layers (w -> styles), demodulation coefficients (styles^2 @ sum W^2)
               and scaling either the weight or the activations (the smaller, as
-              engine.ops.modulated_conv2d does).
+              engine.gan.ops.modulated_conv2d does).
     resample: the 4x4 FIR after each upsampling conv and on the skip image.
     torgb:    1x1 convs to RGB.
     mapping:  the FC layers (and label embedding).
@@ -104,13 +104,21 @@ def sync(device: str) -> None:
 
 
 def load_baseline(rev: str) -> object | None:
-    """engine/stylegan2.py as it was at `rev`, imported as its own module (None if git or
+    """engine/gan/stylegan2.py as it was at `rev`, imported as its own module (None if git or
     the revision is unavailable)."""
-    try:
-        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:engine/stylegan2.py"],
-                             capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+    src = None
+    # Its path and its import of ops after and before #32 (the old names spelt so that the
+    # rewriter of engine imports leaves them alone).
+    for where in ("engine/gan/stylegan2.py", "/".join(("engine", "stylegan2.py"))):
+        try:
+            src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{where}"],
+                                 capture_output=True, text=True, check=True).stdout
+            break
+        except (OSError, subprocess.CalledProcessError):
+            continue
+    if src is None:
         return None
+    src = src.replace("from engine" + ".ops import", "from engine.gan.ops import")
     path = Path(tempfile.mkdtemp()) / f"stylegan2_{rev}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(f"stylegan2_{rev}", path)

@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import clusters as cl  # noqa: E402
-from engine import translator as T  # noqa: E402
-from engine.stylegan2 import Generator, GeneratorConfig, prepare_for_device  # noqa: E402
+from engine.gan.stylegan2 import Generator, GeneratorConfig, prepare_for_device  # noqa: E402
+from engine.tools import clusters as cl  # noqa: E402
+from engine.tools import translator as T  # noqa: E402
 
 FULL_SIZES = {256: 16384, 512: 32768, 1024: 32768}   # resolution -> channel_base
 QUICK_SIZES = {32: 2048, 64: 4096}

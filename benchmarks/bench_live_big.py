@@ -53,8 +53,8 @@ def p(values: list[float], q: float) -> float:
 
 def make_model(folder: Path, res: int) -> str:
     """A random-weight config-f generator at `res` px saved where the studio can load it."""
-    from engine.checkpoints import save_generator
-    from engine.stylegan2 import Generator, GeneratorConfig
+    from engine.gan.checkpoints import save_generator
+    from engine.gan.stylegan2 import Generator, GeneratorConfig
 
     path = folder / f"configf-{res}.safetensors"
     if not path.exists():
@@ -115,7 +115,7 @@ class DragSocket:
 
 
 def drag(spec: str, layer: str, seconds: float) -> tuple[DragSocket, object]:
-    from engine.bending import ChannelSelection
+    from engine.tools.bending import ChannelSelection
     from studio import live
     from studio import session as S
 
@@ -163,9 +163,9 @@ def report_drag(spec: str, res: int, seconds: float, full_s: float) -> None:
 def report_tail(spec: str, res: int, runs: int, edit: str) -> None:
     """edit 'bend': a rotate bend's angle (kept: b256.conv1's output before its bends);
     'weight': a weight edit's factor on that layer (kept: its input)."""
-    from engine import incremental as inc
-    from engine import recipe as R
-    from engine.bending import Bend, ChannelSelection, WeightEdit
+    from engine.recipes import incremental as inc
+    from engine.recipes import recipe as R
+    from engine.tools.bending import Bend, ChannelSelection, WeightEdit
     from studio import models
     from studio import session as S
 
@@ -256,7 +256,7 @@ def chromium(spec: str, res: int, seconds: float) -> None:
           f"p95 {p(gaps, .95) if gaps else 0:.0f} ms, blocks shown {shows}  {load()}")
     # The page's session: the default recipe, the default bend (rotate, all channels) added
     # on b32.conv1, its first slider at the value the page shows.
-    from engine.bending import ChannelSelection
+    from engine.tools.bending import ChannelSelection
     from studio import live
     from studio import session as S
 

@@ -16,13 +16,13 @@ import time
 import numpy as np
 import torch
 
-from engine.latents import render_ws, seed_to_ws
-from engine.projector import project
+from engine.tools.latents import render_ws, seed_to_ws
+from engine.tools.projector import project
 
 
 def load_model(args: argparse.Namespace) -> torch.nn.Module:
     if args.checkpoint:
-        from engine.stylegan2 import Generator, GeneratorConfig
+        from engine.gan.stylegan2 import Generator, GeneratorConfig
         # The trainer replaces its checkpoint every few minutes: read a private copy.
         with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
             shutil.copyfile(args.checkpoint, tmp.name)
@@ -31,7 +31,7 @@ def load_model(args: argparse.Namespace) -> torch.nn.Module:
                                       channel_max=128, mapping_layers=4))
         G.load_state_dict(state["G_ema"])
         return G.eval()
-    from engine import zoo
+    from engine.models import zoo
     return zoo.load(args.model).G
 
 

@@ -29,8 +29,8 @@ def snapshot_model(checkpoint: str, folder: Path) -> str:
     """Export a training snapshot's G_ema (64 px faces config) in our format."""
     import torch
 
-    from engine.checkpoints import save_generator
-    from engine.stylegan2 import Generator, GeneratorConfig
+    from engine.gan.checkpoints import save_generator
+    from engine.gan.stylegan2 import Generator, GeneratorConfig
 
     copy = folder / "snapshot.pt"
     shutil.copy(checkpoint, copy)  # the trainer replaces the file every few minutes
@@ -98,7 +98,7 @@ def main() -> None:
     if page:
         print(f"in Chromium (angle typed into the slider box -> new image on the canvas) ms: "
               f"p50 {percentile(page, 50):.1f}  p95 {percentile(page, 95):.1f}")
-    print(f"render alone (engine.recipe.render in-process) ms: p50 {render_ms:.1f}")
+    print(f"render alone (engine.recipes.recipe.render in-process) ms: p50 {render_ms:.1f}")
 
 
 def slider_times(client, args: argparse.Namespace) -> list[float]:
@@ -183,9 +183,10 @@ def raw_http_times(url: str, session_hash: str, args: argparse.Namespace) -> lis
 
 def server_side_render_ms(model: str, args: argparse.Namespace) -> float:
     """The same render in this process: what the server spends outside Gradio."""
-    from engine import recipe, zoo
-    from engine.bending import Bend, ChannelSelection
-    from engine.latents import LatentSpec
+    from engine.models import zoo
+    from engine.recipes import recipe
+    from engine.tools.bending import Bend, ChannelSelection
+    from engine.tools.latents import LatentSpec
 
     m = zoo.load(model)
     sel = ChannelSelection(mode="all")

@@ -9,7 +9,7 @@ median wall and CPU (time.process_time) seconds per image and the ratio to Style
 
 --profile adds, per StyleGAN3 layer, the CPU time of its convolution and of its filtered
 leaky ReLU (one render). --reference also renders with the previous filtered leaky ReLU
-(engine.stylegan3._filtered_lrelu_reference; minutes per -r image at 256 px) and prints its
+(engine.gan.stylegan3._filtered_lrelu_reference; minutes per -r image at 256 px) and prints its
 time and the max abs difference of the images.
 
     python benchmarks/bench_stylegan3.py [--resolution 256] [--repeats 5] [--batch 1]
@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import stylegan2, stylegan3  # noqa: E402
-from engine.stylegan3 import StyleGAN3Config  # noqa: E402
+from engine.gan import stylegan2, stylegan3  # noqa: E402
+from engine.gan.stylegan3 import StyleGAN3Config  # noqa: E402
 
 
 def build(name: str, resolution: int, device: torch.device) -> torch.nn.Module:

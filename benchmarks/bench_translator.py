@@ -12,9 +12,9 @@ Photos (issue #18): real photos that ship with scikit-learn (china, flower) and
 scikit-image (astronaut, chelsea, coffee, rocket), a head-and-shoulders crop of the
 astronaut, and four corner crops of each: 31 pictures, each translated with 4 latents. Per
 encoder layer, domain strength and what it blends towards (--strengths: the latent's own
-activation; --match-strengths: the anchor, engine/anchors.py):
+activation; --match-strengths: the anchor, engine/tools/anchors.py):
   gap closed  = 1 - (SWD(translations, samples) - floor) / (SWD(photos, samples) - floor),
-                floor = SWD between two sets of the model's samples (engine/metrics.py);
+                floor = SWD between two sets of the model's samples (engine/base/metrics.py);
   layout kept = mean correlation of 8x8-pooled luminance, photo (as framed) vs translation;
   fidelity    = PSNR of translating the model's own images (64 held-out seeds).
 The picture sheet (photo as the encoder saw it | translation per setting) goes to --sheet.
@@ -44,7 +44,7 @@ Defaults are chosen on the tuning half only; the sheet (--sheet) shows the held-
 
     python benchmarks/bench_translator.py --what halves [--halves tuning,held_out]
         [--settings b16:default,b16:1,b16:0.3:match:blend=1:latent=2]   (knobs: blend,
-        sharp, latent, psi set engine.anchors' BLEND, BLEND_SHARPNESS, LATENT_BLOCKS, PSI)
+        sharp, latent, psi set engine.tools.anchors' BLEND, BLEND_SHARPNESS, LATENT_BLOCKS, PSI)
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import translator as T  # noqa: E402
-from engine.stylegan2 import Generator, GeneratorConfig  # noqa: E402
+from engine.gan.stylegan2 import Generator, GeneratorConfig  # noqa: E402
+from engine.tools import translator as T  # noqa: E402
 
 SNAPSHOT = Path("/work/runs/faces64/checkpoint.pt")
 FACES64 = dict(z_dim=128, w_dim=128, resolution=64, channel_base=2048, channel_max=128,
@@ -74,7 +74,7 @@ HELD_OUT = [1_000_000 + i for i in range(64)]  # NVlabs seeds; training draws z 
 
 
 def load_model(spec: str) -> tuple[str, Generator]:
-    from engine import zoo
+    from engine.models import zoo
 
     if spec == "default" and not zoo.DEFAULT_MODEL_PATH.exists():
         spec = "snapshot"
@@ -131,7 +131,7 @@ def bench_fps(G: Generator, frames: int = 40, reps: int = 3) -> dict[str, float]
 @torch.no_grad()
 def oracle_psnr(G: Generator, layer: str = T.DEFAULT_LAYER, psi: float = 1.0) -> float:
     """PSNR of rendering from the true activation with no skip image from earlier blocks."""
-    from engine.latents import seed_to_z
+    from engine.tools.latents import seed_to_z
 
     z = torch.cat([seed_to_z(s, G.cfg.z_dim) for s in HELD_OUT])
     ws = G.mapping(z, None, psi=psi)
@@ -159,7 +159,7 @@ def bench_fidelity(G: Generator, steps: int, batch: int, lr: float, psi: float,
 # ----------------------------------------------------------------------------------------
 # Real photos.
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "engine" / "default_model"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "engine" / "models" / "default_model"
 SHEET_PHOTOS = ("astronaut_portrait", "astronaut", "chelsea", "coffee", "rocket", "china",
                 "flower")
 LATENTS_PER_PHOTO = 4
@@ -232,7 +232,7 @@ def layout_kept(photos: np.ndarray, translations: np.ndarray) -> float:
 
 
 def model_samples(G: Generator, seeds: list[int]) -> np.ndarray:
-    from engine.latents import seed_to_z, to_uint8
+    from engine.tools.latents import seed_to_z, to_uint8
 
     out = []
     with torch.inference_mode():
@@ -243,7 +243,7 @@ def model_samples(G: Generator, seeds: list[int]) -> np.ndarray:
 
 
 def _swd_mean(a: np.ndarray, b: np.ndarray) -> float:
-    from engine.metrics import swd
+    from engine.base.metrics import swd
 
     return swd(a, b, seed=0)["mean"]
 
@@ -257,7 +257,7 @@ def bench_photos(G: Generator, encoders: dict[str, str], strengths: list[float],
                  match_strengths: tuple[float, ...] = ()) -> dict:
     """Gap closed, layout kept and fidelity per encoder, strength and anchor on the photo
     set: `strengths` blend towards the latent, `match_strengths` towards the anchor
-    (engine/anchors.py)."""
+    (engine/tools/anchors.py)."""
     photos = bench_photos_set()
     names = list(photos)
     n = len(names) * LATENTS_PER_PHOTO
@@ -443,13 +443,13 @@ def bench_halves(G: Generator, encoders: dict[str, str], settings: list[str],
 
 
 ANCHOR_KNOBS = {"blend": "BLEND", "sharp": "BLEND_SHARPNESS", "latent": "LATENT_BLOCKS",
-                "psi": "PSI"}   # setting 'b16:0.3:match:blend=1:latent=2' -> engine.anchors
+                "psi": "PSI"}   # setting 'b16:0.3:match:blend=1:latent=2' -> engine.tools.anchors
 
 
 def _setting_kwargs(text: str) -> dict:
     """'default' -> {} (the library's defaults); '0.3:match' -> strength and anchor; any
-    'knob=value' after them sets that engine.anchors constant for this setting."""
-    from engine import anchors
+    'knob=value' after them sets that engine.tools.anchors constant for this setting."""
+    from engine.tools import anchors
 
     parts = text.split(":")
     knobs = dict(p.split("=") for p in parts if "=" in p)
@@ -469,11 +469,11 @@ _SHIPPED_KNOBS: dict[str, float] = {}
 @torch.no_grad()
 def anchors_alone(G: Generator, framed: np.ndarray, samples: np.ndarray, floor: float,
                   photo_swd: float) -> dict[str, float]:
-    """No translation: for each photo the LATENTS_PER_PHOTO bank images (engine/anchors.py,
+    """No translation: for each photo the LATENTS_PER_PHOTO bank images (engine/tools/anchors.py,
     psi 1) laid out most like it. How far layout and gap can agree with the model's own
     images alone."""
-    from engine import anchors
-    from engine.latents import to_uint8
+    from engine.tools import anchors
+    from engine.tools.latents import to_uint8
 
     bank = anchors.bank_for(G)
     x = torch.from_numpy(framed).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -492,7 +492,7 @@ def fidelity_at(G: Generator, tr: T.Translator, strength: float, anchor: str = "
                 ) -> float:
     """PSNR of translating the model's own images (held-out seeds) at a strength, with
     their own latents (blended towards them, or towards the anchor their layout finds)."""
-    from engine.latents import seed_to_z
+    from engine.tools.latents import seed_to_z
 
     z = torch.cat([seed_to_z(s, G.cfg.z_dim) for s in HELD_OUT])
     ws = G.mapping(z, None)

@@ -5,7 +5,7 @@ Starts `spaces_app.py` on a loopback port (tests/helpers/browser.py's helper) an
 different operation and layer per client; half of them on their own clusters, a third with a
 weight edit), then sends `--requests` parameter changes through
 /set_bend_param. Every image that comes back must equal the engine's solo render of that
-client's recipe at that parameter value (`engine.recipe.render`, computed in this process
+client's recipe at that parameter value (`engine.recipes.recipe.render`, computed in this process
 before the load starts; the recipe names its clusters by layer, k and ids, so the solo
 render recomputes them), so any leak of one user's state into another's shows up as a
 mismatch. Prints failures, mismatches, throughput and latency percentiles.
@@ -73,7 +73,7 @@ def setup_client(url: str, model: str, i: int, layers: list[str]) -> tuple:
     third client also scales some conv weights, so cluster caches, channel selections and
     weight edits are all under load at once.
     """
-    from engine.recipe import Recipe
+    from engine.recipes.recipe import Recipe
     from tests.helpers.browser import studio_client
 
     client = studio_client(url)
@@ -107,7 +107,7 @@ def expected_images(r, plan: tuple, values: list[float], G) -> list[np.ndarray]:
 
     import torch
 
-    from engine.recipe import render
+    from engine.recipes.recipe import render
 
     _, param, _, _ = plan
     out = []
@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="STUDIO_HEAVY_JOBS for the server (default: the studio's)")
     args = ap.parse_args(argv)
 
-    from engine import stylegan2, zoo
+    from engine.gan import stylegan2
+    from engine.models import zoo
     from tests.helpers.browser import studio_server, tiny_model_file
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -99,7 +99,7 @@ def run_module(name: str, args: argparse.Namespace) -> dict:
                 old = subprocess.run(["git", "-C", str(ROOT), "show", f"{args.tests_from}:{t}"],
                                      capture_output=True, text=True, check=True).stdout
                 (work / t).write_text(old)
-        target = f"engine/{name}.py"
+        target = str(next((work / "engine").rglob(f"{name}.py")).relative_to(work))
         ranges = [(1, 10 ** 9)] if args.all_functions else \
             function_lines(work / target, args.functions or functions)
         (work / "mutmut_config.py").write_text(HOOK.format(ranges=json.dumps(ranges)))

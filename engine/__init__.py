@@ -6,7 +6,7 @@ from typing import Any
 
 
 def render(recipe: Any, model: Any = None) -> Any:
-    """Render a `engine.recipe.Recipe` to a PIL.Image (see engine.recipe.render)."""
-    from engine.recipe import render as _render  # lazy: keeps `import engine` light
+    """Render a `engine.recipes.recipe.Recipe` to a PIL.Image (see engine.recipes.recipe.render)."""
+    from engine.recipes.recipe import render as _render  # lazy: keeps `import engine` light
 
     return _render(recipe, model)

@@ -6,28 +6,28 @@ import argparse
 import importlib
 import sys
 
-from engine.errors import StudioError
+from engine.base.errors import StudioError
 
 # Modules that register verbs through add_cli(subparsers). Imported lazily per verb so that
 # `python -m engine info` does not pay for gradio, accelerate or scikit-learn.
 VERB_MODULES = {
-    "train-gan": "engine.train_gan",
-    "zoo": "engine.cli_models",
-    "info": "engine.cli_models",
-    "generate": "engine.cli_models",
-    "cluster": "engine.clusters",
-    "render": "engine.recipe",
-    "music-video": "engine.music",
-    "sweep": "engine.recipe",
-    "project": "engine.projector",
-    "train-latent-encoder": "engine.projector",
-    "interpolate": "engine.latents",
-    "directions": "engine.latents",
-    "boundary": "engine.boundaries",
-    "blend": "engine.blend",
-    "train-encoder": "engine.translator",
-    "translate": "engine.translator",
-    "push-encoder": "engine.translator",
+    "train-gan": "engine.training.train_gan",
+    "zoo": "engine.tools.cli_models",
+    "info": "engine.tools.cli_models",
+    "generate": "engine.tools.cli_models",
+    "cluster": "engine.tools.clusters",
+    "render": "engine.recipes.recipe",
+    "music-video": "engine.recipes.music",
+    "sweep": "engine.recipes.recipe",
+    "project": "engine.tools.projector",
+    "train-latent-encoder": "engine.tools.projector",
+    "interpolate": "engine.tools.latents",
+    "directions": "engine.tools.latents",
+    "boundary": "engine.tools.boundaries",
+    "blend": "engine.tools.blend",
+    "train-encoder": "engine.tools.translator",
+    "translate": "engine.tools.translator",
+    "push-encoder": "engine.tools.translator",
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.errors import StudioError
+from engine.base.errors import StudioError
 from studio import live, models
 from studio.limits import SERVER
 from studio.tabs import (

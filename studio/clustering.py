@@ -2,7 +2,7 @@
 suggest a k, and the per-cluster tiles and ablation preview the Clusters tab shows.
 
 Gradio-free (the tab is studio/tabs/clusters.py); each function forwards to
-engine.clusters on the device studio.gpu chooses. No model maths here.
+engine.tools.clusters on the device studio.gpu chooses. No model maths here.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from engine import clusters, latents
+from engine.tools import clusters, latents
 from studio.gpu import gpu, gpu_job
 from studio.jobs import interactive
 from studio.models import generator, image_seconds, model_key, small

@@ -26,12 +26,12 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from engine.errors import StudioError
+from engine.base.errors import StudioError
 from studio.limits import SERVER, SERVER_FILES
 
 OUT_DIR = Path(os.environ.get("STUDIO_OUTPUT_DIR") or tempfile.gettempdir()) / "activation-studio"
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "engine" / "default_model"
+SHIPPED = REPO / "engine" / "models" / "default_model"
 
 
 def shipped() -> list[Path]:

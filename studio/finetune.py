@@ -7,7 +7,7 @@
   the memory a run takes, so it happens inside a long-job slot only, within
   STUDIO_MAX_PICTURE_BYTES).
 - `estimate`: how long a run will take here, from images/s measured on this machine
-  (`engine.train_gan.measure_speed`, cached per model, batch and augmentation), said in one
+  (`engine.training.train_gan.measure_speed`, cached per model, batch and augmentation), said in one
   sentence before anything starts; on a CPU it says so.
 - `run_settings` / `fine_tune`: the engine's `train` with the page's limits (steps, batch,
   minutes), a run folder named by everything a resume must keep, fixed-seed sample grids and
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import datasets
-from engine.errors import StudioError
-from engine.train_gan import MIN_IMAGES, MODEL_NAME, TrainConfig, measure_speed
+from engine.base.errors import StudioError
+from engine.training import datasets
+from engine.training.train_gan import MIN_IMAGES, MODEL_NAME, TrainConfig, measure_speed
 from studio import files, uploads
 from studio.limits import LIMITS, SERVER
 from studio.session import Session
@@ -290,7 +290,7 @@ def fine_tune(cfg: TrainConfig, progress: Callable[[float, str], Any] | None = N
               cancel: Any = None,
               on_metrics: Callable[[int, dict[str, float]], None] | None = None) -> Path:
     """Run (or resume) the engine's trainer; the exported generator's path."""
-    from engine.train_gan import train
+    from engine.training.train_gan import train
 
     files.make_room()
     return train(cfg, progress=progress, cancel=cancel, on_metrics=on_metrics)
@@ -311,7 +311,7 @@ def _source(model_path: str | Path) -> dict[str, Any]:
     """The provenance the trainer wrote beside an export (empty when it cannot be read)."""
     import json
 
-    from engine.checkpoints import sidecar_path
+    from engine.gan.checkpoints import sidecar_path
 
     try:
         source = json.loads(sidecar_path(Path(model_path)).read_text())["source"]

@@ -4,9 +4,9 @@ On ZeroGPU (`SPACES_ZERO_GPU`) CUDA exists only inside functions wrapped by `spa
 each call books a GPU for at most its `duration`, runs in a forked worker and pickles its
 result back to the main process, which has no CUDA. The rules here follow from that:
 
-- Models live on the CPU between calls (engine.devices.storage_device) and are copied to
+- Models live on the CPU between calls (engine.base.devices.storage_device) and are copied to
   the GPU inside a call (`model_device()` tells studio.models.load which one it wants).
-- A call's result is moved to the CPU before it leaves (`engine.devices.to_host`): a CUDA
+- A call's result is moved to the CPU before it leaves (`engine.base.devices.to_host`): a CUDA
   tensor or module could not be unpickled by the main process.
 - Durations come from the job's size (`duration` may be a function of the call's arguments)
   and are capped at `max_call_seconds()`; longer jobs run as time-boxed calls that
@@ -19,7 +19,7 @@ result back to the main process, which has no CUDA. The rules here follow from t
   Gradio request ZeroGPU charges the visitor's quota to.
 
 Off ZeroGPU `spaces.GPU` is a no-op and everything runs in this process on
-engine.devices.default_device() (STUDIO_DEVICE).
+engine.base.devices.default_device() (STUDIO_DEVICE).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from engine import devices
+from engine.base import devices
 
 try:  # the ZeroGPU client; a no-op decorator off ZeroGPU
     import spaces
@@ -300,7 +300,7 @@ class Relay:
         """Relay the worker's progress and metrics to `progress` and `on_metrics`, and
         `cancel` to the worker, from a thread of this process, until the returned stop() is
         called (which relays what is left)."""
-        from engine.errors import cancel_requested
+        from engine.base.errors import cancel_requested
 
         done = threading.Event()
         seen: list[tuple | None] = [None]

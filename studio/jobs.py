@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from engine import anchors, clusters
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.tools import anchors, clusters
 from studio.limits import SERVER
 
 # A long job's step waits at most this long for renders, so a stream of renders can slow a
@@ -170,7 +170,7 @@ def interactive(fn: Callable) -> Callable:
     """Decorator: `fn` is an interactive render (see Lane.interactive). It may use cached
     clusterings only: one it would compute (a recipe's bend may name any) is refused in a
     sentence, and computed as a long job on the Clusters tab; the same for a model's anchor
-    bank (engine.anchors), made as a long job by the Translate button."""
+    bank (engine.tools.anchors), made as a long job by the Translate button."""
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         with LANE.interactive(), clusters.only_cached(), anchors.only_ready():

@@ -1,4 +1,4 @@
-"""The studio's limits live in `engine.limits`, so recipes, the CLI and the page share one
+"""The studio's limits live in `engine.base.limits`, so recipes, the CLI and the page share one
 validation path; this module re-exports them for the studio's code, and adds the limits only
 a server has (long jobs at once, upload kinds, disk)."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from engine.limits import ENV_NAMES, LIMITS, SERVER_FILES, Limits, _env_int
+from engine.base.limits import ENV_NAMES, LIMITS, SERVER_FILES, Limits, _env_int
 
 __all__ = ["ENV_NAMES", "LIMITS", "SERVER", "SERVER_ENV_NAMES", "SERVER_FILES", "Limits",
            "ServerLimits"]

@@ -24,7 +24,7 @@ encode and one message.
 - If the channel cannot connect, nothing changes: the Gradio events render as before, and
   the page says which path it is on.
 - Big models stay live: while a control moves, a frame that would not fit the frame budget
-  (STUDIO_LIVE_BUDGET_MS, measured per block on this machine: engine.incremental) shows
+  (STUDIO_LIVE_BUDGET_MS, measured per block on this machine: engine.recipes.incremental) shows
   the running image of the deepest block that fits, and an edit re-renders only from its
   layer on (the session's kept activations). When no new value has come for REST_S, the
   full picture follows, losslessly (PNG): its pixels are engine.render's.
@@ -56,8 +56,8 @@ import anyio
 import numpy as np
 from PIL import Image
 
-from engine import recipe
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.recipes import recipe
 from studio import gpu, models, render, sources, translation
 from studio import session as S
 from studio.limits import LIMITS
@@ -288,10 +288,11 @@ def play_frames(sess: Session, msg: dict[str, Any]
     """A walk or a sweep played live: one maker per frame of the frame's session (made when
     it is shown, so a long walk of a big model holds only its ws), its fps and loop.
 
-    walk: the Explore keyframe seeds, the walk video's frames (engine.recipe.walk_ws and
+    walk: the Explore keyframe seeds, the walk video's frames (engine.recipes.recipe.walk_ws and
     at_ws: interpolated in z or w, one looped seed circling around it) with everything the
     session's recipe does. sweep: one parameter of the bend being edited, from -> to (and
-    back with loop: engine.recipe.sweep_values). Limits are the video limits (frames, fps)."""
+    back with loop: engine.recipes.recipe.sweep_values). Limits are the video limits (frames,
+    fps)."""
     frames = int(_number(msg, "frames", 48))
     fps = _number(msg, "fps", 24)
     if not 2 <= frames <= LIMITS.video_frames or not 0 < fps <= LIMITS.video_fps:
@@ -301,7 +302,8 @@ def play_frames(sess: Session, msg: dict[str, Any]
     if msg.get("what") == "walk":
         seeds = S.numbers(str(msg.get("seeds") or ""), "keyframe seeds", LIMITS.grid_values)
         G = models.generator(sess.model)
-        # The frames of the walk video (engine.recipe.walk_ws / at_ws), each made when shown.
+        # The frames of the walk video (engine.recipes.recipe.walk_ws / at_ws), each made when
+        # shown.
         walk = recipe.walk_ws(sess.recipe, G, seeds, frames, loop=loop,
                               space=str(msg.get("space") or "z"))
         out = [functools.partial(_walk_frame, sess, ws.detach().cpu()) for ws in walk]

@@ -1,7 +1,7 @@
 """Models for the studio: load one (catalogue id, hf://..., a checkpoint on this server),
 describe it for the model bar, and estimate what rendering its pictures costs.
 
-Gradio-free; engine.zoo keeps the loaded models (an LRU), this module only chooses the
+Gradio-free; engine.models.zoo keeps the loaded models (an LRU), this module only chooses the
 device and refuses server paths a session may not name. No model maths here.
 """
 
@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine import networks, zoo
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.gan import networks
+from engine.models import zoo
 from studio import files, finetune
 from studio import gpu as gpu_mod
 from studio.limits import SERVER_FILES
@@ -63,7 +64,7 @@ def is_path_spec(spec: str) -> bool:
 
 
 def generator(spec: str) -> Any:
-    """The Generator of a spec (engine.zoo keeps it loaded)."""
+    """The Generator of a spec (engine.models.zoo keeps it loaded)."""
     m = load(spec)
     return getattr(m, "G", m)
 

@@ -30,8 +30,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import StudioError
-from engine.mappings import OSC_MAP_PREFIX
+from engine.base.errors import StudioError
+from engine.recipes.mappings import OSC_MAP_PREFIX
 from studio import live
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Projection for the studio: fit a latent to a photo, and keep the fitted W+ as a file.
 
-Gradio-free (the tab is studio/tabs/project.py); the fit is engine.projector.project, run
+Gradio-free (the tab is studio/tabs/project.py); the fit is engine.tools.projector.project, run
 as one GPU call or, on ZeroGPU, as time-boxed calls that resume from its checkpoint
 (studio.gpu.run_resumable). No model maths here.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import latents
+from engine.tools import latents
 from studio import files, uploads
 from studio import gpu as gpu_mod
 from studio.models import image_seconds, load
@@ -23,8 +23,8 @@ from studio.session import Session
 
 def project(sess: Session, image: Any, steps: int, w_plus: bool,
             progress: Callable[[float, str], None] | None = None, cancel: Any = None) -> Any:
-    """Fit a latent to a photo (engine.projector.project) and return its result."""
-    from engine import projector
+    """Fit a latent to a photo (engine.tools.projector.project) and return its result."""
+    from engine.tools import projector
 
     pic = np.asarray(uploads.open_image(image))
     folder = files.session_dir(sess.token) / "projections" / uuid.uuid4().hex[:8]
@@ -44,7 +44,7 @@ def project(sess: Session, image: Any, steps: int, w_plus: bool,
 
 def _project_now(spec: str, pic: np.ndarray, steps: int, w_plus: bool, ckpt: str | None,
                  progress: Any, cancel: Any, on_metrics: Any = None) -> Any:
-    from engine import projector
+    from engine.tools import projector
 
     m = load(spec)
     return projector.project(m.G, pic, steps=steps, w_plus=w_plus, progress=progress,

@@ -1,5 +1,5 @@
 """Recipes as files for the studio: the server paths a recipe may name, and bundles (a
-recipe zipped with the files it names). Gradio-free; the bundle format is engine.bundle.
+recipe zipped with the files it names). Gradio-free; the bundle format is engine.recipes.bundle.
 """
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from engine import bundle, recipe, zoo
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.models import zoo
+from engine.recipes import bundle, recipe
 from studio import files
 from studio.limits import SERVER_FILES
 from studio.models import is_path_spec

@@ -1,7 +1,7 @@
 """Rendering for the studio: a session's picture, live frames, and the psi and mix grids.
 
-Gradio-free; each function forwards to engine (recipe.render, engine.incremental,
-engine.latents) on the device studio.gpu chooses, and hands back PIL pictures. No model
+Gradio-free; each function forwards to engine (recipe.render, engine.recipes.incremental,
+engine.tools.latents) on the device studio.gpu chooses, and hands back PIL pictures. No model
 maths here.
 """
 
@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import bending, incremental, latents, recipe
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.recipes import incremental, recipe
+from engine.tools import bending, latents
 from studio import gpu as gpu_mod
 from studio.gpu import gpu
 from studio.jobs import interactive
@@ -50,7 +51,7 @@ def render_frame(sess: Session, r: recipe.Recipe, budget_s: float, final: bool
     0 for the full picture or the block whose running image a preview shows).
 
     In this process (not on ZeroGPU for models it books a GPU for) frames go through the
-    session's kept activations (engine.incremental: an edit re-renders from its layer on),
+    session's kept activations (engine.recipes.incremental: an edit re-renders from its layer on),
     and unless `final` a frame that would not fit budget_s stops at the deepest block that
     does. The full picture equals recipe.render(r) pixel for pixel."""
     if gpu_mod.on_zerogpu() and not small(r.model):
@@ -72,7 +73,7 @@ def render_frame(sess: Session, r: recipe.Recipe, budget_s: float, final: bool
 
 def warm_directions(sess: Session, method: str,
                     progress: Callable[[float, str], Any] | None = None) -> None:
-    """Compute (and cache in engine.latents) a model's directions before the first drag.
+    """Compute (and cache in engine.tools.latents) a model's directions before the first drag.
 
     Not a GPU call: SeFa is an eigen-decomposition of weights and GANSpace maps latents
     only, both quick on a CPU, and done here they stay in this process's cache instead
@@ -123,7 +124,7 @@ GRID_LABEL_SHARE = 0.05
 
 def labelled_grid(grid: np.ndarray, rows: list[str], cols: list[str],
                   pad: int = 2) -> Image.Image:
-    """A grid from engine.latents.image_grid with its row and column names drawn in a
+    """A grid from engine.tools.latents.image_grid with its row and column names drawn in a
     white margin outside the tiles (the tiles enlarged with nearest-neighbour first when
     they are small), in letters sized to the grid so they stay readable when the page
     shrinks it. PIL's built-in font is ASCII only, hence "psi", not the Greek letter."""

@@ -21,15 +21,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.bending import OPERATIONS, WEIGHT_OPERATIONS, Bend, ChannelSelection, WeightEdit
-from engine.blend import BlendSpec
-from engine.clusters import ClusterResult
-from engine.errors import StudioError
-from engine.incremental import TailCache
-from engine.latents import DirectionEdit, LatentSpec, LayerEdit
-from engine.recipe import Recipe, TranslatorSpec
-from engine.translator import DEFAULTS as TRANSLATE_DEFAULTS
-from engine.zoo import HF_PREFIX
+from engine.base.errors import StudioError
+from engine.models.zoo import HF_PREFIX
+from engine.recipes.incremental import TailCache
+from engine.recipes.recipe import Recipe, TranslatorSpec
+from engine.tools.bending import OPERATIONS, WEIGHT_OPERATIONS, Bend, ChannelSelection, WeightEdit
+from engine.tools.blend import BlendSpec
+from engine.tools.clusters import ClusterResult
+from engine.tools.latents import DirectionEdit, LatentSpec, LayerEdit
+from engine.tools.translator import DEFAULTS as TRANSLATE_DEFAULTS
 from studio import files
 from studio.jobs import Jobs
 
@@ -59,7 +59,7 @@ class Session:
     # The live gesture whose undo entry is the newest one: (its key, that entry).
     gesture_entry: tuple[Any, Recipe] | None = field(default=None, repr=False)
     # Activations the live channel keeps to re-render only the layers after an edit
-    # (engine.incremental): capped in bytes, emptied when idle or when the model changes.
+    # (engine.recipes.incremental): capped in bytes, emptied when idle or when the model changes.
     tail: TailCache = field(default_factory=TailCache, repr=False, compare=False)
     # Held by every edit: the page's events run in Gradio's threads, the live channel's in
     # its own, and each edit must see the other's whole.
@@ -310,8 +310,8 @@ def set_translator(sess: Session, encoder: str | None, image: str | None,
                    anchor: str = TRANSLATE_DEFAULTS.anchor) -> None:
     """Point the session's recipe at an encoder and a picture (None turns translation off),
     with the domain strength, what it blends towards and the framing
-    (engine.translator.render / frame_pictures)."""
-    from engine import translator
+    (engine.tools.translator.render / frame_pictures)."""
+    from engine.tools import translator
     if not encoder or not image:
         sess.recipe.translator = None
         return
@@ -327,7 +327,7 @@ def set_translator(sess: Session, encoder: str | None, image: str | None,
 def live_translator(sess: Session, encoder: str, model: Any) -> Any:
     """The session's Translator for webcam frames on the loaded `model` (kept in the
     session, not globally)."""
-    from engine import translator
+    from engine.tools import translator
     cache = sess.live
     # Only while it is built on the model loaded now: one the zoo evicted must not live on.
     if cache is not None and cache[0] == (sess.model, encoder) and cache[1].G is model.G:

@@ -13,9 +13,9 @@ import math
 import re
 from typing import Any
 
-from engine.errors import StudioError
-from engine.recipe import RecipeError
-from engine.recipe import set_field as recipe_set_field
+from engine.base.errors import StudioError
+from engine.recipes.recipe import RecipeError
+from engine.recipes.recipe import set_field as recipe_set_field
 from studio import files
 from studio.gpu import gpu_job
 from studio.models import image_seconds, load, small
@@ -56,7 +56,7 @@ def set_field(sess: Session, path: Any, value: Any) -> None:
 
 def set_fields(sess: Session, values: Any) -> None:
     """Set several fields at once, each clamped to its valid range (a mapping's frame)."""
-    from engine import mappings
+    from engine.recipes import mappings
     if not isinstance(values, dict) or len(values) > MAX_FIELDS:
         raise StudioError(f"send at most {MAX_FIELDS} field values at once.")
     clean = {check_path(p): number(v, str(p)) for p, v in values.items()}
@@ -66,7 +66,7 @@ def set_fields(sess: Session, values: Any) -> None:
 def learn(sess: Session, msg: dict[str, Any]) -> None:
     """Bind the source of the event the page saw last to the field clicked ("learn"); a
     mapping of the same name or source is replaced."""
-    from engine import mappings
+    from engine.recipes import mappings
     event, name = msg.get("event"), msg.get("name")
     if not isinstance(event, dict) or event.get("kind") not in mappings.SOURCE_KINDS:
         raise StudioError("move a MIDI control or press a key first, then click a field.")
@@ -80,7 +80,7 @@ def learn(sess: Session, msg: dict[str, Any]) -> None:
 def _target(sess: Session, msg: dict[str, Any]) -> str:
     """The field a learn message names: a path, the bend editor's slider `slot` (the bend
     being edited) or the weight editor's amount of edit `weight`."""
-    from engine.bending import OPERATIONS, WEIGHT_OPERATIONS
+    from engine.tools.bending import OPERATIONS, WEIGHT_OPERATIONS
     if msg.get("slot") is not None:
         cur = sess.current
         if cur is None or not 0 <= cur < len(sess.recipe.bends):
@@ -104,9 +104,9 @@ def _target(sess: Session, msg: dict[str, Any]) -> str:
 
 
 def jump(sess: Session, values: Any) -> None:
-    """Back to a saved state: its numeric fields (engine.performance.numbers) set again."""
-    from engine.performance import _assign
-    from engine.recipe import Recipe
+    """Back to a saved state: its numeric fields (engine.recipes.performance.numbers) set again."""
+    from engine.recipes.performance import _assign
+    from engine.recipes.recipe import Recipe
     data = sess.recipe.to_dict()
     try:
         for path, value in values.items():
@@ -149,7 +149,7 @@ class Stage:
     def feed(self, sess: Session, events: Any, now: float) -> int:
         """Take a message's source events ([{kind, ..., value}]); returns how many moved a
         mapping. A recipe whose mappings changed gets a new performer first."""
-        from engine import mappings
+        from engine.recipes import mappings
         if not isinstance(events, list) or len(events) > MAX_EVENTS:
             raise StudioError(f"send at most {MAX_EVENTS} source events at once.")
         self._performer_for(sess)
@@ -164,7 +164,7 @@ class Stage:
         return moved
 
     def _performer_for(self, sess: Session) -> None:
-        from engine import mappings
+        from engine.recipes import mappings
         with sess.lock:
             current = [dict(m) for m in sess.recipe.mappings]
             if current != self.mappings:
@@ -196,7 +196,7 @@ class Stage:
     def state(self, sess: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
         """Save the session's numeric fields as state n (1..9), or the message that jumps
         back to it (None when saving)."""
-        from engine.performance import numbers
+        from engine.recipes.performance import numbers
         n = msg.get("n")
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 9:
             raise StudioError("saved states are numbered 1 to 9.")
@@ -211,7 +211,7 @@ class Stage:
     # ---- the recorder ------------------------------------------------------------------
     def record(self, sess: Session, on: bool, now: float) -> dict[str, Any] | None:
         """Start (on) or stop recording; stopping returns the performance."""
-        from engine.performance import FORMAT
+        from engine.recipes.performance import FORMAT
         if on:
             with sess.lock:
                 base = sess.recipe.to_dict()
@@ -226,7 +226,7 @@ class Stage:
     def shown(self, sess: Session, now: float) -> bool:
         """A frame of the session was shown: note what changed. False once the recording
         has reached its longest (it then stops)."""
-        from engine.performance import MAX_EVENTS, changes
+        from engine.recipes.performance import MAX_EVENTS, changes
         if self.recording is None:
             return True
         t = now - self.record_t0
@@ -240,7 +240,7 @@ class Stage:
 
 
 def _video_seconds(sess: Session, perf: dict[str, Any], fps: float, **_: Any) -> float:
-    from engine.performance import frame_count
+    from engine.recipes.performance import frame_count
     return image_seconds(sess.model, frame_count(perf, fps))
 
 
@@ -249,8 +249,8 @@ def performance_video(sess: Session, perf: dict[str, Any], fps: float,
                       progress: Any = None, cancel: Any = None, size: int | None = None
                       ) -> str:
     """A recorded performance as an mp4 in the session's folder, each frame rendered in
-    full by engine.render (engine/performance.py)."""
-    from engine.performance import write_performance
+    full by engine.render (engine/recipes/performance.py)."""
+    from engine.recipes.performance import write_performance
     out = files.new_output_path(sess.token, "performance", ".mp4")
     write_performance(perf, out, fps=fps, model=load(sess.model), size=size,
                       progress=progress, cancel=cancel)

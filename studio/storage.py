@@ -12,7 +12,7 @@ when it exists and is writable), the studio points these at it, unless they are 
 
 Files a Space preloaded at build time (`preload_from_hub` in README.md) sit in the default
 Hub cache of the image, not under /data; `ACTIVATION_STUDIO_PRELOAD_CACHE` is set to that
-folder so engine.zoo reads them from there instead of downloading them again.
+folder so engine.models.zoo reads them from there instead of downloading them again.
 
 This module is Gradio-free and must run before studio and engine read their settings (the
 studio's output folder is fixed at import), so spaces_app.py calls `configure()` first.
@@ -42,7 +42,7 @@ def data_dir(environ: MutableMapping[str, str] | None = None,
 
 
 def _default_hub_cache(env: MutableMapping[str, str]) -> Path:
-    """The Hub cache huggingface_hub would use with this environment (engine.zoo's rule)."""
+    """The Hub cache huggingface_hub would use with this environment (engine.models.zoo's rule)."""
     if env.get("HF_HUB_CACHE"):
         return Path(env["HF_HUB_CACHE"]).expanduser()
     if env.get("HF_HOME"):

@@ -15,15 +15,15 @@ from typing import Any
 
 from PIL import Image
 
-from engine import boundaries, latents
-from engine.blend import BLEND_MODES, MAPPING_SOURCES, BlendSpec
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.tools import boundaries, latents
+from engine.tools.blend import BLEND_MODES, MAPPING_SOURCES, BlendSpec
 from studio import files, models
 
 MAX_PAGE = 24          # samples on one page of the label grid
 MAX_CONDITIONS = 4     # boundaries held fixed at once
 MAX_MARKED = 1000      # labelled samples per boundary on the page and its API (the CLI takes
-                       # up to engine.boundaries.MAX_LABELLED): keeps one fit to seconds
+                       # up to engine.tools.boundaries.MAX_LABELLED): keeps one fit to seconds
 
 
 @dataclass

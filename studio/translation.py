@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine import bending, recipe
-from engine.translator import DEFAULTS as TRANSLATE_DEFAULTS
+from engine.recipes import recipe
+from engine.tools import bending
+from engine.tools.translator import DEFAULTS as TRANSLATE_DEFAULTS
 from studio import files, uploads
 from studio import gpu as gpu_mod
 from studio import session as S
@@ -25,13 +26,13 @@ from studio.limits import SERVER_FILES
 from studio.models import image_seconds, load, small
 from studio.session import Session
 
-ENCODER_GLOBS = ("engine/default_model/**/encoder.safetensors",
-                 "engine/default_model/*encoder*.safetensors")
+ENCODER_GLOBS = ("engine/models/default_model/**/encoder.safetensors",
+                 "engine/models/default_model/*encoder*.safetensors")
 
 
 def encoder_options(paths: list[str]) -> list[tuple[str, str]]:
     """(label, path) pairs for the encoder dropdown: where it came from, its layer, steps."""
-    from engine import translator
+    from engine.tools import translator
 
     options = []
     for path in paths:
@@ -65,7 +66,7 @@ def _trained_encoders(sess: Session | None) -> list[str]:
 def encoder_choices(sess: Session | None, spec: str | None = None) -> list[str]:
     """Encoders on disk (shipped ones, then those trained here that the session may see);
     with `spec`, only those trained for that model (by the sha256 recorded beside each)."""
-    from engine import translator
+    from engine.tools import translator
 
     found: list[str] = []
     for pattern in ENCODER_GLOBS:
@@ -89,9 +90,9 @@ def train_encoder(sess: Session, layer: str, steps: int, batch: int,
     """Train (or resume) an encoder for `layer`; saved under this session's folder. The
     folder is named by layer and batch only, so a cancelled run resumes even when the step
     count changed (the engine lets steps grow). on_metrics(step, {"loss": ...}) hears every
-    step (engine.translator.train_encoder). On ZeroGPU the run is a series of time-boxed
+    step (engine.tools.translator.train_encoder). On ZeroGPU the run is a series of time-boxed
     GPU calls (studio.gpu.run_resumable); elsewhere one call."""
-    from engine import translator
+    from engine.tools import translator
 
     files.make_room()
     out = encoder_dir(sess) / f"{layer}-b{batch}"
@@ -114,7 +115,7 @@ def train_seconds(spec: str, steps: int, batch: int) -> float:
 
 def _train_encoder_now(spec: str, layer: str, steps: int, batch: int, out: str,
                        progress: Any, cancel: Any, on_metrics: Any) -> Any:
-    from engine import translator
+    from engine.tools import translator
 
     m = load(spec)
     return translator.train_encoder(m.G, layer=layer, steps=steps, batch=batch,
@@ -127,7 +128,7 @@ def _train_encoder_now(spec: str, layer: str, steps: int, batch: int, out: str,
 
 
 def preview_path(sess: Session, layer: str, batch: int) -> Path:
-    from engine import translator
+    from engine.tools import translator
     return encoder_dir(sess) / f"{layer}-b{batch}" / translator.PREVIEW_FILE
 
 
@@ -144,7 +145,7 @@ def save_input_image(sess: Session, image: Any) -> tuple[str, Image.Image]:
 def framed_input(sess: Session) -> Image.Image | None:
     """The translated picture exactly as the encoder reads it (framed, at its input size),
     or None when the session is not translating."""
-    from engine.latents import to_uint8
+    from engine.tools.latents import to_uint8
     t = sess.recipe.translator
     if t is None or not t.image:
         return None
@@ -155,10 +156,10 @@ def framed_input(sess: Session) -> Image.Image | None:
 
 def needs_anchor_bank(sess: Session) -> bool:
     """Whether the session's translation blends towards the model's images ('match') and
-    the model's anchor bank is not ready (engine.anchors.ready_bank): it must be made, as a
+    the model's anchor bank is not ready (engine.tools.anchors.ready_bank): it must be made, as a
     long job, before an interactive render can use it."""
-    from engine import anchors
-    from engine.translator import check_strength
+    from engine.tools import anchors
+    from engine.tools.translator import check_strength
     t = sess.recipe.translator
     if t is None or t.anchor != "match" or check_strength(t.strength) >= 1.0:
         return False
@@ -167,9 +168,9 @@ def needs_anchor_bank(sess: Session) -> bool:
 
 def make_anchor_bank(sess: Session, progress: Callable[[float, str], None] | None = None,
                      cancel: Any = None) -> None:
-    """Render the model's anchor bank (engine.anchors.bank_for: kept with the model and on
+    """Render the model's anchor bank (engine.tools.anchors.bank_for: kept with the model and on
     disk), with progress and cancel; run it in the long-job lane."""
-    from engine import anchors
+    from engine.tools import anchors
     anchors.bank_for(load(sess.model).G, progress=progress, cancel=cancel)
 
 

@@ -21,7 +21,7 @@ import gradio as gr
 import numpy as np
 from gradio.data_classes import ListFiles
 
-from engine.errors import StudioError
+from engine.base.errors import StudioError
 from studio import files, live, models, render, translation, uploads
 from studio import session as S
 from studio.jobs import JobCancelled
@@ -177,7 +177,7 @@ def need(sess: Session | None) -> Session:
 
 
 def capped_slider(low: int, limit: int, value: int, step: int = 1, **kwargs: Any) -> gr.Slider:
-    """An integer slider that stops at a studio limit (engine/limits.py)."""
+    """An integer slider that stops at a studio limit (engine/base/limits.py)."""
     high = max(low, limit)
     return gr.Slider(low, high, min(value, high), step=step, **kwargs)
 

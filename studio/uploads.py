@@ -6,7 +6,7 @@ decompression bomb is refused before it is expanded. Each kind of upload has its
 limit (pictures and recipes small, checkpoints large); a file over its limit is deleted at
 once. Every path goes through studio.files.check_server_file first, so with
 STUDIO_SERVER_FILES=studio no request can make the studio read a file it was not given. The
-limits come from engine/limits.py (environment variables), so a Space can tune them without
+limits come from engine/base/limits.py (environment variables), so a Space can tune them without
 a code change.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from engine.errors import StudioError
+from engine.base.errors import StudioError
 from studio import files
 from studio.limits import LIMITS, SERVER
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import recipe
+from engine.recipes import recipe
 from studio import files
 from studio.gpu import gpu_job
 from studio.models import image_seconds, load, small
@@ -24,7 +24,7 @@ def walk_video(sess: Session, seeds: list[float], frames: int, loop: bool, space
                fps: float, progress: Callable[[int], Any] | None = None,
                cancel: Any = None, size: int | None = None) -> str:
     """A walk through keyframe seeds as an mp4, with everything the session's recipe does
-    (bends, weight edits, directions): engine.recipe.walk, the frames live playback shows;
+    (bends, weight edits, directions): engine.recipes.recipe.walk, the frames live playback shows;
     `size` scales the frames (the recipe's output_size)."""
     out = files.new_output_path(sess.token, "walk", ".mp4")
     r = dataclasses.replace(sess.recipe, output_size=int(size)) if size else sess.recipe
@@ -38,7 +38,7 @@ def walk_video(sess: Session, seeds: list[float], frames: int, loop: bool, space
 def sweep_video(sess: Session, path: str, start: float, stop: float, frames: int, fps: float,
                 progress: Callable[[int], Any] | None = None, cancel: Any = None,
                 size: int | None = None) -> str:
-    """Animate a numeric recipe field into an mp4 (engine.recipe.sweep); `size` scales
+    """Animate a numeric recipe field into an mp4 (engine.recipes.recipe.sweep); `size` scales
     the frames (the recipe's output_size), so a 64 px model gives a watchable video."""
     out = files.new_output_path(sess.token, "sweep", ".mp4")
     r = dataclasses.replace(sess.recipe, output_size=int(size)) if size else sess.recipe
@@ -52,7 +52,7 @@ def frames_video(sess: Session, frames: list[np.ndarray], stem: str,
     """A job's frames (a projection's steps) as an mp4, or None when there are none."""
     if not frames:
         return None
-    from engine.video import write_video
+    from engine.base.video import write_video
     out = files.new_output_path(sess.token, stem, ".mp4")
     write_video(frames, out, fps=fps)
     return str(out)
@@ -63,10 +63,10 @@ def frames_video(sess: Session, frames: list[np.ndarray], stem: str,
 def music_video(sess: Session, track: str, frames: int, fps: float, start: float = 0.0,
                 progress: Callable[[int], Any] | None = None, cancel: Any = None,
                 size: int | None = None) -> str:
-    """The session's recipe played by an audio track (engine.music): its audio mappings, or
+    """The session's recipe played by an audio track (engine.recipes.music): its audio mappings, or
     a walk on loudness and beats and its bends on the bands; the track's stretch from
     `start` muxed in. At most `frames` frames, fewer where the track ends first."""
-    from engine import music
+    from engine.recipes import music
 
     out = files.new_output_path(sess.token, "music", ".mp4")
     music.music_video(sess.recipe, track, out, fps=fps, frames=frames, start=start,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from engine.stylegan2 import Generator, GeneratorConfig
+from engine.gan.stylegan2 import Generator, GeneratorConfig
 from tests.helpers.nvlabs_pickles import nvlabs_modules  # noqa: F401  (a fixture for every file)
 
 # The suite compares renders bit for bit with CPU renders, so it runs on the CPU even where
@@ -58,8 +58,8 @@ TINY_SG3 = dict(z_dim=16, w_dim=16, resolution=16, channel_base=512, channel_max
 def make_tiny_stylegan3(preset: str = "stylegan3-t", seed: int = 0, **overrides):
     """A 16 px random StyleGAN3 generator (eval mode) with every tensor random, including
     the ones NVlabs initialises to constants (biases, magnitude EMAs, the input affine)."""
-    from engine.stylegan3 import Generator as SG3Generator
-    from engine.stylegan3 import StyleGAN3Config
+    from engine.gan.stylegan3 import Generator as SG3Generator
+    from engine.gan.stylegan3 import StyleGAN3Config
 
     torch.manual_seed(seed)
     G = SG3Generator(StyleGAN3Config.preset(preset, **{**TINY_SG3, **overrides})).eval()

@@ -9,8 +9,8 @@ import threading
 import pytest
 import torch
 
-from engine import anchors
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.tools import anchors
 from tests.conftest import make_tiny_generator
 from tests.helpers.nvlabs_pickles import assert_one_sentence
 
@@ -72,7 +72,7 @@ def test_studio_makes_the_bank_as_a_long_job_and_interactive_renders_refuse(cach
     """Translate with 'blend towards: match' on a model without a bank: an interactive call
     (a webcam frame, a render) is refused in a sentence; the Translate button's long job
     makes the bank in a slot of the long-job lane, reporting progress; then it is ready."""
-    from engine import recipe
+    from engine.recipes import recipe
     from studio import jobs, models, translation
     from studio import session as S
     from studio.tabs.translate import anchor_bank_job

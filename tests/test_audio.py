@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from engine import audio
-from engine.errors import StudioError
+from engine.base import audio
+from engine.base.errors import StudioError
 from tests.helpers.audio_tracks import click_track, envelope, tone_track, write_wav
 
 SR = audio.SAMPLE_RATE
@@ -68,7 +68,7 @@ def test_hostile_or_non_audio_files_get_one_sentence(tmp_path, monkeypatch, case
     elif case == "empty":
         path.write_bytes(b"")
     elif case == "video":  # a video file with pictures and no sound
-        from engine.video import write_video
+        from engine.base.video import write_video
         path = write_video([np.zeros((16, 16, 3), np.uint8)] * 4, tmp_path / "silent.mp4")
     elif case == "playlist":  # an HLS playlist naming a local file: never followed
         tone, _ = tone_track(0.5, SR)
@@ -151,7 +151,7 @@ def test_frame_features_are_what_audio_mappings_read(clicks):
     at = features.at(7)
     assert set(at) == set(audio.FEATURES)
     assert all(0.0 <= v <= 1.0 for v in at.values())
-    from engine.mappings import AUDIO_FEATURES
+    from engine.recipes.mappings import AUDIO_FEATURES
     assert set(AUDIO_FEATURES) == set(audio.FEATURES)
     with pytest.raises(StudioError, match="fps must be positive"):
         audio.analyse(track, 0)

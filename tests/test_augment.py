@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from engine.augment import (
+from engine.training.augment import (
     AUGMENTS,
     AdaController,
     AugmentParams,

@@ -1,8 +1,8 @@
-"""engine.batching: the batch size follows the measured time per item."""
+"""engine.base.batching: the batch size follows the measured time per item."""
 
 import pytest
 
-from engine.batching import BatchSizer, chunks
+from engine.base.batching import BatchSizer, chunks
 
 
 def run_with(cost, total: int, sizer: BatchSizer) -> list[int]:
@@ -69,7 +69,7 @@ def test_chunks_cover_the_range_in_order():
 def test_cpu_jobs_compare_batches_by_cpu_time():
     import time
 
-    from engine.batching import clock_for
+    from engine.base.batching import clock_for
 
     assert clock_for("cpu") is time.process_time
     assert clock_for("cuda:0") is time.perf_counter

@@ -23,14 +23,14 @@ import pytest
 import torch
 from conftest import make_tiny_generator
 
-from engine.bend_import import (
+from engine.base.errors import StudioError
+from engine.recipes.bend_import import (
     SEED_CLUSTER_K,
     import_broad_yaml,
     import_notebook_template,
     load_recipe_file,
 )
-from engine.bending import OPERATIONS, Bend, ChannelSelection, apply_operation, resolve_params
-from engine.errors import StudioError
+from engine.tools.bending import OPERATIONS, Bend, ChannelSelection, apply_operation, resolve_params
 
 TOL_EXACT = 1e-12      # same arithmetic in a different order (float64)
 TOL_RESAMPLE = 1e-9    # resampling: our normalised grid vs their pixel coordinates (float64)
@@ -756,7 +756,7 @@ def test_broad_layer_ids_past_any_generator_are_skipped_at_once():
 
 
 def test_load_recipe_file_reads_every_format(tmp_path):
-    from engine.recipe import Recipe
+    from engine.recipes.recipe import Recipe
 
     cfg, clusters = tmp_path / "config.yaml", tmp_path / "clusters.yaml"
     cfg.write_text(BROAD_EXAMPLE_YAML)
@@ -781,7 +781,7 @@ def test_load_recipe_file_reads_every_format(tmp_path):
 
 
 def test_yaml_depth_is_counted_outside_quotes_and_comments():
-    from engine.bend_import import MAX_YAML_DEPTH, _flow_depth, _load_yaml
+    from engine.recipes.bend_import import MAX_YAML_DEPTH, _flow_depth, _load_yaml
 
     many = "\n" + "p: []\n" * (MAX_YAML_DEPTH + 1)  # past the fast path: > 100 brackets
     assert _flow_depth("a: [[1, 2], {b: [3]}]" + many) == 3

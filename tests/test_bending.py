@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import make_tiny_generator
 
-from engine.bending import (
+from engine.tools.bending import (
     OPERATIONS,
     WEIGHT_OPERATIONS,
     Bend,
@@ -404,7 +404,7 @@ def test_make_taps_refuses_invalid_bends(G):
 
 
 def test_cluster_selection_uses_engine_clusters(G, monkeypatch):
-    from engine import clusters
+    from engine.tools import clusters
 
     labels = np.array([i % 4 for i in range(32)])
     calls = []

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.blend import (
+from engine.base.errors import StudioError
+from engine.tools.blend import (
     BlendSpec,
     blend_generators,
     blend_problems,
@@ -17,8 +18,7 @@ from engine.blend import (
     block_alphas,
     check_blendable,
 )
-from engine.errors import StudioError
-from engine.latents import LatentSpec, compute_ws
+from engine.tools.latents import LatentSpec, compute_ws
 from tests.conftest import make_tiny_generator
 from tests.helpers.runs import fine_tune_briefly
 
@@ -131,9 +131,9 @@ def test_blend_spec_problems(pair):
 
 def test_recipe_blend_renders_the_blend_of_default_and_its_fine_tune(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    from engine import zoo
-    from engine.checkpoints import save_generator
-    from engine.recipe import Recipe, RecipeError, render_tensor, validate
+    from engine.gan.checkpoints import save_generator
+    from engine.models import zoo
+    from engine.recipes.recipe import Recipe, RecipeError, render_tensor, validate
 
     A = zoo.load("default").G
     B = fine_tune_briefly(A, steps=1)
@@ -158,7 +158,7 @@ def test_recipe_blend_renders_the_blend_of_default_and_its_fine_tune(tmp_path, m
     with pytest.raises(RecipeError, match="blend.swap_res: 12"):
         validate(Recipe(blend=BlendSpec(model=str(path_b), swap_res=12)), A)
     # A morph from A to B is a sweep of blend.alpha (mapping from A throughout).
-    from engine.recipe import sweep_frames, to_uint8
+    from engine.recipes.recipe import sweep_frames, to_uint8
     frames = list(sweep_frames(zero, "blend.alpha", 0.0, 1.0, 3))
     assert np.array_equal(frames[0], to_uint8(plain)[0])
     assert not np.array_equal(frames[1], frames[0]) and not np.array_equal(frames[2], frames[1])
@@ -167,7 +167,7 @@ def test_recipe_blend_renders_the_blend_of_default_and_its_fine_tune(tmp_path, m
 def test_cli_blend_writes_a_model_that_loads(pair, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     from engine.__main__ import main
-    from engine.checkpoints import load_generator, save_generator
+    from engine.gan.checkpoints import load_generator, save_generator
 
     A, B = pair
     save_generator(A, tmp_path / "a.safetensors")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.boundaries import (
+from engine.base.errors import StudioError
+from engine.tools.boundaries import (
     MAX_LABELLED,
     MAX_LABELS_FILE_BYTES,
     boundary_from_seeds,
@@ -16,8 +17,7 @@ from engine.boundaries import (
     seeds_to_w,
     train_boundary,
 )
-from engine.errors import StudioError
-from engine.latents import (
+from engine.tools.latents import (
     DirectionEdit,
     LatentSpec,
     compute_ws,
@@ -166,8 +166,8 @@ def test_read_labels_csv(tmp_path):
 
 
 def test_cli_boundary_writes_a_boundary(tmp_path, capsys):
-    from engine import zoo
     from engine.__main__ import main
+    from engine.models import zoo
     G_default = zoo.load("default").G
     seeds = list(range(600))
     w = seeds_to_w(G_default, seeds)

@@ -1,4 +1,4 @@
-"""engine/bundle.py: a recipe with its files renders the same image bit for bit after the
+"""engine/recipes/bundle.py: a recipe with its files renders the same image bit for bit after the
 originals are gone, from Python and from `python -m engine render bundle.zip`; hostile zips
 are refused in one sentence."""
 
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.bending import Bend
-from engine.bundle import read_bundle, save_bundle
-from engine.errors import StudioError
-from engine.latents import LatentSpec
-from engine.recipe import Recipe, TranslatorSpec, render
+from engine.base.errors import StudioError
+from engine.recipes.bundle import read_bundle, save_bundle
+from engine.recipes.recipe import Recipe, TranslatorSpec, render
+from engine.tools.bending import Bend
+from engine.tools.latents import LatentSpec
 from tests.conftest import make_tiny_generator
 from tests.helpers.browser import REPO
 
@@ -26,8 +26,8 @@ from tests.helpers.browser import REPO
 @pytest.fixture
 def recipe_with_files(tmp_path):
     """A recipe whose model, encoder (with sidecar) and picture are files under tmp/a."""
-    from engine.checkpoints import save_generator
-    from engine.translator import train_encoder
+    from engine.gan.checkpoints import save_generator
+    from engine.tools.translator import train_encoder
 
     src = tmp_path / "a"
     src.mkdir()
@@ -46,7 +46,7 @@ def test_a_bundle_renders_the_same_image_without_the_originals(recipe_with_files
     r = recipe_with_files
     want = np.asarray(render(r))
     bundle = save_bundle(r, tmp_path / "b.zip")
-    from engine.translator import SIDECAR_FILE
+    from engine.tools.translator import SIDECAR_FILE
     names = zipfile.ZipFile(bundle).namelist()
     assert "recipe.json" in names and any(n.endswith("/" + SIDECAR_FILE) for n in names)
     assert len(names) == 5  # recipe, model, encoder + sidecar, picture
@@ -64,9 +64,9 @@ def test_a_bundle_renders_the_same_image_without_the_originals(recipe_with_files
 def test_a_boundary_file_and_odd_file_names_travel_in_the_bundle(tmp_path):
     """A direction read from a boundary file is one of the files a bundle carries, and file
     names are stored made safe (spaces, brackets -> '_', at most 120 characters)."""
-    from engine.boundaries import save_boundary
-    from engine.checkpoints import save_generator
-    from engine.latents import DirectionEdit
+    from engine.gan.checkpoints import save_generator
+    from engine.tools.boundaries import save_boundary
+    from engine.tools.latents import DirectionEdit
 
     src = tmp_path / "a"
     src.mkdir()
@@ -151,7 +151,7 @@ def test_a_zip_bomb_bundle_is_refused_unread(tmp_path, member_mib, words):
 
 
 def test_the_bundle_budget_counts_every_member_and_leaves_nothing(tmp_path, monkeypatch):
-    from engine.limits import current_limits
+    from engine.base.limits import current_limits
 
     assert current_limits().bundle_bytes == 2**30  # the default: far above any StyleGAN file
     rng = np.random.RandomState(0)
@@ -168,7 +168,7 @@ def test_the_bundle_budget_counts_every_member_and_leaves_nothing(tmp_path, monk
 
 
 def test_a_member_longer_than_it_declares_is_refused_and_removed(tmp_path, monkeypatch):
-    from engine import bundle
+    from engine.recipes import bundle
 
     monkeypatch.setattr(bundle, "CHUNK_BYTES", 1000)  # several chunks for a small member
     path = tmp_path / "lies.zip"

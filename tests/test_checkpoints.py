@@ -22,7 +22,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.checkpoints import (
+from engine.base.errors import CheckpointError, StudioError, UnsafePickleError
+from engine.gan.checkpoints import (
     build_discriminator,
     build_generator,
     detect_format,
@@ -33,8 +34,7 @@ from engine.checkpoints import (
     sha256_file,
     sidecar_path,
 )
-from engine.errors import CheckpointError, StudioError, UnsafePickleError
-from engine.stylegan2 import Discriminator, Generator, GeneratorConfig
+from engine.gan.stylegan2 import Discriminator, Generator, GeneratorConfig
 from tests.helpers.nvlabs_pickles import (
     Evil,
     Persistent,
@@ -526,7 +526,7 @@ def test_not_a_generator_pickle(tmp_path):
 def test_uninitialised_build_draws_nothing_and_loads_every_tensor(tiny_generator, tmp_path):
     """build_generator skips the random init (every tensor is loaded next): it must leave the
     global RNG as it was and still render the saved model exactly, for both families."""
-    from engine import networks
+    from engine.gan import networks
     from tests.conftest import make_tiny_stylegan3
 
     for G in (tiny_generator(seed=13), make_tiny_stylegan3("stylegan3-t", seed=2)):
@@ -551,7 +551,7 @@ def test_uninitialised_build_leaves_other_threads_random():
     """The studio loads models in worker threads: the skipped init must stay in its own."""
     import threading
 
-    from engine.networks import _UninitialisedRandom
+    from engine.gan.networks import _UninitialisedRandom
 
     inside, drawn = threading.Event(), {}
 

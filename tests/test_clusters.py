@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine import clusters as cl
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.tools import clusters as cl
 from tests.conftest import make_tiny_generator
 
 LAYER = "b16.conv1"   # 32 channels at 16x16 in the tiny generator
 SAMPLES = 16          # enough latents for a stable partition, cheap on CPU
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engine" / "default_model" / \
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "engine" / "models" / "default_model" / \
     "faces64.safetensors"
 
 
@@ -292,10 +292,10 @@ def test_cli_writes_cluster_files_and_sheet(G, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not DEFAULT_MODEL.exists(),
-                    reason="the embedded default model (engine/default_model/"
+                    reason="the embedded default model (engine/models/default_model/"
                            "faces64.safetensors) is still training and not shipped yet")
 def test_default_model_clusters_are_not_degenerate():
-    from engine import zoo
+    from engine.models import zoo
     r = cl.compute_clusters(zoo.load("default"), "b16.conv1", 8, samples=128, seed=0)
     C = len(r.labels)
     # A degenerate clustering puts nearly every channel in one cluster and leaves the rest as

@@ -1,4 +1,4 @@
-"""Tests for engine.datasets: procedural faces, pools, folders and the torch dataset."""
+"""Tests for engine.training.datasets: procedural faces, pools, folders and the torch dataset."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import datasets
-from engine.datasets import (
+from engine.training import datasets
+from engine.training.datasets import (
     ImageDataset,
     face_pool,
     face_traits,
@@ -168,7 +168,7 @@ def test_make_dataset_faces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_square_rgb_pad_keeps_the_picture_centred_and_never_builds_the_big_square() -> None:
-    from engine.datasets import square_rgb
+    from engine.training.datasets import square_rgb
 
     # A 400x100 red strip on a white 1-pixel frame: padded, it sits as a 64x16 band in the
     # middle of a square filled with the frame's (white) colour.

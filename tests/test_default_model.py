@@ -8,10 +8,10 @@ second draw of real faces (the floor) than a random-weight generator of the same
 import numpy as np
 import torch
 
-from engine import zoo
-from engine.datasets import render_faces
-from engine.metrics import swd
-from engine.stylegan2 import Generator
+from engine.base.metrics import swd
+from engine.gan.stylegan2 import Generator
+from engine.models import zoo
+from engine.training.datasets import render_faces
 
 COUNT = 256  # images per set: enough to separate trained from random by a wide margin
 

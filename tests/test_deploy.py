@@ -27,7 +27,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from PIL import Image
 
-from engine import zoo
+from engine.models import zoo
 from studio import storage
 from tests.helpers.browser import free_port, stop_process, studio_client
 
@@ -301,7 +301,7 @@ def test_app_starts_like_a_space_from_a_read_only_checkout(tmp_path):
         # The picture is the engine's render of the page's own recipe, and the recipe file
         # was written to persistent storage.
         path, text = client.predict(api_name="/save_recipe")
-        from engine import recipe
+        from engine.recipes import recipe
 
         again = np.asarray(recipe.render(recipe.Recipe.from_json(text), zoo.load("default")))
         assert np.array_equal(again, pixels)

@@ -1,12 +1,12 @@
-"""The fast primitives of engine/ops.py against the plain formulation they replace."""
+"""The fast primitives of engine/gan/ops.py against the plain formulation they replace."""
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import ops, stylegan2
-from engine.stylegan2 import layer_names, make_resample_filter
+from engine.gan import ops, stylegan2
+from engine.gan.stylegan2 import layer_names, make_resample_filter
 from tests.conftest import make_tiny_generator
 from tests.helpers.golden import CASES, GOLDEN, render_case
 

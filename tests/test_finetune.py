@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from engine import zoo
-from engine.checkpoints import load_generator, save_generator
-from engine.datasets import render_faces, variant_seeds
-from engine.errors import StudioError
-from engine.loop import read_metrics
-from engine.metrics import swd
-from engine.train_gan import (
+from engine.base.errors import StudioError
+from engine.base.metrics import swd
+from engine.gan.checkpoints import load_generator, save_generator
+from engine.models import zoo
+from engine.training.datasets import render_faces, variant_seeds
+from engine.training.loop import read_metrics
+from engine.training.train_gan import (
     CARD_NAME,
     CHECKPOINT_NAME,
     METRICS_NAME,

@@ -20,10 +20,13 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import bending, clusters, devices, latents, projector, recipe, translator, zoo
-from engine.bending import OPERATIONS, WEIGHT_OPERATIONS, Bend, ChannelSelection, WeightEdit
-from engine.errors import StudioError
-from engine.latents import DirectionEdit, LatentSpec, LayerEdit
+from engine.base import devices
+from engine.base.errors import StudioError
+from engine.models import zoo
+from engine.recipes import recipe
+from engine.tools import bending, clusters, latents, projector, translator
+from engine.tools.bending import OPERATIONS, WEIGHT_OPERATIONS, Bend, ChannelSelection, WeightEdit
+from engine.tools.latents import DirectionEdit, LatentSpec, LayerEdit
 from studio import files
 from tests.conftest import make_tiny_generator
 from tests.zerogpu import ForkedZeroGPU, ZeroGPU, in_thread
@@ -105,7 +108,7 @@ def same(a, b) -> None:
 
 def close_floats(a, b) -> None:
     """Where the CPU picks another algorithm than a GPU for the same maths (3x3 convs over
-    few pixels run as one matrix product on the CPU, engine.ops.conv3x3): float sums differ
+    few pixels run as one matrix product on the CPU, engine.gan.ops.conv3x3): float sums differ
     in the last bits, and a few optimisation steps carry that a little."""
     a = a.detach().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
     b = b.detach().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
@@ -437,7 +440,7 @@ def test_derived_tensors_follow_the_module_not_its_copies():
 def test_weight_caches_follow_weights_loaded_in_place(monkeypatch):
     """The model's hash (which encoders it accepts) and its anchor bank are remembered per
     model: new weights loaded into the same module must not be answered from the old ones."""
-    from engine import anchors
+    from engine.tools import anchors
 
     monkeypatch.setattr(anchors, "BUILD_RANGE", (8, 8))
     G, other = make_tiny_generator(4), make_tiny_generator(5)
@@ -454,7 +457,7 @@ def test_webcam_frames_with_random_noise_equal_the_recipe_render(zero, tmp_path,
     GPU call alike (at strength 1 it came from the device's global RNG, below 1 from seed
     0), so a frame equals engine.render of the same recipe."""
     model = zoo.load("default", device="cpu")
-    shipped = Path(translator.__file__).parent / "default_model" / "encoder_b16"
+    shipped = Path(zoo.__file__).parent / "default_model" / "encoder_b16"
     pic = Image.fromarray(latents.render_spec(model.G, LatentSpec(seed=30)))
     pic.save(tmp_path / "pic.png")
     r = recipe.Recipe(model="default")
@@ -647,7 +650,7 @@ def test_a_worker_forked_during_a_load_loads_for_itself(monkeypatch, tmp_path, t
     import signal
     import threading
 
-    from engine import ops
+    from engine.gan import ops
 
     monkeypatch.setenv("ACTIVATION_STUDIO_CACHE", str(tmp_path / "cache"))
     zoo.clear_cache()
@@ -734,7 +737,7 @@ def test_an_evicted_model_is_not_kept_by_cached_translators(monkeypatch):
     zoo.clear_cache()
     r = recipe.Recipe(model="default")
     repo = Path(__file__).resolve().parents[1]
-    shipped = repo / "engine" / "default_model" / "encoder_b16" / "encoder.safetensors"
+    shipped = repo / "engine" / "models" / "default_model" / "encoder_b16" / "encoder.safetensors"
     r.translator = recipe.TranslatorSpec(encoder=str(shipped),
                                          image=str(repo / "docs" / "screenshot-explore.png"))
     model = zoo.load("default", device="cpu")
@@ -819,7 +822,7 @@ def test_cudnn_choice_is_fixed_and_deterministic_unless_autotuning_is_asked_for(
     """Issue 31: stylegan2 turned cuDNN's autotuner on for every CUDA model, and its pick
     (per process, timed) may differ between ZeroGPU workers, so a replay need not equal
     itself. Settled from PyTorch's reproducibility notes (no GPU was lent to measure)."""
-    from engine.stylegan2 import prepare_for_device
+    from engine.gan.stylegan2 import prepare_for_device
 
     before = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     try:

@@ -80,8 +80,8 @@ def test_a_layer_named_many_times_is_refused_at_once(tmp_path):
 
 
 def test_a_pickle_claiming_64_gib_in_one_opcode_gets_one_sentence(tmp_path):
-    from engine.checkpoints import read_checkpoint
-    from engine.errors import StudioError
+    from engine.base.errors import StudioError
+    from engine.gan.checkpoints import read_checkpoint
 
     path = H.binbytes8_claim(tmp_path / "claim.pkl")
     assert path.stat().st_size < 200
@@ -125,10 +125,10 @@ def _within(seconds: float, fn):
 def test_special_files_are_refused_unread(tmp_path, kind):
     import os
 
-    from engine import zoo
-    from engine.checkpoints import read_checkpoint, sha256_file
-    from engine.errors import StudioError
-    from engine.recipe import Recipe
+    from engine.base.errors import StudioError
+    from engine.gan.checkpoints import read_checkpoint, sha256_file
+    from engine.models import zoo
+    from engine.recipes.recipe import Recipe
 
     path = {"device": "/dev/zero", "fifo": tmp_path / "pipe", "folder": tmp_path}[kind]
     if kind == "fifo":
@@ -142,8 +142,9 @@ def test_special_files_are_refused_unread(tmp_path, kind):
 
 
 def test_size_is_checked_before_hashing(tmp_path, monkeypatch):
-    from engine import checkpoints, zoo
-    from engine.errors import StudioError
+    from engine.base.errors import StudioError
+    from engine.gan import checkpoints
+    from engine.models import zoo
 
     big = tmp_path / "big.pkl"
     big.write_bytes(b"\x80\x04" + b"\x00" * 4096)
@@ -159,8 +160,8 @@ def test_latent_encoder_sidecar_is_checked_before_building(tmp_path, monkeypatch
 
     from safetensors.torch import save_file
 
-    from engine import projector
-    from engine.errors import StudioError
+    from engine.base.errors import StudioError
+    from engine.tools import projector
 
     path = tmp_path / "latent_encoder.safetensors"
     save_file({"x": projector.torch.zeros(4)}, str(path))
@@ -177,8 +178,8 @@ def test_latent_encoder_sidecar_is_checked_before_building(tmp_path, monkeypatch
 def test_boundary_files_must_be_regular(tmp_path):
     import os
 
-    from engine.errors import StudioError
-    from engine.latents import load_boundary
+    from engine.base.errors import StudioError
+    from engine.tools.latents import load_boundary
 
     fifo = tmp_path / "b.npy"
     os.mkfifo(fifo)

@@ -65,7 +65,8 @@ def _refused(call, *args, api_name: str) -> str:
 def test_hostile_uploads_and_paths_cost_nothing_and_the_server_renders_after(server):
     from gradio_client import handle_file
 
-    from engine import recipe, zoo
+    from engine.models import zoo
+    from engine.recipes import recipe
 
     url, model, pid, folder = server
     client = studio_client(url)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import make_tiny_generator
 
-from engine import translator as T
-from engine import zoo
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.models import zoo
+from engine.tools import translator as T
 from tests.helpers.hub import FakeHub
 
 OWNER_TOKEN = "hf_owner_secret"

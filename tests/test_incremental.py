@@ -1,4 +1,4 @@
-"""engine.incremental and the synthesis network's `stop`: tail renders equal full renders,
+"""engine.recipes.incremental and the synthesis network's `stop`: tail renders equal full renders,
 previews are the running image of a block, chosen by measured cost, in bounded memory."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import incremental as I
-from engine import recipe as R
-from engine.bending import Bend, ChannelSelection, WeightEdit
-from engine.latents import LatentSpec
+from engine.recipes import incremental as I
+from engine.recipes import recipe as R
+from engine.tools.bending import Bend, ChannelSelection, WeightEdit
+from engine.tools.latents import LatentSpec
 from tests.conftest import make_tiny_generator
 
 

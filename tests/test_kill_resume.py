@@ -100,7 +100,7 @@ def test_disk_full_during_a_training_checkpoint_keeps_the_previous_one(tmp_path,
     import errno
     from dataclasses import replace
 
-    from engine.train_gan import CHECKPOINT_NAME, train
+    from engine.training.train_gan import CHECKPOINT_NAME, train
     from tests.helpers.runs import tiny_config
 
     cfg = tiny_config(tmp_path / "run", total_kimg=0.008)

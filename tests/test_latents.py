@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import StudioError
-from engine.latents import (
+from engine.base.errors import StudioError
+from engine.tools.latents import (
     DirectionEdit,
     LatentSpec,
     LayerEdit,
@@ -302,15 +302,15 @@ def test_w_files_round_trip(G, tmp_path):
 
 
 def test_walk_video(G, tmp_path):
-    from engine.video import read_video_frames
+    from engine.base.video import read_video_frames
     path = write_walk(G, [1, 5], 6, tmp_path / "walk.mp4", fps=10, loop=True)
     assert len(list(read_video_frames(path))) == 6
 
 
 def test_walk_video_frames_can_be_resized(G, tmp_path):
     """Issue #24 item 8: a small model's walk can be written at a watchable size."""
-    from engine.latents import write_walk
-    from engine.video import read_video_frames
+    from engine.base.video import read_video_frames
+    from engine.tools.latents import write_walk
 
     out = write_walk(G, [0, 1], 3, tmp_path / "walk.mp4", fps=10, size=96)
     frames = list(read_video_frames(out))

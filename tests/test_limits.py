@@ -1,4 +1,4 @@
-"""One validation path: every limit of engine/limits.py holds for recipes, whichever way they
+"""One validation path: every limit of engine/base/limits.py holds for recipes, whichever way they
 arrive (engine.render, the CLI, the studio), with one sentence naming the field."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import recipe as R
-from engine.bending import Bend, ChannelSelection, WeightEdit
-from engine.latents import DirectionEdit, LatentSpec, LayerEdit
-from engine.limits import ENV_NAMES, LIMITS, Limits, current_limits
+from engine.base.limits import ENV_NAMES, LIMITS, Limits, current_limits
+from engine.recipes import recipe as R
+from engine.tools.bending import Bend, ChannelSelection, WeightEdit
+from engine.tools.latents import DirectionEdit, LatentSpec, LayerEdit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +115,7 @@ def test_limits_follow_the_environment(monkeypatch):
 
 
 def test_render_refuses_before_any_work(tiny_generator, monkeypatch):
-    from engine import clusters as C
+    from engine.tools import clusters as C
 
     G = tiny_generator()
     monkeypatch.setattr(C, "cluster_labels", lambda *a, **k: pytest.fail("clustering ran"))
@@ -146,7 +146,7 @@ def test_the_long_job_lane_answers_busy_past_its_waiting_room():
     import threading
     import time
 
-    from engine.errors import StudioError
+    from engine.base.errors import StudioError
     from studio.jobs import Jobs, Lane
 
     lane = Lane(1, 1)

@@ -40,9 +40,9 @@ def test_preview_edits_a_copy_and_matches_the_session_edit() -> None:
 
 def test_preview_refuses_bad_values_in_one_sentence() -> None:
     sess = S.new_session("default")
-    with pytest.raises(engine.errors.StudioError, match="psi must be a number"):
+    with pytest.raises(engine.base.errors.StudioError, match="psi must be a number"):
         live.preview(sess, [{"kind": "latent", "values": {"psi": "x"}}])
-    with pytest.raises(engine.errors.StudioError, match="finite"):
+    with pytest.raises(engine.base.errors.StudioError, match="finite"):
         live.preview(sess, [{"kind": "latent", "values": {"psi": float("nan")}}])
 
 
@@ -203,8 +203,8 @@ def test_a_rapid_gesture_on_a_big_model_gets_previews_then_the_full_frame(
     by previews (the running image of b32, the cheapest that shows the edit, carried up to
     256 px);
     once it rests, the full picture follows as PNG with engine.render's pixels."""
-    from engine.bending import ChannelSelection
-    from engine.checkpoints import save_generator
+    from engine.gan.checkpoints import save_generator
+    from engine.tools.bending import ChannelSelection
     from studio import models
     from tests.conftest import make_tiny_generator
 
@@ -262,7 +262,7 @@ def test_a_walk_played_live_on_a_big_model_comes_as_previews_within_the_budget(
     """As a drag: with no frame fitting the frame budget a walk's frames are the running
     image of b32 carried up to 256 px (the page labels them 'preview b32'); with room for
     the whole picture they are whole."""
-    from engine.checkpoints import save_generator
+    from engine.gan.checkpoints import save_generator
     from tests.conftest import make_tiny_generator
 
     path = tmp_path / "g256.safetensors"
@@ -280,7 +280,7 @@ def test_a_walk_played_live_on_a_big_model_comes_as_previews_within_the_budget(
 def test_live_frames_of_a_stylegan3_model_are_whole_and_equal_engine_render(tmp_path) -> None:
     """No previews or kept activations for StyleGAN3 (no running image, no start): its
     frames are full renders, equal to engine.render's."""
-    from engine.checkpoints import save_generator
+    from engine.gan.checkpoints import save_generator
     from studio import models, render
     from tests.conftest import make_tiny_stylegan3
 
@@ -393,7 +393,7 @@ def test_canvas_follows_a_slider_over_the_live_channel(browser, server) -> None:
     assert page.inner_text("#live-error").strip() == ""     # good frames cleared the error
     assert page.inner_text("#live-shown") == "full"         # 64 px: every frame is whole
     shown = _live_pixels(page)
-    want = np.asarray(engine.render(engine.recipe.Recipe.from_json(json.dumps(
+    want = np.asarray(engine.render(engine.recipes.recipe.Recipe.from_json(json.dumps(
         {"model": "default", "latent": {"seed": 0, "psi": 0.5}}))), dtype=np.float32)
     assert shown.shape == want.shape
     assert np.abs(shown - want).mean() < 3.0   # JPEG at quality 92: the same picture
@@ -571,7 +571,7 @@ def test_the_sync_after_a_live_bend_value_relabels_the_bend_stack() -> None:
     showing the old angle while the canvas showed the new one)."""
     from types import SimpleNamespace
 
-    from engine.bending import ChannelSelection
+    from engine.tools.bending import ChannelSelection
     from studio.tabs import canvas
 
     sess = S.new_session("default")

@@ -1,16 +1,16 @@
-"""engine.loop.StepLoop, the scaffold of the four training/optimisation loops: resume equals
-an uninterrupted run, cancel and the time limit checkpoint first, metrics arrive per step as
-(step, dict) however they are batched, checkpoints land when due, other settings are refused
-(or ignored when not strict). A toy loop (gradient descent on a quadratic) keeps it fast; the
-latent encoder shows it on a real loop."""
+"""engine.training.loop.StepLoop, the scaffold of the four training/optimisation loops:
+resume equals an uninterrupted run, cancel and the time limit checkpoint first, metrics arrive
+per step as (step, dict) however they are batched, checkpoints land when due, other settings are
+refused (or ignored when not strict). A toy loop (gradient descent on a quadratic) keeps it
+fast; the latent encoder shows it on a real loop."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from engine.errors import StudioError
-from engine.loop import Checkpointer, LoopCancelled, StepLoop, read_metrics, step_generator
+from engine.base.errors import StudioError
+from engine.training.loop import Checkpointer, LoopCancelled, StepLoop, read_metrics, step_generator
 
 
 def descend(tmp_path, steps=6, cancel=None, every=2, max_seconds=None, seed=0,
@@ -120,7 +120,7 @@ def test_units_other_than_steps(tmp_path):
 def test_latent_encoder_training_resumes_to_the_uninterrupted_result(tiny_generator, tmp_path):
     from safetensors.torch import load_file
 
-    from engine.projector import LatentEncoderCancelled, train_latent_encoder
+    from engine.tools.projector import LatentEncoderCancelled, train_latent_encoder
 
     G = tiny_generator().requires_grad_(False)
     kw = dict(steps=4, batch=2, seed=5, channels=4, checkpoint_every=0)

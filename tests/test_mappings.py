@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from conftest import make_tiny_generator
 
-from engine import bundle, mappings
-from engine.bending import Bend, WeightEdit
-from engine.blend import BlendSpec
-from engine.errors import StudioError
-from engine.latents import DirectionEdit, LatentSpec, LayerEdit
-from engine.limits import Limits
-from engine.mappings import MappingError, Performer, Smoother, map_value
-from engine.recipe import Recipe, RecipeError, TranslatorSpec, render, set_field, validate
+from engine.base.errors import StudioError
+from engine.base.limits import Limits
+from engine.recipes import bundle, mappings
+from engine.recipes.mappings import MappingError, Performer, Smoother, map_value
+from engine.recipes.recipe import Recipe, RecipeError, TranslatorSpec, render, set_field, validate
+from engine.tools.bending import Bend, WeightEdit
+from engine.tools.blend import BlendSpec
+from engine.tools.latents import DirectionEdit, LatentSpec, LayerEdit
 
 G = make_tiny_generator()
 CC21 = {"kind": "midi", "type": "cc", "channel": 0, "number": 21}

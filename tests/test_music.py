@@ -10,11 +10,13 @@ import subprocess
 import numpy as np
 import pytest
 
-from engine import audio, mappings, music, zoo
-from engine.errors import StudioError
-from engine.latents import LatentSpec
-from engine.recipe import Recipe
-from engine.video import VideoCancelled, read_video_frames
+from engine.base import audio
+from engine.base.errors import StudioError
+from engine.base.video import VideoCancelled, read_video_frames
+from engine.models import zoo
+from engine.recipes import mappings, music
+from engine.recipes.recipe import Recipe
+from engine.tools.latents import LatentSpec
 from tests.helpers.audio_tracks import click_track, envelope, tone_track, write_wav
 
 SR = audio.SAMPLE_RATE
@@ -112,7 +114,7 @@ def test_default_mappings_walk_on_loudness_jump_on_beats_and_bend_on_bands():
 
 
 def _bend(op: str, **params: float):
-    from engine.bending import Bend
+    from engine.tools.bending import Bend
     return Bend("b8.conv1", op, dict(params))
 
 

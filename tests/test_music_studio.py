@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import audio
+from engine.base import audio
 from tests.helpers.audio_tracks import tone_track, write_wav
 from tests.helpers.browser import studio_client, studio_server, tiny_model_file
 
@@ -25,7 +25,7 @@ def test_an_uploaded_track_becomes_a_music_video_with_its_audio(tmp_path):
         video = client.predict(handle_file(str(track)), 0.5, 1.0, 6, "0",
                                api_name="/render_music_video")
         path = video["video"] if isinstance(video, dict) else video
-        from engine.video import read_video_frames
+        from engine.base.video import read_video_frames
 
         assert sum(1 for _ in read_video_frames(path)) == 6  # 1 s at 6 fps
         assert audio.decode(path).duration == pytest.approx(1.0, abs=0.03)

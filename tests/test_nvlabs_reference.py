@@ -9,7 +9,7 @@ were made: tests/data/nvlabs/README.md. Nothing here runs NVlabs code.
 Each model is loaded the way a user's NVlabs pickle is: the pickle is rebuilt from what
 NVlabs' persistence recorded for every module (class name, attributes, init kwargs; stored
 as JSON in the safetensors metadata, without `module_src`) and the weights, then read by
-engine.checkpoints. `sg2_flat_32_orig` comes from the stylegan3 repository's StyleGAN2,
+engine.gan.checkpoints. `sg2_flat_32_orig` comes from the stylegan3 repository's StyleGAN2,
 whose pickles carry the synthesis kwargs flat rather than nested.
 
 Tolerance: both sides compute in fp32, with the same operations grouped differently (e.g.
@@ -31,7 +31,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from engine.checkpoints import build_generator, load_generator, read_checkpoint
+from engine.gan.checkpoints import build_generator, load_generator, read_checkpoint
 from tests.helpers.nvlabs_pickles import install_nvlabs_modules
 
 DATA = Path(__file__).resolve().parent / "data" / "nvlabs"

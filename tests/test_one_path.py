@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.bending import ChannelSelection
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.tools.bending import ChannelSelection
 from studio import live, ui
 from studio import session as S
 from studio.limits import LIMITS
@@ -40,7 +40,7 @@ def test_a_bend_slider_sets_the_same_parameter_live_and_in_the_tab():
 
 
 def test_the_weight_amount_slider_sets_the_same_parameter_live_and_in_the_tab():
-    from engine.bending import WeightEdit
+    from engine.tools.bending import WeightEdit
     sessions = []
     for _ in range(2):
         sess = S.new_session("default")
@@ -59,7 +59,8 @@ def test_the_weight_amount_slider_sets_the_same_parameter_live_and_in_the_tab():
 def test_a_render_validates_its_bends_once(monkeypatch):
     """recipe.render checks the recipe where it renders, and the taps do not check again
     (they did: recipe.validate, then bending.make_taps)."""
-    from engine import bending, recipe
+    from engine.recipes import recipe
+    from engine.tools import bending
     from studio import models
 
     sess = _bent("threshold")

@@ -14,7 +14,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.udp_client import SimpleUDPClient
 
 import engine
-from engine.errors import StudioError
+from engine.base.errors import StudioError
 from studio import live, osc
 from studio import session as S
 
@@ -155,7 +155,7 @@ def test_a_python_osc_client_moves_a_bend_on_the_live_canvas(tmp_path) -> None:
     frame shows engine.render of the page's recipe with that angle, and the session (the
     page's recipe view) holds the last one."""
     playwright = pytest.importorskip("playwright.sync_api")
-    from engine.recipe import Recipe, set_field
+    from engine.recipes.recipe import Recipe, set_field
     from tests.helpers.browser import (
         download_recipe_file,
         launch_chromium,

@@ -60,7 +60,7 @@ def test_midi_and_microphone_drive_the_canvas_through_learned_mappings() -> None
             n = _frames(page)
             page.evaluate(f"window.__midi([0xB0, 7, {value}])")
             _full_frame_after(page, n)
-            want = engine.render(engine.recipe.Recipe.from_json(json.dumps(
+            want = engine.render(engine.recipes.recipe.Recipe.from_json(json.dumps(
                 {"model": "default", "latent": {"seed": 0, "psi": psi}})))
             shown = _live_pixels(page)
             assert np.abs(shown - np.asarray(want, dtype=np.float32)).mean() < 3.0, value

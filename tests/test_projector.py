@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.errors import StudioError
-from engine.latents import render_ws, seed_to_ws, w_stats
-from engine.projector import (
+from engine.base.errors import StudioError
+from engine.models.zoo import DEFAULT_MODEL_PATH
+from engine.tools.latents import render_ws, seed_to_ws, w_stats
+from engine.tools.projector import (
     LatentEncoder,
     LatentEncoderConfig,
     ProjectionCancelled,
@@ -25,7 +26,6 @@ from engine.projector import (
     train_latent_encoder,
     w_noise_strength,
 )
-from engine.zoo import DEFAULT_MODEL_PATH
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_projecting_a_generated_image_reaches_25_db(tmp_path):
     # A freshly initialised model (NVlabs init: noise strengths 0), as random weights go;
     # fully random conftest weights make images mostly clipped texture, which says little
     # about projection. The target uses psi 0.7, as generated pictures usually do.
-    from engine.stylegan2 import Generator, GeneratorConfig
+    from engine.gan.stylegan2 import Generator, GeneratorConfig
     from tests.conftest import TINY_CONFIG
     torch.manual_seed(0)
     G = Generator(GeneratorConfig(**TINY_CONFIG)).eval()
@@ -184,10 +184,10 @@ def test_latent_encoder_start_is_closer_than_w_avg(G, tmp_path):
 
 
 @pytest.mark.skipif(not DEFAULT_MODEL_PATH.exists(),
-                    reason="the default model (engine/default_model/faces64.safetensors) is "
+                    reason="the default model (engine/models/default_model/faces64.safetensors) is "
                            "still training and not shipped yet")
 def test_default_model_projection_reaches_25_db():
-    from engine import zoo
+    from engine.models import zoo
     G = zoo.load("default").G
     target = render_ws(G, seed_to_ws(G, 1, psi=0.7))[0]
     # A short budget keeps the suite fast; 500 steps reach far higher (see the benchmark).

@@ -15,11 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine import clusters
-from engine.bending import OPERATIONS, Bend, ChannelSelection, WeightEdit
-from engine.errors import StudioError
-from engine.latents import LatentSpec, LayerEdit
-from engine.recipe import (
+from engine.base.errors import StudioError
+from engine.recipes.recipe import (
     Recipe,
     RecipeError,
     TranslatorSpec,
@@ -34,6 +31,9 @@ from engine.recipe import (
     sweep_values,
     validate,
 )
+from engine.tools import clusters
+from engine.tools.bending import OPERATIONS, Bend, ChannelSelection, WeightEdit
+from engine.tools.latents import LatentSpec, LayerEdit
 
 G = make_tiny_generator()
 LAYERS = [n for n in G.synthesis.layers if not n.endswith("torgb")]
@@ -586,12 +586,12 @@ def test_bad_import_files_are_user_errors():
 
 
 # ----------------------------------------------------------------------------------------
-# Command line, through engine.zoo with a saved tiny model.
+# Command line, through engine.models.zoo with a saved tiny model.
 
 
 @pytest.fixture
 def saved_model(tmp_path, monkeypatch):
-    from engine.checkpoints import save_generator
+    from engine.gan.checkpoints import save_generator
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     path = tmp_path / "tiny.safetensors"
@@ -659,7 +659,7 @@ def test_render_loads_the_recipe_model_through_the_zoo(saved_model):
 
 
 @pytest.mark.skipif(not Path(__file__).resolve().parents[1].joinpath(
-    "engine/default_model/faces64.safetensors").exists(),
+    "engine/models/default_model/faces64.safetensors").exists(),
     reason="the embedded default model is not trained yet")
 def test_default_model_recipe_renders():
     img = render(Recipe(bends=[Bend("b16.conv0", "rotate", {"angle": 90.0})]))
@@ -669,7 +669,7 @@ def test_default_model_recipe_renders():
 def test_translator_recipe_renders(tmp_path):
     from PIL import Image
 
-    from engine.translator import make_encoder, save_encoder, weights_sha256
+    from engine.tools.translator import make_encoder, save_encoder, weights_sha256
 
     enc = make_encoder(G, "b16.conv0", input_size=32)
     path = save_encoder(enc, tmp_path / "enc.safetensors",
@@ -691,8 +691,8 @@ def test_a_recipe_with_a_million_bad_channels_is_refused_in_a_short_message():
     the first MAX_LISTED_PROBLEMS problems and counts the rest."""
     import time
 
-    from engine.bending import MAX_SELECTION_ENTRIES
-    from engine.recipe import MAX_LIST_ENTRIES, MAX_LISTED_PROBLEMS, validate
+    from engine.recipes.recipe import MAX_LIST_ENTRIES, MAX_LISTED_PROBLEMS, validate
+    from engine.tools.bending import MAX_SELECTION_ENTRIES
 
     G = make_tiny_generator()
     many = {"bends": [{"op": "ablate", "layer": "b16.conv1",

@@ -23,9 +23,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import checkpoints
-from engine.checkpoints import load_generator, save_generator, sidecar_path
-from engine.errors import CheckpointError, StudioError
+from engine.base.errors import CheckpointError, StudioError
+from engine.gan import checkpoints
+from engine.gan.checkpoints import load_generator, save_generator, sidecar_path
 from studio import uploads
 from tests.conftest import make_tiny_generator
 
@@ -317,8 +317,8 @@ def _rss_mb() -> float:
 def test_200_sessions_leave_memory_flat(tmp_path, monkeypatch):
     """Sessions as the studio makes them (session.new_session), rendered through studio.render
     and the zoo's LRU, then dropped: RSS after 200 must stay near RSS after a warm-up."""
-    from engine import zoo
-    from engine.bending import Bend, ChannelSelection
+    from engine.models import zoo
+    from engine.tools.bending import Bend, ChannelSelection
     from studio import render
     from studio.session import new_session
 
@@ -356,7 +356,7 @@ def test_200_sessions_leave_memory_flat(tmp_path, monkeypatch):
 
 
 def test_model_lru_stays_bounded(tmp_path, monkeypatch):
-    from engine import zoo
+    from engine.models import zoo
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("ACTIVATION_STUDIO_MAX_MODELS", "2")

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from engine.bending import ChannelSelection, WeightEdit
-from engine.clusters import ClusterResult
-from engine.errors import StudioError
-from engine.recipe import Recipe
+from engine.base.errors import StudioError
+from engine.recipes.recipe import Recipe
+from engine.tools.bending import ChannelSelection, WeightEdit
+from engine.tools.clusters import ClusterResult
 from studio import session as S
 
 

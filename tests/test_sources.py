@@ -1,7 +1,7 @@
 """Sources on the live channel (studio/sources.py): MIDI, microphone features and keys drive
-the recipe's mappings (engine/mappings.py) through the channel's edit path; "learn" binds a
+the recipe's mappings (engine/recipes/mappings.py) through the channel's edit path; "learn" binds a
 source to a field; the recorder keeps the stream of field values and renders it to mp4
-(engine/performance.py)."""
+(engine/recipes/performance.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import engine
-from engine import performance
-from engine.bending import ChannelSelection
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.recipes import performance
+from engine.tools.bending import ChannelSelection
 from studio import live
 from studio import session as S
 from tests.test_live import FakeSocket, _run_async, text
@@ -125,7 +125,7 @@ def test_learn_binds_the_last_source_to_the_clicked_field(event, source) -> None
     [m] = [m for m in sess.recipe.mappings if m["name"] == "m1"]
     assert (m["name"], m["target"], m["source"]) == ("m1", "latent.psi", source)
     assert sess.recipe.latent.psi == pytest.approx(
-        engine.mappings.map_value(m, event["value"]))
+        engine.recipes.mappings.map_value(m, event["value"]))
     assert not [t for t in ws.texts if "error" in t]
 
 

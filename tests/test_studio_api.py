@@ -1,7 +1,7 @@
 """The studio scripted through gradio_client against a real server, plus its upload readers.
 
 The server runs `spaces_app.py` on a tiny random model (fast); the browser tests cover the
-default model. The bend scripted here must give exactly the image that engine.recipe
+default model. The bend scripted here must give exactly the image that engine.recipes.recipe
 renders for the recipe the studio saves: the page adds no maths of its own.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.errors import StudioError
+from engine.base.errors import StudioError
 from studio import uploads
 from tests.helpers.browser import job_progress, studio_client, studio_server, tiny_model_file
 
@@ -135,7 +135,8 @@ def _pixels(path: str) -> np.ndarray:
 
 
 def test_script_a_bend_through_the_api(server):
-    from engine import recipe, zoo
+    from engine.models import zoo
+    from engine.recipes import recipe
 
     url, model = server
     client = studio_client(url)
@@ -277,7 +278,7 @@ def test_limits_from_the_environment_hold_for_api_calls(tmp_path):
 
 
 def _video_frames(data) -> int:
-    from engine.video import read_video_frames
+    from engine.base.video import read_video_frames
 
     path = data["video"] if isinstance(data, dict) else data
     return sum(1 for _ in read_video_frames(path))

@@ -5,7 +5,7 @@ clusters, bend them, translate a photo, save the recipe and load it back to the 
 image, and survive a bad upload. With STUDIO_SCREENSHOTS=1 it saves a screenshot of each
 tab to docs/ (off by default so CI leaves the tree clean).
 
-The model is the embedded default when engine/default_model/faces64.safetensors exists,
+The model is the embedded default when engine/models/default_model/faces64.safetensors exists,
 else a tiny random one (STUDIO_TEST_MODEL overrides both).
 """
 
@@ -195,7 +195,7 @@ def test_recipe_download_and_reload_gives_the_same_image(page, tmp_path):
 
 
 def test_project_a_picture(page, tmp_path):
-    from engine.datasets import render_faces
+    from engine.training.datasets import render_faces
 
     tab(page, "Project")
     picture = tmp_path / "face.png"  # one of the procedural faces the default model learnt

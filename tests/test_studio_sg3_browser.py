@@ -26,7 +26,7 @@ WAIT_MS = 120_000
 def sg3_browser(tmp_path_factory):
     """One server on a tiny StyleGAN3 model and one Chromium for the module: (browser, url)."""
     need_chromium()
-    from engine.checkpoints import save_generator
+    from engine.gan.checkpoints import save_generator
     from tests.conftest import make_tiny_stylegan3
 
     folder = tmp_path_factory.mktemp("studio-sg3")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.stylegan2 import (
+from engine.gan.stylegan2 import (
     Discriminator,
     Generator,
     GeneratorConfig,

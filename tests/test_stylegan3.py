@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import networks, stylegan3
-from engine.checkpoints import build_generator, read_checkpoint, save_generator
-from engine.errors import CheckpointError
-from engine.stylegan3 import (
+from engine.base.errors import CheckpointError
+from engine.gan import networks, stylegan3
+from engine.gan.checkpoints import build_generator, read_checkpoint, save_generator
+from engine.gan.stylegan3 import (
     StyleGAN3Config,
     _filtered_lrelu_reference,
     design_lowpass,
@@ -411,9 +411,9 @@ def sg3_file(tmp_path_factory):
 
 
 def test_recipe_translate_rotate_bends_and_weight_edits(sg3_file):
-    from engine.bending import Bend, ChannelSelection, WeightEdit
-    from engine.latents import LatentSpec
-    from engine.recipe import Recipe, RecipeError, render_tensor
+    from engine.recipes.recipe import Recipe, RecipeError, render_tensor
+    from engine.tools.bending import Bend, ChannelSelection, WeightEdit
+    from engine.tools.latents import LatentSpec
 
     G, path = sg3_file
     layer = G.synthesis.layers[2]
@@ -455,7 +455,7 @@ def test_recipe_translate_rotate_bends_and_weight_edits(sg3_file):
 
 
 def test_translate_is_refused_on_stylegan2(tiny_generator):
-    from engine.latents import LatentSpec, validate_latent
+    from engine.tools.latents import LatentSpec, validate_latent
 
     problems = validate_latent(LatentSpec(rotate=10), tiny_generator())
     assert problems and "StyleGAN3" in problems[0]
@@ -465,7 +465,7 @@ def test_cli_generate_translate_rotate(sg3_file, tmp_path):
     from PIL import Image
 
     from engine.__main__ import main
-    from engine.latents import to_uint8
+    from engine.tools.latents import to_uint8
 
     G, path = sg3_file
     out = tmp_path / "out"
@@ -479,9 +479,9 @@ def test_cli_generate_translate_rotate(sg3_file, tmp_path):
 
 
 def test_clusters_directions_and_projection(sg3_file, tmp_path):
-    from engine import clusters as cl
-    from engine.latents import ganspace_directions, sefa_directions, sefa_layer_names
-    from engine.projector import project
+    from engine.tools import clusters as cl
+    from engine.tools.latents import ganspace_directions, sefa_directions, sefa_layer_names
+    from engine.tools.projector import project
 
     G, _ = sg3_file
     layer = G.synthesis.layers[1]
@@ -499,7 +499,7 @@ def test_clusters_directions_and_projection(sg3_file, tmp_path):
 
 
 def test_translator_encoder_for_a_stylegan3_layer(sg3_file):
-    from engine import translator as T
+    from engine.tools import translator as T
 
     G, _ = sg3_file
     layer = G.synthesis.layers[3]
@@ -519,9 +519,9 @@ def test_translator_encoder_for_a_stylegan3_layer(sg3_file):
 
 
 def test_rotation_sweep_makes_a_video(sg3_file, tmp_path):
-    from engine.latents import LatentSpec
-    from engine.recipe import Recipe, sweep_frames
-    from engine.video import write_video
+    from engine.base.video import write_video
+    from engine.recipes.recipe import Recipe, sweep_frames
+    from engine.tools.latents import LatentSpec
 
     G, path = sg3_file
     recipe = Recipe(model=str(path), latent=LatentSpec(seed=2, translate=[0.0, 0.0]))

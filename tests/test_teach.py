@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.errors import StudioError
-from engine.latents import load_boundary
+from engine.base.errors import StudioError
+from engine.tools.latents import load_boundary
 from studio import files, models, teach
 
 
@@ -40,7 +40,7 @@ def test_page_seeds_and_samples():
 
 
 def test_train_writes_a_boundary_that_the_directions_use():
-    from engine.boundaries import seeds_to_w
+    from engine.tools.boundaries import seeds_to_w
 
     G = models.generator("default")
     seeds = list(range(300))

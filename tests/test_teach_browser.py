@@ -30,8 +30,8 @@ WAIT_MS = 120_000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from engine import zoo
-    from engine.checkpoints import save_generator
+    from engine.gan.checkpoints import save_generator
+    from engine.models import zoo
     from tests.helpers.runs import fine_tune_briefly
 
     folder = tmp_path_factory.mktemp("teach-browser")

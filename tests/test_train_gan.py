@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.checkpoints import load_generator
-from engine.train_gan import CHECKPOINT_NAME, TrainConfig, train
-from engine.translator import run_processes
+from engine.gan.checkpoints import load_generator
+from engine.tools.translator import run_processes
+from engine.training.train_gan import CHECKPOINT_NAME, TrainConfig, train
 from tests.helpers.runs import tiny_config
 
 
@@ -40,7 +40,7 @@ def _train_keeping_weights(cfg: TrainConfig, keep: str) -> None:
     Only rank 0 writes checkpoints, so the weights are caught where the trainer hands them
     to all_reduce_grads (the real one still runs): those lists are the live parameters.
     """
-    from engine import train_gan
+    from engine.training import train_gan
 
     seen: dict[int, list[torch.nn.Parameter]] = {}
     real = train_gan.all_reduce_grads

@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.datasets import render_faces
-from engine.errors import StudioError
-from engine.loop import read_metrics
-from engine.train_gan import METRICS_NAME
+from engine.base.errors import StudioError
+from engine.training.datasets import render_faces
+from engine.training.loop import read_metrics
+from engine.training.train_gan import METRICS_NAME
 from studio import finetune, models
 from studio import session as S
 from studio.tabs import train as tab

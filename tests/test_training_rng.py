@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine import translator as T
-from engine.projector import LatentEncoder, LatentEncoderConfig, train_latent_encoder
-from engine.seeding import build_seeded, global_draws_from
+from engine.base.seeding import build_seeded, global_draws_from
+from engine.tools import translator as T
+from engine.tools.projector import LatentEncoder, LatentEncoderConfig, train_latent_encoder
 
 TRAIN = dict(batch=2, stat_samples=8, eval_seeds=(), warmup=1, width=8, max_width=16,
              preview_every=0)
@@ -36,7 +36,7 @@ def flags(G: torch.nn.Module) -> tuple:
 @pytest.mark.parametrize("frozen", [True, False], ids=["cached-frozen", "trainable"])
 def test_encoder_training_leaves_globals_and_the_shared_generator_alone(tiny_generator, frozen):
     G = tiny_generator()
-    if frozen:  # how engine.zoo caches every model
+    if frozen:  # how engine.models.zoo caches every model
         G.requires_grad_(False)
     weights = {k: v.clone() for k, v in G.state_dict().items()}
     before_flags = flags(G)
@@ -107,7 +107,7 @@ def test_the_random_seed_button_ignores_global_seeding():
 
 
 def test_global_draws_from_restores_the_global_generator(tiny_generator):
-    from engine.stylegan2 import Generator
+    from engine.gan.stylegan2 import Generator
 
     cfg = tiny_generator().cfg
     torch.manual_seed(77)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from sklearn.datasets import load_sample_image
 
-from engine import translator as T
-from engine.errors import StudioError
-from engine.latents import LatentSpec
+from engine.base.errors import StudioError
+from engine.tools import translator as T
+from engine.tools.latents import LatentSpec
 
 TRAIN = dict(batch=2, stat_samples=8, eval_seeds=(), warmup=1, width=8, max_width=16,
              preview_every=0)
@@ -159,7 +159,7 @@ def test_a_read_only_frame_is_translated_without_a_numpy_warning(G, tmp_path, ph
     import subprocess
     import sys
 
-    from engine.checkpoints import save_generator
+    from engine.gan.checkpoints import save_generator
 
     model = tmp_path / "g.safetensors"
     save_generator(G, model, source="random tiny test model")
@@ -168,8 +168,8 @@ def test_a_read_only_frame_is_translated_without_a_numpy_warning(G, tmp_path, ph
     code = "\n".join([
         "import warnings", "import numpy as np",
         "warnings.filterwarnings('error', message='.*not writable')",
-        "from engine import translator as T",
-        "from engine.checkpoints import load_generator",
+        "from engine.tools import translator as T",
+        "from engine.gan.checkpoints import load_generator",
         f"tr = T.Translator.load({str(encoder)!r}, load_generator({str(model)!r}))",
         "tr.set_latent(1)",
         f"frame = np.load({str(tmp_path / 'frame.npy')!r})",
@@ -211,7 +211,7 @@ def test_translate_photo_shapes_latent_and_bends(G, tmp_path, photo):
 def test_translate_folder_and_video(G, tmp_path, photo):
     from PIL import Image
 
-    from engine.video import read_video_frames, write_video
+    from engine.base.video import read_video_frames, write_video
 
     tr = T.Translator.load(_saved(G, tmp_path / "enc"), G)
     src = tmp_path / "pics"
@@ -236,7 +236,7 @@ def test_cli_translate_and_train(G, tmp_path, photo, capsys):
     from PIL import Image
 
     from engine.__main__ import main
-    from engine.checkpoints import save_generator
+    from engine.gan.checkpoints import save_generator
 
     model = tmp_path / "tiny.safetensors"
     save_generator(G, model, source="test")
@@ -340,13 +340,13 @@ def test_two_cpu_processes_train_together(tmp_path):
 
 
 def test_default_model_translates_a_photo(photo):
-    from engine import zoo
+    from engine.models import zoo
 
     if not zoo.DEFAULT_MODEL_PATH.exists():
         pytest.skip("the embedded default model is not shipped yet (still training)")
     enc = zoo.DEFAULT_MODEL_PATH.parent / "encoder_b16"
     if not (enc / T.ENCODER_FILE).exists():
-        pytest.skip("the default model's encoder (engine/default_model/encoder_b16) is not "
+        pytest.skip("the default model's encoder (engine/models/default_model/encoder_b16) is not "
                     "trained yet")
     m = zoo.load("default")
     tr = T.Translator.load(enc, m.G, model_sha256=m.sha256)
@@ -359,8 +359,8 @@ def test_recipe_render_reuses_a_loaded_encoder_until_its_file_changes(G, tmp_pat
 
     from PIL import Image
 
-    from engine import recipe as R
-    from engine.recipe import Recipe, TranslatorSpec
+    from engine.recipes import recipe as R
+    from engine.recipes.recipe import Recipe, TranslatorSpec
 
     path = _saved(G, tmp_path / "enc")
     Image.fromarray(photo).save(tmp_path / "photo.png")

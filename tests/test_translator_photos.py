@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import translator as T
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.tools import translator as T
 
 TRAIN = dict(batch=2, stat_samples=8, eval_seeds=(), warmup=1, width=8, max_width=16,
              preview_every=0)
-SHIPPED = Path(__file__).resolve().parents[1] / "engine" / "default_model"
+SHIPPED = Path(__file__).resolve().parents[1] / "engine" / "models" / "default_model"
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_strength_zero_is_the_latents_own_image_and_one_the_encoders(G, tr):
 def test_strength_through_translate_and_frames(tr):
     pic = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     own = tr.translate(pic, 2, strength=0.0, anchor="latent")
-    from engine.latents import to_uint8
+    from engine.tools.latents import to_uint8
 
     with torch.no_grad():
         assert np.array_equal(own, to_uint8(tr.G.synthesis(tr.ws_for(2)))[0])
@@ -208,8 +208,8 @@ def test_framing_modes(tr):
 
 
 def test_recipe_carries_strength_and_framing(G, tmp_path):
-    from engine import recipe as R
-    from engine.latents import LatentSpec
+    from engine.recipes import recipe as R
+    from engine.tools.latents import LatentSpec
 
     torch.manual_seed(0)
     enc = T.make_encoder(G, width=8, max_width=16)
@@ -238,7 +238,7 @@ def test_recipe_carries_strength_and_framing(G, tmp_path):
 
 
 def test_layouts_are_correlations_of_pooled_luminance():
-    from engine import anchors as A
+    from engine.tools import anchors as A
 
     x = _images(3)
     lay = A.layouts(x)
@@ -257,7 +257,7 @@ def test_layouts_are_correlations_of_pooled_luminance():
 
 
 def test_anchor_bank_round_trip_and_lookup(G, tmp_path):
-    from engine import anchors as A
+    from engine.tools import anchors as A
 
     bank = A.build_bank(G, 24, first_seed=100, batch=10)
     assert bank.count == 24 and bank.weights_sha256 == T.weights_sha256(G)
@@ -292,7 +292,7 @@ def test_anchor_bank_round_trip_and_lookup(G, tmp_path):
 
 
 def test_render_towards_an_anchor_is_style_mixing_at_strength_zero(G, tr):
-    from engine import anchors as A
+    from engine.tools import anchors as A
 
     ws, anchor = tr.ws_for(3), A.seed_ws(G, [11])
     act = tr.encode(_images(1))
@@ -306,7 +306,7 @@ def test_render_towards_an_anchor_is_style_mixing_at_strength_zero(G, tr):
 
 
 def test_translate_with_the_match_anchor(G, tr, monkeypatch):
-    from engine import anchors as A
+    from engine.tools import anchors as A
 
     bank = A.build_bank(G, 16, batch=16)
     monkeypatch.setattr(A, "bank_for", lambda G_: bank)
@@ -327,7 +327,7 @@ def test_translate_with_the_match_anchor(G, tr, monkeypatch):
 
 
 def test_recipe_carries_the_anchor(G, tmp_path):
-    from engine import recipe as R
+    from engine.recipes import recipe as R
 
     spec = R.TranslatorSpec(encoder="enc", image=None, strength=0.3, anchor="match")
     r = R.Recipe(model="tiny", translator=spec)
@@ -340,8 +340,8 @@ def test_recipe_carries_the_anchor(G, tmp_path):
 
 
 def test_the_default_models_shipped_bank_is_its_own():
-    from engine import anchors as A
-    from engine import zoo
+    from engine.models import zoo
+    from engine.tools import anchors as A
 
     G = zoo.load("default").G
     bank = A.bank_for(G)
@@ -357,7 +357,7 @@ def test_the_default_models_shipped_bank_is_its_own():
 
 @pytest.mark.parametrize("folder", ["encoder_b16", "encoder_b8"])
 def test_shipped_encoders_load_and_reach_their_psnr(folder):
-    from engine import zoo
+    from engine.models import zoo
 
     m = zoo.load("default")
     tr = T.Translator.load(SHIPPED / folder, m.G, model_sha256=m.sha256)
@@ -390,8 +390,8 @@ def test_page_cli_and_library_give_the_same_picture_with_defaults(tmp_path):
     studio.render's render), the CLI with no options and Translator.translate with no options."""
     from skimage import data
 
-    from engine import zoo
     from engine.__main__ import main
+    from engine.models import zoo
     from studio import render, translation
     from studio import session as S
     from studio.session import new_session
@@ -424,7 +424,7 @@ def test_page_cli_and_library_give_the_same_picture_with_defaults(tmp_path):
 def test_anchors_are_matched_on_colour_and_blended_by_similarity(G):
     """Two pictures with one luminance layout but other colours find other anchors; the
     anchor is the softmax-weighted mean w of the most alike bank images."""
-    from engine import anchors as A
+    from engine.tools import anchors as A
 
     bank = A.build_bank(G, 64, first_seed=200, batch=32)
     grey = torch.linspace(-0.8, 0.8, 32).view(1, 1, 1, 32).expand(1, 3, 32, 32)

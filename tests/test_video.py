@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from engine.errors import StudioError
-from engine.video import VideoCancelled, read_video_frames, write_video
+from engine.base.errors import StudioError
+from engine.base.video import VideoCancelled, read_video_frames, write_video
 
 
 def frames(n: int = 8, h: int = 32, w: int = 48):

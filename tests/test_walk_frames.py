@@ -1,5 +1,5 @@
 """Walks and sweeps have one frame source (issue 32): the mp4 the Explore and Bend tabs write
-and "Play live" on the canvas render the same recipes (engine.recipe.walk_ws / at_ws /
+and "Play live" on the canvas render the same recipes (engine.recipes.recipe.walk_ws / at_ws /
 sweep_values) through the same renderer, so their frames are the same, bends included.
 
 The pre-encode frames are compared bit for bit; the mp4 itself is lossy (H.264 in yuv420p),
@@ -11,9 +11,9 @@ import dataclasses
 
 import numpy as np
 
-from engine import recipe
-from engine.bending import ChannelSelection
-from engine.video import read_video_frames
+from engine.base.video import read_video_frames
+from engine.recipes import recipe
+from engine.tools.bending import ChannelSelection
 from studio import live, models, render, videos
 from studio import session as S
 

@@ -1,4 +1,5 @@
-"""engine.zoo: catalogue, specs, Hub download/convert/cache (through a loopback fake Hub), LRU.
+"""engine.models.zoo: catalogue, specs, Hub download/convert/cache (through a loopback fake
+Hub), LRU.
 
 Every Hub test runs the real `huggingface_hub.hf_hub_download` against tests/helpers/hub.py on
 127.0.0.1 with a fresh HF_HOME, so nothing here touches the internet.
@@ -17,10 +18,10 @@ import pytest
 import torch
 from conftest import make_tiny_generator
 
-from engine import zoo
 from engine.__main__ import main
-from engine.checkpoints import save_generator, sha256_file, sidecar_path
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.gan.checkpoints import save_generator, sha256_file, sidecar_path
+from engine.models import zoo
 from tests.helpers.hub import FakeHub
 
 REPO = "acme/tiny-gan"
@@ -142,7 +143,7 @@ def test_default_model():
     if not zoo.DEFAULT_MODEL_PATH.exists():
         with pytest.raises(StudioError, match="default model is missing"):
             zoo.load("default")
-        pytest.skip("engine/default_model/faces64.safetensors is not trained yet")
+        pytest.skip("engine/models/default_model/faces64.safetensors is not trained yet")
     m = zoo.load("default")
     assert m.resolution == 64 and m.id == "default" and len(m.sha256) == 64
 

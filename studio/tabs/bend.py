@@ -6,8 +6,8 @@ from typing import Any
 
 import gradio as gr
 
-from engine.bending import OPERATIONS, WEIGHT_OPERATIONS, WeightEdit, undone_by_demodulation
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.tools.bending import OPERATIONS, WEIGHT_OPERATIONS, WeightEdit, undone_by_demodulation
 from studio import files, live, render, videos
 from studio import session as S
 from studio.jobs import frames_job

@@ -8,8 +8,8 @@ from typing import Any
 
 import gradio as gr
 
-from engine import bend_import, recipe
-from engine.errors import StudioError
+from engine.base.errors import StudioError
+from engine.recipes import bend_import, recipe
 from studio import files, models, recipe_files, uploads
 from studio import session as S
 from studio.limits import LIMITS
@@ -79,7 +79,7 @@ def show_recipe(ui: UI, sess: Session) -> str:
 @user_errors
 def save_bundle(ui: UI, sess: Session) -> dict[Any, Any]:
     """Write the recipe and every file it names (picture, encoder, uploaded model) to a
-    zip that renders the same image on any machine (engine/bundle.py)."""
+    zip that renders the same image on any machine (engine/recipes/bundle.py)."""
     sess = need(sess)
     return {ui.rec_file: str(recipe_files.save_bundle(sess)), ui.rec_code: sess.recipe.to_json()}
 
@@ -134,7 +134,7 @@ def import_note(warnings: list[str]) -> str:
 @user_errors
 def apply_json(ui: UI, sess: Session, text: str) -> dict[Any, Any]:
     """The recipe JSON as edited in the viewer becomes the session's recipe."""
-    from engine.recipe import Recipe
+    from engine.recipes.recipe import Recipe
     sess = need(sess)
     return apply_recipe(ui, sess, Recipe.from_json(text or ""))
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine import latents
+from engine.tools import latents
 from studio import files, models, render, uploads, videos
 from studio import session as S
 from studio.jobs import frames_job, progress_fn

@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.blend import describe
+from engine.tools.blend import describe
 from studio import files, models, teach, uploads
 from studio import session as S
 from studio.limits import LIMITS

@@ -46,7 +46,7 @@ def layout(ui: UI) -> None:
 
 def frames_for(seconds: float, fps: float) -> int:
     """Frames for `seconds` at `fps`, at least 1 and at most the limit."""
-    from engine.errors import StudioError
+    from engine.base.errors import StudioError
 
     frames = max(1, round(float(seconds) * float(fps)))
     if frames > LIMITS.music_video_frames:
@@ -61,7 +61,7 @@ def render_music_video(ui: UI, sess: Session, track: object, start: float, secon
                        fps: float, size: str = "256",
                        progress: gr.Progress = gr.Progress()) -> str | None:
     """The session's recipe played by the uploaded track, as an mp4 with the track."""
-    from engine.errors import StudioError
+    from engine.base.errors import StudioError
 
     sess = need(sess)
     if track is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine.errors import StudioError
+from engine.base.errors import StudioError
 from studio import files, sources
 from studio.jobs import frames_job
 from studio.limits import LIMITS
@@ -95,7 +95,7 @@ def layout(ui: UI) -> None:
 def render_recording(ui: UI, sess: Session, fps: float, size: str = "256",
                      progress: gr.Progress = gr.Progress()) -> str:
     """The last recording of this session's live page, every frame rendered in full."""
-    from engine import performance
+    from engine.recipes import performance
     sess = need(sess)
     perf = getattr(sess, "performance", None)
     if perf is None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from engine.latents import ws_to_list
+from engine.tools.latents import ws_to_list
 from studio import models, projection, render, uploads, videos
 from studio import session as S
 from studio.jobs import LANE, progress_fn

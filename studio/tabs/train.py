@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 import torch
 
-from engine.errors import StudioError
+from engine.base.errors import StudioError
 from studio import finetune, gpu, models
 from studio.jobs import LANE, polled_job, progress_fn
 from studio.limits import LIMITS

@@ -7,8 +7,8 @@ from typing import Any
 
 import gradio as gr
 
-from engine.errors import StudioError
-from engine.translator import DEFAULT_ANCHOR, DEFAULT_FRAMING, DEFAULT_STRENGTH, FRAMINGS
+from engine.base.errors import StudioError
+from engine.tools.translator import DEFAULT_ANCHOR, DEFAULT_FRAMING, DEFAULT_STRENGTH, FRAMINGS
 from studio import session as S
 from studio import translation
 from studio.jobs import LANE, polled_job, progress_fn

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL_FILE = REPO / "engine" / "default_model" / "faces64.safetensors"
+DEFAULT_MODEL_FILE = REPO / "engine" / "models" / "default_model" / "faces64.safetensors"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-dev-shm-usage"]
@@ -152,7 +152,7 @@ def download_recipe_file(page: Any, button: str, dest: Path) -> Path:
 
 def tiny_model_file(folder: Path) -> str:
     """A 32 px random generator saved in our checkpoint format (for fast API tests)."""
-    from engine.checkpoints import save_generator
+    from engine.gan.checkpoints import save_generator
     from tests.conftest import make_tiny_generator
 
     path = folder / "tiny.safetensors"

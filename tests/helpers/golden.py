@@ -3,7 +3,7 @@
 Weights are drawn by sorted state-dict name, so the cases do not depend on the order in which
 modules create their parameters. This file (then tests/golden_stylegan2.py), run as a script,
 rewrote tests/data/stylegan2_golden.npz with the generator of commit 8c07525 (before the fast
-primitives of engine/ops.py); rerunning it now would only copy the fast path onto itself.
+primitives of engine/gan/ops.py); rerunning it now would only copy the fast path onto itself.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from engine.stylegan2 import Generator, GeneratorConfig  # noqa: E402
+from engine.gan.stylegan2 import Generator, GeneratorConfig  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "stylegan2_golden.npz"
 BASE = dict(z_dim=32, w_dim=32, resolution=32, channel_base=2048, channel_max=64,

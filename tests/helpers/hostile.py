@@ -232,8 +232,8 @@ def wide_encoder(folder: Path, width: int = 2048) -> Path:
 
 _PROBE = r"""
 import json, sys
-import engine.checkpoints, engine.translator
-from engine.errors import StudioError
+import engine.gan.checkpoints, engine.tools.translator
+from engine.base.errors import StudioError
 
 def status_kib(field):
     with open("/proc/self/status") as f:
@@ -245,15 +245,15 @@ for kind, path in zip(sys.argv[1::2], sys.argv[2::2]):
     before = status_kib("VmRSS")
     try:
         if kind == "encoder":
-            engine.translator.load_encoder(path)
+            engine.tools.translator.load_encoder(path)
         elif kind == "bundle":  # unpacked beside itself, into <path>.unpacked
-            import engine.bundle
-            engine.bundle.read_bundle(path, path + ".unpacked")
+            import engine.recipes.bundle
+            engine.recipes.bundle.read_bundle(path, path + ".unpacked")
         elif kind == "control":  # what a real allocation of that many MiB measures as
             block = bytearray(int(path) << 20)
             del block
         else:
-            engine.checkpoints.read_checkpoint(path)
+            engine.gan.checkpoints.read_checkpoint(path)
         message = None
     except StudioError as exc:
         message = str(exc)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.stylegan2 import Discriminator, Generator, make_resample_filter
+from engine.gan.stylegan2 import Discriminator, Generator, make_resample_filter
 
 
 def assert_one_sentence(err: Exception) -> None:

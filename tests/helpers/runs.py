@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from engine.train_gan import TrainConfig
+from engine.training.train_gan import TrainConfig
 from tests.helpers.browser import REPO
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
