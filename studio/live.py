@@ -278,9 +278,13 @@ def render_play(make: Callable[[], Session]) -> tuple[bytes, int]:
     return _jpeg(pic), shown
 
 
-def translate_cam(sess: Session, encoder: str, jpeg: bytes) -> bytes:
-    """One webcam frame (JPEG bytes, through the one checked reader) translated, as JPEG."""
-    return _jpeg(translation.translate_frame(sess, _encoder_path(sess, encoder), jpeg))
+def translate_cam(sess: Session, encoder: str, jpeg: bytes) -> tuple[bytes, int]:
+    """One webcam frame (JPEG bytes, through the one checked reader) translated, as JPEG,
+    within the frame budget (a preview of an earlier block when the whole picture would not
+    fit); (JPEG, 0 or the preview's block resolution)."""
+    out, shown = translation.translate_frame_within(sess, _encoder_path(sess, encoder), jpeg,
+                                                    budget_s())
+    return _jpeg(out), shown
 
 
 def play_frames(sess: Session, msg: dict[str, Any]

@@ -184,11 +184,51 @@ def translate_frame(sess: Session, encoder: str, frame: Any,
     """One webcam frame through the encoder, with the session's latent and bends, at a domain
     strength (blending towards `anchor`) and framing. The frame goes through the same
     checked reader as every other picture (pixel cap included)."""
-    frame = np.asarray(uploads.open_image(frame))
+    tr = _frame_translator(sess, encoder, strength, framing, anchor)
+    return tr.translate_frame(np.asarray(uploads.open_image(frame)))
+
+
+@interactive
+@gpu(lambda sess, **_: image_seconds(sess.model, 2),
+     cpu_if=lambda sess, **_: small(sess.model))
+def translate_frame_within(sess: Session, encoder: str, frame: Any, budget_s: float,
+                           strength: float = TRANSLATE_DEFAULTS.strength,
+                           framing: str = TRANSLATE_DEFAULTS.framing,
+                           anchor: str = TRANSLATE_DEFAULTS.anchor) -> tuple[np.ndarray, int]:
+    """translate_frame within a frame budget, as the live canvas's drags: when the whole
+    picture would take
+    longer than budget_s (engine.incremental.BlockCosts, learnt from these frames), the
+    running image of the deepest block that fits, brought up to the model's size. Returns
+    (the frame, 0 or the preview's block resolution)."""
+    from PIL import Image
+
+    from engine import incremental
+    tr = _frame_translator(sess, encoder, strength, framing, anchor)
+    picture = np.asarray(uploads.open_image(frame))
+    G = tr.G
+    if not incremental.can_preview(G) or (gpu_mod.on_zerogpu() and not small(sess.model)):
+        return tr.translate_frame(picture), 0
+    costs = incremental.costs_for(G)
+    stop = incremental.preview_block(G, costs, budget_s, tr.layer, tr.layer)
+    seconds: dict[int, float] = {}
+    out = tr.translate_frame(picture, stop=stop, block_seconds=seconds)
+    seconds.pop(incremental.block_of(tr.layer), None)   # run only in part
+    costs.observe(seconds)
+    if stop is None:
+        return out, 0
+    res = G.cfg.resolution
+    return np.asarray(Image.fromarray(out).resize((res, res), Image.Resampling.BILINEAR)), \
+        int(stop[1:])
+
+
+def _frame_translator(sess: Session, encoder: str, strength: float, framing: str,
+                      anchor: str) -> Any:
+    """The session's webcam Translator set to its latent and bends, strength, framing and
+    anchor."""
     tr = S.live_translator(sess, encoder, load(sess.model))
     m = load(sess.model)
     r = sess.recipe
     taps, wtaps = bending.make_taps(m.G, r.bends, r.weight_edits, model_key=m.sha256)
     tr.set_latent(r.latent, taps=taps, weight_taps=wtaps, noise_mode=r.latent.noise_mode,
                   strength=strength, framing=framing, anchor=anchor)
-    return tr.translate_frame(frame)
+    return tr

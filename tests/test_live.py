@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import engine
@@ -275,6 +276,42 @@ def test_a_walk_played_live_on_a_big_model_comes_as_previews_within_the_budget(
     assert np.asarray(Image.open(io.BytesIO(frames[0][1]))).shape == (256, 256, 3)
     monkeypatch.setenv("STUDIO_LIVE_BUDGET_MS", "1000000")
     assert [res for (_, seq, _, res), _ in _play_walk(sess, 8)] == [0, 0, 0]
+
+
+def test_webcam_frames_of_a_big_model_come_within_the_budget(tmp_path, monkeypatch) -> None:
+    """As a drag: a webcam frame whose whole translation would not fit the frame budget is
+    the running image of an earlier block brought up to 256 px (b32: the encoder writes b16,
+    and previews start at 32); with room it is the whole translation, translate_frame's."""
+    from engine import anchors
+    from engine import translator as T
+    from engine.checkpoints import save_generator
+    from studio import models, translation
+    from tests.conftest import make_tiny_generator
+
+    monkeypatch.setenv("ACTIVATION_STUDIO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(anchors, "build_count", lambda G: 64)
+    path = tmp_path / "g256.safetensors"
+    save_generator(make_tiny_generator(0, resolution=256, channel_base=2048, channel_max=16),
+                   path, source="random test model")
+    sess = S.new_session(str(path))
+    G = models.load(str(path)).G
+    anchors.bank_for(G)   # the default anchor picks from it (made by the Translate button)
+    torch.manual_seed(0)
+    enc = translation.encoder_dir(sess) / "enc"   # trained here: the page's list has it
+    encoder = str(T.save_encoder(
+        T.make_encoder(G, "b16.conv1", width=8, max_width=16), enc,
+        meta={"base_model_id": "g256", "base_model_sha256": "f" * 64,
+              "base_model_weights_sha256": T.weights_sha256(G)}))
+    frame = (np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8)
+    monkeypatch.setenv("STUDIO_LIVE_BUDGET_MS", "0")
+    data, shown = live.translate_cam(sess, encoder, live._jpeg(frame))
+    assert shown == 32
+    assert np.asarray(Image.open(io.BytesIO(data))).shape == (256, 256, 3)
+    monkeypatch.setenv("STUDIO_LIVE_BUDGET_MS", "1000000")
+    assert live.translate_cam(sess, encoder, live._jpeg(frame))[1] == 0
+    whole, shown = translation.translate_frame_within(sess, encoder, frame, 1000.0)
+    assert shown == 0
+    assert np.array_equal(whole, translation.translate_frame(sess, encoder, frame))
 
 
 def test_live_frames_of_a_stylegan3_model_are_whole_and_equal_engine_render(tmp_path) -> None:

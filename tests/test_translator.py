@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -377,3 +378,25 @@ def test_recipe_render_reuses_a_loaded_encoder_until_its_file_changes(G, tmp_pat
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     R.render(r, G)
     assert len(loads) == 2  # a newer file is read again
+
+
+def test_blending_renders_only_up_to_the_start_layer_for_its_activation(G, tmp_path, photo):
+    """Below strength 1 the latent's (or anchor's) activation at the start layer comes from
+    a render that stops after that layer's block, not a second whole picture; the frame is
+    the same as with a whole render."""
+    tr = T.Translator.load(_saved(G, tmp_path / "enc"), G)
+    calls: list[dict] = []
+    forward = type(G.synthesis).forward
+
+    def recorded(self, *args, **kwargs):
+        calls.append(kwargs)
+        return forward(self, *args, **kwargs)
+
+    with mock.patch.object(type(G.synthesis), "forward", recorded):
+        fast = tr.translate(photo, 1, strength=0.4, anchor="latent")
+    res = T.parse_layer(tr.layer)[0]
+    assert [c.get("stop") for c in calls] == [f"b{res}", None]
+    assert "capture" in calls[0] and "start" in calls[1]
+    with mock.patch.object(T, "can_stop_early", lambda G: False):
+        whole = tr.translate(photo, 1, strength=0.4, anchor="latent")
+    assert np.array_equal(fast, whole)

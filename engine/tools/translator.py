@@ -1416,6 +1416,14 @@ def frame_pictures(img: torch.Tensor, size: int, framing: str = "crop") -> torch
     return out
 
 
+def can_stop_early(G: nn.Module) -> bool:
+    """Whether G's synthesis can end after a block (`stop`): StyleGAN2's skip architecture,
+    whose blocks each add to a running image."""
+    from engine.stylegan2 import SynthesisNetwork
+
+    return isinstance(G.synthesis, SynthesisNetwork) and G.cfg.architecture == "skip"
+
+
 def start_skip_name(layer: str) -> str | None:
     """The running RGB image a start at `layer` continues from (`b{res/2}.img`); None at
     the first block."""
@@ -1582,8 +1590,11 @@ class Translator:
                noise_mode: str = "const", taps: dict | None = None,
                weight_taps: dict | None = None,
                noise_generator: torch.Generator | None = None,
-               anchor_ws: torch.Tensor | None = None) -> torch.Tensor:
+               anchor_ws: torch.Tensor | None = None, stop: str | None = None,
+               block_seconds: dict[int, float] | None = None) -> torch.Tensor:
         """The layer's activation `act` (from the encoder) rendered through the rest of G.
+        `stop` and `block_seconds` go to the synthesis that draws it (a preview ends after
+        block `stop`: StyleGAN2 skip only; see its forward).
 
         Domain strength s blends the picture with a latent's own activation at the start
         layer, that of `anchor_ws` when given (engine/tools/anchors.py), else of ws:
@@ -1600,9 +1611,11 @@ class Translator:
         """
         strength = check_strength(strength)
         kw = dict(noise_mode=noise_mode, taps=taps, weight_taps=weight_taps)
+        last = {k: v for k, v in (("stop", stop), ("block_seconds", block_seconds))
+                if v is not None}
         if strength >= 1.0:
             return self.G.synthesis(ws, start=(self.layer, act),
-                                    noise_generator=noise_generator, **kw)
+                                    noise_generator=noise_generator, **kw, **last)
         noise = None
         if noise_mode == "random":  # both renders must read the same noise
             gen = noise_generator or torch.Generator().manual_seed(0)
@@ -1610,7 +1623,13 @@ class Translator:
         skip_name = start_skip_name(self.layer)
         wanted = [self.layer] + ([skip_name] if skip_name else [])
         own_ws = ws if anchor_ws is None else anchor_ws
+        # Only the start layer's activation (and the image entering it) is wanted from this
+        # render: a network that can stop early (StyleGAN2 skip) ends after the start
+        # layer's block instead of drawing a second whole picture; the same values.
+        if can_stop_early(self.G):
+            kw["stop"] = f"b{parse_layer(self.layer)[0]}"
         _, own = self.G.synthesis(own_ws, capture=wanted, noise=noise, **kw)
+        kw.pop("stop", None)
         mixed = strength * act + (1 - strength) * own[self.layer]
         start = (self.layer, mixed)
         if skip_name:
@@ -1619,7 +1638,7 @@ class Translator:
             from engine.tools import anchors
 
             ws = anchors.with_latent(self.G, anchor_ws, ws)
-        return self.G.synthesis(ws, start=start, noise=noise, **kw)
+        return self.G.synthesis(ws, start=start, noise=noise, **kw, **last)
 
     @torch.inference_mode()
     def translate_tensor(self, images: Any, ws: Any = None,
@@ -1703,10 +1722,13 @@ class Translator:
         self._noise_seed = int(noise_seed)
 
     @torch.inference_mode()
-    def translate_frame(self, frame: np.ndarray) -> np.ndarray:
+    def translate_frame(self, frame: np.ndarray, stop: str | None = None,
+                        block_seconds: dict[int, float] | None = None) -> np.ndarray:
         """One uint8 HxWx3 frame (a webcam image) -> one translated uint8 frame, fast.
 
         Uses the ws cached by set_latent (seed 0 if never set); no per-frame mapping pass.
+        stop `b{res}`: a preview, the running image after that block (res x res); block_seconds
+        is filled with each block's seconds (render).
         """
         if self._ws is None:
             self.set_latent(None)
@@ -1733,7 +1755,8 @@ class Translator:
         if self._frame_kwargs.get("noise_mode") == "random":  # CPU: device-independent
             gen = torch.Generator().manual_seed(self._noise_seed)
         img = self.render(act, self._ws, self._frame_strength, **self._frame_kwargs,
-                          noise_generator=gen, anchor_ws=anchor)
+                          noise_generator=gen, anchor_ws=anchor, stop=stop,
+                          block_seconds=block_seconds)
         out = (img[0] * 127.5 + 128).clamp(0, 255).to(torch.uint8)
         return out.permute(1, 2, 0).cpu().numpy()
 
