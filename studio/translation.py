@@ -197,12 +197,12 @@ def translate_frame_within(sess: Session, encoder: str, frame: Any, budget_s: fl
                            anchor: str = TRANSLATE_DEFAULTS.anchor) -> tuple[np.ndarray, int]:
     """translate_frame within a frame budget, as the live canvas's drags: when the whole
     picture would take
-    longer than budget_s (engine.incremental.BlockCosts, learnt from these frames), the
+    longer than budget_s (engine.recipes.incremental.BlockCosts, learnt from these frames), the
     running image of the deepest block that fits, brought up to the model's size. Returns
     (the frame, 0 or the preview's block resolution)."""
     from PIL import Image
 
-    from engine import incremental
+    from engine.recipes import incremental
     tr = _frame_translator(sess, encoder, strength, framing, anchor)
     picture = np.asarray(uploads.open_image(frame))
     G = tr.G

@@ -282,9 +282,9 @@ def test_webcam_frames_of_a_big_model_come_within_the_budget(tmp_path, monkeypat
     """As a drag: a webcam frame whose whole translation would not fit the frame budget is
     the running image of an earlier block brought up to 256 px (b32: the encoder writes b16,
     and previews start at 32); with room it is the whole translation, translate_frame's."""
-    from engine import anchors
-    from engine import translator as T
-    from engine.checkpoints import save_generator
+    from engine.gan.checkpoints import save_generator
+    from engine.tools import anchors
+    from engine.tools import translator as T
     from studio import models, translation
     from tests.conftest import make_tiny_generator
 

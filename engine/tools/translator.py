@@ -1419,7 +1419,7 @@ def frame_pictures(img: torch.Tensor, size: int, framing: str = "crop") -> torch
 def can_stop_early(G: nn.Module) -> bool:
     """Whether G's synthesis can end after a block (`stop`): StyleGAN2's skip architecture,
     whose blocks each add to a running image."""
-    from engine.stylegan2 import SynthesisNetwork
+    from engine.gan.stylegan2 import SynthesisNetwork
 
     return isinstance(G.synthesis, SynthesisNetwork) and G.cfg.architecture == "skip"
 
