@@ -122,3 +122,53 @@ def test_midi_and_microphone_drive_the_canvas_through_learned_mappings() -> None
         page.click("#perf-mic")                                  # stop
         assert page.evaluate("window.studioPerform.mic") is None
         browser.close()
+
+
+# A microphone that is a tone the test sets (window.__tone(hz, gain)), instead of the
+# device's: the page's features must tell bass from treble, loud from quiet, and onsets.
+TONE_MIC = """
+navigator.mediaDevices.getUserMedia = async () => {
+  const ctx = new AudioContext();
+  const osc = ctx.createOscillator(), gain = ctx.createGain();
+  const out = ctx.createMediaStreamDestination();
+  osc.connect(gain).connect(out);
+  osc.start();
+  window.__tone = (hz, level) => { osc.frequency.value = hz; gain.gain.value = level; };
+  window.__tone(100, 0.5);
+  return out.stream;
+};
+"""
+
+
+@pytest.mark.browser
+def test_microphone_features_tell_bands_loudness_and_onsets_apart() -> None:
+    playwright = pytest.importorskip("playwright.sync_api")
+    with studio_server("default", env={"STUDIO_OSC": "off"}) as url, \
+            playwright.sync_playwright() as p:
+        browser = launch_chromium(p)
+        context = browser.new_context()
+        context.add_init_script(TONE_MIC)
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(url)
+        page.wait_for_function("window.studioLive && window.studioLive.mode === 'live'")
+        page.click("#perf-open")
+        page.click("#perf-mic")
+
+        def settled(hz: float, level: float) -> dict:
+            page.evaluate(f"window.__tone({hz}, {level})")
+            page.wait_for_timeout(400)            # the analyser's window moves on
+            return page.evaluate("window.studioPerform.features")
+
+        page.wait_for_function("window.studioPerform.features !== undefined")
+        low, high = settled(100, 0.5), settled(8000, 0.5)
+        assert low["bass"] > low["treble"] + 0.3, low
+        assert high["treble"] > high["bass"] + 0.3, high
+        quiet = settled(1000, 0.01)
+        assert quiet["loudness"] < settled(1000, 0.5)["loudness"] - 0.3
+        settled(1000, 0.0)
+        page.evaluate("window.__onsets = 0; setInterval(() => { window.__onsets += "
+                      "window.studioPerform.features.onset; }, 33)")
+        page.evaluate("window.__tone(1000, 0.8)")        # a note starts: an onset
+        page.wait_for_function("window.__onsets > 0", timeout=5_000)
+        browser.close()
