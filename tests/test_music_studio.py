@@ -7,20 +7,25 @@ import pytest
 
 from engine.base import audio
 from tests.helpers.audio_tracks import tone_track, write_wav
-from tests.helpers.browser import studio_client, studio_server, tiny_model_file
+from tests.helpers.browser import studio_server, tiny_model_file
 
 gradio_client = pytest.importorskip("gradio_client")
 
 
 def test_an_uploaded_track_becomes_a_music_video_with_its_audio(tmp_path):
-    from gradio_client import handle_file
+    import ssl
+
+    from gradio_client import Client, handle_file
 
     samples, _ = tone_track(2.0, audio.SAMPLE_RATE)
     track = write_wav(tmp_path / "song.wav", samples, audio.SAMPLE_RATE)
     model = tiny_model_file(tmp_path)
     with studio_server(model, env={"STUDIO_OUTPUT_DIR": str(tmp_path / "out"),
                                    "STUDIO_MAX_MUSIC_VIDEO_FRAMES": "12"}) as url:
-        client = studio_client(url)
+        # gradio_client gives uploads and downloads 20 s, which a loaded machine (load 15
+        # on 2 cores) once exceeded here: a patient client.
+        client = Client(url, verbose=False, ssl_verify=ssl.create_default_context(),
+                        httpx_kwargs={"timeout": 180})
         client.predict(model, api_name="/load_model")
         video = client.predict(handle_file(str(track)), 0.5, 1.0, 6, "0",
                                api_name="/render_music_video")
