@@ -44,7 +44,9 @@ Defaults are chosen on the tuning half only; the sheet (--sheet) shows the held-
 
     python benchmarks/bench_translator.py --what halves [--halves tuning,held_out]
         [--settings b16:default,b16:1,b16:0.3:match:blend=1:latent=2]   (knobs: blend,
-        sharp, latent, psi set engine.tools.anchors' BLEND, BLEND_SHARPNESS, LATENT_BLOCKS, PSI)
+        sharp, latent, psi set engine.tools.anchors' BLEND, BLEND_SHARPNESS, LATENT_BLOCKS, PSI;
+        fit=N the match anchor's fit steps, 0 the bank's alone; cells, lr set
+        engine.tools.translate_match's FIT_CELLS, FIT_LR)
 """
 
 from __future__ import annotations
@@ -428,7 +430,7 @@ def bench_halves(G: Generator, encoders: dict[str, str], settings: list[str],
                    "variety": round(variety(by_latent, samples_a), 3),
                    "fidelity_psnr_db": round(fidelity_at(
                        G, tr, kw.get("strength", T.DEFAULTS.strength),
-                       kw.get("anchor", T.DEFAULTS.anchor)), 2)}
+                       kw.get("anchor", T.DEFAULTS.anchor), kw.get("fit_steps")), 2)}
             rows.append(row)
             print(row, flush=True)
             tiles[setting] = {k: by_latent[0][i] for i, k in enumerate(names)}
@@ -444,6 +446,7 @@ def bench_halves(G: Generator, encoders: dict[str, str], settings: list[str],
 
 ANCHOR_KNOBS = {"blend": "BLEND", "sharp": "BLEND_SHARPNESS", "latent": "LATENT_BLOCKS",
                 "psi": "PSI"}   # setting 'b16:0.3:match:blend=1:latent=2' -> engine.tools.anchors
+MATCH_KNOBS = {"cells": "FIT_CELLS", "lr": "FIT_LR"}   # -> engine.tools.translate_match
 
 
 def _setting_kwargs(text: str) -> dict:
@@ -454,13 +457,20 @@ def _setting_kwargs(text: str) -> dict:
     parts = text.split(":")
     knobs = dict(p.split("=") for p in parts if "=" in p)
     parts = [p for p in parts if "=" not in p]
-    for name, const in ANCHOR_KNOBS.items():   # back to the shipped values, then the knobs
-        setattr(anchors, const, _SHIPPED_KNOBS.setdefault(const, getattr(anchors, const)))
+    from engine.tools import translate_match
+
+    for name, (module, const) in {**{k: (anchors, c) for k, c in ANCHOR_KNOBS.items()},
+                                  **{k: (translate_match, c) for k, c in MATCH_KNOBS.items()}
+                                  }.items():   # back to the shipped values, then the knobs
+        setattr(module, const, _SHIPPED_KNOBS.setdefault(const, getattr(module, const)))
         if name in knobs:
-            setattr(anchors, const, type(getattr(anchors, const))(float(knobs[name])))
-    if parts == ["default"]:
-        return {}
-    return {"strength": float(parts[0]), "anchor": parts[1] if len(parts) > 1 else "latent"}
+            setattr(module, const, type(getattr(module, const))(float(knobs[name])))
+    kw: dict = {}
+    if parts != ["default"]:
+        kw = {"strength": float(parts[0]), "anchor": parts[1] if len(parts) > 1 else "latent"}
+    if "fit" in knobs:   # the match anchor's fit steps (engine/tools/translate_match.py)
+        kw["fit_steps"] = int(knobs["fit"])
+    return kw
 
 
 _SHIPPED_KNOBS: dict[str, float] = {}
@@ -488,8 +498,8 @@ def anchors_alone(G: Generator, framed: np.ndarray, samples: np.ndarray, floor: 
 
 
 @torch.no_grad()
-def fidelity_at(G: Generator, tr: T.Translator, strength: float, anchor: str = "latent"
-                ) -> float:
+def fidelity_at(G: Generator, tr: T.Translator, strength: float, anchor: str = "latent",
+                fit_steps: int | None = None) -> float:
     """PSNR of translating the model's own images (held-out seeds) at a strength, with
     their own latents (blended towards them, or towards the anchor their layout finds)."""
     from engine.tools.latents import seed_to_z
@@ -498,7 +508,8 @@ def fidelity_at(G: Generator, tr: T.Translator, strength: float, anchor: str = "
     ws = G.mapping(z, None)
     img = G.synthesis(ws)
     act = tr.encode(img)
-    out = tr.render(act, ws, strength, anchor_ws=tr.anchor_for(img, ws, strength, anchor))
+    out = tr.render(act, ws, strength,
+                    anchor_ws=tr.anchor_for(img, ws, strength, anchor, fit_steps))
     return float(T.psnr(out, img).mean())
 
 

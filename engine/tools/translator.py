@@ -1378,6 +1378,8 @@ class TranslateDefaults:
     noise_mode: str = "const"       # per-layer noise: const, random or none
     seed: float = 0.0               # the latent when none is given
     psi: float = 0.7                # its truncation (the page starts at seed 0, psi 0.7)
+    fit_steps: int = 20             # the match anchor's quick fit to the picture's colours
+                                    # (engine/tools/translate_match.py; 0: the bank's alone)
 
 
 DEFAULTS = TranslateDefaults()
@@ -1646,36 +1648,43 @@ class Translator:
                          taps: dict | None = None, weight_taps: dict | None = None,
                          noise_generator: torch.Generator | None = None,
                          input_size: int | None = None, framing: str = DEFAULT_FRAMING,
-                         strength: float = DEFAULT_STRENGTH, anchor: str = DEFAULT_ANCHOR
-                         ) -> torch.Tensor:
+                         strength: float = DEFAULT_STRENGTH, anchor: str = DEFAULT_ANCHOR,
+                         fit_steps: int | None = None) -> torch.Tensor:
         """Pictures -> translated images, float NCHW in [-1, 1] at the model's resolution."""
         x = self.frame(images, framing, input_size)
         act = self.encode(x, input_size)
         ws = self.ws_for(ws, act.shape[0])
         return self.render(act, ws, strength, noise_mode, taps, weight_taps, noise_generator,
-                           self.anchor_for(x, ws, strength, anchor))
+                           self.anchor_for(x, ws, strength, anchor, fit_steps))
 
     def anchor_for(self, pictures: torch.Tensor, ws: torch.Tensor, strength: float,
-                   anchor: str) -> torch.Tensor | None:
+                   anchor: str, fit_steps: int | None = None) -> torch.Tensor | None:
         """The anchor ws render blends towards (None: the latent's own), for framed
-        pictures; none is looked up when the strength leaves nothing to blend."""
+        pictures: the bank's most alike sample fitted to each picture's coarse colours in
+        `fit_steps` steps (DEFAULTS.fit_steps; engine/tools/translate_match.py), or with 0 steps
+        the bank's blend (engine/tools/anchors.py). None is looked up when the strength leaves
+        nothing to blend."""
         if check_anchor(anchor) == "latent" or check_strength(strength) >= 1.0:
             return None
-        from engine.tools import anchors
+        from engine.tools import anchors, translate_match
 
+        steps = DEFAULTS.fit_steps if fit_steps is None else int(fit_steps)
+        if steps > 0:
+            return translate_match.fit_anchor_ws(self.G, pictures, ws, steps).to(ws)
         return anchors.anchor_ws(self.G, pictures, ws)
 
     def translate(self, images: Any, latent: Any = None, taps: dict | None = None,
                   weight_taps: dict | None = None, noise_mode: str | None = None,
                   noise_seed: int = 0, input_size: int | None = None,
                   framing: str = DEFAULT_FRAMING, strength: float = DEFAULT_STRENGTH,
-                  anchor: str = DEFAULT_ANCHOR,
+                  anchor: str = DEFAULT_ANCHOR, fit_steps: int | None = None,
                   return_framed: bool = False) -> Any:
         """Pictures (PIL / uint8 HxWx3 / list / NCHW tensor) -> uint8 images.
 
         latent: ws, a LatentSpec, or a seed. One picture in gives HxWx3 out; a batch gives
         [N, H, W, 3]. framing: 'crop', 'fit' or 'pad' (frame_pictures); strength: the
-        domain strength and anchor what it blends towards (render, ANCHORS). With
+        domain strength and anchor what it blends towards (render, ANCHORS), fit_steps
+        the match anchor's fit (anchor_for; None: DEFAULTS.fit_steps). With
         return_framed, (translations, framed inputs): the second is exactly what the encoder
         saw, uint8 at its input size.
         """
@@ -1692,7 +1701,8 @@ class Translator:
         with torch.inference_mode():
             x = self.frame(images, framing, input_size)
         out = to_uint8(self.translate_tensor(x, latent, noise_mode, taps, weight_taps, gen,
-                                             input_size, strength=strength, anchor=anchor))
+                                             input_size, strength=strength, anchor=anchor,
+                                             fit_steps=fit_steps))
         if return_framed:
             seen = to_uint8(x)
             return (out[0], seen[0]) if single else (out, seen)
