@@ -79,27 +79,22 @@ def learn(sess: Session, msg: dict[str, Any]) -> None:
 
 def _target(sess: Session, msg: dict[str, Any]) -> str:
     """The field a learn message names: a path, the bend editor's slider `slot` (the bend
-    being edited) or the weight editor's amount of edit `weight`."""
-    from engine.tools.bending import OPERATIONS, WEIGHT_OPERATIONS
-    if msg.get("slot") is not None:
-        cur = sess.current
-        if cur is None or not 0 <= cur < len(sess.recipe.bends):
-            raise StudioError("click a bend first, then its slider.")
-        names = [p.name for p in OPERATIONS[sess.recipe.bends[cur].op].params
-                 if p.type in ("float", "int")]
-        slot = msg.get("slot")
-        if not isinstance(slot, int) or not 0 <= slot < len(names):
-            raise StudioError("that slider is not one of this bend's numbers.")
-        return f"bends.{cur}.params.{names[slot]}"
-    if msg.get("weight") is not None:
-        index, edits = msg.get("weight"), sess.recipe.weight_edits
-        if not isinstance(index, int) or not 0 <= index < len(edits):
+    being edited) or the weight editor's amount of edit `weight` (the session layer says
+    which parameter each control sets, as for the sliders themselves)."""
+    from studio import session as S
+    slot, weight = msg.get("slot"), msg.get("weight")
+    if slot is not None:
+        name = S.slot_param(sess, "float", slot) if isinstance(slot, int) else None
+        if name is None:
+            raise StudioError("click a bend first, then one of its number sliders.")
+        return f"bends.{sess.current}.params.{name}"
+    if weight is not None:
+        if not isinstance(weight, int) or weight < 0:
             raise StudioError("choose a weight edit first, then its amount.")
-        names = [p.name for p in WEIGHT_OPERATIONS[edits[index].op].params
-                 if p.type == "float"]
-        if not names:
+        name = S.weight_amount_param(sess, weight)
+        if name is None:
             raise StudioError("this weight edit has no amount to map.")
-        return f"weight_edits.{index}.params.{names[0]}"
+        return f"weight_edits.{weight}.params.{name}"
     return check_path(msg.get("target"))
 
 

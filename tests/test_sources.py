@@ -240,3 +240,23 @@ def test_a_saved_state_comes_back_on_its_key() -> None:
     sess.recipe.bends.clear()
     with pytest.raises(StudioError, match="no longer fits"):
         live.apply(sess, [{"kind": "jump", "values": {"bends.0.params.angle": 45.0}}])
+
+
+def test_learn_finds_the_field_of_a_bend_slider_or_a_weight_amount() -> None:
+    """The page names a bend slider by its slot and the weight amount by its edit, as the
+    sliders' own messages do; the session layer says which parameter that is."""
+    from engine.recipes.recipe import WeightEdit
+    sess = _bent_session()
+    midi = {"kind": "midi", "type": "cc", "channel": 0, "number": 1}
+    live.apply(sess, [{"kind": "learn", "event": midi, "slot": 0, "name": "a"}])
+    assert sess.recipe.mappings[-1]["target"] == "bends.0.params.angle"
+    S.add_weight_edit(sess, WeightEdit(layer="b16.conv1", op="scale",
+                                       params={"factor": 1.0}))
+    live.apply(sess, [{"kind": "learn", "event": {**midi, "number": 2}, "weight": 0,
+                       "name": "b"}])
+    assert sess.recipe.mappings[-1]["target"] == "weight_edits.0.params.factor"
+    for bad, says in [({"slot": 9}, "one of its number sliders"),
+                      ({"weight": 5}, "there is no weight edit 5"),
+                      ({"weight": -1}, "choose a weight edit first")]:
+        with pytest.raises(StudioError, match=says):
+            live.apply(sess, [{"kind": "learn", "event": midi, "name": "c", **bad}])
