@@ -46,7 +46,8 @@ MODULES: dict[str, tuple[list[str], str | None, list[str]]] = {
     "recipe": (["tests/test_recipe.py"], "set_field or sweep",
                ["parse_path", "_step", "sweep_values"]),
     "bundle": (["tests/test_bundle.py"],
-               "renders_the_same or odd_file or hostile or bomb or budget or longer",
+               "renders_the_same or odd_file or hostile or bomb or budget or longer or "
+               "too_many or declaring or recipe_json or deflate_well",
                ["_safe_name", "_file_fields_named", "_checked_members", "_read_recipe",
                 "_extract_member"]),
 }

@@ -183,3 +183,77 @@ def test_a_member_longer_than_it_declares_is_refused_and_removed(tmp_path, monke
     with pytest.raises(StudioError, match="not the size it declares|not a recipe bundle"):
         read_bundle(path, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def _bundle_of(path, members: dict[str, bytes], recipe: bytes | None = None):
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("recipe.json", recipe if recipe is not None else
+                   Recipe(model="default").to_json())
+        for name, data in members.items():
+            z.writestr(name, data)
+    return path
+
+
+def test_a_bundle_of_too_many_files_is_refused(tmp_path):
+    from engine.recipes.bundle import MAX_MEMBERS
+
+    names = {f"inputs/0123456789abcdef-p{i}.png": b"x" for i in range(MAX_MEMBERS)}
+    with pytest.raises(StudioError, match=f"holds {MAX_MEMBERS + 1} files, more than "
+                                          f"{MAX_MEMBERS}"):
+        read_bundle(_bundle_of(tmp_path / "many.zip", names), tmp_path / "x")
+    names.popitem()  # recipe.json and 63 inputs: 64 files, the limit itself
+    read_bundle(_bundle_of(tmp_path / "fits.zip", names), tmp_path / "y")
+
+
+def test_a_bundle_declaring_more_than_its_budget_is_refused_before_any_member_is_read(
+        tmp_path, monkeypatch):
+    """The declared sizes are summed first: a bundle over budget by what it declares is
+    refused before a byte is written (the streaming budget alone would write up to the
+    limit first)."""
+    from engine.recipes import bundle
+
+    rng = np.random.RandomState(1)
+    path = _bundle_of(tmp_path / "big.zip", {"inputs/0123456789abcdef-a.png": rng.bytes(3 << 20),
+                                              "inputs/0123456789abcdef-b.png": rng.bytes(3 << 20)})
+    monkeypatch.setenv("STUDIO_MAX_BUNDLE_BYTES", str(5 << 20))
+    read = []
+    real = bundle._extract_member
+    monkeypatch.setattr(bundle, "_extract_member", lambda *a: read.append(a) or real(*a))
+    with pytest.raises(StudioError, match=r"unpacks to more than 5\.0 MiB"):
+        read_bundle(path, tmp_path / "x")
+    assert read == []
+    monkeypatch.setenv("STUDIO_MAX_BUNDLE_BYTES", str(6 << 20 | 4096))  # room for recipe.json
+    read_bundle(path, tmp_path / "y")
+    assert len(read) == 2
+
+
+def test_a_recipe_json_too_large_or_not_its_declared_size_is_refused(tmp_path, monkeypatch):
+    from engine.recipes import bundle
+
+    monkeypatch.setattr(bundle, "MAX_RECIPE_BYTES", 4000)
+    body = Recipe(model="default").to_json().encode()
+    assert len(body) < 4000
+    padded = body.rstrip(b"}") + b', "pad": "' + b"x" * (4001 - len(body) - 11) + b'"}'
+    assert len(padded) == 4001
+    with pytest.raises(StudioError, match="recipe.json in the bundle is larger than its limit"):
+        read_bundle(_bundle_of(tmp_path / "big.zip", {}, padded), tmp_path / "x")
+    path = _bundle_of(tmp_path / "lies.zip", {}, body)
+    raw = path.read_bytes()
+    at = raw.rindex(b"PK\x01\x02")  # the central directory says 40 bytes fewer
+    raw = raw[:at + 24] + (len(body) - 40).to_bytes(4, "little") + raw[at + 28:]
+    path.write_bytes(raw)
+    with pytest.raises(StudioError, match="recipe.json in the bundle is not the size it "
+                                          "declares|not a recipe bundle"):
+        read_bundle(path, tmp_path / "y")
+
+
+def test_a_small_member_may_deflate_well_and_a_larger_one_may_not(tmp_path):
+    """Up to RATIO_FREE_BYTES a member may compress any amount (a blank mask, a tiny
+    sidecar); one byte more of zeros and the ratio refuses it unread."""
+    from engine.recipes.bundle import RATIO_FREE_BYTES
+
+    zeros = {"inputs/0123456789abcdef-m.png": bytes(RATIO_FREE_BYTES)}
+    read_bundle(_bundle_of(tmp_path / "ok.zip", zeros), tmp_path / "x")
+    zeros = {"inputs/0123456789abcdef-m.png": bytes(RATIO_FREE_BYTES + 1)}
+    with pytest.raises(StudioError, match="times larger than it is stored"):
+        read_bundle(_bundle_of(tmp_path / "no.zip", zeros), tmp_path / "y")
