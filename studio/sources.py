@@ -122,6 +122,7 @@ def unmap(sess: Session, name: Any) -> None:
 
 MAX_FIELDS = 64           # fields in one message
 MAX_EVENTS = 256          # source events in one message
+MAX_EVENTS_PER_S = 2000   # source events a second from one page (a mic sends 150)
 FRAME_S = 1 / 30          # while a smoothed value glides, a frame every this long
 SETTLED = 1e-6            # a glide that moved less than this (relative) in a frame has ended
 RECORD_MAX_S = 600.0      # longest recording
@@ -136,6 +137,7 @@ class Stage:
         self.mappings: list[dict[str, Any]] | None = None  # those it was built for
         self.sent: dict[str, float] = {}      # field values of the last frame message
         self.fed = False                      # events since the last frame message
+        self.window = [0.0, 0]                # [start, events] of this second
         self.states: dict[int, dict[str, float]] = {}   # key 1..9 -> saved field values
         self.recording: dict[str, Any] | None = None
         self.record_t0 = 0.0
@@ -147,6 +149,12 @@ class Stage:
         from engine.recipes import mappings
         if not isinstance(events, list) or len(events) > MAX_EVENTS:
             raise StudioError(f"send at most {MAX_EVENTS} source events at once.")
+        if now - self.window[0] >= 1.0:
+            self.window = [now, 0]
+        self.window[1] += len(events)
+        if self.window[1] > MAX_EVENTS_PER_S:   # routing costs the event loop's time
+            raise StudioError(f"at most {MAX_EVENTS_PER_S} source events a second; the "
+                              "rest are dropped.")
         self._performer_for(sess)
         if self.performer is None:
             return 0

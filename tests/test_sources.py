@@ -260,3 +260,16 @@ def test_learn_finds_the_field_of_a_bend_slider_or_a_weight_amount() -> None:
                       ({"weight": -1}, "choose a weight edit first")]:
         with pytest.raises(StudioError, match=says):
             live.apply(sess, [{"kind": "learn", "event": midi, "name": "c", **bad}])
+
+
+def test_a_page_flooding_source_events_is_held_to_the_rate() -> None:
+    from studio import sources
+    sess, stage = _bent_session(), sources.Stage()
+    burst = [{**CC7, "value": 1}] * sources.MAX_EVENTS
+    sent = 0
+    with pytest.raises(StudioError, match="source events a second"):
+        while True:
+            stage.feed(sess, burst, now=100.0)
+            sent += len(burst)
+    assert sent <= sources.MAX_EVENTS_PER_S
+    assert stage.feed(sess, burst, now=101.5) == len(burst)   # the next second: room again
