@@ -9,8 +9,8 @@ import torch
 
 from engine.recipes import incremental as I
 from engine.recipes import recipe as R
-from engine.tools.bending import Bend, ChannelSelection, WeightEdit
-from engine.tools.latents import LatentSpec
+from engine.tools.bending import Bend, ChannelSelection, WeightEdit, make_taps
+from engine.tools.latents import LatentSpec, compute_ws
 from tests.conftest import make_tiny_generator
 
 
@@ -87,8 +87,8 @@ def test_a_preview_frame_is_the_running_image_and_keeps_the_input_of_the_edit() 
     rec.bends[0].params["angle"] = 25.0
     preview = cache.render(rec, G, stop="b32")
     with torch.no_grad():
-        ws = torch.cat([__import__("engine").latents.compute_ws(G, rec.latent)])
-        taps, wtaps = __import__("engine").bending.make_taps(G, rec.bends)
+        ws = torch.cat([compute_ws(G, rec.latent)])
+        taps, wtaps = make_taps(G, rec.bends)
         _, cap = G.synthesis(ws, taps=taps, weight_taps=wtaps, capture={"b32.img"})
     assert torch.equal(preview, cap["b32.img"])
     assert cache.layers() == ["b16.conv1.raw"]     # kept from the preview, used by the rest
