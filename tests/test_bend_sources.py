@@ -781,7 +781,9 @@ def test_load_recipe_file_reads_every_format(tmp_path):
 
 
 def test_yaml_depth_is_counted_outside_quotes_and_comments():
-    from engine.recipes.bend_import import MAX_YAML_DEPTH, _flow_depth, _load_yaml
+    from engine.base.safe_yaml import MAX_YAML_DEPTH
+    from engine.base.safe_yaml import flow_depth as _flow_depth
+    from engine.base.safe_yaml import load_yaml as _load_yaml
 
     many = "\n" + "p: []\n" * (MAX_YAML_DEPTH + 1)  # past the fast path: > 100 brackets
     assert _flow_depth("a: [[1, 2], {b: [3]}]" + many) == 3

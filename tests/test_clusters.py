@@ -227,13 +227,26 @@ def test_yaml_and_json_round_trip(result, tmp_path):
     assert loaded["b16.conv1"] == result and loaded["b8.conv0"] == other
 
 
+@pytest.mark.parametrize("text, match", [
+    ("a: " + "[" * 150 + "]" * 150, "nested too deeply"),  # within what libyaml survives
+    ("l0: &a0 [1, 1]\n" + "".join(f"l{i}: &a{i} [*a{i - 1}, *a{i - 1}]\n"
+                                   for i in range(1, 30)), "aliases"),  # 2**30 values
+    ("3: []\n" + "#" * (9 * 2**20), "larger than"),
+])
+def test_yaml_import_refuses_hostile_yaml_in_one_sentence(text, match):
+    """Broad's cluster YAML goes through the guarded reader of recipes and bending files
+    (engine.base.safe_yaml): deep nesting, alias bombs and huge texts are refused unread."""
+    with pytest.raises(StudioError, match=match):
+        cl.from_broad_yaml(text)
+
+
 def test_yaml_import_accepts_our_names_and_rejects_gaps():
     text = "b16.conv1:\n- {cluster_index: 0, feature_index: 1}\n" \
            "- {cluster_index: 1, feature_index: 0}\n"
     assert cl.from_broad_yaml(text)["b16.conv1"].labels == [1, 0]
     with pytest.raises(StudioError, match="exactly once"):
         cl.from_broad_yaml("3:\n- {cluster_index: 0, feature_index: 1}\n")
-    with pytest.raises(StudioError, match="could not be parsed"):
+    with pytest.raises(StudioError, match="nested too deeply"):
         cl.from_broad_yaml("[" * 100_000)
     with pytest.raises(StudioError):
         cl.load_json(Path(__file__))

@@ -16,13 +16,11 @@ from hypothesis import strategies as st
 
 import engine
 from engine.base.errors import StudioError
+from engine.recipes.bend_import import broad_layer_name, import_broad_yaml, import_notebook_template
 from engine.recipes.recipe import (
     Recipe,
     RecipeError,
     TranslatorSpec,
-    broad_layer_name,
-    import_broad_yaml,
-    import_notebook_template,
     recipe_problems,
     render,
     render_tensor,
@@ -691,7 +689,8 @@ def test_a_recipe_with_a_million_bad_channels_is_refused_in_a_short_message():
     the first MAX_LISTED_PROBLEMS problems and counts the rest."""
     import time
 
-    from engine.recipes.recipe import MAX_LIST_ENTRIES, MAX_LISTED_PROBLEMS, validate
+    from engine.recipes.fields import MAX_LISTED_PROBLEMS
+    from engine.recipes.recipe import MAX_LIST_ENTRIES, validate
     from engine.tools.bending import MAX_SELECTION_ENTRIES
 
     G = make_tiny_generator()

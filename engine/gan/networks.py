@@ -8,6 +8,8 @@ translator encoders) or take noise (the projector) asks here rather than parsing
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,3 +105,40 @@ def layer_scale(G: nn.Module, layer: str) -> int:
     if is_stylegan3(G):
         return max(G.cfg.resolution // getattr(G.synthesis, layer).spec.out_rate, 1)
     return max(G.cfg.resolution // G.layer_shapes()[layer][1], 1)
+
+
+# ----------------------------------------------------------------------------------------
+# Model identity: encoders, anchor banks and cluster caches only fit the weights they were
+# made from.
+
+_weights_sha: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def weights_stamp(G: nn.Module) -> tuple:
+    """What changes whenever G's tensors do: each one's name, place, dtype, storage and
+    version counter (bumped by every in-place write: load_state_dict, optimizer steps)."""
+    return tuple((name, t.device, t.dtype, t.data_ptr(), t._version)
+                 for name, t in (*G.named_parameters(), *G.named_buffers()))
+
+
+def weights_sha256(G: nn.Module) -> str:
+    """sha256 over G's parameters and buffers (names, shapes, float32 bytes); cached per G
+    until its weights change (weights_stamp).
+
+    Only a model held on the CPU is cached: its bytes are what they read. A device model
+    is hashed from copies each time (ZeroGPU's stand-in tensors read as empty memory outside
+    GPU calls, so a hash of them must never be remembered, nor inherited by its workers)."""
+    hit = _weights_sha.get(G)
+    if hit is not None and hit[0] == weights_stamp(G):
+        return hit[1]
+    h = hashlib.sha256()
+    on_cpu = True
+    for name, t in sorted(G.state_dict().items()):
+        on_cpu = on_cpu and t.device.type == "cpu"
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    digest = h.hexdigest()
+    if on_cpu:
+        _weights_sha[G] = (weights_stamp(G), digest)
+    return digest

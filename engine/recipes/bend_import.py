@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.base.errors import StudioError
+from engine.base.safe_yaml import load_yaml
 from engine.tools.bending import (
     DEFAULT_CLUSTER_K,
     OPERATIONS,
@@ -39,85 +40,6 @@ from engine.tools.bending import (
 SEED_CLUSTER_K = 8           # the seed's cluster files are 'labels_<res>_<i>_vggCluster_8.p'
 MAX_IMPORT_BYTES = 8 * 2**20  # Broad's cluster dict of a 1024 px model is ~0.2 MiB
 MAX_LINE_ITEMS = 3            # problems quoted in one warning line before "and N more"
-
-
-def _safe_loader() -> Any:
-    import yaml
-
-    # libyaml's safe loader when built in: the same safe subset, ~10x faster on a cluster dict.
-    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-# Deeper YAML is refused before it is built: libyaml's loader recurses in C per level, and
-# about 25,000 nested "[" overflow a thread's stack and kill the whole server (signal 11)
-# instead of raising RecursionError. Broad's files nest 3 deep.
-MAX_YAML_DEPTH = 100
-
-
-def _flow_depth(text: str) -> int:
-    """The deepest nesting of YAML flow brackets ([ and {) outside quotes and comments
-    (0 for a text with too few brackets to pass MAX_YAML_DEPTH).
-
-    Counted by hand before any YAML library sees the text: libyaml's scanner reads ahead
-    through flow brackets and, from PyYAML 6.0.4 on, refuses deep nesting with its own
-    ScannerError, so how a file is refused must not depend on which libyaml is installed."""
-    if text.count("[") + text.count("{") <= MAX_YAML_DEPTH:
-        return 0  # too few brackets to nest past the limit (most files end here)
-    depth = deepest = 0
-    quote = ""
-    escaped_until = 0  # a backslash in a double-quoted string escapes the next character
-    for match in _FLOW_MARKS.finditer(text):
-        char, at = match.group(), match.start()
-        if at < escaped_until:
-            continue
-        if quote:
-            if quote == '"' and char == "\\":
-                escaped_until = at + 2
-            elif char == quote:
-                quote = ""
-            continue
-        before = text[at - 1] if at else "\n"
-        if char == "#" and before in " \t\n":
-            quote = "\n"  # a comment runs to the end of the line
-        elif char in "'\"" and before in " \t\n[{,:":
-            quote = char
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth = max(depth - 1, 0)
-    return deepest
-
-
-_FLOW_MARKS = re.compile(r"[\[\]{}'\"#\\\n]")
-
-
-def _load_yaml(text: str, what: str) -> Any:
-    """yaml.load with the safe loader, after a scan (libyaml's scanner does not recurse)
-    shows the nesting stays within MAX_YAML_DEPTH and no alias repeats a part (a few KB
-    of aliases expand to millions of values); StudioError if not."""
-    import yaml
-
-    if _flow_depth(text) > MAX_YAML_DEPTH:
-        raise StudioError(f"the {what} is nested too deeply to read (more than "
-                          f"{MAX_YAML_DEPTH} levels)")
-    loader = _safe_loader()
-    opens = (yaml.BlockSequenceStartToken, yaml.BlockMappingStartToken,
-             yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken)
-    closes = (yaml.BlockEndToken, yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)
-    depth = 0
-    for token in yaml.scan(text, Loader=loader):
-        if isinstance(token, yaml.AliasToken):  # 28 KB of '*row' repeats took 22 s to walk
-            raise StudioError(f"the {what} uses YAML aliases (*name), which neither recipes "
-                              f"nor network-bending files need; write the values out")
-        if isinstance(token, opens):
-            depth += 1
-            if depth > MAX_YAML_DEPTH:
-                raise StudioError(f"the {what} is nested too deeply to read (more than "
-                                  f"{MAX_YAML_DEPTH} levels)")
-        elif isinstance(token, closes):
-            depth -= 1
-    return yaml.load(text, Loader=loader)
 
 
 class _Notes:
@@ -183,7 +105,7 @@ def _parse_structured(obj: Any, what: str) -> Any:
         if len(obj) > MAX_IMPORT_BYTES:
             raise StudioError(f"the {what} is larger than {MAX_IMPORT_BYTES // 2**20} MiB")
         try:
-            return _load_yaml(obj, what)
+            return load_yaml(obj, what)
         except yaml.YAMLError as exc:
             raise StudioError(f"cannot read the {what}: {exc}") from exc
         except RecursionError as exc:
@@ -886,7 +808,7 @@ def _parse_any(text: str, suffix: str) -> Any:
     import yaml
 
     try:
-        data = _load_yaml(text, "file")
+        data = load_yaml(text, "file")
         if isinstance(data, list | dict):
             return data
     except (yaml.YAMLError, RecursionError, ValueError):  # ValueError: a 5000-digit int

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from engine.base.images import to_uint8
 from engine.gan.stylegan2 import RAW, SynthesisNetwork
 from engine.recipes import recipe as R
 
@@ -453,7 +454,7 @@ def to_picture(G: Any, img: torch.Tensor, recipe: R.Recipe) -> Any:
     took ~0.5 s on a loaded 2-core machine."""
     from PIL import Image
 
-    pic = Image.fromarray(R.to_uint8(img)[0])
+    pic = Image.fromarray(to_uint8(img)[0])
     if pic.size[0] < G.cfg.resolution:
         pic = pic.resize((G.cfg.resolution, G.cfg.resolution), Image.Resampling.BILINEAR)
     return R._resize(pic, recipe.output_size)

@@ -8,7 +8,7 @@ saves, loads, bundles and replays with the recipe it plays:
      "in": [0, 127], "out": [0, 180], "curve": "linear", "steps": 4,
      "attack": 0.05, "release": 0.3, "mode": "set"}
 
-- `target` is a field path into the recipe, the sweep's syntax (`engine.recipes.recipe.parse_path`):
+- `target` is a field path into the recipe, the sweep's syntax (`engine.recipes.fields.parse_path`):
   dots, with list indices as numbers (`bends.0.params.angle`; `bends[0].params.angle` reads
   the same). The fields a mapping can drive are listed in `field_info`.
 - `source` says which input drives it: `midi` (type cc / note / pitchbend, channel 0-15,
@@ -44,6 +44,7 @@ from typing import Any
 
 from engine.base.errors import StudioError
 from engine.base.limits import Limits, above_limit, current_limits
+from engine.recipes.fields import RecipeError, parse_path
 
 SOURCE_KINDS = ("midi", "osc", "audio", "key")
 MIDI_TYPES = ("cc", "note", "pitchbend")
@@ -135,7 +136,6 @@ def _number(value: Any) -> float:
 
 def field_info(recipe: Any, path: str) -> FieldInfo:
     """What the field at `path` takes; MappingError when a mapping cannot drive it."""
-    from engine.recipes.recipe import RecipeError, parse_path
 
     if not isinstance(path, str) or not path.strip():
         raise MappingError("a mapping's target must be a field path such as "
@@ -214,7 +214,6 @@ def _param_info(head: str, entry: Any, name: str, path: str) -> FieldInfo:
 
 def _assign(recipe: Any, path: str, value: float | int) -> None:
     """Set the (already checked) field at `path` of `recipe` in place."""
-    from engine.recipes.recipe import parse_path
 
     *parents, last = parse_path(path)
     obj = recipe

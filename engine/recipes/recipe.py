@@ -5,12 +5,12 @@ A `Recipe` names a model, a latent (`engine.tools.latents.LatentSpec`), bends an
 `render(recipe)` gives the image; `Recipe.save/load` round-trip JSON; `validate` reports
 every bad field with its path (`bends[1].params.angle: 400 is above the maximum 360`).
 Imports of the seed notebooks' bending template and Broad's network-bending YAML live in
-`engine.recipes.bend_import` (re-exported here); `load_recipe_file` reads any of the three formats.
+`engine.recipes.bend_import`, whose `load_recipe_file` reads any of the three formats; the
+`render` and `sweep` verbs are in `engine.recipes.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import copy
 import dataclasses
@@ -18,7 +18,6 @@ import functools
 import json
 import math
 import os
-import re
 import threading
 import types
 import typing
@@ -32,22 +31,9 @@ import torch
 
 from engine.base.errors import StudioError
 from engine.base.files import atomic_write_text
+from engine.base.images import to_uint8
 from engine.base.limits import Limits, above_limit, current_limits
-from engine.recipes.bend_import import (  # re-exported: the importers' public home was here
-    OP_ALIASES as OP_ALIASES,
-)
-from engine.recipes.bend_import import (
-    broad_layer_name as broad_layer_name,
-)
-from engine.recipes.bend_import import (
-    import_broad_yaml as import_broad_yaml,
-)
-from engine.recipes.bend_import import (
-    import_notebook_template as import_notebook_template,
-)
-from engine.recipes.bend_import import (
-    load_recipe_file as load_recipe_file,
-)
+from engine.recipes.fields import RecipeError, parse_path
 from engine.tools.bending import (
     OPERATIONS,
     WEIGHT_OPERATIONS,
@@ -65,24 +51,10 @@ RECIPE_VERSION = 1
 MIN_OUTPUT_SIZE, MAX_OUTPUT_SIZE = 8, 4096
 
 
-MAX_LISTED_PROBLEMS = 20  # a RecipeError's message lists this many; .problems has them all
 # The longest list a recipe field takes (channel indices, cluster ids, ...): above any
 # layer's channel count, so only a mistake or an attack is refused, before a million-entry
 # list costs seconds of checks and a problem line per entry.
 MAX_LIST_ENTRIES = 4096
-
-
-class RecipeError(StudioError):
-    """A recipe that cannot render; `problems` lists every bad field as 'path: reason'."""
-
-    def __init__(self, problems: Sequence[str], what: str = "The recipe"):
-        self.problems = list(problems)
-        count = len(self.problems)
-        noun = "problem" if count == 1 else "problems"
-        # The message goes to the page as one toast: the first few problems say what to fix.
-        shown = self.problems[:MAX_LISTED_PROBLEMS]
-        more = f"; and {count - len(shown)} more" if count > len(shown) else ""
-        super().__init__(f"{what} has {count} {noun}: " + "; ".join(shown) + more)
 
 
 @dataclass
@@ -473,12 +445,6 @@ def _blended(spec: BlendSpec, G: Any, key: str | None) -> tuple[Any, str | None]
     return blended, None if key is None else f"{key}+{key_b}|{describe(spec, G)}"
 
 
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """[N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
-    x = (img.detach().float().clamp(-1, 1) + 1) * 127.5
-    return x.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 @torch.no_grad()
 def render_tensor(recipe: Recipe, model: Any = None, seeds: Sequence[float] | None = None,
                   ws: torch.Tensor | None = None, validated: bool = False,
@@ -610,19 +576,6 @@ def _picture(recipe: Recipe, model: Any = None, validated: bool = False) -> Any:
 
 # ----------------------------------------------------------------------------------------
 # Field paths and sweeps: 'bends.0.params.angle', 'bends[0].params.angle', 'latent.seed'.
-
-
-_PATH_PART = re.compile(r"[^.\[\]]+")
-
-
-def parse_path(path: str) -> list[str | int]:
-    parts: list[str | int] = []
-    for token in _PATH_PART.findall(path):
-        parts.append(int(token) if token.isdigit() else token)
-    if not parts:
-        raise RecipeError([f"{path!r}: not a field path (example: bends.0.params.angle)"],
-                          "The sweep")
-    return parts
 
 
 def _field_hint(obj: Any, name: str) -> Any:
@@ -806,80 +759,3 @@ def walk(recipe: Recipe, seeds: Sequence[float], frames: int, out: str | os.Path
     return write_video(walk_frames(recipe, seeds, frames, model, loop=loop, space=space,
                                    radius=radius), out, fps=fps, progress=progress,
                        cancel=cancel, total=frames)
-
-
-# ----------------------------------------------------------------------------------------
-# Command line.
-
-
-def _cmd_render(args: argparse.Namespace) -> None:
-    import sys
-    import tempfile
-
-    from engine.recipes import bundle
-    from engine.recipes.bend_import import load_recipe_file
-
-    with tempfile.TemporaryDirectory() as unpacked:
-        if bundle.is_bundle(args.recipe):  # a recipe with its files (engine/recipes/bundle.py)
-            recipe, warnings = bundle.read_bundle(args.recipe, unpacked), []
-        else:  # imported files are checked against the model they will render with
-            recipe, warnings = load_recipe_file(args.recipe, cluster_dict=args.clusters,
-                                                model=args.model or "default")
-        for line in warnings:
-            print(f"note: {line}", file=sys.stderr)
-        if args.model:
-            recipe.model = args.model
-        if args.size:
-            recipe.output_size = args.size
-        if args.input:
-            if recipe.translator is None:
-                raise StudioError("--input is the picture a translator reads, and this "
-                                  "recipe has no translator.")
-            recipe.translator.image = args.input
-        img = render(recipe)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
-    print(f"wrote {out} ({img.size[0]}x{img.size[1]})")
-
-
-def _cmd_sweep(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    recipe = Recipe.load(args.recipe)
-    if args.model:
-        recipe.model = args.model
-    if args.size:
-        recipe.output_size = args.size
-    with tqdm(total=args.frames, unit="frame", desc="sweep") as bar:
-        out = sweep(recipe, args.param, args.start, args.stop, args.frames, args.out,
-                    fps=args.fps, progress=lambda i: bar.update(1))
-    print(f"wrote {out} ({args.frames} frames, {args.param} {args.start} -> {args.stop})")
-
-
-def add_cli(sub: Any) -> None:
-    p = sub.add_parser("render", help="render a recipe JSON, a network-bending YAML or a "
-                                      "seed template to an image")
-    p.add_argument("recipe", help="recipe .json, a recipe bundle .zip, Broad's "
-                                  "network-bending .yaml or the seed notebooks' template "
-                                  "(.py / .json / .yaml)")
-    p.add_argument("--input", help="the picture the recipe's translator reads (instead of "
-                                   "the one it names)")
-    p.add_argument("--clusters", help="Broad's cluster dict .yaml for a network-bending YAML")
-    p.add_argument("--out", required=True, help="output image (.png, .jpg, ...)")
-    p.add_argument("--model", help="override the recipe's model spec")
-    p.add_argument("--size", type=int, help="override the output size in pixels")
-    p.set_defaults(func=_cmd_render)
-
-    s = sub.add_parser("sweep", help="animate a numeric recipe field into a video")
-    s.add_argument("recipe", help="recipe .json")
-    s.add_argument("--param", required=True,
-                   help="field path, e.g. bends.0.params.angle or latent.seed")
-    s.add_argument("--from", dest="start", type=float, required=True, help="first value")
-    s.add_argument("--to", dest="stop", type=float, required=True, help="last value")
-    s.add_argument("--frames", type=int, default=60, help="number of frames")
-    s.add_argument("--fps", type=float, default=30, help="frames per second")
-    s.add_argument("--out", required=True, help="output video (.mp4 or .gif)")
-    s.add_argument("--model", help="override the recipe's model spec")
-    s.add_argument("--size", type=int, help="override the output size in pixels")
-    s.set_defaults(func=_cmd_sweep)

@@ -86,7 +86,7 @@ class AnchorBank:
     """Layouts of the model's images for seeds first_seed .. first_seed + count - 1."""
     layouts: torch.Tensor          # [count, CELLS * CELLS] float32, as layouts()
     first_seed: int
-    weights_sha256: str  # the generator's weights (engine.tools.translator.weights_sha256)
+    weights_sha256: str  # the generator's weights (engine.gan.networks.weights_sha256)
     colours: torch.Tensor | None = None  # [count, CELLS * CELLS * 3], as colour_layouts()
 
     @property
@@ -149,7 +149,7 @@ def build_bank(G: nn.Module, count: int, first_seed: int = FIRST_SEED, batch: in
     file stores them (float16), so a bank read back chooses as the one built. progress
     (fraction, message) after each batch; `cancel` (engine.base.errors.cancel_requested) is
     checked before each and raises BankCancelled."""
-    from engine.tools.translator import weights_sha256 as sha_of
+    from engine.gan.networks import weights_sha256 as sha_of
 
     out, colours = [], []
     for start in range(0, count, batch):
@@ -203,7 +203,7 @@ def only_ready() -> Iterator[None]:
 def ready_bank(G: nn.Module) -> AnchorBank | None:
     """G's bank when it needs no rendering: kept for G, shipped for its weights, or on disk
     (bank_cache_dir) from an earlier build for its weights; None otherwise."""
-    from engine.tools.translator import weights_sha256, weights_stamp
+    from engine.gan.networks import weights_sha256, weights_stamp
 
     stamp = weights_stamp(G)
     with _banks_lock:
@@ -232,7 +232,7 @@ def bank_for(G: nn.Module, progress: Callable[[float, str], None] | None = None,
     """G's bank: a ready one (ready_bank), else one rendered now (build_count images, with
     progress and cancel as build_bank), kept for G and written to bank_cache_dir. Inside
     only_ready() a bank that is not ready is refused in a sentence instead."""
-    from engine.tools.translator import weights_sha256, weights_stamp
+    from engine.gan.networks import weights_sha256, weights_stamp
 
     bank = ready_bank(G)
     if bank is not None:

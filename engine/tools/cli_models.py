@@ -215,12 +215,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from engine.base.batching import BatchSizer, chunks, clock_for
+    from engine.base.images import to_uint8
     from engine.tools.latents import (
         LatentSpec,
         class_label,
         image_grid,
         seed_to_z,
-        to_uint8,
         transform_kwargs,
         validate_latent,
     )

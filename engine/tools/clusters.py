@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from engine.base.batching import BatchSizer, chunks, clock_for
 from engine.base.errors import StudioError, cancel_requested
 from engine.base.files import atomic_write, atomic_write_text
+from engine.base.images import to_uint8
+from engine.base.safe_yaml import load_yaml
 from engine.gan import networks
 
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]  # acts [N, C, H, W] -> [C, D]
@@ -131,11 +133,7 @@ def model_key_of(G: torch.nn.Module) -> str:
         key = getattr(G, attr, None)
         if isinstance(key, str) and key:
             return key
-    h = hashlib.sha256()
-    for name, t in sorted(G.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return "weights-" + h.hexdigest()
+    return "weights-" + networks.weights_sha256(G)
 
 
 def _cache_key(model_key: str, layer: str, k: int, samples: int, seed: int, method: str,
@@ -598,8 +596,9 @@ def from_broad_yaml(text: str) -> dict[str, ClusterResult]:
     exactly once per layer.
     """
     import yaml
+
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, "cluster YAML")  # size, depth and alias guards first
     except (yaml.YAMLError, RecursionError) as exc:
         raise StudioError("the cluster YAML could not be parsed; check the file.") from exc
     if not isinstance(data, dict):
@@ -724,9 +723,8 @@ def _as_ws(G: torch.nn.Module, latent: Any, psi: float) -> torch.Tensor:
 
 
 def to_uint8_image(img: torch.Tensor) -> np.ndarray:
-    """One NCHW image in [-1, 1] -> uint8 HxWx3."""
-    x = (img[0].detach().float().cpu().clamp(-1, 1) + 1) * 127.5
-    x = x.round().to(torch.uint8).permute(1, 2, 0).numpy()
+    """The first NCHW image in [-1, 1] -> uint8 HxWx3 (one channel repeated, a fourth dropped)."""
+    x = to_uint8(img[:1])[0]
     return np.repeat(x, 3, axis=2) if x.shape[2] == 1 else x[:, :, :3]
 
 

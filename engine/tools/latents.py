@@ -24,6 +24,7 @@ import torch
 from engine.base import devices
 from engine.base.errors import StudioError, cancel_requested
 from engine.base.files import atomic_save_npy
+from engine.base.images import to_uint8
 from engine.gan import networks
 
 MAX_SEED = 2 ** 32 - 1            # numpy RandomState accepts seeds in [0, 2**32 - 1]
@@ -626,12 +627,6 @@ def validate_latent(spec: LatentSpec, G: torch.nn.Module | None = None) -> list[
 
 # ----------------------------------------------------------------------------------------
 # Images.
-
-
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """NCHW float in [-1, 1] -> [N, H, W, C] uint8 (NVlabs rounding: x*127.5+128, clamp)."""
-    x = (img.detach().float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()

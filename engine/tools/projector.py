@@ -36,9 +36,10 @@ from torch import nn
 
 from engine.base.errors import StudioError
 from engine.base.files import atomic_write, atomic_write_text
+from engine.base.images import to_uint8
 from engine.base.seeding import build_seeded
 from engine.gan import networks
-from engine.tools.latents import model_device, save_w, to_uint8, w_stats
+from engine.tools.latents import model_device, save_w, w_stats
 from engine.training.datasets import square_rgb
 from engine.training.loop import (
     Checkpointer,

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -45,8 +44,10 @@ from torch import nn
 
 from engine.base.errors import StudioError, cancel_requested
 from engine.base.files import atomic_write, atomic_write_text
+from engine.base.images import to_uint8
 from engine.base.seeding import build_seeded
 from engine.gan import networks
+from engine.gan.networks import weights_sha256
 from engine.training.loop import (
     Checkpointer,
     LoopCancelled,
@@ -305,39 +306,8 @@ def make_encoder(G: nn.Module, layer: str = DEFAULT_LAYER, input_size: int | Non
 
 
 # ----------------------------------------------------------------------------------------
-# Model identity: an encoder only fits the generator it was trained on.
-
-_weights_sha: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def weights_stamp(G: nn.Module) -> tuple:
-    """What changes whenever G's tensors do: each one's name, place, dtype, storage and
-    version counter (bumped by every in-place write: load_state_dict, optimizer steps)."""
-    return tuple((name, t.device, t.dtype, t.data_ptr(), t._version)
-                 for name, t in (*G.named_parameters(), *G.named_buffers()))
-
-
-def weights_sha256(G: nn.Module) -> str:
-    """sha256 over G's parameters and buffers (names, shapes, float32 bytes); cached per G
-    until its weights change (weights_stamp).
-
-    Only a model held on the CPU is cached: its bytes are what they read. A device model
-    is hashed from copies each time (ZeroGPU's stand-in tensors read as empty memory outside
-    GPU calls, so a hash of them must never be remembered, nor inherited by its workers)."""
-    hit = _weights_sha.get(G)
-    if hit is not None and hit[0] == weights_stamp(G):
-        return hit[1]
-    h = hashlib.sha256()
-    on_cpu = True
-    for name, t in sorted(G.state_dict().items()):
-        on_cpu = on_cpu and t.device.type == "cpu"
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    digest = h.hexdigest()
-    if on_cpu:
-        _weights_sha[G] = (weights_stamp(G), digest)
-    return digest
+# Model identity: an encoder only fits the generator it was trained on (its weights_sha256,
+# engine.gan.networks).
 
 
 def _model_matches(meta: dict[str, Any], sha: str) -> bool:
@@ -1038,7 +1008,7 @@ def _preview(G: nn.Module, encoder: ActivationEncoder, s: TrainSettings, path: P
     """A grid: generated input | its translation, PREVIEW_COUNT rows."""
     from PIL import Image
 
-    from engine.tools.latents import image_grid, to_uint8
+    from engine.tools.latents import image_grid
 
     was_training = encoder.training
     encoder.eval()
@@ -1688,7 +1658,7 @@ class Translator:
         return_framed, (translations, framed inputs): the second is exactly what the encoder
         saw, uint8 at its input size.
         """
-        from engine.tools.latents import LatentSpec, to_uint8
+        from engine.tools.latents import LatentSpec
 
         if noise_mode is None:
             noise_mode = latent.noise_mode if isinstance(latent, LatentSpec) else "const"
