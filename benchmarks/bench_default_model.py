@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.base.metrics import swd  # noqa: E402
 from engine.gan.stylegan2 import Generator  # noqa: E402
 from engine.models import zoo  # noqa: E402
-from engine.training.datasets import render_faces  # noqa: E402
+from engine.training.faces import render_faces  # noqa: E402
 
 
 def generate(G: Generator, count: int, first_seed: int, psi: float = 1.0) -> np.ndarray:

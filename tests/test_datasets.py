@@ -10,16 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.training import datasets
-from engine.training.datasets import (
-    ImageDataset,
-    face_pool,
-    face_traits,
-    load_image_folder,
-    make_dataset,
-    render_face,
-    render_faces,
-)
+from engine.training import faces
+from engine.training.datasets import ImageDataset, load_image_folder, make_dataset
+from engine.training.faces import face_pool, face_traits, render_face, render_faces
 from tests.helpers.memory import peak_rss_mb, reset_peak_rss
 
 
@@ -84,12 +77,12 @@ def test_face_pool_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert np.array_equal(pool[2], render_face(12, 32))
     assert calls[-1] == (6, 6)
     files = list(tmp_path.iterdir())
-    assert [f.name for f in files] == [f"faces-32-10-6-v{datasets.VERSION}.npy"]
+    assert [f.name for f in files] == [f"faces-32-10-6-v{faces.VERSION}.npy"]
 
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cached pool should have been read, not rendered")
 
-    monkeypatch.setattr(datasets, "render_face", boom)
+    monkeypatch.setattr(faces, "render_face", boom)
     again = face_pool(6, 32, first_seed=10, cache_dir=tmp_path)
     assert np.array_equal(pool, again)
 
@@ -161,10 +154,10 @@ def test_image_dataset_and_make_dataset(tmp_path: Path) -> None:
 
 
 def test_make_dataset_faces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(datasets, "default_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(faces, "default_cache_dir", lambda: tmp_path)
     ds = make_dataset("faces", 16, count=5, xflip=True)
     assert len(ds) == 10 and ds[0].shape == (3, 16, 16)
-    assert (tmp_path / f"faces-16-0-5-v{datasets.VERSION}.npy").is_file()
+    assert (tmp_path / f"faces-16-0-5-v{faces.VERSION}.npy").is_file()
 
 
 def test_square_rgb_pad_keeps_the_picture_centred_and_never_builds_the_big_square() -> None:

@@ -11,7 +11,7 @@ import torch
 from engine.base.metrics import swd
 from engine.gan.stylegan2 import Generator
 from engine.models import zoo
-from engine.training.datasets import render_faces
+from engine.training.faces import render_faces
 
 COUNT = 256  # images per set: enough to separate trained from random by a wide margin
 

@@ -17,7 +17,8 @@ from engine.base.errors import StudioError
 from engine.base.metrics import swd
 from engine.gan.checkpoints import load_generator, save_generator
 from engine.models import zoo
-from engine.training.datasets import render_faces, variant_seeds
+from engine.training.datasets import variant_seeds
+from engine.training.faces import render_faces
 from engine.training.loop import read_metrics
 from engine.training.train_gan import (
     CARD_NAME,

@@ -461,7 +461,7 @@ def covers(page, inner: str, outer: str) -> bool:
 # measures as it goes, and an estimate made again after a model switch.
 
 def train_pictures(folder: Path) -> list[str]:
-    from engine.training.datasets import render_faces
+    from engine.training.faces import render_faces
 
     folder.mkdir(exist_ok=True)
     paths = []

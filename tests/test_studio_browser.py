@@ -195,7 +195,7 @@ def test_recipe_download_and_reload_gives_the_same_image(page, tmp_path):
 
 
 def test_project_a_picture(page, tmp_path):
-    from engine.training.datasets import render_faces
+    from engine.training.faces import render_faces
 
     tab(page, "Project")
     picture = tmp_path / "face.png"  # one of the procedural faces the default model learnt

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.training.datasets import render_faces
+from engine.training.faces import render_faces
 from tests.helpers.browser import (
     need_chromium,
     open_studio_page,

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from engine.base.errors import StudioError
-from engine.training.datasets import render_faces
+from engine.training.faces import render_faces
 from engine.training.loop import read_metrics
 from engine.training.train_gan import METRICS_NAME
 from studio import finetune, models
