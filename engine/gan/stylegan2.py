@@ -531,24 +531,12 @@ class SynthesisNetwork(nn.Module):
                              noise_generator, noise or {},
                              ws.device if ws is not None else start[1].device,
                              fp16_resolution(self.resolution, num_fp16_res))
-        unknown = (set(call.taps) | set(call.weight_taps) | call.capture
-                   | set(call.noise)) - set(self.layers) - {
-            f"b{r}.img" for r in self.block_resolutions} - {
-            name + RAW for name in self.layers}
-        if unknown:
-            raise KeyError(f"unknown layer(s) {sorted(unknown)}; layers are {self.layers}")
+        self._check_layer_names(call)
         if ws is not None:
             assert ws.ndim == 3 and ws.shape[1] == self.num_ws, \
                 f"ws must be [N, {self.num_ws}, w_dim], got {list(ws.shape)}"
         captured: dict[str, torch.Tensor] = {}
-        x = img = start_layer = None
-        start_res = 0
-        if start is not None:
-            start_layer, x = start[0], start[1]
-            img = start[2] if len(start) > 2 else None
-            if start_layer not in self.layers or start_layer.endswith("torgb"):
-                raise KeyError(f"start layer must be a conv layer, got {start_layer!r}")
-            start_res = int(start_layer.split(".")[0][1:])
+        start_layer, x, img, start_res = self._unpack_start(start)
         blocks = [res for res in self.block_resolutions
                   if start_res <= res <= self._stop_resolution(stop, start_res)]
         n = ws.shape[0] if ws is not None else x.shape[0]
@@ -561,28 +549,59 @@ class SynthesisNetwork(nn.Module):
                                      start_layer if res == start_res else None)
         rest = [res for res in blocks if res >= split]
         if rest:
-            # The high-resolution blocks one sample at a time: each sample's activations stay
-            # in cache and its convs take per-sample weights without a batch concatenation.
-            images, parts = [], []
-            for i in range(n):
-                one = slice(i, i + 1)
-                xi = None if x is None else x[one]
-                imgi = None if img is None else img[one]
-                wsi = None if ws is None else ws[one]
-                sub = replace(call, noise={k: (v[one] if v.shape[0] == n else v)
-                                           for k, v in call.noise.items()})
-                cap: dict[str, torch.Tensor] = {}
-                for res in rest:
-                    with _timed(block_seconds, res, call.device):
-                        xi, imgi = self._block(getattr(self, f"b{res}"), xi, imgi, wsi, sub,
-                                               cap, start_layer if res == start_res else None)
-                images.append(imgi)
-                parts.append(cap)
-            img = torch.cat(images)
-            for key in parts[0]:
-                captured[key] = torch.cat([p[key] for p in parts])
+            img = self._run_blocks_per_sample(rest, n, x, img, ws, call, captured,
+                                              start_layer, start_res, block_seconds)
         img = img.contiguous()
         return (img, captured) if capture is not None else img
+
+    def _check_layer_names(self, call: SynthesisCall) -> None:
+        """KeyError naming every tap, capture or noise key that is not a layer of this model."""
+        unknown = (set(call.taps) | set(call.weight_taps) | call.capture
+                   | set(call.noise)) - set(self.layers) - {
+            f"b{r}.img" for r in self.block_resolutions} - {
+            name + RAW for name in self.layers}
+        if unknown:
+            raise KeyError(f"unknown layer(s) {sorted(unknown)}; layers are {self.layers}")
+
+    def _unpack_start(self, start: tuple | None
+                      ) -> tuple[str | None, torch.Tensor | None, torch.Tensor | None, int]:
+        """forward's `start` as (layer, activation, skip image, its block's resolution)."""
+        if start is None:
+            return None, None, None, 0
+        start_layer, x = start[0], start[1]
+        img = start[2] if len(start) > 2 else None
+        if start_layer not in self.layers or start_layer.endswith("torgb"):
+            raise KeyError(f"start layer must be a conv layer, got {start_layer!r}")
+        return start_layer, x, img, int(start_layer.split(".")[0][1:])
+
+    def _run_blocks_per_sample(self, rest: list[int], n: int, x: torch.Tensor | None,
+                               img: torch.Tensor | None, ws: torch.Tensor | None,
+                               call: SynthesisCall, captured: dict[str, torch.Tensor],
+                               start_layer: str | None, start_res: int,
+                               block_seconds: dict[int, float] | None) -> torch.Tensor:
+        """Run the blocks `rest` one sample at a time; returns the batch's running image.
+
+        Each sample's activations stay in cache and its convs take per-sample weights without
+        a batch concatenation. The samples' captures are concatenated into `captured`.
+        """
+        images, parts = [], []
+        for i in range(n):
+            one = slice(i, i + 1)
+            xi = None if x is None else x[one]
+            imgi = None if img is None else img[one]
+            wsi = None if ws is None else ws[one]
+            sub = replace(call, noise={k: (v[one] if v.shape[0] == n else v)
+                                       for k, v in call.noise.items()})
+            cap: dict[str, torch.Tensor] = {}
+            for res in rest:
+                with _timed(block_seconds, res, call.device):
+                    xi, imgi = self._block(getattr(self, f"b{res}"), xi, imgi, wsi, sub,
+                                           cap, start_layer if res == start_res else None)
+            images.append(imgi)
+            parts.append(cap)
+        for key in parts[0]:
+            captured[key] = torch.cat([p[key] for p in parts])
+        return torch.cat(images)
 
     def _stop_resolution(self, stop: str | None, start_res: int) -> int:
         """The last block a call with `stop` runs (the output block when None)."""
