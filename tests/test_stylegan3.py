@@ -177,6 +177,36 @@ def test_filtered_lrelu_matches_reference(up, down, pad, radial, clamp, slope, s
     assert (ours - ref).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("up,radial", [(2, False), (4, False), (2, True)])
+def test_clamp_that_cannot_bind_is_skipped_and_the_values_stay(up, radial):
+    """The clamp after the leaky ReLU is a pass over a layer's largest tensor; it is skipped
+    when a bound from the small input (max |x| times the filter's largest per-output sum of
+    |taps|) shows it cannot bind, and the result is the reference's either way. The bound
+    holds for adversarial inputs (signs matching the taps)."""
+    from torch.profiler import profile
+
+    g = torch.Generator().manual_seed(up)
+    fu = design_lowpass(6 * up, 3.0, 2.0, 8.0 * up)
+    if radial:
+        fu = torch.outer(fu, fu)
+    fd = design_lowpass(12, 3.0, 2.0, 16.0)
+    pad = (9, 8, 9, 8) if up == 2 else (-6, -9, -6, -9)
+    x = torch.randn(1, 4, 15, 15, generator=g)
+    worst = torch.sign(fu.flip(-1)[::up]).repeat(8)[:15] if not radial else torch.ones(15)
+    x[0, 0] = torch.outer(worst, worst)                   # a channel that meets the bound
+    bound = stylegan3._upsampled_bound(x, fu, up)
+    up_only = stylegan3._upsample_depthwise(x.contiguous(memory_format=torch.channels_last),
+                                            fu, up, pad)
+    assert up_only.abs().max().item() <= bound * (1 + 1e-6)
+    gain = math.sqrt(2)
+    for clamp, clamped in ((bound * gain * 1.01, False), (bound * gain * 0.3, True)):
+        with profile() as prof:
+            ours = filtered_lrelu(x, fu, fd, None, up, 2, pad, gain, 0.2, clamp)
+        assert any(e.name == "aten::clamp_" for e in prof.events()) == clamped
+        ref = _filtered_lrelu_reference(x, fu, fd, None, up, 2, pad, gain, 0.2, clamp)
+        assert (ours - ref).abs().max().item() <= 1e-5
+
+
 def test_upsampling_crop_of_rows_is_a_view_not_a_copy():
     """The upsampled signal, a layer's largest tensor, is cropped to NVlabs' extent without a
     copy: a crop of rows of a channels_last batch of one is a view of the filter's output

@@ -475,18 +475,37 @@ def filtered_lrelu(x: torch.Tensor, fu: torch.Tensor | None, fd: torch.Tensor | 
     # After a filter x is this function's own tensor: safe to change in place, unless
     # autograd needs the values in place ops would overwrite.
     fresh = fu is not None and not (torch.is_grad_enabled() and x.requires_grad)
+    limit = None if clamp is None else clamp / gain
+    if limit is not None and fu is not None and abs(slope) <= 1 and \
+            _upsampled_bound(x, fu, up) <= limit:
+        limit = None   # it cannot bind: a pass over the largest tensor saved, same values
     x = F.pad(x, padding) if fu is None else _upsample_depthwise(x, fu, up, padding)
     # lrelu(x) * gain clamped to +-clamp is gain * (lrelu(x) clamped to +-clamp/gain): the gain
     # rides on the (linear) downsampling filter, saving a pass over the largest tensor.
     if slope != 1:
         x = F.leaky_relu(x, slope, inplace=fresh)
-    if clamp is not None:
-        limit = clamp / gain
+    if limit is not None:
         x = x.clamp_(-limit, limit) if fresh else x.clamp(-limit, limit)
     if fd is None:
         x = x[:, :, ::down, ::down] if down > 1 else x
         return x * gain if gain != 1 else x
     return _downsample_depthwise(x, fd, down, gain)
+
+
+def _upsampled_bound(x: torch.Tensor, f: torch.Tensor, up: int) -> float:
+    """An upper bound of |values| after _upsample_depthwise(x, f, up): max |x| times, per
+    axis, the largest sum of |taps| that meets one output (one phase of f * up; a 2-D filter:
+    the sum of all its |taps| * up^2). The leaky ReLU (|slope| <= 1) never raises it, so a
+    clamp at or above it changes nothing. inf off the CPU, where reading the maximum back
+    would wait for the device."""
+    if x.device.type != "cpu":
+        return math.inf
+    g = f.detach().abs().double()
+    if g.ndim == 2 or g.numel() % up:
+        per_output = float(g.sum()) * up * up
+    else:
+        per_output = float(g.reshape(-1, up).sum(0).max() * up) ** 2
+    return float(x.detach().abs().amax()) * per_output
 
 
 # ----------------------------------------------------------------------------------------
