@@ -88,6 +88,9 @@ PLAY_HTML = ('<button id="live-play-{what}" class="lg secondary live-play" data-
 # The renders of every live connection share the interactive lane's width, so many open
 # pages cannot take more threads than the Gradio events would.
 _RENDER_SLOTS = anyio.CapacityLimiter(LIMITS.concurrency)
+# Threads that wait for a session's lock (a Gradio render holds it) for the sources' copy
+# of the recipe: the event loop never waits for a session's lock itself.
+_SNAPSHOT_SLOTS = anyio.CapacityLimiter(8)
 
 # What a connection's hello tells the page besides the greeting, from modules that feed the
 # channel (studio.osc adds where OSC listens); they register here, so live imports none.
@@ -366,6 +369,7 @@ class Connection:
         self.last_seq = 0                              # the page's newest sequence number
         self.stage = sources.Stage()                   # mappings played, the recorder
         self.stage_gesture = 0x50000000                # undo entry of the mappings' frames
+        self.staging: asyncio.Task | None = None      # the newest source message's handling
 
     def busy(self) -> bool:
         """Control values received and not yet applied to the session (settle waits)."""
@@ -383,6 +387,8 @@ class Connection:
                 self._frame_in(data)
             elif msg.get("text") is not None:
                 self._message_in(msg["text"])
+            if self.staging is not None and not self.staging.done():
+                await asyncio.wait([self.staging])   # the page's messages stay in order
             self.wake.set()
 
     def _frame_in(self, data: bytes) -> None:
@@ -440,23 +446,47 @@ class Connection:
 
     def _source(self, msg: dict[str, Any]) -> None:
         """Source events (MIDI, microphone, keys, OSC map values) feed the mappings; the
-        recorder starts or stops (stopping hands the page the performance)."""
-        now = time.monotonic()
+        recorder starts or stops (stopping hands the page the performance). Each message
+        is handled in its turn by a task of its own: it may wait for the session's recipe
+        (snapshot), and the event loop must not."""
+        before = self.staging
+        self.staging = asyncio.get_running_loop().create_task(
+            self._source_after(before, msg, time.monotonic()))
+
+    async def _source_after(self, before: asyncio.Task | None, msg: dict[str, Any],
+                            now: float) -> None:
+        if before is not None and not before.done():
+            await asyncio.wait([before])   # in the order they came
+        kind, on = msg.get("kind"), bool(msg.get("on"))
+        needs_recipe = kind == "source" or (kind == "state" and msg.get("save")) \
+            or (kind == "record" and on)
         try:
-            if msg.get("kind") == "source":
-                self.stage.feed(self.sess, msg.get("events"), now)
+            recipe = await self._snapshot() if needs_recipe else None
+            if kind == "source":
+                self.stage.feed(recipe, msg.get("events"), now)
+                self.wake.set()
                 return
-            if msg.get("kind") == "state":
-                jump = self.stage.state(self.sess, msg)
+            if kind == "state":
+                jump = self.stage.state(recipe, msg)
                 if jump is not None:
                     self.pending["jump"] = {**jump, "seq": _seq(msg), "g": msg.get("g")}
+                    self.wake.set()
                 return
-            perf = self.stage.record(self.sess, bool(msg.get("on")), now)
+            perf = self.stage.record(recipe, on, now)
         except StudioError as exc:
-            self._later(self._send_text({"error": str(exc), "kind": KIND_CANVAS}))
+            await self._send_text({"error": str(exc), "kind": KIND_CANVAS})
             return
         if perf is not None:
             self._recorded(perf)
+
+    async def _snapshot(self) -> recipe.Recipe:
+        """A copy of the session's recipe: at once when its lock is free, else from a
+        thread that waits for it (a Gradio handler holds it for a whole render)."""
+        now = sources.snapshot_now(self.sess)
+        if now is not None:
+            return now
+        return await anyio.to_thread.run_sync(sources.snapshot, self.sess,
+                                              limiter=_SNAPSHOT_SLOTS)
 
     def _recorded(self, perf: dict[str, Any]) -> None:
         self.sess.performance = perf   # the Performance panel's "Render to mp4" reads it
@@ -539,8 +569,9 @@ class Connection:
                                        gesture)
         if any(m.get("outside") for m in messages):  # the page's recipe view catches up
             await self._send_text({"outside": seq})
-        if not self.stage.shown(self.sess, time.monotonic()):   # the longest recording
-            self._recorded(self.stage.record(self.sess, False, time.monotonic()))
+        if self.stage.recording is not None and \
+                not self.stage.shown(await self._snapshot(), time.monotonic()):
+            self._recorded(self.stage.record(None, False, time.monotonic()))   # the longest
         self.unrested = seq if shown else None   # a preview: the full picture follows
 
     async def _webcam(self, seq: int, jpeg: bytes) -> None:

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from engine.base.errors import StudioError
-from engine.recipes.recipe import RecipeError
+from engine.recipes.recipe import Recipe, RecipeError
 from engine.recipes.recipe import set_field as recipe_set_field
 from studio import files
 from studio.gpu import gpu_job
@@ -143,9 +143,11 @@ class Stage:
         self.record_t0 = 0.0
         self.record_last: dict[str, Any] = {}
 
-    def feed(self, sess: Session, events: Any, now: float) -> int:
+    def feed(self, recipe: Recipe, events: Any, now: float) -> int:
         """Take a message's source events ([{kind, ..., value}]); returns how many moved a
-        mapping. A recipe whose mappings changed gets a new performer first."""
+        mapping. A recipe whose mappings changed gets a new performer first. `recipe` is
+        the session's, copied (snapshot): the Stage runs on the event loop, which must never
+        wait for the session's lock."""
         from engine.recipes import mappings
         if not isinstance(events, list) or len(events) > MAX_EVENTS:
             raise StudioError(f"send at most {MAX_EVENTS} source events at once.")
@@ -155,7 +157,7 @@ class Stage:
         if self.window[1] > MAX_EVENTS_PER_S:   # routing costs the event loop's time
             raise StudioError(f"at most {MAX_EVENTS_PER_S} source events a second; the "
                               "rest are dropped.")
-        self._performer_for(sess)
+        self._performer_for(recipe)
         if self.performer is None:
             return 0
         moved = 0
@@ -166,14 +168,12 @@ class Stage:
         self.fed = self.fed or moved > 0
         return moved
 
-    def _performer_for(self, sess: Session) -> None:
+    def _performer_for(self, recipe: Recipe) -> None:
         from engine.recipes import mappings
-        with sess.lock:
-            current = [dict(m) for m in sess.recipe.mappings]
-            if current != self.mappings:
-                self.mappings, self.sent = current, {}
-                self.performer = mappings.Performer(copy.deepcopy(sess.recipe)) \
-                    if current else None
+        current = [dict(m) for m in recipe.mappings]
+        if current != self.mappings:
+            self.mappings, self.sent = current, {}
+            self.performer = mappings.Performer(copy.deepcopy(recipe)) if current else None
 
     def frame(self, now: float) -> dict[str, float] | None:
         """The driven fields' values now, when they differ from the last frame's."""
@@ -196,28 +196,29 @@ class Stage:
         """Whether a frame is due without a new event (a glide or a rate mapping)."""
         return bool(self.sent)
 
-    def state(self, sess: Session, msg: dict[str, Any]) -> dict[str, Any] | None:
-        """Save the session's numeric fields as state n (1..9), or the message that jumps
-        back to it (None when saving)."""
+    def state(self, recipe: Recipe | None, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """Save the numeric fields of `recipe` (the session's, copied) as state n (1..9), or
+        the message that jumps back to it (None when saving)."""
         from engine.recipes.performance import numbers
         n = msg.get("n")
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 9:
             raise StudioError("saved states are numbered 1 to 9.")
         if msg.get("save"):
-            with sess.lock:
-                self.states[n] = numbers(sess.recipe.to_dict())
+            assert recipe is not None, "saving a state needs the session's recipe"
+            self.states[n] = numbers(recipe.to_dict())
             return None
         if n not in self.states:
             raise StudioError(f"no state {n} is saved yet (Shift+{n} saves one).")
         return {"kind": "jump", "values": self.states[n]}
 
     # ---- the recorder ------------------------------------------------------------------
-    def record(self, sess: Session, on: bool, now: float) -> dict[str, Any] | None:
-        """Start (on) or stop recording; stopping returns the performance."""
+    def record(self, recipe: Recipe | None, on: bool, now: float) -> dict[str, Any] | None:
+        """Start (on, from `recipe`: the session's, copied) or stop recording; stopping
+        returns the performance."""
         from engine.recipes.performance import FORMAT
         if on:
-            with sess.lock:
-                base = sess.recipe.to_dict()
+            assert recipe is not None, "recording starts from the session's recipe"
+            base = recipe.to_dict()
             self.recording = {"format": FORMAT, "version": 1, "recipe": base, "events": []}
             self.record_t0, self.record_last = now, base
             return None
@@ -226,20 +227,37 @@ class Stage:
             perf["seconds"] = round(now - self.record_t0, 4)
         return perf
 
-    def shown(self, sess: Session, now: float) -> bool:
-        """A frame of the session was shown: note what changed. False once the recording
-        has reached its longest (it then stops)."""
+    def shown(self, recipe: Recipe, now: float) -> bool:
+        """A frame of the session was shown (`recipe`: the session's, copied): note what
+        changed. False once the recording has reached its longest (it then stops)."""
         from engine.recipes.performance import MAX_EVENTS, changes
         if self.recording is None:
             return True
         t = now - self.record_t0
-        with sess.lock:
-            after = sess.recipe.to_dict()
+        after = recipe.to_dict()
         event = changes(self.record_last, after)
         if event is not None:
             self.recording["events"].append({"t": round(t, 4), **event})
             self.record_last = after
         return t < RECORD_MAX_S and len(self.recording["events"]) < MAX_EVENTS
+
+
+def snapshot(sess: Session) -> Recipe:
+    """A copy of the session's recipe, never of an edit half done (waits for its lock:
+    call it off the event loop, e.g. through anyio.to_thread)."""
+    with sess.lock:
+        return copy.deepcopy(sess.recipe)
+
+
+def snapshot_now(sess: Session) -> Recipe | None:
+    """snapshot(sess) when its lock is free at once, else None (then take it off the
+    event loop): a Gradio handler holds the lock for a whole render."""
+    if not sess.lock.acquire(blocking=False):
+        return None
+    try:
+        return copy.deepcopy(sess.recipe)
+    finally:
+        sess.lock.release()
 
 
 def _video_seconds(sess: Session, perf: dict[str, Any], fps: float, **_: Any) -> float:

@@ -269,7 +269,51 @@ def test_a_page_flooding_source_events_is_held_to_the_rate() -> None:
     sent = 0
     with pytest.raises(StudioError, match="source events a second"):
         while True:
-            stage.feed(sess, burst, now=100.0)
+            stage.feed(sess.recipe, burst, now=100.0)
             sent += len(burst)
     assert sent <= sources.MAX_EVENTS_PER_S
-    assert stage.feed(sess, burst, now=101.5) == len(burst)   # the next second: room again
+    assert stage.feed(sess.recipe, burst, now=101.5) == len(burst)   # the next second: room again
+
+
+def test_a_source_message_never_makes_the_event_loop_wait_for_the_session_lock() -> None:
+    """A Gradio handler holds the session's lock for a whole render; a MIDI event arriving
+    meanwhile must wait for it off the event loop (it froze the loop, so every visitor's
+    channel, before): a coroutine scheduled after the message runs while the lock is
+    still held, and the event takes effect once it is free."""
+    import threading
+
+    sess = _bent_session()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with sess.lock:
+            holding.set()
+            release.wait(timeout=10)   # bounds the test if the loop is frozen (the bug)
+            holding.clear()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(timeout=10)
+    ws = FakeSocket([_source(1, {**CC7, "value": 127})])
+    seen: list[bool] = []
+
+    async def run() -> dict | None:
+        conn = ws.conn = live.Connection(ws, sess)
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(conn.receive())    # takes the message at its first step
+
+        async def probe() -> None:
+            seen.append(holding.is_set())
+            release.set()
+
+        await loop.create_task(probe())
+        await reader
+        return conn.stage.frame(1e9)
+
+    try:
+        values = _run_async(run(), timeout=60)
+    finally:
+        release.set()
+        holder.join()
+    assert seen == [True]                      # the loop ran on while the lock was held
+    assert values == {"bends.0.params.angle": 180.0}   # and the event still took effect
