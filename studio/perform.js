@@ -227,7 +227,7 @@
   }
 
   // ---- learn ----------------------------------------------------------------------------
-  const MAPPABLE = '#psi, #seed-frac, [id^="dir-"], [id^="p-slider-"], #w-amount';
+  const MAPPABLE = '#psi, #seed-frac, [id^="dir-"]:not(#dir-method), [id^="p-slider-"], #w-amount';
 
   function setLearning(on) {
     P.learning = on;
@@ -241,7 +241,8 @@
     const id = block.id;
     if (id === "psi") return { target: "latent.psi" };
     if (id === "seed-frac") return { target: "latent.seed" };
-    if (id.startsWith("dir-")) return { target: `latent.directions.${id.slice(4)}.amount` };
+    // The slider's number: the server finds (or makes) its DirectionEdit.
+    if (id.startsWith("dir-")) return { direction: Number(id.slice(4)) };
     if (id.startsWith("p-slider-")) return { slot: Number(id.slice(9)) };
     const radios = [...document.querySelectorAll('#w-list input[type="radio"]')];
     return { weight: radios.findIndex((r) => r.checked) };

@@ -14,6 +14,7 @@ recipe that cannot render is rolled back too).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import uuid
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from typing import Any
 from engine.base.errors import StudioError
 from engine.models.zoo import HF_PREFIX
 from engine.recipes.incremental import TailCache
-from engine.recipes.recipe import Recipe, TranslatorSpec
+from engine.recipes.recipe import Recipe, RecipeError, TranslatorSpec, parse_path
 from engine.tools.bending import OPERATIONS, WEIGHT_OPERATIONS, Bend, ChannelSelection, WeightEdit
 from engine.tools.blend import BlendSpec
 from engine.tools.clusters import ClusterResult
@@ -256,16 +257,47 @@ def move_directions(sess: Session, method: Any, amounts: list[float]) -> None:
 
 
 def set_directions(sess: Session, method: str, amounts: list[float], start: int,
-                   end: int | None, path: str | None = None) -> None:
-    """Direction sliders: one DirectionEdit per non-zero amount (a boundary file has one)."""
+                   end: int | None, path: str | None = None) -> list[str]:
+    """Direction sliders: one DirectionEdit per non-zero amount (a boundary file has one),
+    and one at its amount (0 included: an amount of 0 renders nothing) for each slider a
+    mapping drives. A DirectionEdit's `index` is its slider's number. Mappings follow
+    their slider to its new place in the list; returns the names of those dropped (their
+    slider is gone)."""
     if method == "file":
         amounts = amounts[:1] if path else []
     sess.direction_settings = DirectionEdit(method=method, index=0, amount=0.0,
                                             layer_start=int(start), layer_end=end, path=path)
-    sess.recipe.latent.directions = [
-        DirectionEdit(method=method, index=0 if method == "file" else i, amount=float(a),
-                      layer_start=int(start), layer_end=end, path=path)
-        for i, a in enumerate(amounts) if a]
+    old = sess.recipe.latent.directions
+    mapped = {old[i].index for i in _mapped_indices(sess, "direction")}
+    new = [DirectionEdit(method=method, index=i, amount=float(a),
+                         layer_start=int(start), layer_end=end, path=path)
+           for i, a in enumerate(amounts) if a or i in mapped]
+    sess.recipe.latent.directions = new
+    sliders = [d.index for d in new]
+    return _follow_mappings(sess, "direction", [
+        sliders.index(d.index) if d.index in sliders else None for d in old])
+
+
+def direction_target(sess: Session, slider: Any) -> str:
+    """The field path of direction slider `slider`'s amount (a mapping's target, "learn").
+    The recipe holds DirectionEdits only for sliders in use, so a slider at 0 gets one at
+    amount 0 here (it renders nothing), placed in slider order."""
+    if not isinstance(slider, int) or isinstance(slider, bool) or not 0 <= slider < 64:
+        raise StudioError("click one of the direction sliders.")
+    lat = sess.recipe.latent
+    for i, d in enumerate(lat.directions):
+        if d.index == slider:
+            return f"latent.directions.{i}.amount"
+    like = lat.directions[0] if lat.directions else sess.direction_settings
+    like = like or DirectionEdit(method="sefa", index=0)
+    if like.method == "file" and (slider != 0 or not like.path):
+        raise StudioError("a boundary file has one slider: upload the file, then click "
+                          "the first slider.")
+    place = sum(d.index < slider for d in lat.directions)
+    positions = [i + (i >= place) for i in range(len(lat.directions))]
+    lat.directions.insert(place, dataclasses.replace(like, index=slider, amount=0.0))
+    _follow_mappings(sess, "direction", positions)
+    return f"latent.directions.{place}.amount"
 
 
 def set_blend(sess: Session, spec: BlendSpec | None) -> None:
@@ -278,13 +310,13 @@ def add_layer_edit(sess: Session, op: str, w_index: int, seed: int = 0) -> None:
                                                     seed=int(seed)))
 
 
-def remove_layer_edit(sess: Session, index: int | None = None) -> None:
-    """Remove one W+ edit (None: all of them)."""
+def remove_layer_edit(sess: Session, index: int | None = None) -> list[str]:
+    """Remove one W+ edit (None: all of them); returns the names of the mappings dropped
+    with it (the others follow their edit)."""
     edits = sess.recipe.latent.layer_edits
-    if index is None:
-        edits.clear()
-    else:
-        edits.pop(_index(edits, index, "layer edit"))
+    return _reshape(sess, "layer edit", edits,
+                    lambda: edits.clear() if index is None
+                    else edits.pop(_index(edits, index, "layer edit")))
 
 
 def send_projection(sess: Session) -> bool:
@@ -295,7 +327,8 @@ def send_projection(sess: Session) -> bool:
         raise StudioError("fit a photo first.")
     lat = sess.recipe.latent
     lat.w, lat.psi, lat.cutoff, lat.mix_seed = copy.deepcopy(sess.projected), 1.0, None, None
-    lat.directions, lat.layer_edits = [], []
+    _reshape(sess, "direction", lat.directions, lat.directions.clear)
+    _reshape(sess, "layer edit", lat.layer_edits, lat.layer_edits.clear)
     translating = sess.recipe.translator is not None
     sess.recipe.translator = None
     return translating
@@ -479,11 +512,12 @@ def add_weight_edit(sess: Session, edit_: WeightEdit) -> int:
 
 
 def move(sess: Session, kind: str, index: int, delta: int) -> int:
-    """Move a bend or weight edit by delta places (clamped); returns its new index."""
+    """Move a bend or weight edit by delta places (clamped); returns its new index.
+    Mappings follow the items they drive."""
     items = _items(sess, kind)
     i = _index(items, index, kind)
     j = max(0, min(len(items) - 1, i + int(delta)))
-    items.insert(j, items.pop(i))
+    _reshape(sess, kind, items, lambda: items.insert(j, items.pop(i)))
     if kind == "bend":
         sess.current = j
     return j
@@ -494,15 +528,68 @@ def toggle(sess: Session, kind: str, index: int, on: bool) -> None:
     items[_index(items, index, kind)].enabled = bool(on)
 
 
-def remove(sess: Session, kind: str, index: int | None = None) -> None:
-    """Remove one bend or weight edit (None: all of that kind)."""
+def remove(sess: Session, kind: str, index: int | None = None) -> list[str]:
+    """Remove one bend or weight edit (None: all of that kind); returns the names of the
+    mappings dropped with it (the others follow their item to its new place)."""
     items = _items(sess, kind)
-    if index is None:
-        items.clear()
-    else:
-        items.pop(_index(items, index, kind))
+    dropped = _reshape(sess, kind, items, lambda: items.clear() if index is None
+                       else items.pop(_index(items, index, kind)))
     if kind == "bend":
         _clamp_current(sess)
+    return dropped
+
+
+# The recipe lists a mapping's target can index into (engine.recipes.mappings.field_info).
+MAPPED_LISTS = {"bend": ["bends"], "weight edit": ["weight_edits"],
+                "layer edit": ["latent", "layer_edits"], "direction": ["latent", "directions"]}
+
+
+def _mapped_index(target: Any, kind: str) -> tuple[list, int] | None:
+    """(the target's path parts, its index into the list of `kind`), None when it points
+    elsewhere."""
+    prefix = MAPPED_LISTS[kind]
+    try:
+        parts = parse_path(target)
+    except (RecipeError, TypeError):
+        return None
+    n = len(prefix)
+    if parts[:n] != prefix or len(parts) <= n or not isinstance(parts[n], int):
+        return None
+    return parts, parts[n]
+
+
+def _mapped_indices(sess: Session, kind: str) -> set[int]:
+    found = (_mapped_index(m.get("target"), kind) for m in sess.recipe.mappings)
+    return {hit[1] for hit in found if hit is not None}
+
+
+def _follow_mappings(sess: Session, kind: str, positions: list[int | None]) -> list[str]:
+    """After the list of `kind` changed: a mapping into item i now targets item
+    positions[i]; one whose item is gone (None) is dropped, else every render would fail
+    validation until it is unmapped. Returns the dropped mappings' names. A target past
+    the old list (already broken) is left for validation to report."""
+    kept, dropped = [], []
+    for m in sess.recipe.mappings:
+        hit = _mapped_index(m.get("target"), kind)
+        if hit is None or hit[1] >= len(positions):
+            kept.append(m)
+        elif positions[hit[1]] is None:
+            dropped.append(str(m.get("name")))
+        else:
+            parts, n = hit[0], len(MAPPED_LISTS[kind])
+            parts[n] = positions[hit[1]]
+            kept.append({**m, "target": ".".join(str(p) for p in parts)})
+    sess.recipe.mappings = kept
+    return dropped
+
+
+def _reshape(sess: Session, kind: str, items: list, change: Any) -> list[str]:
+    """Run `change()` on the list `items` of `kind` in place (reorder, remove), then let
+    the mappings follow each item by identity; returns the names of those dropped."""
+    before = list(items)
+    change()
+    where = {id(item): i for i, item in enumerate(items)}
+    return _follow_mappings(sess, kind, [where.get(id(item)) for item in before])
 
 
 def _items(sess: Session, kind: str) -> list:

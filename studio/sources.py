@@ -78,11 +78,14 @@ def learn(sess: Session, msg: dict[str, Any]) -> None:
 
 
 def _target(sess: Session, msg: dict[str, Any]) -> str:
-    """The field a learn message names: a path, the bend editor's slider `slot` (the bend
-    being edited) or the weight editor's amount of edit `weight` (the session layer says
-    which parameter each control sets, as for the sliders themselves)."""
+    """The field a learn message names: a path, a direction slider's number `direction`,
+    the bend editor's slider `slot` (the bend being edited) or the weight editor's amount
+    of edit `weight` (the session layer says which parameter each control sets, as for the
+    sliders themselves)."""
     from studio import session as S
     slot, weight = msg.get("slot"), msg.get("weight")
+    if msg.get("direction") is not None:  # a direction slider's number, not a list index
+        return S.direction_target(sess, msg["direction"])
     if slot is not None:
         name = S.slot_param(sess, "float", slot) if isinstance(slot, int) else None
         if name is None:

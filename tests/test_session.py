@@ -191,3 +191,98 @@ def test_load_and_merge_recipes(sess):
     assert S.undo(sess) and sess.model == "tiny"
     with pytest.raises(StudioError, match="not the one loaded"):
         _edit(sess, S.load_recipe, Recipe(model="elsewhere"), merge=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Mappings follow the bends, edits and direction sliders they drive.
+
+def _knob(name: str, target: str, number: int = 21) -> dict:
+    return {"name": name, "target": target, "in": [0, 127], "out": [0, 1],
+            "source": {"kind": "midi", "type": "cc", "channel": 0, "number": number}}
+
+
+def _mapping_problems(sess: S.Session) -> list[str]:
+    from engine.recipes.mappings import mapping_problems
+    return mapping_problems(sess.recipe)
+
+
+def test_mappings_follow_a_moved_bend_and_go_with_a_removed_one(sess):
+    _edit(sess, S.add_bend, "b16.conv1", "rotate", ChannelSelection())
+    _edit(sess, S.add_bend, "b32.conv1", "rotate", ChannelSelection())
+    _edit(sess, S.set_bend_param, 0, "angle", 10)
+    _edit(sess, S.set_bend_param, 1, "angle", 20)
+    sess.recipe.mappings = [_knob("knob", "bends.0.params.angle"),
+                            _knob("other", "bends[1].params.angle", 22),
+                            _knob("psi", "latent.psi", 23)]
+    _edit(sess, S.move, "bend", 0, +1)
+    targets = {m["name"]: m["target"] for m in sess.recipe.mappings}
+    assert targets == {"knob": "bends.1.params.angle", "other": "bends.0.params.angle",
+                       "psi": "latent.psi"}
+    assert sess.recipe.bends[1].layer == "b16.conv1"  # the knob still drives b16.conv1
+    assert _edit(sess, S.remove, "bend", 1) == ["knob"]
+    assert [m["name"] for m in sess.recipe.mappings] == ["other", "psi"]
+    assert _mapping_problems(sess) == []
+    assert _edit(sess, S.remove, "bend", None) == ["other"]
+    assert _mapping_problems(sess) == []
+
+
+def test_mappings_follow_weight_and_layer_edits(sess):
+    for factor in (2.0, 3.0, 4.0):
+        _edit(sess, S.add_weight_edit, WeightEdit(layer="b8.conv1", op="scale",
+                                                  params={"factor": factor, "axis": "in"}))
+    for seed in (1, 2):
+        _edit(sess, S.add_layer_edit, "randomize", 0, seed)
+    sess.recipe.mappings = [_knob("w2", "weight_edits.2.params.factor"),
+                            _knob("w0", "weight_edits.0.params.factor", 22),
+                            _knob("l1", "latent.layer_edits.1.seed", 23),
+                            _knob("l0", "latent.layer_edits.0.seed", 24)]
+    assert _edit(sess, S.remove, "weight edit", 1) == []
+    assert _edit(sess, S.remove_layer_edit, 0) == ["l0"]
+    targets = {m["name"]: m["target"] for m in sess.recipe.mappings}
+    assert targets == {"w2": "weight_edits.1.params.factor",
+                       "w0": "weight_edits.0.params.factor", "l1": "latent.layer_edits.0.seed"}
+    assert sess.recipe.latent.layer_edits[0].seed == 2
+    assert _mapping_problems(sess) == []
+
+
+def test_mappings_follow_direction_sliders(sess):
+    _edit(sess, S.set_directions, "sefa", [1.0, 2.0, 3.0], 0, None)
+    sess.recipe.mappings = [_knob("d2", "latent.directions.2.amount"),
+                            _knob("d0", "latent.directions.0.amount", 22)]
+    # Slider 1 goes to 0 (its edit leaves the list): slider 2's mapping follows it.
+    _edit(sess, S.set_directions, "sefa", [1.0, 0.0, 3.0], 0, None)
+    targets = {m["name"]: m["target"] for m in sess.recipe.mappings}
+    assert targets == {"d2": "latent.directions.1.amount", "d0": "latent.directions.0.amount"}
+    assert sess.recipe.latent.directions[1].index == 2
+    # A mapped slider moved to 0 keeps its edit at 0 (renders nothing), so its mapping stays.
+    _edit(sess, S.set_directions, "sefa", [0.0, 0.0, 3.0], 0, None)
+    assert [(d.index, d.amount) for d in sess.recipe.latent.directions] == [(0, 0.0), (2, 3.0)]
+    assert _mapping_problems(sess) == []
+    # A boundary file has one slider: the mapping of slider 2 goes.
+    assert _edit(sess, S.set_directions, "file", [0.0, 0.0, 3.0], 0, None, "b.npy") == ["d2"]
+    assert _mapping_problems(sess) == []
+
+
+@pytest.mark.parametrize("amounts, position", [([0.0, 0.0, 1.5], 0), ([0.0, 1.0, 1.5], 1)])
+def test_learning_a_direction_slider_drives_that_sliders_edit(sess, amounts, position):
+    from engine.recipes.mappings import apply
+    from studio import sources
+    _edit(sess, S.set_directions, "sefa", amounts, 0, None)
+    event = {"kind": "midi", "type": "cc", "channel": 0, "number": 21}
+    _edit(sess, sources.learn, {"event": event, "name": "knob", "direction": 2,
+                                "out": [-5, 5]})
+    assert sess.recipe.mappings[0]["target"] == f"latent.directions.{position}.amount"
+    driven = apply(sess.recipe, {"knob": 4.0}).latent.directions
+    assert {d.index: d.amount for d in driven}[2] == 4.0
+    # A slider at 0 has no edit yet: learning it makes one at 0 (rendering nothing) in
+    # slider order, and the knob learned before still drives slider 2.
+    _edit(sess, sources.learn, {"event": {**event, "number": 22}, "name": "zero",
+                                "direction": 0, "out": [-5, 5]})
+    assert [d.index for d in sess.recipe.latent.directions][0] == 0
+    assert sess.recipe.latent.directions[0].amount == 0.0
+    driven = apply(sess.recipe, {"knob": 4.0, "zero": -2.0}).latent.directions
+    expected = {0: -2.0, 2: 4.0} | ({1: amounts[1]} if amounts[1] else {})
+    assert {d.index: d.amount for d in driven} == expected
+    assert _mapping_problems(sess) == []
+    with pytest.raises(StudioError, match="direction sliders"):
+        _edit(sess, sources.learn, {"event": event, "name": "x", "direction": "0"})

@@ -66,7 +66,7 @@ CSS = """
   align-self: center; min-width: 60px; }
 .perf-meter > i { display: block; height: 100%; background: var(--color-accent); }
 body.perf-learning [id^="p-slider-"], body.perf-learning #psi, body.perf-learning #seed-frac,
-body.perf-learning [id^="dir-"], body.perf-learning #w-amount {
+body.perf-learning [id^="dir-"]:not(#dir-method), body.perf-learning #w-amount {
   outline: 2px dashed var(--color-accent); cursor: crosshair; }
 /* The full-window view: the canvas fills the screen, the meters stand beside it. */
 #perf-stage { position: fixed; inset: 0; z-index: 1000; background: #000; display: flex; }
