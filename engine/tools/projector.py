@@ -375,10 +375,7 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
     and resumes from it when the same projection is started again, e.g. after the process
     was killed. show_bar: a tqdm bar on stderr (the CLI).
     """
-    if steps < 1:
-        raise StudioError(f"Projection needs at least one step (got {steps}).")
-    if init not in ("w_avg", "encoder"):
-        raise StudioError(f"init must be 'w_avg' or 'encoder', not {init!r}.")
+    _check_settings(steps, init)
     device = model_device(G)
     target_np = prepare_image(image, G.resolution)
     target = image_to_tensor(target_np, device)
@@ -388,85 +385,40 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
     w_std = float(np.sqrt(np.sum(w_sd.astype(np.float64) ** 2)))
     frame_every = frame_every or max(1, steps // 100)
 
-    # Starting point.
-    if init == "encoder":
-        if encoder is None:
-            raise StudioError("init='encoder' needs a trained latent encoder (train one "
-                              "with `python -m engine train-latent-encoder`).")
-        enc = load_latent_encoder(encoder) if isinstance(encoder, (str, os.PathLike)) \
-            else encoder
-        enc = enc.to(device).eval()
-        with torch.no_grad():
-            start = enc(target, torch.from_numpy(w_mean).to(device))
-        if not w_plus:
-            start = start.mean(dim=1, keepdim=True)
-    else:
-        start = torch.from_numpy(w_mean).to(device)[None, None]
-        start = start.repeat(1, num_ws if w_plus else 1, 1)
-    w_opt = start.detach().clone().to(torch.float32).requires_grad_(True)
-
-    noise: dict[str, torch.Tensor] = {}
-    if optimize_noise:
-        # Start from the model's constant noise, so step 0 renders what 'const' mode shows.
-        for name in noise_layers(G):
-            block, part = name.split(".")
-            const = getattr(getattr(G.synthesis, block), part).noise_const
-            noise[name] = const.detach().clone().to(device)[None, None].requires_grad_(True)
-        _normalise_noise_(noise)
+    w_opt = _starting_latent(target, init, encoder, w_plus, num_ws, w_mean, device)
+    noise = _fittable_noise(G, device) if optimize_noise else {}
     params = [w_opt] + list(noise.values())
     opt = torch.optim.Adam(params, lr=initial_lr, betas=ADAM_BETAS)
 
     def ws_of(w: torch.Tensor) -> torch.Tensor:
         return w if w.shape[1] == num_ws else w.expand(-1, num_ws, -1)
 
-    fitted_noise = noise if optimize_noise else None
-
     def render(w: torch.Tensor) -> torch.Tensor:
-        return G.synthesis(ws_of(w), noise_mode="const", noise=fitted_noise)
+        return G.synthesis(ws_of(w), noise_mode="const", noise=noise or None)
 
     # Resume, cancel, progress and checkpoints: engine/training/loop.py. A checkpoint of another
     # projection (another picture, model or setting) is ignored, not refused.
     key = _run_key(target_np, G, steps, w_plus, optimize_noise, loss_name, init, seed)
     frames: list[np.ndarray] = []
-    loop = StepLoop(
-        steps, checkpoint_every=checkpoint_every, history_key="loss",
-        checkpointer=Checkpointer(checkpoint_path, {"key": key,
-                                                    "version": CHECKPOINT_VERSION},
-                                  strict=False) if checkpoint_path else None,
+    loop = _projection_loop(
+        steps, checkpoint_path, checkpoint_every, key,
         state=lambda: {"w": w_opt.detach().cpu(),
                        "noise": {k: v.detach().cpu() for k, v in noise.items()},
                        "opt": opt.state_dict(),
                        "frames": [torch.from_numpy(f) for f in frames]},
-        cancel=cancel, cancelled=lambda loop: ProjectionCancelled(
-            "The projection was cancelled"
-            + (" (it resumes from its checkpoint)." if checkpoint_path else ".")),
-        progress=progress, on_metrics=on_metrics, bar="projecting" if show_bar else None)
+        cancel=cancel, progress=progress, on_metrics=on_metrics, show_bar=show_bar)
     saved = loop.resume(device)
     if saved is not None:
-        with torch.no_grad():
-            w_opt.copy_(saved["w"])
-            for name, buf in noise.items():
-                buf.copy_(saved["noise"][name])
-        opt.load_state_dict(saved["opt"])
-        frames.extend(f.cpu().numpy() for f in saved["frames"])  # loaded to device
+        _restore_(saved, w_opt, noise, opt, frames)
 
     for step in loop:
         t = step / steps
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(t, initial_lr)
-        # The w noise is drawn from a per-step seed so a resumed run follows the same path.
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        w_noise = torch.randn(w_opt.shape, generator=gen).to(device)
-        synth = render(w_opt + w_noise * w_noise_strength(t, w_std))
+        synth = render(w_opt + _w_noise(w_opt, seed, step, device) * w_noise_strength(t, w_std))
         dist = loss_fn(saturate_like(synth, target), target)
         total = dist
         if optimize_noise:
             total = total + NOISE_REG_WEIGHT * noise_regularisation(noise)
-        # Gradients for the latent and noise only: the shared model never gets .grad.
-        grads = torch.autograd.grad(total, params)
-        for p, g in zip(params, grads):
-            p.grad = g
-        opt.step()
+        _descend_(opt, params, total, learning_rate(t, initial_lr))
         _normalise_noise_(noise)
         if (step + 1) % frame_every == 0 or step == steps - 1:
             with torch.no_grad():
@@ -483,6 +435,96 @@ def project(G: nn.Module, image: Any, steps: int = 500, w_plus: bool = True,
         loss_history=loop.history, frames=frames, loss_name=loss_name,
         noise={k: v.detach().cpu().numpy()[0, 0] for k, v in noise.items()} or None,
         steps=steps, init=init, image_const=image_const, resumed_from=loop.resumed_from)
+
+
+def _check_settings(steps: int, init: str) -> None:
+    if steps < 1:
+        raise StudioError(f"Projection needs at least one step (got {steps}).")
+    if init not in ("w_avg", "encoder"):
+        raise StudioError(f"init must be 'w_avg' or 'encoder', not {init!r}.")
+
+
+def _projection_loop(steps: int, checkpoint_path: str | os.PathLike | None,
+                     checkpoint_every: int, key: str, state: Callable[[], dict], cancel: Any,
+                     progress: Progress | None, on_metrics: MetricsCallback | None,
+                     show_bar: bool) -> StepLoop:
+    """The StepLoop of one projection; its checkpoint (if any) is tagged with the run's key
+    so a checkpoint of another projection is ignored (strict=False), not refused."""
+    return StepLoop(
+        steps, checkpoint_every=checkpoint_every, history_key="loss",
+        checkpointer=Checkpointer(checkpoint_path, {"key": key,
+                                                    "version": CHECKPOINT_VERSION},
+                                  strict=False) if checkpoint_path else None,
+        state=state,
+        cancel=cancel, cancelled=lambda loop: ProjectionCancelled(
+            "The projection was cancelled"
+            + (" (it resumes from its checkpoint)." if checkpoint_path else ".")),
+        progress=progress, on_metrics=on_metrics, bar="projecting" if show_bar else None)
+
+
+def _descend_(opt: torch.optim.Optimizer, params: list[torch.Tensor],
+              total: torch.Tensor, lr: float) -> None:
+    """One optimiser step of size lr on params from total's gradients."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    # Gradients for the latent and noise only: the shared model never gets .grad.
+    grads = torch.autograd.grad(total, params)
+    for p, g in zip(params, grads):
+        p.grad = g
+    opt.step()
+
+
+def _starting_latent(target: torch.Tensor, init: str, encoder: Any, w_plus: bool,
+                     num_ws: int, w_mean: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The latent the fit starts from, [1, num_ws or 1, w_dim] fp32 with requires_grad:
+    the encoder's guess for `target` (init 'encoder') or the mean w."""
+    if init == "encoder":
+        if encoder is None:
+            raise StudioError("init='encoder' needs a trained latent encoder (train one "
+                              "with `python -m engine train-latent-encoder`).")
+        enc = load_latent_encoder(encoder) if isinstance(encoder, (str, os.PathLike)) \
+            else encoder
+        enc = enc.to(device).eval()
+        with torch.no_grad():
+            start = enc(target, torch.from_numpy(w_mean).to(device))
+        if not w_plus:
+            start = start.mean(dim=1, keepdim=True)
+    else:
+        start = torch.from_numpy(w_mean).to(device)[None, None]
+        start = start.repeat(1, num_ws if w_plus else 1, 1)
+    return start.detach().clone().to(torch.float32).requires_grad_(True)
+
+
+def _fittable_noise(G: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
+    """{layer: [1, 1, res, res] noise map with requires_grad} for every noise layer of G."""
+    noise: dict[str, torch.Tensor] = {}
+    # Start from the model's constant noise, so step 0 renders what 'const' mode shows.
+    for name in noise_layers(G):
+        block, part = name.split(".")
+        const = getattr(getattr(G.synthesis, block), part).noise_const
+        noise[name] = const.detach().clone().to(device)[None, None].requires_grad_(True)
+    _normalise_noise_(noise)
+    return noise
+
+
+def _restore_(saved: dict, w_opt: torch.Tensor, noise: dict[str, torch.Tensor],
+              opt: torch.optim.Optimizer, frames: list[np.ndarray]) -> None:
+    """Put a checkpoint's latent, noise, optimiser state and frames back in place."""
+    with torch.no_grad():
+        w_opt.copy_(saved["w"])
+        for name, buf in noise.items():
+            buf.copy_(saved["noise"][name])
+    opt.load_state_dict(saved["opt"])
+    frames.extend(f.cpu().numpy() for f in saved["frames"])  # loaded to device
+
+
+def _w_noise(w_opt: torch.Tensor, seed: int, step: int, device: torch.device) -> torch.Tensor:
+    """Unit Gaussian noise shaped like w_opt for this step.
+
+    Drawn on the CPU from a per-step seed, so a resumed run follows the same path.
+    """
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randn(w_opt.shape, generator=gen).to(device)
 
 
 def save_projection(result: ProjectionResult, out_dir: str | os.PathLike, fps: float = 20,
