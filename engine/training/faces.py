@@ -421,33 +421,19 @@ def _draw_face(
     """Everything that turns with the head, drawn onto a transparent layer.
 
     Returns the discrete choices made (mouth, nose, glasses, ...) for ``face_traits``.
+    Each part draws its own random numbers from rng, in this order (the faces of a seed
+    depend on it).
     """
     draw = ImageDraw.Draw(layer)
-    traits: dict[str, object] = {"glasses": None}
-    cx, cy, hw, hh, sq, jaw = (head[k] for k in ("cx", "cy", "hw", "hh", "sq", "jaw"))
+    traits: dict[str, object] = {"glasses": None}  # first key, as face_traits lists them
+    cy, hw, hh = head["cy"], head["hw"], head["hh"]
 
     shadow = _scale(skin, rng.uniform(0.76, 0.88))
     line_w = max(1, int(s * rng.uniform(0.010, 0.016)))
 
     _draw_hair_back(draw, rng, style, head, hair)
-
-    # Ears: the one on the shadow side is darker, like the rest of that side.
-    ew, eh = hw * rng.uniform(0.13, 0.22), hh * rng.uniform(0.15, 0.24)
-    ey = cy + hh * rng.uniform(-0.05, 0.12)
-    ears = (-1, 1) if style not in ("long", "bob") else ()  # hidden under the hair
-    for side in ears:
-        col = skin if side == light_side else shadow
-        ex = cx + side * hw * 0.96
-        draw.ellipse(_ellipse(ex, ey, ew, eh), fill=col)
-        draw.ellipse(_ellipse(ex + side * ew * 0.15, ey, ew * 0.5, eh * 0.6), fill=_scale(col, 0.8))
-
-    # Head: a shadow silhouette with a lit copy shifted towards the light on top, which
-    # leaves a flat crescent of shade on the far side.
-    outline = _outline(cx, cy, hw, hh, sq, jaw)
-    _poly(draw, outline, shadow)
-    shift = hw * rng.uniform(0.05, 0.1)
-    lit = _outline(cx + light_side * shift, cy - hh * 0.02, hw - shift, hh * 0.975, sq, jaw)
-    _poly(draw, lit, skin)
+    _draw_ears(draw, rng, style, head, skin, shadow, light_side)
+    _draw_head(draw, rng, head, skin, shadow, light_side)
 
     # Feature layout.
     eye_y = cy + hh * rng.uniform(-0.14, 0.04)
@@ -457,19 +443,65 @@ def _draw_face(
     mouth_y = cy + hh * rng.uniform(0.45, 0.62)
     mouth_w = hw * rng.uniform(0.25, 0.5)
 
-    traits["blush"] = bool(rng.uniform() < 0.3)
-    if traits["blush"]:
-        blush = _mix(skin, (240, 100, 115), rng.uniform(0.3, 0.55))
-        by = (eye_y + ry + mouth_y) * 0.5
-        for side in (-1, 1):
-            draw.ellipse(_ellipse(cx + side * hw * 0.6, by, hw * 0.16, hh * 0.075), fill=blush)
+    traits["blush"] = _draw_blush(draw, rng, head, skin, eye_y + ry, mouth_y)
+    traits["nose"] = _draw_nose(draw, rng, s, head, skin, light_side, line_w, eye_y, mouth_y)
+    traits["mouth"] = _draw_mouth(draw, rng, s, head, skin, mouth_y, mouth_w)
+    traits["lids"] = _draw_eyes(draw, rng, head, skin, line_w, eye_y, eye_dx, rx, ry)
 
-    # Nose.
+    brow_y = eye_y - ry - s * rng.uniform(0.02, 0.04)
+    _draw_hair_front(draw, rng, style, head, hair, brow_y)
+    _draw_brows(draw, rng, s, head, skin, hair, style, eye_dx, rx, brow_y)
+    traits["glasses"] = _draw_glasses(draw, rng, s, head, eye_y, eye_dx, max(rx, ry))
+    return traits
+
+
+def _draw_ears(draw: ImageDraw.ImageDraw, rng: np.random.Generator, style: str, head: dict,
+               skin: Color, shadow: Color, light_side: int) -> None:
+    """Ears: the one on the shadow side is darker, like the rest of that side."""
+    cx, cy, hw, hh = head["cx"], head["cy"], head["hw"], head["hh"]
+    ew, eh = hw * rng.uniform(0.13, 0.22), hh * rng.uniform(0.15, 0.24)
+    ey = cy + hh * rng.uniform(-0.05, 0.12)
+    ears = (-1, 1) if style not in ("long", "bob") else ()  # hidden under the hair
+    for side in ears:
+        col = skin if side == light_side else shadow
+        ex = cx + side * hw * 0.96
+        draw.ellipse(_ellipse(ex, ey, ew, eh), fill=col)
+        draw.ellipse(_ellipse(ex + side * ew * 0.15, ey, ew * 0.5, eh * 0.6), fill=_scale(col, 0.8))
+
+
+def _draw_head(draw: ImageDraw.ImageDraw, rng: np.random.Generator, head: dict, skin: Color,
+               shadow: Color, light_side: int) -> None:
+    """Head: a shadow silhouette with a lit copy shifted towards the light on top, which
+    leaves a flat crescent of shade on the far side."""
+    cx, cy, hw, hh, sq, jaw = (head[k] for k in ("cx", "cy", "hw", "hh", "sq", "jaw"))
+    outline = _outline(cx, cy, hw, hh, sq, jaw)
+    _poly(draw, outline, shadow)
+    shift = hw * rng.uniform(0.05, 0.1)
+    lit = _outline(cx + light_side * shift, cy - hh * 0.02, hw - shift, hh * 0.975, sq, jaw)
+    _poly(draw, lit, skin)
+
+
+def _draw_blush(draw: ImageDraw.ImageDraw, rng: np.random.Generator, head: dict, skin: Color,
+                eye_bottom: float, mouth_y: float) -> bool:
+    """Blushed cheeks on some faces, between the eyes' bottom and the mouth; True if drawn."""
+    cx, hw, hh = head["cx"], head["hw"], head["hh"]
+    if not rng.uniform() < 0.3:
+        return False
+    blush = _mix(skin, (240, 100, 115), rng.uniform(0.3, 0.55))
+    by = (eye_bottom + mouth_y) * 0.5
+    for side in (-1, 1):
+        draw.ellipse(_ellipse(cx + side * hw * 0.6, by, hw * 0.16, hh * 0.075), fill=blush)
+    return True
+
+
+def _draw_nose(draw: ImageDraw.ImageDraw, rng: np.random.Generator, s: float, head: dict,
+               skin: Color, light_side: int, line_w: int, eye_y: float, mouth_y: float) -> str:
+    """One of four noses between the eyes and the mouth; returns its kind."""
+    cx, hh = head["cx"], head["hh"]
     nose_y = (eye_y + mouth_y) * 0.5 + hh * rng.uniform(-0.04, 0.06)
     nose_r = s * rng.uniform(0.018, 0.03)
     nose_col = _scale(skin, 0.72)
     nose = int(rng.integers(4))
-    traits["nose"] = ("dot", "hook", "button", "triangle")[nose]
     if nose == 0:  # dot
         draw.ellipse(_ellipse(cx, nose_y, nose_r * 1.2, nose_r * 0.8), fill=nose_col)
     elif nose == 1:  # hook line on the shadow side
@@ -497,12 +529,16 @@ def _draw_face(
             [(cx, nose_y - nose_r * 2.5), (x0, nose_y + nose_r), (cx, nose_y + nose_r)],
             fill=nose_col,
         )
+    return ("dot", "hook", "button", "triangle")[nose]
 
-    # Mouth.
+
+def _draw_mouth(draw: ImageDraw.ImageDraw, rng: np.random.Generator, s: float, head: dict,
+                skin: Color, mouth_y: float, mouth_w: float) -> str:
+    """One of the _MOUTHS at mouth_y, mouth_w wide; returns its kind."""
+    cx, hw = head["cx"], head["hw"]
     lips = _mix(_scale(skin, 0.55), (160, 40, 50), 0.5)
     inside = (85, 25, 35)
     kind = str(_choice(rng, _MOUTHS))  # type: ignore[arg-type]
-    traits["mouth"] = kind
     mw = mouth_w
     mh = mw * rng.uniform(0.3, 0.6)
     lw = max(2, int(s * rng.uniform(0.012, 0.02)))
@@ -534,14 +570,19 @@ def _draw_face(
         teeth_box = _ellipse(mx, mouth_y - mh * 0.3, mw * 0.93, mh * 0.7)
         draw.chord(teeth_box, 0, 180, fill=(250, 250, 245))
         draw.chord(box, 0, 180, outline=lips, width=lw)
+    return kind
 
-    # Eyes: whites, iris, pupil, highlight; the gaze is shared by both eyes.
+
+def _draw_eyes(draw: ImageDraw.ImageDraw, rng: np.random.Generator, head: dict, skin: Color,
+               line_w: int, eye_y: float, eye_dx: float, rx: float, ry: float) -> bool:
+    """Eyes: whites, iris, pupil, highlight; the gaze is shared by both eyes. Returns whether
+    they have heavy upper lids."""
+    cx = head["cx"]
     iris_col = _jitter(rng, _IRIS_COLORS[int(rng.integers(len(_IRIS_COLORS)))], 0.1)
     ir = min(rx, ry) * rng.uniform(0.5, 0.72)
     gx = rng.uniform(-1, 1) * (rx - ir) * 0.8
     gy = rng.uniform(-1, 1) * (ry - ir) * 0.6
     lid = bool(rng.uniform() < 0.35)
-    traits["lids"] = lid
     lid_cut = rng.uniform(0, 35)
     lid_col = _scale(skin, 0.9)
     for side in (-1, 1):
@@ -556,11 +597,14 @@ def _draw_face(
         )
         if lid:  # heavy upper lid, cut along a chord of the eye
             draw.chord(box, 180 + lid_cut, 360 - lid_cut, fill=lid_col, outline=_INK, width=line_w)
+    return lid
 
-    brow_y = eye_y - ry - s * rng.uniform(0.02, 0.04)
-    _draw_hair_front(draw, rng, style, head, hair, brow_y)
 
-    # Brows follow the hair colour; bald faces get a dark brown.
+def _draw_brows(draw: ImageDraw.ImageDraw, rng: np.random.Generator, s: float, head: dict,
+                skin: Color, hair: Color, style: str, eye_dx: float, rx: float,
+                brow_y: float) -> None:
+    """Brows follow the hair colour; bald faces get a dark brown."""
+    cx = head["cx"]
     brow_col = _scale(hair, 0.8) if style != "bald" else _scale(_mix(skin, (60, 40, 30), 0.7), 1.0)
     brow_len = rx * rng.uniform(0.9, 1.3)
     brow_w = max(2, int(s * rng.uniform(0.012, 0.03)))
@@ -573,26 +617,31 @@ def _draw_face(
         outer = (bx + side * dx, brow_y + dy)
         draw.line([inner, outer], fill=brow_col, width=brow_w)
 
-    if rng.uniform() < 0.25:  # glasses
-        frame = _jitter(rng, _GLASSES_COLORS[int(rng.integers(len(_GLASSES_COLORS)))], 0.1)
-        fw = max(2, int(s * rng.uniform(0.009, 0.016)))
-        lr = max(rx, ry) * rng.uniform(1.35, 1.7)
-        square = rng.uniform() < 0.5
-        traits["glasses"] = "square" if square else "round"
-        for side in (-1, 1):
-            ex = cx + side * eye_dx
-            box = _ellipse(ex, eye_y, lr, lr * (0.8 if square else 1.0))
-            if square:
-                draw.rounded_rectangle(box, radius=lr * 0.25, outline=frame, width=fw)
-            else:
-                draw.ellipse(box, outline=frame, width=fw)
-            draw.line(
-                [(ex + side * lr, eye_y), (cx + side * hw * 0.98, eye_y - hh * 0.03)],
-                fill=frame,
-                width=fw,
-            )
-        draw.line([(cx - eye_dx + lr, eye_y), (cx + eye_dx - lr, eye_y)], fill=frame, width=fw)
-    return traits
+
+def _draw_glasses(draw: ImageDraw.ImageDraw, rng: np.random.Generator, s: float, head: dict,
+                  eye_y: float, eye_dx: float, eye_r: float) -> str | None:
+    """Glasses on a quarter of the faces; returns "square", "round" or None (none drawn)."""
+    cx, hw, hh = head["cx"], head["hw"], head["hh"]
+    if not rng.uniform() < 0.25:
+        return None
+    frame = _jitter(rng, _GLASSES_COLORS[int(rng.integers(len(_GLASSES_COLORS)))], 0.1)
+    fw = max(2, int(s * rng.uniform(0.009, 0.016)))
+    lr = eye_r * rng.uniform(1.35, 1.7)
+    square = rng.uniform() < 0.5
+    for side in (-1, 1):
+        ex = cx + side * eye_dx
+        box = _ellipse(ex, eye_y, lr, lr * (0.8 if square else 1.0))
+        if square:
+            draw.rounded_rectangle(box, radius=lr * 0.25, outline=frame, width=fw)
+        else:
+            draw.ellipse(box, outline=frame, width=fw)
+        draw.line(
+            [(ex + side * lr, eye_y), (cx + side * hw * 0.98, eye_y - hh * 0.03)],
+            fill=frame,
+            width=fw,
+        )
+    draw.line([(cx - eye_dx + lr, eye_y), (cx + eye_dx - lr, eye_y)], fill=frame, width=fw)
+    return "square" if square else "round"
 
 
 def _luma(c: Sequence[float]) -> float:
