@@ -156,15 +156,42 @@ def settle(sess: Session | None, timeout: float = SETTLE_S) -> bool:
 # ----------------------------------------------------------------------------------------
 # What one message does to a copy of the session's recipe.
 
+def _copy(sess: Session) -> Session:
+    with sess.lock:  # never a copy of an edit half done
+        return Session(recipe=copy.deepcopy(sess.recipe), clusters=sess.clusters,
+                       selected=list(sess.selected), current=sess.current, token=sess.token,
+                       direction_settings=sess.direction_settings, tail=sess.tail)
+
+
 def preview(sess: Session, messages: list[dict[str, Any]]) -> Session:
     """A copy of `sess` with the newest control values applied, as the Gradio events would
     apply them; the session itself is not touched."""
-    with sess.lock:  # never a copy of an edit half done
-        tmp = Session(recipe=copy.deepcopy(sess.recipe), clusters=sess.clusters,
-                      selected=list(sess.selected), current=sess.current, token=sess.token,
-                      direction_settings=sess.direction_settings, tail=sess.tail)
+    tmp = _copy(sess)
     apply(tmp, messages)
     return tmp
+
+
+# What applying one control value may raise for a hostile or stale value: one sentence.
+REFUSALS = (StudioError, ValueError, TypeError, KeyError)
+
+
+def preview_each(sess: Session, messages: list[dict[str, Any]]
+                 ) -> tuple[Session, list[dict[str, Any]], list[str]]:
+    """preview, each message on its own: one bad value (an OSC path the recipe lacks) must
+    not sink the others of its frame. Returns the copy, the messages it took and the
+    sentences of those it refused; raises the first refusal when it took none."""
+    tmp, good, refused = _copy(sess), [], []
+    for msg in messages:
+        try:
+            apply(tmp, [msg])
+            good.append(msg)
+        except REFUSALS as exc:
+            if not refused and not isinstance(exc, StudioError):
+                exc = StudioError(str(exc))
+            refused.append(exc)
+    if refused and not good:
+        raise refused[0]
+    return tmp, good, [str(e) for e in refused]
 
 
 def commit(sess: Session, messages: list[dict[str, Any]], gesture: Any) -> None:
@@ -254,10 +281,10 @@ def render_edit(sess: Session, messages: list[dict[str, Any]], gesture: Any
     when the full picture would not fit), then the values applied to the session (only once
     they rendered: a value the engine refuses never reaches the session). Returns (JPEG,
     0 for the full picture or the preview's block resolution)."""
-    tmp = preview(sess, messages) if messages else sess
+    tmp, messages, refused = preview_each(sess, messages) if messages else (sess, [], [])
     pic, shown = render.render_frame(sess, tmp.recipe, budget_s(), final=False)
     commit(sess, messages, gesture)
-    return _jpeg(pic), shown
+    return _jpeg(pic), shown, refused[:1]    # one sentence: the others are alike
 
 
 def render_rest(sess: Session) -> tuple[bytes, int]:
@@ -437,12 +464,31 @@ class Connection:
             self.encoder = str(msg.get("encoder") or "")[:4096]
         elif kind in ("latent", "weight"):
             self.pending[str(kind)] = msg
-        elif kind == "bend":
-            self.pending[f"bend-{msg.get('slot')}"] = msg
-        elif kind == "field":
-            self.pending[f"field-{str(msg.get('path'))[:sources.MAX_PATH]}"] = msg
+        elif kind in ("bend", "field"):
+            key = self._field_key(msg)
+            if key is not None:
+                self.pending[key] = msg
         elif kind in ("learn", "unmap"):
             self.pending[str(kind)] = msg
+
+    def _field_key(self, msg: dict[str, Any]) -> str | None:
+        """The pending key of a bend slider's or a field's value (the newest of each wins);
+        None, with a sentence, for a malformed path or one field too many (a page or OSC
+        naming ever new paths must not grow the pending values without bound)."""
+        try:
+            if msg.get("kind") == "field":
+                key = f"field-{sources.check_path(msg.get('path'))}"
+            else:
+                key = f"bend-{_index(msg, 'slot')}"
+            if key not in self.pending and sum(
+                    k.startswith(("field-", "bend-")) for k in self.pending) >= sources.MAX_FIELDS:
+                raise StudioError(f"at most {sources.MAX_FIELDS} different fields wait for "
+                                  "one frame; the rest are dropped.")
+        except StudioError as exc:
+            self._later(self._send_text({"error": str(exc), "kind": KIND_CANVAS,
+                                         "seq": _seq(msg)}))
+            return None
+        return key
 
     def _source(self, msg: dict[str, Any]) -> None:
         """Source events (MIDI, microphone, keys, OSC map values) feed the mappings; the
@@ -591,9 +637,11 @@ class Connection:
             await self._send_text({"error": "this frame could not be rendered.",
                                    "kind": kind, "seq": seq})
             return None
-        data, shown = out if isinstance(out, tuple) else (out, 0)
+        data, shown, *refused = out if isinstance(out, tuple) else (out, 0)
         ms = (time.perf_counter() - t0) * 1000
         await self.ws.send_bytes(HEADER.pack(kind, seq & 0xFFFFFFFF, ms, shown) + data)
+        for sentence in refused[0] if refused else ():   # values of the frame refused
+            await self._send_text({"error": sentence, "kind": kind, "seq": seq})
         return shown
 
     async def _send_text(self, payload: dict[str, Any]) -> None:

@@ -644,3 +644,47 @@ def test_a_client_gone_before_its_refusal_raises_nothing() -> None:
             raise RuntimeError("already closed")
 
     _run_async(live.endpoint(Gone()), timeout=30)
+
+
+def test_one_bad_field_path_does_not_sink_the_good_values_of_its_frame() -> None:
+    """OSC names any path: one the recipe lacks, in the same frame as a good value, gets
+    one sentence and the good value still renders and reaches the session (the whole frame
+    was refused before)."""
+    sess = S.new_session("default")
+    ws = FakeSocket([])
+
+    async def run() -> None:
+        conn = ws.conn = live.Connection(ws, sess)
+        conn.take({"kind": "field", "seq": 1, "path": "bends.9.params.angle", "value": 1})
+        conn.take({"kind": "field", "seq": 2, "path": "latent.psi", "value": 0.3})
+        renderer = asyncio.get_running_loop().create_task(conn.render())
+        conn.wake.set()
+        for _ in range(6000):                 # the first render loads the model
+            if ws.frames and ws.texts:
+                break
+            await asyncio.sleep(0.02)
+        renderer.cancel()
+
+    _run_async(run())
+    assert [f[1] for f in ws.frames] == [2]
+    [refusal] = ws.texts
+    assert refusal["seq"] == 2 and "bend" in refusal["error"], refusal
+    assert sess.recipe.latent.psi == 0.3
+
+
+def test_ever_new_field_paths_and_bend_slots_leave_the_pending_values_bounded() -> None:
+    from studio import sources
+    sess = S.new_session("default")
+    ws = FakeSocket([])
+
+    async def run() -> int:
+        conn = live.Connection(ws, sess)
+        for i in range(10_000):
+            conn.take({"kind": "field", "seq": i, "path": f"bends.{i}.params.angle",
+                       "value": 1})
+            conn.take({"kind": "bend", "seq": i, "slot": i, "value": 1})
+        await asyncio.sleep(0)               # the refusals' sentences go out
+        return len(conn.pending)
+
+    assert _run_async(run()) == sources.MAX_FIELDS
+    assert ws.texts[0]["error"].startswith(f"at most {sources.MAX_FIELDS} different fields")
