@@ -537,7 +537,8 @@ class Connection:
     def _recorded(self, perf: dict[str, Any]) -> None:
         self.sess.performance = perf   # the Performance panel's "Render to mp4" reads it
         self._later(self._send_text({"recorded": {
-            "seconds": perf["seconds"], "events": len(perf["events"]), "performance": perf}}))
+            "seconds": perf["seconds"], "events": len(perf["events"]), "performance": perf}},
+            off_loop=True))   # up to STUDIO_MAX_RECORDING_BYTES of JSON
 
     def _later(self, coroutine: Any) -> None:
         asyncio.get_running_loop().create_task(coroutine)
@@ -615,9 +616,11 @@ class Connection:
                                        gesture)
         if any(m.get("outside") for m in messages):  # the page's recipe view catches up
             await self._send_text({"outside": seq})
-        if self.stage.recording is not None and \
-                not self.stage.shown(await self._snapshot(), time.monotonic()):
-            self._recorded(self.stage.record(None, False, time.monotonic()))   # the longest
+        if self.stage.recording is not None:
+            full = self.stage.shown(await self._snapshot(), time.monotonic())
+            if full is not None:     # the longest, largest recording: it stops
+                self._recorded(self.stage.record(None, False, time.monotonic()))
+                await self._send_text({"error": full, "kind": KIND_CANVAS})
         self.unrested = seq if shown else None   # a preview: the full picture follows
 
     async def _webcam(self, seq: int, jpeg: bytes) -> None:
@@ -644,9 +647,11 @@ class Connection:
             await self._send_text({"error": sentence, "kind": kind, "seq": seq})
         return shown
 
-    async def _send_text(self, payload: dict[str, Any]) -> None:
+    async def _send_text(self, payload: dict[str, Any], off_loop: bool = False) -> None:
         try:
-            await self.ws.send_text(json.dumps(payload))
+            text = await anyio.to_thread.run_sync(json.dumps, payload) if off_loop \
+                else json.dumps(payload)
+            await self.ws.send_text(text)
         except Exception:  # the page went away meanwhile
             pass
 

@@ -9,11 +9,13 @@ slider's value does (studio/live.py: previewed on a copy, applied once its frame
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from typing import Any
 
 from engine.base.errors import StudioError
+from engine.base.limits import current_limits
 from engine.recipes.recipe import Recipe, RecipeError
 from engine.recipes.recipe import set_field as recipe_set_field
 from studio import files
@@ -145,6 +147,8 @@ class Stage:
         self.recording: dict[str, Any] | None = None
         self.record_t0 = 0.0
         self.record_last: dict[str, Any] = {}
+        self.record_bytes = 0                 # the recording as JSON, so far
+        self.record_budget = 0                # STUDIO_MAX_RECORDING_BYTES when it started
 
     def feed(self, recipe: Recipe, events: Any, now: float) -> int:
         """Take a message's source events ([{kind, ..., value}]); returns how many moved a
@@ -224,25 +228,39 @@ class Stage:
             base = recipe.to_dict()
             self.recording = {"format": FORMAT, "version": 1, "recipe": base, "events": []}
             self.record_t0, self.record_last = now, base
+            self.record_budget = current_limits().recording_bytes
+            self.record_bytes = len(json.dumps(self.recording))
             return None
         perf, self.recording = self.recording, None
         if perf is not None:
             perf["seconds"] = round(now - self.record_t0, 4)
         return perf
 
-    def shown(self, recipe: Recipe, now: float) -> bool:
+    def shown(self, recipe: Recipe, now: float) -> str | None:
         """A frame of the session was shown (`recipe`: the session's, copied): note what
-        changed. False once the recording has reached its longest (it then stops)."""
+        changed. The sentence why once the recording has reached its longest, its most
+        events or its most bytes (it then stops: each change of the recipe's shape keeps
+        the whole recipe, so the bytes are counted, not only the events)."""
         from engine.recipes.performance import MAX_EVENTS, changes
         if self.recording is None:
-            return True
+            return None
         t = now - self.record_t0
         after = recipe.to_dict()
         event = changes(self.record_last, after)
         if event is not None:
-            self.recording["events"].append({"t": round(t, 4), **event})
+            event = {"t": round(t, 4), **event}
+            size = len(json.dumps(event)) + 2
+            if self.record_bytes + size > self.record_budget:
+                return (f"the recording stopped at {self.record_budget >> 10} KiB, the "
+                        "limit (STUDIO_MAX_RECORDING_BYTES).")
+            self.recording["events"].append(event)
+            self.record_bytes += size
             self.record_last = after
-        return t < RECORD_MAX_S and len(self.recording["events"]) < MAX_EVENTS
+        if t >= RECORD_MAX_S:
+            return f"the recording stopped at its longest, {RECORD_MAX_S:g} s."
+        if len(self.recording["events"]) >= MAX_EVENTS:
+            return f"the recording stopped at its most events, {MAX_EVENTS}."
+        return None
 
 
 def snapshot(sess: Session) -> Recipe:

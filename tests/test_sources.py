@@ -317,3 +317,27 @@ def test_a_source_message_never_makes_the_event_loop_wait_for_the_session_lock()
         holder.join()
     assert seen == [True]                      # the loop ran on while the lock was held
     assert values == {"bends.0.params.angle": 180.0}   # and the event still took effect
+
+
+def test_a_recording_of_shape_changes_stops_at_its_byte_budget(monkeypatch) -> None:
+    """Each change of the recipe's shape (a bend added or removed) keeps the whole recipe:
+    a recording of many stops at STUDIO_MAX_RECORDING_BYTES with one sentence (only the
+    event count and the length held it before: gigabytes a session)."""
+    from engine.recipes.recipe import Recipe
+    from studio import sources
+    budget = 200_000
+    monkeypatch.setenv("STUDIO_MAX_RECORDING_BYTES", str(budget))
+    one = _bent_session().recipe
+    two = Recipe.from_dict(one.to_dict())
+    two.bends.append(two.bends[0])
+    stage = sources.Stage()
+    stage.record(one, True, now=0.0)
+    why = None
+    for i in range(5000):
+        why = stage.shown((two, one)[i % 2], now=0.01 * (i + 1))
+        if why is not None:
+            break
+    assert why == "the recording stopped at 195 KiB, the limit (STUDIO_MAX_RECORDING_BYTES)."
+    perf = stage.record(None, False, now=60.0)
+    assert budget - 2000 < len(json.dumps(perf)) <= budget
+    assert all("recipe" in e for e in perf["events"])      # shape changes, each whole

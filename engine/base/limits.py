@@ -47,6 +47,7 @@ class Limits:
     layer_edits: int = 64                      # STUDIO_MAX_LAYER_EDITS: latent per-layer edits
     directions: int = 32                       # STUDIO_MAX_DIRECTIONS: latent direction edits
     mappings: int = 64                         # STUDIO_MAX_MAPPINGS: live-control mappings
+    recording_bytes: int = 20 * 2**20          # STUDIO_MAX_RECORDING_BYTES: one performance
     output_size: int = 2048                    # STUDIO_MAX_OUTPUT_SIZE: output resize, px a side
     translator_input_size: int = 1024          # STUDIO_MAX_TRANSLATOR_INPUT: encoder input, px
     hub_cache_bytes: int = 20 * 2**30          # STUDIO_MAX_HUB_CACHE_BYTES: studio mode's cache
@@ -75,7 +76,7 @@ ENV_NAMES = {
     "cluster_samples": "STUDIO_MAX_CLUSTER_SAMPLES", "cluster_k": "STUDIO_MAX_CLUSTER_K",
     "bends": "STUDIO_MAX_BENDS", "weight_edits": "STUDIO_MAX_WEIGHT_EDITS",
     "layer_edits": "STUDIO_MAX_LAYER_EDITS", "directions": "STUDIO_MAX_DIRECTIONS",
-    "mappings": "STUDIO_MAX_MAPPINGS",
+    "mappings": "STUDIO_MAX_MAPPINGS", "recording_bytes": "STUDIO_MAX_RECORDING_BYTES",
     "output_size": "STUDIO_MAX_OUTPUT_SIZE",
     "translator_input_size": "STUDIO_MAX_TRANSLATOR_INPUT",
     "hub_cache_bytes": "STUDIO_MAX_HUB_CACHE_BYTES",
