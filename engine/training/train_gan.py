@@ -327,52 +327,11 @@ def _check_config(cfg: TrainConfig) -> None:
 # Training.
 
 
-def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
-          on_metrics: MetricsCallback | None = None) -> Path:
-    """Train, fine-tune or resume into cfg.out; returns the exported EMA generator's path.
-
-    progress(fraction, message) hears every step; on_metrics(step, metrics) gets the step's
-    numbers (losses, D's outputs, augmentation p, images/s) as a dict; `cancel` (an Event, a
-    callable or a bool) stops between steps with TrainingCancelled after a checkpoint.
-    """
-    from accelerate import Accelerator
-
-    from engine.training.datasets import make_dataset
-
-    _check_config(cfg)
-    from engine.base import devices
-
-    # STUDIO_DEVICE decides; cpu=True (also without CUDA) lets a multi-process CPU launch
-    # form a gloo group.
-    acc = Accelerator(cpu=devices.default_device().type != "cuda")
-    device, rank, world = acc.device, acc.process_index, acc.num_processes
-    out = Path(cfg.out)
-    if acc.is_main_process:
-        (out / "samples").mkdir(parents=True, exist_ok=True)
-    acc.wait_for_everyone()
-    per_gpu = cfg.batch // world
-    if per_gpu * world != cfg.batch:
-        raise StudioError(f"--batch {cfg.batch} must divide by the {world} processes.")
-
-    # Resume, cancel, time limit, metrics log, progress and checkpoints: engine/training/loop.py.
-    # The run counts images; a step shows cfg.batch of them. The networks, optimisers and ADA
-    # named in checkpoint_state are built below (from the checkpoint when resuming).
-    total = int(cfg.total_kimg * 1000)
-    loop = StepLoop(
-        total, per_step=cfg.batch, accelerator=acc,
-        checkpointer=Checkpointer(out / CHECKPOINT_NAME, asdict(cfg),
-                                  may_change=RESUMABLE_CHANGES),
-        state=lambda: checkpoint_state(), checkpoint_every=max(int(cfg.snapshot_kimg * 1000), 1),
-        cancel=cancel, max_seconds=cfg.max_minutes * 60 or None,
-        cancelled=lambda loop: TrainingCancelled(
-            f"Training stopped at {loop.done / 1000:.2f} kimg; run it again with the same "
-            f"output folder to resume."),
-        progress=progress, on_metrics=on_metrics, metrics_path=out / METRICS_NAME,
-        describe=lambda loop, m: (f"step {loop.step} of {loop.total_steps} "
-                                  f"({loop.done / 1000:.2f} of {total / 1000:g} kimg), "
-                                  f"augmentation p {m['aug_p']:.3f}"),
-        bar="training", bar_keys=("loss_g", "loss_d", "aug_p", "img_per_s"))
-    state = loop.resume(device)
+def _starting_networks(cfg: TrainConfig, state: dict[str, Any] | None
+                       ) -> tuple[Generator, Discriminator, dict | None, int, list[str]]:
+    """(G, D, base model record, images a fresh D trains alone, notes) a run starts from:
+    the checkpoint's shapes when resuming (their weights are loaded later), else the base
+    model's networks when fine-tuning, else new networks of cfg's shape."""
     notes: list[str] = []
     if state is not None:  # rebuild the networks the checkpoint was made with
         G = Generator(GeneratorConfig.from_dict(state["g_config"]))
@@ -394,43 +353,248 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
         with global_draws_from(cfg.seed):
             G, D = Generator(gcfg), Discriminator(gcfg)
         base, warmup_nimg = None, 0
-    G, D = G.to(device).train(), D.to(device).train()
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    frozen = _frozen_d_blocks(D, cfg.freeze_d)
-    for name in frozen:
-        getattr(D, name).requires_grad_(False)
-    g_params = list(G.parameters())
-    d_params = [p for n, p in D.named_parameters() if n.split(".")[0] not in frozen]
+    return G, D, base, warmup_nimg, notes
 
-    # Lazy regularisation: scale lr and betas so the regulariser's effect is unchanged.
-    d_ratio = cfg.r1_interval / (cfg.r1_interval + 1)
-    g_ratio = cfg.pl_interval / (cfg.pl_interval + 1) if cfg.pl_weight > 0 else 1.0
-    opt_G = torch.optim.Adam(g_params, lr=cfg.lr_g * g_ratio, betas=(0.0, 0.99 ** g_ratio),
-                             eps=1e-8)
-    opt_D = torch.optim.Adam(d_params, lr=cfg.lr_d * d_ratio, betas=(0.0, 0.99 ** d_ratio),
-                             eps=1e-8)
-    ada = AdaController(p=cfg.aug_p if cfg.augment != "none" else 0.0, target=cfg.ada_target,
-                        interval=cfg.ada_interval, speed_kimg=cfg.ada_kimg,
-                        adaptive=cfg.augment == "ada")
 
-    pl_mean = torch.zeros([], device=device)
-    if state is not None:
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        G_ema.load_state_dict(state["G_ema"])
-        opt_G.load_state_dict(state["opt_G"])
-        opt_D.load_state_dict(state["opt_D"])
-        ada.load_state_dict(state["ada"])
-        pl_mean = state["pl_mean"].to(device)
-        if acc.is_main_process:
-            print(f"resumed from {loop.checkpointer.path} at {loop.done / 1000:.3f} kimg")
+@dataclass
+class _Run:
+    """One training run's networks, optimisers and ADA, and the steps that change them."""
+    cfg: TrainConfig
+    acc: Any                  # the accelerate.Accelerator
+    G: Generator
+    D: Discriminator
+    G_ema: Generator
+    g_params: list[torch.nn.Parameter]
+    d_params: list[torch.nn.Parameter]  # D's parameters but the frozen blocks'
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    ada: AdaController
+    pl_mean: torch.Tensor     # running mean of the path lengths
+    base: dict | None         # the fine-tuned model's record (None from scratch)
+    warmup_nimg: int          # images a fresh discriminator trains alone
 
-    data = make_dataset(cfg.data, G.cfg.resolution, count=cfg.pool, xflip=cfg.xflip,
-                        fit=cfg.fit)
-    notes += data.notes
+    @classmethod
+    def build(cls, cfg: TrainConfig, acc: Any, G: Generator, D: Discriminator,
+              base: dict | None, warmup_nimg: int) -> _Run:
+        device = acc.device
+        G, D = G.to(device).train(), D.to(device).train()
+        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        frozen = _frozen_d_blocks(D, cfg.freeze_d)
+        for name in frozen:
+            getattr(D, name).requires_grad_(False)
+        g_params = list(G.parameters())
+        d_params = [p for n, p in D.named_parameters() if n.split(".")[0] not in frozen]
+        # Lazy regularisation: scale lr and betas so the regulariser's effect is unchanged.
+        d_ratio = cfg.r1_interval / (cfg.r1_interval + 1)
+        g_ratio = cfg.pl_interval / (cfg.pl_interval + 1) if cfg.pl_weight > 0 else 1.0
+        opt_G = torch.optim.Adam(g_params, lr=cfg.lr_g * g_ratio,
+                                 betas=(0.0, 0.99 ** g_ratio), eps=1e-8)
+        opt_D = torch.optim.Adam(d_params, lr=cfg.lr_d * d_ratio,
+                                 betas=(0.0, 0.99 ** d_ratio), eps=1e-8)
+        ada = AdaController(p=cfg.aug_p if cfg.augment != "none" else 0.0,
+                            target=cfg.ada_target, interval=cfg.ada_interval,
+                            speed_kimg=cfg.ada_kimg, adaptive=cfg.augment == "ada")
+        return cls(cfg, acc, G, D, G_ema, g_params, d_params, opt_G, opt_D, ada,
+                   torch.zeros([], device=device), base, warmup_nimg)
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Take the weights, optimiser and ADA states of a checkpoint."""
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.ada.load_state_dict(state["ada"])
+        self.pl_mean = state["pl_mean"].to(self.acc.device)
+
+    def state(self, nimg: int, data_description: str) -> dict[str, Any]:
+        """What the checkpoint holds (load and _starting_networks read it back)."""
+        G, D = self.G, self.D
+        return {"G": G.state_dict(), "D": D.state_dict(), "G_ema": self.G_ema.state_dict(),
+                "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+                "nimg": nimg, "pl_mean": self.pl_mean, "ada": self.ada.state_dict(),
+                "g_config": G.cfg.to_dict(), "d_config": D.cfg.to_dict(),
+                "mbstd_group_size": D.b4.mbstd.group_size, "base": self.base or {},
+                "warmup_nimg": self.warmup_nimg, "data_description": data_description}
+
+    def generator_step(self, z: torch.Tensor, gen: torch.Generator, step: int, nimg: int,
+                       stats: dict[str, float]) -> torch.Tensor:
+        """G step: make fakes, push D(augment(fake)) up; returns the (augmented) fakes, which
+        the D step reuses. During a fresh discriminator's warm-up G only makes the fakes."""
+        cfg, G = self.cfg, self.G
+        train_g = nimg >= self.warmup_nimg
+        self.D.requires_grad_(False)
+        with torch.set_grad_enabled(train_g):
+            ws = mixed_ws(G, z, cfg.style_mixing, gen)
+            fake = augment(G.synthesis(ws, noise_mode="random", noise_generator=gen),
+                           self.ada.p, gen)
+        if not train_g:
+            return fake
+        loss_g = F.softplus(-self.D(fake)).mean()
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_g.backward()
+        with torch.no_grad():  # track the mean w (NVlabs w_avg_beta 0.995)
+            w_mean = self.acc.reduce(ws[:, 0].detach().mean(0), "mean")
+            G.mapping.w_avg.copy_(w_mean.lerp(G.mapping.w_avg, 0.995))
+        stats["loss_g"] = float(loss_g.detach())
+        if cfg.pl_weight > 0 and step % cfg.pl_interval == 0:
+            stats["pl"] = self._path_length_backward(z, gen)
+        all_reduce_grads(self.g_params, self.acc.num_processes)
+        self.opt_G.step()
+        return fake
+
+    def _path_length_backward(self, z: torch.Tensor, gen: torch.Generator) -> float:
+        """Path-length regularisation (lazy): adds its gradients to G's; returns its loss."""
+        cfg, G = self.cfg, self.G
+        n_pl = max(z.shape[0] // 2, 1)
+        ws_pl = mixed_ws(G, z[:n_pl], cfg.style_mixing, gen)
+        img_pl = G.synthesis(ws_pl, noise_mode="random", noise_generator=gen)
+        noise = torch.randn(img_pl.shape, generator=gen, device=self.acc.device)
+        noise = noise / math.sqrt(img_pl.shape[2] * img_pl.shape[3])
+        (pl_grad,) = torch.autograd.grad((img_pl * noise).sum(), ws_pl, create_graph=True)
+        lengths = pl_grad.square().sum(2).mean(1).sqrt()
+        self.pl_mean = self.pl_mean.lerp(self.acc.reduce(lengths.mean().detach(), "mean"),
+                                         0.01)
+        loss_pl = (lengths - self.pl_mean).square().mean() * cfg.pl_weight * cfg.pl_interval
+        loss_pl.backward()
+        return float(loss_pl.detach())
+
+    def discriminator_step(self, fake: torch.Tensor, real: torch.Tensor,
+                           gen: torch.Generator, step: int, stats: dict[str, float]
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """D step: push D(fake) down and D(real) up, both augmented; lazy R1 on reals,
+        differentiated through the augmentation to the pictures themselves.
+        Returns (loss_d, D's logits on the reals, on the fakes)."""
+        cfg, D = self.cfg, self.D
+        for p in self.d_params:
+            p.requires_grad_(True)
+        do_r1 = cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
+        real_in = real.detach().requires_grad_(do_r1)
+        logits_fake = D(fake.detach())
+        logits_real = D(augment(real_in, self.ada.p, gen))
+        self.ada.observe(logits_real)
+        loss_d = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+        if do_r1:
+            (r1_grad,) = torch.autograd.grad(logits_real.sum(), real_in, create_graph=True)
+            r1 = r1_grad.square().sum([1, 2, 3]).mean()
+            loss_d = loss_d + r1 * (cfg.r1_gamma / 2) * cfg.r1_interval
+            stats["r1"] = float(r1.detach())
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_d.backward()
+        all_reduce_grads(self.d_params, self.acc.num_processes)
+        self.opt_D.step()
+        return loss_d, logits_real, logits_fake
+
+    def update_ema(self, nimg: int) -> None:
+        """Move G_ema (weights and buffers) towards G; nimg: images shown, this step's too."""
+        cfg = self.cfg
+        ema_nimg = cfg.ema_kimg * 1000
+        if cfg.ema_rampup > 0:
+            ema_nimg = min(ema_nimg, nimg * cfg.ema_rampup)
+        beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+                p_ema.copy_(p.lerp(p_ema, beta))
+            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+                b_ema.copy_(b)
+
+
+def _real_batch(reals_u8: torch.Tensor, n_reals: int, count: int, seed: int, step: int,
+                rank: int, device: torch.device) -> torch.Tensor:
+    """The step's real pictures, [count, 3, H, W] in [-1, 1], drawn from (seed, step, rank).
+
+    reals_u8 is [N, H, W, 3] uint8; an index >= N (n_reals is 2N with x-flips) is that
+    picture mirrored."""
+    idx = torch.randint(n_reals, [count], generator=step_generator(seed, step, rank, "cpu"))
+    real = reals_u8[idx % len(reals_u8)].to(device).permute(0, 3, 1, 2)
+    real = real.to(torch.float32) / 127.5 - 1
+    return torch.where((idx >= len(reals_u8)).to(device)[:, None, None, None],
+                       real.flip(3), real)
+
+
+def _accelerator(cfg: TrainConfig) -> tuple[Any, int]:
+    """(this process's accelerate.Accelerator, its share of cfg.batch); makes the output
+    folder (the main process does, the others wait for it)."""
+    from accelerate import Accelerator
+
+    from engine.base import devices
+
+    # STUDIO_DEVICE decides; cpu=True (also without CUDA) lets a multi-process CPU launch
+    # form a gloo group.
+    acc = Accelerator(cpu=devices.default_device().type != "cuda")
+    if acc.is_main_process:
+        (Path(cfg.out) / "samples").mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    world = acc.num_processes
+    per_gpu = cfg.batch // world
+    if per_gpu * world != cfg.batch:
+        raise StudioError(f"--batch {cfg.batch} must divide by the {world} processes.")
+    return acc, per_gpu
+
+
+def _training_loop(cfg: TrainConfig, acc: Any, total: int, out: Path,
+                   state: Any, cancel: Any, progress: Any,
+                   on_metrics: MetricsCallback | None) -> StepLoop:
+    """The run's StepLoop: it counts images (a step shows cfg.batch of them), checkpoints
+    `state()` into out, logs metrics and describes the progress."""
+    return StepLoop(
+        total, per_step=cfg.batch, accelerator=acc,
+        checkpointer=Checkpointer(out / CHECKPOINT_NAME, asdict(cfg),
+                                  may_change=RESUMABLE_CHANGES),
+        state=state, checkpoint_every=max(int(cfg.snapshot_kimg * 1000), 1),
+        cancel=cancel, max_seconds=cfg.max_minutes * 60 or None,
+        cancelled=lambda loop: TrainingCancelled(
+            f"Training stopped at {loop.done / 1000:.2f} kimg; run it again with the same "
+            f"output folder to resume."),
+        progress=progress, on_metrics=on_metrics, metrics_path=out / METRICS_NAME,
+        describe=lambda loop, m: (f"step {loop.step} of {loop.total_steps} "
+                                  f"({loop.done / 1000:.2f} of {total / 1000:g} kimg), "
+                                  f"augmentation p {m['aug_p']:.3f}"),
+        bar="training", bar_keys=("loss_g", "loss_d", "aug_p", "img_per_s"))
+
+
+def _load_data(cfg: TrainConfig, resolution: int) -> Any:
+    """The training pictures at the generator's resolution; one sentence when too few."""
+    from engine.training.datasets import make_dataset
+
+    data = make_dataset(cfg.data, resolution, count=cfg.pool, xflip=cfg.xflip, fit=cfg.fit)
     if len(data.images) < MIN_IMAGES:
         raise StudioError(f"{cfg.data} has {len(data.images)} readable pictures; training "
                           f"needs at least {MIN_IMAGES} (a few hundred is better).")
+    return data
+
+
+def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
+          on_metrics: MetricsCallback | None = None) -> Path:
+    """Train, fine-tune or resume into cfg.out; returns the exported EMA generator's path.
+
+    progress(fraction, message) hears every step; on_metrics(step, metrics) gets the step's
+    numbers (losses, D's outputs, augmentation p, images/s) as a dict; `cancel` (an Event, a
+    callable or a bool) stops between steps with TrainingCancelled after a checkpoint.
+    """
+    _check_config(cfg)
+    acc, per_gpu = _accelerator(cfg)
+    device, rank, world = acc.device, acc.process_index, acc.num_processes
+    out = Path(cfg.out)
+
+    # Resume, cancel, time limit, metrics log, progress and checkpoints: engine/training/loop.py.
+    # The networks, optimisers and ADA the checkpoint holds are built below (from the
+    # checkpoint when resuming); `run` and `data` are bound before the first checkpoint.
+    total = int(cfg.total_kimg * 1000)
+    loop = _training_loop(cfg, acc, total, out,
+                          lambda: run.state(loop.done, data.description),
+                          cancel, progress, on_metrics)
+    state = loop.resume(device)
+    G, D, base, warmup_nimg, notes = _starting_networks(cfg, state)
+    run = _Run.build(cfg, acc, G, D, base, warmup_nimg)
+    G, D, G_ema, ada = run.G, run.D, run.G_ema, run.ada
+    if state is not None:
+        run.load(state)
+        if acc.is_main_process:
+            print(f"resumed from {loop.checkpointer.path} at {loop.done / 1000:.3f} kimg")
+
+    data = _load_data(cfg, G.cfg.resolution)
+    notes += data.notes
     if acc.is_main_process:
         for note in notes:
             print(note)
@@ -438,14 +602,6 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
     n_reals = len(data)  # x-flips double it: index >= N means "mirrored"
     grid_seeds = list(range(SAMPLE_GRID_SEEDS))
     sample_every = max(int(cfg.sample_kimg * 1000), 1)
-
-    def checkpoint_state() -> dict[str, Any]:
-        return {"G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "nimg": loop.done,
-                "pl_mean": pl_mean, "ada": ada.state_dict(), "g_config": G.cfg.to_dict(),
-                "d_config": D.cfg.to_dict(), "mbstd_group_size": D.b4.mbstd.group_size,
-                "base": base or {}, "warmup_nimg": warmup_nimg,
-                "data_description": data.description}
 
     if acc.is_main_process and loop.step == 0:
         _save_png(out / "samples" / "reals.png", tile(data.images[:SAMPLE_GRID_SEEDS]))
@@ -455,81 +611,14 @@ def train(cfg: TrainConfig, progress: Any = None, cancel: Any = None,
 
     for step in loop:
         gen = step_generator(cfg.seed, step, rank, device)
-        idx = torch.randint(n_reals, [per_gpu],
-                            generator=step_generator(cfg.seed, step, rank, "cpu"))
-        real = reals_u8[idx % len(reals_u8)].to(device).permute(0, 3, 1, 2)
-        real = real.to(torch.float32) / 127.5 - 1
-        real = torch.where((idx >= len(reals_u8)).to(device)[:, None, None, None],
-                           real.flip(3), real)
+        real = _real_batch(reals_u8, n_reals, per_gpu, cfg.seed, step, rank, device)
         z = torch.randn([per_gpu, G.cfg.z_dim], generator=gen, device=device)
         stats: dict[str, float] = {}
-
-        # G step: make fakes, push D(augment(fake)) up. The D step reuses these fakes.
-        # During a fresh discriminator's warm-up G only makes the fakes.
-        train_g = loop.done >= warmup_nimg
-        D.requires_grad_(False)
-        with torch.set_grad_enabled(train_g):
-            ws = mixed_ws(G, z, cfg.style_mixing, gen)
-            fake = augment(G.synthesis(ws, noise_mode="random", noise_generator=gen), ada.p,
-                           gen)
-        if train_g:
-            loss_g = F.softplus(-D(fake)).mean()
-            opt_G.zero_grad(set_to_none=True)
-            loss_g.backward()
-            with torch.no_grad():  # track the mean w (NVlabs w_avg_beta 0.995)
-                w_mean = acc.reduce(ws[:, 0].detach().mean(0), "mean")
-                G.mapping.w_avg.copy_(w_mean.lerp(G.mapping.w_avg, 0.995))
-            stats["loss_g"] = float(loss_g.detach())
-
-        # Path-length regularisation (optional, lazy).
-        if train_g and cfg.pl_weight > 0 and step % cfg.pl_interval == 0:
-            n_pl = max(per_gpu // 2, 1)
-            ws_pl = mixed_ws(G, z[:n_pl], cfg.style_mixing, gen)
-            img_pl = G.synthesis(ws_pl, noise_mode="random", noise_generator=gen)
-            noise = torch.randn(img_pl.shape, generator=gen, device=device)
-            noise = noise / math.sqrt(img_pl.shape[2] * img_pl.shape[3])
-            (pl_grad,) = torch.autograd.grad((img_pl * noise).sum(), ws_pl,
-                                             create_graph=True)
-            lengths = pl_grad.square().sum(2).mean(1).sqrt()
-            pl_mean = pl_mean.lerp(acc.reduce(lengths.mean().detach(), "mean"), 0.01)
-            loss_pl = (lengths - pl_mean).square().mean() * cfg.pl_weight * cfg.pl_interval
-            loss_pl.backward()
-            stats["pl"] = float(loss_pl.detach())
-        if train_g:
-            all_reduce_grads(g_params, world)
-            opt_G.step()
-
-        # D step: push D(fake) down and D(real) up, both augmented; lazy R1 on reals,
-        # differentiated through the augmentation to the pictures themselves.
-        for p in d_params:
-            p.requires_grad_(True)
-        do_r1 = cfg.r1_gamma > 0 and step % cfg.r1_interval == 0
-        real_in = real.detach().requires_grad_(do_r1)
-        logits_fake = D(fake.detach())
-        logits_real = D(augment(real_in, ada.p, gen))
-        ada.observe(logits_real)
-        loss_d = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
-        if do_r1:
-            (r1_grad,) = torch.autograd.grad(logits_real.sum(), real_in, create_graph=True)
-            r1 = r1_grad.square().sum([1, 2, 3]).mean()
-            loss_d = loss_d + r1 * (cfg.r1_gamma / 2) * cfg.r1_interval
-            stats["r1"] = float(r1.detach())
-        opt_D.zero_grad(set_to_none=True)
-        loss_d.backward()
-        all_reduce_grads(d_params, world)
-        opt_D.step()
-
-        # EMA of G (weights and buffers), then ADA's adjustment of p.
+        fake = run.generator_step(z, gen, step, loop.done, stats)
+        loss_d, logits_real, logits_fake = run.discriminator_step(fake, real, gen, step, stats)
+        # EMA of G, then ADA's adjustment of p.
         nimg = loop.done + cfg.batch  # images shown, this step's included
-        ema_nimg = cfg.ema_kimg * 1000
-        if cfg.ema_rampup > 0:
-            ema_nimg = min(ema_nimg, nimg * cfg.ema_rampup)
-        beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
-        with torch.no_grad():
-            for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-                p_ema.copy_(p.lerp(p_ema, beta))
-            for b_ema, b in zip(G_ema.buffers(), G.buffers()):
-                b_ema.copy_(b)
+        run.update_ema(nimg)
         ada.end_step(cfg.batch, reduce=(lambda t: acc.reduce(t.to(device), "sum").cpu())
                      if world > 1 else None)
 
