@@ -74,9 +74,24 @@ def learn(sess: Session, msg: dict[str, Any]) -> None:
         raise StudioError("move a MIDI control or press a key first, then click a field.")
     out = msg.get("out")
     if out is not None:
-        out = [number(v, "the range") for v in out][:2] if isinstance(out, list) else None
-    sess.recipe = mappings.learn(sess.recipe, event, _target(sess, msg), str(name)[:64],
-                                 out)
+        if not isinstance(out, list) or len(out) != 2:
+            raise StudioError("a mapping's range needs exactly two numbers, low and high.")
+        out = [number(v, "the range") for v in out]
+    source = {k: v for k, v in event.items()
+              if k in mappings.SOURCE_KEYS.get(event.get("kind"), ())}
+    sess.recipe = mappings.learn(sess.recipe, event, _target(sess, msg),
+                                 _unique_name(sess.recipe, str(name)[:60], source), out)
+
+
+def _unique_name(recipe: Recipe, name: str, source: dict[str, Any]) -> str:
+    """`name`, or `name-2`, `name-3`... when another source's mapping has it: the page
+    names a key's mapping by the key with odd characters made '-', so 'key +' and 'key -'
+    were both 'key-', and learning one replaced (deleted) the other."""
+    taken = {m.get("name") for m in recipe.mappings if dict(m.get("source") or {}) != source}
+    unique, n = name, 2
+    while unique in taken:
+        unique, n = f"{name}-{n}", n + 1
+    return unique
 
 
 def _target(sess: Session, msg: dict[str, Any]) -> str:

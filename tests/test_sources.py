@@ -341,3 +341,30 @@ def test_a_recording_of_shape_changes_stops_at_its_byte_budget(monkeypatch) -> N
     perf = stage.record(None, False, now=60.0)
     assert budget - 2000 < len(json.dumps(perf)) <= budget
     assert all("recipe" in e for e in perf["events"])      # shape changes, each whole
+
+
+def test_learn_refuses_a_range_that_is_not_two_numbers() -> None:
+    sess = _bent_session()
+    midi = {"kind": "midi", "type": "cc", "channel": 0, "number": 1}
+    for out in ([1], [], [0, 1, 2], "0..1"):
+        with pytest.raises(StudioError, match="exactly two numbers"):
+            live.apply(sess, [{"kind": "learn", "event": midi, "target": "latent.psi",
+                               "name": "m", "out": out}])
+    with pytest.raises(StudioError, match="finite number"):
+        live.apply(sess, [{"kind": "learn", "event": midi, "target": "latent.psi",
+                           "name": "m", "out": [0, float("inf")]}])
+    assert [m["name"] for m in sess.recipe.mappings] == ["knob"]
+
+
+def test_two_keys_the_page_names_alike_keep_both_mappings() -> None:
+    """The page makes a key's odd characters '-': 'key +' and 'key -' are both 'key-'.
+    Learning the second kept only it (a name replaces its mapping); now it gets 'key--2',
+    and learning a key again still replaces its own mapping."""
+    sess = _bent_session()
+    plus, minus = {"kind": "key", "key": "+"}, {"kind": "key", "key": "-"}
+    for event, target in ((plus, "latent.psi"), (minus, "bends.0.params.angle"),
+                          (plus, "latent.psi")):
+        live.apply(sess, [{"kind": "learn", "event": event, "target": target,
+                           "name": "key-"}])
+    assert [(m["name"], m["source"]["key"]) for m in sess.recipe.mappings[1:]] == \
+        [("key--2", "-"), ("key-", "+")]
