@@ -35,6 +35,8 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 WAIT_MS = int(os.environ.get("STUDIO_TEST_WAIT_MS", "120000"))  # polled waits; busy CI
 TABS = ("Explore", "Clusters", "Bend", "Translate", "Project", "Train")
+# Two animation frames: resize handlers and the layout after them have run (no fixed wait).
+AFTER_LAYOUT = "() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))"
 SIZES = ((1280, 800), (1920, 1080))
 
 
@@ -143,7 +145,7 @@ def test_item1_recipe_panel_stays_in_the_canvas_column(page):
     page.locator("#recipe-save").wait_for()
     for height in (800, 1000, 1400):
         page.set_viewport_size({"width": 1280, "height": height})
-        page.wait_for_timeout(200)  # a layout pass
+        page.evaluate(AFTER_LAYOUT)  # resize handlers have run, the layout is new
         geometry = page.evaluate("""() => {
             const box = (s) => document.querySelector(s).getBoundingClientRect();
             return {col: box('#canvas-col').left, recipe: box('#recipe-acc').left,
@@ -231,7 +233,7 @@ def test_item7_a_new_fit_hides_the_previous_ones_results(page, tmp_path):
 def test_item7_progress_line_and_live_label_do_not_overlap(page):
     for width, height in SIZES:
         page.set_viewport_size({"width": width, "height": height})
-        page.wait_for_timeout(200)  # a layout pass
+        page.evaluate(AFTER_LAYOUT)  # resize handlers have run, the layout is new
         busy, label = page.evaluate("""() => ['#busy', '#live-bar'].map((s) => {
             const r = document.querySelector(s).getBoundingClientRect();
             return [r.left, r.right, r.top, r.bottom]; })""")
@@ -256,8 +258,10 @@ def test_item4_paused_live_walk_leaves_no_frame_over_the_output(page):
     play.click()
     page.wait_for_function("() => document.querySelector('#live-canvas').style.display "
                            "=== 'none'")
-    # Frames already on their way when it paused must not bring the overlay back.
-    page.wait_for_timeout(1500)
+    # Frames already on their way when it paused must not bring the overlay back: wait
+    # until every message the page sent has its answer, then two frames' layout.
+    page.wait_for_function("window.studioLive.inflight.length === 0")
+    page.evaluate(AFTER_LAYOUT)
     assert page.evaluate("() => document.querySelector('#live-canvas').style.display") \
         == "none"
     assert "Play live" in play.inner_text()
