@@ -164,3 +164,45 @@ def test_command_line(tone, tmp_path, capsys):
     assert main(["music-video", str(tone), "--recipe", str(tmp_path / "bad.json"),
                  "--out", str(tmp_path / "bad.mp4")]) == 2
     assert "mappings[0]" in capsys.readouterr().err
+
+
+def test_hostile_start_and_size_are_refused_before_the_track_is_decoded(
+        tone, model, tmp_path, monkeypatch):
+    def no_decode(*_args, **_kwargs):
+        raise AssertionError("the track was decoded before the inputs were checked")
+
+    monkeypatch.setattr(audio, "decode", no_decode)
+    for bad, words in ((dict(start=1e308), "STUDIO_MAX_AUDIO_SECONDS"),
+                       (dict(start=float("inf")), "start"), (dict(start=float("nan")), "start"),
+                       (dict(size=100000), "output_size.*STUDIO_MAX_OUTPUT_SIZE")):
+        with pytest.raises(StudioError, match=words):
+            music.music_video(walk_recipe(), tone, tmp_path / "bad.mp4", model=model, **bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_frames_for_renders_through_the_recipes_renderer_and_its_size_check(tone, model):
+    from engine.recipes.recipe import recipe_frames
+
+    features = audio.analyse(audio.decode(tone), FPS, 3)
+    with pytest.raises(StudioError, match="output_size"):
+        next(music.frames_for(walk_recipe(), features, model, size=100000))
+    frames = list(music.frames_for(walk_recipe(), features, model, size=40))
+    assert [f.shape for f in frames] == [(40, 40, 3)] * 3
+    # The first frame (time 0, nothing integrated yet) is the recipe's own picture.
+    sized = walk_recipe()
+    sized.output_size = 40
+    assert np.array_equal(frames[0], next(recipe_frames([sized], model)))
+
+
+def test_command_line_refuses_a_huge_size_in_one_sentence(tone, tmp_path, capsys,
+                                                           monkeypatch):
+    from engine.__main__ import main
+
+    monkeypatch.setattr(audio, "decode", lambda *_a, **_k: pytest.fail("decoded first"))
+    assert main(["music-video", str(tone), "--out", str(tmp_path / "v.mp4"),
+                 "--size", "100000"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("error:")]  # the rest is the progress bar
+    assert len(errors) == 1 and "output_size: 100000" in errors[0]
+    assert "STUDIO_MAX_OUTPUT_SIZE" in errors[0]
+    assert list(tmp_path.iterdir()) == []

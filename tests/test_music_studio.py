@@ -47,3 +47,14 @@ def test_an_uploaded_track_becomes_a_music_video_with_its_audio(tmp_path):
                            api_name="/render_music_video")
         assert client.predict(handle_file(str(track)), 0, 0.5, 4, "0",
                               api_name="/render_music_video")
+
+
+@pytest.mark.parametrize("seconds, fps", [(float("nan"), 24), (float("inf"), 24), (-1, 24),
+                                          (1e300, 1e300), (10, float("nan")), (1e6, 24)])
+def test_the_length_must_be_a_finite_number_of_frames(seconds, fps):
+    from engine.base.errors import StudioError
+    from studio.tabs.music import frames_for
+
+    with pytest.raises(StudioError, match=r"length|fps|limit"):
+        frames_for(seconds, fps)
+    assert frames_for(2.0, 12) == 24

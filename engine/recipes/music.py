@@ -126,22 +126,23 @@ def _frame_count(track: audio.AudioTrack, fps: float, start: float,
 
 def frames_for(recipe: Any, features: audio.AudioFeatures, model: Any,
                size: int | None = None) -> Iterator[np.ndarray]:
-    """uint8 frames of `recipe` played by `features` (one per feature frame)."""
-    from PIL import Image
+    """uint8 frames of `recipe` played by `features` (one per feature frame), `size` (else
+    the recipe's output_size) applied by the recipe's own renderer, which checks it."""
+    from engine.recipes.recipe import recipe_frames
 
-    from engine.recipes.recipe import _resize, render_tensor, to_uint8, validate
+    if size is not None:
+        recipe = copy.copy(recipe)
+        recipe.output_size = int(size)
+    return recipe_frames(_played_frames(recipe, features), model)
 
+
+def _played_frames(recipe: Any, features: audio.AudioFeatures) -> Iterator[Any]:
+    """The recipe for each feature frame: the frame's audio events fed to its mappings."""
     performer = mappings.Performer(recipe)
-    validate(recipe, model)
     for k in range(features.frames):
         for feature, value in features.at(k).items():
             performer.feed({"kind": "audio", "feature": feature, "value": value})
-        played = performer.frame(k / features.fps)
-        frame = to_uint8(render_tensor(played, model, validated=True))[0]
-        side = size or played.output_size
-        if side is not None:
-            frame = np.asarray(_resize(Image.fromarray(frame), int(side)))
-        yield frame
+        yield performer.frame(k / features.fps)
 
 
 def music_video(recipe: Any, track_path: str | os.PathLike, out: str | os.PathLike,
@@ -160,14 +161,20 @@ def music_video(recipe: Any, track_path: str | os.PathLike, out: str | os.PathLi
     why = above_limit("video_fps", fps)
     if why or not fps > 0:
         raise StudioError(f"fps: {why or f'{fps} must be positive'}")
-    if not (math.isfinite(start) and start >= 0):
-        raise StudioError(f"start: {start!r} must be 0 or more seconds")
+    longest = current_limits().audio_seconds
+    if not (isinstance(start, int | float) and math.isfinite(start)
+            and 0 <= start < longest):
+        raise StudioError(f"start: {start!r} must be from 0 to under {longest} seconds "
+                          f"(STUDIO_MAX_AUDIO_SECONDS, the longest track read)")
     if model is None:
         from engine.models import zoo
 
         model = zoo.load(recipe.model)
     from engine.recipes.recipe import validate
 
+    if size is not None:  # the recipe's own size check, before any work
+        recipe = copy.copy(recipe)
+        recipe.output_size = size
     validate(recipe, model)  # every mapping, audio or not: a bad one is named before work
     track = audio.decode(track_path)
     frame_count, cut = _frame_count(track, fps, start, frames)
@@ -180,7 +187,7 @@ def music_video(recipe: Any, track_path: str | os.PathLike, out: str | os.PathLi
     def write(tmp: Path) -> None:
         silent = tmp.with_name(tmp.stem + ".video.mp4")
         try:
-            write_video(frames_for(played, features, model, size), silent, fps=fps,
+            write_video(frames_for(played, features, model), silent, fps=fps,
                         progress=progress, cancel=cancel)
             _mux(silent, Path(track_path), start, seconds, tmp)
         finally:

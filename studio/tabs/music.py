@@ -46,13 +46,20 @@ def layout(ui: UI) -> None:
 
 def frames_for(seconds: float, fps: float) -> int:
     """Frames for `seconds` at `fps`, at least 1 and at most the limit."""
+    import math
+
     from engine.base.errors import StudioError
 
-    frames = max(1, round(float(seconds) * float(fps)))
-    if frames > LIMITS.music_video_frames:
-        raise StudioError(f"{float(seconds):g} s at {float(fps):g} fps is {frames} frames, "
+    if not (math.isfinite(float(seconds)) and float(seconds) > 0):
+        raise StudioError(f"length: {seconds!r} must be a positive number of seconds.")
+    if not (math.isfinite(float(fps)) and float(fps) > 0):
+        raise StudioError(f"fps: {fps!r} must be a positive number.")
+    exact = float(seconds) * float(fps)  # may overflow to inf: checked before round()
+    if exact > LIMITS.music_video_frames:
+        raise StudioError(f"{float(seconds):g} s at {float(fps):g} fps is {exact:.0f} frames, "
                           f"more than the limit of {LIMITS.music_video_frames} "
                           f"(STUDIO_MAX_MUSIC_VIDEO_FRAMES).")
+    frames = max(1, round(exact))
     return frames
 
 
