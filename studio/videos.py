@@ -5,7 +5,7 @@ video), long renders run as studio.gpu jobs that report progress and can be canc
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +18,17 @@ from studio.models import image_seconds, load, small
 from studio.session import Session
 
 
+def snapshot(sess: Session, size: int | None = None) -> Any:
+    """A copy of the session's recipe taken under its lock, `size` as its output_size: a
+    video job renders for seconds on another thread while the page and the live channel
+    keep editing the session's recipe in place."""
+    with sess.lock:
+        r = copy.deepcopy(sess.recipe)
+    if size:
+        r.output_size = int(size)
+    return r
+
+
 @gpu_job(lambda sess, frames, **_: image_seconds(sess.model, frames),
          cpu_if=lambda sess, **_: small(sess.model))
 def walk_video(sess: Session, seeds: list[float], frames: int, loop: bool, space: str,
@@ -27,9 +38,8 @@ def walk_video(sess: Session, seeds: list[float], frames: int, loop: bool, space
     (bends, weight edits, directions): engine.recipes.recipe.walk, the frames live playback shows;
     `size` scales the frames (the recipe's output_size)."""
     out = files.new_output_path(sess.token, "walk", ".mp4")
-    r = dataclasses.replace(sess.recipe, output_size=int(size)) if size else sess.recipe
-    recipe.walk(r, seeds, frames, out, fps=fps, model=load(sess.model), loop=loop, space=space,
-                progress=progress, cancel=cancel)
+    recipe.walk(snapshot(sess, size), seeds, frames, out, fps=fps, model=load(sess.model),
+                loop=loop, space=space, progress=progress, cancel=cancel)
     return str(out)
 
 
@@ -41,9 +51,8 @@ def sweep_video(sess: Session, path: str, start: float, stop: float, frames: int
     """Animate a numeric recipe field into an mp4 (engine.recipes.recipe.sweep); `size` scales
     the frames (the recipe's output_size), so a 64 px model gives a watchable video."""
     out = files.new_output_path(sess.token, "sweep", ".mp4")
-    r = dataclasses.replace(sess.recipe, output_size=int(size)) if size else sess.recipe
-    recipe.sweep(r, path, start, stop, frames, out, fps=fps, model=load(sess.model),
-                 progress=progress, cancel=cancel)
+    recipe.sweep(snapshot(sess, size), path, start, stop, frames, out, fps=fps,
+                 model=load(sess.model), progress=progress, cancel=cancel)
     return str(out)
 
 
@@ -69,6 +78,6 @@ def music_video(sess: Session, track: str, frames: int, fps: float, start: float
     from engine.recipes import music
 
     out = files.new_output_path(sess.token, "music", ".mp4")
-    music.music_video(sess.recipe, track, out, fps=fps, frames=frames, start=start,
+    music.music_video(snapshot(sess), track, out, fps=fps, frames=frames, start=start,
                       model=load(sess.model), progress=progress, cancel=cancel, size=size)
     return str(out)

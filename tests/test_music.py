@@ -206,3 +206,30 @@ def test_command_line_refuses_a_huge_size_in_one_sentence(tone, tmp_path, capsys
     assert len(errors) == 1 and "output_size: 100000" in errors[0]
     assert "STUDIO_MAX_OUTPUT_SIZE" in errors[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_studio_music_video_renders_the_recipe_as_it_was_when_the_job_began(
+        tone, tmp_path, monkeypatch):
+    """The page and the live channel edit the session's recipe in place while the job
+    decodes and renders on another thread: an edit landing then changes no frame."""
+    from studio import session as S
+    from studio import videos
+
+    monkeypatch.setenv("STUDIO_OUTPUT_DIR", str(tmp_path))
+    sess = S.new_session("default")
+    sess.recipe = walk_recipe()
+    decode = audio.decode
+
+    def decode_while_editing(*args, **kwargs):
+        sess.recipe.latent.psi = -1.0           # an edit made while the track decodes
+        sess.recipe.mappings.clear()
+        return decode(*args, **kwargs)
+
+    made = videos.music_video(sess, str(tone), 3, FPS)
+    monkeypatch.setattr(audio, "decode", decode_while_editing)
+    sess.recipe = walk_recipe()
+    edited = videos.music_video(sess, str(tone), 3, FPS)
+    assert sess.recipe.latent.psi == -1.0       # the edit did land, on the session
+    before, during = list(read_video_frames(made)), list(read_video_frames(edited))
+    assert len(before) == len(during) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(before, during, strict=True))
