@@ -16,7 +16,13 @@ result back to the main process, which has no CUDA. The rules here follow from t
   copying a 64 px model there costs more than the render, and the caches (directions,
   translators) of the main process survive, where a worker's die with it.
 - Threads started for a job copy the caller's context (`start_thread`), which holds the
-  Gradio request ZeroGPU charges the visitor's quota to.
+  Gradio request ZeroGPU charges the visitor's quota to; a live channel sets one from its
+  handshake (`set_visitor`).
+- One function is decorated with spaces.GPU (`_run`, dispatching to the studio's GPU
+  functions by name): spaces keeps a worker pool per decorated function, so one visitor's
+  calls of every kind share one worker and its model copies.
+- A live channel holds one call while it works (`Hold`): its frames are requests answered
+  inside that call, not a call each.
 
 Off ZeroGPU `spaces.GPU` is a no-op and everything runs in this process on
 engine.base.devices.default_device() (STUDIO_DEVICE).
@@ -54,8 +60,6 @@ SETUP_S = 10                    # worker start, model copy to the GPU, result tr
 
 _call_device: contextvars.ContextVar[torch.device | None] = contextvars.ContextVar(
     "studio_gpu_call_device", default=None)
-# Tests replace how a booked call runs (tests/zerogpu.py emulates a ZeroGPU worker).
-_runner: Callable[..., Any] | None = None
 
 
 def on_zerogpu() -> bool:
@@ -115,13 +119,7 @@ def cpu_is_enough(resolution: int) -> bool:
 
 def chunked() -> bool:
     """Whether long jobs run as time-boxed calls: on ZeroGPU (and under its emulation)."""
-    return on_zerogpu() or _runner is not None
-
-
-def set_runner(runner: Callable[..., Any] | None) -> None:
-    """Tests: run booked calls as runner(fn, *args, **kwargs) (None: spaces.GPU's way)."""
-    global _runner
-    _runner = runner
+    return on_zerogpu()
 
 
 def capped(seconds: float) -> int:
@@ -160,9 +158,7 @@ def _duration(name: str, args: tuple, kwargs: dict) -> int:
 def book(name: str, args: tuple, kwargs: dict) -> Any:
     """Run the registered job `name` in a GPU call: spaces.GPU's one wrapper of `_run` (it
     decides when called whether this is ZeroGPU, and keeps one wrapper per function, so one
-    worker pool), or the runner tests set."""
-    if _runner is not None:
-        return _runner(_run, name, args, kwargs)
+    worker pool)."""
     if spaces is None:  # pragma: no cover - spaces is in requirements.txt
         return _run(name, args, kwargs)
     return spaces.GPU(duration=_duration)(_run)(name, args, kwargs)
@@ -211,7 +207,7 @@ def gpu(duration: int | Callable[..., float] = 60,
             held = _holding.get()
             if held is not None and chunked():  # a live gesture's call is open: use it
                 return held.run(name, args, kwargs)
-            if _runner is None and not on_zerogpu():
+            if not on_zerogpu():
                 return inside(*args, **kwargs)
             return book(name, args, kwargs)
 
@@ -350,7 +346,7 @@ def gpu_job(duration: int | Callable[..., float] = 60,
         @functools.wraps(fn)
         def call(*args: Any, progress: Any = None, cancel: Any = None, **kwargs: Any) -> Any:
             local = in_gpu_call() or booked.small(args, kwargs)
-            if local or (not on_zerogpu() and _runner is None):
+            if local or not on_zerogpu():
                 return booked(*args, progress=progress, cancel=cancel, **kwargs)
             relay = Relay(_job_folder())
             on_metrics = kwargs.pop("on_metrics", None)  # for jobs that report metrics

@@ -155,7 +155,8 @@ class ZeroGPU:
 
     def gpu_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """fn(*args, **kwargs) as in a ZeroGPU worker: the arguments go there and the result
-        comes back through pickle (studio.gpu.set_runner takes this)."""
+        comes back through pickle, in threads of this process (ForkedZeroGPU runs calls in
+        spaces' forked workers; this is for checks of the emulation itself)."""
         self.calls += 1
         sent = pickle.dumps((args, kwargs))
 
