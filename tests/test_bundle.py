@@ -213,8 +213,9 @@ def test_a_bundle_declaring_more_than_its_budget_is_refused_before_any_member_is
     from engine.recipes import bundle
 
     rng = np.random.RandomState(1)
-    path = _bundle_of(tmp_path / "big.zip", {"inputs/0123456789abcdef-a.png": rng.bytes(3 << 20),
-                                              "inputs/0123456789abcdef-b.png": rng.bytes(3 << 20)})
+    members = {"inputs/0123456789abcdef-a.png": rng.bytes(3 << 20),
+               "inputs/0123456789abcdef-b.png": rng.bytes(3 << 20)}
+    path = _bundle_of(tmp_path / "big.zip", members)
     monkeypatch.setenv("STUDIO_MAX_BUNDLE_BYTES", str(5 << 20))
     read = []
     real = bundle._extract_member
@@ -225,6 +226,8 @@ def test_a_bundle_declaring_more_than_its_budget_is_refused_before_any_member_is
     monkeypatch.setenv("STUDIO_MAX_BUNDLE_BYTES", str(6 << 20 | 4096))  # room for recipe.json
     read_bundle(path, tmp_path / "y")
     assert len(read) == 2
+    for name, data in members.items():  # every byte, the last chunk's included
+        assert (tmp_path / "y" / name).read_bytes() == data
 
 
 def test_a_recipe_json_too_large_or_not_its_declared_size_is_refused(tmp_path, monkeypatch):
