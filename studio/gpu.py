@@ -327,13 +327,14 @@ class Relay:
 
 
 def _job_folder() -> Path:
-    """A fresh folder for one job's relay files (the worker is a fork on this machine)."""
-    import tempfile
-    import uuid
+    """A fresh folder for one job's relay files (the worker is a fork on this machine).
 
-    folder = Path(tempfile.gettempdir()) / "activation-studio-jobs" / uuid.uuid4().hex
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    Made by mkdtemp: private to this user (0700) and created atomically, so the pickles a
+    held call exchanges there (`Hold`) are only ever this process's and its worker's own
+    data, never a file anyone else could place; visitors' files never go through pickle."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="activation-studio-job-"))
 
 
 def gpu_job(duration: int | Callable[..., float] = 60,
@@ -423,6 +424,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def _read_pickle(path: Path) -> Any:
+    """A request or answer of a held call, written by this process or its forked worker
+    into their private job folder (_job_folder); not a path a visitor can name."""
     try:
         return pickle.loads(path.read_bytes())
     except (OSError, EOFError, pickle.UnpicklingError):

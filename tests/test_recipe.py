@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -656,9 +655,6 @@ def test_render_loads_the_recipe_model_through_the_zoo(saved_model):
     assert np.array_equal(np.asarray(render(r)), np.asarray(render(r, G)))
 
 
-@pytest.mark.skipif(not Path(__file__).resolve().parents[1].joinpath(
-    "engine/models/default_model/faces64.safetensors").exists(),
-    reason="the embedded default model is not trained yet")
 def test_default_model_recipe_renders():
     img = render(Recipe(bends=[Bend("b16.conv0", "rotate", {"angle": 90.0})]))
     assert img.size == (64, 64)
