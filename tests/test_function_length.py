@@ -16,7 +16,6 @@ MAX_FUNCTION_LINES = 80
 # (a refactor now would be redone by hand in the split's new home). Named with the length
 # they had, so one that grows fails too; take an entry out when its function is shortened.
 ALLOWED = {
-    "engine/tools/latents.py validate_latent": 96,
     "engine/tools/translator.py train_encoder": 173,
 }
 

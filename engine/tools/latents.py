@@ -536,12 +536,7 @@ def validate_latent(spec: LatentSpec, G: torch.nn.Module | None = None) -> list[
     num_ws = G.num_ws if G is not None else None
 
     def check_w_index(name: str, value: int | None, allow_end: bool = False) -> None:
-        if value is None or num_ws is None:
-            return
-        hi = num_ws if allow_end else num_ws - 1
-        if not 0 <= value <= hi:
-            p.append(f"{name}: {value} is out of range 0..{hi} for this model "
-                     f"({num_ws} ws).")
+        p.extend(_w_index_problems(name, value, num_ws, allow_end))
 
     try:
         seed = float(spec.seed)
@@ -571,19 +566,7 @@ def validate_latent(spec: LatentSpec, G: torch.nn.Module | None = None) -> list[
             p.append(f"latent.mix_end: {spec.mix_end} must be greater than mix_start "
                      f"({spec.mix_start}).")
     if G is not None:
-        c_dim = G.cfg.c_dim
-        if c_dim > 0 and spec.class_index is None:
-            p.append(f"latent.class_index: this model is conditional; choose a class "
-                     f"0..{c_dim - 1}.")
-        elif c_dim > 0 and not 0 <= spec.class_index < c_dim:
-            p.append(f"latent.class_index: {spec.class_index} is out of range 0..{c_dim - 1}.")
-        if spec.w is not None:
-            try:
-                _saved_ws(G, spec.w)
-            except StudioError as exc:
-                p.append(f"latent.w: {exc}")
-            except (TypeError, ValueError):
-                p.append("latent.w: is not a numeric [num_ws][w_dim] array.")
+        p += _model_problems(spec, G)
     p += _transform_problems(spec, G)
     for i, e in enumerate(spec.layer_edits):
         name = f"latent.layer_edits[{i}]"
@@ -593,35 +576,72 @@ def validate_latent(spec: LatentSpec, G: torch.nn.Module | None = None) -> list[
         if not 0 <= e.seed <= MAX_SEED:
             p.append(f"{name}.seed: {e.seed} must be between 0 and {MAX_SEED}.")
     for i, d in enumerate(spec.directions):
-        name = f"latent.directions[{i}]"
-        if d.method not in DIRECTION_METHODS:
-            p.append(f"{name}.method: {d.method!r} is not one of "
-                     f"{', '.join(DIRECTION_METHODS)}.")
-        if not isinstance(d.amount, (int, float)) or not math.isfinite(d.amount):
-            p.append(f"{name}.amount: {d.amount!r} is not a finite number.")
-        if d.method in ("sefa", "ganspace"):
-            limit = G.cfg.w_dim if G is not None else None
-            if d.index < 0 or (limit is not None and d.index >= limit):
-                p.append(f"{name}.index: {d.index} is out of range 0..{(limit or 1) - 1}.")
-        if d.method == "file":
-            if not d.path:
-                p.append(f"{name}.path: a boundary .npy path is needed for method 'file'.")
-            elif not os.path.exists(d.path):
-                p.append(f"{name}.path: {os.path.basename(d.path)!r} does not exist.")
-            elif G is not None:
-                try:
-                    load_boundary(d.path, G)
-                except StudioError as exc:
-                    p.append(f"{name}.path: {exc}")
-        check_w_index(f"{name}.layer_start", d.layer_start)
-        check_w_index(f"{name}.layer_end", d.layer_end, allow_end=True)
-        if d.layer_end is not None and d.layer_end <= d.layer_start:
-            p.append(f"{name}.layer_end: {d.layer_end} must be greater than layer_start "
-                     f"({d.layer_start}).")
-        if d.layers and G is not None:
-            unknown = [x for x in d.layers if x not in affine_layer_names(G)]
-            if unknown:
-                p.append(f"{name}.layers: unknown layer(s) {unknown}.")
+        p += _direction_problems(f"latent.directions[{i}]", d, G)
+    return p
+
+
+def _w_index_problems(name: str, value: int | None, num_ws: int | None,
+                      allow_end: bool = False) -> list[str]:
+    """A ws index out of this model's range (allow_end: an exclusive end, num_ws allowed)."""
+    if value is None or num_ws is None:
+        return []
+    hi = num_ws if allow_end else num_ws - 1
+    if not 0 <= value <= hi:
+        return [f"{name}: {value} is out of range 0..{hi} for this model ({num_ws} ws)."]
+    return []
+
+
+def _model_problems(spec: LatentSpec, G: torch.nn.Module) -> list[str]:
+    """The checks that need the model: its class count and a saved w's shape."""
+    p: list[str] = []
+    c_dim = G.cfg.c_dim
+    if c_dim > 0 and spec.class_index is None:
+        p.append(f"latent.class_index: this model is conditional; choose a class "
+                 f"0..{c_dim - 1}.")
+    elif c_dim > 0 and not 0 <= spec.class_index < c_dim:
+        p.append(f"latent.class_index: {spec.class_index} is out of range 0..{c_dim - 1}.")
+    if spec.w is not None:
+        try:
+            _saved_ws(G, spec.w)
+        except StudioError as exc:
+            p.append(f"latent.w: {exc}")
+        except (TypeError, ValueError):
+            p.append("latent.w: is not a numeric [num_ws][w_dim] array.")
+    return p
+
+
+def _direction_problems(name: str, d: DirectionEdit, G: torch.nn.Module | None) -> list[str]:
+    """Problems of one direction edit (`name` is its place in the recipe)."""
+    p: list[str] = []
+    num_ws = G.num_ws if G is not None else None
+    if d.method not in DIRECTION_METHODS:
+        p.append(f"{name}.method: {d.method!r} is not one of "
+                 f"{', '.join(DIRECTION_METHODS)}.")
+    if not isinstance(d.amount, (int, float)) or not math.isfinite(d.amount):
+        p.append(f"{name}.amount: {d.amount!r} is not a finite number.")
+    if d.method in ("sefa", "ganspace"):
+        limit = G.cfg.w_dim if G is not None else None
+        if d.index < 0 or (limit is not None and d.index >= limit):
+            p.append(f"{name}.index: {d.index} is out of range 0..{(limit or 1) - 1}.")
+    if d.method == "file":
+        if not d.path:
+            p.append(f"{name}.path: a boundary .npy path is needed for method 'file'.")
+        elif not os.path.exists(d.path):
+            p.append(f"{name}.path: {os.path.basename(d.path)!r} does not exist.")
+        elif G is not None:
+            try:
+                load_boundary(d.path, G)
+            except StudioError as exc:
+                p.append(f"{name}.path: {exc}")
+    p += _w_index_problems(f"{name}.layer_start", d.layer_start, num_ws)
+    p += _w_index_problems(f"{name}.layer_end", d.layer_end, num_ws, allow_end=True)
+    if d.layer_end is not None and d.layer_end <= d.layer_start:
+        p.append(f"{name}.layer_end: {d.layer_end} must be greater than layer_start "
+                 f"({d.layer_start}).")
+    if d.layers and G is not None:
+        unknown = [x for x in d.layers if x not in affine_layer_names(G)]
+        if unknown:
+            p.append(f"{name}.layers: unknown layer(s) {unknown}.")
     return p
 
 
